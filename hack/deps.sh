@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs what the demo and the tests need, idempotently: Debian packages, the Python
+# virtualenv (in the cache, outside the repo) and the Go-built control plane.
+#   hack/deps.sh [apt|python|tools|all]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+cache=${QS_CACHE:-$HOME/.cache/queuescaler}
+venv=$cache/venv
+log() { printf '[deps] %s\n' "$*" >&2; }
+
+# Debian's packages: RabbitMQ and Prometheus (promtool comes with it), curl for probes,
+# Python 3.11 with venv when the machine has no python3.11 of its own.
+apt_packages() {
+  local wanted=(rabbitmq-server prometheus curl ca-certificates util-linux iproute2) missing=() p
+  command -v python3.11 >/dev/null || wanted+=(python3.11 python3.11-venv)
+  for p in "${wanted[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && { log "apt: nothing to install"; return; }
+  local sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  log "apt: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts no broker here (no init system), but make sure the default node is not
+  # ours to worry about: the project only ever runs its own private node.
+}
+
+# The virtualenv, reinstalled only when pyproject.toml changes.
+python_env() {
+  local key; key=$(sha256sum "$repo/pyproject.toml" | cut -c1-16)
+  if [ -x "$venv/bin/python" ] && [ "$(cat "$venv/.qs-stamp" 2>/dev/null)" = "$key:$repo" ]; then
+    log "python: virtualenv up to date"; return
+  fi
+  log "python: installing the package and its dev extras into $venv"
+  [ -x "$venv/bin/python" ] || python3.11 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q -e "$repo[dev]"
+  echo "$key:$repo" >"$venv/.qs-stamp"
+}
+
+tools() {
+  command -v go >/dev/null || { log "ERROR: Go 1.26 is needed to build the control plane (go not on PATH)"; exit 1; }
+  bash "$here/build-tools.sh"
+}
+
+case ${1:-all} in
+  apt) apt_packages ;;
+  python) python_env ;;
+  tools) tools ;;
+  all) apt_packages; python_env; tools ;;
+  *) echo "usage: $0 [apt|python|tools|all]" >&2; exit 2 ;;
+esac
