@@ -1,0 +1,50 @@
+# Thin wrappers: the work is done by hack/*.sh and pytest. Every target that needs
+# something installs it first (idempotently), so each works on a fresh machine.
+SHELL := /bin/bash
+QS_CACHE ?= $(HOME)/.cache/queuescaler
+VENV := $(QS_CACHE)/venv
+PY := $(VENV)/bin/python
+export QS_CACHE
+
+.PHONY: help deps test test-unit demo bench lint testenv-up testenv-down testenv-status
+
+help:
+	@echo "make demo          run the operator on the local cluster with a visible demo"
+	@echo "make test          run unit, integration and e2e tests (installs what they need)"
+	@echo "make test-unit     run only the pure unit tests (seconds, no servers)"
+	@echo "make bench         run the benchmarks in bench/ and print their tables"
+	@echo "make lint          ruff, mypy --strict and the import-layering contract"
+	@echo "make testenv-up    start the local cluster, RabbitMQ and Prometheus"
+	@echo "make testenv-down  stop them (by PID)"
+
+deps:
+	@bash hack/deps.sh all
+
+# pytest's exit code 5 (no tests collected) is non-zero, so an empty run fails here too.
+test: deps
+	$(PY) -m pytest tests -m "unit or integration or e2e" $(PYTEST_ARGS)
+
+test-unit:
+	@bash hack/deps.sh python
+	$(PY) -m pytest tests -m unit -q $(PYTEST_ARGS)
+
+demo: deps
+	@bash hack/demo.sh
+
+bench: deps
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint:
+	@bash hack/deps.sh python
+	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+testenv-up: deps
+	@bash hack/testenv.sh up
+
+testenv-down:
+	@bash hack/testenv.sh down
+
+testenv-status:
+	@bash hack/testenv.sh status

@@ -1,0 +1,63 @@
+"""What a broker source reports about a queue: the one input every policy reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSample:
+    """One observation of a queue (or the sum of several queues) at `taken_at`.
+
+    Rates are messages per second and are None when the source cannot know them
+    (the AMQP path has no statistics; the management API has none for a new queue).
+    """
+
+    ready: int
+    """Messages waiting to be delivered."""
+    unacked: int
+    """Messages delivered to consumers and not yet acknowledged (in flight)."""
+    consumers: int
+    """Consumers attached to the queue."""
+    taken_at: float
+    """When the broker reported these numbers, in seconds on the caller's clock."""
+    publish_rate: float | None = None
+    """Messages published to the queue per second."""
+    ack_rate: float | None = None
+    """Messages acknowledged by consumers per second."""
+    deliver_rate: float | None = None
+    """Messages delivered to consumers per second."""
+    consumer_utilisation: float | None = None
+    """Fraction of time consumers could take new messages (RabbitMQ's consumer_capacity)."""
+
+    @property
+    def backlog(self) -> int:
+        """Ready plus in-flight messages: the work not yet done."""
+        return self.ready + self.unacked
+
+
+def _sum_known(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def combine(samples: Iterable[QueueSample]) -> QueueSample:
+    """Add up several queues of one QueueScaler: counts and rates sum, utilisation averages.
+
+    The combined sample is as old as its oldest part, so staleness is never hidden.
+    """
+    parts = list(samples)
+    if not parts:
+        raise ValueError("combine() needs at least one sample")
+    utilisations = [p.consumer_utilisation for p in parts if p.consumer_utilisation is not None]
+    return QueueSample(
+        ready=sum(p.ready for p in parts),
+        unacked=sum(p.unacked for p in parts),
+        consumers=sum(p.consumers for p in parts),
+        taken_at=min(p.taken_at for p in parts),
+        publish_rate=_sum_known(p.publish_rate for p in parts),
+        ack_rate=_sum_known(p.ack_rate for p in parts),
+        deliver_rate=_sum_known(p.deliver_rate for p in parts),
+        consumer_utilisation=sum(utilisations) / len(utilisations) if utilisations else None,
+    )

@@ -1,0 +1,47 @@
+"""Session-wide fixtures: one real environment shared by every integration and e2e test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from support import TestEnv, bring_up
+
+
+@pytest.fixture(scope="session")
+def testenv() -> TestEnv:
+    """The local cluster, RabbitMQ and Prometheus, brought up once (or reused when running).
+
+    Never skips: when the environment cannot start, every test using it fails with the reason.
+    """
+    try:
+        return bring_up()
+    except RuntimeError as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture
+def namespace(testenv: TestEnv) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards (without waiting for finalizers)."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    testenv.kubectl("create", "namespace", name)
+    yield name
+    testenv.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+KINDS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test is exactly one of unit, integration or e2e, so `-m` selections are complete."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if sum(1 for kind in KINDS if item.get_closest_marker(kind)) != 1
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "tests must carry exactly one of the marks unit/integration/e2e: " + ", ".join(unmarked)
+        )
