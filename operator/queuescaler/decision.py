@@ -1,0 +1,489 @@
+"""The decision engine: how many workers a queue needs, and why. Pure.
+
+`decide()` takes the spec, this tick's sample, the current replica count, what earlier
+ticks left behind (`ScalerState`) and `now`, and returns a `Decision`. It reads no clock
+and does no I/O, so the operator, the simulator and the benchmarks all call the same code.
+
+Like the HPA's `normalizeDesiredReplicasWithBehaviors`, the arithmetic is a pipeline of
+small stages, each of which may change the number and then names the reason:
+
+    raw recommendation (backlog, rate/drain, rate floor, zero/activation)
+    -> tolerance dead-band -> stabilization -> cooldowns -> step limits
+    -> busy workers -> bounds [minReplicas, maxReplicas]
+
+Waking a pool from zero skips stabilization and cooldowns (activation is decided apart
+from sizing, as KEDA does); a failed sample skips everything but the bounds.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Final
+
+from queuescaler.sample import QueueSample
+from queuescaler.spec import QueueScalerSpec
+
+RATE_SMOOTHING: Final = 0.3
+"""EWMA weight of the newest per-replica throughput observation.
+
+The management API's rates are already averaged over its statistics interval (5 s), so
+a light touch suffices: a lasting change is 83% absorbed after five ticks, while one
+odd sample moves the estimate by less than a third.
+"""
+
+_EPSILON: Final = 1e-9
+"""Absorbs float noise so that 30.0000000001 / 10 is 3 replicas, not 4."""
+
+_HUGE: Final = 1_000_000_000
+"""A recommendation no pool reaches: caps a rate policy whose throughput is near zero
+(the bounds then clamp it to maxReplicas like any other large answer)."""
+
+
+class Reason(enum.StrEnum):
+    """Why a decision came out the way it did: a closed set, shown to users."""
+
+    BACKLOG = "backlog"
+    RATE = "rate"
+    ACTIVATION = "activation"
+    IDLE = "idle"
+    WITHIN_TOLERANCE = "within-tolerance"
+    STABILIZATION = "stabilization"
+    COOLDOWN = "cooldown"
+    STEP_LIMIT = "step-limit"
+    MAX_BOUND = "max-bound"
+    MIN_BOUND = "min-bound"
+    NO_DATA = "no-data"
+    FALLBACK = "fallback"
+    PAUSED = "paused"
+    BUSY_WORKERS = "busy-workers"
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """One tick's recommendation (after the dead-band), kept for stabilization."""
+
+    at: float
+    replicas: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScalerState:
+    """Everything decide() remembers between ticks; the operator persists it in status."""
+
+    last_scale_time: float | None = None
+    """When the target was last scaled; cooldowns count from here."""
+    recommendations: tuple[Recommendation, ...] = ()
+    """Timestamped recommendations, oldest first, compacted by next_state()."""
+    consecutive_failures: int = 0
+    """Ticks in a row whose sample failed."""
+    per_replica_rate: float | None = None
+    """Smoothed ack rate per busy replica, msg/s; None until an ack has been seen."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do this tick, and a sentence a user can read in status and Events."""
+
+    replicas: int
+    """Desired replica count to apply (== current when holding)."""
+    reason: Reason
+    message: str
+    recommendation: int
+    """The recommendation before stabilization, cooldowns and limits (after the dead-band)."""
+    limited: bool
+    """True when a limit (bound, step, cooldown, stabilization, busy workers) changed it."""
+
+
+_Change = tuple[int, Reason, str]
+"""A stage's verdict when it changes the number: new replicas, reason, note."""
+
+
+def decide(
+    spec: QueueScalerSpec,
+    sample: QueueSample | None,
+    current_replicas: int,
+    state: ScalerState,
+    now: float,
+    busy_workers: int | None = None,
+) -> Decision:
+    """Decide the replica count for this tick.
+
+    `sample` is this tick's combined sample, None when sampling failed; `busy_workers`
+    is the number of pods busy with a message, when the operator knows it. `dryRun` is
+    not considered here: the caller decides whether to apply the result.
+    """
+    if sample is None:
+        decision = _decide_without_sample(spec, current_replicas, state, now)
+    else:
+        rate = smoothed_per_replica_rate(state.per_replica_rate, sample, current_replicas)
+        decision = _decide_with_sample(
+            spec, sample, current_replicas, state, now, busy_workers, rate
+        )
+    if spec.paused:
+        return _paused(decision, current_replicas)
+    return decision
+
+
+def next_state(
+    spec: QueueScalerSpec,
+    state: ScalerState,
+    sample: QueueSample | None,
+    current_replicas: int,
+    decision: Decision,
+    now: float,
+    scaled: bool,
+) -> ScalerState:
+    """Fold one tick into the state: failures count (sample None = failed tick), the
+    recommendation history pruned to the longest stabilization window, the smoothed
+    per-replica rate, and last_scale_time = now when scaled.
+
+    A failed tick records no recommendation (the HPA also skips a tick without metrics).
+    The history is compacted: an entry is dropped once a newer one dominates it in every
+    window it can still fall into, so the decisions stay exactly those of the full
+    history while a steady pool keeps a single entry, even at one tick per second.
+    """
+    last_scale_time = now if scaled else state.last_scale_time
+    if sample is None:
+        return ScalerState(
+            last_scale_time=last_scale_time,
+            recommendations=_compact(spec, state.recommendations, now),
+            consecutive_failures=state.consecutive_failures + 1,
+            per_replica_rate=state.per_replica_rate,
+        )
+    history = (*state.recommendations, Recommendation(now, decision.recommendation))
+    return ScalerState(
+        last_scale_time=last_scale_time,
+        recommendations=_compact(spec, history, now),
+        consecutive_failures=0,
+        per_replica_rate=smoothed_per_replica_rate(
+            state.per_replica_rate, sample, current_replicas
+        ),
+    )
+
+
+def smoothed_per_replica_rate(
+    previous: float | None, sample: QueueSample, current_replicas: int
+) -> float | None:
+    """The per-replica throughput estimate after this sample (EWMA, `RATE_SMOOTHING`).
+
+    Observed throughput is ack_rate / busy replicas (at least 1). While messages wait
+    (ready > 0) every consumer is busy, so busy replicas are min(current, consumers).
+    With nothing waiting, each busy worker still holds at least one unacknowledged
+    message, so the in-flight count bounds them too. Without that bound an
+    over-provisioned pool would measure publish rate / current per replica, and the rate
+    floor would pin it at its size for as long as messages arrive. Both rules give more
+    busy replicas (a lower rate, more replicas) for more backlog, so decisions stay
+    monotone. Ticks without acks leave the estimate as it was.
+    """
+    ack_rate = sample.ack_rate
+    if ack_rate is None or not 0.0 < ack_rate < math.inf:  # also refuses NaN
+        return previous
+    busy = min(current_replicas, sample.consumers)
+    if sample.ready == 0:
+        busy = min(busy, sample.unacked)
+    observed = ack_rate / busy if busy > 1 else ack_rate
+    if previous is None or not previous > 0.0:  # unknown, or a corrupt value restored
+        return observed
+    return previous + RATE_SMOOTHING * (observed - previous)
+
+
+def _decide_with_sample(
+    spec: QueueScalerSpec,
+    sample: QueueSample,
+    current: int,
+    state: ScalerState,
+    now: float,
+    busy_workers: int | None,
+    per_replica_rate: float | None,
+) -> Decision:
+    recommendation, reason, message = _raw_recommendation(spec, sample, current, per_replica_rate)
+    changes: list[str] = []
+    replicas = recommendation
+    waking = current == 0 and recommendation > 0
+    if not waking:
+        held = _tolerance(spec, recommendation, current)
+        if held is not None:
+            recommendation = replicas = current
+            reason = Reason.WITHIN_TOLERANCE
+            message = f"{message}, {held}"
+        change = _stabilization(spec, replicas, current, state.recommendations, now)
+        if change is not None:
+            replicas, reason, note = change
+            changes.append(note)
+        change = _cooldown(spec, replicas, current, state.last_scale_time, now)
+        if change is not None:
+            replicas, reason, note = change
+            changes.append(note)
+    change = _step_limit(spec, replicas, current)
+    if change is not None:
+        replicas, reason, note = change
+        changes.append(note)
+    change = _busy_workers(spec, replicas, current, busy_workers)
+    if change is not None:
+        replicas, reason, note = change
+        changes.append(note)
+    change = _bounds(spec, replicas)
+    if change is not None:
+        replicas, reason, note = change
+        changes.append(note)
+    if waking:
+        reason = Reason.ACTIVATION  # a limited wake-up is still the wake-up users look for
+    if changes:
+        message = ", ".join((message, *changes))
+    return Decision(replicas, reason, message, recommendation, bool(changes))
+
+
+def _raw_recommendation(
+    spec: QueueScalerSpec, sample: QueueSample, current: int, per_replica_rate: float | None
+) -> tuple[int, Reason, str]:
+    """The policies' answer before any damping; the largest of them wins.
+
+    At zero replicas only a backlog of `activation.messages` or more gives a non-zero
+    answer. Zero itself is answered only when nothing is ready, in flight or published
+    (an unknown publish rate counts as zero: the AMQP path knows no rates).
+    """
+    backlog = sample.ready
+    if spec.source.rabbitmq.include_unacked:
+        backlog += sample.unacked
+    activation = spec.activation.messages
+    if current == 0 and backlog < activation:
+        message = f"backlog {backlog} below activation {activation}: staying at zero"
+        return 0, Reason.IDLE, message
+    per_replica = spec.target.messages_per_replica
+    replicas = -(-backlog // per_replica)
+    reason = Reason.BACKLOG
+    publish = sample.publish_rate
+    if publish is None or not publish > 0.0:  # negative or NaN counts as zero too
+        publish = 0.0
+    winner = "backlog"
+    if per_replica_rate is not None and per_replica_rate > 0.0:
+        floor = _replicas_for(publish / per_replica_rate)
+        if floor > replicas:
+            replicas, reason, winner = floor, Reason.RATE, "floor"
+        drain_seconds = spec.target.drain_seconds
+        if drain_seconds is not None:
+            drain = _replicas_for((publish + backlog / drain_seconds) / per_replica_rate)
+            if drain > replicas:
+                replicas, reason, winner = drain, Reason.RATE, "drain"
+    if winner == "backlog":
+        message = f"backlog {backlog} / {per_replica} per replica -> {replicas}"
+    elif winner == "floor":
+        message = (
+            f"publish {_rate(publish)}/s at {_rate(per_replica_rate)}/s per replica -> {replicas}"
+        )
+    else:
+        message = (
+            f"publish {_rate(publish)}/s + backlog {backlog} in {spec.target.drain_seconds}s"
+            f" at {_rate(per_replica_rate)}/s per replica -> {replicas}"
+        )
+    if replicas == 0:
+        if sample.ready > 0 or sample.unacked > 0 or publish > 0.0:
+            replicas = 1
+            message += ", kept at 1 while messages are in flight or arriving"
+        else:
+            return 0, Reason.IDLE, "queue idle (nothing ready, in flight or published) -> 0"
+    if current == 0:
+        message = f"backlog {backlog} >= activation {activation}: waking, {message}"
+        return replicas, Reason.ACTIVATION, message
+    return replicas, reason, message
+
+
+def _replicas_for(load: float) -> int:
+    """Replicas to carry `load` (in replicas' worth of work): rounded up, capped at _HUGE."""
+    if load >= _HUGE:
+        return _HUGE
+    return math.ceil(load - _EPSILON)
+
+
+def _rate(value: float | None) -> str:
+    """A rate for people: 0.004, 2.5, 12, 1250 (three significant digits, no exponent)."""
+    value = value or 0.0
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _tolerance(spec: QueueScalerSpec, recommendation: int, current: int) -> str | None:
+    """The dead-band: a note when the recommendation is close enough to current to hold.
+
+    A move to or from zero is never dead-banded (no ratio would mean anything there).
+    """
+    if current <= 0 or recommendation <= 0 or recommendation == current:
+        return None
+    tolerance = spec.behavior.tolerance
+    if abs(recommendation - current) > tolerance * current + _EPSILON:
+        return None
+    return f"within tolerance {tolerance:g} of current {current}: holding"
+
+
+def _stabilization(
+    spec: QueueScalerSpec,
+    recommendation: int,
+    current: int,
+    history: tuple[Recommendation, ...],
+    now: float,
+) -> _Change | None:
+    """The HPA's stabilization: shrink no lower than the highest recommendation of the
+    scale-down window, grow no higher than the lowest of the scale-up window; this
+    tick's recommendation counts in both.
+    """
+    behavior = spec.behavior
+    up_window = behavior.scale_up.stabilization_seconds
+    down_window = behavior.scale_down.stabilization_seconds
+    up_cutoff = now - up_window
+    down_cutoff = now - down_window
+    lowest = highest = recommendation
+    for past in history:
+        if past.at > down_cutoff and past.replicas > highest:
+            highest = past.replicas
+        if past.at > up_cutoff and past.replicas < lowest:
+            lowest = past.replicas
+    stabilized = min(max(current, lowest), highest)
+    if stabilized == recommendation:
+        return None
+    if recommendation < current:
+        note = (
+            f"held at {stabilized} by scaleDown.stabilizationSeconds"
+            f" (highest recommendation of {down_window}s)"
+        )
+    else:
+        note = (
+            f"held at {stabilized} by scaleUp.stabilizationSeconds"
+            f" (lowest recommendation of {up_window}s)"
+        )
+    return stabilized, Reason.STABILIZATION, note
+
+
+def _cooldown(
+    spec: QueueScalerSpec, replicas: int, current: int, last_scale_time: float | None, now: float
+) -> _Change | None:
+    """No move in a direction within that direction's cooldown of the last scale event."""
+    if last_scale_time is None or replicas == current:
+        return None
+    if replicas > current:
+        cooldown, field = spec.behavior.scale_up.cooldown_seconds, "scaleUp.cooldownSeconds"
+    else:
+        cooldown, field = spec.behavior.scale_down.cooldown_seconds, "scaleDown.cooldownSeconds"
+    remaining = last_scale_time + cooldown - now
+    if remaining <= 0:
+        return None
+    return current, Reason.COOLDOWN, f"held at {current} by {field} ({math.ceil(remaining)}s left)"
+
+
+def _step_limit(spec: QueueScalerSpec, replicas: int, current: int) -> _Change | None:
+    """One tick may move by the larger of maxStepReplicas and maxStepPercent of current.
+
+    Percent steps round like the HPA's: up to ceil(current * (1 + p/100)), down to
+    floor(current * (1 - p/100)).
+    """
+    if replicas > current:
+        up = spec.behavior.scale_up
+        step, percent, sign = up.max_step_replicas, up.max_step_percent, "+"
+        direction = "scaleUp"
+    elif replicas < current:
+        down = spec.behavior.scale_down
+        step, percent, sign = down.max_step_replicas, down.max_step_percent, "-"
+        direction = "scaleDown"
+    else:
+        return None
+    by_percent = -(-current * percent // 100)
+    allowed = max(step, by_percent)
+    if abs(replicas - current) <= allowed:
+        return None
+    field = "maxStepReplicas" if step >= by_percent else "maxStepPercent"
+    limited = current + allowed if sign == "+" else current - allowed
+    return limited, Reason.STEP_LIMIT, f"limited to {sign}{allowed} by {direction}.{field}"
+
+
+def _busy_workers(
+    spec: QueueScalerSpec, replicas: int, current: int, busy_workers: int | None
+) -> _Change | None:
+    """Never shrink below the workers busy with a message (scaleDown.protectBusyWorkers)."""
+    if busy_workers is None or replicas >= current or replicas >= busy_workers:
+        return None
+    if not spec.behavior.scale_down.protect_busy_workers:
+        return None
+    kept = min(current, busy_workers)
+    if kept == replicas:
+        return None
+    note = f"kept at {kept}: {busy_workers} workers busy (scaleDown.protectBusyWorkers)"
+    return kept, Reason.BUSY_WORKERS, note
+
+
+def _bounds(spec: QueueScalerSpec, replicas: int) -> _Change | None:
+    """The clamp to [minReplicas, maxReplicas], which overrides every other stage."""
+    if replicas > spec.max_replicas:
+        return spec.max_replicas, Reason.MAX_BOUND, f"capped at maxReplicas {spec.max_replicas}"
+    if replicas < spec.min_replicas:
+        return spec.min_replicas, Reason.MIN_BOUND, f"raised to minReplicas {spec.min_replicas}"
+    return None
+
+
+def _decide_without_sample(
+    spec: QueueScalerSpec, current: int, state: ScalerState, now: float
+) -> Decision:
+    """Hold while the broker is unreachable; the tick that makes `fallback.afterFailures`
+    failures in a row goes to `fallback.replicas`, if set. Cooldowns and bounds still
+    apply (no scale within a cooldown, whatever the cause); stabilization and step limits
+    do not, as KEDA's fallback sets its replica count directly.
+    """
+    failures = state.consecutive_failures + 1
+    fallback = spec.fallback
+    if fallback.replicas is not None and failures >= fallback.after_failures:
+        replicas, reason = fallback.replicas, Reason.FALLBACK
+        message = f"no sample for {failures} ticks: fallback to {replicas} replicas"
+    else:
+        replicas, reason = current, Reason.NO_DATA
+        message = f"no sample ({failures} failed in a row): holding {current}"
+        if fallback.replicas is not None:
+            message += f", fallback after {fallback.after_failures}"
+    recommendation = replicas
+    notes = [message]
+    change = _cooldown(spec, replicas, current, state.last_scale_time, now)
+    if change is not None:
+        replicas, reason, note = change
+        notes.append(note)
+    change = _bounds(spec, replicas)
+    if change is not None:
+        replicas, reason, note = change
+        notes.append(note)
+    return Decision(replicas, reason, ", ".join(notes), recommendation, len(notes) > 1)
+
+
+def _paused(would: Decision, current: int) -> Decision:
+    """Paused: hold, and say what the unpaused operator would have done."""
+    if would.replicas == current:
+        message = f"paused; would hold at {current}: {would.message}"
+    else:
+        message = f"paused; would scale {current} -> {would.replicas}: {would.message}"
+    return Decision(current, Reason.PAUSED, message, would.recommendation, False)
+
+
+def _compact(
+    spec: QueueScalerSpec, history: tuple[Recommendation, ...], now: float
+) -> tuple[Recommendation, ...]:
+    """Keep only the recommendations a future stabilization can still need.
+
+    An entry is needed by the scale-down window while inside it and above every newer
+    entry (a newer one at least as high gives the same maximum for as long as the old one
+    would), and by the scale-up window while inside it and below every newer entry.
+    """
+    if not history:
+        return history
+    up_cutoff = now - spec.behavior.scale_up.stabilization_seconds
+    down_cutoff = now - spec.behavior.scale_down.stabilization_seconds
+    ordered = sorted(history, key=attrgetter("at"))
+    kept: list[Recommendation] = []
+    newer_highest = -1
+    newer_lowest: float = math.inf
+    for past in reversed(ordered):
+        replicas = past.replicas
+        if (past.at > down_cutoff and replicas > newer_highest) or (
+            past.at > up_cutoff and replicas < newer_lowest
+        ):
+            kept.append(past)
+        newer_highest = max(newer_highest, replicas)
+        newer_lowest = min(newer_lowest, replicas)
+    kept.reverse()
+    return tuple(kept)

@@ -1,0 +1,332 @@
+"""Properties decide() keeps for any spec, sample, state and replica count."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from queuescaler.decision import Decision, Recommendation, ScalerState, decide, next_state
+from queuescaler.sample import QueueSample
+from queuescaler.spec import QueueScalerSpec, parse_spec
+
+pytestmark = pytest.mark.unit
+
+NOW = 100_000.0
+
+# Generated inputs vary in size and no assertion here is about time: no deadline.
+PROPERTY = settings(deadline=None, max_examples=300)
+
+MINIMAL: dict[str, Any] = {
+    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
+    "source": {"rabbitmq": {"queue": "jobs", "connectionSecretRef": {"name": "creds"}}},
+}
+
+rates = st.none() | st.just(0.0) | st.floats(min_value=0.0, max_value=500.0, allow_nan=False)
+
+
+def counts(largest: int) -> st.SearchStrategy[int]:
+    """Message counts, with zero and the small numbers where the zero rules live frequent."""
+    return st.integers(0, 2) | st.integers(0, largest)
+
+
+@st.composite
+def specs(draw: st.DrawFn, paused: bool = False) -> QueueScalerSpec:
+    minimum = draw(st.integers(0, 5))
+    maximum = draw(st.integers(max(1, minimum), 40))
+    raw = copy.deepcopy(MINIMAL)
+    raw["source"]["rabbitmq"]["includeUnacked"] = draw(st.booleans())
+    raw |= {
+        "minReplicas": minimum,
+        "maxReplicas": maximum,
+        "target": {
+            "messagesPerReplica": draw(st.integers(1, 50)),
+            "drainSeconds": draw(st.none() | st.integers(1, 600)),
+        },
+        "activation": {"messages": draw(st.integers(1, 20))},
+        "behavior": {
+            "tolerance": draw(st.sampled_from([0.0, 0.05, 0.1, 0.25, 0.5])),
+            "scaleUp": {
+                "cooldownSeconds": draw(st.integers(0, 120)),
+                "maxStepReplicas": draw(st.integers(1, 10)),
+                "maxStepPercent": draw(st.integers(1, 300)),
+                "stabilizationSeconds": draw(st.integers(0, 120)),
+            },
+            "scaleDown": {
+                "cooldownSeconds": draw(st.integers(0, 600)),
+                "stabilizationSeconds": draw(st.integers(0, 600)),
+                "maxStepPercent": draw(st.integers(1, 100)),
+                "maxStepReplicas": draw(st.integers(1, 10)),
+                "protectBusyWorkers": draw(st.booleans()),
+            },
+        },
+        "fallback": {
+            "afterFailures": draw(st.integers(1, 5)),
+            "replicas": draw(st.none() | st.integers(minimum, maximum)),
+        },
+        "paused": paused,
+    }
+    return parse_spec(raw)
+
+
+@st.composite
+def samples(draw: st.DrawFn, with_acks: bool = True) -> QueueSample:
+    return QueueSample(
+        ready=draw(counts(2000)),
+        unacked=draw(counts(500)),
+        consumers=draw(counts(50)),
+        taken_at=NOW,
+        publish_rate=draw(rates),
+        ack_rate=draw(rates) if with_acks else None,
+    )
+
+
+@st.composite
+def states(draw: st.DrawFn) -> ScalerState:
+    ages = draw(st.lists(st.floats(0.0, 700.0), max_size=8))
+    return ScalerState(
+        last_scale_time=draw(st.none() | st.floats(0.0, 1000.0).map(lambda age: NOW - age)),
+        recommendations=tuple(
+            Recommendation(NOW - age, draw(st.integers(0, 60)))
+            for age in sorted(ages, reverse=True)
+        ),
+        consecutive_failures=draw(st.integers(0, 6)),
+        per_replica_rate=draw(st.none() | st.floats(0.01, 100.0)),
+    )
+
+
+replica_counts = st.integers(0, 60)
+busy_counts = st.none() | st.integers(0, 60)
+
+
+def backlog(spec: QueueScalerSpec, queue: QueueSample) -> int:
+    return queue.backlog if spec.source.rabbitmq.include_unacked else queue.ready
+
+
+@PROPERTY
+@given(specs(), st.none() | samples(), replica_counts, states(), busy_counts)
+def test_result_within_bounds(
+    spec: QueueScalerSpec,
+    queue: QueueSample | None,
+    current: int,
+    state: ScalerState,
+    busy: int | None,
+) -> None:
+    decision = decide(spec, queue, current, state, NOW, busy)
+
+    assert spec.min_replicas <= decision.replicas <= spec.max_replicas, decision.message
+
+
+@PROPERTY
+@given(specs(paused=True), st.none() | samples(), replica_counts, states(), busy_counts)
+def test_paused_always_holds(
+    spec: QueueScalerSpec,
+    queue: QueueSample | None,
+    current: int,
+    state: ScalerState,
+    busy: int | None,
+) -> None:
+    assert decide(spec, queue, current, state, NOW, busy).replicas == current
+
+
+@PROPERTY
+@given(specs(), samples(), st.integers(1, 60), states(), busy_counts)
+def test_never_scales_to_zero_while_work_remains(
+    spec: QueueScalerSpec, queue: QueueSample, current: int, state: ScalerState, busy: int | None
+) -> None:
+    assume(queue.ready > 0 or queue.unacked > 0)
+
+    assert decide(spec, queue, current, state, NOW, busy).replicas > 0
+
+
+@PROPERTY
+@given(specs(), samples(), states(), busy_counts)
+def test_wakes_when_backlog_reaches_activation(
+    spec: QueueScalerSpec, queue: QueueSample, state: ScalerState, busy: int | None
+) -> None:
+    assume(backlog(spec, queue) >= spec.activation.messages)
+
+    assert decide(spec, queue, 0, state, NOW, busy).replicas > 0
+
+
+@PROPERTY
+@given(
+    specs(),
+    st.none() | samples(),
+    st.integers(1, 60),
+    states(),
+    busy_counts,
+    st.floats(0.0, 700.0),
+)
+def test_no_scale_within_a_cooldown(
+    spec: QueueScalerSpec,
+    queue: QueueSample | None,
+    current: int,
+    state: ScalerState,
+    busy: int | None,
+    since_scale: float,
+) -> None:
+    assume(spec.min_replicas <= current <= spec.max_replicas)
+    state = replace(state, last_scale_time=NOW - since_scale)
+
+    decision = decide(spec, queue, current, state, NOW, busy)
+
+    if since_scale < spec.behavior.scale_up.cooldown_seconds:
+        assert decision.replicas <= current, decision.message
+    if since_scale < spec.behavior.scale_down.cooldown_seconds:
+        assert decision.replicas >= current, decision.message
+
+
+@PROPERTY
+@given(
+    specs(),
+    samples(),
+    replica_counts,
+    states(),
+    busy_counts,
+    st.integers(0, 1000),
+    st.integers(0, 200),
+)
+def test_more_backlog_never_gives_fewer_replicas(
+    spec: QueueScalerSpec,
+    queue: QueueSample,
+    current: int,
+    state: ScalerState,
+    busy: int | None,
+    more_ready: int,
+    more_unacked: int,
+) -> None:
+    bigger = replace(queue, ready=queue.ready + more_ready, unacked=queue.unacked + more_unacked)
+
+    smaller_decision = decide(spec, queue, current, state, NOW, busy)
+    bigger_decision = decide(spec, bigger, current, state, NOW, busy)
+
+    assert bigger_decision.replicas >= smaller_decision.replicas, (
+        smaller_decision.message,
+        bigger_decision.message,
+    )
+
+
+@PROPERTY
+@given(
+    specs(),
+    samples(with_acks=False),
+    st.integers(1, 60),
+    st.none() | st.floats(0.01, 100.0),
+    st.lists(st.floats(0.0, 700.0), max_size=8),
+    st.none() | st.floats(0.0, 1000.0),
+    busy_counts,
+)
+def test_steady_state_is_a_fixed_point(
+    spec: QueueScalerSpec,
+    queue: QueueSample,
+    elsewhere: int,
+    rate: float | None,
+    ages: list[float],
+    since_scale: float | None,
+    busy: int | None,
+) -> None:
+    # Without acks in the sample the recommendation does not depend on the current count,
+    # so the recommendation made anywhere is the one made at that count.
+    steady = decide(spec, queue, elsewhere, ScalerState(per_replica_rate=rate), NOW).recommendation
+    assume(spec.min_replicas <= steady <= spec.max_replicas)
+    state = ScalerState(
+        last_scale_time=None if since_scale is None else NOW - since_scale,
+        recommendations=tuple(Recommendation(NOW - a, steady) for a in sorted(ages, reverse=True)),
+        per_replica_rate=rate,
+    )
+
+    decision = decide(spec, queue, steady, state, NOW, busy)
+
+    assert decision.replicas == steady, decision.message
+
+
+def stored_in_status(state: ScalerState) -> str:
+    """What the operator keeps in status, as JSON: the only memory a restart has."""
+    return json.dumps(
+        {
+            "lastScaleTime": state.last_scale_time,
+            "recommendations": [
+                {"at": r.at, "replicas": r.replicas} for r in state.recommendations
+            ],
+            "perReplicaRate": state.per_replica_rate,
+            "consecutiveFailures": state.consecutive_failures,
+        }
+    )
+
+
+def rebuilt_from_status(stored: str) -> ScalerState:
+    status = json.loads(stored)
+    return ScalerState(
+        last_scale_time=status["lastScaleTime"],
+        recommendations=tuple(
+            Recommendation(r["at"], r["replicas"]) for r in status["recommendations"]
+        ),
+        per_replica_rate=status["perReplicaRate"],
+        consecutive_failures=status["consecutiveFailures"],
+    )
+
+
+ticks = st.lists(
+    st.tuples(st.none() | samples(), st.floats(0.5, 120.0), busy_counts), min_size=1, max_size=30
+)
+
+
+def run(
+    spec: QueueScalerSpec,
+    current: int,
+    schedule: list[tuple[QueueSample | None, float, int | None]],
+    restart_at: int | None = None,
+) -> list[Decision]:
+    """Tick through `schedule` like the operator does, applying every decision."""
+    state, now, decisions = ScalerState(), NOW, []
+    for index, (queue, step, busy) in enumerate(schedule):
+        if index == restart_at:
+            state = rebuilt_from_status(stored_in_status(state))
+        now += step
+        decision = decide(spec, queue, current, state, now, busy)
+        scaled = decision.replicas != current
+        state = next_state(spec, state, queue, current, decision, now, scaled)
+        current = decision.replicas
+        decisions.append(decision)
+    return decisions
+
+
+@PROPERTY
+@given(specs(), replica_counts, ticks, st.integers(0, 30))
+def test_restart_decides_like_no_restart(
+    spec: QueueScalerSpec,
+    current: int,
+    schedule: list[tuple[QueueSample | None, float, int | None]],
+    restart_at: int,
+) -> None:
+    assert run(spec, current, schedule, restart_at) == run(spec, current, schedule)
+
+
+@PROPERTY
+@given(specs(), replica_counts, ticks)
+def test_compacted_history_decides_like_full_history(
+    spec: QueueScalerSpec,
+    current: int,
+    schedule: list[tuple[QueueSample | None, float, int | None]],
+) -> None:
+    state, now = ScalerState(), NOW
+    full: list[Recommendation] = []
+    for queue, step, busy in schedule:
+        now += step
+        decision = decide(spec, queue, current, state, now, busy)
+        with_full_history = replace(state, recommendations=tuple(full))
+
+        assert decide(spec, queue, current, with_full_history, now, busy) == decision
+
+        if queue is not None:
+            full.append(Recommendation(now, decision.recommendation))
+        scaled = decision.replicas != current
+        state = next_state(spec, state, queue, current, decision, now, scaled)
+        assert len(state.recommendations) <= len(full)
+        current = decision.replicas

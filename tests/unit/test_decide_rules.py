@@ -1,0 +1,1027 @@
+"""decide() and next_state(), one table per rule of DESIGN.md "Deciding".
+
+Most tables start from LOOSE, a spec whose damping is switched off, so that each row
+shows one rule at work; the rows that need a damping switch it back on.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from queuescaler.decision import (
+    RATE_SMOOTHING,
+    Decision,
+    Reason,
+    Recommendation,
+    ScalerState,
+    decide,
+    next_state,
+    smoothed_per_replica_rate,
+)
+from queuescaler.sample import QueueSample
+from queuescaler.spec import QueueScalerSpec, parse_spec
+
+pytestmark = pytest.mark.unit
+
+NOW = 10_000.0
+
+MINIMAL: dict[str, Any] = {
+    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
+    "maxReplicas": 100,
+    "source": {"rabbitmq": {"queue": "jobs", "connectionSecretRef": {"name": "creds"}}},
+}
+
+LOOSE: dict[str, Any] = {
+    "minReplicas": 0,
+    "behavior.tolerance": 0,
+    "behavior.scaleUp.cooldownSeconds": 0,
+    "behavior.scaleUp.maxStepReplicas": 1000,
+    "behavior.scaleDown.cooldownSeconds": 0,
+    "behavior.scaleDown.stabilizationSeconds": 0,
+    "behavior.scaleDown.maxStepReplicas": 1000,
+}
+
+
+def make_spec(settings: Mapping[str, Any]) -> QueueScalerSpec:
+    """MINIMAL with dotted camelCase paths set, through the real parser."""
+    raw = copy.deepcopy(MINIMAL)
+    for path, value in settings.items():
+        node = raw
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return parse_spec(raw)
+
+
+def sample(
+    ready: int = 0,
+    unacked: int = 0,
+    consumers: int = 0,
+    publish: float | None = None,
+    ack: float | None = None,
+) -> QueueSample:
+    return QueueSample(
+        ready=ready,
+        unacked=unacked,
+        consumers=consumers,
+        taken_at=NOW,
+        publish_rate=publish,
+        ack_rate=ack,
+    )
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One call of decide(): the spec as settings over LOOSE (or over the defaults)."""
+
+    queue: QueueSample | None
+    current: int
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    state: ScalerState = field(default_factory=ScalerState)
+    busy_workers: int | None = None
+    loose: bool = True
+
+    def decide(self) -> Decision:
+        settings = {**LOOSE, **self.settings} if self.loose else self.settings
+        return decide(
+            make_spec(settings), self.queue, self.current, self.state, NOW, self.busy_workers
+        )
+
+
+def ago(seconds: float) -> float:
+    return NOW - seconds
+
+
+def history(*entries: tuple[float, int]) -> tuple[Recommendation, ...]:
+    """Recommendations given as (seconds ago, replicas)."""
+    return tuple(Recommendation(ago(seconds), replicas) for seconds, replicas in entries)
+
+
+def check(tick: Tick, replicas: int, reason: Reason) -> Decision:
+    decision = tick.decide()
+    assert (decision.replicas, decision.reason) == (replicas, reason), decision.message
+    return decision
+
+
+# --- backlog policy -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tick", "replicas"),
+    [
+        pytest.param(Tick(sample(ready=50), 2), 5, id="backlog-exact-multiple"),
+        pytest.param(Tick(sample(ready=51), 2), 6, id="backlog-rounds-up"),
+        pytest.param(Tick(sample(ready=1), 2), 1, id="one-message-needs-one-replica"),
+        pytest.param(Tick(sample(ready=20, unacked=10), 2), 3, id="unacked-counts-when-included"),
+        pytest.param(
+            Tick(sample(ready=20, unacked=10), 1, {"source.rabbitmq.includeUnacked": False}),
+            2,
+            id="unacked-ignored-when-excluded",
+        ),
+        pytest.param(
+            Tick(sample(ready=100), 1, {"target.messagesPerReplica": 25}),
+            4,
+            id="messages-per-replica-respected",
+        ),
+        pytest.param(
+            Tick(sample(ready=30), 9, state=ScalerState(per_replica_rate=None)),
+            3,
+            id="backlog-alone-while-throughput-unknown",
+        ),
+    ],
+)
+def test_backlog_policy(tick: Tick, replicas: int) -> None:
+    decision = check(tick, replicas, Reason.BACKLOG)
+    assert decision.recommendation == replicas
+    assert not decision.limited
+
+
+def test_backlog_message_shows_the_arithmetic() -> None:
+    decision = Tick(sample(ready=230), 23).decide()
+
+    assert decision.message == "backlog 230 / 10 per replica -> 23"
+
+
+# --- rate policy (drainSeconds) -------------------------------------------------------
+
+DRAIN_60 = {"target.drainSeconds": 60, "target.messagesPerReplica": 100}
+
+
+@pytest.mark.parametrize(
+    ("tick", "replicas", "reason"),
+    [
+        pytest.param(
+            # (10 msg/s + 120 / 60 s) / 2 msg/s per replica = 6; backlog policy says 2
+            Tick(sample(ready=120, publish=10), 1, DRAIN_60, ScalerState(per_replica_rate=2.0)),
+            6,
+            Reason.RATE,
+            id="drain-beats-backlog",
+        ),
+        pytest.param(
+            Tick(
+                sample(ready=120, publish=10),
+                1,
+                {"target.drainSeconds": 60},
+                ScalerState(per_replica_rate=2.0),
+            ),
+            12,
+            Reason.BACKLOG,
+            id="backlog-beats-drain",
+        ),
+        pytest.param(
+            # both policies say 50: 500 / 10 per replica, and (0 + 500 / 10 s) / 1 msg/s
+            Tick(
+                sample(ready=500, publish=0),
+                1,
+                {"target.drainSeconds": 10},
+                ScalerState(per_replica_rate=1.0),
+            ),
+            50,
+            Reason.BACKLOG,
+            id="tie-goes-to-backlog",
+        ),
+        pytest.param(
+            Tick(sample(ready=120, publish=10), 1, DRAIN_60),
+            2,
+            Reason.BACKLOG,
+            id="drain-falls-back-to-backlog-while-throughput-unknown",
+        ),
+        pytest.param(
+            # this tick's acks are used at once: 4 msg/s over 2 busy replicas = 2 msg/s each
+            Tick(sample(ready=60, consumers=2, publish=10, ack=4), 2, DRAIN_60),
+            6,
+            Reason.RATE,
+            id="drain-uses-this-ticks-throughput",
+        ),
+        pytest.param(
+            Tick(sample(ready=0, publish=0), 3, DRAIN_60, ScalerState(per_replica_rate=2.0)),
+            0,
+            Reason.IDLE,
+            id="drain-of-nothing-is-idle",
+        ),
+    ],
+)
+def test_rate_policy(tick: Tick, replicas: int, reason: Reason) -> None:
+    check(tick, replicas, reason)
+
+
+def test_rate_message_shows_the_arithmetic() -> None:
+    tick = Tick(sample(ready=120, publish=10), 1, DRAIN_60, ScalerState(per_replica_rate=2.0))
+
+    assert tick.decide().message == "publish 10/s + backlog 120 in 60s at 2/s per replica -> 6"
+
+
+# --- rate floor -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tick", "replicas", "reason"),
+    [
+        pytest.param(
+            # consumers keep pace: 8 in flight, nothing ready, 40 msg/s at 5 msg/s each
+            Tick(sample(unacked=8, publish=40), 8, state=ScalerState(per_replica_rate=5.0)),
+            8,
+            Reason.RATE,
+            id="floor-keeps-a-pool-that-keeps-up",
+        ),
+        pytest.param(
+            Tick(sample(unacked=8, publish=40), 8),
+            1,
+            Reason.BACKLOG,
+            id="no-floor-before-throughput-is-known",
+        ),
+        pytest.param(
+            Tick(sample(unacked=8, publish=41), 8, state=ScalerState(per_replica_rate=5.0)),
+            9,
+            Reason.RATE,
+            id="floor-rounds-up",
+        ),
+        pytest.param(
+            # 1.1 / 0.1 is 11.000000000000002 in floating point
+            Tick(sample(unacked=1, publish=1.1), 11, state=ScalerState(per_replica_rate=0.1)),
+            11,
+            Reason.RATE,
+            id="floor-ignores-float-noise",
+        ),
+        pytest.param(
+            Tick(sample(ready=200, publish=40), 8, state=ScalerState(per_replica_rate=5.0)),
+            20,
+            Reason.BACKLOG,
+            id="backlog-above-floor-wins",
+        ),
+        pytest.param(
+            Tick(sample(unacked=8, publish=None), 8, state=ScalerState(per_replica_rate=5.0)),
+            1,
+            Reason.BACKLOG,
+            id="unknown-publish-rate-gives-no-floor",
+        ),
+    ],
+)
+def test_rate_floor(tick: Tick, replicas: int, reason: Reason) -> None:
+    check(tick, replicas, reason)
+
+
+# --- per-replica throughput estimate ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("previous", "queue", "current", "estimate"),
+    [
+        pytest.param(None, sample(ready=5, consumers=4), 4, None, id="unknown-until-acks"),
+        pytest.param(None, sample(ready=5, consumers=4, ack=0.0), 4, None, id="zero-acks-unknown"),
+        pytest.param(
+            None, sample(ready=5, unacked=4, consumers=4, ack=8), 4, 2.0, id="first-acks-set-it"
+        ),
+        pytest.param(
+            None,
+            sample(ready=5, unacked=8, consumers=4, ack=8),
+            2,
+            4.0,
+            id="saturated-busy-is-current-when-fewer-than-consumers",
+        ),
+        pytest.param(
+            None,
+            sample(ready=5, unacked=8, consumers=2, ack=8),
+            4,
+            4.0,
+            id="saturated-busy-is-consumers-when-fewer-than-current",
+        ),
+        pytest.param(
+            None,
+            sample(ready=0, unacked=2, consumers=10, ack=8),
+            10,
+            4.0,
+            id="keeping-up-busy-bounded-by-in-flight",
+        ),
+        pytest.param(
+            None,
+            sample(ready=0, unacked=0, consumers=10, ack=8),
+            10,
+            8.0,
+            id="at-least-one-busy-replica",
+        ),
+        pytest.param(
+            None,
+            sample(ready=5, unacked=3, consumers=0, ack=6),
+            0,
+            6.0,
+            id="acks-without-replicas-count-one",
+        ),
+        pytest.param(
+            3.0, sample(ready=1, consumers=4, ack=None), 4, 3.0, id="no-acks-keep-estimate"
+        ),
+        pytest.param(
+            2.0,
+            sample(ready=5, unacked=4, consumers=4, ack=16),
+            4,
+            2.0 + RATE_SMOOTHING * (4.0 - 2.0),
+            id="smoothed-towards-observation",
+        ),
+    ],
+)
+def test_per_replica_rate(
+    previous: float | None, queue: QueueSample, current: int, estimate: float | None
+) -> None:
+    assert smoothed_per_replica_rate(previous, queue, current) == pytest.approx(estimate)
+
+
+# --- tolerance --------------------------------------------------------------------------
+
+TOLERANT = {"behavior.tolerance": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("tick", "replicas", "reason"),
+    [
+        pytest.param(
+            Tick(sample(ready=105), 10, TOLERANT), 10, Reason.WITHIN_TOLERANCE, id="up-within-holds"
+        ),
+        pytest.param(
+            Tick(sample(ready=90), 10, TOLERANT),
+            10,
+            Reason.WITHIN_TOLERANCE,
+            id="down-within-holds",
+        ),
+        pytest.param(Tick(sample(ready=120), 10, TOLERANT), 12, Reason.BACKLOG, id="outside-moves"),
+        pytest.param(Tick(sample(ready=80), 10, TOLERANT), 8, Reason.BACKLOG, id="outside-shrinks"),
+        pytest.param(Tick(sample(ready=105), 10), 11, Reason.BACKLOG, id="zero-tolerance-moves"),
+        pytest.param(
+            Tick(sample(ready=1), 2, {"behavior.tolerance": 0.5}),
+            2,
+            Reason.WITHIN_TOLERANCE,
+            id="wide-band-holds-halving",
+        ),
+        pytest.param(
+            Tick(sample(), 1, {"behavior.tolerance": 0.99}),
+            0,
+            Reason.IDLE,
+            id="never-dead-band-a-move-to-zero",
+        ),
+        pytest.param(
+            Tick(sample(ready=1), 0, {"behavior.tolerance": 0.99}),
+            1,
+            Reason.ACTIVATION,
+            id="never-dead-band-a-move-from-zero",
+        ),
+    ],
+)
+def test_tolerance(tick: Tick, replicas: int, reason: Reason) -> None:
+    decision = check(tick, replicas, reason)
+    if reason is Reason.WITHIN_TOLERANCE:
+        assert decision.recommendation == tick.current
+        assert not decision.limited
+
+
+def test_tolerance_message() -> None:
+    decision = Tick(sample(ready=105), 10, TOLERANT).decide()
+
+    assert decision.message == (
+        "backlog 105 / 10 per replica -> 11, within tolerance 0.1 of current 10: holding"
+    )
+
+
+# --- stabilization ----------------------------------------------------------------------
+
+DOWN_300 = {"behavior.scaleDown.stabilizationSeconds": 300}
+UP_60 = {"behavior.scaleUp.stabilizationSeconds": 60}
+
+
+@pytest.mark.parametrize(
+    ("tick", "replicas", "reason"),
+    [
+        pytest.param(
+            Tick(sample(ready=30), 8, DOWN_300, ScalerState(recommendations=history((100, 8)))),
+            8,
+            Reason.STABILIZATION,
+            id="scale-down-held-by-stabilization",
+        ),
+        pytest.param(
+            Tick(
+                sample(ready=30),
+                8,
+                DOWN_300,
+                ScalerState(recommendations=history((200, 4), (100, 6), (50, 5))),
+            ),
+            6,
+            Reason.STABILIZATION,
+            id="scale-down-to-highest-in-window",
+        ),
+        pytest.param(
+            Tick(sample(ready=30), 8, DOWN_300, ScalerState(recommendations=history((400, 8)))),
+            3,
+            Reason.BACKLOG,
+            id="old-recommendation-expired",
+        ),
+        pytest.param(
+            Tick(sample(ready=30), 8, DOWN_300, ScalerState(recommendations=history((300, 8)))),
+            3,
+            Reason.BACKLOG,
+            id="window-start-is-excluded",
+        ),
+        pytest.param(
+            Tick(sample(ready=100), 2, DOWN_300, ScalerState(recommendations=history((10, 1)))),
+            10,
+            Reason.BACKLOG,
+            id="scale-up-stabilization-off-by-default",
+        ),
+        pytest.param(
+            Tick(sample(ready=100), 2, UP_60, ScalerState(recommendations=history((30, 4)))),
+            4,
+            Reason.STABILIZATION,
+            id="scale-up-held-to-lowest-in-window",
+        ),
+        pytest.param(
+            Tick(sample(ready=100), 5, UP_60, ScalerState(recommendations=history((30, 1)))),
+            5,
+            Reason.STABILIZATION,
+            id="scale-up-stabilization-never-shrinks",
+        ),
+        pytest.param(
+            Tick(sample(ready=60), 5, DOWN_300, ScalerState(recommendations=history((30, 20)))),
+            6,
+            Reason.BACKLOG,
+            id="scale-down-window-never-grows",
+        ),
+        pytest.param(
+            Tick(
+                sample(ready=100),
+                0,
+                {**UP_60, "behavior.scaleUp.maxStepReplicas": 4},
+                ScalerState(recommendations=history((30, 0))),
+            ),
+            4,
+            Reason.ACTIVATION,
+            id="waking-is-not-stabilized",
+        ),
+    ],
+)
+def test_stabilization(tick: Tick, replicas: int, reason: Reason) -> None:
+    decision = check(tick, replicas, reason)
+    assert decision.limited == (reason is Reason.STABILIZATION or tick.current == 0)
+
+
+def test_stabilization_message() -> None:
+    tick = Tick(sample(ready=30), 8, DOWN_300, ScalerState(recommendations=history((100, 8))))
+
+    assert tick.decide().message == (
+        "backlog 30 / 10 per replica -> 3,"
+        " held at 8 by scaleDown.stabilizationSeconds (highest recommendation of 300s)"
+    )
+
+
+# --- cooldowns --------------------------------------------------------------------------
+
+COOLDOWNS = {"behavior.scaleUp.cooldownSeconds": 15, "behavior.scaleDown.cooldownSeconds": 300}
+
+
+def scaled(seconds_ago: float) -> ScalerState:
+    return ScalerState(last_scale_time=ago(seconds_ago))
+
+
+@pytest.mark.parametrize(
+    ("tick", "replicas", "reason"),
+    [
+        pytest.param(
+            Tick(sample(ready=100), 5, COOLDOWNS, scaled(10)),
+            5,
+            Reason.COOLDOWN,
+            id="scale-up-held-by-cooldown",
+        ),
+        pytest.param(
+            Tick(sample(ready=100), 5, COOLDOWNS, scaled(15)),
+            10,
+            Reason.BACKLOG,
+            id="scale-up-when-cooldown-ends",
+        ),
+        pytest.param(
+            Tick(sample(ready=20), 5, COOLDOWNS, scaled(100)),
+            5,
+            Reason.COOLDOWN,
+            id="scale-down-held-by-cooldown",
+        ),
+        pytest.param(
+            Tick(sample(ready=20), 5, COOLDOWNS, scaled(300)),
+            2,
+            Reason.BACKLOG,
+            id="scale-down-when-cooldown-ends",
+        ),
+        pytest.param(
+            Tick(sample(ready=100), 5, COOLDOWNS, scaled(100)),
+            10,
+            Reason.BACKLOG,
+            id="scale-up-free-during-scale-down-cooldown",
+        ),
+        pytest.param(
+            Tick(sample(ready=100), 5, COOLDOWNS),
+            10,
+            Reason.BACKLOG,
+            id="no-scale-event-yet",
+        ),
+        pytest.param(
+            Tick(sample(ready=50), 5, COOLDOWNS, scaled(1)),
+            5,
+            Reason.BACKLOG,
+            id="holding-is-not-a-cooldown",
+        ),
+        pytest.param(
+            Tick(sample(ready=30), 0, COOLDOWNS, scaled(1)),
+            3,
+            Reason.ACTIVATION,
+            id="waking-from-zero-ignores-cooldown",
+        ),
+        pytest.param(
+            Tick(sample(), 1, COOLDOWNS, scaled(1)),
+            1,
+            Reason.COOLDOWN,
+            id="scale-to-zero-held-by-cooldown",
+        ),
+    ],
+)
+def test_cooldowns(tick: Tick, replicas: int, reason: Reason) -> None:
+    check(tick, replicas, reason)
+
+
+def test_cooldown_message_says_how_long() -> None:
+    decision = Tick(sample(ready=100), 5, COOLDOWNS, scaled(10.5)).decide()
+
+    assert decision.message.endswith("held at 5 by scaleUp.cooldownSeconds (5s left)")
+    assert decision.limited
+    assert decision.recommendation == 10
+
+
+# --- step limits ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tick", "replicas", "note"),
+    [
+        pytest.param(
+            Tick(sample(ready=230), 3, loose=False),
+            7,
+            "limited to +4 by scaleUp.maxStepReplicas",
+            id="defaults-add-four-to-a-small-pool",
+        ),
+        pytest.param(
+            Tick(sample(ready=500), 10, loose=False),
+            20,
+            "limited to +10 by scaleUp.maxStepPercent",
+            id="defaults-double-a-large-pool",
+        ),
+        pytest.param(
+            Tick(
+                sample(ready=250),
+                3,
+                {"behavior.scaleUp.maxStepReplicas": 1, "behavior.scaleUp.maxStepPercent": 50},
+            ),
+            5,
+            "limited to +2 by scaleUp.maxStepPercent",
+            id="up-percent-rounds-up",
+        ),
+        pytest.param(
+            Tick(
+                sample(ready=10),
+                10,
+                {"behavior.scaleDown.maxStepReplicas": 2, "behavior.scaleDown.maxStepPercent": 10},
+            ),
+            8,
+            "limited to -2 by scaleDown.maxStepReplicas",
+            id="down-by-replicas",
+        ),
+        pytest.param(
+            Tick(
+                sample(ready=10),
+                10,
+                {"behavior.scaleDown.maxStepReplicas": 1, "behavior.scaleDown.maxStepPercent": 50},
+            ),
+            5,
+            "limited to -5 by scaleDown.maxStepPercent",
+            id="down-by-percent",
+        ),
+        pytest.param(
+            Tick(
+                sample(),
+                3,
+                {"behavior.scaleDown.maxStepReplicas": 1, "behavior.scaleDown.maxStepPercent": 50},
+            ),
+            1,
+            "limited to -2 by scaleDown.maxStepPercent",
+            id="down-percent-rounds-like-the-hpa",
+        ),
+        pytest.param(
+            Tick(sample(ready=1000), 0, {"behavior.scaleUp.maxStepReplicas": 4}),
+            4,
+            "limited to +4 by scaleUp.maxStepReplicas",
+            id="waking-is-step-limited",
+        ),
+    ],
+)
+def test_step_limits(tick: Tick, replicas: int, note: str) -> None:
+    decision = tick.decide()
+
+    assert decision.replicas == replicas, decision.message
+    expected = Reason.ACTIVATION if tick.current == 0 else Reason.STEP_LIMIT
+    assert decision.reason is expected
+    assert decision.message.endswith(note)
+    assert decision.limited
+
+
+@pytest.mark.parametrize(
+    ("tick", "replicas"),
+    [
+        pytest.param(Tick(sample(ready=60), 3, loose=False), 6, id="up-by-three-of-four-allowed"),
+        pytest.param(Tick(sample(ready=70), 3, loose=False), 7, id="up-by-exactly-the-step"),
+    ],
+)
+def test_steps_within_limits_pass(tick: Tick, replicas: int) -> None:
+    check(tick, replicas, Reason.BACKLOG)
+
+
+def test_design_example_message() -> None:
+    decision = Tick(sample(ready=230), 3, loose=False).decide()
+
+    assert decision.message == (
+        "backlog 230 / 10 per replica -> 23, limited to +4 by scaleUp.maxStepReplicas"
+    )
+    assert decision.recommendation == 23
+
+
+# --- busy workers -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tick", "replicas", "reason"),
+    [
+        pytest.param(
+            Tick(sample(ready=20), 8, busy_workers=5), 5, Reason.BUSY_WORKERS, id="stops-at-busy"
+        ),
+        pytest.param(
+            Tick(sample(ready=20), 8, busy_workers=12),
+            8,
+            Reason.BUSY_WORKERS,
+            id="more-busy-than-current-holds-current",
+        ),
+        pytest.param(Tick(sample(ready=20), 8), 2, Reason.BACKLOG, id="busy-unknown"),
+        pytest.param(
+            Tick(sample(ready=20), 8, busy_workers=1),
+            2,
+            Reason.BACKLOG,
+            id="fewer-busy-than-target",
+        ),
+        pytest.param(
+            Tick(
+                sample(ready=20),
+                8,
+                {"behavior.scaleDown.protectBusyWorkers": False},
+                busy_workers=5,
+            ),
+            2,
+            Reason.BACKLOG,
+            id="protection-switched-off",
+        ),
+        pytest.param(
+            Tick(sample(ready=100), 3, busy_workers=1),
+            10,
+            Reason.BACKLOG,
+            id="never-blocks-a-scale-up",
+        ),
+        pytest.param(
+            Tick(sample(), 4, busy_workers=2), 2, Reason.BUSY_WORKERS, id="holds-scale-to-zero"
+        ),
+    ],
+)
+def test_busy_workers(tick: Tick, replicas: int, reason: Reason) -> None:
+    check(tick, replicas, reason)
+
+
+# --- bounds -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tick", "replicas", "reason"),
+    [
+        pytest.param(
+            Tick(sample(ready=500), 10, {"maxReplicas": 20}), 20, Reason.MAX_BOUND, id="capped"
+        ),
+        pytest.param(
+            Tick(sample(ready=5), 4, {"minReplicas": 3}), 3, Reason.MIN_BOUND, id="raised-to-min"
+        ),
+        pytest.param(
+            Tick(sample(), 2, {"minReplicas": 1}), 1, Reason.MIN_BOUND, id="idle-stops-at-min"
+        ),
+        pytest.param(
+            Tick(sample(ready=20), 30, {"maxReplicas": 20, **COOLDOWNS}, scaled(1)),
+            20,
+            Reason.MAX_BOUND,
+            id="bounds-override-cooldown",
+        ),
+        pytest.param(
+            Tick(sample(), 0, {"minReplicas": 2}),
+            2,
+            Reason.MIN_BOUND,
+            id="below-min-raised-without-activation",
+        ),
+        pytest.param(
+            Tick(sample(ready=250), 30, {"maxReplicas": 20, "behavior.tolerance": 0.5}),
+            20,
+            Reason.MAX_BOUND,
+            id="bounds-override-tolerance",
+        ),
+        pytest.param(
+            Tick(sample(ready=50), 5, {"minReplicas": 5, "maxReplicas": 5}),
+            5,
+            Reason.BACKLOG,
+            id="in-bounds-untouched",
+        ),
+    ],
+)
+def test_bounds(tick: Tick, replicas: int, reason: Reason) -> None:
+    check(tick, replicas, reason)
+
+
+def test_bound_message() -> None:
+    decision = Tick(sample(ready=500), 10, {"maxReplicas": 20}).decide()
+
+    assert decision.message == "backlog 500 / 10 per replica -> 50, capped at maxReplicas 20"
+    assert decision.limited
+
+
+# --- zero and activation ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tick", "replicas", "reason"),
+    [
+        pytest.param(Tick(sample(), 1), 0, Reason.IDLE, id="idle-scales-to-zero"),
+        pytest.param(
+            Tick(sample(publish=None, ack=None), 1),
+            0,
+            Reason.IDLE,
+            id="unknown-publish-rate-counts-as-zero",
+        ),
+        pytest.param(
+            Tick(sample(unacked=1), 1, {"source.rabbitmq.includeUnacked": False}),
+            1,
+            Reason.BACKLOG,
+            id="in-flight-keeps-one",
+        ),
+        pytest.param(Tick(sample(publish=0.5), 1), 1, Reason.BACKLOG, id="publishing-keeps-one"),
+        pytest.param(Tick(sample(ready=1), 3), 1, Reason.BACKLOG, id="one-ready-keeps-one"),
+        pytest.param(
+            Tick(sample(ready=5), 0, {"activation.messages": 5}),
+            1,
+            Reason.ACTIVATION,
+            id="wake-at-activation",
+        ),
+        pytest.param(
+            Tick(sample(ready=4), 0, {"activation.messages": 5}),
+            0,
+            Reason.IDLE,
+            id="activation-holds-at-zero",
+        ),
+        pytest.param(
+            Tick(
+                sample(ready=4, publish=3),
+                0,
+                {"activation.messages": 5},
+                ScalerState(per_replica_rate=1.0),
+            ),
+            0,
+            Reason.IDLE,
+            id="publishing-below-activation-stays-at-zero",
+        ),
+        pytest.param(Tick(sample(ready=30), 0), 3, Reason.ACTIVATION, id="wake-sized-by-backlog"),
+        pytest.param(
+            Tick(sample(ready=1, unacked=2), 0, {"activation.messages": 3}),
+            1,
+            Reason.ACTIVATION,
+            id="in-flight-counts-towards-activation",
+        ),
+        pytest.param(
+            Tick(sample(ready=30), 0, {"maxReplicas": 2}),
+            2,
+            Reason.ACTIVATION,
+            id="wake-capped-by-max",
+        ),
+    ],
+)
+def test_zero_and_activation(tick: Tick, replicas: int, reason: Reason) -> None:
+    check(tick, replicas, reason)
+
+
+def test_activation_messages() -> None:
+    held = Tick(sample(ready=4), 0, {"activation.messages": 5}).decide()
+    woken = Tick(sample(ready=30), 0).decide()
+
+    assert held.message == "backlog 4 below activation 5: staying at zero"
+    assert woken.message == "backlog 30 >= activation 1: waking, backlog 30 / 10 per replica -> 3"
+
+
+# --- no data and fallback ---------------------------------------------------------------
+
+FALLBACK_2 = {"fallback.replicas": 2, "fallback.afterFailures": 3, "minReplicas": 1}
+
+
+def failed(times: int, seconds_since_scale: float | None = None) -> ScalerState:
+    last = None if seconds_since_scale is None else ago(seconds_since_scale)
+    return ScalerState(consecutive_failures=times, last_scale_time=last)
+
+
+@pytest.mark.parametrize(
+    ("tick", "replicas", "reason"),
+    [
+        pytest.param(
+            Tick(None, 5, FALLBACK_2, failed(0)), 5, Reason.NO_DATA, id="first-failure-holds"
+        ),
+        pytest.param(
+            Tick(None, 5, FALLBACK_2, failed(1)), 5, Reason.NO_DATA, id="second-failure-holds"
+        ),
+        pytest.param(
+            Tick(None, 5, FALLBACK_2, failed(2)), 2, Reason.FALLBACK, id="fallback-at-nth-failure"
+        ),
+        pytest.param(
+            Tick(None, 5, FALLBACK_2, failed(9)), 2, Reason.FALLBACK, id="fallback-stays-applied"
+        ),
+        pytest.param(
+            Tick(None, 5, {"fallback.afterFailures": 1}, failed(10)),
+            5,
+            Reason.NO_DATA,
+            id="no-fallback-replicas-holds-forever",
+        ),
+        pytest.param(
+            Tick(None, 0, {"fallback.replicas": 2, "fallback.afterFailures": 1}),
+            2,
+            Reason.FALLBACK,
+            id="fallback-wakes-a-pool-at-zero",
+        ),
+        pytest.param(
+            Tick(None, 30, {"maxReplicas": 20}), 20, Reason.MAX_BOUND, id="no-data-still-bounded"
+        ),
+        pytest.param(
+            Tick(None, 5, {**FALLBACK_2, **COOLDOWNS}, failed(2, seconds_since_scale=60)),
+            5,
+            Reason.COOLDOWN,
+            id="fallback-respects-cooldown",
+        ),
+        pytest.param(
+            Tick(None, 5, {**FALLBACK_2, **COOLDOWNS}, failed(2, seconds_since_scale=300)),
+            2,
+            Reason.FALLBACK,
+            id="fallback-after-cooldown",
+        ),
+    ],
+)
+def test_no_data_and_fallback(tick: Tick, replicas: int, reason: Reason) -> None:
+    check(tick, replicas, reason)
+
+
+def test_no_data_message_counts_failures() -> None:
+    decision = Tick(None, 5, FALLBACK_2, failed(1)).decide()
+
+    assert decision.message == "no sample (2 failed in a row): holding 5, fallback after 3"
+    assert not decision.limited
+
+
+# --- paused -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tick", "would"),
+    [
+        pytest.param(Tick(sample(ready=60), 2, {"paused": True}), "would scale 2 -> 6", id="up"),
+        pytest.param(Tick(sample(), 4, {"paused": True}), "would scale 4 -> 0", id="down"),
+        pytest.param(Tick(sample(ready=40), 4, {"paused": True}), "would hold at 4", id="hold"),
+        pytest.param(
+            Tick(None, 4, {"paused": True, "fallback.replicas": 1, "fallback.afterFailures": 1}),
+            "would scale 4 -> 1",
+            id="fallback",
+        ),
+        pytest.param(
+            Tick(sample(ready=250), 30, {"paused": True, "maxReplicas": 20}),
+            "would scale 30 -> 20",
+            id="even-out-of-bounds",
+        ),
+    ],
+)
+def test_paused_holds_and_says_what_it_would_do(tick: Tick, would: str) -> None:
+    decision = check(tick, tick.current, Reason.PAUSED)
+
+    assert decision.message.startswith(f"paused; {would}: ")
+    assert not decision.limited
+
+
+def test_dry_run_is_not_decides_business() -> None:
+    check(Tick(sample(ready=60), 2, {"dryRun": True}), 6, Reason.BACKLOG)
+
+
+# --- next_state ---------------------------------------------------------------------------
+
+
+def fold(
+    state: ScalerState,
+    queue: QueueSample | None,
+    *,
+    scaled_now: bool = False,
+    settings: Mapping[str, Any] = DOWN_300,
+    current: int = 4,
+    recommendation: int = 4,
+) -> ScalerState:
+    decision = Decision(recommendation, Reason.BACKLOG, "", recommendation, False)
+    spec = make_spec({**LOOSE, **settings})
+    return next_state(spec, state, queue, current, decision, NOW, scaled_now)
+
+
+@pytest.mark.parametrize(
+    ("before", "queue", "scaled_now", "after"),
+    [
+        pytest.param(
+            ScalerState(consecutive_failures=2),
+            None,
+            False,
+            ScalerState(consecutive_failures=3),
+            id="failure-counts",
+        ),
+        pytest.param(
+            ScalerState(consecutive_failures=2),
+            sample(ready=40),
+            False,
+            ScalerState(recommendations=history((0, 4))),
+            id="success-resets-failures",
+        ),
+        pytest.param(
+            ScalerState(last_scale_time=ago(50)),
+            sample(ready=40),
+            True,
+            ScalerState(last_scale_time=NOW, recommendations=history((0, 4))),
+            id="scale-sets-last-scale-time",
+        ),
+        pytest.param(
+            ScalerState(last_scale_time=ago(50)),
+            None,
+            False,
+            ScalerState(last_scale_time=ago(50), consecutive_failures=1),
+            id="hold-keeps-last-scale-time",
+        ),
+        pytest.param(
+            ScalerState(recommendations=history((400, 9), (100, 6))),
+            sample(ready=40),
+            False,
+            ScalerState(recommendations=history((100, 6), (0, 4))),
+            id="expired-recommendations-pruned",
+        ),
+        pytest.param(
+            ScalerState(recommendations=history((100, 3), (50, 4))),
+            sample(ready=40),
+            False,
+            ScalerState(recommendations=history((0, 4))),
+            id="dominated-recommendations-dropped",
+        ),
+        pytest.param(
+            ScalerState(recommendations=history((50, 4))),
+            None,
+            False,
+            ScalerState(recommendations=history((50, 4)), consecutive_failures=1),
+            id="failed-tick-records-no-recommendation",
+        ),
+        pytest.param(
+            ScalerState(per_replica_rate=2.0),
+            sample(ready=5, unacked=4, consumers=4, ack=16),
+            False,
+            ScalerState(
+                recommendations=history((0, 4)),
+                per_replica_rate=2.0 + RATE_SMOOTHING * (4.0 - 2.0),
+            ),
+            id="rate-smoothed",
+        ),
+    ],
+)
+def test_next_state(
+    before: ScalerState, queue: QueueSample | None, scaled_now: bool, after: ScalerState
+) -> None:
+    assert fold(before, queue, scaled_now=scaled_now) == after
+
+
+def test_history_kept_for_the_longer_window() -> None:
+    state = ScalerState(recommendations=history((100, 2), (50, 9), (40, 3)))
+
+    folded = fold(state, sample(), settings={**DOWN_300, **UP_60})
+
+    # 2 left the scale-up window; 9 is the highest of scale-down, 3 the lowest of scale-up
+    assert folded.recommendations == history((50, 9), (40, 3), (0, 4))
+
+
+def test_history_empty_when_no_window() -> None:
+    folded = fold(ScalerState(), sample(), settings={"behavior.scaleDown.stabilizationSeconds": 0})
+
+    assert folded.recommendations == ()
+
+
+def test_history_tolerates_restored_order() -> None:
+    state = ScalerState(recommendations=history((50, 9), (100, 12)))
+
+    assert fold(state, sample()).recommendations == history((100, 12), (50, 9), (0, 4))
