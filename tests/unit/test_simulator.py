@@ -1,0 +1,440 @@
+"""The simulator's world, the peers' documented formulas, and the oracle: behaviour only.
+
+Nothing here times anything; `bench/decide.py` measures and prints the comparisons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from queuescaler.peers import (
+    HorizontalPodAutoscaler,
+    KedaMessageRatePolicy,
+    KedaQueueLengthPolicy,
+    WorkerPodAutoscalerPolicy,
+)
+from queuescaler.sample import QueueSample
+from queuescaler.simulator import (
+    FixedPolicy,
+    OraclePolicy,
+    Policy,
+    QueueScalerPolicy,
+    Sampling,
+    simulate,
+)
+from queuescaler.traces import (
+    Trace,
+    bursts,
+    diurnal,
+    idle_then_flood,
+    slow_spikes,
+    standard_traces,
+    steady,
+)
+
+pytestmark = pytest.mark.unit
+
+SHORT = 600
+"""Ten minutes of trace: long enough for a stabilization window, quick to replay."""
+
+
+def short_traces() -> list[Any]:
+    return [
+        pytest.param(steady(duration=SHORT), id="steady"),
+        pytest.param(diurnal(duration=SHORT, period=SHORT), id="diurnal"),
+        pytest.param(bursts(duration=SHORT, first_at=60, every=300), id="bursts"),
+        pytest.param(slow_spikes(duration=SHORT, first_at=60, every=300), id="slow-spikes"),
+        pytest.param(idle_then_flood(duration=SHORT, idle_seconds=200), id="idle-then-flood"),
+    ]
+
+
+def queuescaler_spec(**overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
+        "minReplicas": 0,
+        "maxReplicas": 100,
+        "source": {"rabbitmq": {"queue": "work", "connectionSecretRef": {"name": "rabbit"}}},
+        "target": {"messagesPerReplica": 10},
+    }
+    spec.update(overrides)
+    return spec
+
+
+POLICIES: list[Any] = [
+    pytest.param(lambda trace: FixedPolicy(2), id="fixed-small"),
+    pytest.param(lambda trace: FixedPolicy(40), id="fixed-large"),
+    pytest.param(lambda trace: OraclePolicy(trace), id="oracle"),
+    pytest.param(lambda trace: KedaQueueLengthPolicy(value=10), id="keda-queue-length"),
+    pytest.param(
+        lambda trace: KedaMessageRatePolicy(value=trace.service_rate), id="keda-message-rate"
+    ),
+    pytest.param(
+        lambda trace: WorkerPodAutoscalerPolicy(
+            target_messages_per_worker=10, seconds_to_process_one_job=1 / trace.service_rate
+        ),
+        id="worker-pod-autoscaler",
+    ),
+    pytest.param(lambda trace: QueueScalerPolicy(queuescaler_spec()), id="queuescaler"),
+]
+
+
+class Recorder:
+    """A policy that asks for a scripted count and remembers every sample it was shown."""
+
+    def __init__(
+        self,
+        script: Callable[[float], int],
+        *,
+        sampling: Sampling | None = None,
+        initial_replicas: int = 0,
+        removes_idle_first: bool = False,
+    ) -> None:
+        self.name = "recorder"
+        self.sampling = sampling or Sampling(polling_interval=1.0)
+        self.initial_replicas = initial_replicas
+        self.removes_idle_first = removes_idle_first
+        self.seen: list[tuple[float, QueueSample, int]] = []
+        self._script = script
+
+    def desired(self, sample: QueueSample, current: int, now: float) -> int:
+        self.seen.append((now, sample, current))
+        return self._script(now)
+
+
+def one_off(count: int, *, at: int = 0, duration: int = 60, service_rate: float = 1.0) -> Trace:
+    arrivals = [0] * duration
+    arrivals[at] = count
+    return Trace("one-off", tuple(arrivals), service_rate)
+
+
+# --- the world ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make_policy", POLICIES)
+@pytest.mark.parametrize("trace", short_traces())
+def test_every_message_is_served_or_left(trace: Trace, make_policy: Callable[..., Policy]) -> None:
+    result = simulate(trace, make_policy(trace), initial_replicas=2)
+
+    assert result.published == trace.published
+    assert result.served + result.left == pytest.approx(trace.published, abs=1e-6)
+    assert result.served >= 0 and result.left >= 0
+
+
+@pytest.mark.parametrize(
+    ("replicas", "trace"),
+    [
+        pytest.param(0, steady(duration=SHORT), id="no-pool"),
+        pytest.param(3, bursts(duration=SHORT, first_at=60), id="small-pool"),
+        pytest.param(25, slow_spikes(duration=SHORT, first_at=60), id="slow-tasks"),
+    ],
+)
+def test_a_pool_that_never_scales_costs_replicas_times_duration(
+    replicas: int, trace: Trace
+) -> None:
+    result = simulate(trace, FixedPolicy(replicas))
+
+    assert result.replica_seconds == replicas * trace.duration
+    assert result.scale_events == 0
+    assert set(result.replicas) <= {replicas}
+
+
+@pytest.mark.parametrize(
+    ("count", "service_rate", "p50", "p95"),
+    [
+        pytest.param(10, 1.0, 4.0, 9.0, id="one-replica-one-per-second"),
+        pytest.param(100, 10.0, 4.0, 9.0, id="one-replica-ten-per-second"),
+        pytest.param(1, 1.0, 0.0, 0.0, id="nothing-to-wait-for"),
+    ],
+)
+def test_waits_follow_fifo_service(count: int, service_rate: float, p50: float, p95: float) -> None:
+    result = simulate(one_off(count, service_rate=service_rate), FixedPolicy(1))
+
+    assert (result.p50_wait, result.p95_wait) == (p50, p95)
+    assert result.left == 0
+
+
+@pytest.mark.parametrize("delay", [pytest.param(0.0, id="instant"), pytest.param(10.0, id="10s")])
+def test_new_replicas_serve_only_after_the_pod_start_delay(delay: float) -> None:
+    trace = one_off(5, duration=40, service_rate=100.0)
+    result = simulate(trace, Recorder(lambda now: 1), pod_start_delay=delay)
+
+    assert result.p95_wait == delay
+    assert result.scale_events == 1
+
+
+def test_a_scale_down_hands_in_flight_messages_back() -> None:
+    trace = one_off(10, duration=60, service_rate=0.05)  # 20 s tasks
+    blind = simulate(trace, Recorder(lambda now: 10 if now < 5 else 5, initial_replicas=10))
+    spare = simulate(
+        trace,
+        Recorder(lambda now: 10 if now < 5 else 5, initial_replicas=10, removes_idle_first=True),
+    )
+
+    assert blind.redelivered == pytest.approx(5)
+    assert blind.served + blind.left == pytest.approx(10)
+    assert spare.redelivered == pytest.approx(5)  # all ten were busy: no idle one to spare
+
+
+def test_idle_first_removal_spares_busy_replicas() -> None:
+    trace = one_off(4, duration=60, service_rate=0.05)
+
+    def script(now: float) -> int:
+        return 10 if now < 5 else 6
+
+    blind = simulate(trace, Recorder(script, initial_replicas=10))
+    spare = simulate(trace, Recorder(script, initial_replicas=10, removes_idle_first=True))
+
+    assert blind.redelivered == pytest.approx(4 * 4 / 10)
+    assert spare.redelivered == 0
+
+
+def test_samples_are_as_stale_as_their_source() -> None:
+    trace = one_off(50, at=10, duration=30, service_rate=1.0)
+    policy = Recorder(
+        lambda now: 0, sampling=Sampling(polling_interval=1.0, count_delay=0.0, stats_delay=5.0)
+    )
+    simulate(trace, policy)
+    by_time = {now: sample for now, sample, _ in policy.seen}
+
+    assert by_time[11.0].ready == 50  # AMQP: the next second already shows the burst
+    assert by_time[11.0].publish_rate == 0.0  # the management API has not seen it yet
+    assert by_time[16.0].publish_rate == pytest.approx(50 / 5)
+    assert by_time[3.0].publish_rate is None  # no full rate window yet
+
+
+def test_the_policy_is_asked_at_its_polling_interval() -> None:
+    policy = Recorder(lambda now: 0, sampling=Sampling(polling_interval=15.0))
+    simulate(steady(duration=100), policy)
+
+    assert [now for now, _, _ in policy.seen] == [0.0, 15.0, 30.0, 45.0, 60.0, 75.0, 90.0]
+
+
+# --- the oracle --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trace", short_traces())
+def test_the_oracle_never_waits_longer_than_a_fixed_small_pool(trace: Trace) -> None:
+    oracle = simulate(trace, OraclePolicy(trace))
+    small = simulate(trace, FixedPolicy(2))
+
+    assert oracle.p95_wait <= small.p95_wait
+    assert oracle.p95_wait == 0.0
+
+
+@pytest.mark.parametrize("make_policy", POLICIES)
+@pytest.mark.parametrize("trace", short_traces())
+def test_no_policy_that_never_keeps_a_message_waiting_is_cheaper_than_the_oracle(
+    trace: Trace, make_policy: Callable[..., Policy]
+) -> None:
+    oracle = simulate(trace, OraclePolicy(trace))
+    other = simulate(trace, make_policy(trace), initial_replicas=oracle.replicas[0])
+
+    if other.mean_wait == 0.0:
+        assert oracle.replica_seconds <= other.replica_seconds
+    else:
+        assert oracle.mean_wait < other.mean_wait
+
+
+def test_the_oracle_asks_for_replicas_a_start_delay_ahead() -> None:
+    trace = one_off(30, at=40, duration=60, service_rate=1.0)
+    oracle = OraclePolicy(trace, pod_start_delay=10.0)
+    result = simulate(trace, oracle, pod_start_delay=10.0)
+
+    assert result.replicas[29] == 0
+    assert result.replicas[30] == 30
+    assert result.p95_wait == 0.0
+
+
+def test_a_capped_oracle_runs_the_full_pool_while_a_backlog_remains() -> None:
+    trace = one_off(300, at=20, duration=120, service_rate=0.2)  # 1,500 replica-seconds of work
+    result = simulate(trace, OraclePolicy(trace, max_replicas=100))
+
+    assert max(result.replicas) == 100
+    assert result.replicas[20:30] == (100,) * 10
+    assert result.p95_wait == 10.0  # three waves of 100 five-second tasks
+    assert result.left == pytest.approx(0, abs=1e-6)
+
+
+# --- the HPA, per its documented defaults --------------------------------------------------
+
+
+def hpa_sync(hpa: HorizontalPodAutoscaler, metric: float, current: int, now: float) -> int:
+    return hpa.recommend(metric, 10.0, current, now)
+
+
+def test_hpa_does_not_scale_down_within_300s_of_a_higher_recommendation() -> None:
+    hpa = HorizontalPodAutoscaler(min_replicas=1, max_replicas=100)
+    replicas = hpa_sync(hpa, 100.0, 10, 0.0)  # 10 per replica: a recommendation of 10
+    held = []
+    for now in range(15, 300, 15):
+        replicas = hpa_sync(hpa, 10.0, replicas, float(now))
+        held.append(replicas)
+
+    assert set(held) == {10}
+    assert hpa_sync(hpa, 10.0, replicas, 300.0) == 1
+
+
+@pytest.mark.parametrize(
+    ("metric", "current", "expected"),
+    [
+        pytest.param(105.0, 10, 10, id="within-tolerance-above"),
+        pytest.param(91.0, 10, 10, id="within-tolerance-below"),
+        pytest.param(120.0, 10, 12, id="beyond-tolerance"),
+        pytest.param(0.0, 0, 0, id="disabled-at-zero"),
+    ],
+)
+def test_hpa_tolerance(metric: float, current: int, expected: int) -> None:
+    hpa = HorizontalPodAutoscaler(min_replicas=1, max_replicas=100)
+
+    assert hpa_sync(hpa, metric, current, 0.0) == expected
+
+
+@pytest.mark.parametrize(
+    ("current", "limit"),
+    [
+        pytest.param(1, 5, id="four-pods-beat-doubling"),
+        pytest.param(3, 7, id="four-pods-beat-doubling-of-three"),
+        pytest.param(10, 20, id="doubling-beats-four-pods"),
+    ],
+)
+def test_hpa_scale_up_is_the_larger_of_100_percent_and_4_pods_per_15s(
+    current: int, limit: int
+) -> None:
+    hpa = HorizontalPodAutoscaler(min_replicas=1, max_replicas=1000)
+
+    first = hpa_sync(hpa, 10_000.0, current, 0.0)
+    again = hpa_sync(hpa, 10_000.0, first, 10.0)  # same 15 s period: no further room
+    later = hpa_sync(hpa, 10_000.0, again, 15.0)
+
+    assert first == limit
+    assert again == limit
+    assert later > limit
+
+
+# --- KEDA ----------------------------------------------------------------------------------
+
+
+def sample(ready: int = 0, unacked: int = 0, publish_rate: float | None = None) -> QueueSample:
+    return QueueSample(
+        ready=ready, unacked=unacked, consumers=0, taken_at=0.0, publish_rate=publish_rate
+    )
+
+
+def test_keda_wakes_from_zero_only_at_its_own_polling_interval() -> None:
+    keda = KedaQueueLengthPolicy(value=10)
+    assert keda.desired(sample(), 0, 0.0) == 0
+    assert keda.desired(sample(ready=50), 0, 15.0) == 0  # an HPA sync: the HPA is off at zero
+    assert keda.desired(sample(ready=50), 0, 30.0) == 1  # KEDA's poll activates
+
+
+def test_keda_scales_to_zero_only_after_the_cooldown_period() -> None:
+    keda = KedaQueueLengthPolicy(value=10)
+    assert keda.desired(sample(ready=5), 1, 0.0) == 1
+    replicas = [keda.desired(sample(), 1, float(now)) for now in range(15, 300, 15)]
+
+    assert set(replicas) == {1}
+    assert keda.desired(sample(), 1, 300.0) == 0
+
+
+@pytest.mark.parametrize(
+    ("policy", "metric_sample", "expected"),
+    [
+        pytest.param(
+            KedaQueueLengthPolicy(value=10), sample(ready=150, unacked=50), 20, id="queue-length"
+        ),
+        pytest.param(
+            KedaMessageRatePolicy(value=5), sample(publish_rate=42.0), 9, id="message-rate"
+        ),
+    ],
+)
+def test_keda_modes_feed_their_metric_to_the_hpa(
+    policy: KedaQueueLengthPolicy | KedaMessageRatePolicy,
+    metric_sample: QueueSample,
+    expected: int,
+) -> None:
+    policy.desired(sample(ready=1, publish_rate=1.0), 4, 0.0)  # first KEDA poll: active
+
+    assert policy.desired(metric_sample, 10, 15.0) == expected
+
+
+# --- worker-pod-autoscaler, per its README ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "ready", "publish_rate", "current", "expected"),
+    [
+        pytest.param({}, 90, 0.0, 1, 5, id="backlog-over-target"),
+        pytest.param(
+            {"seconds_to_process_one_job": 0.5}, 0, 5.0, 1, 3, id="rpm-floor-readme-example"
+        ),
+        pytest.param(
+            {"max_disruption": "50%", "max_replicas": 1000}, 0, 0.0, 500, 250, id="disruption-%"
+        ),
+        pytest.param(
+            {"max_disruption": "125", "max_replicas": 1000}, 0, 0.0, 500, 375, id="disruption-pods"
+        ),
+        pytest.param({"max_replicas": 10}, 1000, 0.0, 1, 10, id="max-bound"),
+    ],
+)
+def test_worker_pod_autoscaler_formula(
+    options: dict[str, Any], ready: int, publish_rate: float, current: int, expected: int
+) -> None:
+    wpa = WorkerPodAutoscalerPolicy(target_messages_per_worker=20, **options)
+
+    assert wpa.desired(sample(ready=ready, publish_rate=publish_rate), current, 0.0) == expected
+
+
+# --- queuescaler inside the simulator ---------------------------------------------------------
+
+
+def test_queuescaler_sees_ready_live_and_rates_late() -> None:
+    policy = QueueScalerPolicy(queuescaler_spec(pollingIntervalSeconds=5))
+
+    assert policy.sampling == Sampling(polling_interval=5.0, count_delay=0.0, stats_delay=5.0)
+    assert policy.initial_replicas == 0
+
+
+def test_queuescaler_in_dry_run_never_scales() -> None:
+    policy = QueueScalerPolicy(queuescaler_spec(dryRun=True))
+    result = simulate(bursts(duration=SHORT, first_at=60), policy, initial_replicas=1)
+
+    assert result.scale_events == 0
+
+
+# --- traces -------------------------------------------------------------------------------
+
+
+def test_traces_are_reproducible() -> None:
+    first = standard_traces()
+    again = standard_traces()
+
+    assert first == again
+    assert [t.name for t in first] == [
+        "steady",
+        "diurnal",
+        "bursts",
+        "slow-spikes",
+        "idle-then-flood",
+    ]
+    assert all(t.duration == 3600 for t in first)
+
+
+def test_a_different_seed_gives_a_different_trace() -> None:
+    assert steady(seed=1).arrivals != steady(seed=2).arrivals
+
+
+@pytest.mark.parametrize(
+    ("trace", "quiet", "busy"),
+    [
+        pytest.param(bursts(), range(0, 300), range(300, 360), id="bursts"),
+        pytest.param(idle_then_flood(), range(0, 1800), range(1800, 2400), id="idle-then-flood"),
+    ],
+)
+def test_traces_have_their_shape(trace: Trace, quiet: range, busy: range) -> None:
+    quiet_mean = sum(trace.arrivals[s] for s in quiet) / len(quiet)
+    busy_mean = sum(trace.arrivals[s] for s in busy) / len(busy)
+
+    assert busy_mean > 10 * max(quiet_mean, 1.0)
