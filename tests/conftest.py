@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from support import TestEnv, bring_up
+from operator_process import OperatorProcess
+from support import REPO, TestEnv, bring_up
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +31,29 @@ def namespace(testenv: TestEnv) -> Iterator[str]:
     testenv.kubectl("create", "namespace", name)
     yield name
     testenv.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def crd(testenv: TestEnv) -> None:
+    """The QueueScaler CRD, applied (server-side, idempotent) and Established."""
+    testenv.kubectl("apply", "--server-side", "--force-conflicts", "-f",
+                    str(REPO / "crds" / "queuescaler.yaml"))
+    testenv.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/queuescalers.queuescaler.io")
+
+
+@pytest.fixture(scope="session")
+def operator(
+    testenv: TestEnv, crd: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """One real operator process for the session, watching every namespace.
+
+    Secrets are re-read every 3 s so that tests see a deleted Secret quickly.
+    """
+    log_path: Path = tmp_path_factory.mktemp("operator") / "operator.log"
+    process = OperatorProcess(testenv, log_path, "--secret-refresh-seconds", "3").start()
+    yield process
+    process.stop()
 
 
 KINDS = ("unit", "integration", "e2e")

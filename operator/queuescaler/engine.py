@@ -1,0 +1,429 @@
+"""The tick: sample every broker once, decide for every QueueScaler on it, act, report.
+
+This is the imperative shell around `decide()`. It owns no policy: it gathers inputs
+(samples, current replica counts, the remembered state), calls the pure core, and
+carries out the answer (a `/scale` patch, a status write, Events, metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from queuescaler.decision import Decision, decide, next_state
+from queuescaler.kube import GROUP, KIND, VERSION, KubeClient, KubeError, NotFound, ObjectRef
+from queuescaler.metrics import Metrics
+from queuescaler.redact import redact
+from queuescaler.registry import Registry, ReplicaCache, Scaler
+from queuescaler.sample import QueueSample, combine
+from queuescaler.secrets import connection_from_secret
+from queuescaler.source import (
+    BrokerConnection,
+    ErrorKind,
+    QueueRef,
+    QueueSource,
+    SampleResult,
+    SourceError,
+)
+from queuescaler.status import (
+    Condition,
+    TickOutcome,
+    build_status,
+    camel,
+    conditions_for,
+    needs_write,
+)
+
+log = logging.getLogger("queuescaler.engine")
+
+SourceFactory = Callable[[BrokerConnection], QueueSource]
+Connection = BrokerConnection | KubeError | SourceError
+"""A QueueScaler's way to its broker, or why it has none."""
+FAILED_SECRET_RETRY_SECONDS = 10.0
+"""A missing or bad Secret is read again this soon: fixing it should show quickly."""
+GOOD_WHEN_TRUE = {"Ready", "BrokerReachable", "TargetFound"}
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How often the engine looks, and how much it may write."""
+
+    tick_seconds: float = 1.0
+    """How often the loop wakes; each QueueScaler is sampled at its own pollingIntervalSeconds."""
+    fast_path: bool = True
+    """Peek (AMQP passive declare) at pools at zero every tick, so a burst wakes them at once."""
+    status_refresh_seconds: float = 30.0
+    """Backlog and rates alone are rewritten to status at most this often (metrics are live)."""
+    secret_refresh_seconds: float = 300.0
+    """Secrets are read again after this long (they are never watched: `get` by name only)."""
+    concurrency: int = 32
+    """QueueScalers acted on at once (each patch or write is one apiserver request)."""
+
+
+class SecretCache:
+    """Broker connections read from Secrets, shared by every QueueScaler that names the Secret."""
+
+    def __init__(self, kube: KubeClient, refresh_seconds: float) -> None:
+        self._kube = kube
+        self._refresh = refresh_seconds
+        self._entries: dict[tuple[str, str], tuple[float, Connection]] = {}
+
+    async def connection(self, namespace: str, name: str, now: float) -> BrokerConnection:
+        """The Secret's connection; raises KubeError or SourceError(BAD_CONFIG), redacted."""
+        key = (namespace, name)
+        entry = self._entries.get(key)
+        if entry is None or now >= entry[0]:
+            result: Connection
+            try:
+                result = connection_from_secret(await self._kube.read_secret(namespace, name))
+                expires = now + self._refresh
+            except (KubeError, SourceError) as error:
+                result = error
+                expires = now + min(self._refresh, FAILED_SECRET_RETRY_SECONDS)
+            entry = self._entries[key] = (expires, result)
+        if isinstance(entry[1], BrokerConnection):
+            return entry[1]
+        raise entry[1]
+
+    def invalidate(self, namespace: str, name: str) -> None:
+        self._entries.pop((namespace, name), None)
+
+
+class Engine:
+    """Runs ticks until stopped. One per operator process."""
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        registry: Registry,
+        replicas: ReplicaCache,
+        metrics: Metrics,
+        make_source: SourceFactory,
+        settings: EngineSettings = EngineSettings(),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kube = kube
+        self.registry = registry
+        self.replicas = replicas
+        self.metrics = metrics
+        self.settings = settings
+        self._make_source = make_source
+        self._sources: dict[BrokerConnection, QueueSource] = {}
+        self._secrets = SecretCache(kube, settings.secret_refresh_seconds)
+        self._clock = clock
+        self._gate = asyncio.Semaphore(settings.concurrency)
+        self.ticks = 0
+        """Ticks completed: the operator is ready once the first one ran."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick every `tick_seconds` until `stop` is set; a failing tick is logged, never fatal."""
+        while not stop.is_set():
+            started = self._clock()
+            try:
+                await self.tick(started)
+            except Exception:  # the loop must outlive any one bad tick
+                log.exception("tick failed")
+            self.ticks += 1
+            elapsed = self._clock() - started
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, self.settings.tick_seconds - elapsed))
+        await self.close()
+
+    async def close(self) -> None:
+        sources, self._sources = self._sources, {}
+        for source in sources.values():
+            try:
+                await source.close()
+            except Exception:  # closing is best effort
+                log.debug("closing a source failed", exc_info=True)
+
+    def forget(self, scaler: Scaler) -> None:
+        """A QueueScaler was deleted: drop its metrics."""
+        self.metrics.forget(scaler.namespace, scaler.name)
+
+    # --- one tick ---
+
+    async def tick(self, now: float) -> None:
+        scalers = list(self.registry)
+        due = [s for s in scalers if s.next_due <= now]
+        waking: dict[tuple[str, str], QueueSample] = {}
+        if self.settings.fast_path:
+            waking = await self._peek_idle([s for s in scalers if s.next_due > now], now)
+            due.extend(s for s in scalers if s.key in waking)
+        if not due:
+            return
+        for scaler in due:
+            interval = scaler.spec.polling_interval_seconds if scaler.spec else 60
+            # Aligned to the interval, so QueueScalers on one broker share one request.
+            scaler.next_due = (math.floor(now / interval) + 1) * interval
+        connections = await self._connections(due, now)
+        samples = await self._sample(connections, now)
+        await asyncio.gather(
+            *(self._guarded(self._act(s, connections.get(s.key), samples, waking.get(s.key), now))
+              for s in due)
+        )
+
+    async def _guarded(self, work: Awaitable[None]) -> None:
+        async with self._gate:
+            try:
+                await work
+            except Exception:  # one QueueScaler's failure never stops the others
+                log.exception("acting on a QueueScaler failed")
+
+    async def _connections(
+        self, scalers: Iterable[Scaler], now: float
+    ) -> dict[tuple[str, str], Connection]:
+        """Each QueueScaler's broker connection (or why there is none), one Secret read each."""
+        found: dict[tuple[str, str], Connection] = {}
+        for scaler in scalers:
+            if scaler.spec is None:
+                continue
+            secret = scaler.spec.source.rabbitmq.connection_secret_ref.name
+            try:
+                found[scaler.key] = await self._secrets.connection(scaler.namespace, secret, now)
+            except (KubeError, SourceError) as error:
+                found[scaler.key] = error
+        return found
+
+    def _source(self, connection: BrokerConnection) -> QueueSource:
+        source = self._sources.get(connection)
+        if source is None:
+            source = self._sources[connection] = self._make_source(connection)
+        return source
+
+    async def _sample(
+        self, connections: dict[tuple[str, str], Connection],
+        now: float,
+    ) -> dict[BrokerConnection, SampleResult | SourceError]:
+        """One request per broker: every queue any due QueueScaler on it watches."""
+        wanted: dict[BrokerConnection, set[QueueRef]] = defaultdict(set)
+        for key, connection in connections.items():
+            scaler = self.registry.get(*key)
+            if isinstance(connection, BrokerConnection) and scaler is not None:
+                wanted[connection].update(scaler.queues())
+
+        async def one(
+            connection: BrokerConnection, queues: set[QueueRef]
+        ) -> SampleResult | SourceError:
+            started = time.perf_counter()
+            try:
+                result: SampleResult | SourceError = await self._source(connection).sample(queues)
+            except SourceError as error:
+                result = error
+            except Exception as error:  # a source bug must not look like a healthy broker
+                result = SourceError(ErrorKind.BAD_RESPONSE, redact(repr(error)))
+            self.metrics.sampled(time.perf_counter() - started, result)
+            return result
+
+        brokers = list(wanted)
+        results = await asyncio.gather(*(one(b, wanted[b]) for b in brokers))
+        return dict(zip(brokers, results, strict=True))
+
+    async def _peek_idle(
+        self, scalers: list[Scaler], now: float
+    ) -> dict[tuple[str, str], QueueSample]:
+        """Pools at zero whose queue now holds enough to wake them (AMQP, no stats delay)."""
+        idle = [
+            s for s in scalers
+            if s.spec is not None and s.current_replicas == 0 and s.spec.min_replicas == 0
+            and not s.spec.paused
+        ]
+        if not idle:
+            return {}
+        connections = await self._connections(idle, now)
+        wanted: dict[BrokerConnection, set[QueueRef]] = defaultdict(set)
+        for scaler in idle:
+            connection = connections.get(scaler.key)
+            if isinstance(connection, BrokerConnection):
+                wanted[connection].update(scaler.queues())
+        peeked: dict[QueueRef, QueueSample] = {}
+        for connection, queues in wanted.items():
+            try:
+                result = await self._source(connection).peek(queues)
+            except SourceError:
+                continue  # the regular sample reports broker failures
+            peeked.update((ref, s) for ref, s in result.items() if isinstance(s, QueueSample))
+        waking: dict[tuple[str, str], QueueSample] = {}
+        for scaler in idle:
+            parts = [peeked.get(ref) for ref in scaler.queues()]
+            if scaler.spec and parts and all(p is not None for p in parts):
+                sample = combine(p for p in parts if p is not None)
+                if sample.backlog >= scaler.spec.activation.messages:
+                    waking[scaler.key] = sample
+        return waking
+
+    # --- acting on one QueueScaler ---
+
+    async def _act(
+        self,
+        scaler: Scaler,
+        connection: Connection | None,
+        samples: dict[BrokerConnection, SampleResult | SourceError],
+        peeked: QueueSample | None,
+        now: float,
+    ) -> None:
+        spec = scaler.spec
+        if spec is None:
+            error = scaler.spec_error
+            message = str(error) if error else "the spec could not be read"
+            await self._report(scaler, now, TickOutcome(
+                scaler.generation, True, None, None, None, scaler.state,
+                [Condition("Ready", False, "InvalidSpec", message)],
+            ), decision=None)
+            return
+        config_error: tuple[str, str] | None = None
+        broker_error: tuple[str, str] | None = None
+        sample: QueueSample | None = None
+        if isinstance(connection, KubeError):
+            missing = isinstance(connection, NotFound)
+            config_error = ("SecretNotFound" if missing else camel(connection.reason),
+                            connection.message)
+            self.metrics.sample_failed("secret")
+        elif isinstance(connection, SourceError):
+            config_error = ("BadSecret", connection.message)
+            self.metrics.sample_failed(str(connection.kind))
+        elif connection is not None:
+            sample, broker_error = self._sample_for(scaler, samples.get(connection))
+            if broker_error and broker_error[0] == "Auth":
+                # Credentials may have been rotated: read the Secret again next time.
+                self._secrets.invalidate(
+                    scaler.namespace, spec.source.rabbitmq.connection_secret_ref.name
+                )
+        if peeked is not None and (sample is None or sample.backlog < peeked.backlog):
+            sample = peeked  # the fast path saw the burst first
+        target_error: tuple[str, str] | None = None
+        current: int | None = None
+        try:
+            current = await self._current_replicas(scaler)
+        except KubeError as error:
+            missing = isinstance(error, NotFound)
+            target_error = ("TargetNotFound" if missing else camel(error.reason), error.message)
+        scaler.current_replicas = current
+        decision: Decision | None = None
+        scaled = False
+        state = scaler.state
+        if current is not None:
+            decision = decide(spec, sample, current, state, now)
+            if decision.replicas != current and not spec.paused:
+                if spec.dry_run:
+                    await self._announce_dry_run(scaler, current, decision)
+                else:
+                    scaled = await self._scale(scaler, current, decision, sample)
+                    if scaled:
+                        scaler.current_replicas = decision.replicas
+            state = next_state(spec, state, sample, current, decision, now, scaled)
+        scaler.state = state  # without a target nothing was decided: the state waits
+        conditions = conditions_for(
+            paused=spec.paused, dry_run=spec.dry_run, broker_error=broker_error,
+            target_error=target_error, config_error=config_error, decision=decision,
+            current_replicas=scaler.current_replicas,
+        )
+        outcome = TickOutcome(
+            scaler.generation, spec.source.rabbitmq.include_unacked, sample,
+            scaler.current_replicas, decision, state, conditions,
+        )
+        self.metrics.observe(scaler, sample, decision, scaler.current_replicas, conditions)
+        await self._report(scaler, now, outcome, decision)
+
+    def _sample_for(
+        self, scaler: Scaler, result: SampleResult | SourceError | None
+    ) -> tuple[QueueSample | None, tuple[str, str] | None]:
+        if result is None:
+            return None, ("Unreachable", "the broker was not sampled")
+        if isinstance(result, SourceError):
+            return None, (camel(str(result.kind)), result.message)
+        parts: list[QueueSample] = []
+        for ref in scaler.queues():
+            part = result.get(ref)
+            if isinstance(part, QueueSample):
+                parts.append(part)
+            elif isinstance(part, SourceError):
+                self.metrics.sample_failed(str(part.kind))
+                return None, (camel(str(part.kind)), part.message)
+            else:
+                return None, ("QueueNotFound", f"queue {ref.name!r} was not in the broker's answer")
+        return combine(parts), None
+
+    async def _current_replicas(self, scaler: Scaler) -> int:
+        assert scaler.spec is not None
+        target = scaler.spec.scale_target_ref
+        if target.api_version == "apps/v1" and target.kind == "Deployment":
+            cached = self.replicas.get(scaler.namespace, target.name)
+            if cached is not None:
+                return cached
+        return await self.kube.read_replicas(scaler.namespace, target)
+
+    async def _scale(
+        self, scaler: Scaler, current: int, decision: Decision, sample: QueueSample | None
+    ) -> bool:
+        assert scaler.spec is not None
+        target = scaler.spec.scale_target_ref
+        try:
+            await self.kube.scale(scaler.namespace, target, decision.replicas)
+        except KubeError as error:
+            await self._event(scaler, "Warning", "ScaleFailed",
+                              f"could not scale {target.kind} {target.name} to "
+                              f"{decision.replicas}: {error.message}")
+            return False
+        if target.api_version == "apps/v1" and target.kind == "Deployment":
+            self.replicas.set(scaler.namespace, target.name, decision.replicas)
+        direction = "up" if decision.replicas > current else "down"
+        reason = "ScaledUp" if direction == "up" else "ScaledDown"
+        backlog = f" (backlog {sample.backlog})" if sample is not None else ""
+        message = (f"scaled {target.kind} {target.name} from {current} to {decision.replicas}: "
+                   f"{decision.reason}{backlog}: {decision.message}")
+        log.info("%s/%s %s", scaler.namespace, scaler.name, message)
+        self.metrics.scaled(scaler, direction, str(decision.reason))
+        await self._event(scaler, "Normal", reason, message)
+        await self._emit(ObjectRef(target.api_version, target.kind, scaler.namespace, target.name),
+                         "Normal", reason, f"queuescaler {scaler.name} {message}")
+        return True
+
+    async def _announce_dry_run(self, scaler: Scaler, current: int, decision: Decision) -> None:
+        if scaler.announced_desired == decision.replicas:
+            return
+        scaler.announced_desired = decision.replicas
+        await self._event(scaler, "Normal", "WouldScale",
+                          f"dry run: would scale from {current} to {decision.replicas}: "
+                          f"{decision.reason}: {decision.message}")
+
+    async def _report(
+        self, scaler: Scaler, now: float, outcome: TickOutcome, decision: Decision | None
+    ) -> None:
+        status, flipped = build_status(scaler.status, outcome, now)
+        stale = now - scaler.status_written_at >= self.settings.status_refresh_seconds
+        if not needs_write(scaler.status, status, stale=stale):
+            return
+        try:
+            await self.kube.patch_status(scaler.namespace, scaler.name, status)
+        except NotFound:
+            self.registry.remove(scaler.namespace, scaler.name)  # deleted meanwhile: gone
+            return
+        except KubeError as error:
+            log.warning("status of %s/%s not written: %s", scaler.namespace, scaler.name,
+                        error.message)
+            return
+        scaler.status = status
+        scaler.status_written_at = now
+        for condition in flipped:
+            bad = condition.type in GOOD_WHEN_TRUE and not condition.status
+            event_type = "Warning" if bad else "Normal"
+            verb = "True" if condition.status else "False"
+            await self._event(scaler, event_type, condition.reason,
+                              f"{condition.type} is {verb}: {condition.message}")
+
+    async def _event(self, scaler: Scaler, event_type: str, reason: str, message: str) -> None:
+        about = ObjectRef(f"{GROUP}/{VERSION}", KIND, scaler.namespace, scaler.name, scaler.uid)
+        await self._emit(about, event_type, reason, message)
+
+    async def _emit(self, about: ObjectRef, event_type: str, reason: str, message: str) -> None:
+        try:
+            await self.kube.emit_event(about, event_type, reason, message)
+        except KubeError as error:
+            log.warning("event not posted: %s", error.message)

@@ -1,0 +1,142 @@
+"""What the operator knows between ticks: the QueueScalers it serves and their targets' sizes.
+
+Both maps are fed by watches (kopf event handlers), so a tick reads them for free
+instead of asking the apiserver about every QueueScaler.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from queuescaler.decision import ScalerState
+from queuescaler.source import QueueRef
+from queuescaler.spec import QueueScalerSpec, SpecError, parse_spec
+from queuescaler.status import state_from_status
+
+Key = tuple[str, str]
+"""(namespace, name)"""
+
+
+@dataclass
+class Scaler:
+    """One QueueScaler as the operator tracks it. Mutable: the engine updates it each tick."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int | None
+    spec: QueueScalerSpec | None
+    spec_error: SpecError | None
+    state: ScalerState
+    status: dict[str, Any]
+    """The status as last written (or as found at start): what the next write compares to."""
+    status_written_at: float = -math.inf
+    next_due: float = 0.0
+    """When the next full sample is due (aligned to the polling interval)."""
+    current_replicas: int | None = None
+    """The target's replica count at the last tick (None: unknown or missing)."""
+    announced_desired: int | None = None
+    """The desired count last announced in an Event (dry run announces each new one once)."""
+    marks: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.name)
+
+    def queues(self) -> tuple[QueueRef, ...]:
+        if self.spec is None:
+            return ()
+        rabbitmq = self.spec.source.rabbitmq
+        return tuple(QueueRef(rabbitmq.vhost, name) for name in rabbitmq.queue_names)
+
+
+class Registry:
+    """The QueueScalers in scope, keyed by namespace and name."""
+
+    def __init__(self) -> None:
+        self._scalers: dict[Key, Scaler] = {}
+
+    def upsert(self, body: Mapping[str, Any], now: float) -> Scaler:
+        """Add or refresh a QueueScaler from a watch event's body.
+
+        The spec is parsed again only when the generation moves; the decision state is
+        restored from status only the first time an object is seen (after that, the
+        operator's memory is newer than what it wrote).
+        """
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        generation = meta.get("generation")
+        known = self._scalers.get(key)
+        if known is not None and known.uid == meta.get("uid"):
+            if known.generation != generation:
+                known.spec, known.spec_error = _parse(body.get("spec"))
+                known.generation = generation
+                known.next_due = 0.0  # a changed spec is acted on at the next tick
+            return known
+        status = dict(body.get("status") or {})
+        spec, error = _parse(body.get("spec"))
+        scaler = Scaler(
+            namespace=key[0],
+            name=key[1],
+            uid=meta.get("uid", ""),
+            generation=generation,
+            spec=spec,
+            spec_error=error,
+            state=state_from_status(status, now),
+            status=status,
+        )
+        self._scalers[key] = scaler
+        return scaler
+
+    def remove(self, namespace: str, name: str) -> Scaler | None:
+        return self._scalers.pop((namespace, name), None)
+
+    def get(self, namespace: str, name: str) -> Scaler | None:
+        return self._scalers.get((namespace, name))
+
+    def __iter__(self) -> Iterator[Scaler]:
+        return iter(list(self._scalers.values()))
+
+    def __len__(self) -> int:
+        return len(self._scalers)
+
+
+def _parse(raw: object) -> tuple[QueueScalerSpec | None, SpecError | None]:
+    if not isinstance(raw, Mapping):
+        return None, SpecError("spec", "missing")
+    try:
+        return parse_spec(raw), None
+    except SpecError as error:
+        return None, error
+
+
+class ReplicaCache:
+    """Deployments' desired replica counts, as the watch last reported them.
+
+    Only Deployments are watched (they are what QueueScalers scale in practice); other
+    kinds are read through `/scale` when needed.
+    """
+
+    def __init__(self) -> None:
+        self._replicas: dict[Key, int] = {}
+
+    def observe(self, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        replicas = (body.get("spec") or {}).get("replicas")
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        self._replicas[key] = int(replicas) if isinstance(replicas, int) else 1
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._replicas.pop((namespace, name), None)
+
+    def set(self, namespace: str, name: str, replicas: int) -> None:
+        self._replicas[(namespace, name)] = replicas
+
+    def get(self, namespace: str, name: str) -> int | None:
+        return self._replicas.get((namespace, name))
+
+    def knows(self, namespace: str, name: str) -> bool:
+        return (namespace, name) in self._replicas

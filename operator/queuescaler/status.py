@@ -1,0 +1,277 @@
+"""What a tick tells the user (status, conditions) and what it leaves for the next one. Pure.
+
+Status doubles as the operator's memory: the decision state (`ScalerState`) is written
+there and read back after a restart, so a restarted operator never scales earlier than
+one that kept running.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from queuescaler.decision import Decision, Recommendation, ScalerState
+from queuescaler.sample import QueueSample
+
+CONDITION_TYPES = ("Ready", "Active", "BrokerReachable", "TargetFound", "ScalingLimited", "Paused")
+MAX_RECOMMENDATIONS = 64
+"""The CRD's bound on the stored history; compaction keeps far fewer in practice."""
+
+
+def iso(moment: float) -> str:
+    """An RFC 3339 timestamp (seconds precision, UTC) as Kubernetes writes them."""
+    when = datetime.datetime.fromtimestamp(moment, datetime.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: object) -> float | None:
+    """The inverse of `iso`; None for anything that is not such a timestamp."""
+    if not isinstance(text, str):
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return parsed.timestamp()
+
+
+def camel(kebab: str) -> str:
+    """`vhost-not-found` -> `VhostNotFound`: condition reasons are CamelCase words."""
+    return "".join(part.capitalize() for part in kebab.split("-"))
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One condition as this tick sees it; transition times are filled in by `merge_conditions`."""
+
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+def merge_conditions(
+    previous: Sequence[Mapping[str, Any]],
+    current: Sequence[Condition],
+    now: float,
+    generation: int | None,
+) -> tuple[list[dict[str, Any]], list[Condition]]:
+    """The new conditions list, and the conditions whose status changed (for Events).
+
+    lastTransitionTime moves only when the status flips, as the API conventions ask.
+    """
+    before = {c.get("type"): c for c in previous if isinstance(c, Mapping)}
+    merged: list[dict[str, Any]] = []
+    flipped: list[Condition] = []
+    for condition in current:
+        status = "True" if condition.status else "False"
+        old = before.get(condition.type)
+        changed = old is None or old.get("status") != status
+        if changed:
+            flipped.append(condition)
+        entry: dict[str, Any] = {
+            "type": condition.type,
+            "status": status,
+            "reason": condition.reason,
+            "message": condition.message,
+            "lastTransitionTime": iso(now) if changed or old is None
+            else old.get("lastTransitionTime", iso(now)),
+        }
+        if generation is not None:
+            entry["observedGeneration"] = generation
+        merged.append(entry)
+    return merged, flipped
+
+
+def state_from_status(status: Mapping[str, Any] | None, now: float) -> ScalerState:
+    """Rebuild the decision state from a stored status, erring on the side of waiting.
+
+    Between two status writes the newest recommendation may have been renewed in memory
+    only; on restore it is taken as renewed up to `now`, which can only lengthen a
+    stabilization window, never shorten it.
+    """
+    if not status:
+        return ScalerState()
+    history: list[Recommendation] = []
+    for entry in status.get("recommendations") or ():
+        if not isinstance(entry, Mapping):
+            continue
+        at, replicas = parse_iso(entry.get("at")), entry.get("replicas")
+        if at is not None and isinstance(replicas, int) and replicas >= 0:
+            history.append(Recommendation(at, replicas))
+    history.sort(key=lambda r: r.at)
+    if history:
+        history[-1] = Recommendation(max(history[-1].at, now), history[-1].replicas)
+    failures = status.get("consecutiveFailures")
+    rate = status.get("perReplicaRate")
+    per_replica_rate = None
+    if isinstance(rate, int | float) and not isinstance(rate, bool):
+        per_replica_rate = float(rate)
+    if per_replica_rate is not None and not (0 < per_replica_rate < math.inf):
+        per_replica_rate = None
+    return ScalerState(
+        last_scale_time=parse_iso(status.get("lastScaleTime")),
+        recommendations=tuple(history),
+        consecutive_failures=failures if isinstance(failures, int) and failures >= 0 else 0,
+        per_replica_rate=per_replica_rate,
+    )
+
+
+def _quantity(value: float | None) -> float | None:
+    """A rate rounded to 3 significant digits: readable, and stable enough to compare."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(f"{value:.3g}")
+
+
+@dataclass(frozen=True, slots=True)
+class TickOutcome:
+    """Everything one tick learned about one QueueScaler, for status."""
+
+    generation: int | None
+    include_unacked: bool
+    sample: QueueSample | None
+    current_replicas: int | None
+    decision: Decision | None
+    state: ScalerState
+    conditions: Sequence[Condition]
+
+
+def build_status(
+    previous: Mapping[str, Any], outcome: TickOutcome, now: float
+) -> tuple[dict[str, Any], list[Condition]]:
+    """The status to store, and the conditions that flipped.
+
+    Numbers this tick did not learn (no sample, no target) keep their stored values.
+    """
+    status: dict[str, Any] = {k: v for k, v in previous.items() if k != "conditions"}
+    if outcome.generation is not None:
+        status["observedGeneration"] = outcome.generation
+    sample = outcome.sample
+    if sample is not None:
+        status["backlog"] = {
+            "ready": sample.ready,
+            "unacked": sample.unacked,
+            "total": sample.backlog if outcome.include_unacked else sample.ready,
+        }
+        rates = {"publish": _quantity(sample.publish_rate), "ack": _quantity(sample.ack_rate)}
+        status["rates"] = {k: v for k, v in rates.items() if v is not None}
+    if outcome.current_replicas is not None:
+        status["currentReplicas"] = outcome.current_replicas
+    decision = outcome.decision
+    if decision is not None:
+        status["desiredReplicas"] = decision.replicas
+        last = previous.get("lastDecision") or {}
+        same = (
+            last.get("replicas") == decision.replicas
+            and last.get("reason") == str(decision.reason)
+            and last.get("message") == decision.message
+        )
+        status["lastDecision"] = dict(last) if same else {
+            "replicas": decision.replicas,
+            "reason": str(decision.reason),
+            "message": decision.message,
+            "at": iso(now),
+        }
+    state = outcome.state
+    if state.last_scale_time is not None:
+        status["lastScaleTime"] = iso(state.last_scale_time)
+    status["consecutiveFailures"] = state.consecutive_failures
+    status["recommendations"] = [
+        {"at": iso(r.at), "replicas": r.replicas}
+        for r in state.recommendations[-MAX_RECOMMENDATIONS:]
+    ]
+    rate = _quantity(state.per_replica_rate)
+    if rate is not None:
+        status["perReplicaRate"] = rate
+    conditions, flipped = merge_conditions(
+        previous.get("conditions") or (), outcome.conditions, now, outcome.generation
+    )
+    status["conditions"] = conditions
+    return status, flipped
+
+
+SLOW_FIELDS = ("backlog", "rates", "perReplicaRate", "recommendations")
+"""Fields that change with every sample under load: written with the others, or when stale."""
+
+
+def needs_write(
+    written: Mapping[str, Any], new: Mapping[str, Any], *, stale: bool
+) -> bool:
+    """Whether a status write is worth an apiserver request.
+
+    Decisions, replica counts, conditions and failure counts are written as soon as they
+    change; the numbers that move with every sample (backlog, rates, the timestamps of the
+    recommendation history) only when something else is written anyway or the stored ones
+    are `stale`. Recommendations whose values changed count as a change (restarts need them).
+    """
+    def fast(status: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in status.items() if k not in SLOW_FIELDS}
+
+    def values(status: Mapping[str, Any]) -> list[Any]:
+        return [r.get("replicas") for r in status.get("recommendations") or ()]
+
+    if fast(written) != fast(new) or values(written) != values(new):
+        return True
+    return stale and any(written.get(k) != new.get(k) for k in SLOW_FIELDS)
+
+
+def conditions_for(
+    *,
+    paused: bool,
+    dry_run: bool,
+    broker_error: tuple[str, str] | None,
+    target_error: tuple[str, str] | None,
+    config_error: tuple[str, str] | None,
+    decision: Decision | None,
+    current_replicas: int | None,
+) -> list[Condition]:
+    """This tick's conditions from what went right and wrong (errors are (reason, message))."""
+    conditions: list[Condition] = []
+    if config_error:
+        ready = Condition("Ready", False, *config_error)
+    elif broker_error:
+        ready = Condition("Ready", False, broker_error[0], broker_error[1])
+    elif target_error:
+        ready = Condition("Ready", False, target_error[0], target_error[1])
+    else:
+        mode = " (dry run: decisions are reported, never applied)" if dry_run else ""
+        ready = Condition("Ready", True, "Sampling", f"sampling and deciding{mode}")
+    conditions.append(ready)
+    desired = decision.replicas if decision else current_replicas
+    if desired is None:
+        conditions.append(Condition("Active", False, "Unknown", "no decision yet"))
+    elif desired > 0:
+        conditions.append(Condition("Active", True, "Working", f"{desired} replicas wanted"))
+    else:
+        conditions.append(Condition("Active", False, "Idle", "the pool is scaled to zero"))
+    if config_error and broker_error is None:
+        conditions.append(Condition("BrokerReachable", False, *config_error))
+    elif broker_error:
+        conditions.append(Condition("BrokerReachable", False, *broker_error))
+    else:
+        conditions.append(Condition("BrokerReachable", True, "Sampled", "the broker answered"))
+    if target_error:
+        conditions.append(Condition("TargetFound", False, *target_error))
+    else:
+        conditions.append(Condition("TargetFound", True, "Found", "the scale target exists"))
+    limited = decision is not None and decision.limited
+    limit_reason = camel(str(decision.reason)) if decision and limited else "NotLimited"
+    conditions.append(
+        Condition(
+            "ScalingLimited",
+            limited,
+            limit_reason,
+            decision.message if decision and limited else "the decision was not limited",
+        )
+    )
+    if paused:
+        conditions.append(Condition("Paused", True, "Paused", "spec.paused is true: not scaling"))
+    else:
+        conditions.append(Condition("Paused", False, "NotPaused", "scaling is enabled"))
+    return conditions
