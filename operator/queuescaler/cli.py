@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 
 import click
 import kopf
@@ -12,6 +14,7 @@ from kubernetes import config as k8s_config
 from queuescaler import __version__
 from queuescaler.engine import Engine, EngineSettings
 from queuescaler.kube import KubeClient
+from queuescaler.leader import Elector
 from queuescaler.metrics import Metrics
 from queuescaler.rabbitmq import RabbitMQSource
 from queuescaler.redact import RedactingFilter
@@ -41,11 +44,12 @@ def main() -> None:
               help="Backlog and rates alone are rewritten to status at most this often.")
 @click.option("--secret-refresh-seconds", default=300.0, show_default=True, type=float,
               help="Secrets are read again after this long (they are never watched).")
-@click.option("--peering", "peering_name", default=None,
-              help="Run with kopf peering under this name (high availability). "
-                   "Default: standalone.")
-@click.option("--priority", default=0, show_default=True, type=int,
-              help="Peering priority: the highest-priority replica acts.")
+@click.option("--leader-election/--no-leader-election", default=False, show_default=True,
+              help="Run several replicas: only the holder of a Lease acts, the others stand by.")
+@click.option("--leader-election-namespace", envvar="POD_NAMESPACE", default="default",
+              show_default=True, help="Namespace of the Lease (the operator's own).")
+@click.option("--leader-election-name", default="queuescaler", show_default=True,
+              help="Name of the Lease.")
 def run(
     namespaces: tuple[str, ...],
     metrics_host: str,
@@ -56,8 +60,9 @@ def run(
     fast_path: bool,
     status_refresh_seconds: float,
     secret_refresh_seconds: float,
-    peering_name: str | None,
-    priority: int,
+    leader_election: bool,
+    leader_election_namespace: str,
+    leader_election_name: str,
 ) -> None:
     """Run the operator until interrupted."""
     from queuescaler import handlers  # registers the kopf handlers
@@ -81,20 +86,27 @@ def run(
     )
     configuration = k8s.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = settings.concurrency + 4
+    kube = KubeClient(k8s.ApiClient(configuration))
+    metrics = Metrics()
+    elector = None
+    if leader_election:
+        identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        elector = Elector(kube, leader_election_namespace, leader_election_name, identity,
+                          on_change=lambda leading: metrics.leader.set(leading))
     engine = Engine(
-        kube=KubeClient(k8s.ApiClient(configuration)),
+        kube=kube,
         registry=Registry(),
         replicas=ReplicaCache(),
-        metrics=Metrics(),
+        metrics=metrics,
         make_source=RabbitMQSource,
         settings=settings,
+        leading=elector.is_leader if elector else lambda: True,
     )
-    context = handlers.OperatorContext(engine, metrics_host, metrics_port)
+    context = handlers.OperatorContext(engine, metrics_host, metrics_port, elector)
+    # Every replica watches (a standby stays warm); the Lease, not kopf peering, picks who acts.
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
-        standalone=peering_name is None,
-        peering_name=peering_name,
-        priority=priority,
+        standalone=True,
         memo=kopf.Memo(context=context),
     )

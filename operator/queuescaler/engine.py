@@ -107,6 +107,7 @@ class Engine:
         make_source: SourceFactory,
         settings: EngineSettings = EngineSettings(),
         clock: Callable[[], float] = time.time,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.kube = kube
         self.registry = registry
@@ -117,6 +118,8 @@ class Engine:
         self._sources: dict[BrokerConnection, QueueSource] = {}
         self._secrets = SecretCache(kube, settings.secret_refresh_seconds)
         self._clock = clock
+        self.leading = leading
+        """Whether this replica acts now (leader election); a standby only watches."""
         self._gate = asyncio.Semaphore(settings.concurrency)
         self.ticks = 0
         """Ticks completed: the operator is ready once the first one ran."""
@@ -125,10 +128,11 @@ class Engine:
         """Tick every `tick_seconds` until `stop` is set; a failing tick is logged, never fatal."""
         while not stop.is_set():
             started = self._clock()
-            try:
-                await self.tick(started)
-            except Exception:  # the loop must outlive any one bad tick
-                log.exception("tick failed")
+            if self.leading():
+                try:
+                    await self.tick(started)
+                except Exception:  # the loop must outlive any one bad tick
+                    log.exception("tick failed")
             self.ticks += 1
             elapsed = self._clock() - started
             with contextlib.suppress(TimeoutError):

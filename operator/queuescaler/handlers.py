@@ -20,6 +20,7 @@ from aiohttp import web
 from queuescaler.endpoints import make_app, serve
 from queuescaler.engine import Engine
 from queuescaler.kube import GROUP, PLURAL, VERSION
+from queuescaler.leader import Elector
 
 log = logging.getLogger("queuescaler")
 
@@ -31,8 +32,10 @@ class OperatorContext:
     engine: Engine
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 8080
+    elector: Elector | None = None
+    """Set when several replicas run: only the Lease holder ticks."""
     stop: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
     http: web.AppRunner | None = None
 
 
@@ -61,8 +64,15 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     app = make_app(engine.metrics.registry, lambda: engine.ticks > 0)
     context.http = await serve(app, context.metrics_host, context.metrics_port)
     context.stop.clear()
-    context.task = asyncio.create_task(engine.run(context.stop), name="queuescaler-ticks")
-    engine.metrics.leader.set(1)
+    if context.elector is not None:
+        context.tasks.append(
+            asyncio.create_task(context.elector.run(context.stop), name="queuescaler-lease")
+        )
+    else:
+        engine.metrics.leader.set(1)
+    context.tasks.append(
+        asyncio.create_task(engine.run(context.stop), name="queuescaler-ticks")
+    )
     log.info("queuescaler started: metrics on :%d", context.metrics_port)
 
 
@@ -70,8 +80,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     context = _context(memo)
     context.stop.set()
-    if context.task is not None:
-        await context.task
+    await asyncio.gather(*context.tasks, return_exceptions=True)
     if context.http is not None:
         await context.http.cleanup()
 
@@ -85,7 +94,7 @@ async def queuescaler_event(type: str | None, body: kopf.Body, memo: kopf.Memo, 
         if gone is not None:
             engine.forget(gone)
         return
-    engine.registry.upsert(body, time.time())
+    engine.registry.upsert(body, time.time(), follow_status=not engine.leading())
     engine.metrics.scalers.set(len(engine.registry))
 
 

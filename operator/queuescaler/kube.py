@@ -47,6 +47,18 @@ class NotFound(KubeError):
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """What a Lease says: who holds it, since when it was renewed, for how long."""
+
+    holder: str | None
+    renewed_at: float | None
+    duration_seconds: int
+    resource_version: str | None
+    transitions: int
+    acquired_at: datetime.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectRef:
     """What an Event is about."""
 
@@ -72,6 +84,7 @@ class KubeClient:
         self._apps = k8s.AppsV1Api(api_client)
         self._core = k8s.CoreV1Api(api_client)
         self._custom = k8s.CustomObjectsApi(api_client)
+        self._coordination = k8s.CoordinationV1Api(api_client)
         self._api_client = api_client
         self._plurals: dict[tuple[str, str], str] = {}
 
@@ -188,3 +201,74 @@ class KubeClient:
             await asyncio.to_thread(self._core.create_namespaced_event, about.namespace, event)
         except ApiException as error:
             raise _failure(error, f"Event on {about.kind} {about.namespace}/{about.name}") from None
+
+    async def read_lease(self, namespace: str, name: str) -> LeaseRecord | None:
+        """The Lease, or None when it does not exist yet."""
+        try:
+            lease = await asyncio.to_thread(
+                self._coordination.read_namespaced_lease, name, namespace
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise _failure(error, f"Lease {namespace}/{name}") from None
+        spec = lease.spec
+        renewed = spec.renew_time or spec.acquire_time
+        return LeaseRecord(
+            holder=spec.holder_identity,
+            renewed_at=renewed.timestamp() if renewed is not None else None,
+            duration_seconds=spec.lease_duration_seconds or 15,
+            resource_version=lease.metadata.resource_version,
+            transitions=spec.lease_transitions or 0,
+            acquired_at=spec.acquire_time,
+        )
+
+    async def write_lease(
+        self, namespace: str, name: str, holder: str, duration: int, seen: LeaseRecord | None
+    ) -> None:
+        """Create the Lease, or replace the version we read (a conflict means we lost)."""
+        now = datetime.datetime.now(datetime.UTC)
+        taking_over = seen is None or seen.holder != holder
+        transitions = (seen.transitions if seen else 0) + (1 if taking_over and seen else 0)
+        lease = k8s.V1Lease(
+            metadata=k8s.V1ObjectMeta(
+                name=name, namespace=namespace,
+                resource_version=seen.resource_version if seen else None,
+            ),
+            spec=k8s.V1LeaseSpec(
+                holder_identity=holder,
+                lease_duration_seconds=duration,
+                renew_time=now,
+                acquire_time=now if taking_over or seen is None else seen.acquired_at,
+                lease_transitions=transitions,
+            ),
+        )
+        try:
+            if seen is None:
+                await asyncio.to_thread(
+                    self._coordination.create_namespaced_lease, namespace, lease
+                )
+            else:
+                await asyncio.to_thread(
+                    self._coordination.replace_namespaced_lease, name, namespace, lease
+                )
+        except ApiException as error:
+            if error.status == 409:
+                raise KubeError("Conflict", f"Lease {namespace}/{name} was taken") from None
+            raise _failure(error, f"Lease {namespace}/{name}") from None
+
+    async def release_lease(self, namespace: str, name: str, holder: str) -> None:
+        """Give the Lease up (only if still ours), so a standby need not wait for expiry."""
+        seen = await self.read_lease(namespace, name)
+        if seen is None or seen.holder != holder:
+            return
+        body = {
+            "metadata": {"resourceVersion": seen.resource_version},
+            "spec": {"holderIdentity": None, "renewTime": None},
+        }
+        try:
+            await asyncio.to_thread(
+                self._coordination.patch_namespaced_lease, name, namespace, body
+            )
+        except ApiException as error:
+            raise _failure(error, f"Lease {namespace}/{name}") from None

@@ -59,18 +59,22 @@ class Registry:
     def __init__(self) -> None:
         self._scalers: dict[Key, Scaler] = {}
 
-    def upsert(self, body: Mapping[str, Any], now: float) -> Scaler:
+    def upsert(self, body: Mapping[str, Any], now: float, *, follow_status: bool = False) -> Scaler:
         """Add or refresh a QueueScaler from a watch event's body.
 
-        The spec is parsed again only when the generation moves; the decision state is
-        restored from status only the first time an object is seen (after that, the
-        operator's memory is newer than what it wrote).
+        The spec is parsed again only when the generation moves. The decision state is
+        restored from status the first time an object is seen, and on every event while
+        `follow_status` (a standby mirrors what the leader writes); a leader's own memory
+        is newer than what it wrote, so it ignores the echo of its writes.
         """
         meta = body.get("metadata") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))
         generation = meta.get("generation")
         known = self._scalers.get(key)
         if known is not None and known.uid == meta.get("uid"):
+            if follow_status:
+                known.status = dict(body.get("status") or {})
+                known.state = state_from_status(known.status, now)
             if known.generation != generation:
                 known.spec, known.spec_error = _parse(body.get("spec"))
                 known.generation = generation
