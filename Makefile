@@ -44,7 +44,7 @@ testenv-up: deps
 	@bash hack/testenv.sh up
 
 testenv-down:
-	@bash hack/testenv.sh down
+	@bash hack/testenv.sh down-all
 
 testenv-status:
 	@bash hack/testenv.sh status

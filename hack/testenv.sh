@@ -5,26 +5,36 @@
 #   hack/testenv.sh up [C]    start what is not running (idempotent); on failure, stop it all
 #   hack/testenv.sh down [C]  stop everything this script started, by PID
 #                             (C: one component only, cluster, rabbitmq or prometheus)
+#   hack/testenv.sh down-all  stop the shared environment and every named one (QS_ENV)
 #   hack/testenv.sh status   one line per component
 #   hack/testenv.sh env      the connection settings, as shell assignments
 #
 # Everything lives under $QS_CACHE/run (default ~/.cache/queuescaler/run); ports are
 # private (never RabbitMQ's 5672/15672) and bound to loopback.
+#
+# QS_ENV=NAME (with QS_PORT_OFFSET=N, default 100) runs a second, separate environment
+# (its own run directory, cluster name, RabbitMQ node and ports): fault tests stop and
+# restart servers there without disturbing the shared one.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${QS_CACHE:-$HOME/.cache/queuescaler}
 bin=$cache/bin
-run=$cache/run
+instance=${QS_ENV:-}
+offset=0
+[ -z "$instance" ] || offset=${QS_PORT_OFFSET:-100}
+suffix=${instance:+-$instance}
+run=$cache/run$suffix
 # RabbitMQ runs as Debian's `rabbitmq` user, which cannot enter /root: its files live apart.
-rabbit_dir=${QS_RABBITMQ_DIR:-/var/tmp/queuescaler-rabbitmq}
+rabbit_dir=${QS_RABBITMQ_DIR:-/var/tmp/queuescaler-rabbitmq$suffix}
 
-cluster=queuescaler
-apiserver_port=${QS_APISERVER_PORT:-36443}
-amqp_port=${QS_AMQP_PORT:-35672}
-management_port=${QS_MANAGEMENT_PORT:-35673}
-dist_port=${QS_RABBITMQ_DIST_PORT:-35674}
-epmd_port=${QS_EPMD_PORT:-35675}
-prometheus_port=${QS_PROMETHEUS_PORT:-39090}
+cluster=queuescaler$suffix
+rabbit_node=queuescaler$suffix@localhost
+apiserver_port=$((36443 + offset))
+amqp_port=$((35672 + offset))
+management_port=$((35673 + offset))
+dist_port=$((35674 + offset))
+epmd_port=$((35675 + offset))
+prometheus_port=$((39090 + offset))
 rabbit_user=queuescaler
 rabbit_pass=${QS_RABBITMQ_PASSWORD:-qs-test-secret}
 rabbit_vhost=queuescaler-test
@@ -127,7 +137,7 @@ cluster_down() {
 # PID we record is the broker's own and SIGTERM stops it cleanly.
 rabbit_vars() {
   rabbit_vars=(RUNNING_UNDER_SYSTEMD=1 HOME="$rabbit_dir" \
-    RABBITMQ_NODENAME="queuescaler@localhost" \
+    RABBITMQ_NODENAME="$rabbit_node" \
     RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$amqp_port" \
     RABBITMQ_DIST_PORT="$dist_port" ERL_EPMD_PORT="$epmd_port" ERL_EPMD_ADDRESS=127.0.0.1 \
     RABBITMQ_MNESIA_BASE="$rabbit_dir/mnesia" RABBITMQ_LOG_BASE="$rabbit_dir/log" \
@@ -273,10 +283,22 @@ component() {
   esac
 }
 
+# Every environment under the cache: the shared one and any named (QS_ENV) one.
+down_all() {
+  local dir name
+  for dir in "$cache"/run-*/; do
+    [ -d "$dir" ] || continue
+    name=${dir%/}; name=${name##*/run-}
+    QS_ENV=$name bash "$0" down
+  done
+  lock; down
+}
+
 case ${1:-} in
+  down-all) down_all ;;
   up) if [ -n "${2:-}" ]; then component up "$2"; else lock; up; fi ;;
   down) if [ -n "${2:-}" ]; then component down "$2"; else lock; down; fi ;;
   status) status ;;
   env) print_env ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|down-all|status|env" >&2; exit 2 ;;
 esac

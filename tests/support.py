@@ -68,18 +68,21 @@ class TestEnv:
         return result
 
 
-def bring_up() -> TestEnv:
+def bring_up(instance: str | None = None) -> TestEnv:
     """Start the environment (or reuse a running one) and read its settings.
 
     With QS_TESTENV=as-is the environment is used exactly as it is, nothing is started:
-    that is how to check that a test fails when its server is down.
+    that is how to check that a test fails when its server is down. `instance` names a
+    separate environment (its own servers and ports) for tests that stop servers.
     """
     command = "status" if os.environ.get("QS_TESTENV") == "as-is" else "up"
+    env = {**os.environ, "QS_ENV": instance} if instance else None
     result = subprocess.run(
         ["bash", str(REPO / "hack" / "testenv.sh"), command],
         capture_output=True,
         text=True,
         timeout=900,
+        env=env,
     )
     if result.returncode != 0:
         raise RuntimeError(
@@ -88,7 +91,9 @@ def bring_up() -> TestEnv:
         )
     settings = dict(
         line.split("=", 1)
-        for line in (CACHE / "run" / "env").read_text().splitlines()
+        for line in (CACHE / f"run-{instance}" if instance else CACHE / "run").joinpath("env")
+        .read_text()
+        .splitlines()
         if "=" in line
     )
     return TestEnv(
