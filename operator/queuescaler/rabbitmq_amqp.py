@@ -1,0 +1,203 @@
+"""The AMQP fast path: a passive declare answers in milliseconds with the queue's live count.
+
+The management API lags a burst by up to one statistics interval (DESIGN.md measured
+1.9 to 6.2 s); waking a pool from zero in under 2 s needs this path. It knows ready
+messages and consumers only: unacknowledged messages are invisible to a passive declare,
+so samples from here carry unacked=0 and no rates.
+
+pika's BlockingConnection is synchronous and not thread-safe: calls run in a worker thread
+(`asyncio.to_thread`), one at a time per peeker, over one connection and channel per vhost
+kept open between calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions
+from pika.adapters.utils.connection_workflow import AMQPConnectorStackTimeout
+
+from queuescaler.rabbitmq_listing import queue_not_found, vhost_not_found
+from queuescaler.redact import redact
+from queuescaler.sample import QueueSample
+from queuescaler.source import ErrorKind, QueueRef, SampleResult, SourceError
+
+PER_QUEUE_BUDGET = 0.05
+"""Seconds a call may spend per queue on top of `timeout` (a declare takes 1 to 3 ms)."""
+NOT_FOUND = 404
+CONNECTION_NAME = "queuescaler"
+"""Shown by the broker for our connections, so nobody takes them for a worker."""
+
+
+def _error(kind: ErrorKind, message: str) -> SourceError:
+    return SourceError(kind, redact(message))
+
+
+class _VhostMissing(Exception):
+    """The broker refused the vhost at connection time: its queues fail, the call goes on."""
+
+
+def _timed_out(error: BaseException) -> bool:
+    """Whether a timeout sits anywhere in pika's nest of wrapped connection errors."""
+    if isinstance(error, TimeoutError | socket.timeout | AMQPConnectorStackTimeout):
+        return True
+    inner = getattr(error, "exception", None)
+    nested = [*error.args, *([inner] if isinstance(inner, BaseException) else [])]
+    return any(isinstance(arg, BaseException) and _timed_out(arg) for arg in nested)
+
+
+@dataclass
+class _Link:
+    """One vhost's open connection and channel (mutable: the channel is reopened after a 404)."""
+
+    connection: Any
+    channel: Any
+
+
+class AmqpPeeker:
+    """Ready and consumer counts by passive declare, one connection per vhost."""
+
+    def __init__(self, url: str, *, timeout: float, tls: Callable[[], ssl.SSLContext]) -> None:
+        self._url = url
+        self._timeout = timeout
+        self._tls = tls
+        self._links: dict[str, _Link] = {}
+        self._turn = asyncio.Lock()
+        """Callers queue here, so at most one worker thread waits per peeker."""
+        self._thread_lock = threading.Lock()
+        """Held by the thread using pika; outlives a caller that gave up waiting for it."""
+
+    def __repr__(self) -> str:
+        return f"AmqpPeeker({redact(self._url)!r})"
+
+    async def peek(self, queues: Collection[QueueRef]) -> SampleResult:
+        """Live counts for every queue; SourceError when the broker fails as a whole."""
+        refs = list(queues)
+        if not refs:
+            return {}
+        budget = self._timeout + PER_QUEUE_BUDGET * len(refs)
+        async with self._turn:
+            try:
+                return await asyncio.wait_for(asyncio.to_thread(self._peek, refs), budget)
+            except TimeoutError:
+                raise _error(
+                    ErrorKind.TIMEOUT,
+                    f"AMQP broker: no answer for {len(refs)} queues within {budget:.1f}s",
+                ) from None
+
+    async def close(self) -> None:
+        async with self._turn:
+            await asyncio.to_thread(self._close_all)
+
+    # Below: worker thread only.
+
+    def _peek(self, refs: list[QueueRef]) -> SampleResult:
+        if not self._thread_lock.acquire(timeout=self._timeout):
+            raise _error(ErrorKind.TIMEOUT, "AMQP broker: an earlier call is still waiting for it")
+        try:
+            result: dict[QueueRef, QueueSample | SourceError] = {}
+            missing_vhosts: set[str] = set()  # refused once: not asked again in this call
+            for ref in refs:
+                if ref.vhost not in missing_vhosts:
+                    try:
+                        result[ref] = self._declare(ref)
+                        continue
+                    except _VhostMissing:
+                        missing_vhosts.add(ref.vhost)
+                result[ref] = vhost_not_found(ref.vhost)
+            return result
+        finally:
+            self._thread_lock.release()
+
+    def _declare(self, ref: QueueRef) -> QueueSample | SourceError:
+        """One passive declare; a lost connection is reopened and the declare tried once more."""
+        if not ref.name:
+            return queue_not_found(ref)  # a passive declare of "" would name another queue
+        for attempt in (1, 2):
+            try:
+                link = self._link(ref.vhost)
+                frame = link.channel.queue_declare(queue=ref.name, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as closed:
+                link.channel = None
+                if closed.reply_code == NOT_FOUND:
+                    return queue_not_found(ref)
+                where = f"queue {ref.name!r} in vhost {ref.vhost!r}"
+                return _error(ErrorKind.BAD_RESPONSE, f"{where}: {closed.reply_text}")
+            except (pika.exceptions.AMQPError, OSError) as lost:
+                self._drop(ref.vhost)
+                if attempt == 2:
+                    raise _error(
+                        ErrorKind.UNREACHABLE, f"AMQP broker: connection lost: {lost!r}"
+                    ) from None
+                continue
+            return QueueSample(
+                ready=int(frame.method.message_count),
+                unacked=0,  # unknown on this path: a passive declare does not report it
+                consumers=int(frame.method.consumer_count),
+                taken_at=time.time(),
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _parameters(self, vhost: str) -> Any:
+        try:
+            parameters = pika.URLParameters(self._url)
+        except Exception:  # pika evaluates some query options as Python literals: anything goes
+            raise _error(ErrorKind.BAD_CONFIG, "amqpUrl: pika cannot read its options") from None
+        parameters.virtual_host = vhost
+        parameters.connection_attempts = 1
+        parameters.socket_timeout = self._timeout
+        parameters.stack_timeout = self._timeout
+        parameters.blocked_connection_timeout = self._timeout
+        parameters.client_properties = {"connection_name": CONNECTION_NAME}
+        if self._url.lower().startswith("amqps:"):
+            parameters.ssl_options = pika.SSLOptions(self._tls(), server_hostname=parameters.host)
+        return parameters
+
+    def _link(self, vhost: str) -> _Link:
+        link = self._links.get(vhost)
+        if link is not None and link.connection.is_open:
+            if link.channel is None or not link.channel.is_open:
+                link.channel = link.connection.channel()
+            return link
+        self._drop(vhost)
+        connection = self._connect(vhost)
+        link = _Link(connection=connection, channel=connection.channel())
+        self._links[vhost] = link
+        return link
+
+    def _connect(self, vhost: str) -> Any:
+        parameters = self._parameters(vhost)
+        where = f"AMQP broker at {parameters.host}:{parameters.port}"
+        try:
+            return pika.BlockingConnection(parameters)
+        except pika.exceptions.ProbableAuthenticationError as error:
+            raise _error(ErrorKind.AUTH, f"{where} refused the credentials: {error}") from None
+        except pika.exceptions.ProbableAccessDeniedError:
+            raise _VhostMissing(vhost) from None
+        except (pika.exceptions.AMQPError, AMQPConnectorStackTimeout, OSError) as error:
+            kind = ErrorKind.TIMEOUT if _timed_out(error) else ErrorKind.UNREACHABLE
+            raise _error(kind, f"{where}: {error!r}") from None
+
+    def _drop(self, vhost: str) -> None:
+        link = self._links.pop(vhost, None)
+        if link is not None and link.connection.is_open:
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):  # already gone
+                link.connection.close()
+
+    def _close_all(self) -> None:
+        if not self._thread_lock.acquire(timeout=self._timeout):
+            return  # a stuck call still holds the links; the broker's heartbeat ends them
+        try:
+            for vhost in list(self._links):
+                self._drop(vhost)
+        finally:
+            self._thread_lock.release()

@@ -1,0 +1,159 @@
+"""The management HTTP API: every queue a tick asks about in one GET, over one reused session.
+
+The cost of a tick grows with brokers, not with QueueScalers: one listing (only the
+columns a sample needs) answers every queue, whichever vhost it lives in. A second,
+cheap request (the vhost names) is made only when a queue is missing, to tell a missing
+vhost from a missing queue.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import time
+import urllib.parse
+from collections.abc import Callable, Collection, Sequence
+
+import aiohttp
+import yarl
+
+from queuescaler.rabbitmq_listing import (
+    QUEUE_COLUMNS,
+    mark_missing_vhosts,
+    name_filter_query,
+    parse_queue_listing,
+    parse_vhost_names,
+    vhost_not_found,
+)
+from queuescaler.redact import redact
+from queuescaler.source import ErrorKind, QueueRef, SampleResult, SourceError
+
+_QUEUE_QUERY = "columns=" + ",".join(QUEUE_COLUMNS)
+_VHOST_QUERY = "columns=name"
+
+
+def _error(kind: ErrorKind, message: str) -> SourceError:
+    return SourceError(kind, redact(message))
+
+
+class ManagementClient:
+    """One broker's management API. Create and use it on one event loop; `close()` at the end.
+
+    Credentials come from the URL's userinfo and travel as basic auth, never in the
+    request URL, so no library error can quote them.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float,
+        tls: Callable[[], ssl.SSLContext],
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
+    ) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self._headers = {"Accept": "application/json"}
+        if parts.username is not None:  # basic auth, built here: no URL, no library error shows it
+            user = urllib.parse.unquote(parts.username)
+            password = urllib.parse.unquote(parts.password or "")
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
+        host = parts.netloc.rpartition("@")[2]
+        self._base = f"{parts.scheme}://{host}{parts.path.rstrip('/')}"
+        """Scheme, host, port and any path prefix (a reverse proxy's): no userinfo."""
+        self._https = parts.scheme.lower() == "https"
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._tls = tls
+        self._trace_configs = list(trace_configs)
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"ManagementClient({self._base!r})"
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        """Made on first use, inside the running loop, then kept: keep-alive across ticks."""
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._tls() if self._https else False)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                trace_configs=self._trace_configs,
+                raise_for_status=False,
+            )
+        return self._session
+
+    async def _get(self, path: str, query: str) -> tuple[int, bytes]:
+        """Status and body of one GET; SourceError for anything but 200 and 404."""
+        url = yarl.URL(f"{self._base}{path}?{query}", encoded=True)
+        where = f"management API at {self._base}"
+        try:
+            async with self._open_session().get(
+                url,
+                allow_redirects=False,  # never follow with our credentials to another place
+                headers=self._headers,
+            ) as response:
+                status, body = response.status, await response.read()
+        except TimeoutError:  # aiohttp's own timeouts subclass it too
+            raise _error(
+                ErrorKind.TIMEOUT, f"{where}: no answer within {self._timeout.total}s"
+            ) from None
+        except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch) as error:
+            raise _error(ErrorKind.UNREACHABLE, f"{where}: TLS failed: {error}") from None
+        except (aiohttp.ClientConnectionError, OSError) as error:
+            raise _error(ErrorKind.UNREACHABLE, f"{where}: {error}") from None
+        except aiohttp.ClientError as error:
+            raise _error(
+                ErrorKind.BAD_RESPONSE, f"{where}: {type(error).__name__}: {error}"
+            ) from None
+        if status in (200, 404):
+            return status, body
+        reason = body[:200].decode("utf-8", "replace")
+        if status in (401, 403):
+            raise _error(
+                ErrorKind.AUTH, f"{where} refused the credentials (HTTP {status}): {reason}"
+            )
+        if 300 <= status < 400:
+            raise _error(
+                ErrorKind.BAD_RESPONSE,
+                f"{where} redirects (HTTP {status}): set managementUrl to the final address",
+            )
+        raise _error(ErrorKind.BAD_RESPONSE, f"{where} answered HTTP {status}: {reason}")
+
+    async def sample(self, queues: Collection[QueueRef]) -> SampleResult:
+        """Every queue in one listing: per vhost when all share one, else broker-wide.
+
+        A few queues in one vhost are asked for by name (`name_filter_query`), so a broker
+        full of queues nobody scales does not make each tick pay for all of them.
+
+        `taken_at` is this process's time.time() when the listing arrived; the broker's
+        numbers are older, by up to one statistics interval (5 s by default).
+        """
+        vhosts = {ref.vhost for ref in queues}
+        if len(vhosts) == 1:
+            (vhost,) = vhosts
+            only_wanted = name_filter_query(ref.name for ref in queues)
+            query = f"{only_wanted}&{_QUEUE_QUERY}" if only_wanted else _QUEUE_QUERY
+            status, body = await self._get(
+                f"/api/queues/{urllib.parse.quote(vhost, safe='')}", query
+            )
+            if status == 404:
+                return {ref: vhost_not_found(vhost) for ref in queues}
+            return parse_queue_listing(body, queues, time.time())
+        status, body = await self._get("/api/queues", _QUEUE_QUERY)
+        if status == 404:
+            raise _error(ErrorKind.BAD_RESPONSE, f"no management API at {self._base} (HTTP 404)")
+        result = parse_queue_listing(body, queues, time.time())
+        missing = any(
+            isinstance(outcome, SourceError) and outcome.kind is ErrorKind.QUEUE_NOT_FOUND
+            for outcome in result.values()
+        )
+        if missing:
+            status, body = await self._get("/api/vhosts", _VHOST_QUERY)
+            if status == 200:
+                result = mark_missing_vhosts(result, parse_vhost_names(body))
+        return result
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

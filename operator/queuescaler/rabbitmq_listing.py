@@ -1,0 +1,214 @@
+"""Reading RabbitMQ's management API answers: pure functions, so they can be fuzzed.
+
+The queue listing is trusted for nothing. A queue whose statistics the broker has not
+emitted yet is listed with its name only; a field may be absent or of another type in
+another RabbitMQ version. Each such queue gets its own SourceError(BAD_RESPONSE); only an
+answer that is not a JSON list at all fails the whole call.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+from queuescaler.redact import redact
+from queuescaler.sample import QueueSample
+from queuescaler.source import ErrorKind, QueueRef, SampleResult, SourceError
+
+QUEUE_COLUMNS = (
+    "name",
+    "vhost",
+    "messages_ready",
+    "messages_unacknowledged",
+    "consumers",
+    "consumer_capacity",
+    "consumer_utilisation",
+    "message_stats.publish_details.rate",
+    "message_stats.ack_details.rate",
+    "message_stats.deliver_get_details.rate",
+)
+"""Only what a QueueSample needs: ~14x fewer bytes than every field (DESIGN.md)."""
+
+FILTER_MAX_NAMES = 20
+"""Up to this many names, a listing filtered by name (one page) is cheaper than the whole vhost.
+
+Measured on 3.10 with 2,000 queues: 10 names 26 ms and 1.4 kB against 132 ms and 260 kB for
+the whole listing; the broker's regex grows with the names, 100 already cost 90 ms."""
+FILTER_MAX_CHARS = 3000
+"""The filter travels in the request line; the broker's HTTP server refuses long ones."""
+PAGE_SIZE = 500
+"""The management API's largest page; a filter of FILTER_MAX_NAMES names in one vhost fits."""
+
+_RATES = {
+    "publish_rate": "publish_details",
+    "ack_rate": "ack_details",
+    "deliver_rate": "deliver_get_details",
+}
+
+
+class _Malformed(Exception):
+    """One queue's entry is unusable; becomes that queue's BAD_RESPONSE."""
+
+
+def _load_list(body: bytes, what: str) -> list[Any]:
+    """The listed items: a plain list, or the `items` of one page of a filtered listing."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise SourceError(ErrorKind.BAD_RESPONSE, f"{what} is not JSON") from None
+    if isinstance(document, dict) and isinstance(document.get("items"), list):
+        items: list[Any] = document["items"]
+        return items
+    if not isinstance(document, list):
+        raise SourceError(
+            ErrorKind.BAD_RESPONSE, f"{what} is a JSON {type(document).__name__}, not a list"
+        )
+    return document
+
+
+def _count(entry: Mapping[str, Any], field: str) -> int:
+    value = entry.get(field)
+    if value is None:
+        raise _Malformed(f"no {field!r} (statistics not emitted yet?)")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _Malformed(f"{field!r} is not a count")
+    return value
+
+
+def _fraction(value: Any, field: str) -> float | None:
+    """A rate or utilisation: absent, null or '' (older brokers) mean unknown."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Malformed(f"{field!r} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        raise _Malformed(f"{field!r} is out of range") from None
+    if not math.isfinite(number):
+        raise _Malformed(f"{field!r} is not finite")
+    return number
+
+
+def _rate(entry: Mapping[str, Any], details: str) -> float | None:
+    stats = entry.get("message_stats")
+    if stats is None:
+        return None  # nothing published or delivered yet
+    if not isinstance(stats, dict):
+        raise _Malformed("'message_stats' is not an object")
+    detail = stats.get(details)
+    if detail is None:
+        return None
+    if not isinstance(detail, dict):
+        raise _Malformed(f"'message_stats.{details}' is not an object")
+    return _fraction(detail.get("rate"), f"message_stats.{details}.rate")
+
+
+def _queue_sample(entry: Mapping[str, Any], taken_at: float) -> QueueSample:
+    capacity = _fraction(entry.get("consumer_capacity"), "consumer_capacity")
+    if capacity is None:  # consumer_capacity replaced consumer_utilisation in 3.9
+        capacity = _fraction(entry.get("consumer_utilisation"), "consumer_utilisation")
+    rates = {field: _rate(entry, details) for field, details in _RATES.items()}
+    return QueueSample(
+        ready=_count(entry, "messages_ready"),
+        unacked=_count(entry, "messages_unacknowledged"),
+        consumers=_count(entry, "consumers"),
+        taken_at=taken_at,
+        consumer_utilisation=capacity,
+        **rates,
+    )
+
+
+def _wanted_entries(
+    listing: list[Any], wanted: Collection[QueueRef]
+) -> dict[QueueRef, Mapping[str, Any]]:
+    """The listing's entries for wanted queues; entries without a string name and vhost skipped."""
+    entries: dict[QueueRef, Mapping[str, Any]] = {}
+    for entry in listing:
+        if not isinstance(entry, dict):
+            continue
+        name, vhost = entry.get("name"), entry.get("vhost")
+        if isinstance(name, str) and isinstance(vhost, str):
+            ref = QueueRef(vhost=vhost, name=name)
+            if ref in wanted:
+                entries.setdefault(ref, entry)
+    return entries
+
+
+def parse_queue_listing(body: bytes, wanted: Collection[QueueRef], taken_at: float) -> SampleResult:
+    """Samples for the `wanted` queues out of a `/api/queues` answer asked for QUEUE_COLUMNS.
+
+    The answer is the listing (a JSON list) or one page of it (an object with `items`).
+    A wanted queue not listed is QUEUE_NOT_FOUND (the caller tells a missing vhost apart).
+    Raises SourceError(BAD_RESPONSE), and nothing else, when the body is not a JSON list.
+    """
+    wanted = frozenset(wanted)
+    entries = _wanted_entries(_load_list(body, "the queue listing"), wanted)
+    result: dict[QueueRef, QueueSample | SourceError] = {}
+    for ref in wanted:
+        entry = entries.get(ref)
+        if entry is None:
+            result[ref] = queue_not_found(ref)
+            continue
+        try:
+            result[ref] = _queue_sample(entry, taken_at)
+        except _Malformed as problem:
+            result[ref] = SourceError(
+                ErrorKind.BAD_RESPONSE,
+                redact(f"queue {ref.name!r} in vhost {ref.vhost!r}: {problem}"),
+            )
+    return result
+
+
+def name_filter_query(names: Iterable[str]) -> str | None:
+    """Query parameters listing only `names` (exact, anchored, escaped), or None when too many.
+
+    Only for a per-vhost listing: names are unique in a vhost, so one page holds them all.
+    """
+    unique = sorted(set(names))
+    if not unique or len(unique) > FILTER_MAX_NAMES:
+        return None
+    pattern = "^(?:" + "|".join(re.escape(name) for name in unique) + ")$"
+    query = f"page=1&page_size={PAGE_SIZE}&use_regex=true&name={quote(pattern, safe='')}"
+    return query if len(query) <= FILTER_MAX_CHARS else None
+
+
+def parse_vhost_names(body: bytes) -> frozenset[str]:
+    """The vhost names in a `/api/vhosts` answer; SourceError(BAD_RESPONSE) if it is no list."""
+    listing = _load_list(body, "the vhost listing")
+    return frozenset(
+        entry["name"]
+        for entry in listing
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str)
+    )
+
+
+def queue_not_found(ref: QueueRef) -> SourceError:
+    """The error of a queue the broker does not have, worded alike on both paths."""
+    return SourceError(
+        ErrorKind.QUEUE_NOT_FOUND, redact(f"queue {ref.name!r} not found in vhost {ref.vhost!r}")
+    )
+
+
+def vhost_not_found(vhost: str) -> SourceError:
+    """The error of every queue in a vhost the broker does not have (or will not show us)."""
+    return SourceError(
+        ErrorKind.VHOST_NOT_FOUND,
+        redact(f"vhost {vhost!r} not found (or the user has no permission on it)"),
+    )
+
+
+def mark_missing_vhosts(result: SampleResult, vhosts: Collection[str]) -> SampleResult:
+    """Turn QUEUE_NOT_FOUND into VHOST_NOT_FOUND for queues whose vhost is not in `vhosts`."""
+    return {
+        ref: vhost_not_found(ref.vhost)
+        if isinstance(outcome, SourceError)
+        and outcome.kind is ErrorKind.QUEUE_NOT_FOUND
+        and ref.vhost not in vhosts
+        else outcome
+        for ref, outcome in result.items()
+    }
