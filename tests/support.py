@@ -76,7 +76,10 @@ def bring_up(instance: str | None = None) -> TestEnv:
     separate environment (its own servers and ports) for tests that stop servers.
     """
     command = "status" if os.environ.get("QS_TESTENV") == "as-is" else "up"
-    env = {**os.environ, "QS_ENV": instance} if instance else None
+    instance = instance or os.environ.get("QS_ENV") or None
+    env = {**os.environ, "QS_ENV": instance} if instance else {
+        k: v for k, v in os.environ.items() if k != "QS_ENV"
+    }
     result = subprocess.run(
         ["bash", str(REPO / "hack" / "testenv.sh"), command],
         capture_output=True,
