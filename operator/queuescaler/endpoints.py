@@ -5,19 +5,28 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 
-def make_app(registry: CollectorRegistry, ready: Callable[[], bool]) -> web.Application:
-    """`ready` says whether the first tick has run (the watches have delivered their lists)."""
+def make_app(
+    registry: CollectorRegistry,
+    ready: Callable[[], bool],
+    alive: Callable[[], bool] | None = None,
+) -> web.Application:
+    """`ready` says whether the first tick has run (the watches have delivered their lists);
+    `alive`, when given, whether the tick loop still makes progress (a stuck loop fails the
+    liveness probe, so the kubelet restarts the pod)."""
 
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+    async def metrics(request: web.Request) -> web.Response:
+        # The text format by default; OpenMetrics when the scraper asks for it.
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encode(registry), headers={"Content-Type": content_type})
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+        if alive is None or alive():
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="the tick loop is stuck\n")
 
     async def readyz(_: web.Request) -> web.Response:
         if ready():
