@@ -92,7 +92,8 @@ async def queuescaler_event(type: str | None, body: kopf.Body, memo: kopf.Memo, 
     if type == "DELETED":
         gone = engine.registry.remove(body.metadata.namespace or "", body.metadata.name or "")
         if gone is not None:
-            engine.forget(gone)
+            await engine.release(gone)  # metrics dropped, pod marks cleared (best effort)
+        engine.metrics.scalers.set(len(engine.registry))
         return
     engine.registry.upsert(body, time.time(), follow_status=not engine.leading())
     engine.metrics.scalers.set(len(engine.registry))

@@ -16,7 +16,10 @@ from typing import Any
 from queuescaler.decision import Decision, Recommendation, ScalerState
 from queuescaler.sample import QueueSample
 
-CONDITION_TYPES = ("Ready", "Active", "BrokerReachable", "TargetFound", "ScalingLimited", "Paused")
+CONDITION_TYPES = (
+    "Ready", "Active", "BrokerReachable", "TargetFound", "ScalingLimited", "Paused",
+    "WorkersMatched",
+)
 MAX_RECOMMENDATIONS = 64
 """The CRD's bound on the stored history; compaction keeps far fewer in practice."""
 
@@ -61,7 +64,9 @@ def merge_conditions(
     now: float,
     generation: int | None,
 ) -> tuple[list[dict[str, Any]], list[Condition]]:
-    """The new conditions list, and the conditions whose status changed (for Events).
+    """The new conditions list, and the conditions to announce as Events: those whose
+    status changed, and those that stay False for a new reason (a broker that answered
+    VhostNotFound while shutting down and is Unreachable now is reported again).
 
     lastTransitionTime moves only when the status flips, as the API conventions ask.
     """
@@ -72,7 +77,10 @@ def merge_conditions(
         status = "True" if condition.status else "False"
         old = before.get(condition.type)
         changed = old is None or old.get("status") != status
-        if changed:
+        new_cause = (
+            old is not None and not condition.status and old.get("reason") != condition.reason
+        )
+        if changed or new_cause:
             flipped.append(condition)
         entry: dict[str, Any] = {
             "type": condition.type,
@@ -140,6 +148,8 @@ class TickOutcome:
     decision: Decision | None
     state: ScalerState
     conditions: Sequence[Condition]
+    workers: tuple[int, int] | None = None
+    """(matched, busy) pods, when this tick matched consumers to pods."""
 
 
 def build_status(
@@ -167,17 +177,17 @@ def build_status(
     if decision is not None:
         status["desiredReplicas"] = decision.replicas
         last = previous.get("lastDecision") or {}
-        same = (
-            last.get("replicas") == decision.replicas
-            and last.get("reason") == str(decision.reason)
-            and last.get("message") == decision.message
+        same = last.get("replicas") == decision.replicas and last.get("reason") == str(
+            decision.reason
         )
-        status["lastDecision"] = dict(last) if same else {
+        status["lastDecision"] = {
             "replicas": decision.replicas,
             "reason": str(decision.reason),
             "message": decision.message,
-            "at": iso(now),
+            "at": last.get("at", iso(now)) if same else iso(now),
         }
+    if outcome.workers is not None:
+        status["workers"] = {"matched": outcome.workers[0], "busy": outcome.workers[1]}
     state = outcome.state
     if state.last_scale_time is not None:
         status["lastScaleTime"] = iso(state.last_scale_time)
@@ -196,8 +206,12 @@ def build_status(
     return status, flipped
 
 
-SLOW_FIELDS = ("backlog", "rates", "perReplicaRate", "recommendations")
-"""Fields that change with every sample under load: written with the others, or when stale."""
+SLOW_FIELDS = ("backlog", "rates", "perReplicaRate", "recommendations", "consecutiveFailures")
+"""Fields that change with every sample under load: written with the others, or when stale.
+
+So does the failure count during an outage; its start and end are written at once (the
+conditions flip). After a restart a lower stored count only delays a fallback.
+"""
 
 
 def needs_write(
@@ -205,20 +219,27 @@ def needs_write(
 ) -> bool:
     """Whether a status write is worth an apiserver request.
 
-    Decisions, replica counts, conditions and failure counts are written as soon as they
-    change; the numbers that move with every sample (backlog, rates, the timestamps of the
-    recommendation history) only when something else is written anyway or the stored ones
-    are `stale`. Recommendations whose values changed count as a change (restarts need them).
+    Decisions (replicas and reason), replica counts and conditions are written as soon as
+    they change; the numbers that move with every sample (backlog, rates, the timestamps of
+    the recommendation history, the failure count, the decision's sentence) only when
+    something else is written anyway or the stored ones are `stale`. Recommendations whose
+    values changed count as a change (restarts need them).
     """
+
     def fast(status: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in status.items() if k not in SLOW_FIELDS}
+        kept = {k: v for k, v in status.items() if k not in SLOW_FIELDS}
+        decision = kept.get("lastDecision")
+        if isinstance(decision, Mapping):
+            kept["lastDecision"] = (decision.get("replicas"), decision.get("reason"))
+        return kept
 
     def values(status: Mapping[str, Any]) -> list[Any]:
         return [r.get("replicas") for r in status.get("recommendations") or ()]
 
     if fast(written) != fast(new) or values(written) != values(new):
         return True
-    return stale and any(written.get(k) != new.get(k) for k in SLOW_FIELDS)
+    slow = (*SLOW_FIELDS, "lastDecision")
+    return stale and any(written.get(k) != new.get(k) for k in slow)
 
 
 def conditions_for(

@@ -1,0 +1,140 @@
+"""Status as the user sees it and as the operator's memory: pure, so tested on plain data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from queuescaler.decision import Decision, Reason, Recommendation, ScalerState
+from queuescaler.sample import QueueSample
+from queuescaler.status import (
+    Condition,
+    TickOutcome,
+    build_status,
+    iso,
+    merge_conditions,
+    needs_write,
+    parse_iso,
+    state_from_status,
+)
+
+pytestmark = pytest.mark.unit
+
+T0 = 1_800_000_000.0
+
+
+def outcome(
+    *,
+    ready: int = 0,
+    replicas: int = 2,
+    reason: Reason = Reason.BACKLOG,
+    message: str = "backlog 20 / 10 per replica -> 2",
+    failures: int = 0,
+    conditions: tuple[Condition, ...] = (Condition("Ready", True, "Sampling", "ok"),),
+    recommendations: tuple[Recommendation, ...] = (),
+) -> TickOutcome:
+    return TickOutcome(
+        generation=1,
+        include_unacked=True,
+        sample=QueueSample(ready=ready, unacked=0, consumers=2, taken_at=T0, ack_rate=4.0),
+        current_replicas=2,
+        decision=Decision(replicas, reason, message, replicas, False),
+        state=ScalerState(consecutive_failures=failures, recommendations=recommendations),
+        conditions=conditions,
+    )
+
+
+def test_iso_round_trips_whole_seconds() -> None:
+    assert parse_iso(iso(T0)) == T0
+    assert parse_iso("not a time") is None
+    assert parse_iso(None) is None
+
+
+@pytest.mark.parametrize(
+    ("before", "status", "flips", "moved"),
+    [
+        pytest.param(None, True, True, True, id="new-condition-flips"),
+        pytest.param("True", True, False, False, id="same-status-keeps-transition-time"),
+        pytest.param("True", False, True, True, id="changed-status-flips"),
+    ],
+)
+def test_transition_time_moves_only_when_the_status_flips(
+    before: str | None, status: bool, flips: bool, moved: bool
+) -> None:
+    previous: list[dict[str, Any]] = []
+    if before is not None:
+        previous = [{"type": "Ready", "status": before, "lastTransitionTime": iso(T0)}]
+    merged, flipped = merge_conditions(
+        previous, [Condition("Ready", status, "R", "m")], T0 + 60, generation=3
+    )
+    assert bool(flipped) is flips
+    assert (merged[0]["lastTransitionTime"] == iso(T0 + 60)) is moved
+    assert merged[0]["observedGeneration"] == 3
+
+
+def test_restore_renews_the_newest_recommendation_to_now() -> None:
+    stored = {
+        "lastScaleTime": iso(T0),
+        "recommendations": [{"at": iso(T0 + 10), "replicas": 5}, {"at": iso(T0), "replicas": 8}],
+        "consecutiveFailures": 2,
+        "perReplicaRate": 3.5,
+    }
+    state = state_from_status(stored, now=T0 + 100)
+    assert state.last_scale_time == T0
+    assert state.recommendations == (Recommendation(T0, 8), Recommendation(T0 + 100, 5))
+    assert state.consecutive_failures == 2
+    assert state.per_replica_rate == 3.5
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        pytest.param({}, id="empty"),
+        pytest.param({"recommendations": "nonsense", "perReplicaRate": -1}, id="wrong-types"),
+        pytest.param({"consecutiveFailures": -3, "lastScaleTime": "yesterday"}, id="bad-values"),
+    ],
+)
+def test_restore_from_damaged_status_starts_fresh(stored: dict[str, Any]) -> None:
+    state = state_from_status(stored, now=T0)
+    assert state == ScalerState()
+
+
+def test_same_decision_keeps_its_time_and_takes_the_new_sentence() -> None:
+    first, _ = build_status({}, outcome(message="a"), T0)
+    second, _ = build_status(first, outcome(message="b"), T0 + 15)
+    assert second["lastDecision"]["at"] == first["lastDecision"]["at"]
+    assert second["lastDecision"]["message"] == "b"
+
+
+@pytest.mark.parametrize(
+    ("change", "stale", "write"),
+    [
+        pytest.param({}, False, False, id="steady-state-writes-nothing"),
+        pytest.param({"ready": 7}, False, False, id="backlog-alone-waits"),
+        pytest.param({"ready": 7}, True, True, id="backlog-written-when-stale"),
+        pytest.param({"message": "other words"}, False, False, id="sentence-alone-waits"),
+        pytest.param({"failures": 4}, False, False, id="failure-count-alone-waits"),
+        pytest.param({"replicas": 3}, False, True, id="new-desired-count-written-at-once"),
+        pytest.param({"reason": Reason.COOLDOWN}, False, True, id="new-reason-written-at-once"),
+        pytest.param(
+            {"conditions": (Condition("Ready", False, "Unreachable", "down"),)},
+            False,
+            True,
+            id="condition-flip-written-at-once",
+        ),
+        pytest.param(
+            {"recommendations": (Recommendation(T0, 9),)},
+            False,
+            True,
+            id="new-recommendation-value-written-at-once",
+        ),
+    ],
+)
+def test_status_is_written_only_when_it_matters(
+    change: dict[str, Any], stale: bool, write: bool
+) -> None:
+    written, _ = build_status({}, outcome(recommendations=(Recommendation(T0, 2),)), T0)
+    base: dict[str, Any] = {"recommendations": (Recommendation(T0, 2),)}
+    new, _ = build_status(written, outcome(**{**base, **change}), T0 + 15)
+    assert needs_write(written, new, stale=stale) is write
