@@ -46,12 +46,17 @@ def crd(testenv: TestEnv) -> None:
 def operator(
     testenv: TestEnv, crd: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    """One real operator process for the session, watching every namespace.
+    """One real operator process for the session, watching the tests' namespaces (`t-*`).
+
+    Tests that run operators of their own use other namespace prefixes, so that no two
+    operators ever act on one QueueScaler.
 
     Secrets are re-read every 3 s so that tests see a deleted Secret quickly.
     """
     log_path: Path = tmp_path_factory.mktemp("operator") / "operator.log"
-    process = OperatorProcess(testenv, log_path, "--secret-refresh-seconds", "3").start()
+    process = OperatorProcess(
+        testenv, log_path, "--secret-refresh-seconds", "3", "--namespace", "t-*"
+    ).start()
     yield process
     process.stop()
 
