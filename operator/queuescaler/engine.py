@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from queuescaler.decision import Decision, decide, next_state
@@ -25,6 +25,7 @@ from queuescaler.sample import QueueSample, combine
 from queuescaler.secrets import connection_from_secret
 from queuescaler.source import (
     BrokerConnection,
+    ClientConnection,
     ErrorKind,
     QueueRef,
     QueueSource,
@@ -39,6 +40,17 @@ from queuescaler.status import (
     conditions_for,
     needs_write,
 )
+from queuescaler.workers import CONDITION as WORKERS_CONDITION
+from queuescaler.workers import (
+    DELETION_COST,
+    Marks,
+    Pod,
+    WorkerReport,
+    cleared_marks,
+    deletion_marks,
+    match_workers,
+    workers_condition,
+)
 
 log = logging.getLogger("queuescaler.engine")
 
@@ -48,6 +60,8 @@ Connection = BrokerConnection | KubeError | SourceError
 FAILED_SECRET_RETRY_SECONDS = 10.0
 """A missing or bad Secret is read again this soon: fixing it should show quickly."""
 GOOD_WHEN_TRUE = {"Ready", "BrokerReachable", "TargetFound"}
+SELECTOR_REFRESH_SECONDS = 300.0
+"""A target's pod selector is read from its /scale again after this long (it rarely moves)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,41 @@ class SecretCache:
         self._entries.pop((namespace, name), None)
 
 
+@dataclass(frozen=True)
+class WorkerLook:
+    """One look at a target's pods and the broker's consumers, on a tick that may scale down."""
+
+    pods: Sequence[Pod]
+    report: WorkerReport | None
+    """None when the pods or the connections could not be listed (see `problem`)."""
+    problem: str | None = None
+
+
+class ClientListings:
+    """Each broker's consuming connections, listed at most once per tick, and only when asked.
+
+    The first QueueScaler that may scale down starts the listing of its broker (every vhost
+    the tick's protected QueueScalers on that broker use, in one go); the others await it.
+    """
+
+    def __init__(
+        self,
+        source: Callable[[BrokerConnection], QueueSource],
+        vhosts: Mapping[BrokerConnection, set[str]],
+    ) -> None:
+        self._source = source
+        self._vhosts = vhosts
+        self._listings: dict[BrokerConnection, asyncio.Future[Sequence[ClientConnection]]] = {}
+
+    async def get(self, connection: BrokerConnection, vhost: str) -> Sequence[ClientConnection]:
+        listing = self._listings.get(connection)
+        if listing is None:
+            vhosts = self._vhosts.get(connection) or {vhost}
+            listing = asyncio.ensure_future(self._source(connection).clients(vhosts))
+            self._listings[connection] = listing
+        return await asyncio.shield(listing)
+
+
 class Engine:
     """Runs ticks until stopped. One per operator process."""
 
@@ -121,6 +170,7 @@ class Engine:
         self.leading = leading
         """Whether this replica acts now (leader election); a standby only watches."""
         self._gate = asyncio.Semaphore(settings.concurrency)
+        self._selectors: dict[tuple[str, str, str, str], tuple[float, str]] = {}
         self.ticks = 0
         """Ticks completed: the operator is ready once the first one ran."""
 
@@ -151,6 +201,16 @@ class Engine:
         """A QueueScaler was deleted: drop its metrics."""
         self.metrics.forget(scaler.namespace, scaler.name)
 
+    async def release(self, scaler: Scaler) -> None:
+        """A QueueScaler was deleted: drop its metrics and, when leading, clear its pod marks."""
+        self.forget(scaler)
+        if self.leading():
+            try:
+                await self._clear_marks(scaler)
+            except Exception:  # best effort: a stale mark only orders a later scale-down
+                log.warning("marks of %s/%s not cleared", scaler.namespace, scaler.name,
+                            exc_info=True)
+
     # --- one tick ---
 
     async def tick(self, now: float) -> None:
@@ -168,10 +228,26 @@ class Engine:
             scaler.next_due = (math.floor(now / interval) + 1) * interval
         connections = await self._connections(due, now)
         samples = await self._sample(connections, now)
+        listings = ClientListings(self._source, self._protected_vhosts(due, connections))
         await asyncio.gather(
-            *(self._guarded(self._act(s, connections.get(s.key), samples, waking.get(s.key), now))
-              for s in due)
+            *(self._guarded(self._act(
+                s, connections.get(s.key), samples, waking.get(s.key), now, listings
+            )) for s in due)
         )
+
+    def _protected_vhosts(
+        self, scalers: Iterable[Scaler], connections: Mapping[tuple[str, str], Connection]
+    ) -> dict[BrokerConnection, set[str]]:
+        """Per broker, the vhosts of the QueueScalers that protect busy workers."""
+        wanted: dict[BrokerConnection, set[str]] = defaultdict(set)
+        for scaler in scalers:
+            spec, connection = scaler.spec, connections.get(scaler.key)
+            if (
+                spec is not None and isinstance(connection, BrokerConnection)
+                and spec.behavior.scale_down.protect_busy_workers and not spec.paused
+            ):
+                wanted[connection].add(spec.source.rabbitmq.vhost)
+        return wanted
 
     async def _guarded(self, work: Awaitable[None]) -> None:
         async with self._gate:
@@ -271,6 +347,7 @@ class Engine:
         samples: dict[BrokerConnection, SampleResult | SourceError],
         peeked: QueueSample | None,
         now: float,
+        listings: ClientListings | None = None,
     ) -> None:
         spec = scaler.spec
         if spec is None:
@@ -312,12 +389,24 @@ class Engine:
         decision: Decision | None = None
         scaled = False
         state = scaler.state
+        look: WorkerLook | None = None
+        protect = spec.behavior.scale_down.protect_busy_workers
+        if not protect and scaler.marks:
+            await self._clear_marks(scaler)  # protection was turned off: its marks go too
         if current is not None:
             decision = decide(spec, sample, current, state, now)
+            if protect and decision.replicas < current and listings is not None:
+                # Only a tick that may scale down asks who is busy (two broker requests
+                # per broker, one pod listing per QueueScaler).
+                look = await self._look_at_workers(scaler, connection, listings, now)
+                if look.report is not None and look.report.matched:
+                    decision = decide(spec, sample, current, state, now, look.report.busy)
             if decision.replicas != current and not spec.paused:
                 if spec.dry_run:
                     await self._announce_dry_run(scaler, current, decision)
                 else:
+                    if decision.replicas < current and look is not None:
+                        await self._mark(scaler, look)
                     scaled = await self._scale(scaler, current, decision, sample)
                     if scaled:
                         scaler.current_replicas = decision.replicas
@@ -328,9 +417,14 @@ class Engine:
             target_error=target_error, config_error=config_error, decision=decision,
             current_replicas=scaler.current_replicas,
         )
+        matched = self._workers_condition(scaler, look)
+        if matched is not None:
+            conditions.append(matched)
+        report = look.report if look is not None else None
         outcome = TickOutcome(
             scaler.generation, spec.source.rabbitmq.include_unacked, sample,
             scaler.current_replicas, decision, state, conditions,
+            (report.matched, report.busy) if report is not None else None,
         )
         self.metrics.observe(scaler, sample, decision, scaler.current_replicas, conditions)
         await self._report(scaler, now, outcome, decision)
@@ -353,6 +447,112 @@ class Engine:
             else:
                 return None, ("QueueNotFound", f"queue {ref.name!r} was not in the broker's answer")
         return combine(parts), None
+
+    # --- busy workers ---
+
+    async def _selector(self, scaler: Scaler, now: float) -> str:
+        """The target's pod selector, from its /scale (cached: selectors rarely change)."""
+        assert scaler.spec is not None
+        target = scaler.spec.scale_target_ref
+        key = (scaler.namespace, target.api_version, target.kind, target.name)
+        cached = self._selectors.get(key)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        selector = await self.kube.read_selector(scaler.namespace, target)
+        self._selectors[key] = (now + SELECTOR_REFRESH_SECONDS, selector)
+        return selector
+
+    async def _look_at_workers(
+        self, scaler: Scaler, connection: Connection | None, listings: ClientListings,
+        now: float,
+    ) -> WorkerLook:
+        """The target's pods and the broker's consumers, matched; or why they are not."""
+        assert scaler.spec is not None
+        vhost = scaler.spec.source.rabbitmq.vhost
+        if not isinstance(connection, BrokerConnection):
+            return WorkerLook((), None, "the broker connection is not configured")
+
+        async def pods() -> list[Pod]:
+            return await self.kube.list_pods(scaler.namespace, await self._selector(scaler, now))
+
+        found, clients = await asyncio.gather(
+            pods(), listings.get(connection, vhost), return_exceptions=True
+        )
+        if isinstance(found, KubeError):
+            return WorkerLook((), None, f"the target's pods could not be listed: {found.message}")
+        if isinstance(clients, SourceError):
+            return WorkerLook(
+                (), None, f"the broker's consumers could not be listed: {clients.message}"
+            )
+        for outcome in (found, clients):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception):
+                    raise outcome  # cancellation and the like
+                return WorkerLook((), None, redact(f"listing failed: {outcome!r}"))
+        assert not isinstance(found, BaseException) and not isinstance(clients, BaseException)
+        return WorkerLook(found, match_workers(found, clients, {vhost}))
+
+    async def _mark(self, scaler: Scaler, look: WorkerLook) -> None:
+        """Set pod-deletion-cost on the pods whose mark changed, so idle pods go first."""
+        if look.report is None:
+            return
+        present = {pod.name for pod in look.pods}
+        scaler.marks = {pod: cost for pod, cost in scaler.marks.items() if pod in present}
+        await self._annotate(scaler, deletion_marks(look.pods, look.report, scaler.name))
+
+    async def _clear_marks(self, scaler: Scaler) -> None:
+        """Remove the marks this QueueScaler set (best effort; a failed listing falls back to
+        the pods remembered)."""
+        remembered = [Pod(name, marked_by=scaler.name) for name in scaler.marks]
+        pods: Sequence[Pod] = remembered
+        if scaler.spec is not None:
+            with contextlib.suppress(KubeError):
+                pods = await self.kube.list_pods(
+                    scaler.namespace, await self._selector(scaler, self._clock())
+                )
+        await self._annotate(scaler, cleared_marks(pods, scaler.name))
+        scaler.marks = {}  # best effort: what could not be cleared now is not retried
+        scaler.marks = {}
+
+    async def _annotate(self, scaler: Scaler, marks: Marks) -> None:
+        if not marks:
+            return
+        results = await asyncio.gather(
+            *(self.kube.annotate_pod(scaler.namespace, pod, annotations)
+              for pod, annotations in marks.items()),
+            return_exceptions=True,
+        )
+        for (pod, wanted), result in zip(marks.items(), results, strict=True):
+            if isinstance(result, NotFound):
+                scaler.marks.pop(pod, None)  # gone already
+            elif isinstance(result, KubeError):
+                log.warning("pod %s/%s not marked: %s", scaler.namespace, pod, result.message)
+            elif isinstance(result, BaseException):
+                raise result
+            elif wanted.get(DELETION_COST) is None:
+                scaler.marks.pop(pod, None)
+            else:
+                scaler.marks[pod] = wanted[DELETION_COST]
+
+    def _workers_condition(self, scaler: Scaler, look: WorkerLook | None) -> Condition | None:
+        """WorkersMatched: this tick's look, else the one last written (looks are only made
+        on ticks that may scale down); absent until the first look."""
+        assert scaler.spec is not None
+        enabled = scaler.spec.behavior.scale_down.protect_busy_workers
+        vhost = scaler.spec.source.rabbitmq.vhost
+        if not enabled or look is not None:
+            report = look.report if look is not None else None
+            problem = look.problem if look is not None else None
+            return workers_condition(report, vhost, enabled=enabled, problem=problem)
+        for previous in scaler.status.get("conditions") or ():
+            if isinstance(previous, Mapping) and previous.get("type") == WORKERS_CONDITION:
+                if previous.get("reason") == "ProtectionDisabled":
+                    return None
+                return Condition(
+                    WORKERS_CONDITION, previous.get("status") == "True",
+                    str(previous.get("reason") or "Unknown"), str(previous.get("message") or ""),
+                )
+        return None
 
     async def _current_replicas(self, scaler: Scaler) -> int:
         assert scaler.spec is not None

@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from queuescaler.redact import redact
 from queuescaler.spec import ScaleTargetRef
+from queuescaler.workers import DELETION_COST, MARKED_BY, Pod
 
 GROUP = "queuescaler.io"
 VERSION = "v1alpha1"
@@ -95,6 +96,53 @@ class KubeClient:
         if replicas is None and not isinstance(scale, dict):
             replicas = scale.spec.replicas
         return int(replicas or 0)
+
+    async def read_selector(self, namespace: str, target: ScaleTargetRef) -> str:
+        """The label selector of the target's pods, from its `/scale` status (string form)."""
+        scale = await self._scale_call(namespace, target, read=True)
+        if isinstance(scale, dict):
+            selector = (scale.get("status") or {}).get("selector")
+        else:
+            selector = scale.status.selector if scale.status is not None else None
+        if not isinstance(selector, str) or not selector:
+            raise KubeError(
+                "NoSelector",
+                f"{target.kind} {namespace}/{target.name}: its /scale reports no pod selector",
+            )
+        return selector
+
+    async def list_pods(self, namespace: str, selector: str) -> list[Pod]:
+        """The pods matching `selector`, reduced to what matching and marking need."""
+        try:
+            listing = await asyncio.to_thread(
+                self._core.list_namespaced_pod, namespace, label_selector=selector
+            )
+        except ApiException as error:
+            raise _failure(error, f"pods in {namespace} matching {selector!r}") from None
+        pods: list[Pod] = []
+        for pod in listing.items or ():
+            annotations = pod.metadata.annotations or {}
+            pods.append(Pod(
+                name=pod.metadata.name,
+                ip=(pod.status.pod_ip or None) if pod.status is not None else None,
+                deleting=pod.metadata.deletion_timestamp is not None,
+                deletion_cost=annotations.get(DELETION_COST),
+                marked_by=annotations.get(MARKED_BY),
+            ))
+        return pods
+
+    async def annotate_pod(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None]
+    ) -> None:
+        """Merge-patch a pod's annotations (None removes one)."""
+        body = {"metadata": {"annotations": dict(annotations)}}
+        try:
+            await asyncio.to_thread(
+                self._core.patch_namespaced_pod, name, namespace, body,
+                _content_type="application/merge-patch+json",
+            )
+        except ApiException as error:
+            raise _failure(error, f"Pod {namespace}/{name}") from None
 
     async def scale(self, namespace: str, target: ScaleTargetRef, replicas: int) -> None:
         """Set the target's replica count through `/scale` (works for any scalable kind)."""

@@ -18,7 +18,14 @@ import aiohttp
 
 from queuescaler.rabbitmq_amqp import AmqpPeeker
 from queuescaler.rabbitmq_http import ManagementClient
-from queuescaler.source import BrokerConnection, ErrorKind, QueueRef, SampleResult, SourceError
+from queuescaler.source import (
+    BrokerConnection,
+    ClientConnection,
+    ErrorKind,
+    QueueRef,
+    SampleResult,
+    SourceError,
+)
 
 __all__ = ["RabbitMQSource", "tls_context"]
 
@@ -117,6 +124,15 @@ class RabbitMQSource:
     async def peek(self, queues: Collection[QueueRef]) -> SampleResult:
         """Live ready and consumer counts by AMQP; unacked is unknown there (reported as 0)."""
         return await self._amqp.peek(queues)
+
+    async def clients(self, vhosts: Collection[str]) -> Sequence[ClientConnection]:
+        """Consuming connections and what they hold (management API only: AMQP cannot tell)."""
+        if self._http is None:
+            raise SourceError(
+                ErrorKind.BAD_CONFIG,
+                "the connection Secret has no managementUrl: consumers cannot be listed",
+            )
+        return await self._http.clients(vhosts)
 
     async def close(self) -> None:
         try:

@@ -18,18 +18,23 @@ import aiohttp
 import yarl
 
 from queuescaler.rabbitmq_listing import (
+    CHANNEL_COLUMNS,
+    CONNECTION_COLUMNS,
     QUEUE_COLUMNS,
     mark_missing_vhosts,
     name_filter_query,
+    parse_client_connections,
     parse_queue_listing,
     parse_vhost_names,
     vhost_not_found,
 )
 from queuescaler.redact import redact
-from queuescaler.source import ErrorKind, QueueRef, SampleResult, SourceError
+from queuescaler.source import ClientConnection, ErrorKind, QueueRef, SampleResult, SourceError
 
 _QUEUE_QUERY = "columns=" + ",".join(QUEUE_COLUMNS)
 _VHOST_QUERY = "columns=name"
+_CONNECTION_QUERY = "columns=" + ",".join(CONNECTION_COLUMNS)
+_CHANNEL_QUERY = "columns=" + ",".join(CHANNEL_COLUMNS)
 
 
 def _error(kind: ErrorKind, message: str) -> SourceError:
@@ -152,6 +157,27 @@ class ManagementClient:
             if status == 200:
                 result = mark_missing_vhosts(result, parse_vhost_names(body))
         return result
+
+    async def clients(self, vhosts: Collection[str]) -> list[ClientConnection]:
+        """The consuming connections in `vhosts`: two GETs (connections, then channels).
+
+        Scoped to the vhost when there is one, broker-wide otherwise. The broker shows a
+        user only its own connections unless the user is tagged `monitoring` (or more).
+        """
+        wanted = set(vhosts)
+        if not wanted:
+            return []
+        prefix = "/api"
+        if len(wanted) == 1:
+            (vhost,) = wanted
+            prefix = f"/api/vhosts/{urllib.parse.quote(vhost, safe='')}"
+        status, connections = await self._get(f"{prefix}/connections", _CONNECTION_QUERY)
+        if status == 404:
+            raise _error(ErrorKind.VHOST_NOT_FOUND, "the connection listing was not found")
+        status, channels = await self._get(f"{prefix}/channels", _CHANNEL_QUERY)
+        if status == 404:
+            raise _error(ErrorKind.VHOST_NOT_FOUND, "the channel listing was not found")
+        return parse_client_connections(connections, channels, wanted)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from queuescaler.redact import redact
 from queuescaler.sample import QueueSample
-from queuescaler.source import ErrorKind, QueueRef, SampleResult, SourceError
+from queuescaler.source import ClientConnection, ErrorKind, QueueRef, SampleResult, SourceError
 
 QUEUE_COLUMNS = (
     "name",
@@ -32,6 +32,19 @@ QUEUE_COLUMNS = (
     "message_stats.deliver_get_details.rate",
 )
 """Only what a QueueSample needs: ~14x fewer bytes than every field (DESIGN.md)."""
+
+CONNECTION_COLUMNS = ("name", "vhost", "user_provided_name", "client_properties.connection_name")
+"""What ties a connection to a pod by name. RabbitMQ 3.7+ copies the client-provided name
+to `user_provided_name`; the client properties are the fallback (the broker answers a
+dotted column with the whole `client_properties` object)."""
+CHANNEL_COLUMNS = (
+    "vhost",
+    "connection_details.name",
+    "connection_details.peer_host",
+    "consumer_count",
+    "messages_unacknowledged",
+)
+"""Per channel: its connection (name and peer address), its consumers and what it holds."""
 
 FILTER_MAX_NAMES = 20
 """Up to this many names, a listing filtered by name (one page) is cheaper than the whole vhost.
@@ -212,3 +225,73 @@ def mark_missing_vhosts(result: SampleResult, vhosts: Collection[str]) -> Sample
         else outcome
         for ref, outcome in result.items()
     }
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _channel_count(value: Any) -> int | None:
+    """A channel's count; None when absent or not a count (that channel is not trusted)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def _client_name(entry: Mapping[str, Any]) -> str | None:
+    name = _text(entry.get("user_provided_name"))
+    if name is None:
+        properties = entry.get("client_properties")
+        if isinstance(properties, dict):
+            name = _text(properties.get("connection_name"))
+    return name
+
+
+def parse_client_connections(
+    connections_body: bytes, channels_body: bytes, vhosts: Collection[str]
+) -> list[ClientConnection]:
+    """The connections in `vhosts` that consume or hold messages, out of the answers of
+    `/api/connections` (CONNECTION_COLUMNS) and `/api/channels` (CHANNEL_COLUMNS).
+
+    Channels are grouped by their connection's name; the connection listing adds the name
+    the client gave (a connection opened between the two requests simply has none). A
+    channel whose statistics are not emitted yet is not listed, or listed without counts:
+    it counts as holding nothing. Raises SourceError(BAD_RESPONSE), and nothing else,
+    when a body is not a JSON list.
+    """
+    vhosts = frozenset(vhosts)
+    names: dict[str, str] = {}
+    for entry in _load_list(connections_body, "the connection listing"):
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            client_name = _client_name(entry)
+            if client_name is not None:
+                names[entry["name"]] = client_name
+    grouped: dict[tuple[str, str], list[int]] = {}
+    peers: dict[tuple[str, str], str | None] = {}
+    for entry in _load_list(channels_body, "the channel listing"):
+        if not isinstance(entry, dict):
+            continue
+        vhost, details = entry.get("vhost"), entry.get("connection_details")
+        if not isinstance(vhost, str) or vhost not in vhosts or not isinstance(details, dict):
+            continue
+        connection = details.get("name")
+        if not isinstance(connection, str):
+            continue
+        consumers = _channel_count(entry.get("consumer_count")) or 0
+        unacked = _channel_count(entry.get("messages_unacknowledged")) or 0
+        key = (vhost, connection)
+        totals = grouped.setdefault(key, [0, 0])
+        totals[0] += consumers
+        totals[1] += unacked
+        peers.setdefault(key, _text(details.get("peer_host")))
+    return [
+        ClientConnection(
+            vhost=vhost,
+            client_name=names.get(connection),
+            peer_host=peers[(vhost, connection)],
+            consumers=consumers,
+            unacked=unacked,
+        )
+        for (vhost, connection), (consumers, unacked) in sorted(grouped.items())
+        if consumers > 0 or unacked > 0
+    ]

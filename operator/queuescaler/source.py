@@ -8,7 +8,7 @@ it) and asks it, once per tick, about every queue any of those QueueScalers watc
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -69,6 +69,24 @@ SampleResult = Mapping[QueueRef, QueueSample | SourceError]
 """Per queue: its sample, or why it has none (a missing queue fails alone)."""
 
 
+@dataclass(frozen=True, slots=True)
+class ClientConnection:
+    """One client connected to the broker, as far as telling busy workers apart needs.
+
+    Counts add up over the connection's channels. `client_name` is the name the client
+    gave its connection (workers set it to their pod's name); `peer_host` the address it
+    connects from.
+    """
+
+    vhost: str
+    client_name: str | None
+    peer_host: str | None
+    consumers: int
+    """Consumers on the connection's channels."""
+    unacked: int
+    """Messages delivered on its channels and not yet acknowledged."""
+
+
 class QueueSource(Protocol):
     """A broker's queues as samples. One instance per broker; async; never raises per queue."""
 
@@ -82,6 +100,14 @@ class QueueSource(Protocol):
 
     async def peek(self, queues: Collection[QueueRef]) -> SampleResult:
         """The fast path: live ready and consumer counts with no statistics delay (no rates)."""
+        ...
+
+    async def clients(self, vhosts: Collection[str]) -> Sequence[ClientConnection]:
+        """The connections in `vhosts` that consume or hold messages, with their in-flight counts.
+
+        At most a couple of requests per call; raises SourceError when the broker cannot
+        list them (no management API, no permission to see other users' connections, ...).
+        """
         ...
 
     async def close(self) -> None:

@@ -1,0 +1,175 @@
+"""Which of a target's pods are busy, and how to mark them so a scale-down spares them. Pure.
+
+The broker knows which connections hold unacknowledged messages; Kubernetes knows the
+target's pods. A connection belongs to a pod when the name its client gave it is the
+pod's name (workers set it from the downward API), or else when it comes from the pod's
+IP. From that, `match_workers` counts matched and busy pods, and `deletion_marks` says
+which pods need a new `controller.kubernetes.io/pod-deletion-cost`, which the ReplicaSet
+controller reads to choose the pods it removes: known idle pods first, then pods it
+could not match, busy pods last and the busiest of them after the others.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from queuescaler.source import ClientConnection
+from queuescaler.status import Condition
+
+DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cost"
+"""Read by the ReplicaSet controller: on a scale-down, lower costs go first."""
+MARKED_BY: Final = "queuescaler.io/marked-by"
+"""Our own annotation: the QueueScaler that set the cost, so its marks can be cleared."""
+IDLE_COST: Final = -1
+"""A pod matched to its consumers and holding nothing."""
+UNKNOWN_COST: Final = 0
+"""A pod no connection matched (the cost every unannotated pod has): after the idle ones."""
+MAX_COST: Final = 2**31 - 1
+"""The annotation is an int32."""
+CONDITION: Final = "WorkersMatched"
+
+Marks = dict[str, dict[str, str | None]]
+"""Pod name -> the annotations to merge-patch (None removes one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    """One pod of the target, as far as matching and marking need."""
+
+    name: str
+    ip: str | None = None
+    deleting: bool = False
+    """It has a deletionTimestamp: already on its way out, neither counted nor marked."""
+    deletion_cost: str | None = None
+    """Its pod-deletion-cost annotation as found."""
+    marked_by: str | None = None
+    """Its queuescaler.io/marked-by annotation as found."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReport:
+    """The target's pods as seen by the broker."""
+
+    pods: int
+    """Pods of the target, not being deleted."""
+    consuming: int
+    """Consuming (or message-holding) connections in the QueueScaler's vhost."""
+    held: Mapping[str, int] = field(default_factory=dict)
+    """Matched pod -> unacknowledged messages on its connections."""
+    by_name: int = 0
+    """Connections matched by their client-provided name."""
+    by_address: int = 0
+    """Connections matched by their peer address."""
+
+    @property
+    def matched(self) -> int:
+        return len(self.held)
+
+    @property
+    def busy(self) -> int:
+        return sum(1 for count in self.held.values() if count > 0)
+
+
+def match_workers(
+    pods: Iterable[Pod], clients: Iterable[ClientConnection], vhosts: Collection[str]
+) -> WorkerReport:
+    """Match the consuming connections in `vhosts` to `pods`: by name first, then by IP.
+
+    An IP that several pods share (host networking) matches none of them: it cannot say
+    which pod a connection comes from.
+    """
+    live = [pod for pod in pods if not pod.deleting]
+    by_name = {pod.name: pod.name for pod in live}
+    shared = Counter(pod.ip for pod in live if pod.ip)
+    by_ip = {pod.ip: pod.name for pod in live if pod.ip and shared[pod.ip] == 1}
+    held: dict[str, int] = {}
+    named = addressed = consuming = 0
+    for client in clients:
+        if client.vhost not in vhosts or (client.consumers <= 0 and client.unacked <= 0):
+            continue
+        consuming += 1
+        pod = by_name.get(client.client_name) if client.client_name else None
+        if pod is not None:
+            named += 1
+        elif client.peer_host and client.peer_host in by_ip:
+            pod = by_ip[client.peer_host]
+            addressed += 1
+        if pod is not None:
+            held[pod] = held.get(pod, 0) + max(client.unacked, 0)
+    return WorkerReport(len(live), consuming, held, named, addressed)
+
+
+def deletion_cost(report: WorkerReport, pod: str) -> int:
+    """The cost a pod should carry: what it holds if busy, else idle or unknown."""
+    held = report.held.get(pod)
+    if held is None:
+        return UNKNOWN_COST
+    return min(held, MAX_COST) if held > 0 else IDLE_COST
+
+
+def deletion_marks(pods: Iterable[Pod], report: WorkerReport, owner: str) -> Marks:
+    """The pods whose marks must change before a scale-down, and their new annotations.
+
+    Nothing when no pod matched: marks would all be equal, and say nothing.
+    """
+    if report.matched == 0:
+        return {}
+    marks: Marks = {}
+    for pod in pods:
+        if pod.deleting:
+            continue
+        cost = str(deletion_cost(report, pod.name))
+        if pod.deletion_cost != cost or pod.marked_by != owner:
+            marks[pod.name] = {DELETION_COST: cost, MARKED_BY: owner}
+    return marks
+
+
+def cleared_marks(pods: Iterable[Pod], owner: str) -> Marks:
+    """The annotations to remove from the pods `owner` marked (when it goes away)."""
+    return {
+        pod.name: {DELETION_COST: None, MARKED_BY: None}
+        for pod in pods
+        if pod.marked_by == owner and not pod.deleting
+    }
+
+
+def workers_condition(
+    report: WorkerReport | None, vhost: str, *, enabled: bool, problem: str | None = None
+) -> Condition:
+    """The WorkersMatched condition: True once a consumer matched a pod, else why not.
+
+    `problem` says why the pods or the connections could not be listed.
+    """
+    off = "busy workers are not protected"
+    if not enabled:
+        return Condition(
+            CONDITION, False, "ProtectionDisabled",
+            "behavior.scaleDown.protectBusyWorkers is false: consumers are not matched to pods",
+        )
+    if report is None:
+        return Condition(CONDITION, False, "NotListed", f"{off}: {problem or 'nothing listed'}")
+    if report.matched:
+        ways = [
+            f"{count} by {how}"
+            for count, how in ((report.by_name, "connection name"), (report.by_address, "address"))
+            if count
+        ]
+        return Condition(
+            CONDITION, True, "Matched",
+            f"{report.matched} of {report.pods} pods matched to consumers ({', '.join(ways)}),"
+            f" {report.busy} busy",
+        )
+    if report.pods == 0:
+        why = "the target has no pods"
+    elif report.consuming == 0:
+        why = f"no consumer is connected in vhost {vhost!r}"
+    else:
+        why = (
+            f"none of the {report.consuming} consuming connections in vhost {vhost!r} is named"
+            f" after one of the {report.pods} pods or comes from a pod's IP (set the"
+            " connection name to the pod name)"
+        )
+    return Condition(CONDITION, False, "NoConsumersMatched", f"{off}: {why}")

@@ -1,0 +1,311 @@
+"""End to end: a scale-down spares the workers busy with a message (issue 08).
+
+A pool of pika workers (long tasks, prefetch 1, a grace period longer than a task) is
+held at 8 replicas while fewer messages than workers are in hand, so some workers are busy
+and the others idle; then the pool may shrink to 1. With `protectBusyWorkers` the operator
+keeps the busy count, marks the idle pods cheap (pod-deletion-cost) and lets the
+ReplicaSet controller remove them first: no busy worker gets SIGTERM. Without it, the
+ReplicaSet's own order removes busy workers too. Both runs count the busy workers
+terminated and the messages processed more than once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pytest
+from kubernetes import client, config, watch
+
+from e2e.podrunner import PodRunner, PodRunnerFactory, pika_worker_command, pika_worker_env
+from e2e.pool import Pool
+from e2e.publisher import publish_messages, read_processed, read_records
+from operator_process import OperatorProcess
+from queuescaler.rabbitmq_listing import (
+    CHANNEL_COLUMNS,
+    CONNECTION_COLUMNS,
+    parse_client_connections,
+)
+from queuescaler.workers import DELETION_COST, MARKED_BY
+from support import CACHE, TestEnv, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+WORKERS = 8
+MESSAGES = 3
+"""Fewer messages than workers: three busy, five idle."""
+WORK_SECONDS = 15.0
+"""Longer than the broker's statistics interval (5 s), so the busy channels show up there."""
+GRACE_SECONDS = 25
+"""Longer than a task: a busy worker told to stop still finishes (and acks) its message."""
+
+
+class LineTimes:
+    """When each line of an append-only log first appeared (polled in a thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seen: dict[tuple[str, str], float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.05):
+            now = time.time()
+            for record in read_records(self.path):
+                self.seen.setdefault(record, now)
+
+    def __enter__(self) -> LineTimes:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class PodMarks:
+    """Every pod-deletion-cost each pod carried, in order, from a watch (polling would miss
+    the marks of pods deleted right after they were set)."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.costs: dict[str, list[str]] = {}
+        """Pod -> the costs it carried, in order (repeats collapsed)."""
+        self.cost_when_deleted: dict[str, str | None] = {}
+        self._stop = threading.Event()
+        self._api = config.new_client_from_config(config_file=str(pool.testenv.kubeconfig))
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        core = client.CoreV1Api(self._api)
+        while not self._stop.is_set():
+            try:
+                for event in watch.Watch().stream(
+                    core.list_namespaced_pod, self.pool.namespace,
+                    label_selector=f"app={self.pool.name}", timeout_seconds=2,
+                ):
+                    self._see(event["object"])
+            except Exception:  # a dropped watch: the next one lists again
+                self._stop.wait(0.2)
+
+    def _see(self, pod: Any) -> None:
+        name = pod.metadata.name
+        cost = (pod.metadata.annotations or {}).get(DELETION_COST)
+        seen = self.costs.setdefault(name, [])
+        if cost is not None and (not seen or seen[-1] != cost):
+            seen.append(cost)
+        if pod.metadata.deletion_timestamp is not None:
+            self.cost_when_deleted.setdefault(name, cost)
+
+    def __enter__(self) -> PodMarks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._api.close()
+
+
+@dataclass
+class Outcome:
+    busy_terminated: list[str]
+    """Pods that got SIGTERM while holding a message they had not finished."""
+    terminated: list[str]
+    redeliveries: int
+    """Messages processed more than once."""
+    reasons: list[str] = field(default_factory=list)
+    """The operator's ScaledDown event messages."""
+    busy: set[str] = field(default_factory=set)
+    """Pods holding a message when the pool could shrink."""
+    workers_seen: list[dict[str, Any]] = field(default_factory=list)
+    costs: dict[str, list[str]] = field(default_factory=dict)
+    """Pod -> the pod-deletion-cost values it carried, in order."""
+    cost_when_deleted: dict[str, str | None] = field(default_factory=dict)
+
+
+def _management(testenv: TestEnv, path: str) -> bytes:
+    parts = urllib.parse.urlsplit(testenv.management_url)
+    token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
+    request = urllib.request.Request(
+        f"http://{parts.hostname}:{parts.port}{path}", headers={"Authorization": f"Basic {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        body: bytes = response.read()
+        return body
+
+
+def busy_pods_seen_by_broker(testenv: TestEnv, pods: set[str]) -> set[str]:
+    """Our pods whose channels hold messages, as the management statistics say now."""
+    vhost = urllib.parse.quote(testenv.vhost, safe="")
+    connections = _management(
+        testenv, f"/api/vhosts/{vhost}/connections?columns={','.join(CONNECTION_COLUMNS)}"
+    )
+    channels = _management(
+        testenv, f"/api/vhosts/{vhost}/channels?columns={','.join(CHANNEL_COLUMNS)}"
+    )
+    return {
+        client.client_name
+        for client in parse_client_connections(connections, channels, {testenv.vhost})
+        if client.client_name in pods and client.unacked > 0
+    }
+
+
+def queue_consumers(testenv: TestEnv, queue: str) -> int:
+    vhost = urllib.parse.quote(testenv.vhost, safe="")
+    body = json.loads(_management(testenv, f"/api/queues/{vhost}/{queue}?columns=consumers"))
+    return int(body.get("consumers") or 0)
+
+
+def scale_down_with_busy_workers(
+    pool: Pool, runner: PodRunner, processed_log: Path, started_log: Path, *, protect: bool
+) -> Outcome:
+    behavior = {"scaleDown": {"protectBusyWorkers": protect}}
+    target = {"messagesPerReplica": 100}
+    pool.apply_scaler(minReplicas=WORKERS, maxReplicas=WORKERS, target=target, behavior=behavior)
+    wait_until(lambda: len(runner.serving()) == WORKERS, timeout=60, what="8 running workers")
+    wait_until(lambda: queue_consumers(pool.testenv, pool.queue) == WORKERS, timeout=60,
+               what="8 consumers on the queue")
+    ids = publish_messages(pool.testenv.amqp_url, pool.queue, MESSAGES)
+    wait_until(lambda: len(read_records(started_log)) == MESSAGES, timeout=30,
+               what="every message in a worker's hands")
+    busy = {pod for _, pod in read_records(started_log)}
+    assert len(busy) == MESSAGES, "prefetch 1: one message per worker"
+    # The operator reads who is busy from the broker's statistics: wait until they show it.
+    wait_until(lambda: busy_pods_seen_by_broker(pool.testenv, set(runner.serving())) == busy,
+               timeout=30, what="the busy workers in the broker's channel statistics")
+
+    outcome = Outcome([], [], 0, busy=busy)
+    with LineTimes(processed_log) as processed, PodMarks(pool) as marks:
+        pool.apply_scaler(minReplicas=1, maxReplicas=WORKERS, target=target, behavior=behavior)
+
+        def settled() -> bool:
+            workers = pool.status().get("workers")
+            if workers and workers not in outcome.workers_seen:
+                outcome.workers_seen.append(workers)
+            return (
+                pool.replicas() == 1
+                and len(runner.serving()) == 1
+                and len(runner.running()) == 1
+                and all(read_processed(processed_log).get(i) for i in ids)
+            )
+
+        wait_until(settled, timeout=120, what="the pool at 1 worker with every message done")
+        records = runner.records()
+        started = read_records(started_log)
+        for pod, record in records.items():
+            if record.sigterm_at is None:
+                continue
+            outcome.terminated.append(pod)
+            held = [(i, p) for i, p in started if p == pod]
+            done_at = processed.seen
+            unfinished = [r for r in held if done_at.get(r, float("inf")) > record.sigterm_at]
+            if unfinished:
+                outcome.busy_terminated.append(pod)
+    outcome.costs = marks.costs
+    outcome.cost_when_deleted = marks.cost_when_deleted
+    outcome.redeliveries = sum(1 for count in read_processed(processed_log).values() if count > 1)
+    outcome.reasons = [
+        e.get("message", "") for e in pool.events() if e.get("reason") == "ScaledDown"
+    ]
+    return outcome
+
+
+def report(name: str, outcome: Outcome) -> None:
+    line = (
+        f"{name}: {len(outcome.busy_terminated)} busy workers terminated"
+        f" (of {len(outcome.terminated)} terminated), {outcome.redeliveries} redeliveries"
+    )
+    print(line, *outcome.reasons, sep="\n  ")
+    out = CACHE / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "e2e-safe-scale-down.txt").open("a") as summary:
+        summary.write(line + "\n")
+
+
+@pytest.fixture
+def pool(testenv: TestEnv, namespace: str, operator: OperatorProcess) -> Iterator[Pool]:
+    created = Pool(testenv, namespace, grace_seconds=GRACE_SECONDS).create()
+    yield created
+    created.delete_queue()
+
+
+@pytest.fixture
+def started_log(tmp_path: Path) -> Path:
+    return tmp_path / "started.log"
+
+
+@pytest.fixture
+def runner(
+    pool: Pool, pod_runner_factory: PodRunnerFactory, processed_log: Path, started_log: Path
+) -> PodRunner:
+    env = pika_worker_env(pool.testenv.amqp_url, pool.queue, processed_log,
+                          started_log=started_log, prefetch=1, work_seconds=WORK_SECONDS)
+    return pod_runner_factory(pool.namespace, f"app={pool.name}", pika_worker_command, env)
+
+
+def test_protected_scale_down_removes_idle_workers_and_keeps_the_busy_ones(
+    pool: Pool, runner: PodRunner, processed_log: Path, started_log: Path
+) -> None:
+    outcome = scale_down_with_busy_workers(
+        pool, runner, processed_log, started_log, protect=True
+    )
+    report("protectBusyWorkers=true", outcome)
+    # (Another operator process watching every namespace of the shared cluster, started from
+    # code without this protection, would act on this QueueScaler too: its ScaledDown events
+    # below would then lack the busy-workers reason.)
+    assert outcome.busy_terminated == [], f"a busy worker was told to stop: {outcome.reasons}"
+    assert len(outcome.terminated) == WORKERS - 1
+    assert any("busy-workers" in reason and f"to {MESSAGES}" in reason
+               for reason in outcome.reasons), outcome.reasons
+    assert {"matched": WORKERS, "busy": MESSAGES} in outcome.workers_seen, outcome.workers_seen
+    # The marks chose the pods: each busy pod was marked dear (it holds one message), and
+    # every pod removed was marked idle when it went.
+    assert all(outcome.costs.get(pod, [None])[0] == "1" for pod in outcome.busy), outcome.costs
+    assert set(outcome.cost_when_deleted.values()) == {"-1"}, outcome.cost_when_deleted
+    condition = pool.condition("WorkersMatched")
+    assert condition is not None and condition["status"] == "True", condition
+    assert outcome.redeliveries == 0
+
+    # Deleting the QueueScaler clears the marks it set on the pods left.
+    pool.testenv.kubectl("delete", "qs", pool.name, "-n", pool.namespace)
+
+    def unmarked() -> bool:
+        out = pool.testenv.kubectl("get", "pods", "-n", pool.namespace, "-l", f"app={pool.name}",
+                                   "-o", "json")
+        pods = json.loads(out.stdout)["items"]
+        return bool(pods) and all(
+            not {DELETION_COST, MARKED_BY} & set(p["metadata"].get("annotations") or {})
+            for p in pods
+        )
+
+    wait_until(unmarked, timeout=30, what="the marks cleared after the QueueScaler's deletion")
+
+
+def test_unprotected_scale_down_terminates_busy_workers(
+    pool: Pool, runner: PodRunner, processed_log: Path, started_log: Path
+) -> None:
+    outcome = scale_down_with_busy_workers(
+        pool, runner, processed_log, started_log, protect=False
+    )
+    report("protectBusyWorkers=false", outcome)
+    # Eight down to one while three are busy: at least two busy workers must go.
+    assert len(outcome.busy_terminated) >= MESSAGES - 1, outcome
+    assert not any(outcome.costs.values()), "no marks without the protection"
+    condition = pool.condition("WorkersMatched")
+    assert condition is not None and condition["reason"] == "ProtectionDisabled", condition

@@ -1,0 +1,509 @@
+"""Busy workers: from the broker's connection and channel listings to pods, marks and decisions.
+
+Tables for the pure parts (parsing, matching, marking, the WorkersMatched condition), fuzzing
+of the parser, then the engine's tick against fakes: who is busy is asked only on ticks that
+may scale down, once per broker, and the idle pods are marked before the scale.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from queuescaler.engine import Engine, EngineSettings
+from queuescaler.kube import NotFound
+from queuescaler.metrics import Metrics
+from queuescaler.rabbitmq_listing import parse_client_connections
+from queuescaler.registry import Registry, ReplicaCache
+from queuescaler.sample import QueueSample
+from queuescaler.source import (
+    BrokerConnection,
+    ClientConnection,
+    ErrorKind,
+    QueueRef,
+    SampleResult,
+    SourceError,
+)
+from queuescaler.spec import ScaleTargetRef
+from queuescaler.workers import (
+    DELETION_COST,
+    IDLE_COST,
+    MARKED_BY,
+    MAX_COST,
+    Pod,
+    WorkerReport,
+    cleared_marks,
+    deletion_cost,
+    deletion_marks,
+    match_workers,
+    workers_condition,
+)
+
+pytestmark = pytest.mark.unit
+
+VHOST = "jobs"
+CONNECTION = "10.0.0.7:40112 -> 10.0.0.2:5672"
+
+
+def _connection(name: str = CONNECTION, **fields: Any) -> dict[str, Any]:
+    """One connection as `/api/connections?columns=...` lists it on RabbitMQ 3.10."""
+    entry: dict[str, Any] = {
+        "name": name,
+        "vhost": VHOST,
+        "user_provided_name": "worker-abc12",
+        "client_properties": {"connection_name": "worker-abc12", "product": "Pika"},
+    }
+    entry.update(fields)
+    return {k: v for k, v in entry.items() if v is not ...}
+
+
+def _channel(connection: str = CONNECTION, **fields: Any) -> dict[str, Any]:
+    """One channel as `/api/channels?columns=...` lists it on RabbitMQ 3.10."""
+    entry: dict[str, Any] = {
+        "vhost": VHOST,
+        "connection_details": {"name": connection, "peer_host": "10.0.0.7", "peer_port": 40112},
+        "consumer_count": 1,
+        "messages_unacknowledged": 1,
+    }
+    entry.update(fields)
+    return {k: v for k, v in entry.items() if v is not ...}
+
+
+def _parse(connections: list[Any], channels: list[Any]) -> list[ClientConnection]:
+    return parse_client_connections(
+        json.dumps(connections).encode(), json.dumps(channels).encode(), {VHOST}
+    )
+
+
+def _client(name: str | None = "worker-abc12", unacked: int = 1, *, consumers: int = 1,
+            peer: str | None = "10.0.0.7", vhost: str = VHOST) -> ClientConnection:
+    return ClientConnection(vhost, name, peer, consumers, unacked)
+
+
+@pytest.mark.parametrize(
+    ("connections", "channels", "expected"),
+    [
+        pytest.param([_connection()], [_channel()], [_client()], id="named-busy-consumer"),
+        pytest.param(
+            [_connection(user_provided_name=...)], [_channel()], [_client()],
+            id="name-from-client-properties",
+        ),
+        pytest.param(
+            [_connection(user_provided_name=..., client_properties={"product": "x"})],
+            [_channel()], [_client(None)], id="unnamed-connection",
+        ),
+        pytest.param([], [_channel()], [_client(None)], id="connection-opened-between-requests"),
+        pytest.param(
+            [_connection()], [_channel(messages_unacknowledged=2), _channel(consumer_count=0)],
+            [_client(unacked=3)], id="channels-of-one-connection-add-up",
+        ),
+        pytest.param(
+            [_connection()], [_channel(messages_unacknowledged=0)], [_client(unacked=0)],
+            id="idle-consumer",
+        ),
+        pytest.param(
+            [_connection()], [_channel(consumer_count=0, messages_unacknowledged=0)], [],
+            id="publisher-only-connection-left-out",
+        ),
+        pytest.param([_connection()], [_channel(vhost="other")], [], id="other-vhost"),
+        pytest.param(
+            [_connection()], [_channel(messages_unacknowledged=..., consumer_count=...)], [],
+            id="channel-without-statistics-yet",
+        ),
+        pytest.param(
+            [_connection()], [_channel(messages_unacknowledged="3"), _channel()],
+            [_client(unacked=1, consumers=2)], id="malformed-count-counts-nothing",
+        ),
+        pytest.param(
+            [_connection()], [_channel(connection_details=None), "junk", 7], [],
+            id="channels-without-connection-skipped",
+        ),
+    ],
+)
+def test_listings_become_client_connections(
+    connections: list[Any], channels: list[Any], expected: list[ClientConnection]
+) -> None:
+    assert _parse(connections, channels) == expected
+
+
+@pytest.mark.parametrize(
+    ("connections", "channels"),
+    [
+        pytest.param(b"<html>", b"[]", id="connections-not-json"),
+        pytest.param(b"[]", b'{"error": "x"}', id="channels-not-a-list"),
+    ],
+)
+def test_a_listing_that_is_no_list_is_a_bad_response(connections: bytes, channels: bytes) -> None:
+    with pytest.raises(SourceError) as raised:
+        parse_client_connections(connections, channels, {VHOST})
+    assert raised.value.kind is ErrorKind.BAD_RESPONSE
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8)
+    | st.sampled_from([VHOST, CONNECTION, "name", "vhost"]),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(
+        st.sampled_from([
+            "name", "vhost", "user_provided_name", "client_properties", "connection_name",
+            "connection_details", "peer_host", "consumer_count", "messages_unacknowledged",
+        ]) | st.text(max_size=4),
+        inner, max_size=5,
+    ),
+    max_leaves=20,
+)
+
+
+@given(connections=_json, channels=_json)
+def test_any_json_gives_connections_or_a_bad_response(connections: Any, channels: Any) -> None:
+    try:
+        found = parse_client_connections(
+            json.dumps(connections).encode(), json.dumps(channels).encode(), {VHOST}
+        )
+    except SourceError as error:
+        assert error.kind is ErrorKind.BAD_RESPONSE
+        return
+    for client in found:
+        assert client.consumers >= 0 and client.unacked >= 0
+        assert client.consumers > 0 or client.unacked > 0
+
+
+@given(connections=st.binary(max_size=64), channels=st.binary(max_size=64))
+def test_any_bytes_give_connections_or_a_bad_response(connections: bytes, channels: bytes) -> None:
+    try:
+        parse_client_connections(connections, channels, {VHOST})
+    except SourceError as error:
+        assert error.kind is ErrorKind.BAD_RESPONSE
+
+
+PODS = [Pod("worker-a", "10.0.0.7"), Pod("worker-b", "10.0.0.8"), Pod("worker-c", "10.0.0.9")]
+
+
+@pytest.mark.parametrize(
+    ("pods", "clients", "held", "named", "addressed"),
+    [
+        pytest.param(
+            PODS, [_client("worker-a", 2), _client("worker-b", 0, peer="127.0.0.1")],
+            {"worker-a": 2, "worker-b": 0}, 2, 0, id="by-connection-name",
+        ),
+        pytest.param(
+            PODS, [_client(None, 1, peer="10.0.0.8")], {"worker-b": 1}, 0, 1,
+            id="by-peer-address",
+        ),
+        pytest.param(
+            PODS, [_client("worker-c", 1, peer="10.0.0.7")], {"worker-c": 1}, 1, 0,
+            id="name-wins-over-address",
+        ),
+        pytest.param(
+            PODS, [_client("worker-a", 1), _client("worker-a", 2)], {"worker-a": 3}, 2, 0,
+            id="two-connections-of-one-pod-add-up",
+        ),
+        pytest.param(
+            [Pod("worker-a", "10.0.0.1"), Pod("worker-b", "10.0.0.1")],
+            [_client(None, 1, peer="10.0.0.1")], {}, 0, 0, id="shared-host-ip-matches-nobody",
+        ),
+        pytest.param(
+            [Pod("worker-a", "10.0.0.7", deleting=True)], [_client("worker-a", 1)], {}, 0, 0,
+            id="terminating-pods-do-not-count",
+        ),
+        pytest.param(
+            PODS, [_client("worker-a", 1, vhost="other")], {}, 0, 0, id="other-vhost",
+        ),
+        pytest.param(
+            PODS, [_client("someone-else", 4, peer="192.168.1.1")], {}, 0, 0,
+            id="connections-of-other-pods",
+        ),
+    ],
+)
+def test_connections_match_pods(
+    pods: list[Pod], clients: list[ClientConnection], held: dict[str, int], named: int,
+    addressed: int,
+) -> None:
+    report = match_workers(pods, clients, {VHOST})
+    assert dict(report.held) == held
+    assert (report.by_name, report.by_address) == (named, addressed)
+    assert report.matched == len(held)
+    assert report.busy == sum(1 for count in held.values() if count)
+
+
+REPORT = WorkerReport(pods=3, consuming=2, held={"worker-a": 3, "worker-b": 0}, by_name=2)
+
+
+@pytest.mark.parametrize(
+    ("pod", "cost"),
+    [
+        pytest.param("worker-a", 3, id="busy-costs-what-it-holds"),
+        pytest.param("worker-b", IDLE_COST, id="idle-goes-first"),
+        pytest.param("worker-c", 0, id="unmatched-between-idle-and-busy"),
+    ],
+)
+def test_deletion_cost(pod: str, cost: int) -> None:
+    assert deletion_cost(REPORT, pod) == cost
+
+
+def test_a_huge_backlog_in_hand_is_capped_at_int32() -> None:
+    report = WorkerReport(1, 1, {"worker-a": 2**40})
+    assert deletion_cost(report, "worker-a") == MAX_COST
+
+
+@pytest.mark.parametrize(
+    ("pods", "report", "marks"),
+    [
+        pytest.param(
+            PODS, REPORT,
+            {
+                "worker-a": {DELETION_COST: "3", MARKED_BY: "qs"},
+                "worker-b": {DELETION_COST: "-1", MARKED_BY: "qs"},
+                "worker-c": {DELETION_COST: "0", MARKED_BY: "qs"},
+            },
+            id="first-marks",
+        ),
+        pytest.param(
+            [Pod("worker-a", deletion_cost="3", marked_by="qs"),
+             Pod("worker-b", deletion_cost="3", marked_by="qs")],
+            REPORT, {"worker-b": {DELETION_COST: "-1", MARKED_BY: "qs"}},
+            id="only-changed-marks",
+        ),
+        pytest.param(
+            [Pod("worker-a", deletion_cost="3", marked_by="someone")], REPORT,
+            {"worker-a": {DELETION_COST: "3", MARKED_BY: "qs"}}, id="taken-over-marks",
+        ),
+        pytest.param(
+            [Pod("worker-a", deleting=True)], REPORT, {}, id="terminating-pods-left-alone",
+        ),
+        pytest.param(PODS, WorkerReport(3, 1), {}, id="nothing-matched-nothing-marked"),
+    ],
+)
+def test_deletion_marks(pods: list[Pod], report: WorkerReport, marks: dict[str, Any]) -> None:
+    assert deletion_marks(pods, report, "qs") == marks
+
+
+def test_cleared_marks_are_only_our_own() -> None:
+    pods = [Pod("worker-a", marked_by="qs"), Pod("worker-b", marked_by="other"), Pod("worker-c")]
+    assert cleared_marks(pods, "qs") == {"worker-a": {DELETION_COST: None, MARKED_BY: None}}
+
+
+@pytest.mark.parametrize(
+    ("report", "enabled", "problem", "status", "reason", "says"),
+    [
+        pytest.param(REPORT, True, None, True, "Matched", "2 of 3 pods matched", id="matched"),
+        pytest.param(
+            WorkerReport(3, 2), True, None, False, "NoConsumersMatched", "none of the 2",
+            id="consumers-match-no-pod",
+        ),
+        pytest.param(
+            WorkerReport(3, 0), True, None, False, "NoConsumersMatched", "no consumer",
+            id="no-consumers",
+        ),
+        pytest.param(
+            WorkerReport(0, 2), True, None, False, "NoConsumersMatched", "no pods",
+            id="no-pods",
+        ),
+        pytest.param(
+            None, True, "HTTP 403", False, "NotListed", "HTTP 403", id="listing-failed",
+        ),
+        pytest.param(
+            REPORT, False, None, False, "ProtectionDisabled", "protectBusyWorkers is false",
+            id="disabled",
+        ),
+    ],
+)
+def test_workers_matched_condition(
+    report: WorkerReport | None, enabled: bool, problem: str | None, status: bool, reason: str,
+    says: str,
+) -> None:
+    condition = workers_condition(report, VHOST, enabled=enabled, problem=problem)
+    assert (condition.type, condition.status, condition.reason) == (
+        "WorkersMatched", status, reason,
+    )
+    assert says in condition.message
+    if enabled and not status:
+        assert "not protected" in condition.message
+
+
+# --- the engine's tick, against fakes ---
+
+BROKER = BrokerConnection("amqp://u:p@rabbit/", "http://u:p@rabbit:15672")
+NOW = 1_800_000_000.0
+
+
+class FakeSource:
+    def __init__(self, clients: Sequence[ClientConnection], log: list[str]) -> None:
+        self._clients = clients
+        self.log = log
+
+    async def sample(self, queues: Collection[QueueRef]) -> SampleResult:
+        return {q: QueueSample(ready=0, unacked=2, consumers=4, taken_at=NOW) for q in queues}
+
+    async def peek(self, queues: Collection[QueueRef]) -> SampleResult:
+        return {}
+
+    async def clients(self, vhosts: Collection[str]) -> Sequence[ClientConnection]:
+        self.log.append(f"clients {sorted(vhosts)}")
+        return self._clients
+
+    async def close(self) -> None:
+        pass
+
+
+class FakeKube:
+    """Records every call in order; pods carry the annotations patched onto them."""
+
+    def __init__(self, pods: list[Pod]) -> None:
+        self.template = pods
+        self.namespaces: dict[str, dict[str, Pod]] = {}
+        self.log: list[str] = []
+        self.statuses: list[dict[str, Any]] = []
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str]:
+        return {"amqpUrl": BROKER.amqp_url, "managementUrl": BROKER.management_url or ""}
+
+    async def read_replicas(self, namespace: str, target: ScaleTargetRef) -> int:
+        raise AssertionError("replicas come from the cache")
+
+    async def read_selector(self, namespace: str, target: ScaleTargetRef) -> str:
+        self.log.append("selector")
+        return "app=worker"
+
+    async def list_pods(self, namespace: str, selector: str) -> list[Pod]:
+        self.log.append(f"pods {namespace}")
+        return list(self.pods(namespace).values())
+
+    def pods(self, namespace: str) -> dict[str, Pod]:
+        return self.namespaces.setdefault(namespace, {pod.name: pod for pod in self.template})
+
+    async def annotate_pod(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None]
+    ) -> None:
+        pods = self.pods(namespace)
+        if name not in pods:
+            raise NotFound("NotFound", "gone")
+        self.log.append(f"mark {namespace} {name} {annotations[DELETION_COST]}")
+        pod = pods[name]
+        pods[name] = Pod(pod.name, pod.ip, pod.deleting, annotations[DELETION_COST],
+                              annotations[MARKED_BY])
+
+    async def scale(self, namespace: str, target: ScaleTargetRef, replicas: int) -> None:
+        self.log.append(f"scale {namespace} {replicas}")
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.statuses.append(dict(status))
+
+    async def emit_event(self, *args: Any) -> None:
+        pass
+
+
+def _engine(
+    kube: FakeKube, source: FakeSource, *scalers: tuple[str, bool], replicas: int = 4
+) -> Engine:
+    registry = Registry()
+    cache = ReplicaCache()
+    for name, protect in scalers:
+        registry.upsert({
+            "metadata": {"namespace": name, "name": name, "uid": name, "generation": 1},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                   "name": "worker"},
+                "minReplicas": 1,
+                "maxReplicas": 10,
+                "source": {"rabbitmq": {"queue": "jobs", "vhost": VHOST,
+                                        "connectionSecretRef": {"name": "rabbitmq"}}},
+                "target": {"messagesPerReplica": 10},
+                "behavior": {"scaleDown": {"stabilizationSeconds": 0, "maxStepPercent": 100,
+                                           "protectBusyWorkers": protect}},
+            },
+        }, NOW)
+        cache.set(name, "worker", replicas)
+    return Engine(
+        kube, registry, cache, Metrics(CollectorRegistry(), process=False),  # type: ignore[arg-type]
+        lambda connection: source, EngineSettings(fast_path=False), clock=lambda: NOW,
+    )
+
+
+BUSY_POOL = [Pod(f"worker-{i}", f"10.0.0.{i}") for i in range(4)]
+BUSY_CLIENTS = [_client("worker-0", 1), _client("worker-1", 1), _client("worker-2", 0)]
+
+
+async def test_a_scale_down_keeps_the_busy_pods_and_marks_the_idle_ones_first() -> None:
+    kube, calls = FakeKube(BUSY_POOL), []
+    source = FakeSource(BUSY_CLIENTS, calls)
+    engine = _engine(kube, source, ("a", True), ("b", True))
+    await engine.tick(NOW)
+
+    assert calls == [f"clients ['{VHOST}']"], "one listing per broker per tick"
+    for namespace in ("a", "b"):
+        scaled = kube.log.index(f"scale {namespace} 2")  # two busy pods: kept at 2, not 1
+        marks = [c for c in kube.log[:scaled] if c.startswith(f"mark {namespace} ")]
+        assert sorted(marks) == [
+            f"mark {namespace} worker-0 1", f"mark {namespace} worker-1 1",
+            f"mark {namespace} worker-2 -1", f"mark {namespace} worker-3 0",
+        ], "every pod marked before the scale: idle first, unmatched next, busy last"
+    status = kube.statuses[-1]
+    assert status["workers"] == {"matched": 3, "busy": 2}
+    assert status["lastDecision"]["reason"] == "busy-workers"
+    (condition,) = [c for c in status["conditions"] if c["type"] == "WorkersMatched"]
+    assert condition["status"] == "True"
+
+
+async def test_no_scale_down_means_no_look_at_workers() -> None:
+    kube, calls = FakeKube(BUSY_POOL), []
+    engine = _engine(kube, FakeSource(BUSY_CLIENTS, calls), ("a", True), replicas=1)
+    await engine.tick(NOW)
+    assert calls == []
+    assert not [c for c in kube.log if c.startswith(("pods", "selector", "mark"))]
+    assert "workers" not in kube.statuses[-1]
+
+
+async def test_without_protection_nothing_is_listed_or_marked() -> None:
+    kube, calls = FakeKube(BUSY_POOL), []
+    engine = _engine(kube, FakeSource(BUSY_CLIENTS, calls), ("a", False))
+    await engine.tick(NOW)
+    assert calls == []
+    assert kube.log == ["scale a 1"]
+    (condition,) = [c for c in kube.statuses[-1]["conditions"] if c["type"] == "WorkersMatched"]
+    assert condition["reason"] == "ProtectionDisabled"
+
+
+async def test_unmatched_consumers_leave_the_scale_down_unprotected_and_say_why() -> None:
+    kube, calls = FakeKube(BUSY_POOL), []
+    anonymous = [_client(None, 1, peer="127.0.0.1")]
+    engine = _engine(kube, FakeSource(anonymous, calls), ("a", True))
+    await engine.tick(NOW)
+    assert [c for c in kube.log if c.startswith(("mark", "scale"))] == ["scale a 1"]
+    (condition,) = [c for c in kube.statuses[-1]["conditions"] if c["type"] == "WorkersMatched"]
+    assert (condition["status"], condition["reason"]) == ("False", "NoConsumersMatched")
+    assert kube.statuses[-1]["workers"] == {"matched": 0, "busy": 0}
+
+
+async def test_a_failed_listing_scales_unprotected_and_says_why() -> None:
+    class Refusing(FakeSource):
+        async def clients(self, vhosts: Collection[str]) -> Sequence[ClientConnection]:
+            raise SourceError(ErrorKind.AUTH, "HTTP 401")
+
+    kube = FakeKube(BUSY_POOL)
+    engine = _engine(kube, Refusing([], []), ("a", True))
+    await engine.tick(NOW)
+    assert "scale a 1" in kube.log
+    (condition,) = [c for c in kube.statuses[-1]["conditions"] if c["type"] == "WorkersMatched"]
+    assert (condition["status"], condition["reason"]) == ("False", "NotListed")
+    assert "HTTP 401" in condition["message"]
+
+
+async def test_deleting_the_scaler_clears_its_marks() -> None:
+    kube, calls = FakeKube(BUSY_POOL), []
+    engine = _engine(kube, FakeSource(BUSY_CLIENTS, calls), ("a", True))
+    await engine.tick(NOW)
+    gone = engine.registry.remove("a", "a")
+    assert gone is not None and gone.marks
+    pods = kube.pods("a")
+    pods["worker-x"] = Pod("worker-x", deletion_cost="5", marked_by="someone-else")
+    await engine.release(gone)
+    assert all(pod.marked_by in (None, "someone-else") for pod in pods.values())
+    assert pods["worker-x"].deletion_cost == "5"
+    assert gone.marks == {}
