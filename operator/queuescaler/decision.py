@@ -169,24 +169,30 @@ def smoothed_per_replica_rate(
 ) -> float | None:
     """The per-replica throughput estimate after this sample (EWMA, `RATE_SMOOTHING`).
 
-    Observed throughput is ack_rate / busy replicas (at least 1). While messages wait
-    (ready > 0) every consumer is busy, so busy replicas are min(current, consumers).
-    With nothing waiting, each busy worker still holds at least one unacknowledged
-    message, so the in-flight count bounds them too. Without that bound an
-    over-provisioned pool would measure publish rate / current per replica, and the rate
-    floor would pin it at its size for as long as messages arrive. Both rules give more
-    busy replicas (a lower rate, more replicas) for more backlog, so decisions stay
-    monotone. Ticks without acks leave the estimate as it was.
+    Observed throughput is ack_rate / busy replicas. With prefetch 1 a busy worker holds
+    exactly one unacknowledged message, so `unacked` counts the busy workers, and it comes
+    from the same statistics as the ack rate: both describe the same seconds. Consumers
+    (read live over AMQP) and current replicas only bound it (a larger prefetch leaves
+    several messages per worker). Dividing by the live consumer count instead would
+    credit replicas that were still starting with the acks of the old pool, and make a
+    pool that just grew look slow.
+
+    A sample with acks but nothing in flight saw tasks that finished between two looks:
+    the pool was not saturated, so ack_rate is only a lower bound of what one replica can
+    do. It may raise the estimate, never lower it (a lightly loaded pool would otherwise
+    teach the estimate its load, not its speed, and the floor would then ask for too many
+    replicas). More in-flight messages always mean a lower or equal estimate, so decisions
+    stay monotone in the backlog. Ticks without acks leave the estimate as it was.
     """
     ack_rate = sample.ack_rate
     if ack_rate is None or not 0.0 < ack_rate < math.inf:  # also refuses NaN
         return previous
-    busy = min(current_replicas, sample.consumers)
-    if sample.ready == 0:
-        busy = min(busy, sample.unacked)
-    observed = ack_rate / busy if busy > 1 else ack_rate
+    busy = min(current_replicas, sample.consumers, sample.unacked)
+    observed = ack_rate / max(busy, 1)
     if previous is None or not previous > 0.0:  # unknown, or a corrupt value restored
         return observed
+    if busy == 0 and observed < previous:
+        return previous
     return previous + RATE_SMOOTHING * (observed - previous)
 
 
@@ -241,6 +247,12 @@ def _raw_recommendation(
 ) -> tuple[int, Reason, str]:
     """The policies' answer before any damping; the largest of them wins.
 
+    The rate floor `ceil(publish / perReplicaRate)` keeps a pool that keeps pace from
+    shrinking, but lifts a pool only as far as the messages waiting justify: at most
+    `current + ceil(ready / messagesPerReplica)`. With nothing ready the pool already keeps
+    up at its size, and a publish rate averaged over a few seconds of a slow queue (2
+    messages one window, 7 the next) would otherwise add replicas on noise alone.
+
     At zero replicas only a backlog of `activation.messages` or more gives a non-zero
     answer. Zero itself is answered only when nothing is ready, in flight or published
     (an unknown publish rate counts as zero: the AMQP path knows no rates).
@@ -259,8 +271,15 @@ def _raw_recommendation(
     if publish is None or not publish > 0.0:  # negative or NaN counts as zero too
         publish = 0.0
     winner = "backlog"
+    floor_note = ""
     if per_replica_rate is not None and per_replica_rate > 0.0:
         floor = _replicas_for(publish / per_replica_rate)
+        lift = current + -(-sample.ready // per_replica)
+        if floor > lift:
+            floor_note = (
+                f", capped at {lift} (current {current} + ready {sample.ready} / {per_replica})"
+            )
+            floor = lift
         if floor > replicas:
             replicas, reason, winner = floor, Reason.RATE, "floor"
         drain_seconds = spec.target.drain_seconds
@@ -271,8 +290,10 @@ def _raw_recommendation(
     if winner == "backlog":
         message = f"backlog {backlog} / {per_replica} per replica -> {replicas}"
     elif winner == "floor":
+        needed = _replicas_for(publish / (per_replica_rate or 1.0))
         message = (
-            f"publish {_rate(publish)}/s at {_rate(per_replica_rate)}/s per replica -> {replicas}"
+            f"publish {_rate(publish)}/s at {_rate(per_replica_rate)}/s per replica -> {needed}"
+            f"{floor_note}"
         )
     else:
         message = (
@@ -327,11 +348,22 @@ def _stabilization(
     """The HPA's stabilization: shrink no lower than the highest recommendation of the
     scale-down window, grow no higher than the lowest of the scale-up window; this
     tick's recommendation counts in both.
+
+    The scale-down window is `scaleDown.stabilizationSeconds` divided by the number of
+    replicas the recommendation would remove: a pool about to lose one replica looks back
+    the whole window, one about to lose ten looks back a tenth of it. Holding k spare
+    replicas for window/k seconds costs the same replica-seconds whatever k is, so the
+    setting bounds what waiting may cost rather than how long it lasts. The window exists
+    against flapping on noisy metrics (the HPA's reason for it); noise moves a pool by a
+    replica or two and stays damped for the whole window, while a burst that has been
+    drained (the recommendation a small fraction of the pool) is let go within a tick or
+    two instead of being paid for over the full window. The window only ever shortens,
+    never lengthens, so the history kept for the full window still serves every decision.
     """
     behavior = spec.behavior
     up_window = behavior.scale_up.stabilization_seconds
-    down_window = behavior.scale_down.stabilization_seconds
     up_cutoff = now - up_window
+    down_window = behavior.scale_down.stabilization_seconds / max(1, current - recommendation)
     down_cutoff = now - down_window
     lowest = highest = recommendation
     for past in history:
@@ -345,7 +377,7 @@ def _stabilization(
     if recommendation < current:
         note = (
             f"held at {stabilized} by scaleDown.stabilizationSeconds"
-            f" (highest recommendation of {down_window}s)"
+            f" (highest recommendation of {_rate(down_window)}s)"
         )
     else:
         note = (

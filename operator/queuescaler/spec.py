@@ -22,12 +22,12 @@ DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
         "activation.messages": 1,
         "behavior.tolerance": 0.1,
         "behavior.scaleUp.cooldownSeconds": 15,
-        "behavior.scaleUp.maxStepReplicas": 4,
+        "behavior.scaleUp.maxStepReplicas": 100,
         "behavior.scaleUp.maxStepPercent": 100,
         "behavior.scaleUp.stabilizationSeconds": 0,
-        "behavior.scaleDown.cooldownSeconds": 300,
-        "behavior.scaleDown.stabilizationSeconds": 300,
-        "behavior.scaleDown.maxStepPercent": 50,
+        "behavior.scaleDown.cooldownSeconds": 45,
+        "behavior.scaleDown.stabilizationSeconds": 600,
+        "behavior.scaleDown.maxStepPercent": 100,
         "behavior.scaleDown.maxStepReplicas": 1,
         "behavior.scaleDown.protectBusyWorkers": True,
         "fallback.afterFailures": 3,
@@ -39,6 +39,20 @@ DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
 
 The CRD declares the same defaults; a test compares the two. Optional fields whose
 absence means something (`target.drainSeconds`, `fallback.replicas`) have no entry.
+
+The damping defaults were chosen on the simulator's standard traces (bench/decide.py,
+bench/RESULTS.md): they differ from the HPA's where a queue is not a CPU gauge.
+- scaleUp.maxStepReplicas 100 (HPA: 4 pods or 100% per 15 s): a backlog is an exact
+  count of work, not a sample to probe in small steps; doubling per tick kept a flood
+  waiting for a minute while the queue already said how many workers it needs.
+- scaleDown.stabilizationSeconds 600, divided by the replicas a scale-down would remove
+  (see decision._stabilization): one spare replica waits 10 min, two wait the HPA's
+  5 min, a drained burst of 40 goes within a tick.
+- scaleDown.cooldownSeconds 45 (was 300, counted from scale-ups too): long enough for the
+  pods a scale-up started to become ready and work the backlog that called them, short
+  enough not to pay for a whole burst's peak for five minutes after it was drained.
+- scaleDown.maxStepPercent 100 (the HPA's own default scale-down policy): the window
+  already decides how far to go; halving per step only added events.
 """
 
 
@@ -125,7 +139,8 @@ class ScaleDownSpec:
     cooldown_seconds: int = DEFAULTS["behavior.scaleDown.cooldownSeconds"]
     """No scale-down within this time of the last scale event."""
     stabilization_seconds: int = DEFAULTS["behavior.scaleDown.stabilizationSeconds"]
-    """Shrink only to the highest recommendation of this window."""
+    """Shrink only to the highest recommendation of this window, divided by the number of
+    replicas the scale-down would remove (one spare replica waits the whole window)."""
     max_step_percent: int = DEFAULTS["behavior.scaleDown.maxStepPercent"]
     max_step_replicas: int = DEFAULTS["behavior.scaleDown.maxStepReplicas"]
     """A step may remove the larger of maxStepReplicas and maxStepPercent of current."""

@@ -231,10 +231,20 @@ def test_steady_state_is_a_fixed_point(
     since_scale: float | None,
     busy: int | None,
 ) -> None:
-    # Without acks in the sample the recommendation does not depend on the current count,
-    # so the recommendation made anywhere is the one made at that count.
-    steady = decide(spec, queue, elsewhere, ScalerState(per_replica_rate=rate), NOW).recommendation
+    # Without acks in the sample the recommendation depends on the current count only
+    # through the rate floor's lift (current + the ready messages' worth), which never
+    # shrinks as the count grows: follow the recommendations from anywhere to the count
+    # that recommends itself.
+    def recommended_at(count: int) -> int:
+        return decide(spec, queue, count, ScalerState(per_replica_rate=rate), NOW).recommendation
+
+    steady = recommended_at(elsewhere)
+    for _ in range(2 * spec.max_replicas + 2):
+        if steady > spec.max_replicas or recommended_at(steady) == steady:
+            break
+        steady = recommended_at(steady)
     assume(spec.min_replicas <= steady <= spec.max_replicas)
+    assume(recommended_at(steady) == steady)
     state = ScalerState(
         last_scale_time=None if since_scale is None else NOW - since_scale,
         recommendations=tuple(Recommendation(NOW - a, steady) for a in sorted(ages, reverse=True)),

@@ -194,7 +194,7 @@ DRAIN_60 = {"target.drainSeconds": 60, "target.messagesPerReplica": 100}
         ),
         pytest.param(
             # this tick's acks are used at once: 4 msg/s over 2 busy replicas = 2 msg/s each
-            Tick(sample(ready=60, consumers=2, publish=10, ack=4), 2, DRAIN_60),
+            Tick(sample(ready=60, unacked=2, consumers=2, publish=10, ack=4), 2, DRAIN_60),
             6,
             Reason.RATE,
             id="drain-uses-this-ticks-throughput",
@@ -237,10 +237,41 @@ def test_rate_message_shows_the_arithmetic() -> None:
             id="no-floor-before-throughput-is-known",
         ),
         pytest.param(
-            Tick(sample(unacked=8, publish=41), 8, state=ScalerState(per_replica_rate=5.0)),
+            Tick(
+                sample(ready=1, unacked=8, publish=41), 8, state=ScalerState(per_replica_rate=5.0)
+            ),
             9,
             Reason.RATE,
             id="floor-rounds-up",
+        ),
+        pytest.param(
+            # 41 / 5 needs 9, but nothing waits: 8 replicas keep pace, so they are held
+            Tick(sample(unacked=8, publish=41), 8, state=ScalerState(per_replica_rate=5.0)),
+            8,
+            Reason.RATE,
+            id="floor-holds-but-does-not-lift-a-pool-with-nothing-ready",
+        ),
+        pytest.param(
+            # 200 / 5 needs 40; 15 ready lift 8 replicas by ceil(15 / 10) = 2 at most
+            Tick(
+                sample(ready=15, unacked=8, publish=200),
+                8,
+                state=ScalerState(per_replica_rate=5.0),
+            ),
+            10,
+            Reason.RATE,
+            id="floor-lifts-by-what-the-ready-messages-justify",
+        ),
+        pytest.param(
+            # 300 ready: the backlog policy's 31 is above the capped floor of 8 + 30
+            Tick(
+                sample(ready=300, unacked=8, publish=400),
+                8,
+                state=ScalerState(per_replica_rate=5.0),
+            ),
+            38,
+            Reason.RATE,
+            id="floor-lift-grows-with-the-ready-messages",
         ),
         pytest.param(
             # 1.1 / 0.1 is 11.000000000000002 in floating point
@@ -265,6 +296,16 @@ def test_rate_message_shows_the_arithmetic() -> None:
 )
 def test_rate_floor(tick: Tick, replicas: int, reason: Reason) -> None:
     check(tick, replicas, reason)
+
+
+def test_capped_floor_message_shows_the_cap() -> None:
+    tick = Tick(
+        sample(ready=15, unacked=8, publish=200), 8, state=ScalerState(per_replica_rate=5.0)
+    )
+
+    assert tick.decide().message == (
+        "publish 200/s at 5/s per replica -> 40, capped at 10 (current 8 + ready 15 / 10)"
+    )
 
 
 # --- per-replica throughput estimate ----------------------------------------------------
@@ -322,6 +363,28 @@ def test_rate_floor(tick: Tick, replicas: int, reason: Reason) -> None:
             4,
             2.0 + RATE_SMOOTHING * (4.0 - 2.0),
             id="smoothed-towards-observation",
+        ),
+        pytest.param(
+            # the pool just grew to 28 live consumers; the acks are those of the 2 that worked
+            None,
+            sample(ready=500, unacked=2, consumers=28, ack=20),
+            28,
+            10.0,
+            id="in-flight-names-the-busy-replicas-not-live-consumers",
+        ),
+        pytest.param(
+            10.0,
+            sample(ready=0, unacked=0, consumers=2, ack=5),
+            2,
+            10.0,
+            id="nothing-in-flight-cannot-lower-the-estimate",
+        ),
+        pytest.param(
+            4.0,
+            sample(ready=0, unacked=0, consumers=2, ack=8),
+            2,
+            4.0 + RATE_SMOOTHING * (8.0 - 4.0),
+            id="nothing-in-flight-can-raise-the-estimate",
         ),
     ],
 )
@@ -396,7 +459,8 @@ UP_60 = {"behavior.scaleUp.stabilizationSeconds": 60}
     ("tick", "replicas", "reason"),
     [
         pytest.param(
-            Tick(sample(ready=30), 8, DOWN_300, ScalerState(recommendations=history((100, 8)))),
+            # 8 -> 3 removes 5 replicas: the window is 300 s / 5 = 60 s
+            Tick(sample(ready=30), 8, DOWN_300, ScalerState(recommendations=history((50, 8)))),
             8,
             Reason.STABILIZATION,
             id="scale-down-held-by-stabilization",
@@ -406,7 +470,7 @@ UP_60 = {"behavior.scaleUp.stabilizationSeconds": 60}
                 sample(ready=30),
                 8,
                 DOWN_300,
-                ScalerState(recommendations=history((200, 4), (100, 6), (50, 5))),
+                ScalerState(recommendations=history((200, 7), (50, 6), (30, 5))),
             ),
             6,
             Reason.STABILIZATION,
@@ -419,10 +483,29 @@ UP_60 = {"behavior.scaleUp.stabilizationSeconds": 60}
             id="old-recommendation-expired",
         ),
         pytest.param(
-            Tick(sample(ready=30), 8, DOWN_300, ScalerState(recommendations=history((300, 8)))),
+            Tick(sample(ready=30), 8, DOWN_300, ScalerState(recommendations=history((61, 8)))),
+            3,
+            Reason.BACKLOG,
+            id="five-replicas-to-remove-look-back-a-fifth-of-the-window",
+        ),
+        pytest.param(
+            Tick(sample(ready=30), 4, DOWN_300, ScalerState(recommendations=history((299, 4)))),
+            4,
+            Reason.STABILIZATION,
+            id="one-replica-to-remove-looks-back-the-whole-window",
+        ),
+        pytest.param(
+            Tick(sample(ready=30), 4, DOWN_300, ScalerState(recommendations=history((300, 4)))),
             3,
             Reason.BACKLOG,
             id="window-start-is-excluded",
+        ),
+        pytest.param(
+            # a drained burst: 40 -> 1 looks back 300 / 39 s, not at the peak of 20 s ago
+            Tick(sample(ready=5), 40, DOWN_300, ScalerState(recommendations=history((20, 45)))),
+            1,
+            Reason.BACKLOG,
+            id="drained-burst-let-go-at-once",
         ),
         pytest.param(
             Tick(sample(ready=100), 2, DOWN_300, ScalerState(recommendations=history((10, 1)))),
@@ -467,11 +550,11 @@ def test_stabilization(tick: Tick, replicas: int, reason: Reason) -> None:
 
 
 def test_stabilization_message() -> None:
-    tick = Tick(sample(ready=30), 8, DOWN_300, ScalerState(recommendations=history((100, 8))))
+    tick = Tick(sample(ready=30), 8, DOWN_300, ScalerState(recommendations=history((50, 8))))
 
     assert tick.decide().message == (
         "backlog 30 / 10 per replica -> 3,"
-        " held at 8 by scaleDown.stabilizationSeconds (highest recommendation of 300s)"
+        " held at 8 by scaleDown.stabilizationSeconds (highest recommendation of 60s)"
     )
 
 
@@ -562,15 +645,15 @@ def test_cooldown_message_says_how_long() -> None:
     ("tick", "replicas", "note"),
     [
         pytest.param(
-            Tick(sample(ready=230), 3, loose=False),
-            7,
-            "limited to +4 by scaleUp.maxStepReplicas",
-            id="defaults-add-four-to-a-small-pool",
+            Tick(sample(ready=2300), 3, {"maxReplicas": 1000}, loose=False),
+            103,
+            "limited to +100 by scaleUp.maxStepReplicas",
+            id="defaults-add-a-hundred-to-a-small-pool",
         ),
         pytest.param(
-            Tick(sample(ready=500), 10, loose=False),
-            20,
-            "limited to +10 by scaleUp.maxStepPercent",
+            Tick(sample(ready=5000), 150, {"maxReplicas": 1000}, loose=False),
+            300,
+            "limited to +150 by scaleUp.maxStepPercent",
             id="defaults-double-a-large-pool",
         ),
         pytest.param(
@@ -634,8 +717,16 @@ def test_step_limits(tick: Tick, replicas: int, note: str) -> None:
 @pytest.mark.parametrize(
     ("tick", "replicas"),
     [
-        pytest.param(Tick(sample(ready=60), 3, loose=False), 6, id="up-by-three-of-four-allowed"),
-        pytest.param(Tick(sample(ready=70), 3, loose=False), 7, id="up-by-exactly-the-step"),
+        pytest.param(
+            Tick(sample(ready=600), 3, {"maxReplicas": 1000}, loose=False),
+            60,
+            id="up-within-the-default-step",
+        ),
+        pytest.param(
+            Tick(sample(ready=1030), 3, {"maxReplicas": 1000}, loose=False),
+            103,
+            id="up-by-exactly-the-default-step",
+        ),
     ],
 )
 def test_steps_within_limits_pass(tick: Tick, replicas: int) -> None:
@@ -643,7 +734,10 @@ def test_steps_within_limits_pass(tick: Tick, replicas: int) -> None:
 
 
 def test_design_example_message() -> None:
-    decision = Tick(sample(ready=230), 3, loose=False).decide()
+    # DESIGN.md's example QueueScaler writes scaleUp.maxStepReplicas: 4
+    decision = Tick(
+        sample(ready=230), 3, {"behavior.scaleUp.maxStepReplicas": 4}, loose=False
+    ).decide()
 
     assert decision.message == (
         "backlog 230 / 10 per replica -> 23, limited to +4 by scaleUp.maxStepReplicas"

@@ -238,6 +238,48 @@ def test_no_policy_that_never_keeps_a_message_waiting_is_cheaper_than_the_oracle
         assert oracle.mean_wait < other.mean_wait
 
 
+class OneReplicaLess:
+    """The oracle's plan with one replica fewer during one second: any cheaper plan."""
+
+    def __init__(self, oracle: OraclePolicy, second: int) -> None:
+        self.name = "oracle-less-one"
+        self.sampling = oracle.sampling
+        self.removes_idle_first = True
+        self.initial_replicas = oracle.initial_replicas - (second == 0)
+        self._oracle = oracle
+        self._second = second
+
+    def desired(self, sample: QueueSample, current: int, now: float) -> int:
+        wanted = self._oracle.desired(sample, current, now)
+        return wanted - 1 if int(now) == self._second else wanted
+
+
+@pytest.mark.parametrize(
+    "trace",
+    [
+        pytest.param(
+            bursts(base=2, burst_rate=50, burst_seconds=20, every=60, first_at=30, duration=120),
+            id="fast-tasks",
+        ),
+        pytest.param(
+            slow_spikes(base=0.5, spike_messages=20, every=60, first_at=30, duration=120),
+            id="slow-tasks",
+        ),
+    ],
+)
+def test_every_replica_second_the_oracle_pays_for_is_needed(trace: Trace) -> None:
+    # The oracle's pool at t is the most replicas busy at any second of [t, t + delay]:
+    # a pod needed then must have been asked for by t. One replica fewer at any second
+    # makes some message wait, or takes a task from a busy replica (redelivered, its work
+    # lost), so no plan is cheaper at zero wait: the oracle is a fair lower bound.
+    paid = simulate(trace, OraclePolicy(trace)).replicas
+
+    for second, size in enumerate(paid):
+        if size:
+            fewer = simulate(trace, OneReplicaLess(OraclePolicy(trace), second))
+            assert fewer.mean_wait > 0.0 or fewer.redelivered > 0.0, f"second {second}"
+
+
 def test_the_oracle_asks_for_replicas_a_start_delay_ahead() -> None:
     trace = one_off(30, at=40, duration=60, service_rate=1.0)
     oracle = OraclePolicy(trace, pod_start_delay=10.0)
