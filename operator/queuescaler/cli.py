@@ -74,6 +74,9 @@ def run(
     if not verbose:
         # kopf reports every handled watch event at INFO: thousands a minute at scale.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # pika logs each failed connection itself, at ERROR with a traceback, every tick; the
+    # AMQP source turns the same failure into a condition, an Event and a metric.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     redacting = RedactingFilter()
     for handler in logging.getLogger().handlers:
         handler.addFilter(redacting)

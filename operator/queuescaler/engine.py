@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -71,7 +72,11 @@ class EngineSettings:
     tick_seconds: float = 1.0
     """How often the loop wakes; each QueueScaler is sampled at its own pollingIntervalSeconds."""
     fast_path: bool = True
-    """Peek (AMQP passive declare) at pools at zero every tick, so a burst wakes them at once."""
+    """Peek (AMQP passive declare) at pools at zero every tick, so a burst wakes them at once,
+    and at pools scaled moments ago, whose management counts still predate the scale."""
+    stats_lag_seconds: float = 10.0
+    """How long after a scale the management API's counts are distrusted (its statistics
+    interval is 5 s by default; a burst shows there 2 to 6 s after it was published)."""
     status_refresh_seconds: float = 30.0
     """Backlog and rates alone are rewritten to status at most this often (metrics are live)."""
     secret_refresh_seconds: float = 300.0
@@ -214,26 +219,38 @@ class Engine:
     # --- one tick ---
 
     async def tick(self, now: float) -> None:
+        started = time.perf_counter()
         scalers = list(self.registry)
         due = [s for s in scalers if s.next_due <= now]
-        waking: dict[tuple[str, str], QueueSample] = {}
+        live: dict[tuple[str, str], QueueSample] = {}
         if self.settings.fast_path:
-            waking = await self._peek_idle([s for s in scalers if s.next_due > now], now)
-            due.extend(s for s in scalers if s.key in waking)
-        if not due:
-            return
-        for scaler in due:
-            interval = scaler.spec.polling_interval_seconds if scaler.spec else 60
-            # Aligned to the interval, so QueueScalers on one broker share one request.
-            scaler.next_due = (math.floor(now / interval) + 1) * interval
-        connections = await self._connections(due, now)
-        samples = await self._sample(connections, now)
-        listings = ClientListings(self._source, self._protected_vhosts(due, connections))
-        await asyncio.gather(
-            *(self._guarded(self._act(
-                s, connections.get(s.key), samples, waking.get(s.key), now, listings
-            )) for s in due)
-        )
+            resting = [s for s in scalers if s.next_due > now and _at_rest_at_zero(s)]
+            settling = [s for s in due if self._settling(s, now) or s.stats_pending]
+            live = await self._peek([*resting, *settling], now)
+            due.extend(
+                s for s in resting
+                if s.key in live and s.spec is not None
+                and live[s.key].backlog >= s.spec.activation.messages
+            )
+        if due:
+            for scaler in due:
+                interval = scaler.spec.polling_interval_seconds if scaler.spec else 60
+                # Aligned to the interval, so QueueScalers on one broker share one request.
+                scaler.next_due = (math.floor(now / interval) + 1) * interval
+            connections = await self._connections(due, now)
+            samples = await self._sample(connections, now)
+            listings = ClientListings(self._source, self._protected_vhosts(due, connections))
+            await asyncio.gather(
+                *(self._guarded(self._act(
+                    s, connections.get(s.key), samples, live.get(s.key), now, listings
+                )) for s in due)
+            )
+        self.metrics.ticked(time.perf_counter() - started)
+
+    def _settling(self, scaler: Scaler, now: float) -> bool:
+        """Scaled moments ago: the management API's counts still predate the change."""
+        last = scaler.state.last_scale_time
+        return last is not None and now - last < self.settings.stats_lag_seconds
 
     def _protected_vhosts(
         self, scalers: Iterable[Scaler], connections: Mapping[tuple[str, str], Connection]
@@ -305,20 +322,19 @@ class Engine:
         results = await asyncio.gather(*(one(b, wanted[b]) for b in brokers))
         return dict(zip(brokers, results, strict=True))
 
-    async def _peek_idle(
+    async def _peek(
         self, scalers: list[Scaler], now: float
     ) -> dict[tuple[str, str], QueueSample]:
-        """Pools at zero whose queue now holds enough to wake them (AMQP, no stats delay)."""
-        idle = [
-            s for s in scalers
-            if s.spec is not None and s.current_replicas == 0 and s.spec.min_replicas == 0
-            and not s.spec.paused
-        ]
-        if not idle:
+        """Live ready and consumer counts (AMQP passive declares, no statistics delay).
+
+        Asked only for pools at rest at zero (so a burst wakes them at once) and for pools
+        scaled moments ago (whose management counts still predate the scale).
+        """
+        if not scalers:
             return {}
-        connections = await self._connections(idle, now)
+        connections = await self._connections(scalers, now)
         wanted: dict[BrokerConnection, set[QueueRef]] = defaultdict(set)
-        for scaler in idle:
+        for scaler in scalers:
             connection = connections.get(scaler.key)
             if isinstance(connection, BrokerConnection):
                 wanted[connection].update(scaler.queues())
@@ -329,14 +345,12 @@ class Engine:
             except SourceError:
                 continue  # the regular sample reports broker failures
             peeked.update((ref, s) for ref, s in result.items() if isinstance(s, QueueSample))
-        waking: dict[tuple[str, str], QueueSample] = {}
-        for scaler in idle:
+        live: dict[tuple[str, str], QueueSample] = {}
+        for scaler in scalers:
             parts = [peeked.get(ref) for ref in scaler.queues()]
-            if scaler.spec and parts and all(p is not None for p in parts):
-                sample = combine(p for p in parts if p is not None)
-                if sample.backlog >= scaler.spec.activation.messages:
-                    waking[scaler.key] = sample
-        return waking
+            if parts and all(p is not None for p in parts):
+                live[scaler.key] = combine(p for p in parts if p is not None)
+        return live
 
     # --- acting on one QueueScaler ---
 
@@ -353,9 +367,10 @@ class Engine:
         if spec is None:
             error = scaler.spec_error
             message = str(error) if error else "the spec could not be read"
+            conditions = [Condition("Ready", False, "InvalidSpec", message)]
+            self.metrics.observe(scaler, None, None, None, conditions)
             await self._report(scaler, now, TickOutcome(
-                scaler.generation, True, None, None, None, scaler.state,
-                [Condition("Ready", False, "InvalidSpec", message)],
+                scaler.generation, True, None, None, None, scaler.state, conditions,
             ), decision=None)
             return
         config_error: tuple[str, str] | None = None
@@ -376,8 +391,11 @@ class Engine:
                 self._secrets.invalidate(
                     scaler.namespace, spec.source.rabbitmq.connection_secret_ref.name
                 )
-        if peeked is not None and (sample is None or sample.backlog < peeked.backlog):
-            sample = peeked  # the fast path saw the burst first
+        if peeked is not None and (sample is not None or scaler.stats_pending
+                                   or scaler.current_replicas == 0):
+            sample = _with_live_counts(sample, peeked)
+        elif sample is None and broker_error is None and config_error is None:
+            broker_error = ("StatsPending", "the queue's statistics are not out yet")
         target_error: tuple[str, str] | None = None
         current: int | None = None
         try:
@@ -437,10 +455,14 @@ class Engine:
         if isinstance(result, SourceError):
             return None, (camel(str(result.kind)), result.message)
         parts: list[QueueSample] = []
+        scaler.stats_pending = False
         for ref in scaler.queues():
             part = result.get(ref)
             if isinstance(part, QueueSample):
                 parts.append(part)
+            elif isinstance(part, SourceError) and part.kind is ErrorKind.STATS_PENDING:
+                scaler.stats_pending = True  # live counts stand in: see _with_live_counts
+                return None, None
             elif isinstance(part, SourceError):
                 self.metrics.sample_failed(str(part.kind))
                 return None, (camel(str(part.kind)), part.message)
@@ -631,3 +653,24 @@ class Engine:
             await self.kube.emit_event(about, event_type, reason, message)
         except KubeError as error:
             log.warning("event not posted: %s", error.message)
+
+
+def _at_rest_at_zero(scaler: Scaler) -> bool:
+    spec = scaler.spec
+    return (
+        spec is not None and scaler.current_replicas == 0 and spec.min_replicas == 0
+        and not spec.paused
+    )
+
+
+def _with_live_counts(sample: QueueSample | None, live: QueueSample) -> QueueSample:
+    """The management sample with its ready and consumer counts replaced by live ones.
+
+    The management API's counts lag by up to its statistics interval (seconds); a passive
+    declare's do not. Unacked counts and rates exist only in the management sample, so
+    they stay. The live counts stand alone only for a pool at zero (nothing can be in
+    flight) or a queue too new to have statistics: never in place of a failed request.
+    """
+    if sample is None:
+        return live
+    return dataclasses.replace(sample, ready=live.ready, consumers=live.consumers)

@@ -83,6 +83,10 @@ def _load_list(body: bytes, what: str) -> list[Any]:
     return document
 
 
+_COUNTS = ("messages_ready", "messages_unacknowledged", "consumers")
+"""Absent all together only while a new queue's statistics are not emitted yet."""
+
+
 def _count(entry: Mapping[str, Any], field: str) -> int:
     value = entry.get(field)
     if value is None:
@@ -166,6 +170,12 @@ def parse_queue_listing(body: bytes, wanted: Collection[QueueRef], taken_at: flo
         entry = entries.get(ref)
         if entry is None:
             result[ref] = queue_not_found(ref)
+            continue
+        if all(entry.get(f) is None for f in _COUNTS):
+            result[ref] = SourceError(
+                ErrorKind.STATS_PENDING,
+                redact(f"queue {ref.name!r} in vhost {ref.vhost!r}: no statistics yet"),
+            )
             continue
         try:
             result[ref] = _queue_sample(entry, taken_at)

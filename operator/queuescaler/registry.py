@@ -41,6 +41,8 @@ class Scaler:
     announced_desired: int | None = None
     """The desired count last announced in an Event (dry run announces each new one once)."""
     marks: dict[str, Any] = field(default_factory=dict)
+    stats_pending: bool = False
+    """The broker listed a queue of ours without statistics (new): live counts stand in."""
 
     @property
     def key(self) -> Key:

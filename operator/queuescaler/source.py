@@ -24,6 +24,8 @@ class ErrorKind(enum.StrEnum):
     VHOST_NOT_FOUND = "vhost-not-found"
     QUEUE_NOT_FOUND = "queue-not-found"
     BAD_RESPONSE = "bad-response"
+    STATS_PENDING = "stats-pending"
+    """A new queue the management API lists by name only: its statistics are not out yet."""
     BAD_CONFIG = "bad-config"
 
 

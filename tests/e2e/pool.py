@@ -7,6 +7,7 @@ pool deletes itself.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -154,6 +155,15 @@ class Pool:
         )
         items: list[dict[str, Any]] = json.loads(out.stdout)["items"]
         return items
+
+    def largest_scale(self) -> int:
+        """The highest replica count a ScaledUp Event of this QueueScaler names."""
+        counts = [
+            int(m.group(1))
+            for e in self.events() if e.get("reason") == "ScaledUp"
+            if (m := re.search(r" to (\d+)", e.get("message", "")))
+        ]
+        return max(counts, default=0)
 
     def event_reasons(self, kind: str = "QueueScaler") -> set[str]:
         return {e.get("reason", "") for e in self.events(kind)}

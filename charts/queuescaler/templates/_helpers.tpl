@@ -62,6 +62,11 @@ and handlers.py): nothing more. Secrets: get by name only, never list or watch.
   resources: [{{ range $i, $r := .resources }}{{ if $i }}, {{ end }}{{ printf "%s/scale" $r | quote }}{{ end }}]
   verbs: ["get", "patch"]
 {{- end }}
+# Idle-first scale-down: the target's pods are listed (by its selector) and annotated with
+# controller.kubernetes.io/pod-deletion-cost, only on ticks that may scale down.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "patch"]
 # Broker credentials, read by the name a QueueScaler gives.
 - apiGroups: [""]
   resources: ["secrets"]
