@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -183,7 +184,14 @@ def _teardown(env: TestEnv, api: client.ApiClient, namespaces: list[str]) -> Non
             urllib.request.urlopen(request, timeout=60).close()
 
 
-def measure(env: TestEnv, scalers: int, brokers: int, window: float, out: Path) -> Row:
+def _venv_path() -> str:
+    return f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+
+
+def measure(
+    env: TestEnv, scalers: int, brokers: int, window: float, out: Path,
+    profile: Path | None = None,
+) -> Row:
     api = config.new_client_from_config(config_file=str(env.kubeconfig))
     mgmt_port = urllib.parse.urlsplit(env.management_url).port or 0
     relay = RequestCounter(mgmt_port).start()
@@ -210,7 +218,14 @@ def measure(env: TestEnv, scalers: int, brokers: int, window: float, out: Path) 
         cpu0, api0, http0 = _proc_cpu_seconds(pid), _apiserver_requests(api), relay.total()
         ticks0 = _operator_metric(text, "queuescaler_scaler_ticks_total")
         tick_sum0 = _operator_metric(text, "queuescaler_tick_duration_seconds_sum")
-        time.sleep(window)
+        if profile is not None:
+            # py-spy samples the operator from outside for the whole window.
+            subprocess.run(["py-spy", "record", "--pid", str(pid), "--duration",
+                            str(int(window)), "--format", "raw", "--output", str(profile),
+                            "--nonblocking"], check=False, capture_output=True,
+                           timeout=window + 60, env={**os.environ, "PATH": _venv_path()})
+        else:
+            time.sleep(window)
         text = operator.metrics()
         cpu1, api1, http1 = _proc_cpu_seconds(pid), _apiserver_requests(api), relay.total()
         cycles = max(1, round((_operator_metric(text, "queuescaler_scaler_ticks_total") - ticks0)
@@ -263,12 +278,18 @@ def main() -> None:
     parser.add_argument("--scalers", default="1000,10000")
     parser.add_argument("--brokers", default="1,10")
     parser.add_argument("--window", type=float, default=45.0)
+    parser.add_argument("--profile", action="store_true",
+                        help="Record py-spy stacks of the operator during each window "
+                             "(collapsed stacks in ~/.cache/queuescaler/out/).")
     args = parser.parse_args()
     env = bring_up()
     out = Path.home() / ".cache" / "queuescaler" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    rows = [measure(env, int(n), int(b), args.window, out)
-            for n in args.scalers.split(",") for b in args.brokers.split(",")]
+    rows = [
+        measure(env, int(n), int(b), args.window, out,
+                out / f"profile-{n}-{b}.txt" if args.profile else None)
+        for n in args.scalers.split(",") for b in args.brokers.split(",")
+    ]
     print(table(rows))
 
 

@@ -18,8 +18,8 @@ sample_errors_total{kind}, tick_duration_seconds, and the process/platform/GC co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -30,7 +30,8 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from queuescaler import __version__
 from queuescaler.decision import Decision, Reason
@@ -53,7 +54,6 @@ SAMPLE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 TICK_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 Key = tuple[str, str]
-M = TypeVar("M", bound=MetricWrapperBase)
 
 
 class Metrics:
@@ -66,7 +66,6 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self._series: dict[Key, set[tuple[MetricWrapperBase, tuple[str, ...]]]] = {}
         if process:
             # The default registry's collectors, registered in ours: RSS, CPU, fds, GC.
             ProcessCollector(registry=r)
@@ -104,117 +103,9 @@ class Metrics:
             buckets=TICK_BUCKETS, registry=r,
         )
 
-        # --- per QueueScaler: what the broker said ---
-        self.backlog = Gauge(
-            "queuescaler_backlog_messages",
-            "Messages in the watched queues, by state (ready, unacked).",
-            [*SCALER, "state"], registry=r,
-        )
-        self.consumers = Gauge(
-            "queuescaler_consumers", "Consumers attached to the watched queues.",
-            SCALER, registry=r,
-        )
-        self.publish_rate = Gauge(
-            "queuescaler_publish_rate",
-            "Messages published per second to the watched queues.", SCALER, registry=r,
-        )
-        self.ack_rate = Gauge(
-            "queuescaler_ack_rate", "Messages acknowledged per second by the pool.",
-            SCALER, registry=r,
-        )
-        self.deliver_rate = Gauge(
-            "queuescaler_deliver_rate", "Messages delivered per second to the pool.",
-            SCALER, registry=r,
-        )
-        self.consumer_utilisation = Gauge(
-            "queuescaler_consumer_utilisation",
-            "Fraction of time the consumers could take new messages (RabbitMQ's capacity).",
-            SCALER, registry=r,
-        )
-        self.last_sample = Gauge(
-            "queuescaler_last_sample_timestamp_seconds",
-            "When the broker last answered for this QueueScaler (Unix time).",
-            SCALER, registry=r,
-        )
-
-        # --- per QueueScaler: the spec ---
-        self.min_replicas = Gauge(
-            "queuescaler_min_replicas", "spec.minReplicas.", SCALER, registry=r
-        )
-        self.max_replicas = Gauge(
-            "queuescaler_max_replicas", "spec.maxReplicas.", SCALER, registry=r
-        )
-        self.messages_per_replica = Gauge(
-            "queuescaler_messages_per_replica", "spec.target.messagesPerReplica.",
-            SCALER, registry=r,
-        )
-        self.paused = Gauge(
-            "queuescaler_paused", "1 when spec.paused is true (reporting, never scaling).",
-            SCALER, registry=r,
-        )
-        self.dry_run = Gauge(
-            "queuescaler_dry_run", "1 when spec.dryRun is true (deciding, never scaling).",
-            SCALER, registry=r,
-        )
-
-        # --- per QueueScaler: what was decided and done ---
-        self.desired = Gauge(
-            "queuescaler_desired_replicas", "Replicas the last decision asked for.",
-            SCALER, registry=r,
-        )
-        self.recommended = Gauge(
-            "queuescaler_recommended_replicas",
-            "The last recommendation before stabilization, cooldowns, step limits and bounds.",
-            SCALER, registry=r,
-        )
-        self.current = Gauge(
-            "queuescaler_current_replicas", "Replicas the target has (its spec.replicas).",
-            SCALER, registry=r,
-        )
-        self.decisions = Counter(
-            "queuescaler_decisions", "Decisions made, by direction (up, down, hold) and reason.",
-            [*SCALER, "direction", "reason"], registry=r,
-        )
-        self.scale_events = Counter(
-            "queuescaler_scale_events", "Scale patches applied to targets, by direction.",
-            [*SCALER, "direction"], registry=r,
-        )
-        self.last_scale = Gauge(
-            "queuescaler_last_scale_timestamp_seconds",
-            "When the target was last scaled (Unix time); cooldowns count from here.",
-            SCALER, registry=r,
-        )
-        self.scaling_limited = Gauge(
-            "queuescaler_scaling_limited",
-            "1 when a bound, step limit, cooldown or stabilization changed the last decision.",
-            SCALER, registry=r,
-        )
-        self.fallback_active = Gauge(
-            "queuescaler_fallback_active", "1 while the fallback replica count applies.",
-            SCALER, registry=r,
-        )
-        self.per_replica_rate = Gauge(
-            "queuescaler_per_replica_rate",
-            "Smoothed acknowledgements per second per busy replica (the rate policy's input).",
-            SCALER, registry=r,
-        )
-        self.consecutive_failures = Gauge(
-            "queuescaler_consecutive_failures", "Ticks in a row whose sample failed.",
-            SCALER, registry=r,
-        )
-        self.condition = Gauge(
-            "queuescaler_condition", "1 when the status condition is True, else 0.",
-            [*SCALER, "condition"], registry=r,
-        )
-        self.scaler_ticks = Counter(
-            "queuescaler_scaler_ticks", "Ticks that sampled and decided for this QueueScaler.",
-            SCALER, registry=r,
-        )
-        self.scaler_sample_failures = Counter(
-            "queuescaler_scaler_sample_failures",
-            "Ticks whose sample of this QueueScaler's queues failed (BrokerReachable False).",
-            SCALER, registry=r,
-        )
+        # --- per QueueScaler: built at scrape time from one small record each ---
+        self._readings: dict[Key, dict[tuple[str, tuple[str, ...]], float]] = {}
+        r.register(_PerScalerCollector(self._readings))
 
     # --- the operator ---
 
@@ -234,32 +125,30 @@ class Metrics:
 
     # --- per QueueScaler ---
 
-    def _child(self, metric: M, key: Key, *extra: str) -> M:
-        """The labelled child for this QueueScaler, remembered so `forget` can remove it."""
-        values = (*key, *extra)
-        self._series.setdefault(key, set()).add((metric, values))
-        return metric.labels(*values)
-
-    def _drop(self, metric: MetricWrapperBase, key: Key, *extra: str) -> None:
-        values = (*key, *extra)
-        series = self._series.get(key)
-        if series is not None and (metric, values) in series:
-            series.discard((metric, values))
-            metric.remove(*values)
-
-    def _set(self, gauge: Gauge, key: Key, value: float | None) -> None:
-        """Set the gauge, or drop its series when the value is not known (no stale numbers)."""
+    def _put(self, reading: dict[SeriesKey, float], family: str, value: float | None,
+             *extra: str) -> None:
+        """Set a series, or drop it when the value is not known (no stale numbers)."""
+        key = _series_key(family, extra)
         if value is None:
-            self._drop(gauge, key)
+            reading.pop(key, None)
         else:
-            self._child(gauge, key).set(value)
+            reading[key] = float(value)
 
-    def _first_sight(self, key: Key) -> None:
-        """Counters exist at zero from the start, so `increase()` counts their first step."""
-        for direction in DIRECTIONS:
-            self._child(self.scale_events, key, direction)
-        self._child(self.scaler_ticks, key)
-        self._child(self.scaler_sample_failures, key)
+    def _add(self, reading: dict[SeriesKey, float], family: str, *extra: str) -> None:
+        key = _series_key(family, extra)
+        reading[key] = reading.get(key, 0.0) + 1.0
+
+    def _reading(self, key: Key) -> dict[SeriesKey, float]:
+        """This QueueScaler's record; counters exist at zero from the start, so that
+        `increase()` counts their first step."""
+        reading = self._readings.get(key)
+        if reading is None:
+            reading = self._readings[key] = {
+                _series_key("scale_events", (direction,)): 0.0 for direction in DIRECTIONS
+            }
+            reading[_series_key("scaler_ticks", ())] = 0.0
+            reading[_series_key("scaler_sample_failures", ())] = 0.0
+        return reading
 
     def observe(
         self,
@@ -270,56 +159,138 @@ class Metrics:
         conditions: Sequence[Condition],
     ) -> None:
         """Record one tick of one QueueScaler (after its state was updated)."""
-        key = (scaler.namespace, scaler.name)
-        if key not in self._series:
-            self._first_sight(key)
-        self._child(self.scaler_ticks, key).inc()
+        r = self._reading((scaler.namespace, scaler.name))
+        self._add(r, "scaler_ticks")
         spec = scaler.spec
         if spec is not None:
-            self._set(self.min_replicas, key, spec.min_replicas)
-            self._set(self.max_replicas, key, spec.max_replicas)
-            self._set(self.messages_per_replica, key, spec.target.messages_per_replica)
-            self._set(self.paused, key, spec.paused)
-            self._set(self.dry_run, key, spec.dry_run)
+            self._put(r, "min_replicas", spec.min_replicas)
+            self._put(r, "max_replicas", spec.max_replicas)
+            self._put(r, "messages_per_replica", spec.target.messages_per_replica)
+            self._put(r, "paused", spec.paused)
+            self._put(r, "dry_run", spec.dry_run)
         if sample is not None:
-            self._child(self.backlog, key, "ready").set(sample.ready)
-            self._child(self.backlog, key, "unacked").set(sample.unacked)
-            self._set(self.consumers, key, sample.consumers)
-            self._set(self.publish_rate, key, sample.publish_rate)
-            self._set(self.ack_rate, key, sample.ack_rate)
-            self._set(self.deliver_rate, key, sample.deliver_rate)
-            self._set(self.consumer_utilisation, key, sample.consumer_utilisation)
-            self._set(self.last_sample, key, sample.taken_at)
+            self._put(r, "backlog_messages", sample.ready, "ready")
+            self._put(r, "backlog_messages", sample.unacked, "unacked")
+            self._put(r, "consumers", sample.consumers)
+            self._put(r, "publish_rate", sample.publish_rate)
+            self._put(r, "ack_rate", sample.ack_rate)
+            self._put(r, "deliver_rate", sample.deliver_rate)
+            self._put(r, "consumer_utilisation", sample.consumer_utilisation)
+            self._put(r, "last_sample_timestamp_seconds", sample.taken_at)
         if current is not None:
-            self._set(self.current, key, current)
+            self._put(r, "current_replicas", current)
         if decision is not None:
-            self._set(self.desired, key, decision.replicas)
-            self._set(self.recommended, key, decision.recommendation)
+            self._put(r, "desired_replicas", decision.replicas)
+            self._put(r, "recommended_replicas", decision.recommendation)
             if current is None or decision.replicas == current:
                 direction = "hold"
             else:
                 direction = "up" if decision.replicas > current else "down"
-            self._child(self.decisions, key, direction, str(decision.reason)).inc()
-            self._set(self.fallback_active, key, decision.reason is Reason.FALLBACK)
-            self._set(self.scaling_limited, key, decision.limited)
+            self._add(r, "decisions", direction, str(decision.reason))
+            self._put(r, "fallback_active", decision.reason is Reason.FALLBACK)
+            self._put(r, "scaling_limited", decision.limited)
         state = scaler.state
-        self._set(self.consecutive_failures, key, state.consecutive_failures)
-        self._set(self.per_replica_rate, key, state.per_replica_rate)
-        self._set(self.last_scale, key, state.last_scale_time)
+        self._put(r, "consecutive_failures", state.consecutive_failures)
+        self._put(r, "per_replica_rate", state.per_replica_rate)
+        self._put(r, "last_scale_timestamp_seconds", state.last_scale_time)
         for condition in conditions:
-            self._child(self.condition, key, condition.type).set(condition.status)
+            self._put(r, "condition", condition.status, condition.type)
             if condition.type == "BrokerReachable" and not condition.status:
-                self._child(self.scaler_sample_failures, key).inc()
+                self._add(r, "scaler_sample_failures")
 
     def scaled(self, scaler: Scaler, direction: str, reason: str) -> None:
         """A scale patch was applied (`direction` is up or down; `reason` is in decisions)."""
-        self._child(self.scale_events, (scaler.namespace, scaler.name), direction).inc()
+        self._add(self._reading((scaler.namespace, scaler.name)), "scale_events", direction)
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted QueueScaler's series, so dashboards do not show ghosts."""
-        for metric, values in self._series.pop((namespace, name), set()):
-            metric.remove(*values)
+        self._readings.pop((namespace, name), None)
 
     def series_count(self) -> int:
         """Labelled per-QueueScaler series held (cardinality, for tests and benchmarks)."""
-        return sum(len(series) for series in self._series.values())
+        return sum(len(reading) for reading in self._readings.values())
+
+
+SeriesKey = tuple[str, tuple[str, ...]]
+"""(family, values of its extra labels)"""
+
+_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    # family: (type, help, extra label names)
+    "backlog_messages": ("gauge", "Messages in the watched queues, by state (ready, unacked).",
+                         ("state",)),
+    "consumers": ("gauge", "Consumers attached to the watched queues.", ()),
+    "publish_rate": ("gauge", "Messages published per second to the watched queues.", ()),
+    "ack_rate": ("gauge", "Messages acknowledged per second by the pool.", ()),
+    "deliver_rate": ("gauge", "Messages delivered per second to the pool.", ()),
+    "consumer_utilisation": (
+        "gauge", "Fraction of time the consumers could take new messages (RabbitMQ's capacity).",
+        ()),
+    "last_sample_timestamp_seconds": (
+        "gauge", "When the broker last answered for this QueueScaler (Unix time).", ()),
+    "min_replicas": ("gauge", "spec.minReplicas.", ()),
+    "max_replicas": ("gauge", "spec.maxReplicas.", ()),
+    "messages_per_replica": ("gauge", "spec.target.messagesPerReplica.", ()),
+    "paused": ("gauge", "1 when spec.paused is true (reporting, never scaling).", ()),
+    "dry_run": ("gauge", "1 when spec.dryRun is true (deciding, never scaling).", ()),
+    "desired_replicas": ("gauge", "Replicas the last decision asked for.", ()),
+    "recommended_replicas": (
+        "gauge",
+        "The last recommendation before stabilization, cooldowns, step limits and bounds.", ()),
+    "current_replicas": ("gauge", "Replicas the target has (its spec.replicas).", ()),
+    "decisions": ("counter", "Decisions made, by direction (up, down, hold) and reason.",
+                  ("direction", "reason")),
+    "scale_events": ("counter", "Scale patches applied to targets, by direction.",
+                     ("direction",)),
+    "last_scale_timestamp_seconds": (
+        "gauge", "When the target was last scaled (Unix time); cooldowns count from here.", ()),
+    "scaling_limited": (
+        "gauge",
+        "1 when a bound, step limit, cooldown or stabilization changed the last decision.", ()),
+    "fallback_active": ("gauge", "1 while the fallback replica count applies.", ()),
+    "per_replica_rate": (
+        "gauge",
+        "Smoothed acknowledgements per second per busy replica (the rate policy's input).", ()),
+    "consecutive_failures": ("gauge", "Ticks in a row whose sample failed.", ()),
+    "condition": ("gauge", "1 when the status condition is True, else 0.", ("condition",)),
+    "scaler_ticks": ("counter", "Ticks that sampled and decided for this QueueScaler.", ()),
+    "scaler_sample_failures": (
+        "counter",
+        "Ticks whose sample of this QueueScaler's queues failed (BrokerReachable False).", ()),
+}
+
+_KEYS: dict[SeriesKey, SeriesKey] = {}
+
+
+def _series_key(family: str, extra: tuple[str, ...]) -> SeriesKey:
+    """One shared tuple per series kind: ten thousand records hold references, not copies."""
+    key = (family, extra)
+    return _KEYS.setdefault(key, key)
+
+
+class _PerScalerCollector(Collector):
+    """Per-QueueScaler series, built at scrape time from each QueueScaler's small record.
+
+    prometheus_client's labelled children cost about 750 bytes each: 35 series for each of
+    10,000 QueueScalers would be a quarter of a gigabyte. A record is a plain dict.
+    """
+
+    def __init__(self, readings: dict[Key, dict[SeriesKey, float]]) -> None:
+        self._readings = readings
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # the families are built per scrape; nothing to pre-check
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        for name, (kind, help_text, extra) in _FAMILIES.items():
+            labels = [*SCALER, *extra]
+            full = f"queuescaler_{name}"
+            families[name] = (
+                CounterMetricFamily(full, help_text, labels=labels) if kind == "counter"
+                else GaugeMetricFamily(full, help_text, labels=labels)
+            )
+        # Snapshots: a scrape runs in a thread while the engine keeps recording.
+        for (namespace, scaler), reading in list(self._readings.items()):
+            for (family, extra), value in list(reading.items()):
+                families[family].add_metric([namespace, scaler, *extra], value)
+        return families.values()

@@ -238,8 +238,18 @@ def needs_write(
 
     if fast(written) != fast(new) or values(written) != values(new):
         return True
-    slow = (*SLOW_FIELDS, "lastDecision")
-    return stale and any(written.get(k) != new.get(k) for k in slow)
+    if not stale:
+        return False
+
+    def slow(status: Mapping[str, Any]) -> dict[str, Any]:
+        # Timestamps that only renew (the history's, the decision's) are not news: a
+        # restart renews the newest recommendation to its own `now` anyway.
+        kept = {k: status.get(k) for k in SLOW_FIELDS if k != "recommendations"}
+        decision = status.get("lastDecision")
+        kept["lastDecision"] = decision.get("message") if isinstance(decision, Mapping) else None
+        return kept
+
+    return slow(written) != slow(new)
 
 
 def conditions_for(

@@ -115,6 +115,7 @@ def test_same_decision_keeps_its_time_and_takes_the_new_sentence() -> None:
         pytest.param({"ready": 7}, True, True, id="backlog-written-when-stale"),
         pytest.param({"message": "other words"}, False, False, id="sentence-alone-waits"),
         pytest.param({"failures": 4}, False, False, id="failure-count-alone-waits"),
+        pytest.param({}, True, False, id="stale-but-only-renewed-timestamps-writes-nothing"),
         pytest.param({"replicas": 3}, False, True, id="new-desired-count-written-at-once"),
         pytest.param({"reason": Reason.COOLDOWN}, False, True, id="new-reason-written-at-once"),
         pytest.param(
