@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from queuescaler.decision import Decision, decide, next_state
 from queuescaler.kube import GROUP, KIND, VERSION, KubeClient, KubeError, NotFound, ObjectRef
@@ -61,6 +62,14 @@ Connection = BrokerConnection | KubeError | SourceError
 FAILED_SECRET_RETRY_SECONDS = 10.0
 """A missing or bad Secret is read again this soon: fixing it should show quickly."""
 GOOD_WHEN_TRUE = {"Ready", "BrokerReachable", "TargetFound"}
+
+
+class Announcement(NamedTuple):
+    """The Events of a scale, posted after the status that records it."""
+
+    reason: str
+    message: str
+    target: ObjectRef
 SELECTOR_REFRESH_SECONDS = 300.0
 """A target's pod selector is read from its /scale again after this long (it rarely moves)."""
 
@@ -423,7 +432,7 @@ class Engine:
             target_error = ("TargetNotFound" if missing else camel(error.reason), error.message)
         scaler.current_replicas = current
         decision: Decision | None = None
-        scaled = False
+        announcement: Announcement | None = None
         state = scaler.state
         look: WorkerLook | None = None
         protect = spec.behavior.scale_down.protect_busy_workers
@@ -443,9 +452,10 @@ class Engine:
                 else:
                     if decision.replicas < current and look is not None:
                         await self._mark(scaler, look)
-                    scaled = await self._scale(scaler, current, decision, sample)
-                    if scaled:
+                    announcement = await self._scale(scaler, current, decision, sample)
+                    if announcement is not None:
                         scaler.current_replicas = decision.replicas
+            scaled = announcement is not None
             state = next_state(spec, state, sample, current, decision, now, scaled)
         scaler.state = state  # without a target nothing was decided: the state waits
         conditions = conditions_for(
@@ -464,6 +474,8 @@ class Engine:
         )
         self.metrics.observe(scaler, sample, decision, scaler.current_replicas, conditions)
         await self._report(scaler, now, outcome, decision)
+        if announcement is not None:
+            await self._announce(scaler, announcement)
 
     def _sample_for(
         self, scaler: Scaler, result: SampleResult | SourceError | None
@@ -605,7 +617,9 @@ class Engine:
 
     async def _scale(
         self, scaler: Scaler, current: int, decision: Decision, sample: QueueSample | None
-    ) -> bool:
+    ) -> Announcement | None:
+        """Patch /scale; on success, what to announce once the status (with lastScaleTime)
+        is written: a crash between the two then never loses the cooldown."""
         assert scaler.spec is not None
         target = scaler.spec.scale_target_ref
         try:
@@ -614,7 +628,7 @@ class Engine:
             await self._event(scaler, "Warning", "ScaleFailed",
                               f"could not scale {target.kind} {target.name} to "
                               f"{decision.replicas}: {error.message}")
-            return False
+            return None
         if target.api_version == "apps/v1" and target.kind == "Deployment":
             self.replicas.set(scaler.namespace, target.name, decision.replicas)
         direction = "up" if decision.replicas > current else "down"
@@ -624,10 +638,14 @@ class Engine:
                    f"{decision.reason}{backlog}: {decision.message}")
         log.info("%s/%s %s", scaler.namespace, scaler.name, message)
         self.metrics.scaled(scaler, direction, str(decision.reason))
+        about_target = ObjectRef(target.api_version, target.kind, scaler.namespace, target.name)
+        return Announcement(reason, message, about_target)
+
+    async def _announce(self, scaler: Scaler, announcement: Announcement) -> None:
+        """A scale's Events, on the QueueScaler and on its target."""
+        reason, message, target = announcement
         await self._event(scaler, "Normal", reason, message)
-        await self._emit(ObjectRef(target.api_version, target.kind, scaler.namespace, target.name),
-                         "Normal", reason, f"queuescaler {scaler.name} {message}")
-        return True
+        await self._emit(target, "Normal", reason, f"queuescaler {scaler.name} {message}")
 
     async def _announce_dry_run(self, scaler: Scaler, current: int, decision: Decision) -> None:
         if scaler.announced_desired == decision.replicas:

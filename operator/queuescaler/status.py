@@ -123,11 +123,17 @@ def state_from_status(status: Mapping[str, Any] | None, now: float) -> ScalerSta
     if per_replica_rate is not None and not (0 < per_replica_rate < math.inf):
         per_replica_rate = None
     return ScalerState(
-        last_scale_time=parse_iso(status.get("lastScaleTime")),
+        last_scale_time=_rounded_up(parse_iso(status.get("lastScaleTime"))),
         recommendations=tuple(history),
         consecutive_failures=failures if isinstance(failures, int) and failures >= 0 else 0,
         per_replica_rate=per_replica_rate,
     )
+
+
+def _rounded_up(moment: float | None) -> float | None:
+    """Stored times have whole seconds; the true one may be up to a second later, and a
+    cooldown must never end earlier after a restart than without one."""
+    return None if moment is None else moment + 1.0
 
 
 def _quantity(value: float | None) -> float | None:

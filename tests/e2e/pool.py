@@ -94,8 +94,11 @@ class Pool:
         )
 
     def apply(self, manifest: dict[str, Any]) -> None:
+        # Server-side: a client-side apply copies a Secret's password, in clear text, into
+        # the kubectl.kubernetes.io/last-applied-configuration annotation.
         self.testenv.kubectl(
-            "apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump(manifest)
+            "apply", "--server-side", "--force-conflicts", "--field-manager", "e2e",
+            "-n", self.namespace, "-f", "-", input=yaml.safe_dump(manifest),
         )
 
     def apply_scaler(self, **spec: Any) -> None:
