@@ -1,0 +1,72 @@
+"""The fault proxy itself, against the real management API of the faults broker."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from reliability.faultproxy import FaultProxy, Mode
+from support import TestEnv
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def proxy(faultenv: TestEnv) -> Iterator[FaultProxy]:
+    port = urllib.parse.urlsplit(faultenv.management_url).port
+    assert port is not None
+    with FaultProxy("127.0.0.1", port, delay=3.0) as running:
+        yield running
+
+
+def get(env: TestEnv, proxy: FaultProxy, timeout: float = 10) -> tuple[int, bytes]:
+    parts = urllib.parse.urlsplit(env.management_url)
+    token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
+    request = urllib.request.Request(f"http://127.0.0.1:{proxy.port}/api/vhosts",
+                                     headers={"Authorization": f"Basic {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest.mark.parametrize(
+    ("mode", "status", "says"),
+    [
+        pytest.param(Mode.PASS, 200, b'"name"', id="pass-forwards-the-real-answer"),
+        pytest.param(Mode.ERROR, 500, b"crashed serving", id="error-is-500-echoing-credentials"),
+        pytest.param(Mode.GARBAGE, 200, b"not json", id="garbage-is-200-without-json"),
+    ],
+)
+def test_modes(faultenv: TestEnv, proxy: FaultProxy, mode: Mode, status: int,
+               says: bytes) -> None:
+    proxy.mode = mode
+    answered, body = get(faultenv, proxy)
+    assert answered == status
+    assert says in body
+    if mode is Mode.PASS:
+        assert faultenv.vhost in {v["name"] for v in json.loads(body)}
+    if mode is Mode.ERROR:
+        assert (urllib.parse.urlsplit(faultenv.management_url).password or "?").encode() in body
+    assert proxy.count(mode) == 1
+
+
+def test_slow_holds_past_a_client_timeout(faultenv: TestEnv, proxy: FaultProxy) -> None:
+    proxy.mode = Mode.SLOW
+    with pytest.raises((TimeoutError, socket.timeout, urllib.error.URLError)):
+        get(faultenv, proxy, timeout=1)
+    proxy.mode = Mode.PASS
+    assert get(faultenv, proxy)[0] == 200
+
+
+def test_refuses_to_forward_off_loopback() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        FaultProxy("192.0.2.1", 15672)
