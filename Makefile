@@ -31,8 +31,11 @@ test-unit:
 demo: deps
 	@bash hack/demo.sh
 
+BENCHES := decide sampling reaction safe_scale_down scale
+
+# Each benchmark prints its table; bench/RESULTS.md keeps the latest ones.
 bench: deps
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
 
 lint:
 	@bash hack/deps.sh python
