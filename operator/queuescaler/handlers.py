@@ -89,7 +89,9 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 async def queuescaler_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A QueueScaler appeared, changed or went away (the watch's initial list included)."""
     engine = _context(memo).engine
-    if type == "DELETED":
+    # Being deleted (its namespace too, perhaps): nothing more to do for it, and its
+    # namespace may already refuse new Events.
+    if type == "DELETED" or body.metadata.deletion_timestamp is not None:
         gone = engine.registry.remove(body.metadata.namespace or "", body.metadata.name or "")
         if gone is not None:
             await engine.release(gone)  # metrics dropped, pod marks cleared (best effort)
