@@ -79,7 +79,8 @@ class Metrics:
         )
         self.build_info.labels(__version__).set(1)
         self.leader = Gauge(
-            "queuescaler_leader", "1 when this replica is the one acting (peering), else 0.",
+            "queuescaler_leader",
+            "1 when this replica is the one acting (it holds the Lease, or runs alone), else 0.",
             registry=r,
         )
         self.scalers = Gauge(
