@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Draw one QueueScaler's backlog, desired and current replicas over time, from Prometheus.
 
-    python hack/plot_timeline.py --prometheus http://127.0.0.1:39090 \
+    python hack/plot_timeline.py --prometheus http://127.0.0.1:24090 \
         --namespace media --scaler thumbnails --minutes 15 --out timeline.png
 
 It asks Prometheus (range queries over the operator's own metrics) for the backlog

@@ -29,12 +29,14 @@ rabbit_dir=${QS_RABBITMQ_DIR:-/var/tmp/queuescaler-rabbitmq$suffix}
 
 cluster=queuescaler$suffix
 rabbit_node=queuescaler$suffix@localhost
-apiserver_port=$((36443 + offset))
-amqp_port=$((35672 + offset))
-management_port=$((35673 + offset))
-dist_port=$((35674 + offset))
-epmd_port=$((35675 + offset))
-prometheus_port=$((39090 + offset))
+# Below the kernel's ephemeral range (32768-60999 here): a port in that range can be taken
+# at any moment by the local end of some outgoing connection.
+apiserver_port=$((24443 + offset))
+amqp_port=$((24672 + offset))
+management_port=$((24673 + offset))
+dist_port=$((24674 + offset))
+epmd_port=$((24675 + offset))
+prometheus_port=$((24090 + offset))
 rabbit_user=queuescaler
 rabbit_pass=${QS_RABBITMQ_PASSWORD:-qs-test-secret}
 rabbit_vhost=queuescaler-test
