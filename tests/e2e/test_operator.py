@@ -19,7 +19,7 @@ from e2e.podrunner import (
     pika_worker_command,
     pika_worker_env,
 )
-from e2e.pool import Pool, Timeline
+from e2e.pool import Pool, Timeline, scaler_gauges
 from e2e.publisher import publish_is_prime_tasks, publish_messages, read_processed
 from operator_process import OperatorProcess
 from support import CACHE, TestEnv, wait_until
@@ -87,14 +87,15 @@ def test_burst_wakes_an_idle_pool_scales_it_up_and_back_to_zero_losing_nothing(
 
 
 def test_celery_is_prime_workers_scale_up_with_prefetch_counted_as_backlog(
-    pool: Pool, pod_runner_factory: PodRunnerFactory, processed_log: Path
+    pool: Pool, pod_runner_factory: PodRunnerFactory, processed_log: Path,
+    operator: OperatorProcess,
 ) -> None:
     pod_runner_factory(
         pool.namespace,
         f"app={pool.name}",
         celery_worker_command(pool.queue),
         celery_worker_env(
-            pool.testenv.amqp_url, processed_log, prefetch_multiplier=4, work_seconds=0.05
+            pool.testenv.amqp_url, processed_log, prefetch_multiplier=4, work_seconds=0.2
         ),
     )
     pool.apply_scaler(minReplicas=1, maxReplicas=4, target={"messagesPerReplica": 20})
@@ -102,7 +103,9 @@ def test_celery_is_prime_workers_scale_up_with_prefetch_counted_as_backlog(
     saw_unacked: list[int] = []
 
     def unacked_seen() -> bool:
-        unacked = (pool.status().get("backlog") or {}).get("unacked") or 0
+        # The operator's live view (status carries backlog numbers only every 30 s).
+        gauges = scaler_gauges(operator.metrics(), pool.namespace, pool.name)
+        unacked = gauges.get("queuescaler_backlog_messages:unacked") or 0
         if unacked:
             saw_unacked.append(unacked)
         return bool(saw_unacked)
