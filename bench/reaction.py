@@ -139,6 +139,7 @@ def main() -> None:
     parser.add_argument("--burst-size", type=int, default=50)
     args = parser.parse_args()
     env = bring_up()
+    env.apply_crd()
     out = Path.home() / ".cache" / "queuescaler" / "out"
     out.mkdir(parents=True, exist_ok=True)
     print("| AMQP fast path | bursts | p50 (s) | p95 (s) | max (s) | mean (s) |")

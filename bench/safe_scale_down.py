@@ -459,10 +459,7 @@ def main() -> None:
     began = time.monotonic()
     env = bring_up()
     (CACHE / "out").mkdir(parents=True, exist_ok=True)
-    env.kubectl("apply", "--server-side", "--force-conflicts", "-f",
-                str(REPO / "crds" / "queuescaler.yaml"))
-    env.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                "crd/queuescalers.queuescaler.io")
+    env.apply_crd()
     tag = uuid.uuid4().hex[:6]
     results: list[RowResult] = []
     with tempfile.TemporaryDirectory(prefix="bench-ssd-") as work:

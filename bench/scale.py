@@ -288,6 +288,7 @@ def main() -> None:
                              "(collapsed stacks in ~/.cache/queuescaler/out/).")
     args = parser.parse_args()
     env = bring_up()
+    env.apply_crd()
     out = Path.home() / ".cache" / "queuescaler" / "out"
     out.mkdir(parents=True, exist_ok=True)
     rows = [

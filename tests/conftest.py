@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from operator_process import OperatorProcess
-from support import REPO, TestEnv, bring_up
+from support import TestEnv, bring_up
 
 
 @pytest.fixture(scope="session")
@@ -36,10 +36,7 @@ def namespace(testenv: TestEnv) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def crd(testenv: TestEnv) -> None:
     """The QueueScaler CRD, applied (server-side, idempotent) and Established."""
-    testenv.kubectl("apply", "--server-side", "--force-conflicts", "-f",
-                    str(REPO / "crds" / "queuescaler.yaml"))
-    testenv.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/queuescalers.queuescaler.io")
+    testenv.apply_crd()
 
 
 @pytest.fixture(scope="session")

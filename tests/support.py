@@ -52,6 +52,13 @@ class TestEnv:
     prometheus_targets: Path
     bin: Path
 
+    def apply_crd(self) -> None:
+        """The QueueScaler CRD, applied (server-side, idempotent) and Established."""
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f",
+                     str(REPO / "crds" / "queuescaler.yaml"))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                     "crd/queuescalers.queuescaler.io")
+
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
