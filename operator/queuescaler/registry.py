@@ -20,7 +20,7 @@ Key = tuple[str, str]
 """(namespace, name)"""
 
 
-@dataclass
+@dataclass(slots=True)
 class Scaler:
     """One QueueScaler as the operator tracks it. Mutable: the engine updates it each tick."""
 
