@@ -67,8 +67,8 @@ class OperatorProcess:
             self.process.kill()
             return self.process.wait(timeout=10)
 
-    def metrics(self) -> str:
-        with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
+    def metrics(self, timeout: float = 5) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=timeout) as r:
             return str(r.read().decode())
 
     def log(self) -> str:

@@ -97,7 +97,12 @@ def _through_fault(run: Run, reason: str, *, fallback: int | None, failed_ticks:
         status = pool.status()
         return bool(status["consecutiveFailures"] >= failures + failed_ticks)
 
-    wait_until(more_failed_ticks, timeout=90, what=f"{failed_ticks} more failed ticks")
+    try:
+        wait_until(more_failed_ticks, timeout=90, what=f"{failed_ticks} more failed ticks")
+    except AssertionError as error:
+        # The count is a slow field, rewritten every 30 s while nothing else changes.
+        raise AssertionError(f"{error} (consecutiveFailures was {failures}){describe(pool)}") \
+            from None
     assert seen == {kept}, f"{pool.name} changed from {kept} to {seen} while blind"
     decision = pool.status()["lastDecision"]
     assert decision["reason"] in ({"fallback"} if fallback is not None else {"no-data"}), decision
