@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from queuescaler import __version__
 from queuescaler.decision import Decision, Reason, ScalerState
@@ -307,6 +308,27 @@ def test_cardinality_is_bounded_per_scaler(metrics: Metrics) -> None:
     assert metrics.series_count() <= decisions + 40
 
 
+@pytest.mark.parametrize(
+    ("accept", "library"),
+    [("", generate_latest), ("application/openmetrics-text; version=1.0.0", generate_openmetrics)],
+    ids=["text", "openmetrics"],
+)
+def test_the_fast_exposition_is_what_prometheus_client_writes(
+    metrics: Metrics, accept: str, library: Any
+) -> None:
+    """`render` writes per-QueueScaler lines itself; byte for byte the library's output."""
+    for namespace, name in (("media", "thumbnails"), ("odd", 'quote"back\\slash')):
+        scaler = make_scaler(namespace, name)
+        scaler.state = ScalerState(last_scale_time=NOW - 30, per_replica_rate=6.25)
+        decision = make_decision(13, recommendation=15, limited=True)
+        metrics.observe(scaler, make_sample(), decision, 2, healthy(decision, 2))
+        metrics.scaled(scaler, "up", str(decision.reason))
+    metrics.sample_failed("timeout")
+    body, content_type = metrics.render(accept)
+    assert body.decode() == library(metrics.registry).decode()
+    assert content_type.startswith("application/openmetrics-text" if accept else "text/plain")
+
+
 def test_the_exposition_passes_promtool_check_metrics(ticked: tuple[Metrics, Scaler]) -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool is not installed (Debian: apt-get install prometheus)"
@@ -322,7 +344,7 @@ def test_the_exposition_passes_promtool_check_metrics(ticked: tuple[Metrics, Sca
 async def test_endpoints_serve_metrics_and_probes(ticked: tuple[Metrics, Scaler]) -> None:
     metrics, _ = ticked
     state = {"ready": False, "alive": True}
-    app = make_app(metrics.registry, lambda: state["ready"], lambda: state["alive"])
+    app = make_app(metrics.render, lambda: state["ready"], lambda: state["alive"])
     async with TestClient(TestServer(app)) as client:
         response = await client.get("/metrics")
         assert response.status == 200
