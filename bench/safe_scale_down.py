@@ -47,7 +47,6 @@ import math
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -66,7 +65,7 @@ sys.path[:0] = [str(REPO / "tests")]
 
 from e2e.podrunner import PodRunner, pika_worker_command, pika_worker_env  # noqa: E402
 from e2e.pool import Pool  # noqa: E402
-from e2e.publisher import publish_messages, read_records  # noqa: E402
+from e2e.publisher import FirstSeen, publish_messages, read_records  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
 from queuescaler.rabbitmq_listing import (  # noqa: E402
     CHANNEL_COLUMNS,
@@ -123,30 +122,6 @@ class Outcome:
     redelivered: int
     steps: tuple[int, ...]
     """The Deployment's replica counts, in order, from the order to the end."""
-
-
-class FirstSeen:
-    """When each `<id> <pod>` line of an append-only log first appeared (polled in a thread)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.at: dict[tuple[str, str], float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self) -> None:
-        while not self._stop.wait(0.05):
-            now = time.time()
-            for record in read_records(self.path):
-                self.at.setdefault(record, now)
-
-    def __enter__(self) -> FirstSeen:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 # -- the broker ---------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ at least once (nothing lost) and counts the ones that show up more (redeliveries
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -88,6 +90,30 @@ def read_records(path: Path) -> list[tuple[str, str]]:
         if message_id and pod:
             pairs.append((message_id, pod))
     return pairs
+
+
+class FirstSeen:
+    """When each `(id, pod)` record of an append-only log first appeared (polled in a thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.at: dict[tuple[str, str], float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.05):
+            now = time.time()
+            for record in read_records(self.path):
+                self.at.setdefault(record, now)
+
+    def __enter__(self) -> FirstSeen:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def read_processed(path: Path) -> dict[str, int]:

@@ -14,13 +14,11 @@ from __future__ import annotations
 import base64
 import json
 import threading
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pytest
@@ -28,7 +26,7 @@ from kubernetes import client, config, watch
 
 from e2e.podrunner import PodRunner, PodRunnerFactory, pika_worker_command, pika_worker_env
 from e2e.pool import Pool
-from e2e.publisher import publish_messages, read_processed, read_records
+from e2e.publisher import FirstSeen, publish_messages, read_processed, read_records
 from operator_process import OperatorProcess
 from queuescaler.rabbitmq_listing import (
     CHANNEL_COLUMNS,
@@ -47,35 +45,6 @@ WORK_SECONDS = 15.0
 """Longer than the broker's statistics interval (5 s), so the busy channels show up there."""
 GRACE_SECONDS = 25
 """Longer than a task: a busy worker told to stop still finishes (and acks) its message."""
-
-
-class LineTimes:
-    """When each line of an append-only log first appeared (polled in a thread)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.seen: dict[tuple[str, str], float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self) -> None:
-        while not self._stop.wait(0.05):
-            now = time.time()
-            for record in read_records(self.path):
-                self.seen.setdefault(record, now)
-
-    def __enter__(self) -> LineTimes:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 class PodMarks:
@@ -191,7 +160,7 @@ def scale_down_with_busy_workers(
                timeout=30, what="the busy workers in the broker's channel statistics")
 
     outcome = Outcome([], [], 0, busy=busy)
-    with LineTimes(processed_log) as processed, PodMarks(pool) as marks:
+    with FirstSeen(processed_log) as processed, PodMarks(pool) as marks:
         pool.apply_scaler(minReplicas=1, maxReplicas=WORKERS, target=target, behavior=behavior)
 
         def settled() -> bool:
@@ -213,7 +182,7 @@ def scale_down_with_busy_workers(
                 continue
             outcome.terminated.append(pod)
             held = [(i, p) for i, p in started if p == pod]
-            done_at = processed.seen
+            done_at = processed.at
             unfinished = [r for r in held if done_at.get(r, float("inf")) > record.sigterm_at]
             if unfinished:
                 outcome.busy_terminated.append(pod)
