@@ -201,7 +201,7 @@ class KubeClient:
             try:
                 response = await asyncio.to_thread(
                     self._api_client.call_api,
-                    path, "GET", response_type="object", auth_settings=["BearerToken"],
+                    path, "GET", response_types_map={200: "object"}, auth_settings=["BearerToken"],
                     _return_http_data_only=True,
                 )
             except ApiException as error:
