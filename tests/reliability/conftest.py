@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 import urllib.parse
 import urllib.request
 import uuid
@@ -136,13 +137,30 @@ def pod_runners(faultenv: TestEnv, tmp_path: Path) -> Iterator[PodRunnerFactory]
 
 
 @pytest.fixture
-def apiserver_ready(faultenv: TestEnv) -> Callable[[], None]:
-    """Wait (bounded) until the faults apiserver answers /readyz."""
+def cluster_restarted(faultenv: TestEnv) -> Callable[[], float]:
+    """After `kwokctl start cluster`: wait (bounded) until the cluster answers and runs pods;
+    returns when the apiserver answered (time.monotonic()).
 
-    def wait() -> None:
+    /readyz is not enough. The node Leases outlive the restart, held by the stopped kwok
+    controller for their whole duration (kwokctl: 40 s x heartbeat factor 5 = 200 s), and the
+    new controller runs no pod on a node whose Lease it does not hold: a pod created meanwhile
+    stays Pending, so a later test's workers would not start. Deleting the stale Leases lets
+    the new controller take them at its next try, within a quarter of that duration.
+    """
+
+    def wait() -> float:
         wait_until(
             lambda: faultenv.kubectl("get", "--raw", "/readyz", check=False).returncode == 0,
             timeout=120, what="the faults apiserver to be ready",
         )
+        answered = time.monotonic()
+        nodes = len(faultenv.kubectl("get", "nodes", "-o", "name").stdout.split())
+        faultenv.kubectl("delete", "leases", "--all", "-n", "kube-node-lease", "--wait=false")
+        wait_until(
+            lambda: len(faultenv.kubectl("get", "leases", "-n", "kube-node-lease", "-o", "name")
+                        .stdout.split()) == nodes,
+            timeout=120, what=f"the new kwok controller to hold the {nodes} node Leases",
+        )
+        return answered
 
     return wait
