@@ -7,6 +7,7 @@ the proxy's mode while a scaling run goes on:
         proxy.mode = Mode.SLOW       # every answer held for `delay` seconds (past the timeout)
         proxy.mode = Mode.ERROR      # HTTP 500, whose body echoes the caller's credentials
         proxy.mode = Mode.GARBAGE    # HTTP 200 with a body that is not JSON
+        proxy.mode = Mode.NO_STATS   # forwarded, queues' message counts left out
         proxy.mode = Mode.PASS       # forwarded as is
 
 Only loopback: it listens on 127.0.0.1 and refuses to forward anywhere but 127.0.0.1. A held
@@ -27,6 +28,8 @@ from types import TracebackType
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+QUEUE_COUNTS = ("messages", "messages_ready", "messages_unacknowledged", "consumers")
+"""What RabbitMQ leaves out of a queue's entry until its first statistics are emitted."""
 
 
 class Mode(enum.StrEnum):
@@ -34,6 +37,7 @@ class Mode(enum.StrEnum):
     SLOW = "slow"
     ERROR = "error"
     GARBAGE = "garbage"
+    NO_STATS = "no-stats"
 
 
 class FaultProxy:
@@ -125,7 +129,8 @@ class FaultProxy:
         elif mode is Mode.GARBAGE:
             self._answer(request, 200, "application/json", b"<html>not json at all</html>")
         else:
-            self._forward(request)
+            queues = request.path.startswith("/api/queues")
+            self._forward(request, without_counts=mode is Mode.NO_STATS and queues)
 
     @staticmethod
     def _echoing_error(request: BaseHTTPRequestHandler) -> bytes:
@@ -141,15 +146,17 @@ class FaultProxy:
             {"error": "Internal Server Error", "reason": f"crashed serving {credentials}"}
         ).encode()
 
-    def _forward(self, request: BaseHTTPRequestHandler) -> None:
+    def _forward(self, request: BaseHTTPRequestHandler, *, without_counts: bool = False) -> None:
+        """Forward as is, or with every queue's counts left out (a body to edit: no gzip)."""
+        dropped = HOP_BY_HOP | ({"accept-encoding"} if without_counts else set())
         upstream = http.client.HTTPConnection(*self.upstream, timeout=30)
         try:
-            headers = {
-                k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP
-            }
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in dropped}
             upstream.request("GET", request.path, headers=headers)
             response = upstream.getresponse()
             body = response.read()
+            if without_counts and response.status == 200:
+                body = _without_counts(body)
             passed = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP]
             self._answer(request, response.status, "", body, passed)
         except OSError as error:
@@ -172,3 +179,14 @@ class FaultProxy:
             request.wfile.write(body)
         except OSError:
             pass  # the client gave up (its timeout): nothing to answer
+
+
+def _without_counts(body: bytes) -> bytes:
+    """A queue listing as RabbitMQ answers it for queues too new to have statistics."""
+    listing = json.loads(body)
+    entries = listing.get("items", []) if isinstance(listing, dict) else listing
+    for entry in entries:
+        if isinstance(entry, dict):
+            for key in QUEUE_COUNTS:
+                entry.pop(key, None)
+    return json.dumps(listing).encode()

@@ -8,11 +8,13 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from reliability.faultproxy import FaultProxy, Mode
+from e2e.publisher import delete_queue, publish_messages
+from reliability.faultproxy import QUEUE_COUNTS, FaultProxy, Mode
 from support import TestEnv
 
 pytestmark = pytest.mark.integration
@@ -26,10 +28,12 @@ def proxy(faultenv: TestEnv) -> Iterator[FaultProxy]:
         yield running
 
 
-def get(env: TestEnv, proxy: FaultProxy, timeout: float = 10) -> tuple[int, bytes]:
+def get(
+    env: TestEnv, proxy: FaultProxy, timeout: float = 10, path: str = "/api/vhosts"
+) -> tuple[int, bytes]:
     parts = urllib.parse.urlsplit(env.management_url)
     token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
-    request = urllib.request.Request(f"http://127.0.0.1:{proxy.port}/api/vhosts",
+    request = urllib.request.Request(f"http://127.0.0.1:{proxy.port}{path}",
                                      headers={"Authorization": f"Basic {token}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -65,6 +69,24 @@ def test_slow_holds_past_a_client_timeout(faultenv: TestEnv, proxy: FaultProxy) 
         get(faultenv, proxy, timeout=1)
     proxy.mode = Mode.PASS
     assert get(faultenv, proxy)[0] == 200
+
+
+def test_no_stats_leaves_the_counts_out_of_every_queue(
+    faultenv: TestEnv, proxy: FaultProxy
+) -> None:
+    queue = f"qs-proxy-{uuid.uuid4().hex[:8]}"
+    publish_messages(faultenv.amqp_url, queue, 3)
+    try:
+        path = f"/api/queues/{urllib.parse.quote(faultenv.vhost, safe='')}"
+        proxy.mode = Mode.NO_STATS
+        status, body = get(faultenv, proxy, path=path)
+        assert status == 200
+        entries = {entry["name"]: entry for entry in json.loads(body)}
+        assert queue in entries
+        assert not any(key in entry for entry in entries.values() for key in QUEUE_COUNTS)
+        assert proxy.count(Mode.NO_STATS) == 1
+    finally:
+        delete_queue(faultenv.amqp_url, queue)
 
 
 def test_refuses_to_forward_off_loopback() -> None:
