@@ -480,12 +480,14 @@ class Engine:
     def _sample_for(
         self, scaler: Scaler, result: SampleResult | SourceError | None
     ) -> tuple[QueueSample | None, tuple[str, str] | None]:
+        # Only the latest answer says whether statistics are pending: a flag left over from
+        # before a failed request would let the live counts stand in for it.
+        scaler.stats_pending = False
         if result is None:
             return None, ("Unreachable", "the broker was not sampled")
         if isinstance(result, SourceError):
             return None, (camel(str(result.kind)), result.message)
         parts: list[QueueSample] = []
-        scaler.stats_pending = False
         for ref in scaler.queues():
             part = result.get(ref)
             if isinstance(part, QueueSample):
@@ -708,7 +710,8 @@ def _with_live_counts(sample: QueueSample | None, live: QueueSample) -> QueueSam
     The management API's counts lag by up to its statistics interval (seconds); a passive
     declare's do not. Unacked counts and rates exist only in the management sample, so
     they stay. The live counts stand alone only for a pool at zero (nothing can be in
-    flight) or a queue too new to have statistics: never in place of a failed request.
+    flight) or a queue too new to have statistics: never in place of a failed request for
+    a pool at work, whose unacknowledged messages they cannot see.
     """
     if sample is None:
         return live
