@@ -22,8 +22,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from queuescaler.decision import ScalerState, decide, next_state
-from queuescaler.peers import (
+from queuescaler.core.decision import ScalerState, decide, next_state
+from queuescaler.core.sample import QueueSample
+from queuescaler.core.spec import QueueScalerSpec
+from queuescaler.sim.peers import (
     MANAGEMENT_API_DELAY,
     HpaBehavior,
     KedaMessageRatePolicy,
@@ -33,8 +35,7 @@ from queuescaler.peers import (
     ScalingRules,
     WorkerPodAutoscalerPolicy,
 )
-from queuescaler.sample import QueueSample
-from queuescaler.simulator import (
+from queuescaler.sim.simulator import (
     OraclePolicy,
     Policy,
     QueueScalerPolicy,
@@ -42,8 +43,8 @@ from queuescaler.simulator import (
     SimResult,
     simulate,
 )
-from queuescaler.spec import QueueScalerSpec, parse_spec
-from queuescaler.traces import Trace, standard_traces
+from queuescaler.sim.traces import Trace, standard_traces
+from queuescaler.sources.registry import parse_spec
 
 POD_START_DELAY = 10.0
 MAX_REPLICAS = 100

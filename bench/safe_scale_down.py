@@ -67,7 +67,7 @@ from e2e.podrunner import PodRunner, pika_worker_command, pika_worker_env  # noq
 from e2e.pool import Pool  # noqa: E402
 from e2e.publisher import FirstSeen, publish_messages, read_records  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
-from queuescaler.rabbitmq_listing import (  # noqa: E402
+from queuescaler.sources.rabbitmq.listing import (  # noqa: E402
     CHANNEL_COLUMNS,
     CONNECTION_COLUMNS,
     parse_client_connections,

@@ -31,10 +31,10 @@ from typing import Any
 import aiohttp
 import pika
 
-from queuescaler.rabbitmq import RabbitMQSource
-from queuescaler.rabbitmq_listing import QUEUE_COLUMNS, name_filter_query
-from queuescaler.secrets import connection_from_secret
-from queuescaler.source import QueueRef
+from queuescaler.core.sample import QueueRef
+from queuescaler.sources.rabbitmq.listing import QUEUE_COLUMNS, name_filter_query
+from queuescaler.sources.rabbitmq.secret import broker_from_secret
+from queuescaler.sources.rabbitmq.source import RabbitMQSource
 
 REPO = Path(__file__).resolve().parent.parent
 ENV_FILE = Path.home() / ".cache" / "queuescaler" / "run" / "env"
@@ -128,7 +128,7 @@ def _declare_queues(amqp_url: str, vhost: str, names: list[str]) -> None:
 
 async def _measure_all(env: dict[str, str], vhost: str, refs: list[QueueRef]) -> list[str]:
     counter = Counter()
-    connection = connection_from_secret(
+    connection = broker_from_secret(
         {"amqpUrl": env["QS_AMQP_URL"], "managementUrl": env["QS_MANAGEMENT_URL"]}
     )
     source = RabbitMQSource(connection, timeout=30.0, trace_configs=[counter.trace])

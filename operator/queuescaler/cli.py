@@ -14,13 +14,13 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from queuescaler import __version__
+from queuescaler.core.redact import RedactingFilter
 from queuescaler.engine import Engine, EngineSettings
-from queuescaler.kube import KubeClient
+from queuescaler.fleet import Fleet, ReplicaCache
+from queuescaler.kube.client import KubeClient
 from queuescaler.leader import Elector
 from queuescaler.metrics import Metrics
-from queuescaler.rabbitmq import RabbitMQSource
-from queuescaler.redact import RedactingFilter
-from queuescaler.registry import Registry, ReplicaCache
+from queuescaler.sources.registry import SOURCES
 
 MALLOC_ARENAS = 2
 M_ARENA_MAX = -8
@@ -123,10 +123,10 @@ def run(
                           on_change=lambda leading: metrics.leader.set(leading))
     engine = Engine(
         kube=kube,
-        registry=Registry(),
+        fleet=Fleet(),
         replicas=ReplicaCache(),
         metrics=metrics,
-        make_source=RabbitMQSource,
+        make_source=lambda broker: SOURCES[broker[0]].connect(broker[1]),
         settings=settings,
         leading=elector.is_leader if elector else lambda: True,
     )

@@ -14,27 +14,22 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from queuescaler.decision import Decision, decide, next_state
-from queuescaler.kube import GROUP, KIND, VERSION, KubeClient, KubeError, NotFound, ObjectRef
-from queuescaler.metrics import Metrics
-from queuescaler.redact import redact
-from queuescaler.registry import Registry, ReplicaCache, Scaler
-from queuescaler.sample import QueueSample, combine
-from queuescaler.secrets import connection_from_secret
-from queuescaler.source import (
-    BrokerConnection,
-    ClientConnection,
+from queuescaler.core.decision import Decision, decide, next_state
+from queuescaler.core.redact import redact
+from queuescaler.core.sample import (
+    BrokerClient,
     ErrorKind,
     QueueRef,
-    QueueSource,
+    QueueSample,
     SampleResult,
     SourceError,
+    combine,
 )
-from queuescaler.status import (
+from queuescaler.core.status import (
     Condition,
     TickOutcome,
     build_status,
@@ -42,8 +37,8 @@ from queuescaler.status import (
     conditions_for,
     needs_write,
 )
-from queuescaler.workers import CONDITION as WORKERS_CONDITION
-from queuescaler.workers import (
+from queuescaler.core.workers import CONDITION as WORKERS_CONDITION
+from queuescaler.core.workers import (
     DELETION_COST,
     Marks,
     Pod,
@@ -53,11 +48,18 @@ from queuescaler.workers import (
     match_workers,
     workers_condition,
 )
+from queuescaler.fleet import Fleet, ReplicaCache, Scaler
+from queuescaler.kube.client import GROUP, KIND, VERSION, KubeClient, KubeError, NotFound, ObjectRef
+from queuescaler.metrics import Metrics
+from queuescaler.sources.base import ListingClients, Peeking, QueueSource
+from queuescaler.sources.registry import SOURCES
 
 log = logging.getLogger("queuescaler.engine")
 
-SourceFactory = Callable[[BrokerConnection], QueueSource]
-Connection = BrokerConnection | KubeError | SourceError
+Broker = tuple[str, Hashable]
+"""A broker kind and the address its Secret gave: equal values share one source."""
+SourceFactory = Callable[[Broker], QueueSource]
+Connection = Broker | KubeError | SourceError
 """A QueueScaler's way to its broker, or why it has none."""
 FAILED_SECRET_RETRY_SECONDS = 10.0
 """A missing or bad Secret is read again this soon: fixing it should show quickly."""
@@ -102,27 +104,28 @@ class SecretCache:
     def __init__(self, kube: KubeClient, refresh_seconds: float) -> None:
         self._kube = kube
         self._refresh = refresh_seconds
-        self._entries: dict[tuple[str, str], tuple[float, Connection]] = {}
+        self._entries: dict[tuple[str, str, str], tuple[float, Connection]] = {}
 
-    async def connection(self, namespace: str, name: str, now: float) -> BrokerConnection:
+    async def connection(self, namespace: str, name: str, kind: str, now: float) -> Broker:
         """The Secret's connection; raises KubeError or SourceError(BAD_CONFIG), redacted."""
-        key = (namespace, name)
+        key = (namespace, name, kind)
         entry = self._entries.get(key)
         if entry is None or now >= entry[0]:
             result: Connection
             try:
-                result = connection_from_secret(await self._kube.read_secret(namespace, name))
+                data = await self._kube.read_secret(namespace, name)
+                result = (kind, SOURCES[kind].parse_secret(data))
                 expires = now + self._refresh
             except (KubeError, SourceError) as error:
                 result = error
                 expires = now + min(self._refresh, FAILED_SECRET_RETRY_SECONDS)
             entry = self._entries[key] = (expires, result)
-        if isinstance(entry[1], BrokerConnection):
+        if isinstance(entry[1], tuple):
             return entry[1]
         raise entry[1]
 
-    def invalidate(self, namespace: str, name: str) -> None:
-        self._entries.pop((namespace, name), None)
+    def invalidate(self, namespace: str, name: str, kind: str) -> None:
+        self._entries.pop((namespace, name, kind), None)
 
 
 @dataclass(frozen=True)
@@ -144,18 +147,21 @@ class ClientListings:
 
     def __init__(
         self,
-        source: Callable[[BrokerConnection], QueueSource],
-        vhosts: Mapping[BrokerConnection, set[str]],
+        source: Callable[[Broker], QueueSource],
+        vhosts: Mapping[Broker, set[str]],
     ) -> None:
         self._source = source
         self._vhosts = vhosts
-        self._listings: dict[BrokerConnection, asyncio.Future[Sequence[ClientConnection]]] = {}
+        self._listings: dict[Broker, asyncio.Future[Sequence[BrokerClient]]] = {}
 
-    async def get(self, connection: BrokerConnection, vhost: str) -> Sequence[ClientConnection]:
+    async def get(self, connection: Broker, vhost: str) -> Sequence[BrokerClient]:
         listing = self._listings.get(connection)
         if listing is None:
             vhosts = self._vhosts.get(connection) or {vhost}
-            listing = asyncio.ensure_future(self._source(connection).clients(vhosts))
+            source = self._source(connection)
+            if not isinstance(source, ListingClients):
+                raise SourceError(ErrorKind.BAD_CONFIG, "this broker cannot list its clients")
+            listing = asyncio.ensure_future(source.clients(vhosts))
             self._listings[connection] = listing
         return await asyncio.shield(listing)
 
@@ -166,7 +172,7 @@ class Engine:
     def __init__(
         self,
         kube: KubeClient,
-        registry: Registry,
+        fleet: Fleet,
         replicas: ReplicaCache,
         metrics: Metrics,
         make_source: SourceFactory,
@@ -175,12 +181,12 @@ class Engine:
         leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.kube = kube
-        self.registry = registry
+        self.fleet = fleet
         self.replicas = replicas
         self.metrics = metrics
         self.settings = settings
         self._make_source = make_source
-        self._sources: dict[BrokerConnection, QueueSource] = {}
+        self._sources: dict[Broker, QueueSource] = {}
         self._secrets = SecretCache(kube, settings.secret_refresh_seconds)
         self._clock = clock
         self.leading = leading
@@ -232,7 +238,7 @@ class Engine:
 
     async def tick(self, now: float) -> None:
         started = time.perf_counter()
-        scalers = list(self.registry)
+        scalers = list(self.fleet)
         due = [s for s in scalers if s.next_due <= now]
         live: dict[tuple[str, str], QueueSample] = {}
         if self.settings.fast_path:
@@ -281,16 +287,16 @@ class Engine:
 
     def _protected_vhosts(
         self, scalers: Iterable[Scaler], connections: Mapping[tuple[str, str], Connection]
-    ) -> dict[BrokerConnection, set[str]]:
+    ) -> dict[Broker, set[str]]:
         """Per broker, the vhosts of the QueueScalers that protect busy workers."""
-        wanted: dict[BrokerConnection, set[str]] = defaultdict(set)
+        wanted: dict[Broker, set[str]] = defaultdict(set)
         for scaler in scalers:
             spec, connection = scaler.spec, connections.get(scaler.key)
             if (
-                spec is not None and isinstance(connection, BrokerConnection)
+                spec is not None and isinstance(connection, tuple)
                 and spec.behavior.scale_down.protect_busy_workers and not spec.paused
             ):
-                wanted[connection].add(spec.source.rabbitmq.vhost)
+                wanted[connection].update(ref.scope for ref in spec.source.queues)
         return wanted
 
     async def _guarded(self, work: Awaitable[None]) -> None:
@@ -308,14 +314,17 @@ class Engine:
         for scaler in scalers:
             if scaler.spec is None:
                 continue
-            secret = scaler.spec.source.rabbitmq.connection_secret_ref.name
+            secret = scaler.spec.source.secret_ref.name
+            kind = scaler.spec.source.broker
             try:
-                found[scaler.key] = await self._secrets.connection(scaler.namespace, secret, now)
+                found[scaler.key] = await self._secrets.connection(
+                    scaler.namespace, secret, kind, now
+                )
             except (KubeError, SourceError) as error:
                 found[scaler.key] = error
         return found
 
-    def _source(self, connection: BrokerConnection) -> QueueSource:
+    def _source(self, connection: Broker) -> QueueSource:
         source = self._sources.get(connection)
         if source is None:
             source = self._sources[connection] = self._make_source(connection)
@@ -324,16 +333,16 @@ class Engine:
     async def _sample(
         self, connections: dict[tuple[str, str], Connection],
         now: float,
-    ) -> dict[BrokerConnection, SampleResult | SourceError]:
+    ) -> dict[Broker, SampleResult | SourceError]:
         """One request per broker: every queue any due QueueScaler on it watches."""
-        wanted: dict[BrokerConnection, set[QueueRef]] = defaultdict(set)
+        wanted: dict[Broker, set[QueueRef]] = defaultdict(set)
         for key, connection in connections.items():
-            scaler = self.registry.get(*key)
-            if isinstance(connection, BrokerConnection) and scaler is not None:
+            scaler = self.fleet.get(*key)
+            if isinstance(connection, tuple) and scaler is not None:
                 wanted[connection].update(scaler.queues())
 
         async def one(
-            connection: BrokerConnection, queues: set[QueueRef]
+            connection: Broker, queues: set[QueueRef]
         ) -> SampleResult | SourceError:
             started = time.perf_counter()
             try:
@@ -360,15 +369,18 @@ class Engine:
         if not scalers:
             return {}
         connections = await self._connections(scalers, now)
-        wanted: dict[BrokerConnection, set[QueueRef]] = defaultdict(set)
+        wanted: dict[Broker, set[QueueRef]] = defaultdict(set)
         for scaler in scalers:
             connection = connections.get(scaler.key)
-            if isinstance(connection, BrokerConnection):
+            if isinstance(connection, tuple):
                 wanted[connection].update(scaler.queues())
         peeked: dict[QueueRef, QueueSample] = {}
         for connection, queues in wanted.items():
+            source = self._source(connection)
+            if not isinstance(source, Peeking):
+                continue
             try:
-                result = await self._source(connection).peek(queues)
+                result = await source.peek(queues)
             except SourceError:
                 continue  # the regular sample reports broker failures
             peeked.update((ref, s) for ref, s in result.items() if isinstance(s, QueueSample))
@@ -385,7 +397,7 @@ class Engine:
         self,
         scaler: Scaler,
         connection: Connection | None,
-        samples: dict[BrokerConnection, SampleResult | SourceError],
+        samples: dict[Broker, SampleResult | SourceError],
         peeked: QueueSample | None,
         now: float,
         listings: ClientListings | None = None,
@@ -416,7 +428,7 @@ class Engine:
             if broker_error and broker_error[0] == "Auth":
                 # Credentials may have been rotated: read the Secret again next time.
                 self._secrets.invalidate(
-                    scaler.namespace, spec.source.rabbitmq.connection_secret_ref.name
+                    scaler.namespace, spec.source.secret_ref.name, spec.source.broker
                 )
         if peeked is not None and (sample is not None or scaler.stats_pending
                                    or scaler.current_replicas == 0):
@@ -468,7 +480,7 @@ class Engine:
             conditions.append(matched)
         report = look.report if look is not None else None
         outcome = TickOutcome(
-            scaler.generation, spec.source.rabbitmq.include_unacked, sample,
+            scaler.generation, spec.source.include_in_flight, sample,
             scaler.current_replicas, decision, state, conditions,
             (report.matched, report.busy) if report is not None else None,
         )
@@ -522,8 +534,8 @@ class Engine:
     ) -> WorkerLook:
         """The target's pods and the broker's consumers, matched; or why they are not."""
         assert scaler.spec is not None
-        vhost = scaler.spec.source.rabbitmq.vhost
-        if not isinstance(connection, BrokerConnection):
+        vhost = scaler.spec.source.queues[0].scope
+        if not isinstance(connection, tuple):
             return WorkerLook((), None, "the broker connection is not configured")
 
         async def pods() -> list[Pod]:
@@ -593,7 +605,7 @@ class Engine:
         on ticks that may scale down); absent until the first look."""
         assert scaler.spec is not None
         enabled = scaler.spec.behavior.scale_down.protect_busy_workers
-        vhost = scaler.spec.source.rabbitmq.vhost
+        vhost = scaler.spec.source.queues[0].scope
         if not enabled or look is not None:
             report = look.report if look is not None else None
             problem = look.problem if look is not None else None
@@ -668,7 +680,7 @@ class Engine:
         try:
             await self.kube.patch_status(scaler.namespace, scaler.name, status)
         except NotFound:
-            self.registry.remove(scaler.namespace, scaler.name)  # deleted meanwhile: gone
+            self.fleet.remove(scaler.namespace, scaler.name)  # deleted meanwhile: gone
             return
         except KubeError as error:
             log.warning("status of %s/%s not written: %s", scaler.namespace, scaler.name,

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from queuescaler.endpoints import make_app, serve
 from queuescaler.engine import Engine
-from queuescaler.kube import GROUP, PLURAL, VERSION
+from queuescaler.kube.client import GROUP, PLURAL, VERSION
 from queuescaler.leader import Elector
 
 log = logging.getLogger("queuescaler")
@@ -92,13 +92,13 @@ async def queuescaler_event(type: str | None, body: kopf.Body, memo: kopf.Memo, 
     # Being deleted (its namespace too, perhaps): nothing more to do for it, and its
     # namespace may already refuse new Events.
     if type == "DELETED" or body.metadata.deletion_timestamp is not None:
-        gone = engine.registry.remove(body.metadata.namespace or "", body.metadata.name or "")
+        gone = engine.fleet.remove(body.metadata.namespace or "", body.metadata.name or "")
         if gone is not None:
             await engine.release(gone)  # metrics dropped, pod marks cleared (best effort)
-        engine.metrics.scalers.set(len(engine.registry))
+        engine.metrics.scalers.set(len(engine.fleet))
         return
-    engine.registry.upsert(body, time.time(), follow_status=not engine.leading())
-    engine.metrics.scalers.set(len(engine.registry))
+    engine.fleet.upsert(body, time.time(), follow_status=not engine.leading())
+    engine.metrics.scalers.set(len(engine.fleet))
 
 
 @kopf.on.event("apps", "v1", "deployments")

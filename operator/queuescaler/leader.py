@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from queuescaler.kube import KubeClient, KubeError, LeaseRecord
+from queuescaler.kube.client import KubeClient, KubeError, LeaseRecord
 
 log = logging.getLogger("queuescaler.leader")
 

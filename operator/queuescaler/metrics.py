@@ -36,13 +36,12 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from queuescaler import __version__
-from queuescaler.decision import Decision, Reason
-from queuescaler.sample import QueueSample
-from queuescaler.source import ErrorKind, SampleResult, SourceError
-from queuescaler.status import Condition
+from queuescaler.core.decision import Decision, Reason
+from queuescaler.core.sample import ErrorKind, QueueSample, SampleResult, SourceError
+from queuescaler.core.status import Condition
 
 if TYPE_CHECKING:
-    from queuescaler.registry import Scaler
+    from queuescaler.fleet import Scaler
 
 SCALER = ("scaler_namespace", "scaler")
 """The labels that name a QueueScaler on every per-QueueScaler series."""

@@ -28,12 +28,12 @@ from e2e.podrunner import PodRunner, PodRunnerFactory, pika_worker_command, pika
 from e2e.pool import Pool
 from e2e.publisher import FirstSeen, publish_messages, read_processed, read_records
 from operator_process import OperatorProcess
-from queuescaler.rabbitmq_listing import (
+from queuescaler.core.workers import DELETION_COST, MARKED_BY
+from queuescaler.sources.rabbitmq.listing import (
     CHANNEL_COLUMNS,
     CONNECTION_COLUMNS,
     parse_client_connections,
 )
-from queuescaler.workers import DELETION_COST, MARKED_BY
 from support import CACHE, TestEnv, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]

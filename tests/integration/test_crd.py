@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from queuescaler.spec import parse_spec
+from queuescaler.sources.registry import parse_spec
 from support import wait_until
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from queuescaler.kube import KubeClient, KubeError
-from queuescaler.spec import ScaleTargetRef
+from queuescaler.core.spec import ScaleTargetRef
+from queuescaler.kube.client import KubeClient, KubeError
 from support import TestEnv
 
 pytestmark = pytest.mark.integration

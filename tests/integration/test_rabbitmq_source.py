@@ -25,11 +25,17 @@ import aiohttp
 import pika
 import pytest
 
-from queuescaler.rabbitmq import RabbitMQSource
-from queuescaler.rabbitmq_listing import FILTER_MAX_NAMES
-from queuescaler.sample import QueueSample, combine
-from queuescaler.secrets import connection_from_secret
-from queuescaler.source import ErrorKind, QueueRef, SampleResult, SourceError
+from queuescaler.core.sample import (
+    ErrorKind,
+    QueueRef,
+    QueueSample,
+    SampleResult,
+    SourceError,
+    combine,
+)
+from queuescaler.sources.rabbitmq.listing import FILTER_MAX_NAMES
+from queuescaler.sources.rabbitmq.secret import broker_from_secret
+from queuescaler.sources.rabbitmq.source import RabbitMQSource
 from support import TestEnv, wait_until
 
 pytestmark = pytest.mark.integration
@@ -118,7 +124,7 @@ class Broker:
         self, vhost: str | None = None, messages: int = 0, name: str | None = None
     ) -> QueueRef:
         ref = QueueRef(vhost or self.vhost, name or f"qs-it-{uuid.uuid4().hex[:8]}")
-        with pika.BlockingConnection(self.amqp_params(ref.vhost)) as connection:
+        with pika.BlockingConnection(self.amqp_params(ref.scope)) as connection:
             channel = connection.channel()
             channel.queue_declare(ref.name, durable=True)
             for number in range(messages):
@@ -128,7 +134,7 @@ class Broker:
                     str(number).encode(),
                     pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent),
                 )
-        self.cleanup.append(("queue", f"{quote(ref.vhost)}/{quote(ref.name)}"))
+        self.cleanup.append(("queue", f"{quote(ref.scope)}/{quote(ref.name)}"))
         return ref
 
     def clean(self) -> None:
@@ -181,7 +187,7 @@ class Sources:
         data = {"amqpUrl": amqp_url}
         if management_url:
             data["managementUrl"] = management_url
-        source = RabbitMQSource(connection_from_secret(data), **kw)
+        source = RabbitMQSource(broker_from_secret(data), **kw)
         self.opened.append(source)
         return source
 

@@ -19,15 +19,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from queuescaler.rabbitmq_listing import (
+from queuescaler.core.redact import register_secret
+from queuescaler.core.sample import ErrorKind, QueueRef, QueueSample, SourceError
+from queuescaler.sources.rabbitmq.listing import (
     QUEUE_COLUMNS,
     name_filter_query,
     parse_queue_listing,
     parse_vhost_names,
 )
-from queuescaler.redact import register_secret
-from queuescaler.sample import QueueSample
-from queuescaler.source import ErrorKind, QueueRef, SourceError
 
 pytestmark = pytest.mark.unit
 

@@ -246,9 +246,9 @@ def test_the_designed_defaults_are_in_the_crd() -> None:
 
 
 def test_the_crd_defaults_equal_the_code_defaults() -> None:
-    from queuescaler.spec import DEFAULTS
+    from queuescaler.sources.registry import all_defaults
 
-    assert typed(crd_spec_defaults()) == typed(flatten(DEFAULTS))
+    assert typed(crd_spec_defaults()) == typed(flatten(all_defaults()))
 
 
 def test_nested_defaults_apply_when_their_parents_are_omitted() -> None:
@@ -358,7 +358,7 @@ def widest_valid_spec() -> dict[str, Any]:
 @pytest.mark.parametrize(("dotted", "value"), list(numeric_bounds()))
 def test_the_code_accepts_every_bound_the_crd_accepts(dotted: str, value: Any) -> None:
     """Whatever the apiserver lets through, the operator's parser takes too."""
-    from queuescaler.spec import parse_spec
+    from queuescaler.sources.registry import parse_spec
 
     spec = widest_valid_spec()
     *parents, leaf = dotted.split(".")

@@ -11,9 +11,10 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from queuescaler.decision import Decision, Recommendation, ScalerState, decide, next_state
-from queuescaler.sample import QueueSample
-from queuescaler.spec import QueueScalerSpec, parse_spec
+from queuescaler.core.decision import Decision, Recommendation, ScalerState, decide, next_state
+from queuescaler.core.sample import QueueSample
+from queuescaler.core.spec import QueueScalerSpec
+from queuescaler.sources.registry import parse_spec
 
 pytestmark = pytest.mark.unit
 
@@ -105,7 +106,7 @@ busy_counts = st.none() | st.integers(0, 60)
 
 
 def backlog(spec: QueueScalerSpec, queue: QueueSample) -> int:
-    return queue.backlog if spec.source.rabbitmq.include_unacked else queue.ready
+    return queue.backlog if spec.source.include_in_flight else queue.ready
 
 
 @PROPERTY

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from queuescaler.decision import (
+from queuescaler.core.decision import (
     RATE_SMOOTHING,
     Decision,
     Reason,
@@ -23,8 +23,9 @@ from queuescaler.decision import (
     next_state,
     smoothed_per_replica_rate,
 )
-from queuescaler.sample import QueueSample
-from queuescaler.spec import QueueScalerSpec, parse_spec
+from queuescaler.core.sample import QueueSample
+from queuescaler.core.spec import QueueScalerSpec
+from queuescaler.sources.registry import parse_spec
 
 pytestmark = pytest.mark.unit
 

@@ -18,13 +18,12 @@ from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from queuescaler import __version__
-from queuescaler.decision import Decision, Reason, ScalerState
+from queuescaler.core.decision import Decision, Reason, ScalerState
+from queuescaler.core.sample import ErrorKind, QueueRef, QueueSample, SourceError
+from queuescaler.core.status import Condition, conditions_for
 from queuescaler.endpoints import make_app
+from queuescaler.fleet import Fleet, Scaler
 from queuescaler.metrics import SAMPLE_ERROR_KINDS, SCALER, Metrics
-from queuescaler.registry import Registry, Scaler
-from queuescaler.sample import QueueSample
-from queuescaler.source import ErrorKind, QueueRef, SourceError
-from queuescaler.status import Condition, conditions_for
 
 pytestmark = pytest.mark.unit
 
@@ -44,7 +43,7 @@ def make_scaler(namespace: str = "media", name: str = "thumbnails", **spec: Any)
             **spec,
         },
     }
-    scaler = Registry().upsert(body, NOW)
+    scaler = Fleet().upsert(body, NOW)
     assert scaler.spec is not None, scaler.spec_error
     return scaler
 

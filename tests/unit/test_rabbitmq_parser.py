@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from queuescaler.rabbitmq_listing import (
+from queuescaler.core.sample import ErrorKind, QueueRef, QueueSample, SourceError
+from queuescaler.sources.rabbitmq.listing import (
     FILTER_MAX_NAMES,
     QUEUE_COLUMNS,
     mark_missing_vhosts,
@@ -23,8 +24,6 @@ from queuescaler.rabbitmq_listing import (
     parse_queue_listing,
     parse_vhost_names,
 )
-from queuescaler.sample import QueueSample
-from queuescaler.source import ErrorKind, QueueRef, SourceError
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from queuescaler.redact import RedactingFilter, redact, register_secret
+from queuescaler.core.redact import RedactingFilter, redact, register_secret
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""connection_from_secret: what a Secret may hold, every refusal naming its key, never its value."""
+"""broker_from_secret: what a Secret may hold, every refusal naming its key, never its value."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
-from queuescaler.redact import redact
-from queuescaler.secrets import connection_from_secret
-from queuescaler.source import BrokerConnection, ErrorKind, SourceError
+from queuescaler.core.redact import redact
+from queuescaler.core.sample import ErrorKind, SourceError
+from queuescaler.sources.rabbitmq.secret import RabbitMQBroker, broker_from_secret
 
 pytestmark = pytest.mark.unit
 
@@ -24,15 +24,15 @@ KEY = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        pytest.param({"amqpUrl": AMQP}, BrokerConnection(amqp_url=AMQP), id="amqp-only"),
+        pytest.param({"amqpUrl": AMQP}, RabbitMQBroker(amqp_url=AMQP), id="amqp-only"),
         pytest.param(
             {"amqpUrl": AMQP, "managementUrl": MANAGEMENT},
-            BrokerConnection(amqp_url=AMQP, management_url=MANAGEMENT),
+            RabbitMQBroker(amqp_url=AMQP, management_url=MANAGEMENT),
             id="with-management-url",
         ),
         pytest.param(
             {"amqpUrl": AMQP + "\n", "managementUrl": "  " + MANAGEMENT + "\n"},
-            BrokerConnection(amqp_url=AMQP, management_url=MANAGEMENT),
+            RabbitMQBroker(amqp_url=AMQP, management_url=MANAGEMENT),
             id="surrounding-whitespace-from-files-trimmed",
         ),
         pytest.param(
@@ -42,7 +42,7 @@ KEY = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
                 "tls.crt": CERT,
                 "tls.key": KEY,
             },
-            BrokerConnection(
+            RabbitMQBroker(
                 amqp_url="amqps://w:x@rabbit:5671/",
                 ca_cert=CERT.strip(),
                 client_cert=CERT.strip(),
@@ -52,13 +52,13 @@ KEY = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
         ),
         pytest.param(
             {"amqpUrl": "AMQP://rabbit", "host": "ignored", "password": "ignored"},
-            BrokerConnection(amqp_url="AMQP://rabbit"),
+            RabbitMQBroker(amqp_url="AMQP://rabbit"),
             id="no-credentials-upper-case-scheme-other-keys-ignored",
         ),
     ],
 )
-def test_accepted(data: dict[str, str], expected: BrokerConnection) -> None:
-    assert connection_from_secret(data) == expected
+def test_accepted(data: dict[str, str], expected: RabbitMQBroker) -> None:
+    assert broker_from_secret(data) == expected
 
 
 @pytest.mark.parametrize(
@@ -120,7 +120,7 @@ def test_accepted(data: dict[str, str], expected: BrokerConnection) -> None:
 )
 def test_refused_naming_the_key_never_the_value(data: dict[str, str], key: str, says: str) -> None:
     with pytest.raises(SourceError) as caught:
-        connection_from_secret(data)
+        broker_from_secret(data)
     error = caught.value
     assert error.kind is ErrorKind.BAD_CONFIG
     assert repr(key) in error.message
@@ -144,7 +144,7 @@ def test_every_password_is_registered_for_redaction(url: str, password: str) -> 
     quoted = urllib.parse.quote(plain, safe="")
     key = "managementUrl" if url.startswith("http") else "amqpUrl"
     data = {"amqpUrl": "amqp://h/", key: url.format(p=plain, q=quoted)}
-    connection_from_secret(data)
+    broker_from_secret(data)
     echoed = f"broker said: password {plain!r} refused; retried as {quoted}"
     assert redact(echoed) == "broker said: password '***' refused; retried as ***"
 
@@ -152,12 +152,12 @@ def test_every_password_is_registered_for_redaction(url: str, password: str) -> 
 def test_password_of_a_refused_url_is_registered_too() -> None:
     password = f"pw-{uuid.uuid4().hex[:10]}"
     with pytest.raises(SourceError):
-        connection_from_secret({"amqpUrl": f"ftp://u:{password}@h/"})
+        broker_from_secret({"amqpUrl": f"ftp://u:{password}@h/"})
     assert password not in redact(f"the server echoed {password}")
 
 
 def test_repr_of_the_connection_hides_credentials() -> None:
-    connection = connection_from_secret(
+    connection = broker_from_secret(
         {"amqpUrl": AMQP, "managementUrl": MANAGEMENT, "tls.crt": CERT, "tls.key": KEY}
     )
     shown = repr(connection)

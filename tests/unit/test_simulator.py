@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from queuescaler.peers import (
+from queuescaler.core.sample import QueueSample
+from queuescaler.sim.peers import (
     HorizontalPodAutoscaler,
     KedaMessageRatePolicy,
     KedaQueueLengthPolicy,
     WorkerPodAutoscalerPolicy,
 )
-from queuescaler.sample import QueueSample
-from queuescaler.simulator import (
+from queuescaler.sim.simulator import (
     FixedPolicy,
     OraclePolicy,
     Policy,
@@ -25,7 +25,7 @@ from queuescaler.simulator import (
     Sampling,
     simulate,
 )
-from queuescaler.traces import (
+from queuescaler.sim.traces import (
     Trace,
     bursts,
     diurnal,

@@ -10,15 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
-from queuescaler.spec import (
-    DEFAULTS,
-    QueueScalerSpec,
-    RabbitMQSourceSpec,
-    ScaleTargetRef,
-    SecretRef,
-    SpecError,
-    parse_spec,
-)
+from queuescaler.core.spec import QueueScalerSpec, ScaleTargetRef, SecretRef, SpecError
+from queuescaler.sources.rabbitmq.spec import RabbitMQSourceSpec
+from queuescaler.sources.registry import all_defaults, parse_spec
+
+DEFAULTS = all_defaults()
 
 pytestmark = pytest.mark.unit
 
@@ -61,6 +57,8 @@ def _snake(camel: str) -> str:
 def _attribute(spec: QueueScalerSpec, dotted_camel_path: str) -> Any:
     value: Any = spec
     for part in dotted_camel_path.split("."):
+        if value is spec.source and part == spec.source.broker:
+            continue  # `spec.source` is the broker's block itself
         value = getattr(value, _snake(part))
     return value
 
@@ -103,7 +101,7 @@ def test_design_example_parses() -> None:
     assert spec.min_replicas == 0
     assert spec.target.drain_seconds == 60
     assert spec.fallback.replicas == 2
-    assert spec.source.rabbitmq == RabbitMQSourceSpec(
+    assert spec.source == RabbitMQSourceSpec(
         queue_names=("thumbnails",),
         connection_secret_ref=SecretRef("rabbitmq-credentials"),
         vhost="/",
@@ -128,7 +126,7 @@ def test_design_example_parses() -> None:
     ],
 )
 def test_queue_forms(raw: Mapping[str, Any], queue_names: tuple[str, ...]) -> None:
-    assert parse_spec(raw).source.rabbitmq.queue_names == queue_names
+    assert parse_spec(raw).source.queue_names == queue_names
 
 
 @pytest.mark.parametrize(

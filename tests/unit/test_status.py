@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from queuescaler.decision import Decision, Reason, Recommendation, ScalerState
-from queuescaler.sample import QueueSample
-from queuescaler.status import (
+from queuescaler.core.decision import Decision, Reason, Recommendation, ScalerState
+from queuescaler.core.sample import QueueSample
+from queuescaler.core.status import (
     Condition,
     TickOutcome,
     build_status,

@@ -16,22 +16,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from queuescaler.engine import Engine, EngineSettings
-from queuescaler.kube import NotFound
-from queuescaler.metrics import Metrics
-from queuescaler.rabbitmq_listing import parse_client_connections
-from queuescaler.registry import Registry, ReplicaCache
-from queuescaler.sample import QueueSample
-from queuescaler.source import (
-    BrokerConnection,
-    ClientConnection,
+from queuescaler.core.sample import (
+    BrokerClient,
     ErrorKind,
     QueueRef,
+    QueueSample,
     SampleResult,
     SourceError,
 )
-from queuescaler.spec import ScaleTargetRef
-from queuescaler.workers import (
+from queuescaler.core.spec import ScaleTargetRef
+from queuescaler.core.workers import (
     DELETION_COST,
     IDLE_COST,
     MARKED_BY,
@@ -44,6 +38,12 @@ from queuescaler.workers import (
     match_workers,
     workers_condition,
 )
+from queuescaler.engine import Engine, EngineSettings
+from queuescaler.fleet import Fleet, ReplicaCache
+from queuescaler.kube.client import NotFound
+from queuescaler.metrics import Metrics
+from queuescaler.sources.rabbitmq.listing import parse_client_connections
+from queuescaler.sources.rabbitmq.secret import RabbitMQBroker
 
 pytestmark = pytest.mark.unit
 
@@ -75,15 +75,15 @@ def _channel(connection: str = CONNECTION, **fields: Any) -> dict[str, Any]:
     return {k: v for k, v in entry.items() if v is not ...}
 
 
-def _parse(connections: list[Any], channels: list[Any]) -> list[ClientConnection]:
+def _parse(connections: list[Any], channels: list[Any]) -> list[BrokerClient]:
     return parse_client_connections(
         json.dumps(connections).encode(), json.dumps(channels).encode(), {VHOST}
     )
 
 
 def _client(name: str | None = "worker-abc12", unacked: int = 1, *, consumers: int = 1,
-            peer: str | None = "10.0.0.7", vhost: str = VHOST) -> ClientConnection:
-    return ClientConnection(vhost, name, peer, consumers, unacked)
+            peer: str | None = "10.0.0.7", vhost: str = VHOST) -> BrokerClient:
+    return BrokerClient(vhost, name, peer, consumers, unacked)
 
 
 @pytest.mark.parametrize(
@@ -127,7 +127,7 @@ def _client(name: str | None = "worker-abc12", unacked: int = 1, *, consumers: i
     ],
 )
 def test_listings_become_client_connections(
-    connections: list[Any], channels: list[Any], expected: list[ClientConnection]
+    connections: list[Any], channels: list[Any], expected: list[BrokerClient]
 ) -> None:
     assert _parse(connections, channels) == expected
 
@@ -222,7 +222,7 @@ PODS = [Pod("worker-a", "10.0.0.7"), Pod("worker-b", "10.0.0.8"), Pod("worker-c"
     ],
 )
 def test_connections_match_pods(
-    pods: list[Pod], clients: list[ClientConnection], held: dict[str, int], named: int,
+    pods: list[Pod], clients: list[BrokerClient], held: dict[str, int], named: int,
     addressed: int,
 ) -> None:
     report = match_workers(pods, clients, {VHOST})
@@ -329,12 +329,12 @@ def test_workers_matched_condition(
 
 # --- the engine's tick, against fakes ---
 
-BROKER = BrokerConnection("amqp://u:p@rabbit/", "http://u:p@rabbit:15672")
+BROKER = RabbitMQBroker("amqp://u:p@rabbit/", "http://u:p@rabbit:15672")
 NOW = 1_800_000_000.0
 
 
 class FakeSource:
-    def __init__(self, clients: Sequence[ClientConnection], log: list[str]) -> None:
+    def __init__(self, clients: Sequence[BrokerClient], log: list[str]) -> None:
         self._clients = clients
         self.log = log
 
@@ -344,7 +344,7 @@ class FakeSource:
     async def peek(self, queues: Collection[QueueRef]) -> SampleResult:
         return {}
 
-    async def clients(self, vhosts: Collection[str]) -> Sequence[ClientConnection]:
+    async def clients(self, vhosts: Collection[str]) -> Sequence[BrokerClient]:
         self.log.append(f"clients {sorted(vhosts)}")
         return self._clients
 
@@ -402,7 +402,7 @@ class FakeKube:
 def _engine(
     kube: FakeKube, source: FakeSource, *scalers: tuple[str, bool], replicas: int = 4
 ) -> Engine:
-    registry = Registry()
+    registry = Fleet()
     cache = ReplicaCache()
     for name, protect in scalers:
         registry.upsert({
@@ -483,7 +483,7 @@ async def test_unmatched_consumers_leave_the_scale_down_unprotected_and_say_why(
 
 async def test_a_failed_listing_scales_unprotected_and_says_why() -> None:
     class Refusing(FakeSource):
-        async def clients(self, vhosts: Collection[str]) -> Sequence[ClientConnection]:
+        async def clients(self, vhosts: Collection[str]) -> Sequence[BrokerClient]:
             raise SourceError(ErrorKind.AUTH, "HTTP 401")
 
     kube = FakeKube(BUSY_POOL)
@@ -499,7 +499,7 @@ async def test_deleting_the_scaler_clears_its_marks() -> None:
     kube, calls = FakeKube(BUSY_POOL), []
     engine = _engine(kube, FakeSource(BUSY_CLIENTS, calls), ("a", True))
     await engine.tick(NOW)
-    gone = engine.registry.remove("a", "a")
+    gone = engine.fleet.remove("a", "a")
     assert gone is not None and gone.marks
     pods = kube.pods("a")
     pods["worker-x"] = Pod("worker-x", deletion_cost="5", marked_by="someone-else")

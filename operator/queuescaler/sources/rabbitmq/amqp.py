@@ -26,10 +26,9 @@ import pika
 import pika.exceptions
 from pika.adapters.utils.connection_workflow import AMQPConnectorStackTimeout
 
-from queuescaler.rabbitmq_listing import queue_not_found, vhost_not_found
-from queuescaler.redact import redact
-from queuescaler.sample import QueueSample
-from queuescaler.source import ErrorKind, QueueRef, SampleResult, SourceError
+from queuescaler.core.redact import redact
+from queuescaler.core.sample import ErrorKind, QueueRef, QueueSample, SampleResult, SourceError
+from queuescaler.sources.rabbitmq.listing import queue_not_found, vhost_not_found
 
 PER_QUEUE_BUDGET = 0.05
 """Seconds a call may spend per queue on top of `timeout` (a declare takes 1 to 3 ms)."""
@@ -107,13 +106,13 @@ class AmqpPeeker:
             result: dict[QueueRef, QueueSample | SourceError] = {}
             missing_vhosts: set[str] = set()  # refused once: not asked again in this call
             for ref in refs:
-                if ref.vhost not in missing_vhosts:
+                if ref.scope not in missing_vhosts:
                     try:
                         result[ref] = self._declare(ref)
                         continue
                     except _VhostMissing:
-                        missing_vhosts.add(ref.vhost)
-                result[ref] = vhost_not_found(ref.vhost)
+                        missing_vhosts.add(ref.scope)
+                result[ref] = vhost_not_found(ref.scope)
             return result
         finally:
             self._thread_lock.release()
@@ -124,16 +123,16 @@ class AmqpPeeker:
             return queue_not_found(ref)  # a passive declare of "" would name another queue
         for attempt in (1, 2):
             try:
-                link = self._link(ref.vhost)
+                link = self._link(ref.scope)
                 frame = link.channel.queue_declare(queue=ref.name, passive=True)
             except pika.exceptions.ChannelClosedByBroker as closed:
                 link.channel = None
                 if closed.reply_code == NOT_FOUND:
                     return queue_not_found(ref)
-                where = f"queue {ref.name!r} in vhost {ref.vhost!r}"
+                where = f"queue {ref.name!r} in vhost {ref.scope!r}"
                 return _error(ErrorKind.BAD_RESPONSE, f"{where}: {closed.reply_text}")
             except (pika.exceptions.AMQPError, OSError) as lost:
-                self._drop(ref.vhost)
+                self._drop(ref.scope)
                 if attempt == 2:
                     raise _error(
                         ErrorKind.UNREACHABLE, f"AMQP broker: connection lost: {lost!r}"

@@ -23,10 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from queuescaler.decision import ScalerState, decide, next_state
-from queuescaler.sample import QueueSample
-from queuescaler.spec import parse_spec
-from queuescaler.traces import Trace
+from queuescaler.core.decision import ScalerState, decide, next_state
+from queuescaler.core.sample import QueueSample
+from queuescaler.sim.traces import Trace
+from queuescaler.sources.registry import parse_spec
 
 _EMPTY = 1e-9
 """A fluid count below this is nothing (floating-point crumbs of a drained bucket)."""

@@ -1,9 +1,64 @@
-"""What a broker source reports about a queue: the one input every policy reads."""
+"""What a broker source reports about a queue: the one input every policy reads. Pure.
+
+Also the words every source shares: which queue (`QueueRef`), why a queue could not be
+sampled (`ErrorKind`, `SourceError`), and which clients hold messages (`BrokerClient`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import enum
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+
+class ErrorKind(enum.StrEnum):
+    """Why sampling failed: becomes a condition reason and a metric label, so it stays closed."""
+
+    UNREACHABLE = "unreachable"
+    TIMEOUT = "timeout"
+    AUTH = "auth"
+    VHOST_NOT_FOUND = "vhost-not-found"
+    QUEUE_NOT_FOUND = "queue-not-found"
+    BAD_RESPONSE = "bad-response"
+    STATS_PENDING = "stats-pending"
+    """A new queue the broker lists by name only: its statistics are not out yet."""
+    BAD_CONFIG = "bad-config"
+
+
+class SourceError(Exception):
+    """A sampling failure of a known kind, with a message already free of credentials."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRef:
+    """A queue on a broker, within its scope (RabbitMQ's vhost): two scopes may hold
+    queues of one name."""
+
+    scope: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerClient:
+    """One client connected to the broker, as far as telling busy workers apart needs.
+
+    Counts add up over the client's channels. `client_name` is the name the client gave
+    its connection (workers set it to their pod's name); `peer_host` the address it
+    connects from.
+    """
+
+    scope: str
+    client_name: str | None
+    peer_host: str | None
+    consumers: int
+    """Consumers on the client's channels."""
+    unacked: int
+    """Messages delivered to it and not yet acknowledged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +116,7 @@ def combine(samples: Iterable[QueueSample]) -> QueueSample:
         deliver_rate=_sum_known(p.deliver_rate for p in parts),
         consumer_utilisation=sum(utilisations) / len(utilisations) if utilisations else None,
     )
+
+
+SampleResult = Mapping[QueueRef, QueueSample | SourceError]
+"""Per queue: its sample, or why it has none (a missing queue fails alone)."""

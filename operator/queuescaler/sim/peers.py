@@ -13,8 +13,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from queuescaler.sample import QueueSample
-from queuescaler.simulator import Sampling
+from queuescaler.core.sample import QueueSample
+from queuescaler.sim.simulator import Sampling
 
 MANAGEMENT_API_DELAY = 5.0
 """Seconds a RabbitMQ management API figure lags the queue (DESIGN.md measured 1.9-6.2 s)."""

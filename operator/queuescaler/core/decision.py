@@ -1,4 +1,4 @@
-"""The decision engine: how many workers a queue needs, and why. Pure.
+"""How many workers a queue needs, and why. Pure.
 
 `decide()` takes the spec, this tick's sample, the current replica count, what earlier
 ticks left behind (`ScalerState`) and `now`, and returns a `Decision`. It reads no clock
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Final
 
-from queuescaler.sample import QueueSample
-from queuescaler.spec import QueueScalerSpec
+from queuescaler.core.sample import QueueSample
+from queuescaler.core.spec import QueueScalerSpec
 
 RATE_SMOOTHING: Final = 0.3
 """EWMA weight of the newest per-replica throughput observation.
@@ -258,7 +258,7 @@ def _raw_recommendation(
     (an unknown publish rate counts as zero: the AMQP path knows no rates).
     """
     backlog = sample.ready
-    if spec.source.rabbitmq.include_unacked:
+    if spec.source.include_in_flight:
         backlog += sample.unacked
     activation = spec.activation.messages
     if current == 0 and backlog < activation:

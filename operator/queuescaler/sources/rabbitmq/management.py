@@ -17,7 +17,9 @@ from collections.abc import Callable, Collection, Sequence
 import aiohttp
 import yarl
 
-from queuescaler.rabbitmq_listing import (
+from queuescaler.core.redact import redact
+from queuescaler.core.sample import BrokerClient, ErrorKind, QueueRef, SampleResult, SourceError
+from queuescaler.sources.rabbitmq.listing import (
     CHANNEL_COLUMNS,
     CONNECTION_COLUMNS,
     QUEUE_COLUMNS,
@@ -28,8 +30,6 @@ from queuescaler.rabbitmq_listing import (
     parse_vhost_names,
     vhost_not_found,
 )
-from queuescaler.redact import redact
-from queuescaler.source import ClientConnection, ErrorKind, QueueRef, SampleResult, SourceError
 
 _QUEUE_QUERY = "columns=" + ",".join(QUEUE_COLUMNS)
 _VHOST_QUERY = "columns=name"
@@ -133,7 +133,7 @@ class ManagementClient:
         `taken_at` is this process's time.time() when the listing arrived; the broker's
         numbers are older, by up to one statistics interval (5 s by default).
         """
-        vhosts = {ref.vhost for ref in queues}
+        vhosts = {ref.scope for ref in queues}
         if len(vhosts) == 1:
             (vhost,) = vhosts
             only_wanted = name_filter_query(ref.name for ref in queues)
@@ -158,7 +158,7 @@ class ManagementClient:
                 result = mark_missing_vhosts(result, parse_vhost_names(body))
         return result
 
-    async def clients(self, vhosts: Collection[str]) -> list[ClientConnection]:
+    async def clients(self, vhosts: Collection[str]) -> list[BrokerClient]:
         """The consuming connections in `vhosts`: two GETs (connections, then channels).
 
         Scoped to the vhost when there is one, broker-wide otherwise. The broker shows a

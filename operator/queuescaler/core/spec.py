@@ -7,17 +7,17 @@ simulator, the benchmarks) can trust what it is given, whoever built the mapping
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, Protocol
+
+from queuescaler.core.sample import QueueRef
 
 DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
     {
         "minReplicas": 1,
         "pollingIntervalSeconds": 15,
-        "source.rabbitmq.vhost": "/",
-        "source.rabbitmq.includeUnacked": True,
         "target.messagesPerReplica": 10,
         "activation.messages": 1,
         "behavior.tolerance": 0.1,
@@ -39,6 +39,7 @@ DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
 
 The CRD declares the same defaults; a test compares the two. Optional fields whose
 absence means something (`target.drainSeconds`, `fallback.replicas`) have no entry.
+Each broker's block keeps its own defaults beside its parser (`sources/<broker>/spec.py`).
 
 The damping defaults were chosen on the simulator's standard traces (bench/decide.py,
 bench/RESULTS.md): they differ from the HPA's where a queue is not a CPU gauge.
@@ -81,24 +82,37 @@ class SecretRef:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
-class RabbitMQSourceSpec:
-    """Where the work waits; several queues add up as if they were one."""
+class SourceSpec(Protocol):
+    """A broker's `spec.source.<broker>` block, parsed by that broker's source package.
 
-    queue_names: tuple[str, ...]
-    """The queues of `queue` or `queues`, whichever the user wrote: never empty."""
-    connection_secret_ref: SecretRef
-    """Holds `amqpUrl` and optionally `managementUrl`."""
-    vhost: str = DEFAULTS["source.rabbitmq.vhost"]
-    include_unacked: bool = DEFAULTS["source.rabbitmq.includeUnacked"]
-    """Count delivered-but-unacknowledged messages as backlog too."""
+    The core reads only what every broker has: which queues, whose Secret, whether
+    in-flight messages count as backlog. The rest of the block is the source's own.
+    """
+
+    @property
+    def broker(self) -> str:
+        """The block's key under `spec.source` (`rabbitmq`)."""
+        ...
+
+    @property
+    def queues(self) -> tuple[QueueRef, ...]:
+        """The queues whose backlogs and rates add up, never empty."""
+        ...
+
+    @property
+    def secret_ref(self) -> SecretRef:
+        """The Secret with the broker's address and credentials."""
+        ...
+
+    @property
+    def include_in_flight(self) -> bool:
+        """Count delivered-but-unacknowledged messages as backlog too."""
+        ...
 
 
-@dataclass(frozen=True, slots=True)
-class SourceSpec:
-    """One broker source; RabbitMQ is the only one so far."""
-
-    rabbitmq: RabbitMQSourceSpec
+BlockParser = Callable[[object, str], SourceSpec]
+"""Reads one broker's block (the raw value, its path such as `spec.source.rabbitmq`);
+raises SpecError naming the field."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,10 +201,20 @@ class QueueScalerSpec:
     """Decide and report, never patch the target (shadow mode)."""
 
 
-class _Fields:
-    """Reads one object of the raw spec, remembering the path for error messages."""
+class Fields:
+    """Reads one object of the raw spec, remembering the path for error messages.
 
-    def __init__(self, raw: object, path: str, default_prefix: str) -> None:
+    `defaults` maps a field's path below the object `default_prefix` names to its default
+    (the core's `DEFAULTS` unless a broker block brings its own).
+    """
+
+    def __init__(
+        self,
+        raw: object,
+        path: str,
+        default_prefix: str,
+        defaults: Mapping[str, Any] = DEFAULTS,
+    ) -> None:
         if not isinstance(raw, Mapping):
             raise SpecError(path, "must be an object")
         odd_keys = sorted(repr(key) for key in raw if not isinstance(key, str))
@@ -199,6 +223,7 @@ class _Fields:
         self._raw: Mapping[str, Any] = raw
         self._path = path
         self._prefix = default_prefix
+        self._defaults = defaults
         self._seen: set[str] = set()
 
     def path(self, key: str) -> str:
@@ -213,15 +238,15 @@ class _Fields:
         return self._raw.get(key)
 
     def default(self, key: str) -> Any:
-        return DEFAULTS[f"{self._prefix}{key}"]
+        return self._defaults[f"{self._prefix}{key}"]
 
-    def obj(self, key: str, *, required: bool = False) -> _Fields:
+    def obj(self, key: str, *, required: bool = False) -> Fields:
         value = self.raw(key)
         if value is None:
             if required:
                 raise SpecError(self.path(key), "is required")
             value = {}
-        return _Fields(value, self.path(key), f"{self._prefix}{key}.")
+        return Fields(value, self.path(key), f"{self._prefix}{key}.", self._defaults)
 
     def string(self, key: str, *, required: bool = False) -> str:
         value = self.raw(key)
@@ -286,20 +311,23 @@ class _Fields:
             raise SpecError(self.path(unknown[0]), "unknown field")
 
 
-def parse_spec(raw: Mapping[str, Any]) -> QueueScalerSpec:
+def parse_spec(raw: Mapping[str, Any], brokers: Mapping[str, BlockParser]) -> QueueScalerSpec:
     """Validate a raw `spec` mapping (camelCase, as stored) and return it typed.
+
+    `brokers` maps each key allowed under `spec.source` to the parser of its block (the
+    source registry's, `queuescaler.sources.registry.parse_spec`, passes them all).
 
     Raises SpecError naming the first offending field, e.g.
     `spec.behavior.scaleUp.maxStepReplicas: must be >= 1`.
     """
-    spec = _Fields(raw, "spec", "")
+    spec = Fields(raw, "spec", "")
     scale_target_ref = _parse_target_ref(spec.obj("scaleTargetRef", required=True))
     min_replicas = spec.integer("minReplicas", minimum=0)
     max_replicas = spec.integer("maxReplicas", minimum=1, required=True)
     if max_replicas < min_replicas:
         raise SpecError(spec.path("maxReplicas"), f"must be >= minReplicas ({min_replicas})")
     polling = spec.integer("pollingIntervalSeconds", minimum=1)
-    source = _parse_source(spec.obj("source", required=True))
+    source = _parse_source(spec.obj("source", required=True), brokers)
     target = _parse_target(spec.obj("target"))
     activation_fields = spec.obj("activation")
     activation = ActivationSpec(messages=activation_fields.integer("messages", minimum=1))
@@ -324,7 +352,7 @@ def parse_spec(raw: Mapping[str, Any]) -> QueueScalerSpec:
     )
 
 
-def _parse_target_ref(fields: _Fields) -> ScaleTargetRef:
+def _parse_target_ref(fields: Fields) -> ScaleTargetRef:
     ref = ScaleTargetRef(
         api_version=fields.string("apiVersion", required=True),
         kind=fields.string("kind", required=True),
@@ -334,33 +362,22 @@ def _parse_target_ref(fields: _Fields) -> ScaleTargetRef:
     return ref
 
 
-def _parse_source(fields: _Fields) -> SourceSpec:
-    rabbitmq = _parse_rabbitmq(fields.obj("rabbitmq", required=True))
-    fields.done()
-    return SourceSpec(rabbitmq=rabbitmq)
-
-
-def _parse_rabbitmq(fields: _Fields) -> RabbitMQSourceSpec:
-    if fields.has("queue") == fields.has("queues"):
-        raise SpecError(fields.path("queue"), "set exactly one of queue or queues")
-    if fields.has("queue"):
-        queue_names: tuple[str, ...] = (fields.string("queue"),)
-    else:
-        queue_names = _parse_queue_list(fields.raw("queues"), fields.path("queues"))
-    secret = fields.obj("connectionSecretRef", required=True)
-    secret_ref = SecretRef(name=secret.string("name", required=True))
-    secret.done()
-    source = RabbitMQSourceSpec(
-        queue_names=queue_names,
-        connection_secret_ref=secret_ref,
-        vhost=fields.string("vhost"),
-        include_unacked=fields.flag("includeUnacked"),
-    )
+def _parse_source(fields: Fields, brokers: Mapping[str, BlockParser]) -> SourceSpec:
+    """Exactly one broker block (the CRD says so too, by CEL)."""
+    given = [name for name in brokers if fields.has(name)]
+    if len(given) != 1:
+        names = " or ".join(sorted(brokers))
+        if not given and len(brokers) == 1:
+            raise SpecError(fields.path(next(iter(brokers))), "is required")
+        raise SpecError(fields.path(given[-1] if given else ""), f"set exactly one of {names}")
+    (name,) = given
+    source = brokers[name](fields.raw(name), fields.path(name))
     fields.done()
     return source
 
 
-def _parse_queue_list(value: object, path: str) -> tuple[str, ...]:
+def parse_queue_list(value: object, path: str) -> tuple[str, ...]:
+    """A non-empty list of distinct, non-empty queue names (a block's `queues`)."""
     if not isinstance(value, list) or not value:
         raise SpecError(path, "must be a non-empty list of queue names")
     for index, name in enumerate(value):
@@ -371,7 +388,7 @@ def _parse_queue_list(value: object, path: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _parse_target(fields: _Fields) -> TargetSpec:
+def _parse_target(fields: Fields) -> TargetSpec:
     target = TargetSpec(
         messages_per_replica=fields.integer("messagesPerReplica", minimum=1),
         drain_seconds=fields.optional_integer("drainSeconds", minimum=1),
@@ -380,7 +397,7 @@ def _parse_target(fields: _Fields) -> TargetSpec:
     return target
 
 
-def _parse_behavior(fields: _Fields) -> BehaviorSpec:
+def _parse_behavior(fields: Fields) -> BehaviorSpec:
     tolerance = fields.number("tolerance", minimum=0.0, below=1.0)
     up = fields.obj("scaleUp")
     scale_up = ScaleUpSpec(
@@ -403,7 +420,7 @@ def _parse_behavior(fields: _Fields) -> BehaviorSpec:
     return BehaviorSpec(tolerance=tolerance, scale_up=scale_up, scale_down=scale_down)
 
 
-def _parse_fallback(fields: _Fields, min_replicas: int, max_replicas: int) -> FallbackSpec:
+def _parse_fallback(fields: Fields, min_replicas: int, max_replicas: int) -> FallbackSpec:
     replicas = fields.optional_integer("replicas", minimum=0)
     if replicas is not None and not min_replicas <= replicas <= max_replicas:
         raise SpecError(

@@ -17,9 +17,9 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from queuescaler.redact import redact
-from queuescaler.spec import ScaleTargetRef
-from queuescaler.workers import DELETION_COST, MARKED_BY, Pod
+from queuescaler.core.redact import redact
+from queuescaler.core.spec import ScaleTargetRef
+from queuescaler.core.workers import DELETION_COST, MARKED_BY, Pod
 
 GROUP = "queuescaler.io"
 VERSION = "v1alpha1"

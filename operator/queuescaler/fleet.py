@@ -11,10 +11,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from queuescaler.decision import ScalerState
-from queuescaler.source import QueueRef
-from queuescaler.spec import QueueScalerSpec, SpecError, parse_spec
-from queuescaler.status import state_from_status
+from queuescaler.core.decision import ScalerState
+from queuescaler.core.sample import QueueRef
+from queuescaler.core.spec import QueueScalerSpec, SpecError
+from queuescaler.core.status import state_from_status
+from queuescaler.sources.registry import parse_spec
 
 Key = tuple[str, str]
 """(namespace, name)"""
@@ -49,13 +50,10 @@ class Scaler:
         return (self.namespace, self.name)
 
     def queues(self) -> tuple[QueueRef, ...]:
-        if self.spec is None:
-            return ()
-        rabbitmq = self.spec.source.rabbitmq
-        return tuple(QueueRef(rabbitmq.vhost, name) for name in rabbitmq.queue_names)
+        return self.spec.source.queues if self.spec is not None else ()
 
 
-class Registry:
+class Fleet:
     """The QueueScalers in scope, keyed by namespace and name."""
 
     def __init__(self) -> None:

@@ -1,4 +1,4 @@
-"""A broker connection from a Secret's decoded data, checked once at the edge.
+"""A RabbitMQ broker's address and credentials from a Secret's decoded data, checked once.
 
 Pure: the Kubernetes shell reads the Secret (by name, in the QueueScaler's namespace) and
 passes its decoded `data`. Every password seen is registered for redaction before anything
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-from queuescaler.redact import register_secret
-from queuescaler.source import BrokerConnection, ErrorKind, SourceError
+from queuescaler.core.redact import redact, register_secret
+from queuescaler.core.sample import ErrorKind, SourceError
 
 AMQP_URL = "amqpUrl"
 MANAGEMENT_URL = "managementUrl"
@@ -25,6 +26,24 @@ _PEM_MARKERS = {
     CLIENT_CERT: "-----BEGIN CERTIFICATE-----",
     CLIENT_KEY: "PRIVATE KEY-----",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class RabbitMQBroker:
+    """How to reach one RabbitMQ broker, read from a Secret. Equal values share one source.
+
+    The credentials live in the URLs; `repr` never shows them (see `redact`).
+    """
+
+    amqp_url: str
+    management_url: str | None = None
+    ca_cert: str | None = field(default=None, repr=False)
+    client_cert: str | None = field(default=None, repr=False)
+    client_key: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        management = redact(self.management_url) if self.management_url else None
+        return f"RabbitMQBroker(amqp_url={redact(self.amqp_url)!r}, management_url={management!r})"
 
 
 def _bad(message: str) -> SourceError:
@@ -75,8 +94,8 @@ def _checked_pem(key: str, value: str | None) -> str | None:
     return value
 
 
-def connection_from_secret(data: Mapping[str, str]) -> BrokerConnection:
-    """The broker connection a Secret describes, or SourceError(BAD_CONFIG) naming the key.
+def broker_from_secret(data: Mapping[str, str]) -> RabbitMQBroker:
+    """The broker a Secret describes, or SourceError(BAD_CONFIG) naming the key.
 
     Keys: `amqpUrl` (required, amqp:// or amqps://), `managementUrl` (optional, http:// or
     https://), and for TLS `ca.crt`, `tls.crt` and `tls.key` (PEM; a client certificate
@@ -98,7 +117,7 @@ def connection_from_secret(data: Mapping[str, str]) -> BrokerConnection:
             f"key {present!r} is set but {absent!r} is missing: a client certificate "
             "needs its private key"
         )
-    return BrokerConnection(
+    return RabbitMQBroker(
         amqp_url=amqp_url,
         management_url=management_url,
         ca_cert=ca_cert,

@@ -15,9 +15,15 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from queuescaler.redact import redact
-from queuescaler.sample import QueueSample
-from queuescaler.source import ClientConnection, ErrorKind, QueueRef, SampleResult, SourceError
+from queuescaler.core.redact import redact
+from queuescaler.core.sample import (
+    BrokerClient,
+    ErrorKind,
+    QueueRef,
+    QueueSample,
+    SampleResult,
+    SourceError,
+)
 
 QUEUE_COLUMNS = (
     "name",
@@ -150,7 +156,7 @@ def _wanted_entries(
             continue
         name, vhost = entry.get("name"), entry.get("vhost")
         if isinstance(name, str) and isinstance(vhost, str):
-            ref = QueueRef(vhost=vhost, name=name)
+            ref = QueueRef(scope=vhost, name=name)
             if ref in wanted:
                 entries.setdefault(ref, entry)
     return entries
@@ -174,7 +180,7 @@ def parse_queue_listing(body: bytes, wanted: Collection[QueueRef], taken_at: flo
         if all(entry.get(f) is None for f in _COUNTS):
             result[ref] = SourceError(
                 ErrorKind.STATS_PENDING,
-                redact(f"queue {ref.name!r} in vhost {ref.vhost!r}: no statistics yet"),
+                redact(f"queue {ref.name!r} in vhost {ref.scope!r}: no statistics yet"),
             )
             continue
         try:
@@ -182,7 +188,7 @@ def parse_queue_listing(body: bytes, wanted: Collection[QueueRef], taken_at: flo
         except _Malformed as problem:
             result[ref] = SourceError(
                 ErrorKind.BAD_RESPONSE,
-                redact(f"queue {ref.name!r} in vhost {ref.vhost!r}: {problem}"),
+                redact(f"queue {ref.name!r} in vhost {ref.scope!r}: {problem}"),
             )
     return result
 
@@ -213,7 +219,7 @@ def parse_vhost_names(body: bytes) -> frozenset[str]:
 def queue_not_found(ref: QueueRef) -> SourceError:
     """The error of a queue the broker does not have, worded alike on both paths."""
     return SourceError(
-        ErrorKind.QUEUE_NOT_FOUND, redact(f"queue {ref.name!r} not found in vhost {ref.vhost!r}")
+        ErrorKind.QUEUE_NOT_FOUND, redact(f"queue {ref.name!r} not found in vhost {ref.scope!r}")
     )
 
 
@@ -228,10 +234,10 @@ def vhost_not_found(vhost: str) -> SourceError:
 def mark_missing_vhosts(result: SampleResult, vhosts: Collection[str]) -> SampleResult:
     """Turn QUEUE_NOT_FOUND into VHOST_NOT_FOUND for queues whose vhost is not in `vhosts`."""
     return {
-        ref: vhost_not_found(ref.vhost)
+        ref: vhost_not_found(ref.scope)
         if isinstance(outcome, SourceError)
         and outcome.kind is ErrorKind.QUEUE_NOT_FOUND
-        and ref.vhost not in vhosts
+        and ref.scope not in vhosts
         else outcome
         for ref, outcome in result.items()
     }
@@ -259,7 +265,7 @@ def _client_name(entry: Mapping[str, Any]) -> str | None:
 
 def parse_client_connections(
     connections_body: bytes, channels_body: bytes, vhosts: Collection[str]
-) -> list[ClientConnection]:
+) -> list[BrokerClient]:
     """The connections in `vhosts` that consume or hold messages, out of the answers of
     `/api/connections` (CONNECTION_COLUMNS) and `/api/channels` (CHANNEL_COLUMNS).
 
@@ -295,8 +301,8 @@ def parse_client_connections(
         totals[1] += unacked
         peers.setdefault(key, _text(details.get("peer_host")))
     return [
-        ClientConnection(
-            vhost=vhost,
+        BrokerClient(
+            scope=vhost,
             client_name=names.get(connection),
             peer_host=peers[(vhost, connection)],
             consumers=consumers,

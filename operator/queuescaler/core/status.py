@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from queuescaler.decision import Decision, Recommendation, ScalerState
-from queuescaler.sample import QueueSample
+from queuescaler.core.decision import Decision, Recommendation, ScalerState
+from queuescaler.core.sample import QueueSample
 
 CONDITION_TYPES = (
     "Ready", "Active", "BrokerReachable", "TargetFound", "ScalingLimited", "Paused",

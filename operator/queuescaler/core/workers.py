@@ -16,8 +16,8 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from queuescaler.source import ClientConnection
-from queuescaler.status import Condition
+from queuescaler.core.sample import BrokerClient
+from queuescaler.core.status import Condition
 
 DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cost"
 """Read by the ReplicaSet controller: on a scale-down, lower costs go first."""
@@ -74,7 +74,7 @@ class WorkerReport:
 
 
 def match_workers(
-    pods: Iterable[Pod], clients: Iterable[ClientConnection], vhosts: Collection[str]
+    pods: Iterable[Pod], clients: Iterable[BrokerClient], vhosts: Collection[str]
 ) -> WorkerReport:
     """Match the consuming connections in `vhosts` to `pods`: by name first, then by IP.
 
@@ -88,7 +88,7 @@ def match_workers(
     held: dict[str, int] = {}
     named = addressed = consuming = 0
     for client in clients:
-        if client.vhost not in vhosts or (client.consumers <= 0 and client.unacked <= 0):
+        if client.scope not in vhosts or (client.consumers <= 0 and client.unacked <= 0):
             continue
         consuming += 1
         pod = by_name.get(client.client_name) if client.client_name else None

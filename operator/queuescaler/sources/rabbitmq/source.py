@@ -16,16 +16,10 @@ from pathlib import Path
 
 import aiohttp
 
-from queuescaler.rabbitmq_amqp import AmqpPeeker
-from queuescaler.rabbitmq_http import ManagementClient
-from queuescaler.source import (
-    BrokerConnection,
-    ClientConnection,
-    ErrorKind,
-    QueueRef,
-    SampleResult,
-    SourceError,
-)
+from queuescaler.core.sample import BrokerClient, ErrorKind, QueueRef, SampleResult, SourceError
+from queuescaler.sources.rabbitmq.amqp import AmqpPeeker
+from queuescaler.sources.rabbitmq.management import ManagementClient
+from queuescaler.sources.rabbitmq.secret import RabbitMQBroker
 
 __all__ = ["RabbitMQSource", "tls_context"]
 
@@ -54,7 +48,7 @@ def _pem_file(text: str) -> Iterator[str]:
         yield str(path)
 
 
-def tls_context(connection: BrokerConnection) -> ssl.SSLContext:
+def tls_context(connection: RabbitMQBroker) -> ssl.SSLContext:
     """Verifying TLS: the CA from `ca.crt` (else the system's), the client certificate if any."""
     try:
         context = ssl.create_default_context(cadata=connection.ca_cert)
@@ -80,7 +74,7 @@ class RabbitMQSource:
 
     def __init__(
         self,
-        connection: BrokerConnection,
+        connection: RabbitMQBroker,
         *,
         timeout: float = 5.0,
         trace_configs: Sequence[aiohttp.TraceConfig] = (),
@@ -125,7 +119,7 @@ class RabbitMQSource:
         """Live ready and consumer counts by AMQP; unacked is unknown there (reported as 0)."""
         return await self._amqp.peek(queues)
 
-    async def clients(self, vhosts: Collection[str]) -> Sequence[ClientConnection]:
+    async def clients(self, vhosts: Collection[str]) -> Sequence[BrokerClient]:
         """Consuming connections and what they hold (management API only: AMQP cannot tell)."""
         if self._http is None:
             raise SourceError(

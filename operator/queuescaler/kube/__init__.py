@@ -1,0 +1,1 @@
+"""The Kubernetes adapter: a target's /scale, status, Events, pods, Secrets and Leases."""

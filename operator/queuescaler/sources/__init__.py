@@ -1,0 +1,1 @@
+"""Brokers as sources of queue samples: one subpackage per broker, behind `registry.SOURCES`."""
