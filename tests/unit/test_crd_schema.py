@@ -173,7 +173,9 @@ def test_the_top_level_descriptions_exist() -> None:
 
 def test_printer_columns_are_the_designed_ones_in_order() -> None:
     names = [column["name"] for column in VERSION["additionalPrinterColumns"]]
-    assert names == ["TARGET", "MIN", "MAX", "BACKLOG", "ACK/S", "DESIRED", "CURRENT", "AGE"]
+    assert names == [
+        "TARGET", "MIN", "MAX", "BACKLOG", "ACK/S", "DESIRED", "CURRENT", "SAMPLED", "AGE",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -186,6 +188,7 @@ def test_printer_columns_are_the_designed_ones_in_order() -> None:
         pytest.param("ACK/S", ".status.rates.ack", "number", id="ack-rate"),
         pytest.param("DESIRED", ".status.desiredReplicas", "integer", id="desired"),
         pytest.param("CURRENT", ".status.currentReplicas", "integer", id="current"),
+        pytest.param("SAMPLED", ".status.lastSampleTime", "date", id="sampled"),
         pytest.param("AGE", ".metadata.creationTimestamp", "date", id="age"),
     ],
 )
@@ -193,7 +196,39 @@ def test_a_printer_column_reads_a_field_of_its_type(name: str, json_path: str, k
     (column,) = [c for c in VERSION["additionalPrinterColumns"] if c["name"] == name]
     assert (column["jsonPath"], column["type"]) == (json_path, kind)
     if not json_path.startswith(".metadata."):
-        assert node_at(json_path.lstrip("."))["type"] == kind
+        node = node_at(json_path.lstrip("."))
+        if kind == "date":  # a date column shows the age of an RFC 3339 string
+            assert (node["type"], node.get("format")) == ("string", "date-time")
+        else:
+            assert node["type"] == kind
+
+
+def test_status_staleness_and_unmatched_workers_are_reported() -> None:
+    assert node_at("status.lastSampleTime") | {"description": ""} == {
+        "type": "string", "format": "date-time", "description": "",
+    }
+    unmatched = node_at("status.workers.unmatched")
+    assert (unmatched["type"], unmatched["minimum"]) == ("integer", 0)
+
+
+def test_every_status_number_is_non_negative() -> None:
+    negative = [
+        path
+        for path, node in walk(node_at("status"), "status")
+        if node["type"] in {"integer", "number"} and node.get("minimum") != 0
+    ]
+    assert negative == []
+
+
+def test_source_names_its_brokers_in_one_cel_rule_not_in_required() -> None:
+    """Adding a broker is additive: a sibling block and one has() in the exactly-one rule."""
+    source = node_at("spec.source")
+    assert "required" not in source
+    (rule,) = source["x-kubernetes-validations"]
+    for broker in source["properties"]:
+        assert f"has(self.{broker})" in rule["rule"], broker
+        assert broker in rule["message"], broker
+    assert ".exists_one(" in rule["rule"]
 
 
 def crd_spec_defaults() -> dict[str, Any]:
@@ -252,14 +287,22 @@ def test_the_crd_defaults_equal_the_code_defaults() -> None:
 
 
 def test_nested_defaults_apply_when_their_parents_are_omitted() -> None:
-    """A defaulted leaf only gets its default if every optional ancestor defaults to {}."""
+    """A defaulted leaf only gets its default if every optional ancestor defaults to {}.
+
+    A broker block under source is optional in the schema but always present when it is the
+    one broker the QueueScaler names (the exactly-one CEL rule), so its defaults apply.
+    """
+    brokers = set(node_at("spec.source")["properties"])
     unreachable = []
     for path in crd_spec_defaults():
         parent, *names = ["spec", *path.split(".")]
         node = node_at(parent)
         for name in names[:-1]:
             child = node["properties"][name]
-            if name not in node.get("required", []) and child.get("default") != {}:
+            present = name in node.get("required", []) or (
+                node is node_at("spec.source") and name in brokers
+            )
+            if not present and child.get("default") != {}:
                 unreachable.append(f"{path}: {name} is optional and has no default {{}}")
             node = child
     assert unreachable == []
