@@ -14,13 +14,13 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from queuescaler import __version__
+from queuescaler.core.plan import PlanSettings
 from queuescaler.core.redact import RedactingFilter
 from queuescaler.engine import Engine, EngineSettings
 from queuescaler.fleet import Fleet, ReplicaCache
 from queuescaler.kube.client import KubeClient
 from queuescaler.leader import Elector
 from queuescaler.metrics import Metrics
-from queuescaler.sources.registry import SOURCES
 
 MALLOC_ARENAS = 2
 M_ARENA_MAX = -8
@@ -109,7 +109,7 @@ def run(
     settings = EngineSettings(
         tick_seconds=tick_seconds,
         fast_path=fast_path,
-        status_refresh_seconds=status_refresh_seconds,
+        plan=PlanSettings(status_refresh_seconds=status_refresh_seconds),
         secret_refresh_seconds=secret_refresh_seconds,
     )
     configuration = k8s.Configuration.get_default_copy()
@@ -126,7 +126,6 @@ def run(
         fleet=Fleet(),
         replicas=ReplicaCache(),
         metrics=metrics,
-        make_source=lambda broker: SOURCES[broker[0]].connect(broker[1]),
         settings=settings,
         leading=elector.is_leader if elector else lambda: True,
     )

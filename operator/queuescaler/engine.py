@@ -1,8 +1,8 @@
-"""The tick: sample every broker once, decide for every QueueScaler on it, act, report.
+"""The tick: sample every broker once, plan every due QueueScaler, carry the plans out.
 
-This is the imperative shell around `decide()`. It owns no policy: it gathers inputs
-(samples, current replica counts, the remembered state), calls the pure core, and
-carries out the answer (a `/scale` patch, a status write, Events, metrics).
+The I/O shell around `core.plan`: it gathers observations (Secrets, broker answers, live
+counts, replica counts, pods and clients), asks the planner what to do, and does it (pod
+marks, `/scale`, status, Events, metrics). Every rule is the planner's.
 """
 
 from __future__ import annotations
@@ -11,14 +11,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
-from queuescaler.core.decision import Decision, decide, next_state
+from queuescaler.core import plan as planner
+from queuescaler.core.plan import Event, Failure, Observations, Plan, WorkerLook
 from queuescaler.core.redact import redact
 from queuescaler.core.sample import (
     BrokerClient,
@@ -29,51 +28,30 @@ from queuescaler.core.sample import (
     SourceError,
     combine,
 )
-from queuescaler.core.status import (
-    Condition,
-    TickOutcome,
-    build_status,
-    camel,
-    conditions_for,
-    needs_write,
-)
-from queuescaler.core.workers import CONDITION as WORKERS_CONDITION
-from queuescaler.core.workers import (
-    DELETION_COST,
-    Marks,
-    Pod,
-    WorkerReport,
-    cleared_marks,
-    deletion_marks,
-    match_workers,
-    workers_condition,
-)
+from queuescaler.core.workers import DELETION_COST, Marks, Pod
 from queuescaler.fleet import Fleet, ReplicaCache, Scaler
 from queuescaler.kube.client import GROUP, KIND, VERSION, KubeClient, KubeError, NotFound, ObjectRef
 from queuescaler.metrics import Metrics
 from queuescaler.sources.base import ListingClients, Peeking, QueueSource
 from queuescaler.sources.registry import SOURCES
 
-log = logging.getLogger("queuescaler.engine")
+log = logging.getLogger(__name__)
 
 Broker = tuple[str, Hashable]
 """A broker kind and the address its Secret gave: equal values share one source."""
 SourceFactory = Callable[[Broker], QueueSource]
-Connection = Broker | KubeError | SourceError
+Reach = Broker | Failure
 """A QueueScaler's way to its broker, or why it has none."""
 FAILED_SECRET_RETRY_SECONDS = 10.0
 """A missing or bad Secret is read again this soon: fixing it should show quickly."""
-GOOD_WHEN_TRUE = {"Ready", "BrokerReachable", "TargetFound"}
-
-
-class Announcement(NamedTuple):
-    """The Events of a scale, posted after the status that records it."""
-
-    reason: str
-    message: str
-    target: ObjectRef
 SELECTOR_REFRESH_SECONDS = 300.0
 """A target's pod selector is read from its /scale again after this long (it rarely moves)."""
+
+
+def connect(broker: Broker) -> QueueSource:
+    """The registry's source for a broker kind and address."""
+    kind, address = broker
+    return SOURCES[kind].connect(address)
 
 
 @dataclass(frozen=True)
@@ -83,15 +61,12 @@ class EngineSettings:
     tick_seconds: float = 1.0
     """How often the loop wakes; each QueueScaler is sampled at its own pollingIntervalSeconds."""
     fast_path: bool = True
-    """Peek (AMQP passive declare) at pools at zero every tick, so a burst wakes them at once,
-    and at pools scaled moments ago, whose management counts still predate the scale."""
+    """Peek (live counts) at pools at zero every tick, so a burst wakes them at once, and at
+    pools scaled moments ago, whose management counts still predate the scale."""
     fast_path_budget: int = 500
     """Pools at rest peeked per tick at most (about 0.1 s of broker time)."""
-    stats_lag_seconds: float = 10.0
-    """How long after a scale the management API's counts are distrusted (its statistics
-    interval is 5 s by default; a burst shows there 2 to 6 s after it was published)."""
-    status_refresh_seconds: float = 30.0
-    """Backlog and rates alone are rewritten to status at most this often (metrics are live)."""
+    plan: planner.PlanSettings = dataclasses.field(default_factory=planner.PlanSettings)
+    """The knobs the planner's rules read (status refresh, statistics lag)."""
     secret_refresh_seconds: float = 300.0
     """Secrets are read again after this long (they are never watched: `get` by name only)."""
     concurrency: int = 32
@@ -99,70 +74,59 @@ class EngineSettings:
 
 
 class SecretCache:
-    """Broker connections read from Secrets, shared by every QueueScaler that names the Secret."""
+    """Brokers read from Secrets, shared by every QueueScaler that names the Secret."""
 
     def __init__(self, kube: KubeClient, refresh_seconds: float) -> None:
         self._kube = kube
         self._refresh = refresh_seconds
-        self._entries: dict[tuple[str, str, str], tuple[float, Connection]] = {}
+        self._entries: dict[tuple[str, str, str], tuple[float, Reach]] = {}
 
-    async def connection(self, namespace: str, name: str, kind: str, now: float) -> Broker:
-        """The Secret's connection; raises KubeError or SourceError(BAD_CONFIG), redacted."""
+    async def broker(self, namespace: str, name: str, kind: str, now: float) -> Reach:
+        """The broker the Secret describes, or why it gives none (redacted)."""
         key = (namespace, name, kind)
         entry = self._entries.get(key)
         if entry is None or now >= entry[0]:
-            result: Connection
+            reach: Reach
             try:
                 data = await self._kube.read_secret(namespace, name)
-                result = (kind, SOURCES[kind].parse_secret(data))
+                reach = (kind, SOURCES[kind].parse_secret(data))
                 expires = now + self._refresh
-            except (KubeError, SourceError) as error:
-                result = error
+            except NotFound as error:
+                reach = Failure("SecretNotFound", error.message)
                 expires = now + min(self._refresh, FAILED_SECRET_RETRY_SECONDS)
-            entry = self._entries[key] = (expires, result)
-        if isinstance(entry[1], tuple):
-            return entry[1]
-        raise entry[1]
+            except KubeError as error:
+                reach = Failure(error.reason, error.message)
+                expires = now + min(self._refresh, FAILED_SECRET_RETRY_SECONDS)
+            except SourceError as error:
+                reach = Failure("BadSecret", error.message)
+                expires = now + min(self._refresh, FAILED_SECRET_RETRY_SECONDS)
+            entry = self._entries[key] = (expires, reach)
+        return entry[1]
 
     def invalidate(self, namespace: str, name: str, kind: str) -> None:
         self._entries.pop((namespace, name, kind), None)
 
 
-@dataclass(frozen=True)
-class WorkerLook:
-    """One look at a target's pods and the broker's consumers, on a tick that may scale down."""
-
-    pods: Sequence[Pod]
-    report: WorkerReport | None
-    """None when the pods or the connections could not be listed (see `problem`)."""
-    problem: str | None = None
-
-
 class ClientListings:
-    """Each broker's consuming connections, listed at most once per tick, and only when asked.
+    """Each broker's clients, listed at most once per tick, and only when a plan asks.
 
-    The first QueueScaler that may scale down starts the listing of its broker (every vhost
-    the tick's protected QueueScalers on that broker use, in one go); the others await it.
+    The first QueueScaler that may scale down starts the listing of its broker (every scope
+    the tick's QueueScalers on that broker use, in one go); the others await it.
     """
 
-    def __init__(
-        self,
-        source: Callable[[Broker], QueueSource],
-        vhosts: Mapping[Broker, set[str]],
-    ) -> None:
+    def __init__(self, source: Callable[[Broker], QueueSource]) -> None:
         self._source = source
-        self._vhosts = vhosts
+        self.scopes: dict[Broker, set[str]] = defaultdict(set)
         self._listings: dict[Broker, asyncio.Future[Sequence[BrokerClient]]] = {}
 
-    async def get(self, connection: Broker, vhost: str) -> Sequence[BrokerClient]:
-        listing = self._listings.get(connection)
+    async def get(self, broker: Broker, scopes: Iterable[str]) -> Sequence[BrokerClient]:
+        listing = self._listings.get(broker)
         if listing is None:
-            vhosts = self._vhosts.get(connection) or {vhost}
-            source = self._source(connection)
-            if not isinstance(source, ListingClients):
-                raise SourceError(ErrorKind.BAD_CONFIG, "this broker cannot list its clients")
-            listing = asyncio.ensure_future(source.clients(vhosts))
-            self._listings[connection] = listing
+            source = self._source(broker)
+            assert isinstance(source, ListingClients)
+            wanted = self.scopes[broker] | set(scopes)
+            listing = asyncio.ensure_future(source.clients(wanted))
+            self._listings[broker] = listing
         return await asyncio.shield(listing)
 
 
@@ -175,7 +139,7 @@ class Engine:
         fleet: Fleet,
         replicas: ReplicaCache,
         metrics: Metrics,
-        make_source: SourceFactory,
+        make_source: SourceFactory = connect,
         settings: EngineSettings = EngineSettings(),
         clock: Callable[[], float] = time.time,
         leading: Callable[[], bool] = lambda: True,
@@ -193,8 +157,8 @@ class Engine:
         """Whether this replica acts now (leader election); a standby only watches."""
         self._gate = asyncio.Semaphore(settings.concurrency)
         self._selectors: dict[tuple[str, str, str, str], tuple[float, str]] = {}
-        self.ticks = 0
         self._peek_turn = 0
+        self.ticks = 0
         """Ticks completed: the operator is ready once the first one ran."""
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -242,29 +206,36 @@ class Engine:
         due = [s for s in scalers if s.next_due <= now]
         live: dict[tuple[str, str], QueueSample] = {}
         if self.settings.fast_path:
-            resting = self._budgeted(
-                [s for s in scalers if s.next_due > now and _at_rest_at_zero(s)]
-            )
-            settling = [s for s in due if self._settling(s, now) or s.stats_pending]
+            resting = self._budgeted([
+                s for s in scalers
+                if s.next_due > now and planner.at_rest_at_zero(s.spec, s.memory.current_replicas)
+            ])
+            settling = [
+                s for s in due
+                if planner.settling(s.memory.state, now, self.settings.plan)
+                or s.memory.stats_pending
+            ]
             live = await self._peek([*resting, *settling], now)
             due.extend(
                 s for s in resting
-                if s.key in live and s.spec is not None
-                and live[s.key].backlog >= s.spec.activation.messages
+                if s.key in live and s.spec is not None and planner.wakes(s.spec, live[s.key])
             )
         if due:
             for scaler in due:
                 interval = scaler.spec.polling_interval_seconds if scaler.spec else 60
-                # Aligned to the interval, so QueueScalers on one broker share one request.
-                scaler.next_due = (math.floor(now / interval) + 1) * interval
-            connections = await self._connections(due, now)
-            samples = await self._sample(connections, now)
-            listings = ClientListings(self._source, self._protected_vhosts(due, connections))
-            await asyncio.gather(
-                *(self._guarded(self._act(
-                    s, connections.get(s.key), samples, live.get(s.key), now, listings
-                )) for s in due)
-            )
+                scaler.next_due = planner.next_due(now, interval)
+            reaches = await self._reaches(due, now)
+            answers = await self._sample(reaches)
+            listings = ClientListings(self._source)
+            for scaler in due:
+                reach = reaches.get(scaler.key)
+                if isinstance(reach, tuple) and scaler.spec is not None:
+                    listings.scopes[reach].update(ref.scope for ref in scaler.queues())
+            await asyncio.gather(*(
+                self._guarded(self._act(
+                    s, reaches.get(s.key), answers, live.get(s.key), now, listings
+                )) for s in due
+            ))
         self.metrics.ticked(time.perf_counter() - started)
 
     def _budgeted(self, resting: list[Scaler]) -> list[Scaler]:
@@ -280,25 +251,6 @@ class Engine:
         self._peek_turn = start + budget
         return (resting + resting)[start:start + budget]
 
-    def _settling(self, scaler: Scaler, now: float) -> bool:
-        """Scaled moments ago: the management API's counts still predate the change."""
-        last = scaler.state.last_scale_time
-        return last is not None and now - last < self.settings.stats_lag_seconds
-
-    def _protected_vhosts(
-        self, scalers: Iterable[Scaler], connections: Mapping[tuple[str, str], Connection]
-    ) -> dict[Broker, set[str]]:
-        """Per broker, the vhosts of the QueueScalers that protect busy workers."""
-        wanted: dict[Broker, set[str]] = defaultdict(set)
-        for scaler in scalers:
-            spec, connection = scaler.spec, connections.get(scaler.key)
-            if (
-                spec is not None and isinstance(connection, tuple)
-                and spec.behavior.scale_down.protect_busy_workers and not spec.paused
-            ):
-                wanted[connection].update(ref.scope for ref in spec.source.queues)
-        return wanted
-
     async def _guarded(self, work: Awaitable[None]) -> None:
         async with self._gate:
             try:
@@ -306,47 +258,44 @@ class Engine:
             except Exception:  # one QueueScaler's failure never stops the others
                 log.exception("acting on a QueueScaler failed")
 
-    async def _connections(
-        self, scalers: Iterable[Scaler], now: float
-    ) -> dict[tuple[str, str], Connection]:
-        """Each QueueScaler's broker connection (or why there is none), one Secret read each."""
-        found: dict[tuple[str, str], Connection] = {}
+    async def _reaches(self, scalers: Iterable[Scaler], now: float) -> dict[tuple[str, str], Reach]:
+        """Each QueueScaler's broker (or why there is none), one Secret read each."""
+        found: dict[tuple[str, str], Reach] = {}
         for scaler in scalers:
-            if scaler.spec is None:
-                continue
-            secret = scaler.spec.source.secret_ref.name
-            kind = scaler.spec.source.broker
-            try:
-                found[scaler.key] = await self._secrets.connection(
-                    scaler.namespace, secret, kind, now
+            if scaler.spec is not None:
+                source = scaler.spec.source
+                found[scaler.key] = await self._secrets.broker(
+                    scaler.namespace, source.secret_ref.name, source.broker, now
                 )
-            except (KubeError, SourceError) as error:
-                found[scaler.key] = error
         return found
 
-    def _source(self, connection: Broker) -> QueueSource:
-        source = self._sources.get(connection)
+    def _source(self, broker: Broker) -> QueueSource:
+        source = self._sources.get(broker)
         if source is None:
-            source = self._sources[connection] = self._make_source(connection)
+            source = self._sources[broker] = self._make_source(broker)
         return source
 
+    def _wanted(
+        self, scalers: Iterable[Scaler], reaches: Mapping[tuple[str, str], Reach]
+    ) -> dict[Broker, set[QueueRef]]:
+        wanted: dict[Broker, set[QueueRef]] = defaultdict(set)
+        for scaler in scalers:
+            reach = reaches.get(scaler.key)
+            if isinstance(reach, tuple):
+                wanted[reach].update(scaler.queues())
+        return wanted
+
     async def _sample(
-        self, connections: dict[tuple[str, str], Connection],
-        now: float,
+        self, reaches: Mapping[tuple[str, str], Reach]
     ) -> dict[Broker, SampleResult | SourceError]:
         """One request per broker: every queue any due QueueScaler on it watches."""
-        wanted: dict[Broker, set[QueueRef]] = defaultdict(set)
-        for key, connection in connections.items():
-            scaler = self.fleet.get(*key)
-            if isinstance(connection, tuple) and scaler is not None:
-                wanted[connection].update(scaler.queues())
+        scalers = [s for key in reaches if (s := self.fleet.get(*key)) is not None]
+        wanted = self._wanted(scalers, reaches)
 
-        async def one(
-            connection: Broker, queues: set[QueueRef]
-        ) -> SampleResult | SourceError:
+        async def one(broker: Broker, queues: set[QueueRef]) -> SampleResult | SourceError:
             started = time.perf_counter()
             try:
-                result: SampleResult | SourceError = await self._source(connection).sample(queues)
+                result: SampleResult | SourceError = await self._source(broker).sample(queues)
             except SourceError as error:
                 result = error
             except Exception as error:  # a source bug must not look like a healthy broker
@@ -358,31 +307,21 @@ class Engine:
         results = await asyncio.gather(*(one(b, wanted[b]) for b in brokers))
         return dict(zip(brokers, results, strict=True))
 
-    async def _peek(
-        self, scalers: list[Scaler], now: float
-    ) -> dict[tuple[str, str], QueueSample]:
-        """Live ready and consumer counts (AMQP passive declares, no statistics delay).
-
-        Asked only for pools at rest at zero (so a burst wakes them at once) and for pools
-        scaled moments ago (whose management counts still predate the scale).
-        """
+    async def _peek(self, scalers: list[Scaler], now: float) -> dict[tuple[str, str], QueueSample]:
+        """Live counts (no statistics delay) of every queue of `scalers`, by QueueScaler,
+        from the sources that can peek; a failed peek is left to the regular sample."""
         if not scalers:
             return {}
-        connections = await self._connections(scalers, now)
-        wanted: dict[Broker, set[QueueRef]] = defaultdict(set)
-        for scaler in scalers:
-            connection = connections.get(scaler.key)
-            if isinstance(connection, tuple):
-                wanted[connection].update(scaler.queues())
+        reaches = await self._reaches(scalers, now)
         peeked: dict[QueueRef, QueueSample] = {}
-        for connection, queues in wanted.items():
-            source = self._source(connection)
+        for broker, queues in self._wanted(scalers, reaches).items():
+            source = self._source(broker)
             if not isinstance(source, Peeking):
                 continue
             try:
                 result = await source.peek(queues)
             except SourceError:
-                continue  # the regular sample reports broker failures
+                continue
             peeked.update((ref, s) for ref, s in result.items() if isinstance(s, QueueSample))
         live: dict[tuple[str, str], QueueSample] = {}
         for scaler in scalers:
@@ -396,125 +335,83 @@ class Engine:
     async def _act(
         self,
         scaler: Scaler,
-        connection: Connection | None,
-        samples: dict[Broker, SampleResult | SourceError],
-        peeked: QueueSample | None,
+        reach: Reach | None,
+        answers: Mapping[Broker, SampleResult | SourceError],
+        live: QueueSample | None,
         now: float,
-        listings: ClientListings | None = None,
+        listings: ClientListings,
     ) -> None:
-        spec = scaler.spec
-        if spec is None:
-            error = scaler.spec_error
-            message = str(error) if error else "the spec could not be read"
-            conditions = [Condition("Ready", False, "InvalidSpec", message)]
-            self.metrics.observe(scaler, None, None, None, conditions)
-            await self._report(scaler, now, TickOutcome(
-                scaler.generation, True, None, None, None, scaler.state, conditions,
-            ), decision=None)
-            return
-        config_error: tuple[str, str] | None = None
-        broker_error: tuple[str, str] | None = None
-        sample: QueueSample | None = None
-        if isinstance(connection, KubeError):
-            missing = isinstance(connection, NotFound)
-            config_error = ("SecretNotFound" if missing else camel(connection.reason),
-                            connection.message)
-            self.metrics.sample_failed("secret")
-        elif isinstance(connection, SourceError):
-            config_error = ("BadSecret", connection.message)
-            self.metrics.sample_failed(str(connection.kind))
-        elif connection is not None:
-            sample, broker_error = self._sample_for(scaler, samples.get(connection))
-            if broker_error and broker_error[0] == "Auth":
-                # Credentials may have been rotated: read the Secret again next time.
-                self._secrets.invalidate(
-                    scaler.namespace, spec.source.secret_ref.name, spec.source.broker
-                )
-        if peeked is not None and (sample is not None or scaler.stats_pending
-                                   or scaler.current_replicas == 0):
-            sample = _with_live_counts(sample, peeked)
-        elif sample is None and broker_error is None and config_error is None:
-            broker_error = ("StatsPending", "the queue's statistics are not out yet")
-        target_error: tuple[str, str] | None = None
-        current: int | None = None
+        seen = Observations(now=now, live=live)
+        broker = reach if isinstance(reach, tuple) else None
+        if scaler.spec is not None:
+            result = answers.get(broker) if broker is not None else None
+            answer = (
+                {ref: result.get(ref) for ref in scaler.queues()}
+                if isinstance(result, Mapping) else result
+            )
+            seen = dataclasses.replace(
+                seen,
+                broker=reach if isinstance(reach, Failure) else None,
+                answer=answer,
+                current=await self._current_replicas(scaler),
+                can_list_workers=broker is not None
+                and isinstance(self._source(broker), ListingClients),
+            )
+        made = self._plan(scaler, seen)
+        if made.wants_workers and broker is not None:
+            seen = dataclasses.replace(seen, workers=await self._look(scaler, broker, listings))
+            made = self._plan(scaler, seen)
+        await self._execute(scaler, seen, made)
+
+    def _plan(self, scaler: Scaler, seen: Observations) -> Plan:
+        error = scaler.spec_error
+        return planner.plan(
+            scaler.spec, scaler.memory, seen, generation=scaler.generation,
+            settings=self.settings.plan, spec_problem=str(error) if error else None,
+            name=scaler.name,
+        )
+
+    async def _execute(self, scaler: Scaler, seen: Observations, made: Plan) -> None:
+        if made.reread_secret and scaler.spec is not None:
+            source = scaler.spec.source
+            self._secrets.invalidate(scaler.namespace, source.secret_ref.name, source.broker)
+        if made.clear_marks:
+            await self._clear_marks(scaler)
+        if made.marks:
+            await self._mark(scaler, seen.workers, made.marks)
+        if made.scale_to is not None:
+            failure = await self._scale(scaler, made.scale_to)
+            if failure is not None:
+                made = self._plan(scaler, dataclasses.replace(seen, scale_failure=failure))
+        for kind in made.sample_failures:
+            self.metrics.sample_failed(kind)
+        marks = scaler.memory.marks
+        scaler.memory = dataclasses.replace(made.memory, marks=marks)
+        if made.log:
+            log.info("%s/%s %s", scaler.namespace, scaler.name, made.log)
+        if made.scale_to is not None and made.previous_replicas is not None:
+            self.metrics.scaled(scaler, "up" if made.scale_to > made.previous_replicas else "down")
+        self.metrics.record(scaler, made)
+        await self._post(scaler, made.events)
+        if made.status is not None and await self._write_status(scaler, made, seen.now):
+            await self._post(scaler, made.status_events)
+        await self._post(scaler, made.scale_events)
+
+    # --- reading ---
+
+    async def _current_replicas(self, scaler: Scaler) -> int | Failure:
+        assert scaler.spec is not None
+        target = scaler.spec.scale_target_ref
+        if planner.watched_target(target):
+            cached = self.replicas.get(scaler.namespace, target.name)
+            if cached is not None:
+                return cached
         try:
-            current = await self._current_replicas(scaler)
+            return await self.kube.read_replicas(scaler.namespace, target)
+        except NotFound as error:
+            return Failure("TargetNotFound", error.message)
         except KubeError as error:
-            missing = isinstance(error, NotFound)
-            target_error = ("TargetNotFound" if missing else camel(error.reason), error.message)
-        scaler.current_replicas = current
-        decision: Decision | None = None
-        announcement: Announcement | None = None
-        state = scaler.state
-        look: WorkerLook | None = None
-        protect = spec.behavior.scale_down.protect_busy_workers
-        if not protect and scaler.marks:
-            await self._clear_marks(scaler)  # protection was turned off: its marks go too
-        if current is not None:
-            decision = decide(spec, sample, current, state, now)
-            if protect and decision.replicas < current and listings is not None:
-                # Only a tick that may scale down asks who is busy (two broker requests
-                # per broker, one pod listing per QueueScaler).
-                look = await self._look_at_workers(scaler, connection, listings, now)
-                if look.report is not None and look.report.matched:
-                    decision = decide(spec, sample, current, state, now, look.report.busy)
-            if decision.replicas != current and not spec.paused:
-                if spec.dry_run:
-                    await self._announce_dry_run(scaler, current, decision)
-                else:
-                    if decision.replicas < current and look is not None:
-                        await self._mark(scaler, look)
-                    announcement = await self._scale(scaler, current, decision, sample)
-                    if announcement is not None:
-                        scaler.current_replicas = decision.replicas
-            scaled = announcement is not None
-            state = next_state(spec, state, sample, current, decision, now, scaled)
-        scaler.state = state  # without a target nothing was decided: the state waits
-        conditions = conditions_for(
-            paused=spec.paused, dry_run=spec.dry_run, broker_error=broker_error,
-            target_error=target_error, config_error=config_error, decision=decision,
-            current_replicas=scaler.current_replicas,
-        )
-        matched = self._workers_condition(scaler, look)
-        if matched is not None:
-            conditions.append(matched)
-        report = look.report if look is not None else None
-        outcome = TickOutcome(
-            scaler.generation, spec.source.include_in_flight, sample,
-            scaler.current_replicas, decision, state, conditions,
-            (report.matched, report.busy) if report is not None else None,
-        )
-        self.metrics.observe(scaler, sample, decision, scaler.current_replicas, conditions)
-        await self._report(scaler, now, outcome, decision)
-        if announcement is not None:
-            await self._announce(scaler, announcement)
-
-    def _sample_for(
-        self, scaler: Scaler, result: SampleResult | SourceError | None
-    ) -> tuple[QueueSample | None, tuple[str, str] | None]:
-        # Only the latest answer says whether statistics are pending: a flag left over from
-        # before a failed request would let the live counts stand in for it.
-        scaler.stats_pending = False
-        if result is None:
-            return None, ("Unreachable", "the broker was not sampled")
-        if isinstance(result, SourceError):
-            return None, (camel(str(result.kind)), result.message)
-        parts: list[QueueSample] = []
-        for ref in scaler.queues():
-            part = result.get(ref)
-            if isinstance(part, QueueSample):
-                parts.append(part)
-            elif isinstance(part, SourceError) and part.kind is ErrorKind.STATS_PENDING:
-                scaler.stats_pending = True  # live counts stand in: see _with_live_counts
-                return None, None
-            elif isinstance(part, SourceError):
-                self.metrics.sample_failed(str(part.kind))
-                return None, (camel(str(part.kind)), part.message)
-            else:
-                return None, ("QueueNotFound", f"queue {ref.name!r} was not in the broker's answer")
-        return combine(parts), None
-
-    # --- busy workers ---
+            return Failure(error.reason, error.message)
 
     async def _selector(self, scaler: Scaler, now: float) -> str:
         """The target's pod selector, from its /scale (cached: selectors rarely change)."""
@@ -528,57 +425,51 @@ class Engine:
         self._selectors[key] = (now + SELECTOR_REFRESH_SECONDS, selector)
         return selector
 
-    async def _look_at_workers(
-        self, scaler: Scaler, connection: Connection | None, listings: ClientListings,
-        now: float,
-    ) -> WorkerLook:
-        """The target's pods and the broker's consumers, matched; or why they are not."""
-        assert scaler.spec is not None
-        vhost = scaler.spec.source.queues[0].scope
-        if not isinstance(connection, tuple):
-            return WorkerLook((), None, "the broker connection is not configured")
+    async def _look(self, scaler: Scaler, broker: Broker, listings: ClientListings) -> WorkerLook:
+        """The target's pods and the broker's clients; or why they could not be listed."""
+        scopes = {ref.scope for ref in scaler.queues()}
 
         async def pods() -> list[Pod]:
-            return await self.kube.list_pods(scaler.namespace, await self._selector(scaler, now))
+            selector = await self._selector(scaler, self._clock())
+            return await self.kube.list_pods(scaler.namespace, selector)
 
         found, clients = await asyncio.gather(
-            pods(), listings.get(connection, vhost), return_exceptions=True
+            pods(), listings.get(broker, scopes), return_exceptions=True
         )
         if isinstance(found, KubeError):
-            return WorkerLook((), None, f"the target's pods could not be listed: {found.message}")
+            return WorkerLook(problem=f"the target's pods could not be listed: {found.message}")
         if isinstance(clients, SourceError):
             return WorkerLook(
-                (), None, f"the broker's consumers could not be listed: {clients.message}"
+                problem=f"the broker's consumers could not be listed: {clients.message}"
             )
         for outcome in (found, clients):
             if isinstance(outcome, BaseException):
                 if not isinstance(outcome, Exception):
                     raise outcome  # cancellation and the like
-                return WorkerLook((), None, redact(f"listing failed: {outcome!r}"))
+                return WorkerLook(problem=redact(f"listing failed: {outcome!r}"))
         assert not isinstance(found, BaseException) and not isinstance(clients, BaseException)
-        return WorkerLook(found, match_workers(found, clients, {vhost}))
+        return WorkerLook(tuple(found), tuple(clients))
 
-    async def _mark(self, scaler: Scaler, look: WorkerLook) -> None:
+    # --- writing ---
+
+    async def _mark(self, scaler: Scaler, look: WorkerLook | None, marks: Marks) -> None:
         """Set pod-deletion-cost on the pods whose mark changed, so idle pods go first."""
-        if look.report is None:
-            return
-        present = {pod.name for pod in look.pods}
-        scaler.marks = {pod: cost for pod, cost in scaler.marks.items() if pod in present}
-        await self._annotate(scaler, deletion_marks(look.pods, look.report, scaler.name))
+        present = {pod.name for pod in look.pods} if look is not None else set()
+        kept = {pod: cost for pod, cost in scaler.memory.marks.items() if pod in present}
+        scaler.memory = dataclasses.replace(scaler.memory, marks=kept)
+        await self._annotate(scaler, marks)
 
     async def _clear_marks(self, scaler: Scaler) -> None:
         """Remove the marks this QueueScaler set (best effort; a failed listing falls back to
         the pods remembered)."""
-        remembered = [Pod(name, marked_by=scaler.name) for name in scaler.marks]
-        pods: Sequence[Pod] = remembered
+        pods: Sequence[Pod] = ()
         if scaler.spec is not None:
             with contextlib.suppress(KubeError):
                 pods = await self.kube.list_pods(
                     scaler.namespace, await self._selector(scaler, self._clock())
                 )
-        await self._annotate(scaler, cleared_marks(pods, scaler.name))
-        scaler.marks = {}  # best effort: what could not be cleared now is not retried
-        scaler.marks = {}
+        await self._annotate(scaler, planner.clearing_marks(pods, scaler.memory, scaler.name))
+        scaler.memory = dataclasses.replace(scaler.memory, marks={})
 
     async def _annotate(self, scaler: Scaler, marks: Marks) -> None:
         if not marks:
@@ -588,143 +479,62 @@ class Engine:
               for pod, annotations in marks.items()),
             return_exceptions=True,
         )
+        held = dict(scaler.memory.marks)
         for (pod, wanted), result in zip(marks.items(), results, strict=True):
             if isinstance(result, NotFound):
-                scaler.marks.pop(pod, None)  # gone already
+                held.pop(pod, None)  # gone already
             elif isinstance(result, KubeError):
                 log.warning("pod %s/%s not marked: %s", scaler.namespace, pod, result.message)
             elif isinstance(result, BaseException):
                 raise result
-            elif wanted.get(DELETION_COST) is None:
-                scaler.marks.pop(pod, None)
+            elif (cost := wanted.get(DELETION_COST)) is None:
+                held.pop(pod, None)
             else:
-                scaler.marks[pod] = wanted[DELETION_COST]
+                held[pod] = cost
+        scaler.memory = dataclasses.replace(scaler.memory, marks=held)
 
-    def _workers_condition(self, scaler: Scaler, look: WorkerLook | None) -> Condition | None:
-        """WorkersMatched: this tick's look, else the one last written (looks are only made
-        on ticks that may scale down); absent until the first look."""
+    async def _scale(self, scaler: Scaler, replicas: int) -> Failure | None:
+        """Patch /scale; None when it took, else why not."""
         assert scaler.spec is not None
-        enabled = scaler.spec.behavior.scale_down.protect_busy_workers
-        vhost = scaler.spec.source.queues[0].scope
-        if not enabled or look is not None:
-            report = look.report if look is not None else None
-            problem = look.problem if look is not None else None
-            return workers_condition(report, vhost, enabled=enabled, problem=problem)
-        for previous in scaler.status.get("conditions") or ():
-            if isinstance(previous, Mapping) and previous.get("type") == WORKERS_CONDITION:
-                if previous.get("reason") == "ProtectionDisabled":
-                    return None
-                return Condition(
-                    WORKERS_CONDITION, previous.get("status") == "True",
-                    str(previous.get("reason") or "Unknown"), str(previous.get("message") or ""),
-                )
+        target = scaler.spec.scale_target_ref
+        try:
+            await self.kube.scale(scaler.namespace, target, replicas)
+        except KubeError as error:
+            return Failure(error.reason, error.message)
+        if planner.watched_target(target):
+            self.replicas.set(scaler.namespace, target.name, replicas)
         return None
 
-    async def _current_replicas(self, scaler: Scaler) -> int:
-        assert scaler.spec is not None
-        target = scaler.spec.scale_target_ref
-        if target.api_version == "apps/v1" and target.kind == "Deployment":
-            cached = self.replicas.get(scaler.namespace, target.name)
-            if cached is not None:
-                return cached
-        return await self.kube.read_replicas(scaler.namespace, target)
-
-    async def _scale(
-        self, scaler: Scaler, current: int, decision: Decision, sample: QueueSample | None
-    ) -> Announcement | None:
-        """Patch /scale; on success, what to announce once the status (with lastScaleTime)
-        is written: a crash between the two then never loses the cooldown."""
-        assert scaler.spec is not None
-        target = scaler.spec.scale_target_ref
+    async def _write_status(self, scaler: Scaler, made: Plan, now: float) -> bool:
+        """Write the plan's status; True when it was written."""
+        assert made.status is not None
         try:
-            await self.kube.scale(scaler.namespace, target, decision.replicas)
-        except KubeError as error:
-            await self._event(scaler, "Warning", "ScaleFailed",
-                              f"could not scale {target.kind} {target.name} to "
-                              f"{decision.replicas}: {error.message}")
-            return None
-        if target.api_version == "apps/v1" and target.kind == "Deployment":
-            self.replicas.set(scaler.namespace, target.name, decision.replicas)
-        direction = "up" if decision.replicas > current else "down"
-        reason = "ScaledUp" if direction == "up" else "ScaledDown"
-        backlog = f" (backlog {sample.backlog})" if sample is not None else ""
-        message = (f"scaled {target.kind} {target.name} from {current} to {decision.replicas}: "
-                   f"{decision.reason}{backlog}: {decision.message}")
-        log.info("%s/%s %s", scaler.namespace, scaler.name, message)
-        self.metrics.scaled(scaler, direction, str(decision.reason))
-        about_target = ObjectRef(target.api_version, target.kind, scaler.namespace, target.name)
-        return Announcement(reason, message, about_target)
-
-    async def _announce(self, scaler: Scaler, announcement: Announcement) -> None:
-        """A scale's Events, on the QueueScaler and on its target."""
-        reason, message, target = announcement
-        await self._event(scaler, "Normal", reason, message)
-        await self._emit(target, "Normal", reason, f"queuescaler {scaler.name} {message}")
-
-    async def _announce_dry_run(self, scaler: Scaler, current: int, decision: Decision) -> None:
-        if scaler.announced_desired == decision.replicas:
-            return
-        scaler.announced_desired = decision.replicas
-        await self._event(scaler, "Normal", "WouldScale",
-                          f"dry run: would scale from {current} to {decision.replicas}: "
-                          f"{decision.reason}: {decision.message}")
-
-    async def _report(
-        self, scaler: Scaler, now: float, outcome: TickOutcome, decision: Decision | None
-    ) -> None:
-        known = {c.get("type") for c in scaler.status.get("conditions") or ()}
-        status, flipped = build_status(scaler.status, outcome, now)
-        stale = now - scaler.status_written_at >= self.settings.status_refresh_seconds
-        if not needs_write(scaler.status, status, stale=stale):
-            return
-        try:
-            await self.kube.patch_status(scaler.namespace, scaler.name, status)
+            await self.kube.patch_status(scaler.namespace, scaler.name, made.status)
         except NotFound:
             self.fleet.remove(scaler.namespace, scaler.name)  # deleted meanwhile: gone
-            return
+            return False
         except KubeError as error:
             log.warning("status of %s/%s not written: %s", scaler.namespace, scaler.name,
                         error.message)
-            return
-        scaler.status = status
-        scaler.status_written_at = now
-        for condition in flipped:
-            bad = condition.type in GOOD_WHEN_TRUE and not condition.status
-            if condition.type not in known and not bad:
-                continue  # a new QueueScaler's first, healthy conditions are not news
-            event_type = "Warning" if bad else "Normal"
-            verb = "True" if condition.status else "False"
-            await self._event(scaler, event_type, condition.reason,
-                              f"{condition.type} is {verb}: {condition.message}")
+            return False
+        scaler.memory = dataclasses.replace(
+            scaler.memory, status=made.status, status_written_at=now
+        )
+        return True
 
-    async def _event(self, scaler: Scaler, event_type: str, reason: str, message: str) -> None:
-        about = ObjectRef(f"{GROUP}/{VERSION}", KIND, scaler.namespace, scaler.name, scaler.uid)
-        await self._emit(about, event_type, reason, message)
+    async def _post(self, scaler: Scaler, events: Sequence[Event]) -> None:
+        for event in events:
+            about = ObjectRef(f"{GROUP}/{VERSION}", KIND, scaler.namespace, scaler.name, scaler.uid)
+            await self._emit(about, event.type, event.reason, event.message)
+            if event.on_target and scaler.spec is not None:
+                target = scaler.spec.scale_target_ref
+                on_target = ObjectRef(target.api_version, target.kind, scaler.namespace,
+                                      target.name)
+                await self._emit(on_target, event.type, event.reason,
+                                 f"queuescaler {scaler.name} {event.message}")
 
     async def _emit(self, about: ObjectRef, event_type: str, reason: str, message: str) -> None:
         try:
             await self.kube.emit_event(about, event_type, reason, message)
         except KubeError as error:
             log.warning("event not posted: %s", error.message)
-
-
-def _at_rest_at_zero(scaler: Scaler) -> bool:
-    spec = scaler.spec
-    return (
-        spec is not None and scaler.current_replicas == 0 and spec.min_replicas == 0
-        and not spec.paused
-    )
-
-
-def _with_live_counts(sample: QueueSample | None, live: QueueSample) -> QueueSample:
-    """The management sample with its ready and consumer counts replaced by live ones.
-
-    The management API's counts lag by up to its statistics interval (seconds); a passive
-    declare's do not. Unacked counts and rates exist only in the management sample, so
-    they stay. The live counts stand alone only for a pool at zero (nothing can be in
-    flight) or a queue too new to have statistics: never in place of a failed request for
-    a pool at work, whose unacknowledged messages they cannot see.
-    """
-    if sample is None:
-        return live
-    return dataclasses.replace(sample, ready=live.ready, consumers=live.consumers)

@@ -1,17 +1,18 @@
 """What the operator knows between ticks: the QueueScalers it serves and their targets' sizes.
 
+In memory only; the rules for what to do with it live in `core.plan`.
+
 Both maps are fed by watches (kopf event handlers), so a tick reads them for free
 instead of asking the apiserver about every QueueScaler.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
-from queuescaler.core.decision import ScalerState
+from queuescaler.core.plan import Memory
 from queuescaler.core.sample import QueueRef
 from queuescaler.core.spec import QueueScalerSpec, SpecError
 from queuescaler.core.status import state_from_status
@@ -23,7 +24,7 @@ Key = tuple[str, str]
 
 @dataclass(slots=True)
 class Scaler:
-    """One QueueScaler as the operator tracks it. Mutable: the engine updates it each tick."""
+    """One QueueScaler as the operator tracks it. The engine replaces its memory each tick."""
 
     namespace: str
     name: str
@@ -31,19 +32,10 @@ class Scaler:
     generation: int | None
     spec: QueueScalerSpec | None
     spec_error: SpecError | None
-    state: ScalerState
-    status: dict[str, Any]
-    """The status as last written (or as found at start): what the next write compares to."""
-    status_written_at: float = -math.inf
+    memory: Memory
+    """What the planner remembers (decision state, last written status, marks, ...)."""
     next_due: float = 0.0
     """When the next full sample is due (aligned to the polling interval)."""
-    current_replicas: int | None = None
-    """The target's replica count at the last tick (None: unknown or missing)."""
-    announced_desired: int | None = None
-    """The desired count last announced in an Event (dry run announces each new one once)."""
-    marks: dict[str, Any] = field(default_factory=dict)
-    stats_pending: bool = False
-    """The broker listed a queue of ours without statistics (new): live counts stand in."""
 
     @property
     def key(self) -> Key:
@@ -73,14 +65,12 @@ class Fleet:
         known = self._scalers.get(key)
         if known is not None and known.uid == meta.get("uid"):
             if follow_status:
-                known.status = dict(body.get("status") or {})
-                known.state = state_from_status(known.status, now)
+                known.memory = _restored(body.get("status"), now, known.memory)
             if known.generation != generation:
                 known.spec, known.spec_error = _parse(body.get("spec"))
                 known.generation = generation
                 known.next_due = 0.0  # a changed spec is acted on at the next tick
             return known
-        status = dict(body.get("status") or {})
         spec, error = _parse(body.get("spec"))
         scaler = Scaler(
             namespace=key[0],
@@ -89,8 +79,7 @@ class Fleet:
             generation=generation,
             spec=spec,
             spec_error=error,
-            state=state_from_status(status, now),
-            status=status,
+            memory=_restored(body.get("status"), now, Memory()),
         )
         self._scalers[key] = scaler
         return scaler
@@ -106,6 +95,12 @@ class Fleet:
 
     def __len__(self) -> int:
         return len(self._scalers)
+
+
+def _restored(raw_status: object, now: float, memory: Memory) -> Memory:
+    """The memory a stored status gives back: the decision state and what was written."""
+    status = dict(raw_status) if isinstance(raw_status, Mapping) else {}
+    return replace(memory, state=state_from_status(status, now), status=status)
 
 
 def _parse(raw: object) -> tuple[QueueScalerSpec | None, SpecError | None]:
@@ -127,7 +122,7 @@ class ReplicaCache:
     def __init__(self) -> None:
         self._replicas: dict[Key, int] = {}
 
-    def observe(self, body: Mapping[str, Any]) -> None:
+    def update(self, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
         replicas = (body.get("spec") or {}).get("replicas")
         key = (meta.get("namespace", ""), meta.get("name", ""))
@@ -141,6 +136,3 @@ class ReplicaCache:
 
     def get(self, namespace: str, name: str) -> int | None:
         return self._replicas.get((namespace, name))
-
-    def knows(self, namespace: str, name: str) -> bool:
-        return (namespace, name) in self._replicas

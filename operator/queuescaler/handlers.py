@@ -22,7 +22,7 @@ from queuescaler.engine import Engine
 from queuescaler.kube.client import GROUP, PLURAL, VERSION
 from queuescaler.leader import Elector
 
-log = logging.getLogger("queuescaler")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -108,4 +108,4 @@ async def deployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, *
     if type == "DELETED":
         replicas.forget(body.metadata.namespace or "", body.metadata.name or "")
     else:
-        replicas.observe(body)
+        replicas.update(body)

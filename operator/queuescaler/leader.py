@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from queuescaler.kube.client import KubeClient, KubeError, LeaseRecord
 
-log = logging.getLogger("queuescaler.leader")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

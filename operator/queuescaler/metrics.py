@@ -18,7 +18,7 @@ sample_errors_total{kind}, tick_duration_seconds, and the process/platform/GC co
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, cast
 
 from prometheus_client import (
@@ -36,9 +36,9 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from queuescaler import __version__
-from queuescaler.core.decision import Decision, Reason
-from queuescaler.core.sample import ErrorKind, QueueSample, SampleResult, SourceError
-from queuescaler.core.status import Condition
+from queuescaler.core.decision import Reason
+from queuescaler.core.plan import Plan
+from queuescaler.core.sample import ErrorKind, SampleResult, SourceError
 
 if TYPE_CHECKING:
     from queuescaler.fleet import Scaler
@@ -183,15 +183,8 @@ class Metrics:
             reading[_series_key("scaler_sample_failures", ())] = 0.0
         return reading
 
-    def observe(
-        self,
-        scaler: Scaler,
-        sample: QueueSample | None,
-        decision: Decision | None,
-        current: int | None,
-        conditions: Sequence[Condition],
-    ) -> None:
-        """Record one tick of one QueueScaler (after its state was updated)."""
+    def record(self, scaler: Scaler, plan: Plan) -> None:
+        """Record one tick of one QueueScaler, as planned and carried out."""
         r = self._reading((scaler.namespace, scaler.name))
         self._add(r, "scaler_ticks")
         spec = scaler.spec
@@ -201,6 +194,7 @@ class Metrics:
             self._put(r, "messages_per_replica", spec.target.messages_per_replica)
             self._put(r, "paused", spec.paused)
             self._put(r, "dry_run", spec.dry_run)
+        sample = plan.sample
         if sample is not None:
             self._put(r, "backlog_messages", sample.ready, "ready")
             self._put(r, "backlog_messages", sample.unacked, "unacked")
@@ -210,29 +204,31 @@ class Metrics:
             self._put(r, "deliver_rate", sample.deliver_rate)
             self._put(r, "consumer_utilisation", sample.consumer_utilisation)
             self._put(r, "last_sample_timestamp_seconds", sample.taken_at)
+        current = plan.memory.current_replicas
         if current is not None:
             self._put(r, "current_replicas", current)
+        decision, before = plan.decision, plan.previous_replicas
         if decision is not None:
             self._put(r, "desired_replicas", decision.replicas)
             self._put(r, "recommended_replicas", decision.recommendation)
-            if current is None or decision.replicas == current:
+            if before is None or decision.replicas == before:
                 direction = "hold"
             else:
-                direction = "up" if decision.replicas > current else "down"
+                direction = "up" if decision.replicas > before else "down"
             self._add(r, "decisions", direction, str(decision.reason))
             self._put(r, "fallback_active", decision.reason is Reason.FALLBACK)
             self._put(r, "scaling_limited", decision.limited)
-        state = scaler.state
+        state = plan.memory.state
         self._put(r, "consecutive_failures", state.consecutive_failures)
         self._put(r, "per_replica_rate", state.per_replica_rate)
         self._put(r, "last_scale_timestamp_seconds", state.last_scale_time)
-        for condition in conditions:
+        for condition in plan.conditions:
             self._put(r, "condition", condition.status, condition.type)
             if condition.type == "BrokerReachable" and not condition.status:
                 self._add(r, "scaler_sample_failures")
 
-    def scaled(self, scaler: Scaler, direction: str, reason: str) -> None:
-        """A scale patch was applied (`direction` is up or down; `reason` is in decisions)."""
+    def scaled(self, scaler: Scaler, direction: str) -> None:
+        """A scale patch was applied (`direction` is up or down)."""
         self._add(self._reading((scaler.namespace, scaler.name)), "scale_events", direction)
 
     def forget(self, namespace: str, name: str) -> None:

@@ -19,6 +19,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from queuescaler import __version__
 from queuescaler.core.decision import Decision, Reason, ScalerState
+from queuescaler.core.plan import Plan
 from queuescaler.core.sample import ErrorKind, QueueRef, QueueSample, SourceError
 from queuescaler.core.status import Condition, conditions_for
 from queuescaler.endpoints import make_app
@@ -46,6 +47,22 @@ def make_scaler(namespace: str = "media", name: str = "thumbnails", **spec: Any)
     scaler = Fleet().upsert(body, NOW)
     assert scaler.spec is not None, scaler.spec_error
     return scaler
+
+
+def observe(
+    metrics: Metrics,
+    scaler: Scaler,
+    sample: QueueSample | None,
+    decision: Decision | None,
+    current: int | None,
+    conditions: list[Condition],
+) -> None:
+    """One tick as the engine records it: a plan that held at `current`."""
+    memory = replace(scaler.memory, current_replicas=current)
+    metrics.record(scaler, Plan(
+        memory=memory, decision=decision, sample=sample, previous_replicas=current,
+        conditions=conditions,
+    ))
 
 
 def make_sample(**overrides: Any) -> QueueSample:
@@ -104,11 +121,11 @@ def metrics() -> Metrics:
 def ticked(metrics: Metrics) -> tuple[Metrics, Scaler]:
     """One healthy tick that scaled from 2 to 13 replicas."""
     scaler = make_scaler()
-    scaler.state = ScalerState(last_scale_time=NOW - 30, consecutive_failures=0,
-                               per_replica_rate=6.25)
+    scaler.memory = replace(scaler.memory, state=ScalerState(
+        last_scale_time=NOW - 30, consecutive_failures=0, per_replica_rate=6.25))
     decision = make_decision(13, recommendation=15, limited=True)
-    metrics.observe(scaler, make_sample(), decision, 2, healthy(decision, 2))
-    metrics.scaled(scaler, "up", str(decision.reason))
+    observe(metrics, scaler, make_sample(), decision, 2, healthy(decision, 2))
+    metrics.scaled(scaler, "up")
     return metrics, scaler
 
 
@@ -175,7 +192,7 @@ def test_decisions_are_counted_by_direction(
 ) -> None:
     scaler = make_scaler()
     decision = make_decision(desired)
-    metrics.observe(scaler, make_sample(), decision, current, healthy(decision, current))
+    observe(metrics, scaler, make_sample(), decision, current, healthy(decision, current))
     labels = of(scaler, direction=direction, reason="backlog")
     assert value(metrics, "queuescaler_decisions_total", **labels) == 1
 
@@ -183,10 +200,10 @@ def test_decisions_are_counted_by_direction(
 def test_a_failed_sample_counts_a_failure_and_shows_the_fallback(metrics: Metrics) -> None:
     scaler = make_scaler(fallback={"afterFailures": 3, "replicas": 2})
     good = make_decision(4)
-    metrics.observe(scaler, make_sample(), good, 4, healthy(good, 4))
-    scaler.state = ScalerState(consecutive_failures=3)
+    observe(metrics, scaler, make_sample(), good, 4, healthy(good, 4))
+    scaler.memory = replace(scaler.memory, state=ScalerState(consecutive_failures=3))
     fallback = make_decision(2, Reason.FALLBACK)
-    metrics.observe(scaler, None, fallback, 4, unreachable(fallback, 4))
+    observe(metrics, scaler, None, fallback, 4, unreachable(fallback, 4))
 
     assert value(metrics, "queuescaler_scaler_sample_failures_total", **of(scaler)) == 1
     assert value(metrics, "queuescaler_scaler_ticks_total", **of(scaler)) == 2
@@ -200,9 +217,9 @@ def test_a_failed_sample_counts_a_failure_and_shows_the_fallback(metrics: Metric
 def test_rates_that_become_unknown_are_dropped_not_left_stale(metrics: Metrics) -> None:
     scaler = make_scaler()
     decision = make_decision(13)
-    metrics.observe(scaler, make_sample(), decision, 13, healthy(decision, 13))
+    observe(metrics, scaler, make_sample(), decision, 13, healthy(decision, 13))
     without_rates = make_sample(publish_rate=None, ack_rate=None)
-    metrics.observe(scaler, without_rates, decision, 13, healthy(decision, 13))
+    observe(metrics, scaler, without_rates, decision, 13, healthy(decision, 13))
     assert value(metrics, "queuescaler_publish_rate", **of(scaler)) is None
     assert value(metrics, "queuescaler_ack_rate", **of(scaler)) is None
     assert value(metrics, "queuescaler_deliver_rate", **of(scaler)) == 13.0
@@ -211,10 +228,11 @@ def test_rates_that_become_unknown_are_dropped_not_left_stale(metrics: Metrics) 
 def test_forget_removes_every_series_of_that_scaler_and_only_those(metrics: Metrics) -> None:
     kept, gone = make_scaler(name="kept"), make_scaler(name="gone")
     for scaler in (kept, gone):
-        scaler.state = ScalerState(last_scale_time=NOW, per_replica_rate=1.0)
+        state = ScalerState(last_scale_time=NOW, per_replica_rate=1.0)
+        scaler.memory = replace(scaler.memory, state=state)
         decision = make_decision(3)
-        metrics.observe(scaler, make_sample(), decision, 1, healthy(decision, 1))
-        metrics.scaled(scaler, "up", "backlog")
+        observe(metrics, scaler, make_sample(), decision, 1, healthy(decision, 1))
+        metrics.scaled(scaler, "up")
     before = {labels.get("scaler") for _, labels in all_samples(metrics)}
     assert {"kept", "gone"} <= before
 
@@ -229,9 +247,9 @@ def test_forget_removes_every_series_of_that_scaler_and_only_those(metrics: Metr
 def test_a_forgotten_scaler_that_comes_back_starts_from_zero(metrics: Metrics) -> None:
     scaler = make_scaler()
     decision = make_decision(3)
-    metrics.observe(scaler, make_sample(), decision, 1, healthy(decision, 1))
+    observe(metrics, scaler, make_sample(), decision, 1, healthy(decision, 1))
     metrics.forget(scaler.namespace, scaler.name)
-    metrics.observe(scaler, make_sample(), decision, 1, healthy(decision, 1))
+    observe(metrics, scaler, make_sample(), decision, 1, healthy(decision, 1))
     assert value(metrics, "queuescaler_scaler_ticks_total", **of(scaler)) == 1
     assert value(metrics, "queuescaler_scale_events_total", **of(scaler, direction="down")) == 0
 
@@ -263,9 +281,9 @@ def test_no_label_value_carries_a_url_or_a_user(metrics: Metrics) -> None:
     metrics.sampled(0.2, SourceError(ErrorKind.AUTH, f"{SECRET_URL}: access refused"))
     metrics.sampled(0.01, {QueueRef("/", "thumbs"): make_sample()})
     good = make_decision(5)
-    metrics.observe(scaler, make_sample(), good, 2, healthy(good, 2))
+    observe(metrics, scaler, make_sample(), good, 2, healthy(good, 2))
     bad = make_decision(2, Reason.FALLBACK)
-    metrics.observe(scaler, None, bad, 2, unreachable(bad, 2))
+    observe(metrics, scaler, None, bad, 2, unreachable(bad, 2))
     metrics.sample_failed("secret")
     values = [v for _, labels in all_samples(metrics) for v in labels.values()]
     assert values
@@ -299,9 +317,10 @@ def test_cardinality_is_bounded_per_scaler(metrics: Metrics) -> None:
     scaler = make_scaler()
     for i, reason in enumerate(Reason):
         for current in (0, 5, 10):
-            scaler.state = replace(scaler.state, consecutive_failures=i)
+            state = replace(scaler.memory.state, consecutive_failures=i)
+            scaler.memory = replace(scaler.memory, state=state)
             decision = make_decision(5, reason)
-            metrics.observe(scaler, make_sample(ready=i), decision, current,
+            observe(metrics, scaler, make_sample(ready=i), decision, current,
                             healthy(decision, current))
     decisions = len(Reason) * 3
     assert metrics.series_count() <= decisions + 40
@@ -318,10 +337,11 @@ def test_the_fast_exposition_is_what_prometheus_client_writes(
     """`render` writes per-QueueScaler lines itself; byte for byte the library's output."""
     for namespace, name in (("media", "thumbnails"), ("odd", 'quote"back\\slash')):
         scaler = make_scaler(namespace, name)
-        scaler.state = ScalerState(last_scale_time=NOW - 30, per_replica_rate=6.25)
+        state = ScalerState(last_scale_time=NOW - 30, per_replica_rate=6.25)
+        scaler.memory = replace(scaler.memory, state=state)
         decision = make_decision(13, recommendation=15, limited=True)
-        metrics.observe(scaler, make_sample(), decision, 2, healthy(decision, 2))
-        metrics.scaled(scaler, "up", str(decision.reason))
+        observe(metrics, scaler, make_sample(), decision, 2, healthy(decision, 2))
+        metrics.scaled(scaler, "up")
     metrics.sample_failed("timeout")
     body, content_type = metrics.render(accept)
     assert body.decode() == library(metrics.registry).decode()

@@ -422,7 +422,7 @@ def _engine(
         cache.set(name, "worker", replicas)
     return Engine(
         kube, registry, cache, Metrics(CollectorRegistry(), process=False),  # type: ignore[arg-type]
-        lambda connection: source, EngineSettings(fast_path=False), clock=lambda: NOW,
+        lambda broker: source, EngineSettings(fast_path=False), clock=lambda: NOW,
     )
 
 
@@ -500,10 +500,10 @@ async def test_deleting_the_scaler_clears_its_marks() -> None:
     engine = _engine(kube, FakeSource(BUSY_CLIENTS, calls), ("a", True))
     await engine.tick(NOW)
     gone = engine.fleet.remove("a", "a")
-    assert gone is not None and gone.marks
+    assert gone is not None and gone.memory.marks
     pods = kube.pods("a")
     pods["worker-x"] = Pod("worker-x", deletion_cost="5", marked_by="someone-else")
     await engine.release(gone)
     assert all(pod.marked_by in (None, "someone-else") for pod in pods.values())
     assert pods["worker-x"].deletion_cost == "5"
-    assert gone.marks == {}
+    assert gone.memory.marks == {}
