@@ -12,46 +12,22 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from queuescaler.brokers import Broker, Brokers, ClientListings, Reach, SourceFactory, connect
 from queuescaler.core import plan as planner
 from queuescaler.core.plan import Event, Failure, Observations, Plan, WorkerLook
 from queuescaler.core.redact import redact
-from queuescaler.core.sample import (
-    BrokerClient,
-    ErrorKind,
-    QueueRef,
-    QueueSample,
-    SampleResult,
-    SourceError,
-    combine,
-)
-from queuescaler.core.workers import DELETION_COST, Marks, Pod
+from queuescaler.core.sample import QueueSample, SampleResult, SourceError
+from queuescaler.core.workers import Marks, Pod
 from queuescaler.fleet import Fleet, ReplicaCache, Scaler
 from queuescaler.kube.client import GROUP, KIND, VERSION, KubeClient, KubeError, NotFound, ObjectRef
+from queuescaler.kube.pods import Pods
 from queuescaler.metrics import Metrics
-from queuescaler.sources.base import ListingClients, Peeking, QueueSource
-from queuescaler.sources.registry import SOURCES
 
 log = logging.getLogger(__name__)
 
-Broker = tuple[str, Hashable]
-"""A broker kind and the address its Secret gave: equal values share one source."""
-SourceFactory = Callable[[Broker], QueueSource]
-Reach = Broker | Failure
-"""A QueueScaler's way to its broker, or why it has none."""
-FAILED_SECRET_RETRY_SECONDS = 10.0
-"""A missing or bad Secret is read again this soon: fixing it should show quickly."""
-SELECTOR_REFRESH_SECONDS = 300.0
-"""A target's pod selector is read from its /scale again after this long (it rarely moves)."""
-
-
-def connect(broker: Broker) -> QueueSource:
-    """The registry's source for a broker kind and address."""
-    kind, address = broker
-    return SOURCES[kind].connect(address)
 
 
 @dataclass(frozen=True)
@@ -73,63 +49,6 @@ class EngineSettings:
     """QueueScalers acted on at once (each patch or write is one apiserver request)."""
 
 
-class SecretCache:
-    """Brokers read from Secrets, shared by every QueueScaler that names the Secret."""
-
-    def __init__(self, kube: KubeClient, refresh_seconds: float) -> None:
-        self._kube = kube
-        self._refresh = refresh_seconds
-        self._entries: dict[tuple[str, str, str], tuple[float, Reach]] = {}
-
-    async def broker(self, namespace: str, name: str, kind: str, now: float) -> Reach:
-        """The broker the Secret describes, or why it gives none (redacted)."""
-        key = (namespace, name, kind)
-        entry = self._entries.get(key)
-        if entry is None or now >= entry[0]:
-            reach: Reach
-            try:
-                data = await self._kube.read_secret(namespace, name)
-                reach = (kind, SOURCES[kind].parse_secret(data))
-                expires = now + self._refresh
-            except NotFound as error:
-                reach = Failure("SecretNotFound", error.message)
-                expires = now + min(self._refresh, FAILED_SECRET_RETRY_SECONDS)
-            except KubeError as error:
-                reach = Failure(error.reason, error.message)
-                expires = now + min(self._refresh, FAILED_SECRET_RETRY_SECONDS)
-            except SourceError as error:
-                reach = Failure("BadSecret", error.message)
-                expires = now + min(self._refresh, FAILED_SECRET_RETRY_SECONDS)
-            entry = self._entries[key] = (expires, reach)
-        return entry[1]
-
-    def invalidate(self, namespace: str, name: str, kind: str) -> None:
-        self._entries.pop((namespace, name, kind), None)
-
-
-class ClientListings:
-    """Each broker's clients, listed at most once per tick, and only when a plan asks.
-
-    The first QueueScaler that may scale down starts the listing of its broker (every scope
-    the tick's QueueScalers on that broker use, in one go); the others await it.
-    """
-
-    def __init__(self, source: Callable[[Broker], QueueSource]) -> None:
-        self._source = source
-        self.scopes: dict[Broker, set[str]] = defaultdict(set)
-        self._listings: dict[Broker, asyncio.Future[Sequence[BrokerClient]]] = {}
-
-    async def get(self, broker: Broker, scopes: Iterable[str]) -> Sequence[BrokerClient]:
-        listing = self._listings.get(broker)
-        if listing is None:
-            source = self._source(broker)
-            assert isinstance(source, ListingClients)
-            wanted = self.scopes[broker] | set(scopes)
-            listing = asyncio.ensure_future(source.clients(wanted))
-            self._listings[broker] = listing
-        return await asyncio.shield(listing)
-
-
 class Engine:
     """Runs ticks until stopped. One per operator process."""
 
@@ -149,14 +68,12 @@ class Engine:
         self.replicas = replicas
         self.metrics = metrics
         self.settings = settings
-        self._make_source = make_source
-        self._sources: dict[Broker, QueueSource] = {}
-        self._secrets = SecretCache(kube, settings.secret_refresh_seconds)
+        self.brokers = Brokers(kube, metrics, make_source, settings.secret_refresh_seconds)
         self._clock = clock
         self.leading = leading
         """Whether this replica acts now (leader election); a standby only watches."""
         self._gate = asyncio.Semaphore(settings.concurrency)
-        self._selectors: dict[tuple[str, str, str, str], tuple[float, str]] = {}
+        self.pods = Pods(kube)
         self._peek_turn = 0
         self.ticks = 0
         """Ticks completed: the operator is ready once the first one ran."""
@@ -174,15 +91,7 @@ class Engine:
             elapsed = self._clock() - started
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.0, self.settings.tick_seconds - elapsed))
-        await self.close()
-
-    async def close(self) -> None:
-        sources, self._sources = self._sources, {}
-        for source in sources.values():
-            try:
-                await source.close()
-            except Exception:  # closing is best effort
-                log.debug("closing a source failed", exc_info=True)
+        await self.brokers.close()
 
     def forget(self, scaler: Scaler) -> None:
         """A QueueScaler was deleted: drop its metrics."""
@@ -215,7 +124,7 @@ class Engine:
                 if planner.settling(s.memory.state, now, self.settings.plan)
                 or s.memory.stats_pending
             ]
-            live = await self._peek([*resting, *settling], now)
+            live = await self.brokers.peek([*resting, *settling], now)
             due.extend(
                 s for s in resting
                 if s.key in live and s.spec is not None and planner.wakes(s.spec, live[s.key])
@@ -224,13 +133,9 @@ class Engine:
             for scaler in due:
                 interval = scaler.spec.polling_interval_seconds if scaler.spec else 60
                 scaler.next_due = planner.next_due(now, interval)
-            reaches = await self._reaches(due, now)
-            answers = await self._sample(reaches)
-            listings = ClientListings(self._source)
-            for scaler in due:
-                reach = reaches.get(scaler.key)
-                if isinstance(reach, tuple) and scaler.spec is not None:
-                    listings.scopes[reach].update(ref.scope for ref in scaler.queues())
+            reaches = await self.brokers.reaches(due, now)
+            answers = await self.brokers.sample(due, reaches)
+            listings = self.brokers.listings(due, reaches)
             await asyncio.gather(*(
                 self._guarded(self._act(
                     s, reaches.get(s.key), answers, live.get(s.key), now, listings
@@ -258,78 +163,6 @@ class Engine:
             except Exception:  # one QueueScaler's failure never stops the others
                 log.exception("acting on a QueueScaler failed")
 
-    async def _reaches(self, scalers: Iterable[Scaler], now: float) -> dict[tuple[str, str], Reach]:
-        """Each QueueScaler's broker (or why there is none), one Secret read each."""
-        found: dict[tuple[str, str], Reach] = {}
-        for scaler in scalers:
-            if scaler.spec is not None:
-                source = scaler.spec.source
-                found[scaler.key] = await self._secrets.broker(
-                    scaler.namespace, source.secret_ref.name, source.broker, now
-                )
-        return found
-
-    def _source(self, broker: Broker) -> QueueSource:
-        source = self._sources.get(broker)
-        if source is None:
-            source = self._sources[broker] = self._make_source(broker)
-        return source
-
-    def _wanted(
-        self, scalers: Iterable[Scaler], reaches: Mapping[tuple[str, str], Reach]
-    ) -> dict[Broker, set[QueueRef]]:
-        wanted: dict[Broker, set[QueueRef]] = defaultdict(set)
-        for scaler in scalers:
-            reach = reaches.get(scaler.key)
-            if isinstance(reach, tuple):
-                wanted[reach].update(scaler.queues())
-        return wanted
-
-    async def _sample(
-        self, reaches: Mapping[tuple[str, str], Reach]
-    ) -> dict[Broker, SampleResult | SourceError]:
-        """One request per broker: every queue any due QueueScaler on it watches."""
-        scalers = [s for key in reaches if (s := self.fleet.get(*key)) is not None]
-        wanted = self._wanted(scalers, reaches)
-
-        async def one(broker: Broker, queues: set[QueueRef]) -> SampleResult | SourceError:
-            started = time.perf_counter()
-            try:
-                result: SampleResult | SourceError = await self._source(broker).sample(queues)
-            except SourceError as error:
-                result = error
-            except Exception as error:  # a source bug must not look like a healthy broker
-                result = SourceError(ErrorKind.BAD_RESPONSE, redact(repr(error)))
-            self.metrics.sampled(time.perf_counter() - started, result)
-            return result
-
-        brokers = list(wanted)
-        results = await asyncio.gather(*(one(b, wanted[b]) for b in brokers))
-        return dict(zip(brokers, results, strict=True))
-
-    async def _peek(self, scalers: list[Scaler], now: float) -> dict[tuple[str, str], QueueSample]:
-        """Live counts (no statistics delay) of every queue of `scalers`, by QueueScaler,
-        from the sources that can peek; a failed peek is left to the regular sample."""
-        if not scalers:
-            return {}
-        reaches = await self._reaches(scalers, now)
-        peeked: dict[QueueRef, QueueSample] = {}
-        for broker, queues in self._wanted(scalers, reaches).items():
-            source = self._source(broker)
-            if not isinstance(source, Peeking):
-                continue
-            try:
-                result = await source.peek(queues)
-            except SourceError:
-                continue
-            peeked.update((ref, s) for ref, s in result.items() if isinstance(s, QueueSample))
-        live: dict[tuple[str, str], QueueSample] = {}
-        for scaler in scalers:
-            parts = [peeked.get(ref) for ref in scaler.queues()]
-            if parts and all(p is not None for p in parts):
-                live[scaler.key] = combine(p for p in parts if p is not None)
-        return live
-
     # --- acting on one QueueScaler ---
 
     async def _act(
@@ -355,7 +188,7 @@ class Engine:
                 answer=answer,
                 current=await self._current_replicas(scaler),
                 can_list_workers=broker is not None
-                and isinstance(self._source(broker), ListingClients),
+                and self.brokers.can_list_clients(broker),
             )
         made = self._plan(scaler, seen)
         if made.wants_workers and broker is not None:
@@ -374,7 +207,7 @@ class Engine:
     async def _execute(self, scaler: Scaler, seen: Observations, made: Plan) -> None:
         if made.reread_secret and scaler.spec is not None:
             source = scaler.spec.source
-            self._secrets.invalidate(scaler.namespace, source.secret_ref.name, source.broker)
+            self.brokers.secrets.invalidate(scaler.namespace, source.secret_ref.name, source.broker)
         if made.clear_marks:
             await self._clear_marks(scaler)
         if made.marks:
@@ -413,28 +246,14 @@ class Engine:
         except KubeError as error:
             return Failure(error.reason, error.message)
 
-    async def _selector(self, scaler: Scaler, now: float) -> str:
-        """The target's pod selector, from its /scale (cached: selectors rarely change)."""
-        assert scaler.spec is not None
-        target = scaler.spec.scale_target_ref
-        key = (scaler.namespace, target.api_version, target.kind, target.name)
-        cached = self._selectors.get(key)
-        if cached is not None and now < cached[0]:
-            return cached[1]
-        selector = await self.kube.read_selector(scaler.namespace, target)
-        self._selectors[key] = (now + SELECTOR_REFRESH_SECONDS, selector)
-        return selector
-
     async def _look(self, scaler: Scaler, broker: Broker, listings: ClientListings) -> WorkerLook:
         """The target's pods and the broker's clients; or why they could not be listed."""
         scopes = {ref.scope for ref in scaler.queues()}
 
-        async def pods() -> list[Pod]:
-            selector = await self._selector(scaler, self._clock())
-            return await self.kube.list_pods(scaler.namespace, selector)
-
+        assert scaler.spec is not None
+        pods = self.pods.list(scaler.namespace, scaler.spec.scale_target_ref, self._clock())
         found, clients = await asyncio.gather(
-            pods(), listings.get(broker, scopes), return_exceptions=True
+            pods, listings.get(broker, scopes), return_exceptions=True
         )
         if isinstance(found, KubeError):
             return WorkerLook(problem=f"the target's pods could not be listed: {found.message}")
@@ -456,8 +275,8 @@ class Engine:
         """Set pod-deletion-cost on the pods whose mark changed, so idle pods go first."""
         present = {pod.name for pod in look.pods} if look is not None else set()
         kept = {pod: cost for pod, cost in scaler.memory.marks.items() if pod in present}
-        scaler.memory = dataclasses.replace(scaler.memory, marks=kept)
-        await self._annotate(scaler, marks)
+        held = await self.pods.annotate(scaler.namespace, marks, kept)
+        scaler.memory = dataclasses.replace(scaler.memory, marks=held)
 
     async def _clear_marks(self, scaler: Scaler) -> None:
         """Remove the marks this QueueScaler set (best effort; a failed listing falls back to
@@ -465,33 +284,12 @@ class Engine:
         pods: Sequence[Pod] = ()
         if scaler.spec is not None:
             with contextlib.suppress(KubeError):
-                pods = await self.kube.list_pods(
-                    scaler.namespace, await self._selector(scaler, self._clock())
+                pods = await self.pods.list(
+                    scaler.namespace, scaler.spec.scale_target_ref, self._clock()
                 )
-        await self._annotate(scaler, planner.clearing_marks(pods, scaler.memory, scaler.name))
+        marks = planner.clearing_marks(pods, scaler.memory, scaler.name)
+        await self.pods.annotate(scaler.namespace, marks, {})
         scaler.memory = dataclasses.replace(scaler.memory, marks={})
-
-    async def _annotate(self, scaler: Scaler, marks: Marks) -> None:
-        if not marks:
-            return
-        results = await asyncio.gather(
-            *(self.kube.annotate_pod(scaler.namespace, pod, annotations)
-              for pod, annotations in marks.items()),
-            return_exceptions=True,
-        )
-        held = dict(scaler.memory.marks)
-        for (pod, wanted), result in zip(marks.items(), results, strict=True):
-            if isinstance(result, NotFound):
-                held.pop(pod, None)  # gone already
-            elif isinstance(result, KubeError):
-                log.warning("pod %s/%s not marked: %s", scaler.namespace, pod, result.message)
-            elif isinstance(result, BaseException):
-                raise result
-            elif (cost := wanted.get(DELETION_COST)) is None:
-                held.pop(pod, None)
-            else:
-                held[pod] = cost
-        scaler.memory = dataclasses.replace(scaler.memory, marks=held)
 
     async def _scale(self, scaler: Scaler, replicas: int) -> Failure | None:
         """Patch /scale; None when it took, else why not."""

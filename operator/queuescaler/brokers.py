@@ -1,0 +1,199 @@
+"""The brokers side of a tick: Secrets read into addresses, one source per broker, and one
+request per broker per tick whatever the number of QueueScalers on it. I/O only."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+
+from queuescaler.core.plan import Failure
+from queuescaler.core.redact import redact
+from queuescaler.core.sample import (
+    BrokerClient,
+    ErrorKind,
+    QueueRef,
+    QueueSample,
+    SampleResult,
+    SourceError,
+    combine,
+)
+from queuescaler.fleet import Key, Scaler
+from queuescaler.kube.client import KubeClient, KubeError, NotFound
+from queuescaler.metrics import Metrics
+from queuescaler.sources.base import ListingClients, Peeking, QueueSource
+from queuescaler.sources.registry import SOURCES
+
+log = logging.getLogger(__name__)
+
+Broker = tuple[str, Hashable]
+"""A broker kind and the address its Secret gave: equal values share one source."""
+SourceFactory = Callable[[Broker], QueueSource]
+Reach = Broker | Failure
+"""A QueueScaler's way to its broker, or why it has none."""
+FAILED_SECRET_RETRY_SECONDS = 10.0
+"""A missing or bad Secret is read again this soon: fixing it should show quickly."""
+
+
+def connect(broker: Broker) -> QueueSource:
+    """The registry's source for a broker kind and address."""
+    kind, address = broker
+    return SOURCES[kind].connect(address)
+
+
+class SecretCache:
+    """Brokers read from Secrets, shared by every QueueScaler that names the Secret."""
+
+    def __init__(self, kube: KubeClient, refresh_seconds: float) -> None:
+        self._kube = kube
+        self._refresh = refresh_seconds
+        self._entries: dict[tuple[str, str, str], tuple[float, Reach]] = {}
+
+    async def broker(self, namespace: str, name: str, kind: str, now: float) -> Reach:
+        """The broker the Secret describes, or why it gives none (redacted)."""
+        key = (namespace, name, kind)
+        entry = self._entries.get(key)
+        if entry is None or now >= entry[0]:
+            reach: Reach
+            try:
+                data = await self._kube.read_secret(namespace, name)
+                reach = (kind, SOURCES[kind].parse_secret(data))
+            except NotFound as error:
+                reach = Failure("SecretNotFound", error.message)
+            except KubeError as error:
+                reach = Failure(error.reason, error.message)
+            except SourceError as error:
+                reach = Failure("BadSecret", error.message)
+            retry = self._refresh if isinstance(reach, tuple) else FAILED_SECRET_RETRY_SECONDS
+            entry = self._entries[key] = (now + min(self._refresh, retry), reach)
+        return entry[1]
+
+    def invalidate(self, namespace: str, name: str, kind: str) -> None:
+        self._entries.pop((namespace, name, kind), None)
+
+
+class ClientListings:
+    """Each broker's clients, listed at most once per tick, and only when a plan asks.
+
+    The first QueueScaler that may scale down starts the listing of its broker (every scope
+    the tick's QueueScalers on that broker use, in one go); the others await it.
+    """
+
+    def __init__(self, source: Callable[[Broker], QueueSource], scopes: dict[Broker, set[str]]):
+        self._source = source
+        self._scopes = scopes
+        self._listings: dict[Broker, asyncio.Future[Sequence[BrokerClient]]] = {}
+
+    async def get(self, broker: Broker, scopes: Iterable[str]) -> Sequence[BrokerClient]:
+        listing = self._listings.get(broker)
+        if listing is None:
+            source = self._source(broker)
+            if not isinstance(source, ListingClients):
+                raise SourceError(ErrorKind.BAD_CONFIG, "this broker cannot list its clients")
+            wanted = self._scopes.get(broker, set()) | set(scopes)
+            listing = asyncio.ensure_future(source.clients(wanted))
+            self._listings[broker] = listing
+        return await asyncio.shield(listing)
+
+
+class Brokers:
+    """Every broker the operator samples, with one source each, kept across ticks."""
+
+    def __init__(
+        self, kube: KubeClient, metrics: Metrics, make_source: SourceFactory = connect,
+        secret_refresh_seconds: float = 300.0,
+    ) -> None:
+        self._metrics = metrics
+        self._make_source = make_source
+        self._sources: dict[Broker, QueueSource] = {}
+        self.secrets = SecretCache(kube, secret_refresh_seconds)
+
+    def source(self, broker: Broker) -> QueueSource:
+        source = self._sources.get(broker)
+        if source is None:
+            source = self._sources[broker] = self._make_source(broker)
+        return source
+
+    def can_list_clients(self, broker: Broker) -> bool:
+        return isinstance(self.source(broker), ListingClients)
+
+    async def reaches(self, scalers: Iterable[Scaler], now: float) -> dict[Key, Reach]:
+        """Each QueueScaler's broker (or why there is none), one Secret read each."""
+        found: dict[Key, Reach] = {}
+        for scaler in scalers:
+            if scaler.spec is not None:
+                source = scaler.spec.source
+                found[scaler.key] = await self.secrets.broker(
+                    scaler.namespace, source.secret_ref.name, source.broker, now
+                )
+        return found
+
+    async def sample(
+        self, scalers: Iterable[Scaler], reaches: Mapping[Key, Reach]
+    ) -> dict[Broker, SampleResult | SourceError]:
+        """One request per broker: every queue any of `scalers` on it watches."""
+        wanted = _wanted(scalers, reaches)
+
+        async def one(broker: Broker, queues: set[QueueRef]) -> SampleResult | SourceError:
+            started = time.perf_counter()
+            try:
+                result: SampleResult | SourceError = await self.source(broker).sample(queues)
+            except SourceError as error:
+                result = error
+            except Exception as error:  # a source bug must not look like a healthy broker
+                result = SourceError(ErrorKind.BAD_RESPONSE, redact(repr(error)))
+            self._metrics.sampled(time.perf_counter() - started, result)
+            return result
+
+        brokers = list(wanted)
+        results = await asyncio.gather(*(one(b, wanted[b]) for b in brokers))
+        return dict(zip(brokers, results, strict=True))
+
+    async def peek(self, scalers: Sequence[Scaler], now: float) -> dict[Key, QueueSample]:
+        """Live counts (no statistics delay) of every queue of `scalers`, by QueueScaler,
+        from the sources that can peek; a failed peek is left to the regular sample."""
+        if not scalers:
+            return {}
+        reaches = await self.reaches(scalers, now)
+        peeked: dict[QueueRef, QueueSample] = {}
+        for broker, queues in _wanted(scalers, reaches).items():
+            source = self.source(broker)
+            if not isinstance(source, Peeking):
+                continue
+            try:
+                result = await source.peek(queues)
+            except SourceError:
+                continue
+            peeked.update((ref, s) for ref, s in result.items() if isinstance(s, QueueSample))
+        live: dict[Key, QueueSample] = {}
+        for scaler in scalers:
+            parts = [peeked.get(ref) for ref in scaler.queues()]
+            if parts and all(p is not None for p in parts):
+                live[scaler.key] = combine(p for p in parts if p is not None)
+        return live
+
+    def listings(self, scalers: Iterable[Scaler], reaches: Mapping[Key, Reach]) -> ClientListings:
+        """This tick's client listings, each covering every scope its broker serves."""
+        scopes: dict[Broker, set[str]] = defaultdict(set)
+        for broker, queues in _wanted(scalers, reaches).items():
+            scopes[broker].update(ref.scope for ref in queues)
+        return ClientListings(self.source, scopes)
+
+    async def close(self) -> None:
+        sources, self._sources = self._sources, {}
+        for source in sources.values():
+            try:
+                await source.close()
+            except Exception:  # closing is best effort
+                log.debug("closing a source failed", exc_info=True)
+
+
+def _wanted(scalers: Iterable[Scaler], reaches: Mapping[Key, Reach]) -> dict[Broker, set[QueueRef]]:
+    wanted: dict[Broker, set[QueueRef]] = defaultdict(set)
+    for scaler in scalers:
+        reach = reaches.get(scaler.key)
+        if isinstance(reach, tuple):
+            wanted[reach].update(scaler.queues())
+    return wanted

@@ -1,0 +1,62 @@
+"""A target's pods: found through the selector its /scale reports, and marked with a
+deletion cost so that a scale-down removes idle pods first."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from queuescaler.core.spec import ScaleTargetRef
+from queuescaler.core.workers import DELETION_COST, Marks, Pod
+from queuescaler.kube.client import KubeClient, KubeError, NotFound
+
+log = logging.getLogger(__name__)
+
+SELECTOR_REFRESH_SECONDS = 300.0
+"""A target's pod selector is read from its /scale again after this long (it rarely moves)."""
+
+
+class Pods:
+    """Lists and marks the pods of scale targets; caches each target's selector."""
+
+    def __init__(self, kube: KubeClient) -> None:
+        self._kube = kube
+        self._selectors: dict[tuple[str, str, str, str], tuple[float, str]] = {}
+
+    async def list(self, namespace: str, target: ScaleTargetRef, now: float) -> list[Pod]:
+        """The target's pods; raises KubeError."""
+        key = (namespace, target.api_version, target.kind, target.name)
+        cached = self._selectors.get(key)
+        if cached is None or now >= cached[0]:
+            selector = await self._kube.read_selector(namespace, target)
+            cached = self._selectors[key] = (now + SELECTOR_REFRESH_SECONDS, selector)
+        return await self._kube.list_pods(namespace, cached[1])
+
+    async def annotate(
+        self, namespace: str, marks: Marks, held: Mapping[str, str]
+    ) -> dict[str, str]:
+        """Patch the marks; the pods marked afterwards and their costs (`held` updated).
+
+        A pod that is gone is forgotten; one that could not be patched keeps what it had.
+        """
+        updated = dict(held)
+        if not marks:
+            return updated
+        results = await asyncio.gather(
+            *(self._kube.annotate_pod(namespace, pod, annotations)
+              for pod, annotations in marks.items()),
+            return_exceptions=True,
+        )
+        for (pod, wanted), result in zip(marks.items(), results, strict=True):
+            if isinstance(result, NotFound):
+                updated.pop(pod, None)
+            elif isinstance(result, KubeError):
+                log.warning("pod %s/%s not marked: %s", namespace, pod, result.message)
+            elif isinstance(result, BaseException):
+                raise result
+            elif (cost := wanted.get(DELETION_COST)) is None:
+                updated.pop(pod, None)
+            else:
+                updated[pod] = cost
+        return updated
