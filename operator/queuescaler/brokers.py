@@ -21,7 +21,8 @@ from queuescaler.core.sample import (
     combine,
 )
 from queuescaler.fleet import Key, Scaler
-from queuescaler.kube.client import KubeClient, KubeError, NotFound
+from queuescaler.kube.api import KubeApi
+from queuescaler.kube.client import KubeError, NotFound
 from queuescaler.metrics import Metrics
 from queuescaler.sources.base import ListingClients, Peeking, QueueSource
 from queuescaler.sources.registry import SOURCES
@@ -46,7 +47,7 @@ def connect(broker: Broker) -> QueueSource:
 class SecretCache:
     """Brokers read from Secrets, shared by every QueueScaler that names the Secret."""
 
-    def __init__(self, kube: KubeClient, refresh_seconds: float) -> None:
+    def __init__(self, kube: KubeApi, refresh_seconds: float) -> None:
         self._kube = kube
         self._refresh = refresh_seconds
         self._entries: dict[tuple[str, str, str], tuple[float, Reach]] = {}
@@ -102,7 +103,7 @@ class Brokers:
     """Every broker the operator samples, with one source each, kept across ticks."""
 
     def __init__(
-        self, kube: KubeClient, metrics: Metrics, make_source: SourceFactory = connect,
+        self, kube: KubeApi, metrics: Metrics, make_source: SourceFactory = connect,
         secret_refresh_seconds: float = 300.0,
     ) -> None:
         self._metrics = metrics

@@ -22,7 +22,8 @@ from queuescaler.core.redact import redact
 from queuescaler.core.sample import QueueSample, SampleResult, SourceError
 from queuescaler.core.workers import Marks, Pod
 from queuescaler.fleet import Fleet, ReplicaCache, Scaler
-from queuescaler.kube.client import GROUP, KIND, VERSION, KubeClient, KubeError, NotFound, ObjectRef
+from queuescaler.kube.api import KubeApi
+from queuescaler.kube.client import GROUP, KIND, VERSION, KubeError, NotFound, ObjectRef
 from queuescaler.kube.pods import Pods
 from queuescaler.metrics import Metrics
 
@@ -54,7 +55,7 @@ class Engine:
 
     def __init__(
         self,
-        kube: KubeClient,
+        kube: KubeApi,
         fleet: Fleet,
         replicas: ReplicaCache,
         metrics: Metrics,

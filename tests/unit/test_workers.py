@@ -421,7 +421,7 @@ def _engine(
         }, NOW)
         cache.set(name, "worker", replicas)
     return Engine(
-        kube, registry, cache, Metrics(CollectorRegistry(), process=False),  # type: ignore[arg-type]
+        kube, registry, cache, Metrics(CollectorRegistry(), process=False),
         lambda broker: source, EngineSettings(fast_path=False), clock=lambda: NOW,
     )
 

@@ -257,11 +257,9 @@ def _raw_recommendation(
     answer. Zero itself is answered only when nothing is ready, in flight or published
     (an unknown publish rate counts as zero: the AMQP path knows no rates).
     """
-    backlog = sample.ready
-    if spec.source.include_in_flight:
-        backlog += sample.unacked
+    backlog = backlog_of(spec, sample)
     activation = spec.activation.messages
-    if current == 0 and backlog < activation:
+    if current == 0 and not activates(spec, sample):
         message = f"backlog {backlog} below activation {activation}: staying at zero"
         return 0, Reason.IDLE, message
     per_replica = spec.target.messages_per_replica
@@ -310,6 +308,16 @@ def _raw_recommendation(
         message = f"backlog {backlog} >= activation {activation}: waking, {message}"
         return replicas, Reason.ACTIVATION, message
     return replicas, reason, message
+
+
+def backlog_of(spec: QueueScalerSpec, sample: QueueSample) -> int:
+    """The work waiting: ready, plus in flight when the source block says so."""
+    return sample.backlog if spec.source.include_in_flight else sample.ready
+
+
+def activates(spec: QueueScalerSpec, sample: QueueSample) -> bool:
+    """Whether the backlog wakes a pool at zero (`activation.messages`)."""
+    return backlog_of(spec, sample) >= spec.activation.messages
 
 
 def _replicas_for(load: float) -> int:

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from queuescaler.core.decision import Decision, ScalerState, decide, next_state
+from queuescaler.core.decision import Decision, ScalerState, activates, decide, next_state
 from queuescaler.core.sample import (
     BrokerClient,
     ErrorKind,
@@ -192,16 +192,12 @@ def settling(state: ScalerState, now: float, settings: PlanSettings) -> bool:
 
 def wakes(spec: QueueScalerSpec, live: QueueSample) -> bool:
     """A pool at rest at zero whose live backlog calls for it now, before its interval."""
-    return _backlog(spec, live) >= spec.activation.messages
+    return activates(spec, live)
 
 
 def watched_target(target: ScaleTargetRef) -> bool:
     """Deployments' replica counts come from the watch; other kinds are read from /scale."""
     return target.api_version == "apps/v1" and target.kind == "Deployment"
-
-
-def _backlog(spec: QueueScalerSpec, sample: QueueSample) -> int:
-    return sample.backlog if spec.source.include_in_flight else sample.ready
 
 
 # --- one QueueScaler's tick ---

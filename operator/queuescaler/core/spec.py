@@ -91,7 +91,7 @@ class SourceSpec(Protocol):
 
     @property
     def broker(self) -> str:
-        """The block's key under `spec.source` (`rabbitmq`)."""
+        """The block's key under `spec.source`: the broker's name."""
         ...
 
     @property
@@ -111,7 +111,7 @@ class SourceSpec(Protocol):
 
 
 BlockParser = Callable[[object, str], SourceSpec]
-"""Reads one broker's block (the raw value, its path such as `spec.source.rabbitmq`);
+"""Reads one broker's block (the raw value, and its path `spec.source.<broker>`);
 raises SpecError naming the field."""
 
 

@@ -16,10 +16,6 @@ from typing import Any
 from queuescaler.core.decision import Decision, Recommendation, ScalerState
 from queuescaler.core.sample import QueueSample
 
-CONDITION_TYPES = (
-    "Ready", "Active", "BrokerReachable", "TargetFound", "ScalingLimited", "Paused",
-    "WorkersMatched",
-)
 MAX_RECOMMENDATIONS = 64
 """The CRD's bound on the stored history; compaction keeps far fewer in practice."""
 

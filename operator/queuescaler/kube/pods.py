@@ -9,7 +9,8 @@ from collections.abc import Mapping
 
 from queuescaler.core.spec import ScaleTargetRef
 from queuescaler.core.workers import DELETION_COST, Marks, Pod
-from queuescaler.kube.client import KubeClient, KubeError, NotFound
+from queuescaler.kube.api import KubeApi
+from queuescaler.kube.client import KubeError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ SELECTOR_REFRESH_SECONDS = 300.0
 class Pods:
     """Lists and marks the pods of scale targets; caches each target's selector."""
 
-    def __init__(self, kube: KubeClient) -> None:
+    def __init__(self, kube: KubeApi) -> None:
         self._kube = kube
         self._selectors: dict[tuple[str, str, str, str], tuple[float, str]] = {}
 

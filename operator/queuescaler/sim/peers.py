@@ -147,7 +147,7 @@ class _KedaPolicy(ABC):
     """KEDA's ScaledObject with a RabbitMQ trigger, on the HPA's default behaviour.
 
     From keda.sh/docs/latest/reference/scaledobject-spec/ and
-    keda.sh/docs/latest/scalers/rabbitmq-queue/: KEDA's own loop runs every
+    KEDA's documentation of its RabbitMQ queue scaler: KEDA's own loop runs every
     `pollingInterval` (30 s) and only moves 0 <-> 1: it wakes the target to
     max(minReplicaCount, 1) when the metric exceeds `activationValue`, and scales it to
     zero once no trigger was active for `cooldownPeriod` (300 s; at once if none ever

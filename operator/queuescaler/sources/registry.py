@@ -10,12 +10,12 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from queuescaler.core import spec as core_spec
-from queuescaler.sources import rabbitmq
 from queuescaler.sources.kind import SourceKind
+from queuescaler.sources.rabbitmq import KIND as RABBITMQ
 
-SOURCES: Final[Mapping[str, SourceKind]] = MappingProxyType({
-    rabbitmq.KIND.name: rabbitmq.KIND,
-})
+KINDS: Final = (RABBITMQ,)
+"""Every broker kind, in the order `kubectl explain` lists them."""
+SOURCES: Final[Mapping[str, SourceKind]] = MappingProxyType({kind.name: kind for kind in KINDS})
 
 
 def parse_spec(raw: Mapping[str, Any]) -> core_spec.QueueScalerSpec:
