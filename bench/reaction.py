@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 import threading
 import time
 import uuid
@@ -25,11 +24,9 @@ from pathlib import Path
 import pika
 from kubernetes import client, config, watch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "tests")]
-
-from operator_process import OperatorProcess  # noqa: E402
-from support import TestEnv, bring_up, wait_until  # noqa: E402
+from queuescaler_testkit.env import TestEnv, bring_up, wait_until
+from queuescaler_testkit.operator_process import OperatorProcess
+from queuescaler_testkit.status import condition_of
 
 
 def _pools(env: TestEnv, api: client.ApiClient, namespace: str, count: int) -> list[str]:
@@ -70,11 +67,8 @@ def _pools(env: TestEnv, api: client.ApiClient, namespace: str, count: int) -> l
 def _idle(api: client.ApiClient, namespace: str, count: int) -> bool:
     items = client.CustomObjectsApi(api).list_namespaced_custom_object(
         "queuescaler.io", "v1alpha1", namespace, "queuescalers")["items"]
-    idle = 0
-    for item in items:
-        for condition in (item.get("status") or {}).get("conditions") or ():
-            if condition["type"] == "Active" and condition["reason"] == "Idle":
-                idle += 1
+    idle = sum(1 for item in items
+               if (condition_of(item, "Active") or {}).get("reason") == "Idle")
     return idle == count
 
 

@@ -39,40 +39,33 @@ are deleted at the end, and it stops only the processes it started.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import fnmatch
-import json
 import math
 import statistics
 import sys
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kubernetes import client, config
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "tests")]
-
-from e2e.podrunner import PodRunner, pika_worker_command, pika_worker_env  # noqa: E402
-from e2e.pool import Pool  # noqa: E402
-from e2e.publisher import FirstSeen, publish_messages, read_records  # noqa: E402
-from operator_process import OperatorProcess  # noqa: E402
-from queuescaler.sources.rabbitmq.listing import (  # noqa: E402
+from queuescaler.sources.rabbitmq.listing import (
     CHANNEL_COLUMNS,
     CONNECTION_COLUMNS,
     parse_client_connections,
 )
-from support import CACHE, TestEnv, bring_up, wait_until  # noqa: E402
+from queuescaler_testkit.broker import BrokerAdmin
+from queuescaler_testkit.env import CACHE, TestEnv, bring_up, wait_until
+from queuescaler_testkit.operator_process import OperatorProcess
+from queuescaler_testkit.podrunner import PodRunner, pika_worker_command, pika_worker_env
+from queuescaler_testkit.pool import Pool
+from queuescaler_testkit.publisher import FirstSeen, publish_messages, read_records
 
 WORKERS = 8
 MESSAGES = 3
@@ -127,21 +120,14 @@ class Outcome:
 # -- the broker ---------------------------------------------------------------------------------
 
 
-def management(env: TestEnv, path: str) -> Any:
-    parts = urllib.parse.urlsplit(env.management_url)
-    token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
-    request = urllib.request.Request(
-        f"http://{parts.hostname}:{parts.port}{path}", headers={"Authorization": f"Basic {token}"}
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.loads(response.read())
+def management(env: TestEnv) -> BrokerAdmin:
+    return BrokerAdmin(env.management_url, timeout=5)
 
 
 def queue_figures(env: TestEnv, queue: str) -> dict[str, int]:
     """Consumers and the backlog (ready + unacked), as the management API says now."""
-    vhost = urllib.parse.quote(env.vhost, safe="")
-    body = management(env, f"/api/queues/{vhost}/{urllib.parse.quote(queue, safe='')}"
-                           "?columns=consumers,messages_ready,messages_unacknowledged")
+    body = management(env).queue(
+        env.vhost, queue, ["consumers", "messages_ready", "messages_unacknowledged"])
     body = body if isinstance(body, dict) else {}  # `[]` until the first statistics
     return {key: int(body.get(key) or 0)
             for key in ("consumers", "messages_ready", "messages_unacknowledged")}
@@ -149,14 +135,12 @@ def queue_figures(env: TestEnv, queue: str) -> dict[str, int]:
 
 def busy_seen_by_broker(env: TestEnv, pods: set[str]) -> set[str]:
     """The pods among `pods` whose channels hold messages in the broker's statistics."""
-    vhost = urllib.parse.quote(env.vhost, safe="")
-    connections = json.dumps(management(
-        env, f"/api/vhosts/{vhost}/connections?columns={','.join(CONNECTION_COLUMNS)}"))
-    channels = json.dumps(management(
-        env, f"/api/vhosts/{vhost}/channels?columns={','.join(CHANNEL_COLUMNS)}"))
+    admin = management(env)
+    connections = admin.connections_raw(env.vhost, CONNECTION_COLUMNS)
+    channels = admin.channels_raw(env.vhost, CHANNEL_COLUMNS)
     return {
         c.client_name
-        for c in parse_client_connections(connections.encode(), channels.encode(), {env.vhost})
+        for c in parse_client_connections(connections, channels, {env.vhost})
         if c.client_name in pods and c.unacked > 0
     }
 

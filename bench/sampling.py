@@ -14,18 +14,14 @@ Medians of a few repetitions; loopback only. The vhost is deleted at the end.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import statistics
 import subprocess
 import sys
 import time
 import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -35,9 +31,9 @@ from queuescaler.core.sample import QueueRef
 from queuescaler.sources.rabbitmq.listing import QUEUE_COLUMNS, name_filter_query
 from queuescaler.sources.rabbitmq.secret import broker_from_secret
 from queuescaler.sources.rabbitmq.source import RabbitMQSource
+from queuescaler_testkit.broker import BrokerAdmin
+from queuescaler_testkit.env import REPO, TestEnv, read_testenv
 
-REPO = Path(__file__).resolve().parent.parent
-ENV_FILE = Path.home() / ".cache" / "queuescaler" / "run" / "env"
 QUEUES = 1_000
 ASKED = (10, 100, 1_000)
 REPEATS = 5
@@ -84,7 +80,7 @@ class Counter:
         )
 
 
-def _environment() -> dict[str, str]:
+def _environment() -> TestEnv:
     started = subprocess.run(
         ["bash", str(REPO / "hack" / "testenv.sh"), "up", "rabbitmq"],
         capture_output=True,
@@ -95,26 +91,7 @@ def _environment() -> dict[str, str]:
         sys.exit(
             "the local RabbitMQ did not start (hack/testenv.sh up):\n" + started.stderr[-2000:]
         )
-    lines = ENV_FILE.read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if "=" in line)
-
-
-class Admin:
-    """Management calls as the test environment's administrator (setup and teardown only)."""
-
-    def __init__(self, management_url: str) -> None:
-        parts = urllib.parse.urlsplit(management_url)
-        self.base = f"{parts.scheme}://{parts.hostname}:{parts.port}"
-        self.user = parts.username or ""
-        token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
-        self.headers = {"Authorization": f"Basic {token}", "content-type": "application/json"}
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data, self.headers, method=method)
-        with urllib.request.urlopen(request, timeout=60) as response:
-            raw = response.read()
-        return json.loads(raw) if raw else None
+    return read_testenv()
 
 
 def _declare_queues(amqp_url: str, vhost: str, names: list[str]) -> None:
@@ -126,17 +103,15 @@ def _declare_queues(amqp_url: str, vhost: str, names: list[str]) -> None:
             channel.queue_declare(name, durable=False)
 
 
-async def _measure_all(env: dict[str, str], vhost: str, refs: list[QueueRef]) -> list[str]:
+async def _measure_all(env: TestEnv, vhost: str, refs: list[QueueRef]) -> list[str]:
     counter = Counter()
-    connection = broker_from_secret(
-        {"amqpUrl": env["QS_AMQP_URL"], "managementUrl": env["QS_MANAGEMENT_URL"]}
-    )
+    connection = broker_from_secret({"amqpUrl": env.amqp_url, "managementUrl": env.management_url})
     source = RabbitMQSource(connection, timeout=30.0, trace_configs=[counter.trace])
-    admin = Admin(env["QS_MANAGEMENT_URL"])
-    quoted_vhost = urllib.parse.quote(vhost, safe="")
-    listing = f"{admin.base}/api/queues/{quoted_vhost}"
+    # The per-queue GETs are what is measured: a client of their own, as a poller has.
+    admin = env.admin()
+    listing = admin.base + admin.queues_path(vhost)
     columns = "columns=" + ",".join(QUEUE_COLUMNS)
-    headers = {"Authorization": admin.headers["Authorization"]}
+    headers = {"Authorization": admin.authorization}
     async with aiohttp.ClientSession(trace_configs=[counter.trace], headers=headers) as session:
 
         async def get(url: str) -> None:
@@ -204,22 +179,18 @@ async def _measure_all(env: dict[str, str], vhost: str, refs: list[QueueRef]) ->
 def main() -> None:
     started = time.perf_counter()
     env = _environment()
-    admin = Admin(env["QS_MANAGEMENT_URL"])
+    admin = BrokerAdmin(env.management_url, timeout=60)
     vhost = f"qs-bench-{uuid.uuid4().hex[:8]}"
-    admin.call("PUT", f"/api/vhosts/{vhost}")
+    admin.add_vhost(vhost)
     try:
-        admin.call(
-            "PUT",
-            f"/api/permissions/{vhost}/{urllib.parse.quote(admin.user, safe='')}",
-            {"configure": ".*", "write": ".*", "read": ".*"},
-        )
+        admin.grant(vhost, admin.user)
         names = [f"bench-{number:04d}" for number in range(QUEUES)]
-        _declare_queues(env["QS_AMQP_URL"], vhost, names)
+        _declare_queues(env.amqp_url, vhost, names)
         refs = [QueueRef(vhost, name) for name in names]
         rows = asyncio.run(_measure_all(env, vhost, refs))
     finally:
-        admin.call("DELETE", f"/api/vhosts/{vhost}")
-    overview = admin.call("GET", "/api/overview?columns=rabbitmq_version,management_version")
+        admin.delete_vhost(vhost)
+    overview = admin.overview(["rabbitmq_version", "management_version"])
     print(f"## Sampling RabbitMQ {overview.get('rabbitmq_version', '?')}: one tick's cost\n")
     print(
         f"{QUEUES:,} queues in a vhost of their own; loopback; median of {REPEATS} runs "

@@ -16,17 +16,14 @@ status writes. Loopback only; everything created is deleted at the end.
 from __future__ import annotations
 
 import argparse
-import base64
 import concurrent.futures
 import contextlib
-import json
 import os
 import re
 import subprocess
 import sys
 import time
 import urllib.parse
-import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -35,12 +32,10 @@ from pathlib import Path
 import pika
 from kubernetes import client, config
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "bench")]
-
-from loopback_counter import RequestCounter  # noqa: E402
-from operator_process import OperatorProcess  # noqa: E402
-from support import TestEnv, bring_up, wait_until  # noqa: E402
+from loopback_counter import RequestCounter
+from queuescaler_testkit.broker import BrokerAdmin
+from queuescaler_testkit.env import TestEnv, bring_up, wait_until
+from queuescaler_testkit.operator_process import OperatorProcess
 
 POLL_SECONDS = 15
 SCRAPE_TIMEOUT = 60
@@ -111,10 +106,6 @@ def _operator_metric(text: str, name: str) -> float:
     return total
 
 
-def _basic_auth(url: urllib.parse.SplitResult) -> str:
-    return "Basic " + base64.b64encode(f"{url.username}:{url.password}".encode()).decode()
-
-
 def _setup(env: TestEnv, api: client.ApiClient, scalers: int, brokers: int,
            relay_port: int, tag: str) -> list[str]:
     """Namespaces (one per broker), Secrets, Deployments, QueueScalers and queues."""
@@ -124,17 +115,10 @@ def _setup(env: TestEnv, api: client.ApiClient, scalers: int, brokers: int,
     amqp = urllib.parse.urlsplit(env.amqp_url)
     namespaces = [f"bench-{tag}-{b}" for b in range(brokers)]
     vhosts = [f"bench-{tag}-{b}" for b in range(brokers)]
-    auth = _basic_auth(mgmt)
+    admin = env.admin()
     for vhost in vhosts:
-        for method, path, body in (
-            ("PUT", f"/api/vhosts/{vhost}", b""),
-            ("PUT", f"/api/permissions/{vhost}/{mgmt.username}",
-             json.dumps({"configure": ".*", "write": ".*", "read": ".*"}).encode()),
-        ):
-            request = urllib.request.Request(
-                f"http://{mgmt.hostname}:{mgmt.port}{path}", data=body, method=method,
-                headers={"Authorization": auth, "content-type": "application/json"})
-            urllib.request.urlopen(request, timeout=30).close()
+        admin.add_vhost(vhost)
+        admin.grant(vhost, admin.user)
     for namespace, vhost in zip(namespaces, vhosts, strict=True):
         core.create_namespace({"metadata": {"name": namespace}})
         core.create_namespaced_secret(namespace, {
@@ -182,13 +166,10 @@ def _teardown(env: TestEnv, api: client.ApiClient, namespaces: list[str]) -> Non
     core = client.CoreV1Api(api)
     for namespace in namespaces:
         core.delete_namespace(namespace)
-    mgmt = urllib.parse.urlsplit(env.management_url)
-    auth = _basic_auth(mgmt)
+    admin = BrokerAdmin(env.management_url, timeout=60)
     for vhost in namespaces:
-        request = urllib.request.Request(f"http://{mgmt.hostname}:{mgmt.port}/api/vhosts/{vhost}",
-                                         method="DELETE", headers={"Authorization": auth})
         with contextlib.suppress(OSError):
-            urllib.request.urlopen(request, timeout=60).close()
+            admin.delete_vhost(vhost)
 
 
 def _remaining(api: client.ApiClient, namespaces: list[str]) -> list[str]:

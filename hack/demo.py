@@ -22,25 +22,21 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("QS_CACHE", Path.home() / ".cache" / "queuescaler"))
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "operator")]
-
-from e2e.podrunner import PodRunner, celery_worker_command, celery_worker_env  # noqa: E402
-from e2e.publisher import delete_queue, publish_is_prime_tasks  # noqa: E402
+from queuescaler_testkit.env import CACHE, REPO, read_testenv, wait_until
+from queuescaler_testkit.operator_process import OperatorProcess
+from queuescaler_testkit.podrunner import PodRunner, celery_worker_command, celery_worker_env
+from queuescaler_testkit.publisher import delete_queue, publish_is_prime_tasks
+from queuescaler_testkit.status import condition_of, get_scaler, status_of
 
 RELEASE = "queuescaler"
 OPERATOR_NAMESPACE = "queuescaler-system"
@@ -72,15 +68,9 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def read_env() -> dict[str, str]:
-    lines = (CACHE / "run" / "env").read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if "=" in line)
-
-
-ENV = read_env()
-KUBECTL = str(Path(ENV["QS_BIN"]) / "kubectl")
-HELM = str(Path(ENV["QS_BIN"]) / "helm")
-ADMIN = ENV["QS_KUBECONFIG"]
+ENV = read_testenv()  # hack/demo.sh started it
+HELM = str(ENV.bin / "helm")
+ADMIN = str(ENV.kubeconfig)
 
 
 def run(*command: str, input: str | None = None, kubeconfig: str = ADMIN) -> str:
@@ -94,66 +84,11 @@ def run(*command: str, input: str | None = None, kubeconfig: str = ADMIN) -> str
 
 
 def kubectl(*args: str, input: str | None = None) -> str:
-    return run(KUBECTL, *args, input=input)
+    return ENV.kubectl(*args, input=input).stdout
 
 
 def apply(manifest: dict[str, Any], namespace: str) -> None:
     kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest))
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-            if value:
-                return value
-        except Exception:  # still settling: try again until the deadline
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"demo: gave up waiting {timeout:.0f}s for {what}")
-        time.sleep(every)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def service_account_kubeconfig(
-    kubectl_bin: str, admin_kubeconfig: str, namespace: str, account: str, out: Path,
-    *, duration: str = "2h",
-) -> Path:
-    """A kubeconfig that authenticates as `account` with a fresh token (TokenRequest API).
-
-    The cluster (server, CA) is taken from the admin kubeconfig; nothing else of it is kept.
-    """
-    env = {**os.environ, "KUBECONFIG": admin_kubeconfig}
-
-    def call(*args: str) -> str:
-        return subprocess.run(
-            [kubectl_bin, *args], capture_output=True, text=True, timeout=60, env=env,
-            check=True,
-        ).stdout
-
-    token = call("create", "token", account, "-n", namespace, "--duration", duration).strip()
-    view = json.loads(call("config", "view", "--raw", "--minify", "-o", "json"))
-    cluster = view["clusters"][0]["cluster"]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "local", "cluster": cluster}],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": account, "context": {"cluster": "local", "user": account,
-                                                   "namespace": namespace}}],
-        "current-context": account,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(config))
-    out.chmod(0o600)
-    return out
 
 
 # --- the steps --------------------------------------------------------------------------------
@@ -161,10 +96,7 @@ def service_account_kubeconfig(
 
 def install_chart() -> None:
     say("== installing the QueueScaler CRD and the chart (helm, replicaCount=0)")
-    kubectl("apply", "--server-side", "--force-conflicts", "-f",
-            str(REPO / "crds" / "queuescaler.yaml"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s",
-            "crd/queuescalers.queuescaler.io")
+    ENV.apply_crd()
     # The chart's crds/ are installed by helm when missing; the apply above keeps ours current.
     run(HELM, "upgrade", "--install", RELEASE, str(REPO / "charts" / "queuescaler"),
         "--namespace", OPERATOR_NAMESPACE, "--create-namespace", "--set", "replicaCount=0",
@@ -174,37 +106,26 @@ def install_chart() -> None:
         "pods are fake, the operator runs here as a process instead)")
 
 
-def start_operator(port: int) -> subprocess.Popen[bytes]:
-    kubeconfig = service_account_kubeconfig(
-        KUBECTL, ADMIN, OPERATOR_NAMESPACE, SERVICE_ACCOUNT, WORK_DIR / "operator.kubeconfig"
+def start_operator() -> OperatorProcess:
+    """The operator under a fresh token of the chart's ServiceAccount (its own kubeconfig)."""
+    kubeconfig = ENV.service_account_kubeconfig(
+        SERVICE_ACCOUNT, OPERATOR_NAMESPACE, WORK_DIR / "operator.kubeconfig",
+        duration="2h", default_namespace=OPERATOR_NAMESPACE,
     )
     log_path = WORK_DIR / "operator.log"
     say(f"== starting the operator as system:serviceaccount:{OPERATOR_NAMESPACE}:"
         f"{SERVICE_ACCOUNT} (log: {log_path})")
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "queuescaler", "run", "--metrics-host", "127.0.0.1",
-             "--metrics-port", str(port), "--log-format", "json",
-             "--status-refresh-seconds", "2"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
-            env={**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1",
-                 "PYTHONPATH": str(REPO / "operator")},
-        )
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise SystemExit(f"the operator exited ({process.returncode}):\n"
-                             + log_path.read_text()[-2000:])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-            return bool(r.status == 200)
-
-    wait_for(ready, 60, "the operator's /readyz")
-    say(f"   ready: pid {process.pid}, metrics on http://127.0.0.1:{port}/metrics")
-    return process
+    log_path.unlink(missing_ok=True)  # this run's log only
+    operator = OperatorProcess(
+        replace(ENV, kubeconfig=kubeconfig), log_path, "--status-refresh-seconds", "2"
+    ).start()
+    assert operator.process is not None
+    say(f"   ready: pid {operator.process.pid}, metrics on {operator.metrics_url}")
+    return operator
 
 
 def register_prometheus_target(port: int) -> Path:
-    target = Path(ENV["QS_PROMETHEUS_TARGETS"]) / "queuescaler-demo.json"
+    target = ENV.prometheus_targets / "queuescaler-demo.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"],
                                    "labels": {"instance": "demo-operator"}}]))
@@ -217,18 +138,17 @@ def apply_example() -> None:
         kubectl("create", "namespace", DEMO_NAMESPACE)
     # A fresh start: no leftover QueueScaler status (cooldowns) and an empty queue.
     kubectl("delete", "qs", SCALER, "-n", DEMO_NAMESPACE, "--ignore-not-found")
-    delete_queue(ENV["QS_AMQP_URL"], QUEUE)
+    delete_queue(ENV.amqp_url, QUEUE)
     for name in ("configmap.yaml", "deployment.yaml"):
         kubectl("apply", "-n", DEMO_NAMESPACE, "-f", str(EXAMPLE / name))
     kubectl("scale", "deployment", SCALER, "-n", DEMO_NAMESPACE, "--replicas", "1")
     # The example's Secret names cluster DNS; here RabbitMQ is a local process.
     secret = yaml.safe_load((EXAMPLE / "secret.yaml").read_text())
-    secret["stringData"] = {"amqpUrl": ENV["QS_AMQP_URL"],
-                            "managementUrl": ENV["QS_MANAGEMENT_URL"]}
+    secret["stringData"] = {"amqpUrl": ENV.amqp_url, "managementUrl": ENV.management_url}
     apply(secret, DEMO_NAMESPACE)
     scaler = yaml.safe_load((EXAMPLE / "queuescaler.yaml").read_text())
     scaler["spec"].update({k: v for k, v in DEMO_SPEC.items() if k != "behavior"})
-    scaler["spec"]["source"]["rabbitmq"]["vhost"] = ENV["QS_RABBITMQ_VHOST"]
+    scaler["spec"]["source"]["rabbitmq"]["vhost"] = ENV.vhost
     behavior = scaler["spec"].setdefault("behavior", {})
     for direction, limits in DEMO_SPEC["behavior"].items():
         behavior.setdefault(direction, {}).update(limits)
@@ -237,17 +157,12 @@ def apply_example() -> None:
         "drain within 30 s; short demo windows (scale-down after 15 s of calm)")
 
 
-def status() -> dict[str, Any]:
-    body = json.loads(kubectl("get", "qs", SCALER, "-n", DEMO_NAMESPACE, "-o", "json"))
-    found: dict[str, Any] = body.get("status") or {}
-    return found
+def scaler() -> dict[str, Any]:
+    return get_scaler(ENV, DEMO_NAMESPACE, SCALER)
 
 
-def condition(found: dict[str, Any], kind: str) -> str | None:
-    for entry in found.get("conditions") or ():
-        if entry.get("type") == kind:
-            return str(entry.get("status"))
-    return None
+def ready() -> bool:
+    return (condition_of(scaler(), "Ready") or {}).get("status") == "True"
 
 
 def deployment_replicas() -> int:
@@ -265,7 +180,7 @@ def live_table(runner: PodRunner, started: float, timeout: float) -> None:
     peak = 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = status()
+        found = status_of(scaler())
         backlog = (found.get("backlog") or {}).get("total", 0)
         desired = found.get("desiredReplicas", "-")
         current = deployment_replicas()
@@ -294,7 +209,7 @@ def plot(minutes: float) -> Path | None:
         return None
     OUT.parent.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        [sys.executable, str(script), "--prometheus", ENV["QS_PROMETHEUS_URL"],
+        [sys.executable, str(script), "--prometheus", ENV.prometheus_url,
          "--namespace", DEMO_NAMESPACE, "--scaler", SCALER, "--minutes", f"{minutes:.1f}",
          "--out", str(OUT)],
         capture_output=True, text=True, timeout=120, check=False,
@@ -305,45 +220,38 @@ def plot(minutes: float) -> Path | None:
     return OUT
 
 
-def stop_operator(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        say(f"== stopping the operator (pid {process.pid})")
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+def stop_operator(operator: OperatorProcess) -> None:
+    if operator.process is not None and operator.process.poll() is None:
+        say(f"== stopping the operator (pid {operator.process.pid})")
+        operator.stop()
 
 
 def main() -> int:
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     install_chart()
-    port = free_port()
-    operator = start_operator(port)
+    operator = start_operator()
     target: Path | None = None
     runner: PodRunner | None = None
     try:
-        target = register_prometheus_target(port)
+        target = register_prometheus_target(operator.port)
         apply_example()
         runner = PodRunner(
             Path(ADMIN), DEMO_NAMESPACE, f"app.kubernetes.io/name={SCALER}",
             celery_worker_command(QUEUE),
-            celery_worker_env(ENV["QS_AMQP_URL"], WORK_DIR / "processed.log",
+            celery_worker_env(ENV.amqp_url, WORK_DIR / "processed.log",
                               prefetch_multiplier=1, work_seconds=0.1),
             WORK_DIR / "workers",
         ).start()
         say("== one real Celery worker per Running pod (the pod runner); waiting for Ready")
-        wait_for(lambda: len(runner.serving()) == 1 if runner else False, 60,
-                 "the first Celery worker")
-        wait_for(lambda: condition(status(), "Ready") == "True", 60,
-                 "the QueueScaler to be Ready")
+        wait_until(lambda: len(runner.serving()) == 1 if runner else False, timeout=60,
+                   what="the first Celery worker")
+        wait_until(ready, timeout=60, what="the QueueScaler to be Ready")
         say(f"== publishing {BURST} is_prime tasks to queue {QUEUE!r} (while the table runs)")
         started = time.monotonic()
         numbers = [random.randrange(10**9, 10**10) for _ in range(BURST)]
         publisher = threading.Thread(
-            target=publish_is_prime_tasks, args=(ENV["QS_AMQP_URL"], QUEUE, numbers),
+            target=publish_is_prime_tasks, args=(ENV.amqp_url, QUEUE, numbers),
             name="publisher", daemon=True,
         )
         publisher.start()
@@ -378,4 +286,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except AssertionError as error:  # a bounded wait of the test kit gave up
+        sys.exit(f"demo: {error}")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from operator_process import OperatorProcess
-from support import TestEnv, bring_up
+from queuescaler_testkit.env import TestEnv, bring_up
+from queuescaler_testkit.operator_process import OperatorProcess
 
 
 @pytest.fixture(scope="session")

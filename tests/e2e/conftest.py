@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from e2e.podrunner import PodRunnerFactory
-from support import TestEnv
+from queuescaler_testkit.env import TestEnv
+from queuescaler_testkit.podrunner import PodRunnerFactory
 
 
 @pytest.fixture

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from e2e.podrunner import (
+from queuescaler_testkit.env import CACHE, TestEnv, wait_until
+from queuescaler_testkit.operator_process import OperatorProcess
+from queuescaler_testkit.podrunner import (
     PodRunnerFactory,
     celery_worker_command,
     celery_worker_env,
     pika_worker_command,
     pika_worker_env,
 )
-from e2e.pool import Pool, Timeline, scaler_gauges
-from e2e.publisher import publish_is_prime_tasks, publish_messages, read_processed
-from operator_process import OperatorProcess
-from support import CACHE, TestEnv, wait_until
+from queuescaler_testkit.pool import Pool, Timeline, scaler_gauges
+from queuescaler_testkit.publisher import publish_is_prime_tasks, publish_messages, read_processed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

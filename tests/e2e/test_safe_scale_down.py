@@ -11,11 +11,8 @@ terminated and the messages processed more than once.
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,17 +21,23 @@ from typing import Any
 import pytest
 from kubernetes import client, config, watch
 
-from e2e.podrunner import PodRunner, PodRunnerFactory, pika_worker_command, pika_worker_env
-from e2e.pool import Pool
-from e2e.publisher import FirstSeen, publish_messages, read_processed, read_records
-from operator_process import OperatorProcess
 from queuescaler.core.workers import DELETION_COST, MARKED_BY
 from queuescaler.sources.rabbitmq.listing import (
     CHANNEL_COLUMNS,
     CONNECTION_COLUMNS,
     parse_client_connections,
 )
-from support import CACHE, TestEnv, wait_until
+from queuescaler_testkit.broker import BrokerAdmin
+from queuescaler_testkit.env import CACHE, TestEnv, wait_until
+from queuescaler_testkit.operator_process import OperatorProcess
+from queuescaler_testkit.podrunner import (
+    PodRunner,
+    PodRunnerFactory,
+    pika_worker_command,
+    pika_worker_env,
+)
+from queuescaler_testkit.pool import Pool
+from queuescaler_testkit.publisher import FirstSeen, publish_messages, read_processed, read_records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -108,26 +111,15 @@ class Outcome:
     cost_when_deleted: dict[str, str | None] = field(default_factory=dict)
 
 
-def _management(testenv: TestEnv, path: str) -> bytes:
-    parts = urllib.parse.urlsplit(testenv.management_url)
-    token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
-    request = urllib.request.Request(
-        f"http://{parts.hostname}:{parts.port}{path}", headers={"Authorization": f"Basic {token}"}
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        body: bytes = response.read()
-        return body
+def _management(testenv: TestEnv) -> BrokerAdmin:
+    return BrokerAdmin(testenv.management_url, timeout=5)
 
 
 def busy_pods_seen_by_broker(testenv: TestEnv, pods: set[str]) -> set[str]:
     """Our pods whose channels hold messages, as the management statistics say now."""
-    vhost = urllib.parse.quote(testenv.vhost, safe="")
-    connections = _management(
-        testenv, f"/api/vhosts/{vhost}/connections?columns={','.join(CONNECTION_COLUMNS)}"
-    )
-    channels = _management(
-        testenv, f"/api/vhosts/{vhost}/channels?columns={','.join(CHANNEL_COLUMNS)}"
-    )
+    admin = _management(testenv)
+    connections = admin.connections_raw(testenv.vhost, CONNECTION_COLUMNS)
+    channels = admin.channels_raw(testenv.vhost, CHANNEL_COLUMNS)
     return {
         client.client_name
         for client in parse_client_connections(connections, channels, {testenv.vhost})
@@ -136,8 +128,7 @@ def busy_pods_seen_by_broker(testenv: TestEnv, pods: set[str]) -> set[str]:
 
 
 def queue_consumers(testenv: TestEnv, queue: str) -> int:
-    vhost = urllib.parse.quote(testenv.vhost, safe="")
-    body = json.loads(_management(testenv, f"/api/queues/{vhost}/{queue}?columns=consumers"))
+    body = _management(testenv).queue(testenv.vhost, queue, ["consumers"])
     return int(body.get("consumers") or 0)
 
 

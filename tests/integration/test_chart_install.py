@@ -24,8 +24,8 @@ import pika
 import pytest
 import yaml
 
-from operator_process import OperatorProcess
-from support import CACHE, REPO, TestEnv, wait_until
+from queuescaler_testkit.env import CACHE, REPO, TestEnv, wait_until
+from queuescaler_testkit.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -306,18 +306,7 @@ def test_namespaced_install_rbac(
 
 def service_account_kubeconfig(testenv: TestEnv, release: Release, out: Path) -> Path:
     """A kubeconfig holding only a fresh token of the release's ServiceAccount."""
-    token = testenv.kubectl("create", "token", release.service_account, "-n",
-                            release.namespace, "--duration", "1h").stdout.strip()
-    view = json.loads(testenv.kubectl("config", "view", "--raw", "--minify", "-o",
-                                      "json").stdout)
-    out.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "local", "cluster": view["clusters"][0]["cluster"]}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "local", "user": "sa"}}],
-        "current-context": "sa",
-    }))
-    return out
+    return testenv.service_account_kubeconfig(release.service_account, release.namespace, out)
 
 
 DENIED = re.compile(r"\b403\b|forbidden|not allowed|permission", re.IGNORECASE)

@@ -17,13 +17,11 @@ import pytest
 import yaml
 
 from queuescaler.sources.registry import parse_spec
-from support import wait_until
+from queuescaler_testkit.env import CRD as CRD_PATH
+from queuescaler_testkit.env import CRD_NAME, REPO, TestEnv, wait_until
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-CRD_PATH = REPO / "crds" / "queuescaler.yaml"
-CRD_NAME = "queuescalers.queuescaler.io"
 EXAMPLES_DIR = REPO / "examples"
 EXAMPLES = sorted(path for path in EXAMPLES_DIR.iterdir() if path.is_dir())
 FIELD_MANAGER = "queuescaler-tests"
@@ -55,22 +53,9 @@ def schema_node(dotted: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def crd(testenv: Any) -> str:
+def crd(testenv: TestEnv) -> str:
     """The CRD from crds/, applied server-side and Established, with the kind discoverable."""
-    testenv.kubectl(
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        f"--field-manager={FIELD_MANAGER}",
-        "-f",
-        str(CRD_PATH),
-    )
-    testenv.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
-
-    def discoverable() -> bool:
-        return testenv.kubectl("get", "qs", "--all-namespaces", check=False).returncode == 0
-
-    wait_until(discoverable, timeout=60, what="the QueueScaler kind in discovery")
+    testenv.apply_crd(field_manager=FIELD_MANAGER)
     return CRD_NAME
 
 

@@ -17,7 +17,7 @@ from kubernetes import client, config
 
 from queuescaler.core.spec import ScaleTargetRef
 from queuescaler.kube.client import KubeClient, KubeError
-from support import TestEnv
+from queuescaler_testkit.env import TestEnv
 
 pytestmark = pytest.mark.integration
 

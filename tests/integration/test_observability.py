@@ -34,11 +34,11 @@ import pytest
 import yaml
 from prometheus_client import parser
 
-from e2e.podrunner import PodRunnerFactory, pika_worker_command, pika_worker_env
-from e2e.pool import Pool
-from e2e.publisher import publish_messages, read_processed
-from operator_process import OperatorProcess
-from support import CACHE, REPO, TestEnv, wait_until
+from queuescaler_testkit.env import CACHE, REPO, TestEnv, wait_until
+from queuescaler_testkit.operator_process import OperatorProcess
+from queuescaler_testkit.podrunner import PodRunnerFactory, pika_worker_command, pika_worker_env
+from queuescaler_testkit.pool import Pool
+from queuescaler_testkit.publisher import publish_messages, read_processed
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 

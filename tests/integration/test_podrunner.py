@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import sys
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client, config
 
-from e2e.podrunner import (
+from queuescaler_testkit.broker import BrokerAdmin
+from queuescaler_testkit.env import TestEnv, wait_until
+from queuescaler_testkit.podrunner import (
     PodRunner,
     PodRunnerFactory,
     WorkerRecord,
@@ -23,14 +21,13 @@ from e2e.podrunner import (
     pika_worker_command,
     pika_worker_env,
 )
-from e2e.publisher import (
+from queuescaler_testkit.publisher import (
     delete_queue,
     missing,
     publish_is_prime_tasks,
     publish_messages,
     read_processed,
 )
-from support import TestEnv, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -119,14 +116,7 @@ def _wait_for_pool(
 
 def _connection_names(testenv: TestEnv) -> set[str]:
     """client_properties.connection_name of every connection in the test vhost."""
-    url = urllib.parse.urlsplit(testenv.management_url)
-    vhost = urllib.parse.quote(testenv.vhost, safe="")
-    request = f"http://{url.hostname}:{url.port}/api/vhosts/{vhost}/connections"
-    passwords = urllib.request.HTTPPasswordMgrWithDefaultRealm()
-    passwords.add_password(None, request, url.username or "", url.password or "")
-    opener = urllib.request.build_opener(urllib.request.HTTPBasicAuthHandler(passwords))
-    with opener.open(request, timeout=10) as response:
-        connections: list[dict[str, Any]] = json.load(response)
+    connections = BrokerAdmin(testenv.management_url, timeout=10).connections(testenv.vhost)
     return {
         str(c.get("client_properties", {}).get("connection_name"))
         for c in connections

@@ -10,7 +10,6 @@ tests can wait on its answers with `wait_until`.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import threading
@@ -36,7 +35,8 @@ from queuescaler.core.sample import (
 from queuescaler.sources.rabbitmq.listing import FILTER_MAX_NAMES
 from queuescaler.sources.rabbitmq.secret import broker_from_secret
 from queuescaler.sources.rabbitmq.source import RabbitMQSource
-from support import TestEnv, wait_until
+from queuescaler_testkit.broker import BrokerAdmin, quote
+from queuescaler_testkit.env import TestEnv, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -71,48 +71,30 @@ def loop() -> Iterator[LoopThread]:
 
 @dataclass
 class Broker:
-    """The test broker's URLs, with management calls made as its administrator."""
+    """The test broker's URLs, its administrator, and what a test made there (to delete)."""
 
     amqp_url: str
     management_url: str
     vhost: str
-    cleanup: list[tuple[str, str]] = field(default_factory=list)
+    cleanup: list[str] = field(default_factory=list)
+    """Management API paths to DELETE at the end, in reverse."""
 
-    def api(self, method: str, path: str, body: Any = None) -> Any:
-        parts = urllib.parse.urlsplit(self.management_url)
-        request = urllib.request.Request(
-            f"{parts.scheme}://{parts.hostname}:{parts.port}{path}",
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"content-type": "application/json"},
-        )
-        credentials = f"{parts.username}:{parts.password}".encode()
-        request.add_header("Authorization", "Basic " + _b64(credentials))
-        with urllib.request.urlopen(request, timeout=30) as response:
-            data = response.read()
-        return json.loads(data) if data else None
+    @property
+    def admin(self) -> BrokerAdmin:
+        return BrokerAdmin(self.management_url)
 
     def new_vhost(self) -> str:
         vhost = f"qs-it-{uuid.uuid4().hex[:8]}"
-        self.api("PUT", f"/api/vhosts/{vhost}")
-        user = urllib.parse.urlsplit(self.amqp_url).username
-        self.api(
-            "PUT",
-            f"/api/permissions/{vhost}/{user}",
-            {"configure": ".*", "write": ".*", "read": ".*"},
-        )
-        self.cleanup.append(("vhost", vhost))
+        self.admin.add_vhost(vhost)
+        self.admin.grant(vhost, urllib.parse.urlsplit(self.amqp_url).username or "")
+        self.cleanup.append(f"/api/vhosts/{quote(vhost)}")
         return vhost
 
     def new_user(self, password: str) -> str:
         user = f"qs-it-{uuid.uuid4().hex[:8]}"
-        self.api("PUT", f"/api/users/{user}", {"password": password, "tags": "monitoring"})
-        self.api(
-            "PUT",
-            f"/api/permissions/{quote(self.vhost)}/{user}",
-            {"configure": ".*", "write": ".*", "read": ".*"},
-        )
-        self.cleanup.append(("user", user))
+        self.admin.add_user(user, password, tags="monitoring")
+        self.admin.grant(self.vhost, user)
+        self.cleanup.append(f"/api/users/{quote(user)}")
         return user
 
     def amqp_params(self, vhost: str | None = None) -> pika.URLParameters:
@@ -134,27 +116,13 @@ class Broker:
                     str(number).encode(),
                     pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent),
                 )
-        self.cleanup.append(("queue", f"{quote(ref.scope)}/{quote(ref.name)}"))
+        self.cleanup.append(self.admin.queues_path(ref.scope, ref.name))
         return ref
 
     def clean(self) -> None:
-        for kind, name in reversed(self.cleanup):
-            path = {"vhost": "/api/vhosts/", "user": "/api/users/", "queue": "/api/queues/"}[kind]
-            try:
-                self.api("DELETE", path + name)
-            except urllib.error.HTTPError as error:
-                if error.code != 404:  # a vhost's deletion takes its queues along
-                    raise
-
-
-def _b64(data: bytes) -> str:
-    import base64
-
-    return base64.b64encode(data).decode()
-
-
-def quote(text: str) -> str:
-    return urllib.parse.quote(text, safe="")
+        for path in reversed(self.cleanup):
+            # A vhost's deletion takes its queues along: gone already is fine.
+            self.admin.delete(path, missing_ok=True)
 
 
 def _with_credentials(url: str, user: str, password: str) -> str:
@@ -531,11 +499,11 @@ def test_peek_reopens_a_connection_the_broker_closed(broker: Broker, sources: So
     assert getattr(sources.peek(source, ref)[ref], "ready", None) == 3
 
     def ours(state: str) -> list[str]:
-        connections = broker.api("GET", "/api/connections?columns=name,user,state")
+        connections = broker.admin.connections(columns=["name", "user", "state"])
         return [c["name"] for c in connections if c.get("user") == user and c["state"] == state]
 
     for name in wait_until(lambda: ours("running"), timeout=STATS_TIMEOUT, what="our connection"):
-        broker.api("DELETE", f"/api/connections/{quote(name)}")
+        broker.admin.close_connection(name)
     wait_until(lambda: ours("closed"), timeout=STATS_TIMEOUT, what="our connection closed")
 
     assert getattr(sources.peek(source, ref)[ref], "ready", None) == 3

@@ -13,7 +13,8 @@ import pika
 import pytest
 from kubernetes import client, config
 
-from support import TestEnv, wait_until
+from queuescaler_testkit.broker import BrokerAdmin
+from queuescaler_testkit.env import TestEnv, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -80,17 +81,10 @@ def test_deployment_scaled_through_scale_subresource_gets_running_pods_on_kwok_n
 
 
 def _management_queue(testenv: TestEnv, queue: str) -> dict[str, Any]:
-    url = urllib.parse.urlsplit(testenv.management_url)
-    request = urllib.request.Request(
-        f"http://{url.hostname}:{url.port}/api/queues/"
-        f"{urllib.parse.quote(testenv.vhost, safe='')}/{urllib.parse.quote(queue, safe='')}"
+    body: dict[str, Any] = BrokerAdmin(testenv.management_url, timeout=10).queue(
+        testenv.vhost, queue
     )
-    password_manager = urllib.request.HTTPPasswordMgrWithDefaultRealm()
-    password_manager.add_password(None, request.full_url, url.username or "", url.password or "")
-    opener = urllib.request.build_opener(urllib.request.HTTPBasicAuthHandler(password_manager))
-    with opener.open(request, timeout=10) as response:
-        body: dict[str, Any] = json.load(response)
-        return body
+    return body
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ different tests never act on each other's objects.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 import urllib.parse
@@ -21,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from e2e.podrunner import PodRunnerFactory
-from operator_process import OperatorProcess
+from queuescaler_testkit.broker import BrokerAdmin
+from queuescaler_testkit.env import TestEnv, bring_up, wait_until
+from queuescaler_testkit.operator_process import OperatorProcess
+from queuescaler_testkit.podrunner import PodRunnerFactory
 from reliability.envctl import FAULTS, faultenv_sh
 from reliability.scenario import BrokerUser
-from support import REPO, TestEnv, bring_up, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -35,29 +35,10 @@ def faultenv() -> Iterator[TestEnv]:
         env = bring_up(FAULTS)
     except RuntimeError as error:
         pytest.fail(str(error), pytrace=False)
-    env.kubectl("apply", "--server-side", "--force-conflicts", "-f",
-                str(REPO / "crds" / "queuescaler.yaml"))
-    env.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                "crd/queuescalers.queuescaler.io")
+    env.apply_crd()
     yield env
     if os.environ.get("QS_KEEP_FAULTENV") != "1":  # kept only when debugging one test
         faultenv_sh("down")
-
-
-def _management(env: TestEnv, method: str, path: str, body: object | None = None) -> None:
-    """One call to the faults broker's management API as its administrator."""
-    parts = urllib.parse.urlsplit(env.management_url)
-    request = urllib.request.Request(
-        f"http://{parts.hostname}:{parts.port}{path}",
-        data=None if body is None else json.dumps(body).encode(),
-        method=method,
-        headers={"Content-Type": "application/json"},
-    )
-    manager = urllib.request.HTTPPasswordMgrWithDefaultRealm()
-    manager.add_password(None, request.full_url, parts.username or "", parts.password or "")
-    opener = urllib.request.build_opener(urllib.request.HTTPBasicAuthHandler(manager))
-    with opener.open(request, timeout=10) as response:
-        assert response.status in (200, 201, 204), response.status
 
 
 @pytest.fixture(scope="session")
@@ -69,16 +50,15 @@ def broker_user(faultenv: TestEnv) -> Iterator[BrokerUser]:
     """
     name = f"qs-rel-{uuid.uuid4().hex[:6]}"
     password = f"S3cr3t-{uuid.uuid4()}-p@ss:w0rd!"
-    vhost = urllib.parse.quote(faultenv.vhost, safe="")
-    _management(faultenv, "PUT", f"/api/users/{name}", {"password": password, "tags": "monitoring"})
-    _management(faultenv, "PUT", f"/api/permissions/{vhost}/{name}",
-                {"configure": ".*", "write": ".*", "read": ".*"})
+    admin = BrokerAdmin(faultenv.management_url, timeout=10)
+    admin.add_user(name, password, tags="monitoring")
+    admin.grant(faultenv.vhost, name)
     parts = urllib.parse.urlsplit(faultenv.amqp_url)
     management = urllib.parse.urlsplit(faultenv.management_url)
     yield BrokerUser(name, password, parts.port or 0, management.port or 0, faultenv.vhost)
     # The broker may be down when a fault test failed; the environment is stopped anyway.
     with contextlib.suppress(OSError):
-        _management(faultenv, "DELETE", f"/api/users/{name}")
+        admin.delete_user(name)
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import os
 import subprocess
 from collections.abc import Callable
 
-from operator_process import OperatorProcess
-from support import CACHE, REPO, TestEnv
+from queuescaler_testkit.env import CACHE, REPO, TestEnv
+from queuescaler_testkit.operator_process import OperatorProcess
 
 FAULTS = "faults"
 KWOK_RUN = CACHE / f"run-{FAULTS}"

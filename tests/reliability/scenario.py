@@ -17,11 +17,11 @@ from typing import Any
 
 import yaml
 
-from e2e.podrunner import PodRunner, PodRunnerFactory, pika_worker_env
-from e2e.pool import Pool
-from e2e.publisher import publish_messages, read_processed
-from operator_process import OperatorProcess
-from support import CACHE, TestEnv, wait_until
+from queuescaler_testkit.env import CACHE, TestEnv, wait_until
+from queuescaler_testkit.operator_process import OperatorProcess
+from queuescaler_testkit.podrunner import PodRunner, PodRunnerFactory, pika_worker_env
+from queuescaler_testkit.pool import Pool
+from queuescaler_testkit.publisher import publish_messages, read_processed
 
 HERE = Path(__file__).resolve().parent
 RESULTS = CACHE / "out" / "reliability-latest.jsonl"

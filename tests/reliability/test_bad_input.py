@@ -21,11 +21,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from e2e.pool import Pool
-from operator_process import OperatorProcess
+from queuescaler_testkit.env import TestEnv, wait_until
+from queuescaler_testkit.operator_process import OperatorProcess
+from queuescaler_testkit.pool import Pool
+from queuescaler_testkit.status import condition_of
 from reliability.envctl import OperatorFactory
 from reliability.scenario import BrokerUser, leaks, record, tracebacks, write_secret
-from support import TestEnv, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -153,16 +154,12 @@ def test_generated_specs_are_refused_with_a_message_or_handled_without_a_traceba
 
     def ready_everywhere() -> list[dict[str, Any]] | None:
         items = json.loads(env.kubectl("get", "qs", "-n", ns, "-o", "json").stdout)["items"]
-        ready = [i for i in items if any(
-            c["type"] == "Ready" for c in (i.get("status") or {}).get("conditions", []))]
+        ready = [i for i in items if condition_of(i, "Ready")]
         return items if len(ready) == len(accepted) else None
 
     items = wait_until(ready_everywhere, timeout=120,
                        what="a Ready condition on every accepted spec")
-    reasons = Counter(
-        next(c["reason"] for c in i["status"]["conditions"] if c["type"] == "Ready")
-        for i in items
-    )
+    reasons = Counter((condition_of(i, "Ready") or {})["reason"] for i in items)
     assert operator.process is not None and operator.process.poll() is None
     traces = tracebacks(operator.log())
     found, _ = leaks(env, broker_user, [ns], [operator])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import socket
 import urllib.error
@@ -13,9 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from e2e.publisher import delete_queue, publish_messages
+from queuescaler_testkit.broker import BrokerAdmin
+from queuescaler_testkit.env import TestEnv
+from queuescaler_testkit.publisher import delete_queue, publish_messages
 from reliability.faultproxy import QUEUE_COUNTS, FaultProxy, Mode
-from support import TestEnv
 
 pytestmark = pytest.mark.integration
 
@@ -31,15 +31,7 @@ def proxy(faultenv: TestEnv) -> Iterator[FaultProxy]:
 def get(
     env: TestEnv, proxy: FaultProxy, timeout: float = 10, path: str = "/api/vhosts"
 ) -> tuple[int, bytes]:
-    parts = urllib.parse.urlsplit(env.management_url)
-    token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
-    request = urllib.request.Request(f"http://127.0.0.1:{proxy.port}{path}",
-                                     headers={"Authorization": f"Basic {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
+    return BrokerAdmin(env.management_url, port=proxy.port).answer("GET", path, timeout=timeout)
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from e2e.podrunner import PodRunnerFactory
-from operator_process import OperatorProcess
+from queuescaler_testkit.env import TestEnv, wait_until
+from queuescaler_testkit.operator_process import OperatorProcess
+from queuescaler_testkit.podrunner import PodRunnerFactory
 from reliability.envctl import OperatorFactory, faultenv_sh, kwokctl
 from reliability.faultproxy import FaultProxy, Mode
 from reliability.scenario import (
@@ -35,7 +36,6 @@ from reliability.scenario import (
     tracebacks,
     warning_reasons,
 )
-from support import TestEnv, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.pool import Pool, scaler_gauges
-from e2e.publisher import publish_messages
+from queuescaler_testkit.env import TestEnv, wait_until
+from queuescaler_testkit.pool import Pool, scaler_gauges
+from queuescaler_testkit.publisher import publish_messages
 from reliability.envctl import OperatorFactory
 from reliability.scenario import BrokerUser, leaks, record, tracebacks, write_secret
-from support import TestEnv, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from e2e.podrunner import PodRunnerFactory
-from operator_process import OperatorProcess
+from queuescaler_testkit.env import TestEnv, wait_until
+from queuescaler_testkit.operator_process import OperatorProcess
+from queuescaler_testkit.podrunner import PodRunnerFactory
 from reliability.envctl import OperatorFactory
 from reliability.scenario import (
     BrokerUser,
@@ -30,7 +31,6 @@ from reliability.scenario import (
     start_run,
     tracebacks,
 )
-from support import TestEnv, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

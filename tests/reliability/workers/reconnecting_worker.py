@@ -1,6 +1,6 @@
 """The e2e pika consumer, reconnecting: it outlives a broker restart as a real worker would.
 
-tests/e2e/workers/pika_worker.py exits when its connection drops; a deployed worker is
+The test kit's pika_worker.py exits when its connection drops; a deployed worker is
 restarted by its kubelet, which the pod runner does not do. This wrapper runs the same
 `Worker` again after a lost connection (a bounded number of times, a second apart), so a
 broker restart tests the operator, not the worker. Messages in hand when the connection
@@ -13,12 +13,10 @@ import logging
 import signal
 import sys
 import time
-from pathlib import Path
 
 import pika.exceptions
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "e2e" / "workers"))
-from pika_worker import Worker
+from queuescaler_testkit.workers.pika_worker import Worker
 
 MAX_RECONNECTS = 120
 """About two minutes of broker outage at most, then the worker gives up (a finding)."""

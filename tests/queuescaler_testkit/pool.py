@@ -19,8 +19,9 @@ import pika
 import yaml
 from prometheus_client import parser
 
-from e2e.publisher import delete_queue
-from support import TestEnv, wait_until
+from queuescaler_testkit.env import TestEnv, wait_until
+from queuescaler_testkit.publisher import delete_queue
+from queuescaler_testkit.status import condition_of, get_scaler, status_of
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -124,20 +125,13 @@ class Pool:
         )
 
     def scaler(self) -> dict[str, Any]:
-        out = self.testenv.kubectl("get", "qs", self.name, "-n", self.namespace, "-o", "json")
-        body: dict[str, Any] = json.loads(out.stdout)
-        return body
+        return get_scaler(self.testenv, self.namespace, self.name)
 
     def status(self) -> dict[str, Any]:
-        status: dict[str, Any] = self.scaler().get("status") or {}
-        return status
+        return status_of(self.scaler())
 
     def condition(self, kind: str) -> dict[str, Any] | None:
-        for condition in self.status().get("conditions") or ():
-            if condition.get("type") == kind:
-                found: dict[str, Any] = condition
-                return found
-        return None
+        return condition_of(self.scaler(), kind)
 
     def replicas(self) -> int:
         out = self.testenv.kubectl(

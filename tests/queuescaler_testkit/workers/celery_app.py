@@ -1,6 +1,6 @@
 """The Celery worker for end-to-end tests: the `is_prime` task users know, with a record of it.
 
-Started by the pod runner as `celery --workdir tests/e2e/workers -A celery_app worker --pool solo
+Started by the pod runner as `celery -A queuescaler_testkit.workers.celery_app worker --pool solo
 --concurrency 1 -Q <queue> ...` (see podrunner.celery_worker_command). Environment:
   AMQP_URL             the broker (vhost included)
   POD_NAME             the name of every AMQP connection the worker opens
@@ -20,7 +20,9 @@ import time
 from typing import Any
 
 from celery import Celery
-from pika_worker import append_record  # the processed-log format is defined once, there
+
+# The processed-log format is defined once, there.
+from queuescaler_testkit.workers.pika_worker import append_record
 
 TASK_NAME = "is_prime"
 """The registered name: publishers send it with send_task, whatever module they import."""

@@ -38,7 +38,8 @@ from kubernetes import client, config, watch
 log = logging.getLogger(__name__)
 
 WORKERS = Path(__file__).resolve().parent / "workers"
-"""The real workers' code: pika_worker.py and celery_app.py."""
+"""The real workers' code: pika_worker.py and celery_app.py (the package
+queuescaler_testkit.workers)."""
 
 DEFAULT_GRACE_SECONDS = 30.0
 """Kubernetes' default terminationGracePeriodSeconds."""
@@ -449,7 +450,7 @@ class PodRunnerFactory:
 
 
 def pika_worker_command(pod_name: str) -> list[str]:
-    """The pika consumer (tests/e2e/workers/pika_worker.py); it reads its pod name from POD_NAME."""
+    """The pika consumer (workers/pika_worker.py); it reads its pod name from POD_NAME."""
     return [sys.executable, str(WORKERS / "pika_worker.py")]
 
 
@@ -480,7 +481,7 @@ def celery_worker_command(queue: str) -> Callable[[str], list[str]]:
 
     def command(pod_name: str) -> list[str]:
         return [
-            sys.executable, "-m", "celery", "--workdir", str(WORKERS), "-A", "celery_app",
+            sys.executable, "-m", "celery", "-A", "queuescaler_testkit.workers.celery_app",
             "worker", "--pool", "solo", "--concurrency", "1", "-Q", queue,
             "-n", f"{pod_name}@%h", "--without-gossip", "--without-mingle",
             "--without-heartbeat", "--loglevel", "INFO",
@@ -503,7 +504,6 @@ def celery_worker_env(
         "PROCESSED_LOG": str(processed_log),
         "PREFETCH_MULTIPLIER": str(prefetch_multiplier),
         "WORK_SECONDS": str(work_seconds),
-        "PYTHONPATH": str(WORKERS),
     }
     if started_log is not None:
         env["STARTED_LOG"] = str(started_log)

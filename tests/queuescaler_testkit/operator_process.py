@@ -10,7 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from support import REPO, TestEnv, wait_until
+from queuescaler_testkit.env import REPO, TestEnv, wait_until
 
 
 def free_port() -> int:
