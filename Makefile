@@ -13,7 +13,7 @@ help:
 	@echo "make test          run unit, integration and e2e tests (installs what they need)"
 	@echo "make test-unit     run only the pure unit tests (seconds, no servers)"
 	@echo "make bench         run the benchmarks in bench/ and print their tables"
-	@echo "make lint          ruff, mypy --strict and the import-layering contract"
+	@echo "make lint          ruff and mypy --strict (operator, test kit, bench, hack), import layers"
 	@echo "make testenv-up    start the local cluster, RabbitMQ and Prometheus"
 	@echo "make testenv-down  stop them (by PID)"
 
@@ -39,8 +39,9 @@ bench: deps
 
 lint:
 	@bash hack/deps.sh python
-	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/ruff check operator tests bench hack
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy bench hack
 	$(VENV)/bin/lint-imports
 
 testenv-up: deps

@@ -144,7 +144,7 @@ def build_builtins(document: dict[str, Any], out: Path, version: str) -> int:
 def crd_schema(version: dict[str, Any], strict: bool) -> dict[str, Any]:
     """A kubeconform schema for one CRD version: its openAPIV3Schema plus ObjectMeta basics."""
     body = copy.deepcopy(version.get("schema", {}).get("openAPIV3Schema") or {"type": "object"})
-    schema = inline(body, {}, strict)
+    schema: dict[str, Any] = inline(body, {}, strict)
     properties = schema.setdefault("properties", {})
     properties.setdefault("apiVersion", {"type": "string"})
     properties.setdefault("kind", {"type": "string"})
