@@ -55,11 +55,6 @@ from pathlib import Path
 
 from kubernetes import client, config
 
-from queuescaler.sources.rabbitmq.listing import (
-    CHANNEL_COLUMNS,
-    CONNECTION_COLUMNS,
-    parse_client_connections,
-)
 from queuescaler_testkit.broker import BrokerAdmin
 from queuescaler_testkit.env import CACHE, TestEnv, bring_up, wait_until
 from queuescaler_testkit.operator_process import OperatorProcess
@@ -135,14 +130,7 @@ def queue_figures(env: TestEnv, queue: str) -> dict[str, int]:
 
 def busy_seen_by_broker(env: TestEnv, pods: set[str]) -> set[str]:
     """The pods among `pods` whose channels hold messages in the broker's statistics."""
-    admin = management(env)
-    connections = admin.connections_raw(env.vhost, CONNECTION_COLUMNS)
-    channels = admin.channels_raw(env.vhost, CHANNEL_COLUMNS)
-    return {
-        c.client_name
-        for c in parse_client_connections(connections, channels, {env.vhost})
-        if c.client_name in pods and c.unacked > 0
-    }
+    return management(env).busy_clients(env.vhost, pods)
 
 
 # -- other operators ----------------------------------------------------------------------------

@@ -22,11 +22,6 @@ import pytest
 from kubernetes import client, config, watch
 
 from queuescaler.core.workers import DELETION_COST, MARKED_BY
-from queuescaler.sources.rabbitmq.listing import (
-    CHANNEL_COLUMNS,
-    CONNECTION_COLUMNS,
-    parse_client_connections,
-)
 from queuescaler_testkit.broker import BrokerAdmin
 from queuescaler_testkit.env import CACHE, TestEnv, wait_until
 from queuescaler_testkit.operator_process import OperatorProcess
@@ -117,14 +112,7 @@ def _management(testenv: TestEnv) -> BrokerAdmin:
 
 def busy_pods_seen_by_broker(testenv: TestEnv, pods: set[str]) -> set[str]:
     """Our pods whose channels hold messages, as the management statistics say now."""
-    admin = _management(testenv)
-    connections = admin.connections_raw(testenv.vhost, CONNECTION_COLUMNS)
-    channels = admin.channels_raw(testenv.vhost, CHANNEL_COLUMNS)
-    return {
-        client.client_name
-        for client in parse_client_connections(connections, channels, {testenv.vhost})
-        if client.client_name in pods and client.unacked > 0
-    }
+    return _management(testenv).busy_clients(testenv.vhost, pods)
 
 
 def queue_consumers(testenv: TestEnv, queue: str) -> int:

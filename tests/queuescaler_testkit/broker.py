@@ -17,8 +17,14 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
+
+from queuescaler.sources.rabbitmq.listing import (
+    CHANNEL_COLUMNS,
+    CONNECTION_COLUMNS,
+    parse_client_connections,
+)
 
 EVERYTHING = {"configure": ".*", "write": ".*", "read": ".*"}
 """Full permissions on a vhost."""
@@ -155,6 +161,18 @@ class BrokerAdmin:
         """The channels (of `vhost`, else all) as the broker sends them."""
         where = f"/api/vhosts/{quote(vhost)}" if vhost is not None else "/api"
         return self.raw("GET", f"{where}/channels{_columns(columns)}")
+
+    def busy_clients(self, vhost: str, names: Collection[str]) -> set[str]:
+        """Which of `names` (clients' connection names: pods) hold unacknowledged messages on
+        `vhost`, as the broker's channel statistics say now, read as the operator reads them."""
+        connections = self.connections_raw(vhost, CONNECTION_COLUMNS)
+        channels = self.channels_raw(vhost, CHANNEL_COLUMNS)
+        return {
+            client.client_name
+            for client in parse_client_connections(connections, channels, {vhost})
+            if client.client_name is not None and client.client_name in names
+            and client.unacked > 0
+        }
 
     def close_connection(self, name: str) -> None:
         self.delete(f"/api/connections/{quote(name)}")
