@@ -223,6 +223,8 @@ class Engine:
         scaler.memory = dataclasses.replace(made.memory, marks=marks)
         if made.log:
             log.info("%s/%s %s", scaler.namespace, scaler.name, made.log)
+        for line in made.warnings:
+            log.warning("%s/%s %s", scaler.namespace, scaler.name, line)
         if made.scale_to is not None and made.previous_replicas is not None:
             self.metrics.scaled(scaler, "up" if made.scale_to > made.previous_replicas else "down")
         self.metrics.record(scaler, made)

@@ -502,11 +502,19 @@ UP_60 = {"behavior.scaleUp.stabilizationSeconds": 60}
             id="window-start-is-excluded",
         ),
         pytest.param(
-            # a drained burst: 40 -> 1 looks back 300 / 39 s, not at the peak of 20 s ago
+            # one all-but-empty sample right after a peak: the divided window (300 / 39 s)
+            # would be shorter than two polls; it is never shorter than two polls (30 s)
             Tick(sample(ready=5), 40, DOWN_300, ScalerState(recommendations=history((20, 45)))),
+            40,
+            Reason.STABILIZATION,
+            id="one-bad-sample-cannot-drain-a-large-pool",
+        ),
+        pytest.param(
+            # a drained burst: 40 -> 1 looks back two polls, not at the peak of 31 s ago
+            Tick(sample(ready=5), 40, DOWN_300, ScalerState(recommendations=history((31, 45)))),
             1,
             Reason.BACKLOG,
-            id="drained-burst-let-go-at-once",
+            id="drained-burst-let-go-after-two-polls",
         ),
         pytest.param(
             Tick(sample(ready=100), 2, DOWN_300, ScalerState(recommendations=history((10, 1)))),

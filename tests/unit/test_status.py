@@ -100,10 +100,13 @@ def test_restore_from_damaged_status_starts_fresh(stored: dict[str, Any]) -> Non
     assert state == ScalerState()
 
 
-def test_same_decision_keeps_its_time_and_takes_the_new_sentence() -> None:
+def test_a_decisions_time_is_the_time_of_its_sentence() -> None:
+    """A sentence with newer numbers under an old time read as stale numbers made live."""
     first, _ = build_status({}, outcome(message="a"), T0)
+    same, _ = build_status(first, outcome(message="a"), T0 + 15)
+    assert same["lastDecision"]["at"] == first["lastDecision"]["at"]
     second, _ = build_status(first, outcome(message="b"), T0 + 15)
-    assert second["lastDecision"]["at"] == first["lastDecision"]["at"]
+    assert second["lastDecision"]["at"] == iso(T0 + 15)
     assert second["lastDecision"]["message"] == "b"
 
 

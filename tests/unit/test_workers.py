@@ -445,7 +445,7 @@ async def test_a_scale_down_keeps_the_busy_pods_and_marks_the_idle_ones_first() 
             f"mark {namespace} worker-2 -1", f"mark {namespace} worker-3 0",
         ], "every pod marked before the scale: idle first, unmatched next, busy last"
     status = kube.statuses[-1]
-    assert status["workers"] == {"matched": 3, "busy": 2}
+    assert status["workers"] == {"matched": 3, "busy": 2, "unmatched": 1}
     assert status["lastDecision"]["reason"] == "busy-workers"
     (condition,) = [c for c in status["conditions"] if c["type"] == "WorkersMatched"]
     assert condition["status"] == "True"
@@ -470,18 +470,28 @@ async def test_without_protection_nothing_is_listed_or_marked() -> None:
     assert condition["reason"] == "ProtectionDisabled"
 
 
-async def test_unmatched_consumers_leave_the_scale_down_unprotected_and_say_why() -> None:
+async def test_a_busy_consumer_matched_to_no_pod_holds_the_scale_down() -> None:
+    """Protection fails closed: the busy client could be any pod, so none goes."""
     kube, calls = FakeKube(BUSY_POOL), []
     anonymous = [_client(None, 1, peer="127.0.0.1")]
     engine = _engine(kube, FakeSource(anonymous, calls), ("a", True))
     await engine.tick(NOW)
-    assert [c for c in kube.log if c.startswith(("mark", "scale"))] == ["scale a 1"]
+    assert [c for c in kube.log if c.startswith(("mark", "scale"))] == []
     (condition,) = [c for c in kube.statuses[-1]["conditions"] if c["type"] == "WorkersMatched"]
     assert (condition["status"], condition["reason"]) == ("False", "NoConsumersMatched")
-    assert kube.statuses[-1]["workers"] == {"matched": 0, "busy": 0}
+    assert kube.statuses[-1]["workers"] == {"matched": 0, "busy": 0, "unmatched": 4}
+    assert kube.statuses[-1]["lastDecision"]["reason"] == "busy-workers"
 
 
-async def test_a_failed_listing_scales_unprotected_and_says_why() -> None:
+async def test_idle_consumers_matched_to_no_pod_do_not_hold_the_scale_down() -> None:
+    kube, calls = FakeKube(BUSY_POOL), []
+    anonymous = [_client(None, 0, peer="127.0.0.1")]
+    engine = _engine(kube, FakeSource(anonymous, calls), ("a", True))
+    await engine.tick(NOW)
+    assert "scale a 1" in kube.log
+
+
+async def test_a_failed_listing_holds_the_scale_down_and_says_why() -> None:
     class Refusing(FakeSource):
         async def clients(self, vhosts: Collection[str]) -> Sequence[BrokerClient]:
             raise SourceError(ErrorKind.AUTH, "HTTP 401")
@@ -489,10 +499,11 @@ async def test_a_failed_listing_scales_unprotected_and_says_why() -> None:
     kube = FakeKube(BUSY_POOL)
     engine = _engine(kube, Refusing([], []), ("a", True))
     await engine.tick(NOW)
-    assert "scale a 1" in kube.log
+    assert not [c for c in kube.log if c.startswith(("mark", "scale"))]
     (condition,) = [c for c in kube.statuses[-1]["conditions"] if c["type"] == "WorkersMatched"]
     assert (condition["status"], condition["reason"]) == ("False", "NotListed")
     assert "HTTP 401" in condition["message"]
+    assert "busy workers unknown" in kube.statuses[-1]["lastDecision"]["message"]
 
 
 async def test_deleting_the_scaler_clears_its_marks() -> None:

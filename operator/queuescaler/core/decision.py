@@ -34,8 +34,18 @@ a light touch suffices: a lasting change is 83% absorbed after five ticks, while
 odd sample moves the estimate by less than a third.
 """
 
+RATE_OUTLIER_FACTOR: Final = 2.0
+"""One observation may move the throughput estimate as if it were at most this many times
+the estimate (or this fraction of it): a lasting change still arrives in a few ticks, one
+glitch (RabbitMQ has reported absurd ack rates after a counter reset) cannot cut the rate
+floor to a fraction for minutes."""
+
 _EPSILON: Final = 1e-9
 """Absorbs float noise so that 30.0000000001 / 10 is 3 replicas, not 4."""
+
+MIN_POLLS_IN_WINDOW: Final = 2
+"""The divided scale-down window never shrinks below this many polling intervals: one
+odd sample must not drain a large pool (600 s / 40 replicas would be 15 s)."""
 
 _HUGE: Final = 1_000_000_000
 """A recommendation no pool reaches: caps a rate policy whose throughput is near zero
@@ -59,6 +69,8 @@ class Reason(enum.StrEnum):
     FALLBACK = "fallback"
     PAUSED = "paused"
     BUSY_WORKERS = "busy-workers"
+    INCOMPLETE_SAMPLE = "incomplete-sample"
+    CONFLICT = "conflict"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +120,13 @@ def decide(
     state: ScalerState,
     now: float,
     busy_workers: int | None = None,
+    busy_note: str | None = None,
 ) -> Decision:
     """Decide the replica count for this tick.
 
     `sample` is this tick's combined sample, None when sampling failed; `busy_workers`
-    is the number of pods busy with a message, when the operator knows it. `dryRun` is
+    is the number of pods busy with a message, when the operator knows it (`busy_note`
+    says why, when that number is a stand-in for an unknown one). `dryRun` is
     not considered here: the caller decides whether to apply the result.
     """
     if sample is None:
@@ -120,7 +134,7 @@ def decide(
     else:
         rate = smoothed_per_replica_rate(state.per_replica_rate, sample, current_replicas)
         decision = _decide_with_sample(
-            spec, sample, current_replicas, state, now, busy_workers, rate
+            spec, sample, current_replicas, state, now, busy_workers, rate, busy_note
         )
     if spec.paused:
         return _paused(decision, current_replicas)
@@ -191,6 +205,7 @@ def smoothed_per_replica_rate(
     observed = ack_rate / max(busy, 1)
     if previous is None or not previous > 0.0:  # unknown, or a corrupt value restored
         return observed
+    observed = min(max(observed, previous / RATE_OUTLIER_FACTOR), previous * RATE_OUTLIER_FACTOR)
     if busy == 0 and observed < previous:
         return previous
     return previous + RATE_SMOOTHING * (observed - previous)
@@ -204,8 +219,10 @@ def _decide_with_sample(
     now: float,
     busy_workers: int | None,
     per_replica_rate: float | None,
+    busy_note: str | None = None,
 ) -> Decision:
     recommendation, reason, message = _raw_recommendation(spec, sample, current, per_replica_rate)
+    raw_reason = reason
     changes: list[str] = []
     replicas = recommendation
     waking = current == 0 and recommendation > 0
@@ -227,7 +244,11 @@ def _decide_with_sample(
     if change is not None:
         replicas, reason, note = change
         changes.append(note)
-    change = _busy_workers(spec, replicas, current, busy_workers)
+    change = _busy_workers(spec, replicas, current, busy_workers, busy_note)
+    if change is not None:
+        replicas, reason, note = change
+        changes.append(note)
+    change = _incomplete(sample, replicas, current)
     if change is not None:
         replicas, reason, note = change
         changes.append(note)
@@ -235,6 +256,10 @@ def _decide_with_sample(
     if change is not None:
         replicas, reason, note = change
         changes.append(note)
+    plain = _bounds(spec, recommendation)
+    if changes and replicas == (plain[0] if plain else recommendation):
+        # The bounds alone give this answer: they, not a stage on the way, hold it.
+        reason, changes = (plain[1], [plain[2]]) if plain else (raw_reason, [])
     if waking:
         reason = Reason.ACTIVATION  # a limited wake-up is still the wake-up users look for
     if changes:
@@ -371,7 +396,9 @@ def _stabilization(
     behavior = spec.behavior
     up_window = behavior.scale_up.stabilization_seconds
     up_cutoff = now - up_window
-    down_window = behavior.scale_down.stabilization_seconds / max(1, current - recommendation)
+    window = behavior.scale_down.stabilization_seconds
+    floor = MIN_POLLS_IN_WINDOW * spec.polling_interval_seconds
+    down_window = min(window, max(window / max(1, current - recommendation), floor))
     down_cutoff = now - down_window
     lowest = highest = recommendation
     for past in history:
@@ -436,8 +463,20 @@ def _step_limit(spec: QueueScalerSpec, replicas: int, current: int) -> _Change |
     return limited, Reason.STEP_LIMIT, f"limited to {sign}{allowed} by {direction}.{field}"
 
 
+def _incomplete(sample: QueueSample, replicas: int, current: int) -> _Change | None:
+    """A sample that may miss work the pool holds never shrinks it (it may grow it)."""
+    if sample.complete or replicas >= current:
+        return None
+    note = (
+        f"held at {current}: the sample cannot see every message the pool may hold"
+        " (in-flight work unknown, or a queue missing): scaling up only"
+    )
+    return current, Reason.INCOMPLETE_SAMPLE, note
+
+
 def _busy_workers(
-    spec: QueueScalerSpec, replicas: int, current: int, busy_workers: int | None
+    spec: QueueScalerSpec, replicas: int, current: int, busy_workers: int | None,
+    busy_note: str | None = None,
 ) -> _Change | None:
     """Never shrink below the workers busy with a message (scaleDown.protectBusyWorkers)."""
     if busy_workers is None or replicas >= current or replicas >= busy_workers:
@@ -447,7 +486,8 @@ def _busy_workers(
     kept = min(current, busy_workers)
     if kept == replicas:
         return None
-    note = f"kept at {kept}: {busy_workers} workers busy (scaleDown.protectBusyWorkers)"
+    why = busy_note or f"{busy_workers} workers busy"
+    note = f"kept at {kept}: {why} (scaleDown.protectBusyWorkers)"
     return kept, Reason.BUSY_WORKERS, note
 
 

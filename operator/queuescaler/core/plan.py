@@ -47,6 +47,7 @@ from queuescaler.core.workers import (
     cleared_marks,
     deletion_marks,
     match_workers,
+    ordinal_floor,
     workers_condition,
 )
 
@@ -123,6 +124,8 @@ class Observations:
     """Whether the source can list the clients that hold messages."""
     scale_failure: Failure | None = None
     """The apiserver refused the scale a previous plan asked for."""
+    conflict: str | None = None
+    """Another owner of the same target (`QueueScaler x`, `HorizontalPodAutoscaler y`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,9 @@ class Plan:
     """Failure kinds to count in `queuescaler_sample_errors`."""
     log: str | None = None
     """A line for the operator's log (scales)."""
+    warnings: Sequence[str] = ()
+    """Warning lines for the operator's log: each failure once when it starts, once when
+    it ends."""
 
 
 # --- the tick's schedule: who is due, who is peeked, who wakes ---
@@ -203,6 +209,21 @@ def watched_target(target: ScaleTargetRef) -> bool:
 # --- one QueueScaler's tick ---
 
 
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """What this tick's sample amounts to, and what went wrong getting it."""
+
+    sample: QueueSample | None
+    broker_error: Failure | None = None
+    """The broker did not answer as a whole (BrokerReachable turns False)."""
+    queue_error: Failure | None = None
+    """The broker answered without one of the queues (missing, unreadable)."""
+    stats_pending: bool = False
+    waiting: bool = False
+    """A new queue's statistics are not out and nothing stands in: wait, decide nothing."""
+    failures: tuple[str, ...] = ()
+
+
 def plan(
     spec: QueueScalerSpec | None,
     memory: Memory,
@@ -217,22 +238,11 @@ def plan(
     if spec is None:
         return _invalid_spec(memory, seen, generation, settings, spec_problem)
     now = seen.now
-    failures: list[str] = []
-    sample, broker_error, stats_pending = _sample(seen, failures)
-    config_error = seen.broker
-    if config_error is not None:
-        failures.append(SECRET_FAILURE if config_error.reason != "BadSecret" else "bad-config")
-    if seen.live is not None and (
-        sample is not None or stats_pending or memory.current_replicas == 0
-    ):
-        sample = _with_live_counts(sample, seen.live)
-    elif sample is None and broker_error is None and config_error is None:
-        broker_error = Failure("StatsPending", "the queue's statistics are not out yet")
+    got = _what_was_seen(seen, memory)
+    sample = got.sample
     current = seen.current if isinstance(seen.current, int) else None
     target_error = seen.current if isinstance(seen.current, Failure) else None
-    protect = spec.behavior.scale_down.protect_busy_workers
     decision: Decision | None = None
-    look = seen.workers
     report: WorkerReport | None = None
     wants_workers = False
     scale_to: int | None = None
@@ -243,17 +253,12 @@ def plan(
     announced = memory.announced_desired
     state = memory.state
     replicas_now = current
-    if current is not None:
+    if current is not None and not got.waiting:
         decision = decide(spec, sample, current, state, now)
-        shrinking = decision.replicas < current
-        if protect and shrinking and seen.can_list_workers and config_error is None:
-            if look is None:
-                wants_workers = True
-            elif look.clients is not None:
-                report = match_workers(look.pods, look.clients, _scopes(spec))
-                if report.matched:
-                    decision = decide(spec, sample, current, state, now, report.busy)
-        acting = decision.replicas != current and not spec.paused and not wants_workers
+        if decision.replicas < current and spec.behavior.scale_down.protect_busy_workers:
+            decision, report, wants_workers = _protected(spec, sample, current, state, seen)
+        held = spec.paused or seen.conflict is not None or wants_workers
+        acting = decision.replicas != current and not held
         if acting and spec.dry_run:
             if announced != decision.replicas:
                 announced = decision.replicas
@@ -271,33 +276,35 @@ def plan(
             ))
         elif acting:
             scale_to = decision.replicas
-            if scale_to < current and look is not None and report is not None:
-                marks = deletion_marks(look.pods, report, name)
+            if scale_to < current and seen.workers is not None and report is not None:
+                marks = deletion_marks(seen.workers.pods, report, name)
             message = _scale_message(spec, current, decision, sample)
             reason = "ScaledUp" if scale_to > current else "ScaledDown"
             scale_events.append(Event("Normal", reason, message, on_target=True))
             log = message
             replicas_now = scale_to
         state = next_state(spec, state, sample, current, decision, now, scale_to is not None)
+    conflict = None
+    if seen.conflict is not None:
+        conflict = ("TargetConflict", f"{seen.conflict} also scales this target: not acting")
     conditions = conditions_for(
         paused=spec.paused, dry_run=spec.dry_run,
-        broker_error=_pair(broker_error), target_error=_pair(target_error),
-        config_error=_pair(config_error), decision=decision, current_replicas=replicas_now,
+        broker_error=_pair(got.broker_error), target_error=_pair(target_error),
+        config_error=_pair(seen.broker), decision=decision, current_replicas=replicas_now,
+        queue_error=_pair(got.queue_error), conflict=conflict, note=_note(got),
     )
-    matched = _workers_condition(spec, memory.status, look, report)
+    matched = _workers_condition(spec, memory.status, seen.workers, report)
     if matched is not None:
         conditions.append(matched)
     next_memory = dataclasses.replace(
         memory, state=state, current_replicas=replicas_now, announced_desired=announced,
-        stats_pending=stats_pending,
+        stats_pending=got.stats_pending,
     )
-    status, flipped_events = _status(
+    status, flipped_events, warnings = _status(
         next_memory, generation, spec.source.include_in_flight, sample, replicas_now,
         decision, conditions, report, now, settings,
     )
-    reread = (
-        broker_error is not None and broker_error.reason == camel(str(ErrorKind.AUTH))
-    )
+    auth = camel(str(ErrorKind.AUTH))
     return Plan(
         memory=next_memory,
         decision=decision,
@@ -306,16 +313,135 @@ def plan(
         wants_workers=wants_workers,
         scale_to=scale_to,
         marks=marks,
-        clear_marks=not protect and bool(memory.marks),
-        reread_secret=reread,
+        clear_marks=bool(memory.marks) and _marks_done(spec, state, scale_to, now, settings),
+        reread_secret=got.broker_error is not None and got.broker_error.reason == auth,
         conditions=conditions,
         status=status,
         events=events,
         status_events=flipped_events,
         scale_events=scale_events,
-        sample_failures=failures,
+        sample_failures=got.failures,
         log=log,
+        warnings=warnings,
     )
+
+
+def _what_was_seen(seen: Observations, memory: Memory) -> _Seen:
+    """The sample that decides (live counts standing in where they may), and the errors.
+
+    Live counts stand in for a queue too new to have statistics, and alone for a pool at
+    zero (nothing can be in flight); a sample built on them, or missing one of several
+    queues, is incomplete: it may grow the pool, never shrink it.
+    """
+    if seen.broker is not None:
+        kind = SECRET_FAILURE if seen.broker.reason != "BadSecret" else "bad-config"
+        sample = seen.live if memory.current_replicas == 0 else None
+        return _Seen(_incomplete(sample), failures=(kind,))
+    got = _parts(seen.answer)
+    sample = got.sample
+    if seen.live is not None and (
+        sample is not None or got.stats_pending or memory.current_replicas == 0
+    ):
+        sample = _with_live_counts(sample, seen.live)
+    waiting = sample is None and got.stats_pending and got.broker_error is None
+    return dataclasses.replace(got, sample=sample, waiting=waiting)
+
+
+def _parts(
+    answer: Mapping[QueueRef, QueueSample | SourceError | None] | SourceError | None,
+) -> _Seen:
+    """The broker's answer for one QueueScaler's queues, combined.
+
+    Queues it answered for count even when another is missing (the pool scales up on what
+    is visible, as KEDA's does); a queue whose statistics are pending is not a failure.
+    """
+    if answer is None:
+        return _Seen(None, broker_error=Failure("Unreachable", "the broker was not sampled"))
+    if isinstance(answer, SourceError):  # counted once per broker request, not here
+        return _Seen(None, broker_error=Failure(camel(str(answer.kind)), answer.message))
+    parts: list[QueueSample] = []
+    queue_error: Failure | None = None
+    failures: list[str] = []
+    pending = False
+    for ref, part in answer.items():
+        if isinstance(part, QueueSample):
+            parts.append(part)
+        elif part is None:
+            message = f"queue {ref.name!r} was not in the broker's answer"
+            queue_error = queue_error or Failure("QueueNotFound", message)
+        elif part.kind is ErrorKind.STATS_PENDING:
+            pending = True
+        else:
+            failures.append(str(part.kind))
+            queue_error = queue_error or Failure(camel(str(part.kind)), part.message)
+    sample = combine(parts) if parts else None
+    if sample is not None and (queue_error is not None or pending):
+        sample = _incomplete(sample)
+    return _Seen(sample, queue_error=queue_error, stats_pending=pending, failures=tuple(failures))
+
+
+def _incomplete(sample: QueueSample | None) -> QueueSample | None:
+    return None if sample is None else dataclasses.replace(sample, complete=False)
+
+
+def _note(got: _Seen) -> str | None:
+    """What the operator can and cannot do with this sample, for the Ready condition."""
+    if got.waiting:
+        return "a queue's statistics are not out yet: waiting for them"
+    if got.sample is not None and not got.sample.complete:
+        return "the sample cannot see every message the pool may hold: scaling up only"
+    return None
+
+
+def _protected(
+    spec: QueueScalerSpec,
+    sample: QueueSample | None,
+    current: int,
+    state: ScalerState,
+    seen: Observations,
+) -> tuple[Decision, WorkerReport | None, bool]:
+    """A scale-down decided again with the workers that must stay, and whether to look first.
+
+    Protection fails closed: when the workers cannot be looked at, or a busy client cannot
+    be placed on a pod, the pool keeps them all. A StatefulSet removes its highest ordinals
+    whatever the deletion costs say, so it keeps every pod up to its highest busy one.
+    """
+    look = seen.workers
+    why: str | None = None
+    if seen.broker is not None:
+        why = "busy workers unknown: the broker's Secret gives no broker"
+    elif not seen.can_list_workers:
+        why = "busy workers unknown: this broker cannot list its clients"
+    elif look is None:
+        return decide(spec, sample, current, state, seen.now), None, True
+    elif look.clients is None:
+        why = f"busy workers unknown: {look.problem or 'nothing listed'}"
+    if why is not None or look is None or look.clients is None:
+        return decide(spec, sample, current, state, seen.now, current, why), None, False
+    report = match_workers(look.pods, look.clients, _scopes(spec))
+    keep, note = report.protected, None
+    if spec.scale_target_ref.kind == "StatefulSet":
+        floor = ordinal_floor(report)
+        if floor is None:
+            keep, note = current, "busy workers unknown: a busy client matched no pod"
+        elif floor > keep:
+            keep = floor
+            note = f"{report.busy} workers busy, the highest at ordinal {floor - 1} (StatefulSet)"
+    return decide(spec, sample, current, state, seen.now, keep, note), report, False
+
+
+def _marks_done(
+    spec: QueueScalerSpec, state: ScalerState, scale_to: int | None, now: float,
+    settings: PlanSettings,
+) -> bool:
+    """Whether the marks this QueueScaler set have served: protection is off, or the
+    scale-down they ordered was carried out a while ago (a mark left behind would send
+    a pod that was idle then and is busy now first, at the next scale-down)."""
+    if not spec.behavior.scale_down.protect_busy_workers:
+        return True
+    if scale_to is not None:
+        return False
+    return not settling(state, now, settings)
 
 
 def clearing_marks(pods: Sequence[Pod], memory: Memory, name: str) -> Marks:
@@ -333,43 +459,13 @@ def _invalid_spec(
     problem: str | None,
 ) -> Plan:
     conditions = [Condition("Ready", False, "InvalidSpec", problem or "the spec could not be read")]
-    status, events = _status(
+    status, events, warnings = _status(
         memory, generation, True, None, None, None, conditions, None, seen.now, settings,
     )
-    return Plan(memory=memory, conditions=conditions, status=status, status_events=events)
-
-
-def _sample(
-    seen: Observations, failures: list[str]
-) -> tuple[QueueSample | None, Failure | None, bool]:
-    """This QueueScaler's sample out of the broker's answer, or why there is none, and
-    whether a queue's statistics are pending.
-
-    Only the latest answer says whether statistics are pending: a flag left over from
-    before a failed request would let the live counts stand in for it.
-    """
-    answer = seen.answer
-    if seen.broker is not None:
-        return None, None, False
-    if answer is None:
-        return None, Failure("Unreachable", "the broker was not sampled"), False
-    if isinstance(answer, SourceError):  # counted once per broker request, not here
-        return None, Failure(camel(str(answer.kind)), answer.message), False
-    parts: list[QueueSample] = []
-    for ref, part in answer.items():
-        if isinstance(part, QueueSample):
-            parts.append(part)
-        elif part is None:
-            message = f"queue {ref.name!r} was not in the broker's answer"
-            return None, Failure("QueueNotFound", message), False
-        elif part.kind is ErrorKind.STATS_PENDING:
-            return None, None, True  # live counts stand in: see _with_live_counts
-        else:
-            failures.append(str(part.kind))
-            return None, Failure(camel(str(part.kind)), part.message), False
-    if not parts:
-        return None, Failure("QueueNotFound", "no queue was in the broker's answer"), False
-    return combine(parts), None, False
+    return Plan(
+        memory=memory, conditions=conditions, status=status, status_events=events,
+        warnings=warnings,
+    )
 
 
 def _with_live_counts(sample: QueueSample | None, live: QueueSample) -> QueueSample:
@@ -440,30 +536,49 @@ def _status(
     report: WorkerReport | None,
     now: float,
     settings: PlanSettings,
-) -> tuple[Mapping[str, Any] | None, list[Event]]:
-    """The status to write (None: no write needed) and the Events its conditions call for.
+) -> tuple[Mapping[str, Any] | None, list[Event], list[str]]:
+    """The status to write (None: no write needed), the Events its conditions call for,
+    and the warnings to log.
 
     A condition becomes an Event when it changes, except a new QueueScaler's first,
-    healthy ones (not news); one that turns bad is a Warning.
+    healthy ones (not news); one that turns bad is a Warning, logged as it starts and
+    again when it ends.
     """
     written = memory.status
+    workers = None if report is None else (report.matched, report.busy, report.unmatched)
     outcome = TickOutcome(
         generation, include_in_flight, sample, current, decision, memory.state, conditions,
-        (report.matched, report.busy) if report is not None else None,
+        workers,
     )
     status, flipped = build_status(written, outcome, now)
     stale = now - memory.status_written_at >= settings.status_refresh_seconds
     if not needs_write(written, status, stale=stale):
-        return None, []
-    known = {c.get("type") for c in written.get("conditions") or ()}
+        return None, [], []
+    before = {
+        c.get("type"): c.get("status") for c in written.get("conditions") or ()
+        if isinstance(c, Mapping)
+    }
     events: list[Event] = []
+    warnings: list[str] = []
     for condition in flipped:
-        bad = condition.type in GOOD_WHEN_TRUE and not condition.status
-        if condition.type not in known and not bad:
-            continue
+        bad = _bad(condition)
         verb = "True" if condition.status else "False"
+        watched = condition.type in GOOD_WHEN_TRUE or condition.type == WORKERS_CONDITION
+        if bad:
+            warnings.append(f"{condition.type} is {verb}: {condition.reason}: {condition.message}")
+        elif watched and before.get(condition.type) == "False":
+            warnings.append(f"{condition.type} is {verb} again: {condition.message}")
+        if condition.type not in before and not bad:
+            continue
         events.append(Event(
             "Warning" if bad else "Normal", condition.reason,
             f"{condition.type} is {verb}: {condition.message}",
         ))
-    return status, events
+    return status, events, warnings
+
+
+def _bad(condition: Condition) -> bool:
+    """A condition that is bad news when False: a Warning Event, and a log line."""
+    if condition.type == WORKERS_CONDITION:
+        return not condition.status and condition.reason != "ProtectionDisabled"
+    return condition.type in GOOD_WHEN_TRUE and not condition.status

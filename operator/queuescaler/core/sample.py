@@ -85,6 +85,10 @@ class QueueSample:
     """Messages delivered to consumers per second."""
     consumer_utilisation: float | None = None
     """Fraction of time consumers could take new messages (RabbitMQ's consumer_capacity)."""
+    complete: bool = True
+    """False when the sample may miss work the pool holds: live counts that cannot see
+    in-flight messages, or some of several queues missing. Such a sample may grow a pool,
+    never shrink it."""
 
     @property
     def backlog(self) -> int:
@@ -115,6 +119,7 @@ def combine(samples: Iterable[QueueSample]) -> QueueSample:
         ack_rate=_sum_known(p.ack_rate for p in parts),
         deliver_rate=_sum_known(p.deliver_rate for p in parts),
         consumer_utilisation=sum(utilisations) / len(utilisations) if utilisations else None,
+        complete=all(p.complete for p in parts),
     )
 
 

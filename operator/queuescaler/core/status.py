@@ -108,6 +108,9 @@ def state_from_status(status: Mapping[str, Any] | None, now: float) -> ScalerSta
         at, replicas = parse_iso(entry.get("at")), entry.get("replicas")
         if at is not None and isinstance(replicas, int) and replicas >= 0:
             history.append(Recommendation(at, replicas))
+    # A writer whose clock ran ahead left times in the future: clamped to now, so a leader
+    # 30 minutes fast cannot hold a cooldown or a window for 30 minutes after failover.
+    history = [Recommendation(min(r.at, now), r.replicas) for r in history]
     history.sort(key=lambda r: r.at)
     if history:
         history[-1] = Recommendation(max(history[-1].at, now), history[-1].replicas)
@@ -118,8 +121,9 @@ def state_from_status(status: Mapping[str, Any] | None, now: float) -> ScalerSta
         per_replica_rate = float(rate)
     if per_replica_rate is not None and not (0 < per_replica_rate < math.inf):
         per_replica_rate = None
+    last_scale = _rounded_up(parse_iso(status.get("lastScaleTime")))
     return ScalerState(
-        last_scale_time=_rounded_up(parse_iso(status.get("lastScaleTime"))),
+        last_scale_time=None if last_scale is None else min(last_scale, now),
         recommendations=tuple(history),
         consecutive_failures=failures if isinstance(failures, int) and failures >= 0 else 0,
         per_replica_rate=per_replica_rate,
@@ -133,8 +137,9 @@ def _rounded_up(moment: float | None) -> float | None:
 
 
 def _quantity(value: float | None) -> float | None:
-    """A rate rounded to 3 significant digits: readable, and stable enough to compare."""
-    if value is None or not math.isfinite(value):
+    """A rate rounded to 3 significant digits: readable, and stable enough to compare.
+    A negative or non-finite rate is unknown (the CRD would refuse the whole write)."""
+    if value is None or not math.isfinite(value) or value < 0:
         return None
     return float(f"{value:.3g}")
 
@@ -150,8 +155,8 @@ class TickOutcome:
     decision: Decision | None
     state: ScalerState
     conditions: Sequence[Condition]
-    workers: tuple[int, int] | None = None
-    """(matched, busy) pods, when this tick matched consumers to pods."""
+    workers: tuple[int, int, int] | None = None
+    """(matched, busy, unmatched) pods, when this tick matched consumers to pods."""
 
 
 def build_status(
@@ -159,7 +164,9 @@ def build_status(
 ) -> tuple[dict[str, Any], list[Condition]]:
     """The status to store, and the conditions that flipped.
 
-    Numbers this tick did not learn (no sample, no target) keep their stored values.
+    Numbers this tick did not learn (no target) keep their stored values; a failed sample
+    drops backlog and rates, so stale numbers never look live (`lastSampleTime` says when
+    the last good one was taken).
     """
     status: dict[str, Any] = {k: v for k, v in previous.items() if k != "conditions"}
     if outcome.generation is not None:
@@ -173,14 +180,20 @@ def build_status(
         }
         rates = {"publish": _quantity(sample.publish_rate), "ack": _quantity(sample.ack_rate)}
         status["rates"] = {k: v for k, v in rates.items() if v is not None}
+        status["lastSampleTime"] = iso(min(sample.taken_at, now))
+    else:
+        status.pop("backlog", None)
+        status.pop("rates", None)
     if outcome.current_replicas is not None:
         status["currentReplicas"] = outcome.current_replicas
     decision = outcome.decision
     if decision is not None:
         status["desiredReplicas"] = decision.replicas
         last = previous.get("lastDecision") or {}
-        same = last.get("replicas") == decision.replicas and last.get("reason") == str(
-            decision.reason
+        same = (
+            last.get("replicas") == decision.replicas
+            and last.get("reason") == str(decision.reason)
+            and last.get("message") == decision.message
         )
         status["lastDecision"] = {
             "replicas": decision.replicas,
@@ -189,7 +202,8 @@ def build_status(
             "at": last.get("at", iso(now)) if same else iso(now),
         }
     if outcome.workers is not None:
-        status["workers"] = {"matched": outcome.workers[0], "busy": outcome.workers[1]}
+        matched, busy, unmatched = outcome.workers
+        status["workers"] = {"matched": matched, "busy": busy, "unmatched": unmatched}
     state = outcome.state
     if state.last_scale_time is not None:
         status["lastScaleTime"] = iso(state.last_scale_time)
@@ -208,7 +222,10 @@ def build_status(
     return status, flipped
 
 
-SLOW_FIELDS = ("backlog", "rates", "perReplicaRate", "recommendations", "consecutiveFailures")
+SLOW_FIELDS = (
+    "backlog", "rates", "perReplicaRate", "recommendations", "consecutiveFailures",
+    "lastSampleTime",
+)
 """Fields that change with every sample under load: written with the others, or when stale.
 
 So does the failure count during an outage; its start and end are written at once (the
@@ -246,7 +263,9 @@ def needs_write(
     def slow(status: Mapping[str, Any]) -> dict[str, Any]:
         # Timestamps that only renew (the history's, the decision's) are not news: a
         # restart renews the newest recommendation to its own `now` anyway.
-        kept = {k: status.get(k) for k in SLOW_FIELDS if k != "recommendations"}
+        kept = {
+            k: status.get(k) for k in SLOW_FIELDS if k not in ("recommendations", "lastSampleTime")
+        }
         decision = status.get("lastDecision")
         kept["lastDecision"] = decision.get("message") if isinstance(decision, Mapping) else None
         return kept
@@ -263,18 +282,26 @@ def conditions_for(
     config_error: tuple[str, str] | None,
     decision: Decision | None,
     current_replicas: int | None,
+    queue_error: tuple[str, str] | None = None,
+    conflict: tuple[str, str] | None = None,
+    note: str | None = None,
 ) -> list[Condition]:
-    """This tick's conditions from what went right and wrong (errors are (reason, message))."""
+    """This tick's conditions from what went right and wrong (errors are (reason, message)).
+
+    `broker_error` is a broker that did not answer (BrokerReachable turns False);
+    `queue_error` one that answered without what was asked (a queue missing: Ready is
+    False, the broker reachable); `note` says what the operator can and cannot do now.
+    """
     conditions: list[Condition] = []
-    if config_error:
-        ready = Condition("Ready", False, *config_error)
-    elif broker_error:
-        ready = Condition("Ready", False, broker_error[0], broker_error[1])
-    elif target_error:
-        ready = Condition("Ready", False, target_error[0], target_error[1])
+    problem = config_error or broker_error or conflict or queue_error or target_error
+    if problem:
+        reason, message = problem
+        ready = Condition("Ready", False, reason, f"{message}{'; ' + note if note else ''}")
     else:
         mode = " (dry run: decisions are reported, never applied)" if dry_run else ""
-        ready = Condition("Ready", True, "Sampling", f"sampling and deciding{mode}")
+        ready = Condition(
+            "Ready", True, "Sampling", f"sampling and deciding{mode}{'; ' + note if note else ''}"
+        )
     conditions.append(ready)
     desired = decision.replicas if decision else current_replicas
     if desired is None:
@@ -283,10 +310,9 @@ def conditions_for(
         conditions.append(Condition("Active", True, "Working", f"{desired} replicas wanted"))
     else:
         conditions.append(Condition("Active", False, "Idle", "the pool is scaled to zero"))
-    if config_error and broker_error is None:
-        conditions.append(Condition("BrokerReachable", False, *config_error))
-    elif broker_error:
-        conditions.append(Condition("BrokerReachable", False, *broker_error))
+    unreachable = broker_error or config_error
+    if unreachable:
+        conditions.append(Condition("BrokerReachable", False, *unreachable))
     else:
         conditions.append(Condition("BrokerReachable", True, "Sampled", "the broker answered"))
     if target_error:

@@ -63,6 +63,8 @@ class WorkerReport:
     """Connections matched by their client-provided name."""
     by_address: int = 0
     """Connections matched by their peer address."""
+    unattributed: int = 0
+    """Connections holding messages that matched no pod: each is some pod, busy."""
 
     @property
     def matched(self) -> int:
@@ -71,6 +73,18 @@ class WorkerReport:
     @property
     def busy(self) -> int:
         return sum(1 for count in self.held.values() if count > 0)
+
+    @property
+    def unmatched(self) -> int:
+        """Pods no connection matched."""
+        return max(0, self.pods - self.matched)
+
+    @property
+    def protected(self) -> int:
+        """Pods a scale-down must keep: the busy ones and, while any busy connection could
+        not be placed on a pod, every unmatched pod (it could be any of them: protection
+        fails closed)."""
+        return self.busy + (self.unmatched if self.unattributed else 0)
 
 
 def match_workers(
@@ -86,7 +100,7 @@ def match_workers(
     shared = Counter(pod.ip for pod in live if pod.ip)
     by_ip = {pod.ip: pod.name for pod in live if pod.ip and shared[pod.ip] == 1}
     held: dict[str, int] = {}
-    named = addressed = consuming = 0
+    named = addressed = consuming = unattributed = 0
     for client in clients:
         if client.scope not in vhosts or (client.consumers <= 0 and client.unacked <= 0):
             continue
@@ -99,7 +113,27 @@ def match_workers(
             addressed += 1
         if pod is not None:
             held[pod] = held.get(pod, 0) + max(client.unacked, 0)
-    return WorkerReport(len(live), consuming, held, named, addressed)
+        elif client.unacked > 0:
+            unattributed += 1
+    return WorkerReport(len(live), consuming, held, named, addressed, unattributed)
+
+
+def ordinal(pod: str) -> int | None:
+    """A StatefulSet pod's ordinal (`name-3` -> 3), None for any other name."""
+    _, dash, number = pod.rpartition("-")
+    return int(number) if dash and number.isdigit() else None
+
+
+def ordinal_floor(report: WorkerReport) -> int | None:
+    """The replicas a StatefulSet must keep so that no busy pod is removed: it removes the
+    highest ordinals first and ignores deletion costs. None when a busy worker could not be
+    placed (then nothing is safe to remove)."""
+    if report.unattributed and report.unmatched:
+        return None
+    busy = [ordinal(pod) for pod, held in report.held.items() if held > 0]
+    if any(number is None for number in busy):
+        return None
+    return max((number + 1 for number in busy if number is not None), default=0)
 
 
 def deletion_cost(report: WorkerReport, pod: str) -> int:

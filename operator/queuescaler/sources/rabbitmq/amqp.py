@@ -141,6 +141,7 @@ class AmqpPeeker:
             return QueueSample(
                 ready=int(frame.method.message_count),
                 unacked=0,  # unknown on this path: a passive declare does not report it
+                complete=False,
                 consumers=int(frame.method.consumer_count),
                 taken_at=time.time(),
             )
