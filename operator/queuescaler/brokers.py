@@ -34,6 +34,8 @@ Broker = tuple[str, Hashable]
 SourceFactory = Callable[[Broker], QueueSource]
 Reach = Broker | Failure
 """A QueueScaler's way to its broker, or why it has none."""
+SOURCE_IDLE_SECONDS = 600.0
+"""A source no QueueScaler used for this long is closed (its connections with it)."""
 FAILED_SECRET_RETRY_SECONDS = 10.0
 """A missing or bad Secret is read again this soon: fixing it should show quickly."""
 
@@ -67,12 +69,20 @@ class SecretCache:
                 reach = Failure(error.reason, error.message)
             except SourceError as error:
                 reach = Failure("BadSecret", error.message)
+            except Exception as error:  # any other client failure is this Secret's, not the tick's
+                reach = Failure("SecretUnreadable", redact(f"Secret {namespace}/{name}: {error!r}"))
             retry = self._refresh if isinstance(reach, tuple) else FAILED_SECRET_RETRY_SECONDS
             entry = self._entries[key] = (now + min(self._refresh, retry), reach)
         return entry[1]
 
     def invalidate(self, namespace: str, name: str, kind: str) -> None:
         self._entries.pop((namespace, name, kind), None)
+
+    def prune(self, now: float) -> None:
+        """Forget Secrets nobody has asked about for a while (QueueScalers come and go)."""
+        for key, (expires, _) in list(self._entries.items()):
+            if now >= expires + self._refresh:
+                del self._entries[key]
 
 
 class ClientListings:
@@ -109,13 +119,31 @@ class Brokers:
         self._metrics = metrics
         self._make_source = make_source
         self._sources: dict[Broker, QueueSource] = {}
+        self._used: dict[Broker, float] = {}
+        """When each source last served a tick: one idle for long is closed (a rotated
+        Secret leaves its old address behind, with its connections)."""
+        self._closing: set[asyncio.Task[None]] = set()
         self.secrets = SecretCache(kube, secret_refresh_seconds)
 
     def source(self, broker: Broker) -> QueueSource:
         source = self._sources.get(broker)
         if source is None:
             source = self._sources[broker] = self._make_source(broker)
+        self._used[broker] = time.monotonic()
         return source
+
+    def prune(self, now: float) -> None:
+        """Close the sources no QueueScaler used lately; forget Secrets nobody reads."""
+        self.secrets.prune(now)
+        idle = time.monotonic() - SOURCE_IDLE_SECONDS
+        for broker, used in list(self._used.items()):
+            if used < idle:
+                del self._used[broker]
+                source = self._sources.pop(broker, None)
+                if source is not None:
+                    task = asyncio.ensure_future(_close(source))
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
 
     def can_list_clients(self, broker: Broker) -> bool:
         return isinstance(self.source(broker), ListingClients)
@@ -185,10 +213,15 @@ class Brokers:
     async def close(self) -> None:
         sources, self._sources = self._sources, {}
         for source in sources.values():
-            try:
-                await source.close()
-            except Exception:  # closing is best effort
-                log.debug("closing a source failed", exc_info=True)
+            await _close(source)
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+async def _close(source: QueueSource) -> None:
+    try:
+        await source.close()
+    except Exception:  # closing is best effort
+        log.debug("closing a source failed", exc_info=True)
 
 
 def _wanted(scalers: Iterable[Scaler], reaches: Mapping[Key, Reach]) -> dict[Broker, set[QueueRef]]:

@@ -66,7 +66,7 @@ def main() -> None:
               help="Peek at pools at zero over AMQP every tick, to wake them without delay.")
 @click.option("--status-refresh-seconds", default=30.0, show_default=True, type=float,
               help="Backlog and rates alone are rewritten to status at most this often.")
-@click.option("--secret-refresh-seconds", default=300.0, show_default=True, type=float,
+@click.option("--secret-refresh-seconds", default=60.0, show_default=True, type=float,
               help="Secrets are read again after this long (they are never watched).")
 @click.option("--leader-election/--no-leader-election", default=False, show_default=True,
               help="Run several replicas: only the holder of a Lease acts, the others stand by.")

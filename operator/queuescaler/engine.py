@@ -23,12 +23,26 @@ from queuescaler.core.sample import QueueSample, SampleResult, SourceError
 from queuescaler.core.workers import Marks, Pod
 from queuescaler.fleet import Fleet, ReplicaCache, Scaler
 from queuescaler.kube.api import KubeApi
-from queuescaler.kube.client import GROUP, KIND, VERSION, KubeError, NotFound, ObjectRef
+from queuescaler.kube.client import (
+    GROUP,
+    KIND,
+    VERSION,
+    HpaTarget,
+    KubeError,
+    NotFound,
+    ObjectRef,
+)
 from queuescaler.kube.pods import Pods
 from queuescaler.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+
+
+LIVENESS_SECONDS = 120.0
+"""A loop that has not gone round for this long (or ten ticks) is stuck."""
+HPA_REFRESH_SECONDS = 60.0
+"""HorizontalPodAutoscalers (conflicting owners) are listed per namespace this often."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +58,7 @@ class EngineSettings:
     """Pools at rest peeked per tick at most (about 0.1 s of broker time)."""
     plan: planner.PlanSettings = dataclasses.field(default_factory=planner.PlanSettings)
     """The knobs the planner's rules read (status refresh, statistics lag)."""
-    secret_refresh_seconds: float = 300.0
+    secret_refresh_seconds: float = 60.0
     """Secrets are read again after this long (they are never watched: `get` by name only)."""
     concurrency: int = 32
     """QueueScalers acted on at once (each patch or write is one apiserver request)."""
@@ -76,14 +90,31 @@ class Engine:
         self._gate = asyncio.Semaphore(settings.concurrency)
         self.pods = Pods(kube)
         self._peek_turn = 0
+        self._hpas: dict[str, tuple[float, list[HpaTarget]]] = {}
         self.ticks = 0
         """Ticks completed: the operator is ready once the first one ran."""
+        self._looped_at = time.monotonic()
+
+    def alive(self) -> bool:
+        """Whether the loop still goes round (the liveness probe): a hung call past every
+        timeout, or a wedged loop, fails it and the kubelet restarts the pod."""
+        bound = max(LIVENESS_SECONDS, 10 * self.settings.tick_seconds)
+        return time.monotonic() - self._looped_at < bound
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick every `tick_seconds` until `stop` is set; a failing tick is logged, never fatal."""
+        led = False
         while not stop.is_set():
+            self._looped_at = time.monotonic()
             started = self._clock()
-            if self.leading():
+            leading = self.leading()
+            if leading and not led:
+                # Taking over: the state comes from the status as it is now, so the
+                # stabilization windows and cooldowns run from here, not from when the
+                # watch delivered it to a standby.
+                self.fleet.restore_all(started)
+            led = leading
+            if leading:
                 try:
                     await self.tick(started)
                 except Exception:  # the loop must outlive any one bad tick
@@ -137,11 +168,15 @@ class Engine:
             reaches = await self.brokers.reaches(due, now)
             answers = await self.brokers.sample(due, reaches)
             listings = self.brokers.listings(due, reaches)
+            owners = await self._conflicts(scalers, due, now)
             await asyncio.gather(*(
                 self._guarded(self._act(
-                    s, reaches.get(s.key), answers, live.get(s.key), now, listings
+                    s, reaches.get(s.key), answers, live.get(s.key), now, listings,
+                    owners.get(s.key),
                 )) for s in due
             ))
+            self.brokers.prune(now)
+            self.pods.prune(now)
         self.metrics.ticked(time.perf_counter() - started)
 
     def _budgeted(self, resting: list[Scaler]) -> list[Scaler]:
@@ -156,6 +191,27 @@ class Engine:
         start = self._peek_turn % len(resting)
         self._peek_turn = start + budget
         return (resting + resting)[start:start + budget]
+
+    async def _conflicts(
+        self, scalers: Sequence[Scaler], due: Sequence[Scaler], now: float
+    ) -> dict[tuple[str, str], str]:
+        """Other owners of the due QueueScalers' targets: QueueScalers, and HPAs (read per
+        namespace, at most once a minute)."""
+        for namespace in {s.namespace for s in due if s.spec is not None}:
+            cached = self._hpas.get(namespace)
+            if cached is None or now >= cached[0]:
+                try:
+                    found = await self.kube.list_hpas(namespace)
+                except KubeError as error:
+                    log.debug("HPAs in %s not read: %s", namespace, error.message)
+                    found = cached[1] if cached else []
+                self._hpas[namespace] = (now + HPA_REFRESH_SECONDS, found)
+        mine = [(s.namespace, s.name, s.spec.scale_target_ref) for s in scalers if s.spec]
+        hpas = [
+            (namespace, hpa.name, hpa.target)
+            for namespace, (_, found) in self._hpas.items() for hpa in found
+        ]
+        return planner.conflicts(mine, hpas)
 
     async def _guarded(self, work: Awaitable[None]) -> None:
         async with self._gate:
@@ -174,8 +230,9 @@ class Engine:
         live: QueueSample | None,
         now: float,
         listings: ClientListings,
+        conflict: str | None = None,
     ) -> None:
-        seen = Observations(now=now, live=live)
+        seen = Observations(now=now, live=live, conflict=conflict)
         broker = reach if isinstance(reach, tuple) else None
         if scaler.spec is not None:
             result = answers.get(broker) if broker is not None else None
@@ -311,8 +368,10 @@ class Engine:
         assert made.status is not None
         try:
             await self.kube.patch_status(scaler.namespace, scaler.name, made.status)
-        except NotFound:
-            self.fleet.remove(scaler.namespace, scaler.name)  # deleted meanwhile: gone
+        except NotFound:  # deleted meanwhile: gone, with its series and marks
+            gone = self.fleet.remove(scaler.namespace, scaler.name)
+            if gone is not None:
+                await self.release(gone)
             return False
         except KubeError as error:
             log.warning("status of %s/%s not written: %s", scaler.namespace, scaler.name,

@@ -84,6 +84,12 @@ class Fleet:
         self._scalers[key] = scaler
         return scaler
 
+    def restore_all(self, now: float) -> None:
+        """Rebuild every decision state from the status last seen, as of `now` (a replica
+        that takes over the Lease starts its windows and cooldowns from there)."""
+        for scaler in self._scalers.values():
+            scaler.memory = _restored(scaler.memory.status, now, scaler.memory)
+
     def remove(self, namespace: str, name: str) -> Scaler | None:
         return self._scalers.pop((namespace, name), None)
 

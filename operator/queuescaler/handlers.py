@@ -61,7 +61,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     loop.set_default_executor(
         concurrent.futures.ThreadPoolExecutor(engine.settings.concurrency + 4, "kube")
     )
-    app = make_app(engine.metrics.exposition, lambda: engine.ticks > 0)
+    app = make_app(engine.metrics.exposition, lambda: engine.ticks > 0, engine.alive)
     context.http = await serve(app, context.metrics_host, context.metrics_port)
     context.stop.clear()
     if context.elector is not None:

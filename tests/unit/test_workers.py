@@ -40,7 +40,7 @@ from queuescaler.core.workers import (
 )
 from queuescaler.engine import Engine, EngineSettings
 from queuescaler.fleet import Fleet, ReplicaCache
-from queuescaler.kube.client import NotFound
+from queuescaler.kube.client import HpaTarget, NotFound
 from queuescaler.metrics import Metrics
 from queuescaler.sources.rabbitmq.listing import parse_client_connections
 from queuescaler.sources.rabbitmq.secret import RabbitMQBroker
@@ -397,6 +397,9 @@ class FakeKube:
 
     async def emit_event(self, *args: Any) -> None:
         pass
+
+    async def list_hpas(self, namespace: str) -> list[HpaTarget]:
+        return []
 
 
 def _engine(

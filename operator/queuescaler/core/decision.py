@@ -130,7 +130,9 @@ def decide(
     not considered here: the caller decides whether to apply the result.
     """
     if sample is None:
-        decision = _decide_without_sample(spec, current_replicas, state, now)
+        decision = _decide_without_sample(
+            spec, current_replicas, state, now, busy_workers, busy_note
+        )
     else:
         rate = smoothed_per_replica_rate(state.per_replica_rate, sample, current_replicas)
         decision = _decide_with_sample(
@@ -501,7 +503,8 @@ def _bounds(spec: QueueScalerSpec, replicas: int) -> _Change | None:
 
 
 def _decide_without_sample(
-    spec: QueueScalerSpec, current: int, state: ScalerState, now: float
+    spec: QueueScalerSpec, current: int, state: ScalerState, now: float,
+    busy_workers: int | None = None, busy_note: str | None = None,
 ) -> Decision:
     """Hold while the broker is unreachable; the tick that makes `fallback.afterFailures`
     failures in a row goes to `fallback.replicas`, if set. Cooldowns and bounds still
@@ -521,6 +524,10 @@ def _decide_without_sample(
     recommendation = replicas
     notes = [message]
     change = _cooldown(spec, replicas, current, state.last_scale_time, now)
+    if change is not None:
+        replicas, reason, note = change
+        notes.append(note)
+    change = _busy_workers(spec, replicas, current, busy_workers, busy_note)
     if change is not None:
         replicas, reason, note = change
         notes.append(note)

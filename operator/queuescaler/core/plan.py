@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -428,6 +428,40 @@ def _protected(
             keep = floor
             note = f"{report.busy} workers busy, the highest at ordinal {floor - 1} (StatefulSet)"
     return decide(spec, sample, current, state, seen.now, keep, note), report, False
+
+
+TargetKey = tuple[str, str, str, str]
+"""(namespace, API group, kind, name): one scalable object, whatever its API version."""
+
+
+def target_key(namespace: str, target: ScaleTargetRef) -> TargetKey:
+    group = target.api_version.rpartition("/")[0]
+    return (namespace, group, target.kind, target.name)
+
+
+def conflicts(
+    scalers: Iterable[tuple[str, str, ScaleTargetRef]],
+    autoscalers: Iterable[tuple[str, str, ScaleTargetRef]] = (),
+) -> dict[tuple[str, str], str]:
+    """For each QueueScaler (namespace, name) whose target has another owner, who that is.
+
+    Two owners of one target fight (10 <-> 1 every tick); neither acts, and both say why.
+    `autoscalers` are HorizontalPodAutoscalers (KEDA makes one per ScaledObject).
+    """
+    owners: dict[TargetKey, list[str]] = {}
+    for namespace, name, target in scalers:
+        owners.setdefault(target_key(namespace, target), []).append(f"QueueScaler {name}")
+    for namespace, name, target in autoscalers:
+        key = target_key(namespace, target)
+        if key in owners:
+            owners[key].append(f"HorizontalPodAutoscaler {name}")
+    found: dict[tuple[str, str], str] = {}
+    for namespace, name, target in scalers:
+        mine = f"QueueScaler {name}"
+        others = [o for o in owners[target_key(namespace, target)] if o != mine]
+        if others:
+            found[(namespace, name)] = ", ".join(sorted(others))
+    return found
 
 
 def _marks_done(

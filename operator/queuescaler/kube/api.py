@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from queuescaler.core.spec import ScaleTargetRef
 from queuescaler.core.workers import Pod
-from queuescaler.kube.client import ObjectRef
+from queuescaler.kube.client import HpaTarget, ObjectRef
 
 
 class KubeApi(Protocol):
@@ -33,3 +33,5 @@ class KubeApi(Protocol):
     async def emit_event(
         self, about: ObjectRef, event_type: str, reason: str, message: str
     ) -> None: ...
+
+    async def list_hpas(self, namespace: str) -> list[HpaTarget]: ...

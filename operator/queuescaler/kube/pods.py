@@ -34,6 +34,12 @@ class Pods:
             cached = self._selectors[key] = (now + SELECTOR_REFRESH_SECONDS, selector)
         return await self._kube.list_pods(namespace, cached[1])
 
+    def prune(self, now: float) -> None:
+        """Forget selectors that expired long ago (their targets may be gone)."""
+        for key, (expires, _) in list(self._selectors.items()):
+            if now >= expires + SELECTOR_REFRESH_SECONDS:
+                del self._selectors[key]
+
     async def annotate(
         self, namespace: str, marks: Marks, held: Mapping[str, str]
     ) -> dict[str, str]:

@@ -1,0 +1,359 @@
+"""The review's defects, each as the planner sees it: a table row or a property per rule.
+
+Each test names the defect it closes ("11 Never a wrong scale", defects 2 to 25). The
+properties draw what the last round's strategies never drew: AMQP-only and partial
+samples, pending statistics, failed worker looks, negative, NaN and absurd rates, and
+times from a clock that runs ahead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from queuescaler.core.decision import Reason, ScalerState, decide, smoothed_per_replica_rate
+from queuescaler.core.plan import (
+    Failure,
+    Memory,
+    Observations,
+    Plan,
+    WorkerLook,
+    conflicts,
+    plan,
+)
+from queuescaler.core.sample import BrokerClient, ErrorKind, QueueRef, QueueSample, SourceError
+from queuescaler.core.spec import QueueScalerSpec, ScaleTargetRef
+from queuescaler.core.status import build_status, state_from_status
+from queuescaler.core.workers import Pod
+from queuescaler.sources.registry import parse_spec
+
+pytestmark = pytest.mark.unit
+
+NOW = 1_800_000_000.0
+Q1, Q2 = QueueRef("/", "a"), QueueRef("/", "b")
+
+
+def spec(**overrides: Any) -> QueueScalerSpec:
+    raw: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
+        "minReplicas": 0,
+        "maxReplicas": 50,
+        "source": {"rabbitmq": {"queues": ["a", "b"], "connectionSecretRef": {"name": "s"}}},
+        "behavior": {"scaleDown": {"stabilizationSeconds": 0, "cooldownSeconds": 0}},
+    }
+    raw.update(overrides)
+    return parse_spec(raw)
+
+
+def sample(ready: int = 0, unacked: int = 0, complete: bool = True, **rates: float) -> QueueSample:
+    return QueueSample(ready, unacked, 1, NOW, complete=complete, **rates)
+
+
+def tick(
+    answer: Any, current: int = 10, the_spec: QueueScalerSpec | None = None, **kw: Any
+) -> Plan:
+    memory = kw.pop("memory", Memory(current_replicas=current))
+    seen = Observations(now=NOW, answer=answer, current=current, **kw)
+    return plan(the_spec or spec(), memory, seen, generation=1, name="qs")
+
+
+def conditions(made: Plan) -> dict[str, tuple[bool, str]]:
+    return {c.type: (c.status, c.reason) for c in made.conditions}
+
+
+# --- defect 2: a busy pool is never scaled down on data blind to in-flight work ---
+
+
+@pytest.mark.parametrize(
+    ("answer", "live", "memory_current"),
+    [
+        pytest.param(
+            {Q1: sample(complete=False), Q2: sample(complete=False)}, None, 10,
+            id="amqp-only-source-without-management-url",
+        ),
+        pytest.param(
+            {Q1: SourceError(ErrorKind.STATS_PENDING, "new"), Q2: sample()}, sample(), 10,
+            id="statistics-pending-live-counts-stand-in",
+        ),
+        pytest.param(
+            {Q1: SourceError(ErrorKind.QUEUE_NOT_FOUND, "gone"), Q2: sample()}, None, 10,
+            id="one-of-two-queues-missing",
+        ),
+    ],
+)
+def test_defect_2_no_scale_down_on_an_incomplete_sample(
+    answer: Any, live: QueueSample | None, memory_current: int
+) -> None:
+    made = tick(answer, live=live, memory=Memory(current_replicas=memory_current))
+    assert made.scale_to is None
+    assert made.decision is not None and made.decision.replicas == 10
+    assert made.decision.reason is Reason.INCOMPLETE_SAMPLE
+    ready = next(c for c in made.conditions if c.type == "Ready")
+    assert "scaling up only" in ready.message
+
+
+def test_defect_2_a_pool_at_zero_still_wakes_on_live_counts() -> None:
+    made = tick({Q1: sample(5, complete=False), Q2: sample(0, complete=False)}, current=0,
+                memory=Memory(current_replicas=0))
+    assert made.scale_to == 1
+
+
+# --- defects 3 and 4: protection fails closed, unmatched busy clients count ---
+
+PODS = tuple(Pod(f"worker-{i}", f"10.0.0.{i}") for i in range(4))
+
+
+@pytest.mark.parametrize(
+    ("look", "kept"),
+    [
+        pytest.param(WorkerLook(problem="HTTP 500"), 4, id="look-failed-holds"),
+        pytest.param(
+            WorkerLook(PODS, (BrokerClient("/", None, "192.168.9.9", 1, 3),)), 4,
+            id="busy-client-on-no-pod-holds-every-unmatched-pod",
+        ),
+        pytest.param(
+            WorkerLook(PODS, (BrokerClient("/", "worker-2", None, 1, 1),)), 1,
+            id="one-matched-busy-pod-kept",
+        ),
+        pytest.param(
+            WorkerLook(PODS, (BrokerClient("/", None, "192.168.9.9", 1, 0),)), 0,
+            id="idle-unmatched-client-does-not-hold",
+        ),
+    ],
+)
+def test_defects_3_4_protection_fails_closed(look: WorkerLook, kept: int) -> None:
+    made = tick({Q1: sample(), Q2: sample()}, current=4, workers=look,
+                memory=Memory(current_replicas=4))
+    assert made.decision is not None and made.decision.replicas == kept
+
+
+def test_defect_3_no_broker_no_scale_down_when_protected() -> None:
+    made = tick(None, current=4, broker=Failure("SecretNotFound", "gone"),
+                the_spec=spec(fallback={"afterFailures": 1, "replicas": 1}),
+                memory=Memory(current_replicas=4))
+    assert made.decision is not None and made.decision.replicas == 4
+
+
+# --- defect 5: StatefulSets remove their highest ordinals ---
+
+
+def test_defect_5_a_statefulset_keeps_its_highest_busy_ordinal() -> None:
+    sts = spec(scaleTargetRef={"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "w"})
+    pods = tuple(Pod(f"w-{i}") for i in range(6))
+    busy_at_4 = (BrokerClient("/", "w-4", None, 1, 2),)
+    made = tick({Q1: sample(), Q2: sample()}, current=6, the_spec=sts,
+                workers=WorkerLook(pods, busy_at_4), memory=Memory(current_replicas=6))
+    assert made.decision is not None and made.decision.replicas == 5
+
+
+# --- defect 8: two owners of one target ---
+
+
+def test_defect_8_two_owners_of_one_target_both_hold_and_say_why() -> None:
+    target = ScaleTargetRef("apps/v1", "Deployment", "worker")
+    other = ScaleTargetRef("apps/v1", "Deployment", "other")
+    found = conflicts(
+        [("ns", "a", target), ("ns", "b", target), ("ns", "c", other)],
+        [("ns", "keda-hpa", ScaleTargetRef("apps/v1", "Deployment", "other"))],
+    )
+    assert found == {
+        ("ns", "a"): "QueueScaler b", ("ns", "b"): "QueueScaler a",
+        ("ns", "c"): "HorizontalPodAutoscaler keda-hpa",
+    }
+    made = tick({Q1: sample(100), Q2: sample()}, conflict="QueueScaler b")
+    assert made.scale_to is None
+    assert conditions(made)["Ready"] == (False, "TargetConflict")
+
+
+# --- defect 11: rates that cannot be ---
+
+
+@pytest.mark.parametrize(
+    "rate", [pytest.param(-5.0, id="negative"), pytest.param(math.nan, id="nan"),
+             pytest.param(math.inf, id="infinite")],
+)
+def test_defect_11_impossible_rates_never_reach_status(rate: float) -> None:
+    made = tick({Q1: sample(5, publish_rate=rate, ack_rate=rate), Q2: sample()})
+    assert made.status is not None
+    for value in (made.status.get("rates") or {}).values():
+        assert math.isfinite(value) and value >= 0
+
+
+def test_defect_11_one_absurd_ack_rate_cannot_cut_the_floor() -> None:
+    steady = 5.0
+    glitch = QueueSample(0, 10, 10, NOW, publish_rate=50.0, ack_rate=1e9)
+    after = smoothed_per_replica_rate(steady, glitch, 10)
+    assert after is not None and after <= steady * 1.5
+
+
+# --- defect 17: decisions by direction start from the count before the scale ---
+
+
+def test_defect_17_a_scale_keeps_the_count_it_started_from() -> None:
+    made = tick({Q1: sample(100), Q2: sample()}, current=2, memory=Memory(current_replicas=2))
+    assert made.scale_to == 10 and made.previous_replicas == 2
+
+
+# --- defect 20: at minReplicas, the bound holds, not the window ---
+
+
+def test_defect_20_at_rest_at_min_the_bound_is_the_reason() -> None:
+    the_spec = spec(minReplicas=1, behavior={"scaleDown": {"stabilizationSeconds": 600}})
+    state = ScalerState(recommendations=())
+    decision = decide(the_spec, sample(), 1, state, NOW)
+    assert decision.replicas == 1 and decision.reason is Reason.MIN_BOUND
+
+
+def test_defect_20_a_capped_scale_up_names_the_cap_only() -> None:
+    the_spec = spec(maxReplicas=10, behavior={"scaleUp": {"maxStepReplicas": 100}})
+    decision = decide(the_spec, sample(1840), 5, ScalerState(), NOW)
+    assert decision.replicas == 10 and decision.reason is Reason.MAX_BOUND
+    assert "maxStepReplicas" not in decision.message
+
+
+# --- defect 21, 23, 25: conditions, Events and log lines ---
+
+
+def _written(made: Plan) -> Memory:
+    """The memory after the engine carried the plan out (the status written, if any)."""
+    if made.status is None:
+        return made.memory
+    return dataclasses.replace(made.memory, status=made.status, status_written_at=NOW)
+
+
+def test_defect_21_workers_matched_false_is_a_warning() -> None:
+    first = tick({Q1: sample(), Q2: sample()}, current=4, memory=Memory(current_replicas=4),
+                 workers=WorkerLook(PODS, (BrokerClient("/", "worker-1", None, 1, 0),)))
+    second = tick({Q1: sample(), Q2: sample()}, current=4, memory=_written(first),
+                  workers=WorkerLook(problem="HTTP 500"))
+    assert ("Warning", "NotListed") in {(e.type, e.reason) for e in second.status_events}
+    assert any("WorkersMatched is False" in line for line in second.warnings)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reachable"),
+    [
+        pytest.param({Q1: SourceError(ErrorKind.QUEUE_NOT_FOUND, "x"), Q2: sample()}, True,
+                     id="missing-queue-broker-answered"),
+        pytest.param({Q1: SourceError(ErrorKind.STATS_PENDING, "x"), Q2: sample()}, True,
+                     id="new-queue-broker-answered"),
+        pytest.param(SourceError(ErrorKind.UNREACHABLE, "refused"), False, id="broker-down"),
+    ],
+)
+def test_defect_23_broker_reachable_means_the_broker_answered(
+    answer: Any, reachable: bool
+) -> None:
+    made = tick(answer)
+    assert conditions(made)["BrokerReachable"][0] is reachable
+
+
+def test_defect_23_a_new_queues_first_poll_is_not_a_failure() -> None:
+    made = tick({Q1: SourceError(ErrorKind.STATS_PENDING, "new"),
+                 Q2: SourceError(ErrorKind.STATS_PENDING, "new")})
+    assert made.memory.state.consecutive_failures == 0
+    assert not [e for e in made.status_events if e.type == "Warning"]
+    assert made.scale_to is None
+
+
+def test_defect_22_one_missing_queue_does_not_strand_the_others() -> None:
+    made = tick({Q1: sample(2), Q2: SourceError(ErrorKind.QUEUE_NOT_FOUND, "no")}, current=0,
+                memory=Memory(current_replicas=0))
+    assert made.scale_to == 1
+    assert conditions(made)["Ready"] == (False, "QueueNotFound")
+
+
+def test_defect_25_a_failure_is_logged_when_it_starts_and_when_it_ends() -> None:
+    healthy = tick({Q1: sample(), Q2: sample()})
+    down = tick(SourceError(ErrorKind.AUTH, "HTTP 401"), memory=_written(healthy))
+    assert any("BrokerReachable is False: Auth" in line for line in down.warnings)
+    still = tick(SourceError(ErrorKind.AUTH, "HTTP 401"), memory=_written(down))
+    assert not still.warnings
+    up = tick({Q1: sample(), Q2: sample()}, memory=_written(still))
+    assert any("BrokerReachable is True again" in line for line in up.warnings)
+
+
+# --- defect 6: a clock that ran ahead ---
+
+
+def test_defect_6_restored_times_from_the_future_are_clamped() -> None:
+    ahead = NOW + 1800
+    status, _ = build_status({}, _outcome(ScalerState(last_scale_time=ahead)), ahead)
+    state = state_from_status(status, NOW)
+    assert state.last_scale_time is not None and state.last_scale_time <= NOW
+    decision = decide(spec(), sample(100), 2, state, NOW + 16)
+    assert decision.replicas > 2, decision.message
+
+
+def _outcome(state: ScalerState) -> Any:
+    from queuescaler.core.status import TickOutcome
+
+    return TickOutcome(1, True, None, 2, None, state, ())
+
+
+# --- properties over the planner ---
+
+rates = st.one_of(
+    st.none(), st.floats(allow_nan=True, allow_infinity=True), st.floats(-10, 1e4),
+)
+samples = st.builds(
+    QueueSample,
+    ready=st.integers(0, 500), unacked=st.integers(0, 500), consumers=st.integers(0, 50),
+    taken_at=st.just(NOW), publish_rate=rates, ack_rate=rates, complete=st.booleans(),
+)
+answers = st.one_of(
+    st.none(),
+    st.sampled_from([SourceError(k, "x") for k in ErrorKind]),
+    st.fixed_dictionaries({
+        Q1: st.one_of(samples, st.none(), st.sampled_from(
+            [SourceError(ErrorKind.STATS_PENDING, "x"), SourceError(ErrorKind.BAD_RESPONSE, "x")]
+        )),
+        Q2: samples,
+    }),
+)
+looks = st.one_of(
+    st.none(),
+    st.just(WorkerLook(problem="listing failed")),
+    st.builds(
+        lambda held: WorkerLook(PODS, tuple(
+            BrokerClient("/", name, None, 1, count) for name, count in held.items()
+        )),
+        st.dictionaries(st.sampled_from([p.name for p in PODS] + ["stranger"]),
+                        st.integers(0, 3), max_size=5),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(answer=answers, live=st.one_of(st.none(), samples), current=st.integers(0, 40),
+       look=looks, history=st.lists(st.integers(0, 40), max_size=4),
+       skew=st.floats(-3600, 3600))
+def test_property_never_shrinks_on_what_it_cannot_see(
+    answer: Any, live: QueueSample | None, current: int, look: WorkerLook | None,
+    history: list[int], skew: float,
+) -> None:
+    """Whatever arrives: a scale-down only on a complete sample, never below the busy
+    pods, never on a failed look; status stays within the CRD's bounds."""
+    from queuescaler.core.decision import Recommendation
+
+    state = ScalerState(
+        last_scale_time=NOW + skew,
+        recommendations=tuple(Recommendation(NOW - 10 * i, r) for i, r in enumerate(history)),
+    )
+    memory = Memory(state=state, current_replicas=current)
+    made = plan(spec(), memory, Observations(NOW, answer=answer, live=live, current=current,
+                                             workers=look), generation=1, name="qs")
+    if made.scale_to is not None and made.scale_to < current:
+        assert made.sample is not None and made.sample.complete
+        assert look is not None and look.clients is not None
+        busy_pods = {c.client_name for c in look.clients if c.unacked > 0}
+        assert made.scale_to >= len(busy_pods & {p.name for p in PODS})
+        if any(c.client_name == "stranger" and c.unacked > 0 for c in look.clients):
+            assert made.scale_to >= current  # a busy client on no pod holds them all
+    if made.status is not None:
+        for value in (made.status.get("rates") or {}).values():
+            assert math.isfinite(value) and value >= 0
