@@ -377,9 +377,7 @@ class Engine:
             log.warning("status of %s/%s not written: %s", scaler.namespace, scaler.name,
                         error.message)
             return False
-        scaler.memory = dataclasses.replace(
-            scaler.memory, status=made.status, status_written_at=now
-        )
+        scaler.memory = scaler.memory.wrote(made.status, now)
         return True
 
     async def _post(self, scaler: Scaler, events: Sequence[Event]) -> None:

@@ -106,7 +106,7 @@ class Fleet:
 def _restored(raw_status: object, now: float, memory: Memory) -> Memory:
     """The memory a stored status gives back: the decision state and what was written."""
     status = dict(raw_status) if isinstance(raw_status, Mapping) else {}
-    return replace(memory, state=state_from_status(status, now), status=status)
+    return replace(memory, state=state_from_status(status, now)).wrote(status)
 
 
 def _parse(raw: object) -> tuple[QueueScalerSpec | None, SpecError | None]:

@@ -239,7 +239,7 @@ def test_a_new_scalers_first_healthy_conditions_are_not_news() -> None:
 
 def test_a_condition_turning_bad_is_a_warning_once() -> None:
     healthy = tick(seen({QUEUE: sample(20)}))
-    memory = dataclasses.replace(healthy.memory, status=healthy.status or {})
+    memory = healthy.memory.wrote(healthy.status or {})
     broken = tick(seen(SourceError(ErrorKind.UNREACHABLE, "refused")), memory)
     warnings = {(e.type, e.reason) for e in broken.status_events}
     assert ("Warning", "Unreachable") in warnings
@@ -247,7 +247,7 @@ def test_a_condition_turning_bad_is_a_warning_once() -> None:
 
 def test_an_unchanged_status_is_not_written_until_stale() -> None:
     first = tick(seen({QUEUE: sample(20)}))
-    memory = dataclasses.replace(first.memory, status=first.status or {}, status_written_at=NOW)
+    memory = first.memory.wrote(first.status or {}, NOW)
     assert tick(seen({QUEUE: sample(20)}), memory).status is None
     old = dataclasses.replace(memory, status_written_at=NOW - 3600)
     changed_backlog = tick(seen({QUEUE: sample(21)}), old)

@@ -8,7 +8,6 @@ times from a clock that runs ahead.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -223,7 +222,7 @@ def _written(made: Plan) -> Memory:
     """The memory after the engine carried the plan out (the status written, if any)."""
     if made.status is None:
         return made.memory
-    return dataclasses.replace(made.memory, status=made.status, status_written_at=NOW)
+    return made.memory.wrote(made.status, NOW)
 
 
 def test_defect_21_workers_matched_false_is_a_warning() -> None:

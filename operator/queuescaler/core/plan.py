@@ -14,6 +14,7 @@ in for others, when a failure counts, which condition changes are news, what a u
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,8 +82,10 @@ class Memory:
 
     state: ScalerState = field(default_factory=ScalerState)
     """The decision state (also written to status, so a restart resumes it)."""
-    status: Mapping[str, Any] = field(default_factory=dict)
-    """The status as last written (or as found at start): what the next write compares to."""
+    status_json: bytes = b"{}"
+    """The status as last written (or as found at start), as compact JSON: what the next
+    write compares to. Kept encoded: at 10,000 QueueScalers the decoded dicts cost about
+    ten times the bytes, and a QueueScaler's status is read only on its own ticks."""
     status_written_at: float = -math.inf
     current_replicas: int | None = None
     """The target's replica count at the last tick (None: unknown or missing)."""
@@ -92,6 +95,18 @@ class Memory:
     """The broker listed a queue of ours without statistics (new): live counts stand in."""
     marks: Mapping[str, str] = field(default_factory=dict)
     """Pods this QueueScaler marked with a deletion cost, and the cost."""
+
+    @property
+    def status(self) -> dict[str, Any]:
+        """The status last written, decoded (a fresh copy each time)."""
+        decoded = json.loads(self.status_json)
+        return decoded if isinstance(decoded, dict) else {}
+
+    def wrote(self, status: Mapping[str, Any], at: float | None = None) -> Memory:
+        """This memory with `status` as the one written (at `at`, if it was written)."""
+        encoded = json.dumps(status, separators=(",", ":"), sort_keys=True).encode()
+        when = self.status_written_at if at is None else at
+        return dataclasses.replace(self, status_json=encoded, status_written_at=when)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +308,8 @@ def plan(
         config_error=_pair(seen.broker), decision=decision, current_replicas=replicas_now,
         queue_error=_pair(got.queue_error), conflict=conflict, note=_note(got),
     )
-    matched = _workers_condition(spec, memory.status, seen.workers, report)
+    written = memory.status
+    matched = _workers_condition(spec, written, seen.workers, report)
     if matched is not None:
         conditions.append(matched)
     next_memory = dataclasses.replace(
@@ -301,7 +317,7 @@ def plan(
         stats_pending=got.stats_pending,
     )
     status, flipped_events, warnings = _status(
-        next_memory, generation, spec.source.include_in_flight, sample, replicas_now,
+        next_memory, written, generation, spec.source.include_in_flight, sample, replicas_now,
         decision, conditions, report, now, settings,
     )
     auth = camel(str(ErrorKind.AUTH))
@@ -494,7 +510,8 @@ def _invalid_spec(
 ) -> Plan:
     conditions = [Condition("Ready", False, "InvalidSpec", problem or "the spec could not be read")]
     status, events, warnings = _status(
-        memory, generation, True, None, None, None, conditions, None, seen.now, settings,
+        memory, memory.status, generation, True, None, None, None, conditions, None, seen.now,
+        settings,
     )
     return Plan(
         memory=memory, conditions=conditions, status=status, status_events=events,
@@ -561,6 +578,7 @@ def _workers_condition(
 
 def _status(
     memory: Memory,
+    written: Mapping[str, Any],
     generation: int | None,
     include_in_flight: bool,
     sample: QueueSample | None,
@@ -578,7 +596,6 @@ def _status(
     healthy ones (not news); one that turns bad is a Warning, logged as it starts and
     again when it ends.
     """
-    written = memory.status
     workers = None if report is None else (report.matched, report.busy, report.unmatched)
     outcome = TickOutcome(
         generation, include_in_flight, sample, current, decision, memory.state, conditions,
