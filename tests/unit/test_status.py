@@ -82,7 +82,8 @@ def test_restore_renews_the_newest_recommendation_to_now() -> None:
     }
     state = state_from_status(stored, now=T0 + 100)
     assert state.last_scale_time == T0 + 1  # whole seconds stored: never earlier than true
-    assert state.recommendations == (Recommendation(T0, 8), Recommendation(T0 + 100, 5))
+    # times round up as lastScaleTime does: a window never ends earlier after a restart
+    assert state.recommendations == (Recommendation(T0 + 1, 8), Recommendation(T0 + 100, 5))
     assert state.consecutive_failures == 2
     assert state.per_replica_rate == 3.5
 

@@ -105,7 +105,7 @@ def state_from_status(status: Mapping[str, Any] | None, now: float) -> ScalerSta
     for entry in status.get("recommendations") or ():
         if not isinstance(entry, Mapping):
             continue
-        at, replicas = parse_iso(entry.get("at")), entry.get("replicas")
+        at, replicas = _rounded_up(parse_iso(entry.get("at"))), entry.get("replicas")
         if at is not None and isinstance(replicas, int) and replicas >= 0:
             history.append(Recommendation(at, replicas))
     # A writer whose clock ran ahead left times in the future: clamped to now, so a leader
@@ -132,7 +132,7 @@ def state_from_status(status: Mapping[str, Any] | None, now: float) -> ScalerSta
 
 def _rounded_up(moment: float | None) -> float | None:
     """Stored times have whole seconds; the true one may be up to a second later, and a
-    cooldown must never end earlier after a restart than without one."""
+    cooldown or a window must never end earlier after a restart than without one."""
     return None if moment is None else moment + 1.0
 
 
@@ -212,9 +212,9 @@ def build_status(
         {"at": iso(r.at), "replicas": r.replicas}
         for r in state.recommendations[-MAX_RECOMMENDATIONS:]
     ]
-    rate = _quantity(state.per_replica_rate)
-    if rate is not None:
-        status["perReplicaRate"] = rate
+    rate = state.per_replica_rate
+    if rate is not None and 0 < rate < math.inf:
+        status["perReplicaRate"] = rate  # whole: a restart must size as the running one did
     conditions, flipped = merge_conditions(
         previous.get("conditions") or (), outcome.conditions, now, outcome.generation
     )
