@@ -8,6 +8,8 @@
 - `pool`: a scenario's queue, Secret, Deployment and QueueScaler (`Pool`, `Timeline`)
 - `publisher`: identified work on a queue, and the workers' processed logs
 - `workers`: the pika and Celery workers the pod runner starts
+- `envctl`: a separate environment (QS_ENV) stopped and started on purpose (testenv.sh, kwokctl)
+- `faultproxy`: a loopback proxy in front of the management API that misbehaves on demand
 
 Nothing is re-exported here: worker processes import this package too, and should not pay
 for the Kubernetes client or Celery when they start. Import from the modules.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import urllib.parse
 import urllib.request
 import uuid
@@ -21,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from queuescaler_testkit.broker import BrokerAdmin
-from queuescaler_testkit.env import TestEnv, bring_up, wait_until
+from queuescaler_testkit.env import TestEnv, bring_up
+from queuescaler_testkit.envctl import wait_cluster_restarted
 from queuescaler_testkit.operator_process import OperatorProcess
 from queuescaler_testkit.podrunner import PodRunnerFactory
 from reliability.envctl import FAULTS, faultenv_sh
@@ -118,29 +118,11 @@ def pod_runners(faultenv: TestEnv, tmp_path: Path) -> Iterator[PodRunnerFactory]
 
 @pytest.fixture
 def cluster_restarted(faultenv: TestEnv) -> Callable[[], float]:
-    """After `kwokctl start cluster`: wait (bounded) until the cluster answers and runs pods;
-    returns when the apiserver answered (time.monotonic()).
-
-    /readyz is not enough. The node Leases outlive the restart, held by the stopped kwok
-    controller for their whole duration (kwokctl: 40 s x heartbeat factor 5 = 200 s), and the
-    new controller runs no pod on a node whose Lease it does not hold: a pod created meanwhile
-    stays Pending, so a later test's workers would not start. Deleting the stale Leases lets
-    the new controller take them at its next try, within a quarter of that duration.
-    """
+    """After `kwokctl start cluster`: wait (bounded) until the cluster answers and runs pods
+    (the node Leases handed to the new kwok controller); returns when the apiserver answered
+    (time.monotonic()). See `queuescaler_testkit.envctl.wait_cluster_restarted`."""
 
     def wait() -> float:
-        wait_until(
-            lambda: faultenv.kubectl("get", "--raw", "/readyz", check=False).returncode == 0,
-            timeout=120, what="the faults apiserver to be ready",
-        )
-        answered = time.monotonic()
-        nodes = len(faultenv.kubectl("get", "nodes", "-o", "name").stdout.split())
-        faultenv.kubectl("delete", "leases", "--all", "-n", "kube-node-lease", "--wait=false")
-        wait_until(
-            lambda: len(faultenv.kubectl("get", "leases", "-n", "kube-node-lease", "-o", "name")
-                        .stdout.split()) == nodes,
-            timeout=120, what=f"the new kwok controller to hold the {nodes} node Leases",
-        )
-        return answered
+        return wait_cluster_restarted(faultenv)
 
     return wait

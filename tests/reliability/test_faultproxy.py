@@ -14,8 +14,8 @@ import pytest
 
 from queuescaler_testkit.broker import BrokerAdmin
 from queuescaler_testkit.env import TestEnv
+from queuescaler_testkit.faultproxy import QUEUE_COUNTS, FaultProxy, Mode
 from queuescaler_testkit.publisher import delete_queue, publish_messages
-from reliability.faultproxy import QUEUE_COUNTS, FaultProxy, Mode
 
 pytestmark = pytest.mark.integration
 

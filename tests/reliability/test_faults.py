@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from queuescaler_testkit.env import TestEnv, wait_until
+from queuescaler_testkit.faultproxy import FaultProxy, Mode
 from queuescaler_testkit.operator_process import OperatorProcess
 from queuescaler_testkit.podrunner import PodRunnerFactory
 from reliability.envctl import OperatorFactory, faultenv_sh, kwokctl
-from reliability.faultproxy import FaultProxy, Mode
 from reliability.scenario import (
     BrokerUser,
     Run,
