@@ -141,7 +141,8 @@ def _quantity(value: float | None) -> float | None:
     A negative or non-finite rate is unknown (the CRD would refuse the whole write)."""
     if value is None or not math.isfinite(value) or value < 0:
         return None
-    return float(f"{value:.3g}")
+    rounded = float(f"{value:.3g}")
+    return rounded if math.isfinite(rounded) else None  # 1.795e308 rounds to infinity
 
 
 @dataclass(frozen=True, slots=True)
