@@ -39,6 +39,9 @@ ALL_SWITCHES = {
 }
 ALL_SWITCHES_CLUSTER_WIDE = {k: v for k, v in ALL_SWITCHES.items() if k != "watchNamespaces"}
 
+POLICY = {"ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1}
+"""The admission policy that narrows pods: patch, rendered unless switched off."""
+
 VALUE_SETS = [
     pytest.param({}, id="defaults"),
     pytest.param(NAMESPACED, id="namespaced"),
@@ -147,24 +150,33 @@ def test_helm_lint_passes_strictly(values: dict[str, Any], tmp_path: Path) -> No
         pytest.param({}, {
             "ServiceAccount": 1, "ClusterRole": 2, "ClusterRoleBinding": 2, "Deployment": 1,
             "Service": 1,
+            **POLICY,
         }, id="defaults-cluster-wide"),
         pytest.param(NAMESPACED, {
             "ServiceAccount": 1, "ClusterRole": 1, "ClusterRoleBinding": 1, "Role": 2,
             "RoleBinding": 2, "Deployment": 1, "Service": 1,
+            **POLICY,
         }, id="namespaced-a-role-per-watched-namespace"),
         pytest.param(ALL_SWITCHES, {
             "ServiceAccount": 1, "ClusterRole": 1, "ClusterRoleBinding": 1, "Role": 3,
             "RoleBinding": 3, "Deployment": 1, "Service": 1, "ServiceMonitor": 1,
             "PrometheusRule": 1, "ConfigMap": 1,
+            **POLICY,
         }, id="namespaced-all-switches-on"),
         pytest.param(ALL_SWITCHES_CLUSTER_WIDE, {
             "ServiceAccount": 1, "ClusterRole": 2, "ClusterRoleBinding": 2, "Role": 1,
             "RoleBinding": 1, "Deployment": 1, "Service": 1, "ServiceMonitor": 1,
             "PrometheusRule": 1, "ConfigMap": 1,
+            **POLICY,
         }, id="cluster-wide-all-switches-on"),
         pytest.param({"serviceAccount": {"create": False, "name": "existing"},
                       "rbac": {"create": False}},
-                     {"Deployment": 1, "Service": 1}, id="bring-your-own-account-and-rbac"),
+                     {"Deployment": 1, "Service": 1, **POLICY},
+                     id="bring-your-own-account-and-rbac"),
+        pytest.param({"podPatchPolicy": {"enabled": False}}, {
+            "ServiceAccount": 1, "ClusterRole": 2, "ClusterRoleBinding": 2, "Deployment": 1,
+            "Service": 1,
+        }, id="without-the-pod-patch-policy"),
     ],
 )
 def test_each_mode_renders_these_kinds(
@@ -236,6 +248,8 @@ def test_replica_count_zero_runs_no_operator_pod(tmp_path: Path) -> None:
                      "resources", id="no-wildcard-scale-resource"),
         pytest.param({"metrics": {"port": "8080"}}, "port", id="port-is-a-number"),
         pytest.param({"replicas": 1}, "replicas", id="unknown-top-level-key"),
+        pytest.param({"podPatchPolicy": {"enabled": "yes"}}, "podPatchPolicy",
+                     id="policy-switch-is-a-boolean"),
     ],
 )
 def test_values_schema_refuses(values: dict[str, Any], complaint: str, tmp_path: Path) -> None:
@@ -402,6 +416,62 @@ def test_extra_scale_targets_grant_only_their_scale_subresource(tmp_path: Path) 
     assert can(manifests, "argoproj.io", "rollouts/scale", "get", CLUSTER)
     assert not can(manifests, "argoproj.io", "rollouts", "patch", CLUSTER)
     assert not can(manifests, "argoproj.io", "rollouts", "get", CLUSTER)
+
+
+# --- the admission policy that narrows pods: patch -------------------------------------------
+
+MARKS = {"controller.kubernetes.io/pod-deletion-cost", "queuescaler.io/marked-by"}
+
+
+@pytest.mark.parametrize(
+    ("values", "user"),
+    [
+        pytest.param({}, f"system:serviceaccount:{RELEASE_NAMESPACE}:{FULLNAME}",
+                     id="chart-account"),
+        pytest.param(NAMESPACED, f"system:serviceaccount:{RELEASE_NAMESPACE}:{FULLNAME}",
+                     id="namespaced"),
+        pytest.param({"serviceAccount": {"create": False, "name": "existing"},
+                      "rbac": {"create": False}},
+                     f"system:serviceaccount:{RELEASE_NAMESPACE}:existing", id="own-account"),
+    ],
+)
+def test_the_pod_patch_policy_applies_to_the_operators_pod_updates_only(
+    values: dict[str, Any], user: str, tmp_path: Path
+) -> None:
+    manifests = render(tmp_path, values)
+    (policy,) = of_kind(manifests, "ValidatingAdmissionPolicy")
+    (binding,) = of_kind(manifests, "ValidatingAdmissionPolicyBinding")
+    assert policy["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1"
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["matchConstraints"]["resourceRules"] == [
+        {"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
+         "operations": ["UPDATE"]},
+    ]
+    assert spec["matchConditions"] == [
+        {"name": "by-the-operator", "expression": f'request.userInfo.username == "{user}"'},
+    ]
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"],
+                               "validationActions": ["Deny"]}
+    (marks,) = [v["expression"] for v in spec["variables"] if v["name"] == "marks"]
+    assert set(yaml.safe_load(marks)) == MARKS
+    expressions = " ".join(v["expression"] for v in spec["validations"])
+    for compared in ("spec", "metadata.?labels", "metadata.?ownerReferences",
+                     "metadata.?finalizers"):
+        assert f"object.{compared}" in expressions and f"oldObject.{compared}" in expressions
+    for validation in spec["validations"]:
+        assert validation["reason"] == "Forbidden"
+        assert all(mark in validation["message"] for mark in MARKS), validation
+
+
+def test_the_pod_patch_policy_can_be_switched_off(tmp_path: Path) -> None:
+    kinds = {m["kind"] for m in render(tmp_path, {"podPatchPolicy": {"enabled": False}})}
+    assert not kinds & {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+
+
+def test_the_pod_patch_policy_is_on_by_default() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["podPatchPolicy"] == {"enabled": True}
 
 
 # --- observability switches -------------------------------------------------------------------
