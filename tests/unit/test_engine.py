@@ -1,0 +1,196 @@
+"""The engine carries out plans: what it records and survives (defects 7, 9, 12, 15, 17, 18
+of "11 Never a wrong scale"), on fakes injected where the apiserver and broker would be."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from queuescaler.core.sample import ErrorKind, QueueRef, QueueSample, SampleResult, SourceError
+from queuescaler.core.spec import ScaleTargetRef
+from queuescaler.core.workers import Pod
+from queuescaler.engine import Engine, EngineSettings
+from queuescaler.fleet import Fleet, ReplicaCache
+from queuescaler.kube.client import HpaTarget, KubeError, NotFound, ObjectRef
+from queuescaler.metrics import Metrics
+
+pytestmark = pytest.mark.unit
+
+NOW = 1_800_000_000.0
+
+
+class Source:
+    def __init__(self, ready: int = 0, error: SourceError | None = None) -> None:
+        self.ready = ready
+        self.error = error
+        self.closed = False
+
+    async def sample(self, queues: Collection[QueueRef]) -> SampleResult:
+        if self.error is not None:
+            raise self.error
+        return {q: QueueSample(self.ready, 0, 1, NOW) for q in queues}
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class Kube:
+    def __init__(self, secret: Exception | None = None) -> None:
+        self.secret_error = secret
+        self.secret_reads = 0
+        self.scaled: list[tuple[str, int]] = []
+        self.events: list[tuple[str, str]] = []
+        self.status_missing = False
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str]:
+        self.secret_reads += 1
+        if self.secret_error is not None and namespace == "broken":
+            raise self.secret_error
+        return {"amqpUrl": "amqp://u:p@rabbit/"}
+
+    async def read_replicas(self, namespace: str, target: ScaleTargetRef) -> int:
+        raise AssertionError("replicas come from the cache")
+
+    async def scale(self, namespace: str, target: ScaleTargetRef, replicas: int) -> None:
+        self.scaled.append((namespace, replicas))
+
+    async def read_selector(self, namespace: str, target: ScaleTargetRef) -> str:
+        return "app=worker"
+
+    async def list_pods(self, namespace: str, selector: str) -> list[Pod]:
+        return []
+
+    async def annotate_pod(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None]
+    ) -> None:
+        pass
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        if self.status_missing:
+            raise NotFound("NotFound", "gone")
+
+    async def emit_event(
+        self, about: ObjectRef, event_type: str, reason: str, message: str
+    ) -> None:
+        self.events.append((event_type, reason))
+
+    async def list_hpas(self, namespace: str) -> list[HpaTarget]:
+        return []
+
+
+def body(namespace: str, replicas_min: int = 1) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": namespace, "name": "qs", "uid": namespace, "generation": 1},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
+            "minReplicas": replicas_min,
+            "maxReplicas": 10,
+            "source": {"rabbitmq": {"queue": "jobs", "connectionSecretRef": {"name": "s"}}},
+            "behavior": {"scaleDown": {"protectBusyWorkers": False}},
+        },
+    }
+
+
+def engine(kube: Kube, source: Source, *namespaces: str, replicas: int = 1) -> Engine:
+    fleet, cache = Fleet(), ReplicaCache()
+    for namespace in namespaces:
+        fleet.upsert(body(namespace), NOW)
+        cache.set(namespace, "worker", replicas)
+    return Engine(kube, fleet, cache, Metrics(CollectorRegistry(), process=False),
+                  lambda broker: source, EngineSettings(fast_path=False), clock=lambda: NOW)
+
+
+def value(engine: Engine, name: str, **labels: str) -> float | None:
+    return engine.metrics.registry.get_sample_value(name, labels)
+
+
+async def test_defect_17_a_scale_is_counted_in_its_direction() -> None:
+    kube = Kube()
+    running = engine(kube, Source(ready=50), "a")
+    await running.tick(NOW)
+    assert kube.scaled == [("a", 5)]
+    labels = {"scaler_namespace": "a", "scaler": "qs", "reason": "backlog"}
+    assert value(running, "queuescaler_decisions_total", direction="up", **labels) == 1
+    assert value(running, "queuescaler_decisions_total", direction="hold", **labels) is None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(ConnectionResetError("reset"), id="transport"),
+        pytest.param(ValueError("not JSON"), id="decode"),
+        pytest.param(KubeError("Timeout", "no answer"), id="kube-error"),
+    ],
+)
+async def test_defect_15_a_secret_that_cannot_be_read_fails_only_its_scaler(
+    error: Exception,
+) -> None:
+    kube = Kube(secret=error)
+    running = engine(kube, Source(ready=50), "broken", "fine")
+    await running.tick(NOW)
+    assert kube.scaled == [("fine", 5)]
+    assert ("Warning", "SecretUnreadable") in kube.events or ("Warning", "Timeout") in kube.events
+
+
+async def test_defect_18_refused_credentials_reread_the_secret_at_once() -> None:
+    kube = Kube()
+    running = engine(kube, Source(error=SourceError(ErrorKind.AUTH, "HTTP 401")), "a")
+    await running.tick(NOW)
+    reads = kube.secret_reads
+    scaler = running.fleet.get("a", "qs")
+    assert scaler is not None
+    scaler.next_due = 0
+    await running.tick(NOW + 1)
+    assert kube.secret_reads == reads + 1
+
+
+async def test_defect_12_a_status_404_forgets_the_scaler_and_its_series() -> None:
+    kube = Kube()
+    kube.status_missing = True
+    running = engine(kube, Source(ready=5), "a")
+    await running.tick(NOW)
+    assert running.fleet.get("a", "qs") is None
+    assert value(running, "queuescaler_scaler_ticks_total",
+                 scaler_namespace="a", scaler="qs") is None
+
+
+async def test_defect_12_a_source_nobody_uses_is_closed() -> None:
+    kube, source = Kube(), Source(ready=5)
+    running = engine(kube, source, "a")
+    await running.tick(NOW)
+    running.brokers._used = {key: 0.0 for key in running.brokers._used}  # long idle
+    running.brokers.prune(NOW)
+    await running.brokers.close()
+    assert source.closed
+
+
+async def test_defect_7_taking_the_lease_rebuilds_the_state_from_status_as_of_then() -> None:
+    leading = False
+    fleet = Fleet()
+    stored = {"recommendations": [{"at": "2027-01-15T07:50:00Z", "replicas": 9}]}
+    fleet.upsert({**body("a"), "status": stored}, NOW - 3600, follow_status=True)
+    running = Engine(Kube(), fleet, ReplicaCache(), Metrics(CollectorRegistry(), process=False),
+                     lambda broker: Source(), EngineSettings(tick_seconds=0.01, fast_path=False),
+                     clock=lambda: NOW, leading=lambda: leading)
+    scaler = fleet.get("a", "qs")
+    assert scaler is not None
+    assert scaler.memory.state.recommendations[-1].at == NOW - 3600  # as the event saw it
+    stop = asyncio.Event()
+    task = asyncio.create_task(running.run(stop))
+    await asyncio.sleep(0.05)
+    leading = True
+    await asyncio.sleep(0.05)
+    stop.set()
+    await task
+    assert scaler.memory.state.recommendations[-1].at >= NOW  # renewed when the Lease came
+
+
+async def test_defect_9_liveness_follows_the_loop() -> None:
+    running = engine(Kube(), Source(), "a")
+    assert running.alive()
+    running._looped_at -= 10_000
+    assert not running.alive()
