@@ -221,7 +221,8 @@ def test_protected_scale_down_removes_idle_workers_and_keeps_the_busy_ones(
     assert len(outcome.terminated) == WORKERS - 1
     assert any("busy-workers" in reason and f"to {MESSAGES}" in reason
                for reason in outcome.reasons), outcome.reasons
-    assert {"matched": WORKERS, "busy": MESSAGES} in outcome.workers_seen, outcome.workers_seen
+    seen = outcome.workers_seen
+    assert {"matched": WORKERS, "busy": MESSAGES, "unmatched": 0} in seen, seen
     # The marks chose the pods: each busy pod was marked dear (it holds one message), and
     # every pod removed was marked idle when it went.
     assert all(outcome.costs.get(pod, [None])[0] == "1" for pod in outcome.busy), outcome.costs

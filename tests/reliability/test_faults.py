@@ -44,7 +44,10 @@ POLL = 2
 LOAD: dict[str, Any] = {"maxReplicas": 4, "target": {"messagesPerReplica": 20}}
 HOLD: dict[str, Any] = {**LOAD, "minReplicas": 0, "fallback": {"afterFailures": 2}}
 FALLBACK: dict[str, Any] = {
-    **LOAD, "minReplicas": 1, "fallback": {"afterFailures": 2, "replicas": 2}
+    **LOAD, "minReplicas": 1, "fallback": {"afterFailures": 2, "replicas": 2},
+    # A fallback below the current count needs the protection off: while the broker cannot
+    # be sampled, busy workers cannot be told apart, and protection fails closed (holds).
+    "behavior": {"scaleDown": {"protectBusyWorkers": False}},
 }
 
 
