@@ -8,7 +8,7 @@ from types import ModuleType
 
 import pytest
 
-from support import REPO
+from queuescaler_testkit.env import REPO
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from support import REPO
+from queuescaler_testkit.env import REPO
 
 pytestmark = pytest.mark.unit
 
