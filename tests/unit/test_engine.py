@@ -194,3 +194,30 @@ async def test_defect_9_liveness_follows_the_loop() -> None:
     assert running.alive()
     running._looped_at -= 10_000
     assert not running.alive()
+
+
+async def test_defect_8_an_hpa_on_the_same_target_stops_the_queuescaler() -> None:
+    class WithHpa(Kube):
+        async def list_hpas(self, namespace: str) -> list[HpaTarget]:
+            return [HpaTarget("keda-hpa-worker",
+                              ScaleTargetRef("apps/v1", "Deployment", "worker"))]
+
+    kube = WithHpa()
+    running = engine(kube, Source(ready=50), "a")
+    await running.tick(NOW)
+    assert kube.scaled == []
+    assert ("Warning", "TargetConflict") in kube.events
+
+
+async def test_defect_13_a_kube_reason_reaches_the_condition_as_it_is() -> None:
+    class NoScale(Kube):
+        async def read_replicas(self, namespace: str, target: ScaleTargetRef) -> int:
+            raise KubeError("UnsupportedTarget", "DaemonSet a/worker has no /scale subresource")
+
+    kube = NoScale()
+    fleet = Fleet()
+    fleet.upsert(body("a"), NOW)
+    running = Engine(kube, fleet, ReplicaCache(), Metrics(CollectorRegistry(), process=False),
+                     lambda broker: Source(), EngineSettings(fast_path=False), clock=lambda: NOW)
+    await running.tick(NOW)
+    assert ("Warning", "UnsupportedTarget") in kube.events

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -143,3 +144,12 @@ def test_status_is_written_only_when_it_matters(
     base: dict[str, Any] = {"recommendations": (Recommendation(T0, 2),)}
     new, _ = build_status(written, outcome(**{**base, **change}), T0 + 15)
     assert needs_write(written, new, stale=stale) is write
+
+
+def test_a_failed_sample_drops_the_numbers_it_could_not_renew() -> None:
+    """Defect 19: a backlog shown after sampling failed read as live."""
+    good, _ = build_status({}, outcome(), T0)
+    assert "backlog" in good and good["lastSampleTime"] == iso(T0)
+    failed, _ = build_status(good, replace(outcome(), sample=None), T0 + 60)
+    assert "backlog" not in failed and "rates" not in failed
+    assert failed["lastSampleTime"] == iso(T0)
