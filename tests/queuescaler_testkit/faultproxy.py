@@ -22,7 +22,9 @@ import enum
 import http.client
 import json
 import threading
-from collections import Counter
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 
@@ -40,6 +42,21 @@ class Mode(enum.StrEnum):
     NO_STATS = "no-stats"
 
 
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """One request the proxy answered: when, what, in which mode, with which status."""
+
+    arrived: float
+    """time.time() when the request came in."""
+    answered: float
+    """time.time() when the answer was sent (or the client had gone)."""
+    path: str
+    mode: Mode
+    """The mode when the request came in (a SLOW one is forwarded once held: see `answered`)."""
+    status: int
+    """The HTTP status sent (502: the broker did not answer)."""
+
+
 class FaultProxy:
     """Forwards GETs to the management API, or fails them the way `mode` says."""
 
@@ -54,6 +71,8 @@ class FaultProxy:
         self._released = threading.Event()
         self.requests: Counter[Mode] = Counter()
         """Requests answered per mode."""
+        self.journal: deque[Answered] = deque(maxlen=200_000)
+        """Every request answered, oldest first (the latest 200,000)."""
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -119,18 +138,22 @@ class FaultProxy:
         return Handler
 
     def _serve(self, request: BaseHTTPRequestHandler) -> None:
+        arrived = time.time()
         mode = self.mode
         if mode is Mode.SLOW:
             self._released.wait(self.delay)  # bounded; released early when the fault ends
         with self._lock:
             self.requests[mode] += 1
         if mode is Mode.ERROR:
+            status = 500
             self._answer(request, 500, "application/json", self._echoing_error(request))
         elif mode is Mode.GARBAGE:
+            status = 200
             self._answer(request, 200, "application/json", b"<html>not json at all</html>")
         else:
             queues = request.path.startswith("/api/queues")
-            self._forward(request, without_counts=mode is Mode.NO_STATS and queues)
+            status = self._forward(request, without_counts=mode is Mode.NO_STATS and queues)
+        self.journal.append(Answered(arrived, time.time(), request.path, mode, status))
 
     @staticmethod
     def _echoing_error(request: BaseHTTPRequestHandler) -> bytes:
@@ -146,8 +169,9 @@ class FaultProxy:
             {"error": "Internal Server Error", "reason": f"crashed serving {credentials}"}
         ).encode()
 
-    def _forward(self, request: BaseHTTPRequestHandler, *, without_counts: bool = False) -> None:
-        """Forward as is, or with every queue's counts left out (a body to edit: no gzip)."""
+    def _forward(self, request: BaseHTTPRequestHandler, *, without_counts: bool = False) -> int:
+        """Forward as is, or with every queue's counts left out (a body to edit: no gzip).
+        Returns the status sent."""
         dropped = HOP_BY_HOP | ({"accept-encoding"} if without_counts else set())
         upstream = http.client.HTTPConnection(*self.upstream, timeout=30)
         try:
@@ -159,8 +183,10 @@ class FaultProxy:
                 body = _without_counts(body)
             passed = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP]
             self._answer(request, response.status, "", body, passed)
+            return int(response.status)
         except OSError as error:
             self._answer(request, 502, "text/plain", f"upstream failed: {error}".encode())
+            return 502
         finally:
             upstream.close()
 

@@ -476,6 +476,25 @@ def pika_worker_env(
     return env
 
 
+def tracking_worker_command(pod_name: str) -> list[str]:
+    """The journalling pika consumer (workers/tracking_worker.py): it reconnects after a lost
+    connection and records what it held when told to stop."""
+    return [sys.executable, str(WORKERS / "tracking_worker.py")]
+
+
+def tracking_worker_env(
+    amqp_url: str, queue: str, journal: Path, *, prefetch: int = 4, work_seconds: float = 0.25,
+) -> dict[str, str]:
+    """The environment the tracking consumer reads."""
+    return {
+        "AMQP_URL": amqp_url,
+        "QUEUE": queue,
+        "JOURNAL": str(journal),
+        "PREFETCH": str(prefetch),
+        "WORK_SECONDS": str(work_seconds),
+    }
+
+
 def celery_worker_command(queue: str) -> Callable[[str], list[str]]:
     """A Celery worker consuming `queue`: solo pool, one task at a time, named after the pod."""
 
