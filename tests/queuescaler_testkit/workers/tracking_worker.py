@@ -83,13 +83,11 @@ class TrackingWorker:
                     waiting = 0
             self.signalled = (time.time(), int(self.in_hand is not None), waiting,
                               self.last_delivery_at)
-        self.stopping = True
-
-    def _write_signal(self) -> None:
-        if self.signalled is not None:
+            # Written now, not at exit: a worker SIGKILLed later still says what it held.
             at, in_hand, waiting, last = self.signalled
             journal(self.path, "sigterm", self.pod, f"{at:.3f}", in_hand, waiting,
                     "-" if last is None else f"{last:.3f}")
+        self.stopping = True
 
     def consume_once(self) -> int:
         """One connection's life; returns how many deliveries were handed back at the end."""
@@ -138,12 +136,10 @@ class TrackingWorker:
     def run(self) -> int:
         for attempt in range(self.max_reconnects + 1):
             if self.stopping:  # told to stop while reconnecting
-                self._write_signal()
                 journal(self.path, "exit", self.pod, f"{time.time():.3f}", 0)
                 return 0
             try:
                 requeued = self.consume_once()
-                self._write_signal()
                 journal(self.path, "exit", self.pod, f"{time.time():.3f}", requeued)
                 return 0
             except (pika.exceptions.AMQPError, OSError) as error:
