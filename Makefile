@@ -6,13 +6,14 @@ VENV := $(QS_CACHE)/venv
 PY := $(VENV)/bin/python
 export QS_CACHE
 
-.PHONY: help deps test test-unit demo bench lint testenv-up testenv-down testenv-status
+.PHONY: help deps test test-unit demo bench soak lint testenv-up testenv-down testenv-status
 
 help:
 	@echo "make demo          run the operator on the local cluster with a visible demo"
 	@echo "make test          run unit, integration and e2e tests (installs what they need)"
 	@echo "make test-unit     run only the pure unit tests (seconds, no servers)"
 	@echo "make bench         run the benchmarks in bench/ and print their tables"
+	@echo "make soak          the 20-minute randomized fault soak (bench/soak.py; SOAK_ARGS=...)"
 	@echo "make lint          ruff and mypy --strict (operator, test kit, bench, hack), import layers"
 	@echo "make testenv-up    start the local cluster, RabbitMQ and Prometheus"
 	@echo "make testenv-down  stop them (by PID)"
@@ -42,6 +43,11 @@ BENCHES := decide sampling reaction safe_scale_down scale
 # Each benchmark prints its table; bench/RESULTS.md keeps the latest ones.
 bench: deps
 	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
+
+# The fault soak runs 20 minutes in an environment of its own (QS_ENV=soak): not in `make bench`.
+# SOAK_ARGS="--minutes 3 --seed 7" for a short one.
+soak: deps
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 lint:
 	@bash hack/deps.sh python
