@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Final
@@ -234,30 +235,23 @@ def _decide_with_sample(
             recommendation = replicas = current
             reason = Reason.WITHIN_TOLERANCE
             message = f"{message}, {held}"
-        change = _stabilization(spec, replicas, current, state.recommendations, now)
+    # The HPA's pipeline: each stage sees the number the previous one left, and may change
+    # it with a reason. Waking a pool from zero skips the damping (activation is apart).
+    stages: list[Callable[[int], _Change | None]] = [] if waking else [
+        lambda n: _stabilization(spec, n, current, state.recommendations, now),
+        lambda n: _cooldown(spec, n, current, state.last_scale_time, now),
+    ]
+    stages += [
+        lambda n: _step_limit(spec, n, current),
+        lambda n: _busy_workers(spec, n, current, busy_workers, busy_note),
+        lambda n: _incomplete(sample, n, current),
+        lambda n: _bounds(spec, n),
+    ]
+    for stage in stages:
+        change = stage(replicas)
         if change is not None:
             replicas, reason, note = change
             changes.append(note)
-        change = _cooldown(spec, replicas, current, state.last_scale_time, now)
-        if change is not None:
-            replicas, reason, note = change
-            changes.append(note)
-    change = _step_limit(spec, replicas, current)
-    if change is not None:
-        replicas, reason, note = change
-        changes.append(note)
-    change = _busy_workers(spec, replicas, current, busy_workers, busy_note)
-    if change is not None:
-        replicas, reason, note = change
-        changes.append(note)
-    change = _incomplete(sample, replicas, current)
-    if change is not None:
-        replicas, reason, note = change
-        changes.append(note)
-    change = _bounds(spec, replicas)
-    if change is not None:
-        replicas, reason, note = change
-        changes.append(note)
     plain = _bounds(spec, recommendation)
     if changes and replicas == (plain[0] if plain else recommendation):
         # The bounds alone give this answer: they, not a stage on the way, hold it.
