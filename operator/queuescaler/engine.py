@@ -27,12 +27,11 @@ from queuescaler.kube.client import (
     GROUP,
     KIND,
     VERSION,
-    HpaTarget,
     KubeError,
     NotFound,
     ObjectRef,
 )
-from queuescaler.kube.pods import Pods
+from queuescaler.kube.pods import Autoscalers, Pods
 from queuescaler.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -41,8 +40,6 @@ log = logging.getLogger(__name__)
 
 LIVENESS_SECONDS = 120.0
 """A loop that has not gone round for this long (or ten ticks) is stuck."""
-HPA_REFRESH_SECONDS = 60.0
-"""HorizontalPodAutoscalers (conflicting owners) are listed per namespace this often."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +87,7 @@ class Engine:
         self._gate = asyncio.Semaphore(settings.concurrency)
         self.pods = Pods(kube)
         self._peek_turn = 0
-        self._hpas: dict[str, tuple[float, list[HpaTarget]]] = {}
+        self.autoscalers = Autoscalers(kube)
         self.ticks = 0
         """Ticks completed: the operator is ready once the first one ran."""
         self._looped_at = time.monotonic()
@@ -147,10 +144,10 @@ class Engine:
         due = [s for s in scalers if s.next_due <= now]
         live: dict[tuple[str, str], QueueSample] = {}
         if self.settings.fast_path:
-            resting = self._budgeted([
+            resting, self._peek_turn = planner.in_turn([
                 s for s in scalers
                 if s.next_due > now and planner.at_rest_at_zero(s.spec, s.memory.current_replicas)
-            ])
+            ], self.settings.fast_path_budget, self._peek_turn)
             settling = [
                 s for s in due
                 if planner.settling(s.memory.state, now, self.settings.plan)
@@ -168,7 +165,11 @@ class Engine:
             reaches = await self.brokers.reaches(due, now)
             answers = await self.brokers.sample(due, reaches)
             listings = self.brokers.listings(due, reaches)
-            owners = await self._conflicts(scalers, due, now)
+            hpas = await self.autoscalers.around((s.namespace for s in due), now)
+            owners = planner.conflicts(
+                [(s.namespace, s.name, s.spec.scale_target_ref) for s in scalers if s.spec],
+                hpas,
+            )
             await asyncio.gather(*(
                 self._guarded(self._act(
                     s, reaches.get(s.key), answers, live.get(s.key), now, listings,
@@ -178,40 +179,6 @@ class Engine:
             self.brokers.prune(now)
             self.pods.prune(now)
         self.metrics.ticked(time.perf_counter() - started)
-
-    def _budgeted(self, resting: list[Scaler]) -> list[Scaler]:
-        """At most `fast_path_budget` pools at rest per tick, taking turns.
-
-        A passive declare costs the broker about 0.2 ms; beyond the budget each pool at
-        zero is still peeked every len/budget ticks, and sampled at its interval anyway.
-        """
-        budget = self.settings.fast_path_budget
-        if len(resting) <= budget:
-            return resting
-        start = self._peek_turn % len(resting)
-        self._peek_turn = start + budget
-        return (resting + resting)[start:start + budget]
-
-    async def _conflicts(
-        self, scalers: Sequence[Scaler], due: Sequence[Scaler], now: float
-    ) -> dict[tuple[str, str], str]:
-        """Other owners of the due QueueScalers' targets: QueueScalers, and HPAs (read per
-        namespace, at most once a minute)."""
-        for namespace in {s.namespace for s in due if s.spec is not None}:
-            cached = self._hpas.get(namespace)
-            if cached is None or now >= cached[0]:
-                try:
-                    found = await self.kube.list_hpas(namespace)
-                except KubeError as error:
-                    log.debug("HPAs in %s not read: %s", namespace, error.message)
-                    found = cached[1] if cached else []
-                self._hpas[namespace] = (now + HPA_REFRESH_SECONDS, found)
-        mine = [(s.namespace, s.name, s.spec.scale_target_ref) for s in scalers if s.spec]
-        hpas = [
-            (namespace, hpa.name, hpa.target)
-            for namespace, (_, found) in self._hpas.items() for hpa in found
-        ]
-        return planner.conflicts(mine, hpas)
 
     async def _guarded(self, work: Awaitable[None]) -> None:
         async with self._gate:

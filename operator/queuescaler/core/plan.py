@@ -18,7 +18,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from queuescaler.core.decision import Decision, ScalerState, activates, decide, next_state
 from queuescaler.core.sample import (
@@ -51,6 +51,8 @@ from queuescaler.core.workers import (
     ordinal_floor,
     workers_condition,
 )
+
+T = TypeVar("T")
 
 GOOD_WHEN_TRUE: Final = frozenset({"Ready", "BrokerReachable", "TargetFound"})
 """Conditions whose False is bad news: a Warning Event whenever they turn False."""
@@ -214,6 +216,18 @@ def settling(state: ScalerState, now: float, settings: PlanSettings) -> bool:
 def wakes(spec: QueueScalerSpec, live: QueueSample) -> bool:
     """A pool at rest at zero whose live backlog calls for it now, before its interval."""
     return activates(spec, live)
+
+
+def in_turn(resting: list[T], budget: int, turn: int) -> tuple[list[T], int]:
+    """At most `budget` pools at rest peeked this tick, taking turns; and the next turn.
+
+    A passive declare costs the broker about 0.2 ms; beyond the budget each pool at zero is
+    still peeked every len/budget ticks, and sampled at its interval anyway.
+    """
+    if len(resting) <= budget:
+        return resting, turn
+    start = turn % len(resting)
+    return (resting + resting)[start:start + budget], start + budget
 
 
 def watched_target(target: ScaleTargetRef) -> bool:

@@ -5,17 +5,47 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from queuescaler.core.spec import ScaleTargetRef
 from queuescaler.core.workers import DELETION_COST, Marks, Pod
 from queuescaler.kube.api import KubeApi
-from queuescaler.kube.client import KubeError, NotFound
+from queuescaler.kube.client import HpaTarget, KubeError, NotFound
 
 log = logging.getLogger(__name__)
 
+HPA_REFRESH_SECONDS = 60.0
+"""HorizontalPodAutoscalers are listed per namespace this often."""
 SELECTOR_REFRESH_SECONDS = 300.0
 """A target's pod selector is read from its /scale again after this long (it rarely moves)."""
+
+
+class Autoscalers:
+    """HorizontalPodAutoscalers by namespace, listed at most once a minute: an HPA on a
+    QueueScaler's target is a second owner (KEDA makes one per ScaledObject)."""
+
+    def __init__(self, kube: KubeApi) -> None:
+        self._kube = kube
+        self._found: dict[str, tuple[float, list[HpaTarget]]] = {}
+
+    async def around(
+        self, namespaces: Iterable[str], now: float
+    ) -> list[tuple[str, str, ScaleTargetRef]]:
+        """(namespace, HPA name, its target) in `namespaces`; a namespace whose HPAs cannot be
+        listed keeps what was last seen there."""
+        for namespace in set(namespaces):
+            cached = self._found.get(namespace)
+            if cached is None or now >= cached[0]:
+                try:
+                    found = await self._kube.list_hpas(namespace)
+                except KubeError as error:
+                    log.debug("HPAs in %s not read: %s", namespace, error.message)
+                    found = cached[1] if cached else []
+                self._found[namespace] = (now + HPA_REFRESH_SECONDS, found)
+        return [
+            (namespace, hpa.name, hpa.target)
+            for namespace, (_, found) in self._found.items() for hpa in found
+        ]
 
 
 class Pods:
