@@ -23,6 +23,7 @@ from queuescaler.sim.simulator import (
     Policy,
     QueueScalerPolicy,
     Sampling,
+    SimSample,
     simulate,
 )
 from queuescaler.sim.traces import (
@@ -30,10 +31,13 @@ from queuescaler.sim.traces import (
     bursts,
     diurnal,
     idle_then_flood,
+    keda_rate,
+    low_rate,
     slow_spikes,
     standard_traces,
     steady,
 )
+from queuescaler.sim.workers import ServiceKind, ServiceTimes, WorkerModel, messages
 
 pytestmark = pytest.mark.unit
 
@@ -493,3 +497,232 @@ def test_our_defaults_beat_keda_queue_length_on_wait_and_cost(trace: Trace) -> N
 
     assert ours.p95_wait <= keda.p95_wait
     assert ours.replica_seconds <= keda.replica_seconds
+
+
+# --- real workers: prefetch, concurrency, uneven tasks (issue 12) ---------------------------
+
+
+def worker_model(**options: Any) -> WorkerModel:
+    """Constant tasks unless told otherwise: the tests below count messages exactly."""
+    options.setdefault("service", ServiceTimes(ServiceKind.CONSTANT))
+    return WorkerModel(**options)
+
+
+def seen_at(policy: Recorder) -> dict[float, QueueSample]:
+    return {now: sample for now, sample, _ in policy.seen}
+
+
+@pytest.mark.parametrize(
+    ("prefetch", "concurrency", "held"),
+    [
+        pytest.param(1, 1, 1, id="prefetch-1"),
+        pytest.param(4, 1, 4, id="prefetch-4"),
+        pytest.param(4, 4, 16, id="prefetch-4-concurrency-4"),
+        pytest.param(None, 1, 30, id="unlimited"),
+    ],
+)
+def test_a_worker_holds_up_to_prefetch_times_concurrency_unacked(
+    prefetch: int | None, concurrency: int, held: int
+) -> None:
+    trace = one_off(30, duration=20, service_rate=0.05)  # 20 s tasks: nothing ends here
+    policy = Recorder(lambda now: 1, initial_replicas=1)
+    result = simulate(
+        trace, policy, workers=worker_model(prefetch=prefetch, concurrency=concurrency)
+    )
+    sample = seen_at(policy)[5.0]
+
+    assert sample.unacked == held  # in progress + parked
+    assert sample.ready == 30 - held
+    assert sample.consumers == 1
+    assert result.p50_wait > 0  # only `concurrency` of them started: the rest wait
+
+
+def test_parked_messages_go_back_to_the_queue_when_a_worker_stops() -> None:
+    trace = one_off(8, duration=60, service_rate=0.05)  # 20 s tasks
+    policy = Recorder(lambda now: 2 if now < 5 else 1, initial_replicas=2)
+    result = simulate(trace, policy, workers=worker_model(prefetch=4))
+    samples = seen_at(policy)
+
+    assert (samples[4.0].ready, samples[4.0].unacked) == (0, 8)  # two workers, 4 each
+    # The stopped worker's 3 parked messages are back; the kept one has no room for them.
+    assert (samples[6.0].ready, samples[6.0].unacked, samples[6.0].consumers) == (3, 5, 1)
+    assert result.redelivered == 3
+    assert result.cut_short == 0  # its task in progress ended within the grace period
+    # Stopped at 5, its task (published within second 0) done 20 s after it arrived.
+    assert result.grace_seconds == pytest.approx(15.0, abs=1.0)
+    assert result.replica_seconds == pytest.approx(5 * 2 + 55 * 1 + result.grace_seconds)
+
+
+def test_a_task_outliving_the_grace_period_is_cut_short_and_requeued() -> None:
+    trace = one_off(2, duration=120, service_rate=1 / 50)  # 50 s tasks
+    policy = Recorder(lambda now: 2 if now < 5 else 1, initial_replicas=2)
+    result = simulate(trace, policy, workers=worker_model(grace_period=30.0))
+
+    assert result.cut_short == 1
+    assert result.redelivered == 1
+    assert result.grace_seconds == pytest.approx(30.0)
+    assert result.served == 2  # the kept worker runs it again after its own task
+    assert result.left == 0
+
+
+def test_statistics_lag_shows_in_unacked_while_ready_and_consumers_are_live() -> None:
+    trace = one_off(10, at=10, duration=30, service_rate=0.02)
+    policy = Recorder(
+        lambda now: 1,
+        sampling=Sampling(polling_interval=1.0, count_delay=0.0, stats_delay=5.0),
+        initial_replicas=1,
+    )
+    simulate(trace, policy, workers=worker_model(prefetch=None))
+    samples = seen_at(policy)
+
+    # With no prefetch limit the broker pushes all ten to the one consumer at once: the
+    # live `ready` is empty and `unacked` still shows the management API's older view.
+    assert (samples[11.0].ready, samples[11.0].unacked, samples[11.0].consumers) == (0, 0, 1)
+    assert samples[15.0].unacked == 0
+    assert samples[16.0].unacked == 10
+    assert samples[16.0].publish_rate == pytest.approx(10 / 5)
+
+
+def test_the_sample_carries_the_cumulative_counters_as_old_as_the_rates() -> None:
+    trace = one_off(10, at=2, duration=30, service_rate=1.0)
+    policy = Recorder(
+        lambda now: 10,
+        sampling=Sampling(polling_interval=1.0, stats_delay=5.0),
+        initial_replicas=10,
+    )
+    simulate(trace, policy, workers=worker_model())
+    samples = seen_at(policy)
+
+    assert isinstance(samples[20.0], SimSample)
+    assert (samples[20.0].published_total, samples[20.0].acked_total) == (10, 10)
+    assert samples[7.0].published_total == 0  # the burst at 2 is not in 5 s old statistics
+    assert isinstance(samples[8.0], SimSample) and samples[8.0].published_total == 10
+
+
+def test_concurrency_serves_several_messages_per_replica_at_once() -> None:
+    trace = one_off(8, duration=30, service_rate=0.1)  # 10 s tasks
+    one = simulate(trace, FixedPolicy(1), workers=worker_model(concurrency=1, prefetch=1))
+    four = simulate(trace, FixedPolicy(1), workers=worker_model(concurrency=4, prefetch=1))
+
+    assert one.served == 2  # at 10 s and 20 s
+    assert four.served == 8  # four at 10 s, four at 20 s
+    assert four.p95_wait == pytest.approx(10.0, abs=1.0)
+
+
+@pytest.mark.parametrize(
+    "service",
+    [
+        pytest.param(ServiceTimes(ServiceKind.EXPONENTIAL), id="exponential"),
+        pytest.param(ServiceTimes(ServiceKind.LOGNORMAL, 1.5), id="lognormal"),
+        pytest.param(ServiceTimes(ServiceKind.PARETO, 2.5), id="pareto"),
+    ],
+)
+def test_arrivals_and_service_times_are_reproducible_and_keep_the_trace_mean(
+    service: ServiceTimes,
+) -> None:
+    trace = steady(rate=50.0, service_rate=2.0, duration=400, seed=7)
+    arrivals, services = messages(trace, service, 3)
+    again = messages(Trace(trace.name, tuple(trace.arrivals), trace.service_rate), service, 3)
+    other = messages(trace, service, 4)
+
+    assert (arrivals, services) == again
+    assert arrivals != other[0]
+    assert len(arrivals) == trace.published
+    assert list(arrivals) == sorted(arrivals)
+    assert all(int(at) < trace.duration for at in arrivals)
+    assert sum(services) / len(services) == pytest.approx(0.5, rel=0.15)
+
+
+def test_poisson_arrivals_with_a_seed_replay_the_same_run() -> None:
+    model = WorkerModel(prefetch=4, concurrency=4, service=ServiceTimes(), start_delay=(10, 30))
+    runs = [
+        simulate(
+            bursts(duration=SHORT, first_at=60, every=300, seed=9),
+            QueueScalerPolicy(queuescaler_spec(target={"messagesPerReplica": 400})),
+            workers=model,
+            initial_replicas=1,
+        )
+        for _ in range(2)
+    ]
+
+    assert runs[0] == runs[1]
+    assert runs[0].published == bursts(duration=SHORT, first_at=60, every=300, seed=9).published
+
+
+def test_pods_start_within_the_start_delay_range() -> None:
+    trace = one_off(0, duration=60)
+    policy = Recorder(
+        lambda now: 20,
+        sampling=Sampling(polling_interval=1.0),
+    )
+    simulate(trace, policy, workers=worker_model(start_delay=(10.0, 30.0)))
+    consumers = {now: sample.consumers for now, sample, _ in policy.seen}
+
+    assert consumers[10.0] == 0
+    assert 0 < consumers[20.0] < 20
+    assert consumers[31.0] == 20
+
+
+WORKER_MODELS: list[Any] = [
+    pytest.param(WorkerModel(), id="prefetch-1"),
+    pytest.param(WorkerModel(prefetch=16, concurrency=4, seed=2), id="prefetch-16-c4"),
+    pytest.param(
+        WorkerModel(prefetch=None, service=ServiceTimes(ServiceKind.LOGNORMAL), seed=3),
+        id="unlimited-heavy",
+    ),
+]
+
+
+@pytest.mark.parametrize("model", WORKER_MODELS)
+@pytest.mark.parametrize("make_policy", POLICIES)
+def test_every_message_is_served_or_left_with_real_workers(
+    model: WorkerModel, make_policy: Callable[..., Policy]
+) -> None:
+    trace = slow_spikes(duration=SHORT, first_at=60, every=300, spike_messages=60)
+    result = simulate(trace, make_policy(trace), initial_replicas=2, workers=model)
+
+    assert result.published == trace.published
+    assert result.served + result.left == trace.published
+    assert result.cut_short <= result.redelivered
+
+
+def test_the_oracle_of_real_workers_pays_for_the_work_a_start_delay_ahead() -> None:
+    trace = one_off(40, at=40, duration=80, service_rate=0.1)  # 400 task-seconds at 40
+    model = worker_model(concurrency=4)
+    oracle = OraclePolicy(trace, pod_start_delay=10.0, workers=model)
+    result = simulate(trace, oracle, pod_start_delay=10.0, workers=model)
+
+    # The work of each second, rounded up: second 40 holds part of it (the messages come in
+    # over that second), seconds 41 to 49 all of it (40 tasks, 4 per replica), 50 the rest.
+    assert result.replicas[29] == 0
+    assert 0 < result.replicas[30] < 10
+    assert result.replicas[31:50] == (10,) * 19
+    assert result.replicas[30] + result.replicas[50] in (10, 11)  # the two halves of a second
+    assert result.replicas[51] == 0
+    assert result.p95_wait <= 1.0  # a burst's second is met by its average: a second at most
+    # At 50 it lets replicas go while their last tasks still run: they finish within the
+    # second, paid for as they stop.
+    assert 0 < result.grace_seconds <= 6.0
+    assert result.replica_seconds == sum(result.replicas) + result.grace_seconds
+
+
+def test_a_warm_up_is_replayed_but_not_counted() -> None:
+    trace = steady(duration=200)
+    whole = simulate(trace, FixedPolicy(12), workers=WorkerModel())
+    measured = simulate(trace, FixedPolicy(12), workers=WorkerModel(), measure_from=100)
+    fluid = simulate(trace, FixedPolicy(12), measure_from=100)
+
+    assert measured.replica_seconds == 12 * 100
+    assert whole.replica_seconds == 12 * 200
+    assert fluid.replica_seconds == 12 * 100
+    assert measured.served == whole.served
+
+
+def test_new_traces_have_their_rates() -> None:
+    trickle = low_rate(duration=3000, seed=1)
+    metronome = keda_rate(duration=100)
+
+    assert trickle.published / trickle.duration == pytest.approx(0.2, rel=0.2)
+    assert 1 / trickle.service_rate == 8.0
+    assert metronome.arrivals[:4] == (5, 0, 5, 0)
+    assert metronome.service_rate == 1.0

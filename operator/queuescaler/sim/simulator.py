@@ -1,7 +1,9 @@
 """Replay an arrival trace against a scaling policy and report what users would feel.
 
-Pure: no I/O, no clock, no randomness (traces bring their own seeds). The world is a FIFO
-queue in front of a pool of replicas, stepped once a second:
+Pure: no I/O, no clock, and randomness only from seeded RNGs (traces and worker models
+bring their own seeds). Two worlds replay a trace. By default (no `workers` given to
+`simulate`) the world is a FIFO queue in front of a pool of replicas, stepped once a
+second:
 
 - scale-ups take `pod_start_delay` seconds to become ready; scale-downs act at once,
   removing starting pods first (as the ReplicaSet controller does), then ready ones chosen
@@ -11,6 +13,11 @@ queue in front of a pool of replicas, stepped once a second:
 - the queue is a fluid: counts per arrival second, never one object per message, so an
   hour at hundreds of messages per second replays in a fraction of a second.
 
+With a `WorkerModel` (`sim.workers`) the world is message by message instead: prefetch,
+concurrency, uneven task times, graceful stops and per-pod start delays, as real Celery
+and pika workers have them. It is slower (a few microseconds a message) and is what
+bench/decide.py's "worker models" table replays.
+
 A policy sees only what a real one would: a `QueueSample` at its own polling interval,
 whose fields are as old as their source makes them (see `Sampling`).
 """
@@ -19,31 +26,31 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from queuescaler.core.decision import ScalerState, decide, next_state
 from queuescaler.core.sample import QueueSample
+from queuescaler.sim.sampling import History, Sampling, SimSample, observe
 from queuescaler.sim.traces import Trace
+from queuescaler.sim.workers import MessageWorld, WorkerModel, busy_per_second
 from queuescaler.sources.registry import parse_spec
+
+__all__ = [
+    "FixedPolicy",
+    "OraclePolicy",
+    "Policy",
+    "QueueScalerPolicy",
+    "Sampling",
+    "SimResult",
+    "SimSample",
+    "WorkerModel",
+    "simulate",
+]
 
 _EMPTY = 1e-9
 """A fluid count below this is nothing (floating-point crumbs of a drained bucket)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Sampling:
-    """How a policy looks at the queue: how often, and how stale each number is."""
-
-    polling_interval: float
-    """Seconds between two looks (and two decisions)."""
-    count_delay: float = 0.0
-    """Age of `ready` and `consumers`: about 0 through AMQP, the stats delay through HTTP."""
-    stats_delay: float = 0.0
-    """Age of `unacked` and the rates: the management API's statistics delay (~5 s)."""
-    rate_window: float = 5.0
-    """Rates average over this many seconds, like RabbitMQ's default statistics interval."""
 
 
 class Policy(Protocol):
@@ -95,25 +102,25 @@ class SimResult:
     """Messages handed back to the queue because their replica was removed mid-task."""
     replicas: tuple[int, ...]
     """Pool size during each second, for pictures."""
-
-
-@dataclass(frozen=True, slots=True)
-class _History:
-    """The broker's view at each whole second (index = time), for delayed sampling."""
-
-    ready: list[float]
-    unacked: list[float]
-    consumers: list[int]
-    published: list[float]
-    """Cumulative counts, so a rate over any window is one subtraction."""
-    acked: list[float]
-    delivered: list[float]
+    cut_short: float = 0.0
+    """Of `redelivered`, the tasks killed at the end of a stopping pod's grace period (their
+    work is lost); the rest were parked in a stopping worker's buffer (message-level world
+    only; the fluid world removes pods at once)."""
+    grace_seconds: float = 0.0
+    """Of `replica_seconds`, those paid for stopping pods finishing their tasks."""
 
 
 class _World:
     """The mutable state of one replay; `simulate` is its only user."""
 
-    def __init__(self, service_rate: float, pod_start_delay: float, initial_replicas: int):
+    def __init__(
+        self,
+        service_rate: float,
+        pod_start_delay: float,
+        initial_replicas: int,
+        measure_from: int = 0,
+    ):
+        self.measure_from = measure_from
         self.steps_per_message = 1.0 / service_rate
         self.pod_start_delay = pod_start_delay
         self.queue: deque[list[float]] = deque()  # [arrival second, count], oldest first
@@ -125,7 +132,8 @@ class _World:
         self.starting: deque[list[float]] = deque()  # [ready at, count], oldest first
         self.waits: dict[int, float] = {}
         self.published = self.acked = self.delivered = self.redelivered = 0.0
-        self.history = _History([0.0], [0.0], [initial_replicas], [0.0], [0.0], [0.0])
+        self.history = History()
+        self.history.record(0.0, 0.0, initial_replicas, 0.0, 0.0, 0.0)
 
     @property
     def pool(self) -> int:
@@ -206,8 +214,9 @@ class _World:
         while room > _EMPTY and self.queue:
             bucket = self.queue[0]
             taken = min(bucket[1], room)
-            waited = now - int(bucket[0])
-            self.waits[waited] = self.waits.get(waited, 0.0) + taken
+            if bucket[0] >= self.measure_from:
+                waited = now - int(bucket[0])
+                self.waits[waited] = self.waits.get(waited, 0.0) + taken
             bucket[1] -= taken
             room -= taken
             if bucket[1] <= _EMPTY:
@@ -218,44 +227,22 @@ class _World:
         return started
 
     def _record(self, unacked: float) -> None:
-        history = self.history
-        history.ready.append(self.queued + self.redelivery)
-        history.unacked.append(unacked)
-        history.consumers.append(self.ready)
-        history.published.append(self.published)
-        history.acked.append(self.acked)
-        history.delivered.append(self.delivered)
-
-    def observe(self, now: int, sampling: Sampling) -> QueueSample:
-        history = self.history
-        counts_at = _clamp_index(now - sampling.count_delay, len(history.ready))
-        stats_at = _clamp_index(now - sampling.stats_delay, len(history.ready))
-        window = max(1, round(sampling.rate_window))
-
-        def rate(cumulative: list[float]) -> float | None:
-            if stats_at < window:
-                return None
-            return (cumulative[stats_at] - cumulative[stats_at - window]) / window
-
-        return QueueSample(
-            ready=round(history.ready[counts_at]),
-            unacked=round(history.unacked[stats_at]),
-            consumers=history.consumers[counts_at],
-            taken_at=float(now),
-            publish_rate=rate(history.published),
-            ack_rate=rate(history.acked),
-            deliver_rate=rate(history.delivered),
+        self.history.record(
+            self.queued + self.redelivery,
+            unacked,
+            self.ready,
+            self.published,
+            self.acked,
+            self.delivered,
         )
 
     def left_waiting(self, end: int) -> None:
         """Count the never-served messages with the wait they had when the trace ended."""
         for arrival, count in self.queue:
+            if arrival < self.measure_from:
+                continue
             waited = end - int(arrival)
             self.waits[waited] = self.waits.get(waited, 0.0) + count
-
-
-def _clamp_index(time: float, length: int) -> int:
-    return min(max(0, math.floor(time)), length - 1)
 
 
 def _percentile(histogram: Mapping[int, float], fraction: float) -> float:
@@ -270,20 +257,38 @@ def _percentile(histogram: Mapping[int, float], fraction: float) -> float:
     return float(max(histogram))
 
 
+def _nearest_rank(ordered: Sequence[float], fraction: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
 def simulate(
     trace: Trace,
     policy: Policy,
     *,
     pod_start_delay: float = 10.0,
     initial_replicas: int | None = None,
+    workers: WorkerModel | None = None,
+    measure_from: int = 0,
 ) -> SimResult:
     """Replay `trace` second by second with `policy` deciding the pool size.
 
     Each second: due tasks finish, due pods become ready, the policy polls if its interval
     has elapsed (its answer applies at once), the second's messages arrive, replicas serve.
+    With `workers`, the replay is message by message (see `sim.workers`); without, it is
+    the fluid world of one-message replicas.
+
+    `measure_from` makes the first seconds a warm-up: replayed, but their messages' waits,
+    their replica-seconds and their scale events are not counted (a policy's first looks
+    at a broker that has only just started are no measure of how it runs).
     """
+    if not 0 <= measure_from < max(1, trace.duration):
+        raise ValueError("measure_from must lie within the trace")
     start = policy.initial_replicas if initial_replicas is None else initial_replicas
-    world = _World(trace.service_rate, pod_start_delay, start)
+    if workers is not None:
+        return _simulate_messages(trace, policy, workers, pod_start_delay, start, measure_from)
+    world = _World(trace.service_rate, pod_start_delay, start, measure_from)
     sampling = policy.sampling
     next_poll = 0.0
     events = 0
@@ -291,8 +296,10 @@ def simulate(
     for now, arrivals in enumerate(trace.arrivals):
         world.begin(now)
         if now >= next_poll:
-            wanted = policy.desired(world.observe(now, sampling), world.pool, float(now))
-            events += world.resize(max(0, wanted), now, idle_first=policy.removes_idle_first)
+            sample = observe(world.history, now, sampling)
+            wanted = policy.desired(sample, world.pool, float(now))
+            scaled = world.resize(max(0, wanted), now, idle_first=policy.removes_idle_first)
+            events += scaled and now >= measure_from
             next_poll += sampling.polling_interval
         world.publish(now, arrivals)
         world.serve(now)
@@ -306,13 +313,59 @@ def simulate(
         p50_wait=_percentile(world.waits, 0.50),
         p95_wait=_percentile(world.waits, 0.95),
         mean_wait=mean,
-        replica_seconds=float(sum(pool_sizes)),
+        replica_seconds=float(sum(pool_sizes[measure_from:])),
         scale_events=events,
         published=trace.published,
         served=world.acked,
         left=world.queued + world.redelivery + world.in_flight,
         redelivered=world.redelivered,
         replicas=tuple(pool_sizes),
+    )
+
+
+def _simulate_messages(
+    trace: Trace,
+    policy: Policy,
+    workers: WorkerModel,
+    pod_start_delay: float,
+    start: int,
+    measure_from: int,
+) -> SimResult:
+    """The message-level replay: events in time order within each second, the broker's
+    view recorded at each whole second, before the policy polls."""
+    world = MessageWorld(trace, workers, pod_start_delay, start, measure_from)
+    sampling = policy.sampling
+    next_poll = 0.0
+    events = 0
+    pool_sizes: list[int] = []
+    for now in range(trace.duration):
+        world.advance(now)
+        world.record()
+        if now >= next_poll:
+            sample = observe(world.history, now, sampling)
+            wanted = policy.desired(sample, world.pool, float(now))
+            scaled = world.resize(max(0, wanted), now, idle_first=policy.removes_idle_first)
+            events += scaled and now >= measure_from
+            next_poll += sampling.polling_interval
+        pool_sizes.append(world.pool)
+    world.advance(trace.duration)
+    world.finish(trace.duration)
+    waits = sorted(world.waits)
+    return SimResult(
+        trace=trace.name,
+        policy=policy.name,
+        p50_wait=_nearest_rank(waits, 0.50),
+        p95_wait=_nearest_rank(waits, 0.95),
+        mean_wait=sum(waits) / len(waits) if waits else 0.0,
+        replica_seconds=float(sum(pool_sizes[measure_from:])) + world.grace_seconds,
+        scale_events=events,
+        published=trace.published,
+        served=world.acked,
+        left=world.left,
+        redelivered=world.redelivered,
+        replicas=tuple(pool_sizes),
+        cut_short=world.cut_short,
+        grace_seconds=world.grace_seconds,
     )
 
 
@@ -338,16 +391,36 @@ class OraclePolicy:
     It also spares busy replicas when it shrinks (it would set pod-deletion-cost). A replica
     must be requested `pod_start_delay` before the second it is needed and kept
     from then on, so the pool at t is the most needed at any second of [t, t + delay].
+
+    With `workers` (the message-level world), it knows every message's arrival and service
+    time, and gives each second the replicas its work needs: the task-seconds of the second
+    (every message started on arrival) over `concurrency`, rounded up, as the fluid oracle
+    does. Tasks of random length come and go within a second, so a few messages wait a
+    little; paying for the most tasks ever in progress at once instead would cost about
+    twice the work on a steady load and would flatter every policy. It asks the longest
+    start delay ahead (it knows the work, not which pod will be slow to start).
     """
 
     def __init__(
-        self, trace: Trace, *, pod_start_delay: float = 10.0, max_replicas: int | None = None
+        self,
+        trace: Trace,
+        *,
+        pod_start_delay: float = 10.0,
+        max_replicas: int | None = None,
+        workers: WorkerModel | None = None,
     ) -> None:
         self.name = "oracle"
         self.removes_idle_first = True
         self.sampling = Sampling(polling_interval=1.0)
-        needed = _busy_replicas_needed(trace, math.inf if max_replicas is None else max_replicas)
-        lead = math.ceil(pod_start_delay)
+        limit = math.inf if max_replicas is None else max_replicas
+        if workers is None:
+            needed = _busy_replicas_needed(trace, limit)
+            lead = math.ceil(pod_start_delay)
+        else:
+            slots = limit * workers.concurrency
+            busy = busy_per_second(trace, workers.service, workers.seed, slots)
+            needed = [math.ceil(work / workers.concurrency - _EMPTY) for work in busy]
+            lead = math.ceil(workers.longest_start(pod_start_delay))
         plan = [max(needed[t : t + lead + 1]) for t in range(len(needed))] or [0]
         self._plan = plan
         self.initial_replicas = plan[0]

@@ -172,6 +172,27 @@ def idle_then_flood(
     return Trace("idle-then-flood", _draw((rate(s) for s in range(duration)), seed), service_rate)
 
 
+def low_rate(
+    *, rate: float = 0.2, service_rate: float = 0.125, duration: int = 3600, seed: int = 6
+) -> Trace:
+    """A trickle of slow tasks: one message every 5 s on average, 8 s each (1.6 workers'
+    worth). The management API's 5 s rates see 0, 1 or 2 messages a window, so a rate
+    here is mostly noise: the case where a throughput estimate has the least to learn from.
+    """
+    return Trace("low-rate", _draw((rate for _ in range(duration)), seed), service_rate)
+
+
+def keda_rate(
+    *, messages: int = 5, every: int = 2, service_rate: float = 1.0, duration: int = 3600
+) -> Trace:
+    """KEDA's rate scenario, as issue 12 states it: a publisher sending 5 messages every
+    2 s to 1 s tasks (2.5 workers' worth). Deterministic: a metronome, not Poisson; the
+    worker model's seed still places the messages within their second and draws their
+    service times."""
+    arrivals = tuple(messages if second % every == 0 else 0 for second in range(duration))
+    return Trace("keda-rate", arrivals, service_rate)
+
+
 STANDARD_TRACES: tuple[Callable[[], Trace], ...] = (
     steady,
     diurnal,
