@@ -335,6 +335,10 @@ RBAC_TABLE = [
     ("", "pods/log", "get", False),
     ("", "configmaps", "get", False),
     ("coordination.k8s.io", "leases", "create", False),
+    # `queuescaler run -n NS` under the cluster-wide account: kopf lists namespaces.
+    ("", "namespaces", "list", True),
+    ("autoscaling", "horizontalpodautoscalers", "list", True),
+    ("autoscaling", "horizontalpodautoscalers", "patch", False),
 ]
 
 
@@ -366,6 +370,8 @@ def test_cluster_wide_rbac(
                      True, id="kopf-may-watch-crds"),
         pytest.param("team-a", "", "namespaces", "list", True,
                      id="kopf-may-list-namespaces-when-namespaced"),
+        pytest.param("team-a", "autoscaling", "horizontalpodautoscalers", "list", True,
+                     id="may-list-hpas-for-conflicts"),
     ],
 )
 def test_namespaced_rbac(

@@ -67,6 +67,10 @@ and handlers.py): nothing more. Secrets: get by name only, never list or watch.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "patch"]
+# A second owner of a target (an HPA, or KEDA's) stops the QueueScaler: listed once a minute.
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["list"]
 # Broker credentials, read by the name a QueueScaler gives.
 - apiGroups: [""]
   resources: ["secrets"]
