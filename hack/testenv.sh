@@ -32,6 +32,15 @@ rabbit_node=queuescaler$suffix@localhost
 # Below the kernel's ephemeral range (32768-60999 here): a port in that range can be taken
 # at any moment by the local end of some outgoing connection.
 apiserver_port=$((24443 + offset))
+# The control plane's other ports, pinned too: left to kwokctl they are picked free at create
+# time from 32767 down, so a cluster created while another one is stopped (a fault test's
+# apiserver restart) takes that one's ports, and the stopped cluster's apiserver comes back
+# talking to the new cluster's etcd.
+etcd_port=$((24450 + offset))
+etcd_peer_port=$((24451 + offset))
+controller_manager_port=$((24452 + offset))
+scheduler_port=$((24453 + offset))
+kwok_controller_port=$((24454 + offset))
 amqp_port=$((24672 + offset))
 management_port=$((24673 + offset))
 dist_port=$((24674 + offset))
@@ -96,6 +105,11 @@ options:
   runtime: binary
   kubeVersion: $KUBERNETES_VERSION
   kubeApiserverPort: $apiserver_port
+  etcdPort: $etcd_port
+  etcdPeerPort: $etcd_peer_port
+  kubeControllerManagerPort: $controller_manager_port
+  kubeSchedulerPort: $scheduler_port
+  kwokControllerPort: $kwok_controller_port
   kubeAuthorization: true
   kubeAdmission: true
   kubeApiserverBinary: $bin/kube-apiserver
@@ -117,6 +131,8 @@ cluster_up() {
   write_kwokctl_config
   # A cluster left half-created or stopped by a reboot: start it again from scratch.
   kwokctl_ delete cluster --kubeconfig "$kubeconfig" >/dev/null 2>&1 || true
+  port_free "$apiserver_port" "$etcd_port" "$etcd_peer_port" "$controller_manager_port" \
+    "$scheduler_port" "$kwok_controller_port"
   log "cluster: creating (kwokctl, binary runtime)"
   kwokctl_ create cluster --kubeconfig "$kubeconfig" --wait 3m >"$run/kwokctl-create.log" 2>&1 9>&- \
     || { tail -20 "$run/kwokctl-create.log" >&2; die "kwokctl create cluster failed"; }
