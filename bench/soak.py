@@ -450,6 +450,11 @@ class Soak:
         self.leaders: LeaderMonitor | None = None
         self.statuses: StatusWatch | None = None
         self.active: str = ""
+        self.replica_lock = threading.Lock()
+        self.held_down: set[int] = set()
+        """Replicas a fault keeps down on purpose: the supervisor leaves them alone."""
+        self.exits: list[dict[str, Any]] = []
+        """Replicas that exited unasked, restarted by the supervisor (as a kubelet would)."""
         self.drain_seconds: float | None = None
         self.settle_seconds: float | None = None
 
@@ -555,6 +560,35 @@ class Soak:
         return bool(status.get("desiredReplicas") == spec == status.get("currentReplicas")
                     and len(self.runner.serving()) == spec)
 
+    def start_replica(self, index: int) -> bool:
+        """Start (again) one replica; a failed start is recorded and retried by `revive`."""
+        try:
+            self.replicas[index].start()
+            return True
+        except AssertionError as error:
+            self.exits.append({"at": iso(now()), "replica": index, "start_failed": True,
+                               "why": str(error)[-300:]})
+            return False
+
+    def revive(self) -> None:
+        """Restart replicas that exited unasked, as a kubelet restarts a crashed container."""
+        with self.replica_lock:
+            for index, replica in enumerate(self.replicas):
+                process = replica.process
+                if index in self.held_down or process is None or process.poll() is None:
+                    continue
+                lines = [line for line in replica.log().splitlines()[-40:]
+                         if '"severity": "error"' in line and "Request attempt" not in line]
+                self.exits.append({"at": iso(now()), "replica": index,
+                                   "exit_code": process.returncode,
+                                   "last_error": lines[-1][:300] if lines else ""})
+                say(f"   replica {index} exited ({process.returncode}) unasked: restarting it")
+                self.start_replica(index)
+
+    def supervise(self, stop: threading.Event) -> None:
+        while not stop.wait(2.0):
+            self.revive()
+
     def wait_converged(self, bound: float) -> float | None:
         started = time.monotonic()
         deadline = started + bound
@@ -634,13 +668,17 @@ class Soak:
     def fault_operator_kill(self, fault: Fault) -> None:
         down = self.fault_rng.uniform(2, 10)
         fault.detail = f"both replicas SIGKILLed, started {down:.0f} s later"
-        for replica in self.replicas:
-            replica.stop(kill=True)
+        with self.replica_lock:
+            self.held_down = set(range(len(self.replicas)))
+            for replica in self.replicas:
+                replica.stop(kill=True)
         try:
             self.hold(down)
         finally:
-            for replica in self.replicas:
-                replica.start()
+            with self.replica_lock:
+                for index in range(len(self.replicas)):
+                    self.start_replica(index)
+                self.held_down = set()
             fault.restored = now()
 
     def fault_leader_kill(self, fault: Fault) -> None:
@@ -657,11 +695,15 @@ class Soak:
             return
         after = self.fault_rng.uniform(0, 20)
         fault.detail = f"replica {index} (leader) SIGKILLed, started again {after:.0f} s later"
-        self.replicas[index].stop(kill=True)
+        with self.replica_lock:
+            self.held_down = {index}
+            self.replicas[index].stop(kill=True)
         try:
             self.hold(after)
         finally:
-            self.replicas[index].start()
+            with self.replica_lock:
+                self.start_replica(index)
+                self.held_down = set()
             fault.restored = now()
 
     def fault_pods_list_denied(self, fault: Fault) -> None:
@@ -737,6 +779,8 @@ class Soak:
         sampler = threading.Thread(target=self.sample_timeline, args=(stop_timeline,),
                                    daemon=True)
         sampler.start()
+        supervisor = threading.Thread(target=self.supervise, args=(stop_timeline,), daemon=True)
+        supervisor.start()
         deadline = now() + self.minutes * 60
         self.publisher.deadline = deadline
         self.publisher.start()
@@ -763,6 +807,7 @@ class Soak:
             self.publisher.stop_event.set()
             stop_timeline.set()
             sampler.join(timeout=10)
+            supervisor.join(timeout=90)
 
     def missing(self) -> list[str]:
         done = {r.message_id for r in read_journal(self.journal).done}
@@ -948,6 +993,45 @@ def what_the_operator_said(fault: Fault, snapshots: list[tuple[float, dict[str, 
     return sorted(said)
 
 
+STATS_INTERVAL = 5.0
+"""RabbitMQ's statistics interval (collect_statistics_interval, default 5 s): how stale the
+channels' unacknowledged counts may be when the operator reads them."""
+
+
+def busy_since(done: list[Done], pod: str, at: float) -> float | None:
+    """When the pod's run of back-to-back messages that was going on at `at` began (None:
+    idle at `at`). Messages less than 0.1 s apart (ack to next start) count as one run."""
+    mine = sorted((d for d in done if d.pod == pod and d.started <= at), key=lambda d: d.started)
+    if not mine or mine[-1].acked <= at:
+        return None
+    since = mine[-1].started
+    for earlier in reversed(mine[:-1]):
+        if since - earlier.acked > 0.1:
+            break
+        since = earlier.started
+    return since
+
+
+def busy_class(held_at_decision: bool, busy_for: float | None,
+               workers: dict[str, Any] | None) -> str:
+    """Why a worker stopped with messages in hand: whose fault it was."""
+    if not held_at_decision:
+        return "after-decision"  # idle when the scale-down was decided; work arrived after
+    if workers and int(workers.get("unmatched") or 0) > 0:
+        return "unmatched"  # pods the broker could not place were not protected
+    if busy_for is not None and busy_for > STATS_INTERVAL + 1:
+        return "known-busy"  # busy long enough for the statistics to show it
+    return "stats-lag"  # busy only since the broker's last statistics
+
+
+BUSY_CLASSES = {
+    "unmatched": "pods not matched to a consumer were not protected (operator)",
+    "known-busy": "busy for longer than a statistics interval before the decision (operator)",
+    "stats-lag": "became busy within the statistics interval before the decision (stats lag)",
+    "after-decision": "idle at the decision, got a message before its SIGTERM (race)",
+}
+
+
 def busy_at(done: list[Done], pod: str, at: float) -> list[str]:
     """The messages `pod` had in hand at `at` (started before, acked after), per its journal."""
     return [d.message_id for d in done if d.pod == pod and d.started <= at < d.acked]
@@ -1001,6 +1085,9 @@ def report(soak: Soak, started: float) -> dict[str, Any]:
         at_decision = busy_at(journal.done, record.pod, scale.at) if scale else []
         status = [st for t, st in soak.statuses.snapshots if scale and t >= scale.at - 1
                   and st.get("currentReplicas") == scale.new][:1]
+        since = busy_since(journal.done, record.pod, scale.at) if scale else None
+        busy_for = None if since is None or scale is None else scale.at - since
+        workers = status[0].get("workers") if status else None
         busy.append({
             "pod": record.pod, "sigterm": iso(stop.at), "in_hand": stop.in_hand,
             "waiting": stop.waiting, "requeued_at_exit": journal.requeued.get(record.pod),
@@ -1008,7 +1095,9 @@ def report(soak: Soak, started: float) -> dict[str, Any]:
             "scale_down": f"{iso(scale.at)} {scale.old}->{scale.new} {scale.reason}"
             if scale else None,
             "held_at_decision": at_decision,
-            "status_workers": status[0].get("workers") if status else None,
+            "busy_for_before_decision": None if busy_for is None else round(busy_for, 2),
+            "status_workers": workers,
+            "class": busy_class(bool(at_decision), busy_for, workers),
             "killed": record.killed,
         })
     blind = []
@@ -1048,6 +1137,7 @@ def report(soak: Soak, started: float) -> dict[str, Any]:
         "workers_exited_unasked": sum(1 for r in records.values()
                                       if r.exited_at is not None and r.sigterm_at is None),
         "busy_terminated": len(busy), "busy_terminated_detail": busy,
+        "busy_terminated_by_class": dict(Counter(b["class"] for b in busy)),
         "scale_ups": len(all_scales) - len(downs), "scale_downs": len(downs),
         "blind_scale_downs": len(blind), "blind_detail": blind,
         "decisions_by_reason": dict(refusals),
@@ -1055,6 +1145,7 @@ def report(soak: Soak, started: float) -> dict[str, Any]:
         "no_leader_total_seconds": round(sum(gaps), 1),
         "two_leaders_seconds": round(soak.leaders.two_leaders_seconds, 1),
         "two_leaders": [f"{iso(a)}-{iso(b)}" for a, b in soak.leaders.doubles],
+        "operator_exits": soak.exits,
         "faults": [dataclasses.asdict(f) for f in soak.faults],
         "recovered": len(recovered), "faults_run": len(faults),
         "drain_seconds": None if soak.drain_seconds is None else round(soak.drain_seconds),
@@ -1075,11 +1166,15 @@ def table(result: dict[str, Any]) -> str:
         ("redelivered (deliveries flagged redelivered)", result["redelivered"], ""),
         ("busy workers terminated (SIGTERM while holding unacked messages)",
          result["busy_terminated"], "0"),
+        *[(f"&nbsp;&nbsp;of which: {BUSY_CLASSES[k]}", n, "0")
+          for k, n in sorted(result["busy_terminated_by_class"].items())],
         ("scale-downs decided without in-flight knowledge", result["blind_scale_downs"], "0"),
         ("scale-downs / scale-ups", f"{result['scale_downs']} / {result['scale_ups']}", ""),
         ("seconds with no acting leader: max gap (total)",
          f"{result['no_leader_max_seconds']} ({result['no_leader_total_seconds']})", ""),
         ("seconds with two leaders", result["two_leaders_seconds"], "0"),
+        ("operator replicas that exited unasked (restarted, as a kubelet would)",
+         len(result["operator_exits"]), "0"),
         (f"recoveries (converged within {RECOVERY_BOUND:.0f} s of the fault's end)",
          f"{result['recovered']} of {result['faults_run']}"
          + (f", slowest {max(recovery):.1f} s" if recovery else ""), "all"),
@@ -1203,6 +1298,8 @@ def main() -> int:
             print(f"{key}: {json.dumps(entry, default=str)}")
     if result["lost"]:
         print(f"lost ids (first 50): {result['lost_ids']}")
+    for entry in result["operator_exits"]:
+        print(f"operator exit: {json.dumps(entry)}")
     if result["workers_terminated_unjournalled"]:
         print(f"terminated without a journal line: {result['workers_terminated_unjournalled']}")
     print(f"\nfiles: {out}")
