@@ -197,9 +197,6 @@ def busy_per_second(
     return tuple(busy[:duration])
 
 
-_DONE, _READY, _DEADLINE = 0, 1, 2
-
-
 class _Replica:
     """One pod: starting, then a consumer, then (once removed) stopping."""
 
@@ -217,8 +214,10 @@ class _Replica:
         self.stopped_at: float | None = None
 
 
-_Event = tuple[float, int, int, _Replica, int]
-"""(time, sequence, kind, replica, message)."""
+_Event = tuple[float, int, _Replica]
+"""(time, key, replica). A key >= 0 is a message whose task ends then (message numbers
+are unique, so the replica is never compared); a negative key, unique too, is a pod's
+event: it becomes ready if it was never stopped, else its grace period ends."""
 
 
 class MessageWorld:
@@ -244,7 +243,7 @@ class MessageWorld:
         self.waits: list[float] = []
         self.queue: deque[int] = deque()
         self.events: list[_Event] = []
-        self.sequence = itertools.count()
+        self.pod_keys = itertools.count(-1, -1)
         self.ready: list[_Replica] = []
         """Consumers, oldest first."""
         self.starting: list[_Replica] = []
@@ -252,9 +251,10 @@ class MessageWorld:
         self.stopping: list[_Replica] = []
         self.credit: deque[_Replica] = deque()
         """The broker's round-robin of consumers with room for one more message."""
-        self.unacked = 0
         self.published = self.acked = self.delivered = 0
         self.redelivered = self.cut_short = 0
+        """Every delivery ends in an ack or a return to the queue: unacked is
+        delivered - acked - redelivered."""
         self.grace_seconds = 0.0
         self.history = History()
         for _ in range(initial_replicas):
@@ -264,6 +264,11 @@ class MessageWorld:
     def pool(self) -> int:
         """What the Deployment's replica count says: ready and starting pods."""
         return len(self.ready) + len(self.starting)
+
+    @property
+    def unacked(self) -> int:
+        """Messages delivered and not yet acknowledged: in progress and parked."""
+        return self.delivered - self.acked - self.redelivered
 
     # --- time ---------------------------------------------------------------------------
 
@@ -282,25 +287,23 @@ class MessageWorld:
         total = len(arrival)
         index = self.next_message
         next_arrival = arrival[index] if index < total else math.inf
+        acked = 0
         while True:
             if events and events[0][0] <= next_arrival:
-                time = events[0][0]
+                time, key, replica = events[0]
                 if time >= until:
-                    return
-                _, _, kind, replica, message = heappop(events)
-                if kind != _DONE:
-                    self._pod_event(kind, replica, time)
+                    break
+                heappop(events)
+                if key < 0:
+                    self._pod_event(replica, time)
                     continue
                 running = replica.running
-                if message not in running:  # killed at the end of its grace period
+                if key not in running:  # killed at the end of its grace period
                     continue
-                running.remove(message)
-                self.unacked -= 1
-                self.acked += 1
+                running.remove(key)
+                acked += 1
                 if replica.parked:
-                    following = replica.parked.popleft()
-                    running.add(following)
-                    self._begin(replica, time, following)
+                    self._begin(replica, replica.parked.popleft(), time)
                 if replica.active:
                     if not replica.listed:
                         replica.listed = True
@@ -311,17 +314,18 @@ class MessageWorld:
                     self._gone(replica, time)
                 continue
             if next_arrival >= until:
-                return
+                break
             queue.append(index)
-            self.published += 1
             index += 1
-            self.next_message = index
             if credit:
                 self._dispatch(next_arrival)
             next_arrival = arrival[index] if index < total else math.inf
+        self.published += index - self.next_message
+        self.next_message = index
+        self.acked += acked
 
-    def _pod_event(self, kind: int, replica: _Replica, time: float) -> None:
-        if kind == _READY:
+    def _pod_event(self, replica: _Replica, time: float) -> None:
+        if replica.stopped_at is None:
             if not replica.cancelled:
                 self.starting.remove(replica)
                 self._become_ready(replica, time)
@@ -348,6 +352,9 @@ class MessageWorld:
         credit = self.credit
         limit = self.limit
         concurrency = self.concurrency
+        started = self.started
+        arrival = self.arrival
+        since = self.measure_from
         delivered = 0
         while queue and credit:
             replica = credit.popleft()
@@ -357,9 +364,14 @@ class MessageWorld:
             message = queue.popleft()
             delivered += 1
             running = replica.running
-            if len(running) < concurrency:
+            if len(running) < concurrency:  # `_begin`, written out: the hottest path
                 running.add(message)
-                self._begin(replica, time, message)
+                if not started[message]:
+                    started[message] = 1
+                    arrived = arrival[message]
+                    if arrived >= since:
+                        self.waits.append(time - arrived)
+                heapq.heappush(self.events, (time + self.service[message], message, replica))
             else:
                 replica.parked.append(message)
             if len(running) + len(replica.parked) < limit:
@@ -367,18 +379,18 @@ class MessageWorld:
             else:
                 replica.listed = False
         self.delivered += delivered
-        self.unacked += delivered
 
-    def _begin(self, replica: _Replica, time: float, message: int) -> None:
-        """Start `message`, already placed in `replica.running`: its wait is counted the
-        first time it starts, and its end is booked."""
-        if not self.started[message]:
-            self.started[message] = 1
+    def _begin(self, replica: _Replica, message: int, time: float) -> None:
+        """Start `message` on `replica`: its wait counts the first time it starts, and its
+        end is booked."""
+        replica.running.add(message)
+        started = self.started
+        if not started[message]:
+            started[message] = 1
             arrived = self.arrival[message]
             if arrived >= self.measure_from:
                 self.waits.append(time - arrived)
-        event = (time + self.service[message], next(self.sequence), _DONE, replica, message)
-        heapq.heappush(self.events, event)
+        heapq.heappush(self.events, (time + self.service[message], message, replica))
 
     def _become_ready(self, replica: _Replica, time: float) -> None:
         replica.active = True
@@ -393,7 +405,6 @@ class MessageWorld:
             return
         killed = sorted(replica.running, reverse=True)
         self.queue.extendleft(killed)  # back at the head, oldest first
-        self.unacked -= len(killed)
         self.redelivered += len(killed)
         self.cut_short += len(killed)
         replica.running.clear()
@@ -425,7 +436,7 @@ class MessageWorld:
         bounds = self.model.start_delay
         delay = self.pod_start_delay if bounds is None else self.delays.uniform(*bounds)
         self.starting.append(replica)
-        heapq.heappush(self.events, (now + delay, next(self.sequence), _READY, replica, -1))
+        heapq.heappush(self.events, (now + delay, next(self.pod_keys), replica))
 
     def _remove(self, count: int, now: int, *, idle_first: bool) -> None:
         while count and self.starting:  # pods not yet ready go first, newest first
@@ -452,7 +463,6 @@ class MessageWorld:
         parked = replica.parked
         if parked:
             self.queue.extendleft(reversed(parked))  # back at the head, in their order
-            self.unacked -= len(parked)
             self.redelivered += len(parked)
             parked.clear()
         if replica.running:
@@ -460,7 +470,7 @@ class MessageWorld:
             self.stopping.append(replica)
             heapq.heappush(
                 self.events,
-                (time + self.model.grace_period, next(self.sequence), _DEADLINE, replica, -1),
+                (time + self.model.grace_period, next(self.pod_keys), replica),
             )
 
     # --- the end --------------------------------------------------------------------------
