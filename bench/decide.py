@@ -1,6 +1,6 @@
 """Benchmarks of the decision engine: what one decide() costs, and how good its decisions are.
 
-    python bench/decide.py [--worker-models-only] [--jobs N]
+    python bench/decide.py [--worker-models-only] [--jobs N] [--seeds N]
 
 prints three Markdown tables:
 1. the cost of one decide() call (median and p99, target under 20 us), measured on the
@@ -14,7 +14,8 @@ prints three Markdown tables:
 3. "worker models": the message-level simulator (prefetch 1/4/16/unlimited x concurrency
    1/4 x light/heavy-tailed tasks) on seven traces over ten seeds, queuescaler's defaults
    against KEDA QueueLength + HPA defaults and the oracle, marking the rows that miss
-   DESIGN.md's target (issue 12). It runs on every core (`--jobs`), about 3 minutes on 2.
+   DESIGN.md's target (issue 12). It runs on every core (`--jobs`): about 150 s of CPU,
+   so about 75 s on 2 idle cores.
 """
 
 from __future__ import annotations
