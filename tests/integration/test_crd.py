@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,7 +225,13 @@ def test_a_valid_variant_is_accepted(
         pytest.param({"source.rabbitmq.queue": ""}, "spec.source.rabbitmq.queue", id="queue-empty"),
         pytest.param({"source.rabbitmq.vhost": ""}, "spec.source.rabbitmq.vhost", id="vhost-empty"),
         pytest.param({"source": REMOVE}, "spec.source", id="source-missing"),
-        pytest.param({"source.rabbitmq": REMOVE}, "spec.source.rabbitmq", id="rabbitmq-missing"),
+        # source is then {}: the exactly-one-broker rule on source refuses it, naming source.
+        pytest.param({"source.rabbitmq": REMOVE}, "spec.source", id="rabbitmq-missing"),
+        pytest.param(
+            {"source.rabbitmq": REMOVE, "source.redis": {"queue": "work"}},
+            "spec.source",
+            id="only-an-unknown-broker",
+        ),
         pytest.param(
             {"source.rabbitmq.connectionSecretRef.name": REMOVE},
             "spec.source.rabbitmq.connectionSecretRef.name",
@@ -329,6 +336,101 @@ def test_an_invalid_spec_is_refused_naming_the_field(
     result = dry_run(testenv, crd_namespace, "invalid", changed(minimal_spec(), changes))
     assert result.returncode != 0, output(result)
     assert field in result.stderr, output(result)
+
+
+SOURCE_RULE = schema_node("spec.source")["x-kubernetes-validations"][0]
+
+
+def test_a_source_without_a_broker_is_refused_by_the_exactly_one_rule(
+    testenv: Any, crd_namespace: str
+) -> None:
+    result = dry_run(
+        testenv, crd_namespace, "no-broker", changed(minimal_spec(), {"source.rabbitmq": REMOVE})
+    )
+    assert result.returncode != 0, output(result)
+    assert "spec.source: Invalid value" in result.stderr, output(result)
+    assert flat(SOURCE_RULE["message"]) in flat(result.stderr), output(result)
+
+
+@pytest.fixture(scope="module")
+def two_broker_kind(testenv: Any) -> Iterator[str]:
+    """This CRD as it will be once a second broker is added: a sibling block under source and
+    one more has() in the exactly-one rule, and nothing else changed.
+
+    It is served under a group and kind of its own (no short name, no categories), so it
+    never shadows the real QueueScaler for other tests sharing the cluster.
+    """
+    group = f"t{secrets.token_hex(3)}.crd-test.queuescaler.io"
+    crd = yaml.safe_load(CRD_PATH.read_text(encoding="utf-8"))
+    crd["metadata"] = {"name": f"brokerchoices.{group}"}
+    crd["spec"]["group"] = group
+    crd["spec"]["names"] = {
+        "kind": "BrokerChoice",
+        "listKind": "BrokerChoiceList",
+        "plural": "brokerchoices",
+        "singular": "brokerchoice",
+    }
+    source = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"
+    ]["source"]
+    source["properties"]["redis"] = {
+        "type": "object",
+        "description": "A stand-in second broker.",
+        "properties": {"queue": {"type": "string", "description": "A list.", "maxLength": 255}},
+    }
+    (rule,) = source["x-kubernetes-validations"]
+    one = "[has(self.rabbitmq)]"
+    assert one in rule["rule"], "the exactly-one rule changed shape: update this fixture"
+    rule["rule"] = rule["rule"].replace(one, "[has(self.rabbitmq), has(self.redis)]")
+    rule["message"] = f"{rule['message']}, redis"
+    testenv.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(crd))
+    name = crd["metadata"]["name"]
+    testenv.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+    kind = f"brokerchoices.{group}"
+    wait_until(
+        lambda: testenv.kubectl("get", kind, "-A", check=False).returncode == 0,
+        timeout=60,
+        what=f"{kind} in discovery",
+    )
+    yield f"{group}/v1alpha1"
+    testenv.kubectl("delete", "crd", name, "--wait=false", "--ignore-not-found")
+
+
+@pytest.mark.parametrize(
+    ("brokers", "accepted"),
+    [
+        pytest.param(["rabbitmq"], True, id="rabbitmq-alone"),
+        pytest.param(["redis"], True, id="redis-alone"),
+        pytest.param(["rabbitmq", "redis"], False, id="two-brokers"),
+        pytest.param([], False, id="no-broker"),
+    ],
+)
+def test_a_second_broker_is_additive_and_two_are_refused(
+    testenv: Any, crd_namespace: str, two_broker_kind: str, brokers: list[str], accepted: bool
+) -> None:
+    blocks = {
+        "rabbitmq": minimal_spec()["source"]["rabbitmq"],
+        "redis": {"queue": "work"},
+    }
+    spec = {**minimal_spec(), "source": {name: blocks[name] for name in brokers}}
+    manifest = {
+        "apiVersion": two_broker_kind,
+        "kind": "BrokerChoice",
+        "metadata": {"name": "choice"},
+        "spec": spec,
+    }
+    result = testenv.kubectl(
+        "apply", "--dry-run=server", "-n", crd_namespace, "-f", "-",
+        input=json.dumps(manifest), check=False,
+    )
+    if accepted:
+        assert result.returncode == 0, output(result)
+    else:
+        assert result.returncode != 0, output(result)
+        assert "spec.source: Invalid value" in result.stderr, output(result)
+        assert "exactly one broker block, one of: rabbitmq, redis" in flat(result.stderr), (
+            output(result)
+        )
 
 
 def test_a_missing_spec_is_refused(testenv: Any, crd_namespace: str) -> None:
@@ -437,7 +539,8 @@ FULL_STATUS = {
     ],
     "perReplicaRate": 1.25,
     "consecutiveFailures": 0,
-    "workers": {"matched": 3, "busy": 2},
+    "lastSampleTime": "2026-11-24T00:00:15Z",
+    "workers": {"matched": 3, "busy": 2, "unmatched": 1},
     "conditions": [
         {
             "type": "Ready",
@@ -500,9 +603,14 @@ def test_get_shows_the_designed_columns(testenv: Any, crd_namespace: str, report
         "ACK/S",
         "DESIRED",
         "CURRENT",
+        "SAMPLED",
         "AGE",
     ]
-    assert row.split()[:8] == [reporting, "worker", "1", "10", "42", "3.5", "5", "3"]
+    cells = row.split()
+    assert cells[:8] == [reporting, "worker", "1", "10", "42", "3.5", "5", "3"]
+    # SAMPLED is the age of status.lastSampleTime (days ago here), AGE the object's (seconds).
+    assert re.fullmatch(r"([0-9]+[smhdy])+", cells[8]), row
+    assert cells[8] != cells[9], row
 
 
 @pytest.mark.parametrize(
