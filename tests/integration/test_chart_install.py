@@ -23,6 +23,8 @@ from typing import Any
 import pika
 import pytest
 import yaml
+from kubernetes import client as kube
+from kubernetes import config as kube_config
 
 from queuescaler_testkit.env import CACHE, REPO, TestEnv, wait_until
 from queuescaler_testkit.operator_process import OperatorProcess
@@ -412,6 +414,185 @@ def test_the_operator_runs_under_the_chart_account_without_a_single_denial(
     reasons = testenv.kubectl("get", "events", "-n", workload, "-o",
                               "jsonpath={.items[*].reason}").stdout.split()
     assert "ScaleFailed" not in reasons and "Forbidden" not in reasons
+
+
+# --- the admission policy: the operator's pods: patch reaches two annotations only ----------------
+# The patches are sent as the operator sends them: one PATCH with the Kubernetes client (kubectl
+# patch would GET the pod first, which the operator's account may not do).
+
+MARKS = ("controller.kubernetes.io/pod-deletion-cost", "queuescaler.io/marked-by")
+POLICY_DENIAL = re.compile(
+    r"ValidatingAdmissionPolicy '[^']+-pod-marks' with binding '[^']+' denied request: "
+    r"the queuescaler operator may only change a pod's annotations"
+    r" controller.kubernetes.io/pod-deletion-cost and queuescaler.io/marked-by"
+)
+
+
+def core_api(kubeconfig: Path) -> kube.CoreV1Api:
+    return kube.CoreV1Api(kube_config.new_client_from_config(config_file=str(kubeconfig)))
+
+
+@dataclass(frozen=True)
+class Marking:
+    """A cluster-wide release with the policy on, and a client as its ServiceAccount."""
+
+    release: Release
+    namespace: str
+    """Where the test pods live: not the release's namespace."""
+    as_operator: kube.CoreV1Api
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    message: str
+
+
+def make_pod(testenv: TestEnv, namespace: str, marked: bool = False) -> str:
+    name = f"pod-{uuid.uuid4().hex[:8]}"
+    annotations = {"keep": "me"}
+    if marked:
+        annotations |= {MARKS[0]: "-1", MARKS[1]: f"{namespace}/worker"}
+    pod = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "worker"}, "annotations": annotations},
+        "spec": {"containers": [{"name": "w", "image": "worker:1"}]},
+    }
+    testenv.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(pod))
+    return name
+
+
+def patch_pod(api: kube.CoreV1Api, namespace: str, name: str, patch: Any,
+              dry_run: bool = False) -> Answer:
+    """A JSON patch (a list) or a merge patch (a dict) of one pod; the apiserver's answer."""
+    kind = ("application/json-patch+json" if isinstance(patch, list)
+            else "application/merge-patch+json")
+    try:
+        api.patch_namespaced_pod(name, namespace, patch, dry_run="All" if dry_run else None,
+                                 _content_type=kind)
+    except kube.ApiException as error:
+        body = json.loads(error.body) if error.body else {}
+        return Answer(int(error.status), " ".join(str(body.get("message", error)).split()))
+    return Answer(200, "")
+
+
+def read_pod(testenv: TestEnv, namespace: str, name: str) -> dict[str, Any]:
+    pod: dict[str, Any] = json.loads(
+        testenv.kubectl("get", "pod", name, "-n", namespace, "-o", "json").stdout)
+    return pod
+
+
+@pytest.fixture(scope="module")
+def marking(
+    testenv: TestEnv, crd: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Marking]:
+    tmp = tmp_path_factory.mktemp("marking")
+    release_namespace, workload = (f"chart-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    for name in (release_namespace, workload):
+        testenv.kubectl("create", "namespace", name)
+    release = install(testenv, release_namespace, {}, tmp)
+    try:
+        as_operator = core_api(service_account_kubeconfig(testenv, release, tmp / "sa.yaml"))
+        probe = make_pod(testenv, workload)
+
+        def in_force() -> bool:
+            # A server-side dry run goes through admission and changes nothing.
+            answer = patch_pod(as_operator, workload, probe,
+                               {"metadata": {"labels": {"app": "probe"}}}, dry_run=True)
+            return POLICY_DENIAL.search(answer.message) is not None
+
+        wait_until(in_force, timeout=60, what="the pod-marks admission policy to be in force")
+        yield Marking(release, workload, as_operator)
+    finally:
+        helm(testenv, "uninstall", release.name, "--namespace", release_namespace, "--wait")
+        for name in (release_namespace, workload):
+            testenv.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def test_the_pod_patch_policy_type_checks_cleanly(testenv: TestEnv, marking: Marking) -> None:
+    name = f"{marking.release.service_account}-pod-marks"
+    policy = json.loads(testenv.kubectl("get", "validatingadmissionpolicy", name, "-o",
+                                        "json").stdout)
+    assert policy["status"].get("typeChecking", {}).get("expressionWarnings") in (None, []), (
+        policy["status"])
+
+
+@pytest.mark.parametrize(
+    ("marked", "patch", "expected"),
+    [
+        pytest.param(False, {"metadata": {"annotations": {MARKS[0]: "-1", MARKS[1]: "ns/w"}}},
+                     {MARKS[0]: "-1", MARKS[1]: "ns/w"}, id="set-the-deletion-cost"),
+        pytest.param(True, {"metadata": {"annotations": {MARKS[0]: "7"}}},
+                     {MARKS[0]: "7"}, id="change-the-deletion-cost"),
+        pytest.param(True, {"metadata": {"annotations": {MARKS[0]: None, MARKS[1]: None}}},
+                     {MARKS[0]: None, MARKS[1]: None}, id="clear-the-marks"),
+        pytest.param(True, [{"op": "replace", "path": "/metadata/annotations/"
+                             "controller.kubernetes.io~1pod-deletion-cost", "value": "3"}],
+                     {MARKS[0]: "3"}, id="json-patch-of-the-deletion-cost"),
+    ],
+)
+def test_the_operator_may_mark_a_pod(
+    testenv: TestEnv, marking: Marking, marked: bool, patch: Any,
+    expected: dict[str, str | None],
+) -> None:
+    pod = make_pod(testenv, marking.namespace, marked=marked)
+    answer = patch_pod(marking.as_operator, marking.namespace, pod, patch)
+    assert answer.status == 200, answer.message
+    annotations = read_pod(testenv, marking.namespace, pod)["metadata"]["annotations"]
+    assert {key: annotations.get(key) for key in expected} == expected
+    assert annotations["keep"] == "me"
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        pytest.param([{"op": "replace", "path": "/spec/containers/0/image",
+                       "value": "attacker:latest"}], id="image"),
+        pytest.param([{"op": "add", "path": "/metadata/annotations/"
+                       "controller.kubernetes.io~1pod-deletion-cost", "value": "-1"},
+                      {"op": "replace", "path": "/spec/containers/0/image",
+                       "value": "attacker:latest"}], id="image-along-with-a-mark"),
+        pytest.param({"metadata": {"labels": {"app": "elsewhere"}}}, id="label-changed"),
+        pytest.param({"metadata": {"labels": {"extra": "x"}}}, id="label-added"),
+        pytest.param({"metadata": {"labels": None}}, id="labels-removed"),
+        pytest.param({"metadata": {"annotations": {"other": "x"}}}, id="other-annotation-added"),
+        pytest.param({"metadata": {"annotations": {"keep": None}}},
+                     id="other-annotation-removed"),
+        pytest.param({"metadata": {"finalizers": ["example.com/hold"]}}, id="finalizer-added"),
+        pytest.param({"spec": {"activeDeadlineSeconds": 5}}, id="deadline-set"),
+    ],
+)
+def test_the_operator_may_change_nothing_else_of_a_pod(
+    testenv: TestEnv, marking: Marking, patch: Any
+) -> None:
+    pod = make_pod(testenv, marking.namespace)
+    before = read_pod(testenv, marking.namespace, pod)
+    answer = patch_pod(marking.as_operator, marking.namespace, pod, patch)
+    assert answer.status == 403, answer
+    assert POLICY_DENIAL.search(answer.message), answer.message
+    after = read_pod(testenv, marking.namespace, pod)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert after["spec"]["containers"][0]["image"] == "worker:1"
+
+
+def test_the_policy_leaves_other_users_alone(testenv: TestEnv, marking: Marking) -> None:
+    pod = make_pod(testenv, marking.namespace)
+    answer = patch_pod(core_api(testenv.kubeconfig), marking.namespace, pod,
+                       {"metadata": {"labels": {"app": "relabelled"}}})
+    assert answer.status == 200, answer.message
+
+
+def test_without_the_policy_the_operator_account_could_change_an_image(
+    testenv: TestEnv, installed: Install, other_namespace: str, tmp_path: Path
+) -> None:
+    """What the policy is for: RBAC alone lets the account's `pods: patch` change anything."""
+    release = installed({"podPatchPolicy": {"enabled": False}})
+    as_operator = core_api(service_account_kubeconfig(testenv, release, tmp_path / "sa.yaml"))
+    pod = make_pod(testenv, other_namespace)
+    answer = patch_pod(as_operator, other_namespace, pod, [
+        {"op": "replace", "path": "/spec/containers/0/image", "value": "attacker:latest"}],
+        dry_run=True)
+    assert answer.status == 200, answer.message
 
 
 def test_schema_cache_lives_outside_the_repository(schemas: Schemas) -> None:
