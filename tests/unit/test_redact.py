@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import urllib.parse
@@ -13,7 +14,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from queuescaler.core.redact import RedactingFilter, redact, register_secret
+from queuescaler.core.redact import (
+    MASK,
+    SHORT_SECRET_LEN,
+    RedactingFilter,
+    redact,
+    register_secret,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -160,3 +167,162 @@ def test_filter_survives_bad_args() -> None:
     out = _emit("two args %s %s", "amqp://u:pw@h")
     assert "pw" not in out
     assert "amqp://***@h" in out
+
+
+# Short secrets (under SHORT_SECRET_LEN): a password like `rabbit` or `1` also turns up in
+# hostnames, words and numbers. Masking it there would tell what it is; so it is masked only
+# where a credential stands, and there any value is masked, registered or not (no oracle).
+
+SHORT_SECRETS = ("rabbit", "1", "guest", "a b", "p@s:")
+"""Registered at import: harmless by design, they touch no text outside credential positions."""
+for _short in SHORT_SECRETS:
+    register_secret(_short)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("connect to rabbitmq.default.svc:5672", id="short-secret-inside-a-hostname"),
+        pytest.param("scaled 10 -> 12 replicas at 11:41", id="one-digit-secret-in-numbers"),
+        pytest.param("user 'guest' refused on vhost /", id="short-secret-as-a-free-word"),
+        pytest.param("queue 'a b' has 1 consumer", id="short-secret-with-a-space-in-free-text"),
+        pytest.param("mail ops@example.com about p@s:", id="short-secret-with-at-and-colon"),
+    ],
+)
+def test_short_secret_leaves_unrelated_text_alone(text: str) -> None:
+    assert redact(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("login password=rabbit failed", "login password=*** failed", id="key-equals"),
+        pytest.param('{"password": "rabbit"}', '{"password": "***"}', id="json-object"),
+        pytest.param("{'password': 'guest'}", "{'password': '***'}", id="python-dict-repr"),
+        pytest.param("bad password '1' given", "bad password '***' given", id="quoted-after-key"),
+        pytest.param("?user=u&pwd=1&vhost=v", "?user=u&pwd=***&vhost=v", id="query-string"),
+        pytest.param("RABBITMQ_DEFAULT_PASS=guest", "RABBITMQ_DEFAULT_PASS=***", id="env-var"),
+        pytest.param("dial guest:rabbit@mq:5672", "dial ***@mq:5672", id="userinfo-no-scheme"),
+        pytest.param("amqp://u:rabbit@mq/v", "amqp://***@mq/v", id="userinfo-in-a-url"),
+        pytest.param("password=a b;", "password=***;", id="secret-with-a-space-whole"),
+        pytest.param("password: 'a b'", "password: '***'", id="quoted-secret-with-a-space"),
+        pytest.param("u:p@s:@mq", "***@mq", id="secret-with-at-and-colon-as-userinfo"),
+        pytest.param("password=p%40s%3A ok", "password=*** ok", id="percent-encoded-short"),
+        pytest.param("password=hunter2 x", "password=*** x", id="unregistered-value-too"),
+        pytest.param("password=rabbitmq x", "password=*** x", id="longer-value-not-half-masked"),
+        pytest.param("password='' x", "password='' x", id="empty-quoted-value"),
+        pytest.param("PWD 'password='1'", "PWD '***'***'", id="key-inside-another-value"),
+        pytest.param("password='rabbit", "password='***", id="unclosed-quote-to-line-end"),
+    ],
+)
+def test_short_secret_is_masked_in_credential_positions(text: str, expected: str) -> None:
+    assert redact(text) == expected
+    assert redact(expected) == expected
+
+
+def _registered_forms(secret: str) -> set[str]:
+    """The shapes a server may echo a secret in, as the tests above write them."""
+    forms = {
+        secret,
+        repr(secret)[1:-1],
+        json.dumps(secret)[1:-1],
+        quote(secret, safe="", errors="surrogatepass"),
+        quote(secret, errors="surrogatepass"),
+        urllib.parse.quote_plus(secret, errors="surrogatepass"),
+    }
+    return {form for form in forms if form}
+
+
+NO_MASK = st.characters(blacklist_characters="*")
+CREDENTIAL_POSITIONS = (
+    "password={}",
+    "password='{}'",
+    '{{"password": "{}"}}',
+    "pwd: {}",
+    "bad password '{}'",
+    "?u=x&db_password={}&v=1",
+    "amqp://user:{}@host/v",
+    "user:{}@host",
+)
+
+
+@given(
+    secret=st.text(NO_MASK, min_size=1, max_size=SHORT_SECRET_LEN - 1)
+    # Long ones carry a marker: they are masked anywhere, so must not be in other tests' text.
+    | st.text(NO_MASK, min_size=SHORT_SECRET_LEN, max_size=16).map(lambda t: "zq~" + t),
+    position=st.sampled_from(CREDENTIAL_POSITIONS),
+    pick=st.integers(0, 5),
+    prefix=st.text(NO_MASK, max_size=20),
+    suffix=st.text(NO_MASK, max_size=20),
+)
+def test_a_secret_in_a_credential_position_never_survives(
+    secret: str, position: str, pick: int, prefix: str, suffix: str
+) -> None:
+    register_secret(secret)
+    forms = sorted(_registered_forms(secret))
+    text = prefix + position.format(forms[pick % len(forms)]) + suffix
+    out = redact(text)
+    elsewhere = prefix + position.format(MASK) + suffix  # what the rest of the text holds
+    for form in forms:
+        if form not in elsewhere:
+            assert form not in out, (text, out)
+    assert redact(out) == out, (text, out)
+
+
+FREE_TEXT = st.characters(blacklist_characters="*:=@'\"")
+"""No ':', '=', '@' or quote: no URL, no `key=value`, no `user:pw@`; free text only."""
+
+
+@given(
+    secret=st.text(FREE_TEXT, min_size=1, max_size=SHORT_SECRET_LEN - 1),
+    pieces=st.lists(st.text(FREE_TEXT, max_size=12), min_size=2, max_size=6),
+)
+def test_a_short_secret_outside_credential_positions_changes_nothing(
+    secret: str, pieces: list[str]
+) -> None:
+    register_secret(secret)
+    text = secret.join(pieces)
+    assert redact(text) == text
+
+
+DELIMITERS = "*\\&,;'\"<>()[]{}/"
+"""Where a generic value or userinfo ends; a short secret holding one is masked whole by its
+own pass, which (only for the exact secret) sees more than the generic rules do."""
+FRAGMENTS = st.sampled_from(
+    [
+        "password=",
+        "password: ",
+        '"password": ',
+        "pwd=",
+        "'",
+        '"',
+        ":",
+        "@",
+        "amqp://",
+        "u:",
+        "@h",
+        " ",
+        "&",
+        "/",
+        "\n",
+        "1",
+        "rabbit",
+    ]
+)
+
+
+@given(
+    secret=st.text(
+        st.characters(blacklist_categories=("Z", "C"), blacklist_characters=DELIMITERS),
+        min_size=1,
+        max_size=SHORT_SECRET_LEN - 1,
+    ),
+    parts=st.lists(FRAGMENTS | st.text(NO_MASK, max_size=4) | st.just(None), max_size=12),
+)
+def test_registering_a_short_secret_is_no_oracle(secret: str, parts: list[str | None]) -> None:
+    """Whether a value is the password cannot be told from the output: it reads the same
+    before and after the password is registered."""
+    text = "".join(secret if part is None else part for part in parts)
+    before = redact(text)
+    register_secret(secret)
+    assert redact(text) == before
