@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from queuescaler.core.sample import ErrorKind, QueueRef, QueueSample, SourceError
 from queuescaler.sources.rabbitmq.listing import (
     FILTER_MAX_NAMES,
+    MAX_RATE,
     QUEUE_COLUMNS,
     mark_missing_vhosts,
     name_filter_query,
@@ -149,11 +150,6 @@ def test_a_listed_queue_becomes_a_sample(entry: dict[str, Any], expected: QueueS
             "not a number",
             id="rate-as-string",
         ),
-        pytest.param(
-            _entry(message_stats={"publish_details": {"rate": 10**400}}),
-            "out of range",
-            id="rate-beyond-float",
-        ),
     ],
 )
 def test_a_malformed_queue_fails_alone(entry: dict[str, Any], says: str) -> None:
@@ -168,19 +164,91 @@ def test_a_malformed_queue_fails_alone(entry: dict[str, Any], says: str) -> None
 
 def test_a_queue_listed_by_name_only_is_pending_not_broken() -> None:
     """A new queue is listed before its statistics exist: the engine peeks at it instead."""
-    result = _parse({"name": "thumbnails", "vhost": VHOST}, {**FULL, "name": "mails"},
-                    wanted=(THUMBS, MAILS))
+    result = _parse(
+        {"name": "thumbnails", "vhost": VHOST}, {**FULL, "name": "mails"}, wanted=(THUMBS, MAILS)
+    )
     error = result[THUMBS]
     assert isinstance(error, SourceError)
     assert error.kind is ErrorKind.STATS_PENDING
     assert isinstance(result[MAILS], QueueSample)
 
 
-def test_non_finite_rate_is_malformed() -> None:
-    body = json.dumps([FULL]).replace("4.5", "NaN").encode()  # Python's json reads NaN
-    error = parse_queue_listing(body, [THUMBS], AT)[THUMBS]
-    assert isinstance(error, SourceError)
-    assert error.kind is ErrorKind.BAD_RESPONSE
+KNOWN_RATES: dict[str, float] = {"publish_rate": 4.5, "ack_rate": 4.0, "deliver_rate": 4.2}
+
+
+def _with_rate(details: str, rate: Any) -> dict[str, Any]:
+    """FULL with one rate replaced; the other two as FULL has them."""
+    stats = {**FULL["message_stats"], details: {"rate": rate}}
+    return _entry(message_stats=stats)
+
+
+@pytest.mark.parametrize(
+    ("details", "field", "rate"),
+    [
+        pytest.param("ack_details", "ack_rate", -3.5, id="negative-after-a-counter-reset"),
+        pytest.param("publish_details", "publish_rate", -1e-9, id="negative-by-a-hair"),
+        pytest.param("deliver_get_details", "deliver_rate", 1e12, id="absurd-1e12"),
+        pytest.param("ack_details", "ack_rate", MAX_RATE * 1.001, id="just-above-the-bound"),
+        pytest.param("publish_details", "publish_rate", 10**400, id="integer-beyond-float"),
+        pytest.param("ack_details", "ack_rate", float("nan"), id="nan"),
+        pytest.param("ack_details", "ack_rate", float("inf"), id="infinity"),
+        pytest.param("publish_details", "publish_rate", float("-inf"), id="minus-infinity"),
+    ],
+)
+def test_an_impossible_rate_is_unknown_and_the_counts_stay(
+    details: str, field: str, rate: Any
+) -> None:
+    """A glitched rate must not take away the counts, which the decision needs most."""
+    # Python's json writes and reads NaN and Infinity, as RabbitMQ's own Erlang JSON may not.
+    sample = _parse(_with_rate(details, rate))[THUMBS]
+    rates: dict[str, float | None] = {**KNOWN_RATES, field: None}
+    assert sample == QueueSample(
+        7,
+        3,
+        2,
+        AT,
+        publish_rate=rates["publish_rate"],
+        ack_rate=rates["ack_rate"],
+        deliver_rate=rates["deliver_rate"],
+        consumer_utilisation=0.5,
+    )
+
+
+@pytest.mark.parametrize(
+    "rate",
+    [
+        pytest.param(0, id="zero"),
+        pytest.param(-0.0, id="minus-zero"),
+        pytest.param(MAX_RATE, id="at-the-bound"),
+        pytest.param(123_456.75, id="a-fast-queue"),
+    ],
+)
+def test_a_possible_rate_is_kept(rate: float) -> None:
+    sample = _parse(_with_rate("ack_details", rate))[THUMBS]
+    assert isinstance(sample, QueueSample)
+    assert sample.ack_rate == rate
+
+
+@pytest.mark.parametrize(
+    ("capacity", "utilisation", "expected"),
+    [
+        pytest.param(1.5, ..., None, id="capacity-above-one"),
+        pytest.param(-0.2, ..., None, id="capacity-negative"),
+        pytest.param(float("nan"), ..., None, id="capacity-nan"),
+        pytest.param(1.0000001, ..., 1.0, id="rounding-above-one-clamped"),
+        pytest.param(-1e-9, ..., 0.0, id="rounding-below-zero-clamped"),
+        pytest.param(1.0, ..., 1.0, id="capacity-exactly-one"),
+        pytest.param(7, 0.25, 0.25, id="absurd-capacity-falls-back-to-utilisation"),
+        pytest.param(..., 2.0, None, id="utilisation-above-one"),
+    ],
+)
+def test_consumer_capacity_outside_zero_to_one_is_unknown(
+    capacity: Any, utilisation: Any, expected: float | None
+) -> None:
+    sample = _parse(_entry(consumer_capacity=capacity, consumer_utilisation=utilisation))[THUMBS]
+    assert isinstance(sample, QueueSample)
+    assert sample.consumer_utilisation == expected
+    assert (sample.ready, sample.unacked, sample.consumers) == (7, 3, 2)
 
 
 @pytest.mark.parametrize(
@@ -368,11 +436,17 @@ def _check_outcome(body: bytes) -> None:
     for outcome in result.values():
         if isinstance(outcome, SourceError):
             assert outcome.kind in (
-                ErrorKind.BAD_RESPONSE, ErrorKind.QUEUE_NOT_FOUND, ErrorKind.STATS_PENDING
+                ErrorKind.BAD_RESPONSE,
+                ErrorKind.QUEUE_NOT_FOUND,
+                ErrorKind.STATS_PENDING,
             )
         else:
             assert isinstance(outcome, QueueSample)
             assert min(outcome.ready, outcome.unacked, outcome.consumers) >= 0
+            for rate in (outcome.publish_rate, outcome.ack_rate, outcome.deliver_rate):
+                assert rate is None or 0.0 <= rate <= MAX_RATE, rate
+            utilisation = outcome.consumer_utilisation
+            assert utilisation is None or 0.0 <= utilisation <= 1.0, utilisation
 
 
 @given(st.binary(max_size=200))

@@ -3,7 +3,8 @@
 The queue listing is trusted for nothing. A queue whose statistics the broker has not
 emitted yet is listed with its name only; a field may be absent or of another type in
 another RabbitMQ version. Each such queue gets its own SourceError(BAD_RESPONSE); only an
-answer that is not a JSON list at all fails the whole call.
+answer that is not a JSON list at all fails the whole call. An impossible number in a rate or
+a utilisation (negative, absurd, not finite) is a glitch of that field: it reads as unknown.
 """
 
 from __future__ import annotations
@@ -102,8 +103,23 @@ def _count(entry: Mapping[str, Any], field: str) -> int:
     return value
 
 
-def _fraction(value: Any, field: str) -> float | None:
-    """A rate or utilisation: absent, null or '' (older brokers) mean unknown."""
+MAX_RATE = 10_000_000.0
+"""Messages per second above which a rate is a glitch, not a measurement (it becomes None).
+
+One queue is one Erlang process (tens of thousands of messages/s); whole clusters have been
+benchmarked near a million. Rates of 1e12 have been seen after a counter reset: a rate that
+large would size a pool for a load that does not exist."""
+UTILISATION_SLACK = 0.01
+"""How far consumer_capacity may stray outside [0, 1] by rounding and still be clamped in."""
+
+
+def _number(value: Any, field: str) -> float | None:
+    """A number, or None when absent, null or '' (older brokers) or not finite.
+
+    Not finite (NaN, Infinity, an integer beyond any float) is a broker's glitch in one field,
+    unknown like any other impossible value; failing the queue would take its counts, which
+    the decision needs most. A wrong type means the entry is not what we think: malformed.
+    """
     if value is None or value == "":
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -111,13 +127,24 @@ def _fraction(value: Any, field: str) -> float | None:
     try:
         number = float(value)
     except OverflowError:  # an int beyond any float
-        raise _Malformed(f"{field!r} is out of range") from None
-    if not math.isfinite(number):
-        raise _Malformed(f"{field!r} is not finite")
-    return number
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _utilisation(entry: Mapping[str, Any], field: str) -> float | None:
+    """A fraction of time; None outside [0, 1] beyond rounding, which only a glitch gives."""
+    number = _number(entry.get(field), field)
+    if number is None or not -UTILISATION_SLACK <= number <= 1.0 + UTILISATION_SLACK:
+        return None
+    return min(max(number, 0.0), 1.0)
 
 
 def _rate(entry: Mapping[str, Any], details: str) -> float | None:
+    """Messages per second; None when not reported or impossible (negative, above MAX_RATE).
+
+    A negative rate is RabbitMQ's known glitch after a counter reset: the counts are still
+    good, so only the rate is dropped.
+    """
     stats = entry.get("message_stats")
     if stats is None:
         return None  # nothing published or delivered yet
@@ -128,21 +155,25 @@ def _rate(entry: Mapping[str, Any], details: str) -> float | None:
         return None
     if not isinstance(detail, dict):
         raise _Malformed(f"'message_stats.{details}' is not an object")
-    return _fraction(detail.get("rate"), f"message_stats.{details}.rate")
+    rate = _number(detail.get("rate"), f"message_stats.{details}.rate")
+    if rate is None or not 0.0 <= rate <= MAX_RATE:
+        return None
+    return rate
 
 
 def _queue_sample(entry: Mapping[str, Any], taken_at: float) -> QueueSample:
-    capacity = _fraction(entry.get("consumer_capacity"), "consumer_capacity")
+    capacity = _utilisation(entry, "consumer_capacity")
     if capacity is None:  # consumer_capacity replaced consumer_utilisation in 3.9
-        capacity = _fraction(entry.get("consumer_utilisation"), "consumer_utilisation")
-    rates = {field: _rate(entry, details) for field, details in _RATES.items()}
+        capacity = _utilisation(entry, "consumer_utilisation")
     return QueueSample(
         ready=_count(entry, "messages_ready"),
         unacked=_count(entry, "messages_unacknowledged"),
         consumers=_count(entry, "consumers"),
         taken_at=taken_at,
         consumer_utilisation=capacity,
-        **rates,
+        publish_rate=_rate(entry, _RATES["publish_rate"]),
+        ack_rate=_rate(entry, _RATES["ack_rate"]),
+        deliver_rate=_rate(entry, _RATES["deliver_rate"]),
     )
 
 
