@@ -32,7 +32,7 @@ MASK = "***"
 SHORT_SECRET_LEN = 8
 """A secret shorter than this is masked only where a credential stands, never in free text.
 
-`rabbit` is in `rabbitmq.default.svc`, `1` in every number: masking them there would not
+`broker` is in `broker.default.svc`, `1` in every number: masking them there would not
 hide them, it would point at them. Eight characters of a real password almost never turn
 up by chance, so a longer secret is masked wherever it appears (an echo in any wording)."""
 
