@@ -3,7 +3,8 @@
 SIGKILL of the leader hands over once the Lease expires (15 s); SIGTERM releases the Lease,
 so the standby takes over without waiting. Every scale is made once: the scale Events on the
 QueueScaler, those on the Deployment and the acting replicas' log lines agree one to one,
-and they chain (each starts where the previous ended).
+and they chain (each starts where the previous ended). With the apiserver gone (connections
+refused), every replica reports it does not lead, and one leads again once it is back.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import itertools
 import json
 import re
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ import pytest
 from queuescaler_testkit.env import TestEnv, wait_until
 from queuescaler_testkit.operator_process import OperatorProcess
 from queuescaler_testkit.podrunner import PodRunnerFactory
-from reliability.envctl import OperatorFactory
+from reliability.envctl import OperatorFactory, kwokctl
 from reliability.scenario import (
     BrokerUser,
     describe,
@@ -146,4 +149,40 @@ def test_two_replicas_one_acts_kill_and_term_hand_over_and_nothing_scales_twice(
     run.close()
     assert not run.lost()
     assert not found, found
+    assert not traces, traces
+
+
+def test_with_the_apiserver_gone_no_replica_leads_and_one_leads_again_once_it_is_back(
+    faultenv: TestEnv, fault_namespace: str, start_operator: OperatorFactory,
+    cluster_restarted: Callable[[], float],
+) -> None:
+    """A refused connection is no API error: it once ended the elector, and nobody led again."""
+    ns = fault_namespace
+    args = ("--leader-election", "--leader-election-namespace", ns,
+            "--leader-election-name", LEASE)
+    replicas = [start_operator(ns, args=args), start_operator(ns, args=args)]
+    wait_until(lambda: the_leader(replicas), timeout=30, what="one leader")
+    try:
+        try:
+            kwokctl(faultenv, "stop", "cluster")
+            stopped = time.monotonic()
+            wait_until(lambda: not any(leads(r) for r in replicas), timeout=30,
+                       what="the leader to report 0 once it could not renew (deadline 10 s)")
+            gauge_zero_after = time.monotonic() - stopped
+            assert all(r.process is not None and r.process.poll() is None for r in replicas)
+        finally:
+            kwokctl(faultenv, "start", "cluster")
+        wait_until(lambda: faultenv.kubectl("get", "--raw", "/readyz", check=False).returncode == 0,
+                   timeout=120, what="the faults apiserver to be ready")
+        answered = time.monotonic()
+        leader = wait_until(lambda: the_leader(replicas), timeout=60,
+                            what="one replica to lead again after the apiserver came back")
+        led_again_after = time.monotonic() - answered
+    finally:
+        cluster_restarted()  # the node Leases handed over, for the tests after this one
+    assert lease(faultenv, ns)["holderIdentity"] == identity(leader)
+    traces = [t for r in replicas for t in tracebacks(r.log())]
+    record("leader election: apiserver stopped and started", handovers=1,
+           gauge_zero_after_seconds=round(gauge_zero_after, 1),
+           led_again_after_seconds=round(led_again_after, 1), tracebacks=len(traces))
     assert not traces, traces
