@@ -114,6 +114,7 @@ def run(
     )
     configuration = k8s.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = settings.concurrency + 4
+    configuration.retries = 1  # with (5 s, 15 s) per try, a call gives up within 40 s
     kube = KubeClient(k8s.ApiClient(configuration))
     metrics = Metrics()
     elector = None
