@@ -131,6 +131,20 @@ def test_defects_3_4_protection_fails_closed(look: WorkerLook, kept: int) -> Non
     assert made.decision is not None and made.decision.replicas == kept
 
 
+def test_work_in_flight_on_no_listed_client_holds_the_unmatched_pods() -> None:
+    """Found by the soak: workers that connected before the broker's first channel
+    statistics hold messages the queue counts, yet no client shows them."""
+    unlisted = WorkerLook(PODS, ())
+    made = tick({Q1: sample(unacked=5), Q2: sample()}, current=4, workers=unlisted,
+                memory=Memory(current_replicas=4))
+    assert made.decision is not None and made.decision.replicas == 4
+    assert "in flight on no listed client" in made.decision.message
+    listed = WorkerLook(PODS, (BrokerClient("/", "worker-0", None, 1, 5),))
+    made = tick({Q1: sample(unacked=5), Q2: sample()}, current=4, workers=listed,
+                memory=Memory(current_replicas=4))
+    assert made.decision is not None and made.decision.replicas == 1  # the busy one stays
+
+
 def test_defect_3_no_broker_no_scale_down_when_protected() -> None:
     made = tick(None, current=4, broker=Failure("SecretNotFound", "gone"),
                 the_spec=spec(fallback={"afterFailures": 1, "replicas": 1}),

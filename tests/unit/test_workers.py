@@ -488,7 +488,7 @@ async def test_a_busy_consumer_matched_to_no_pod_holds_the_scale_down() -> None:
 
 async def test_idle_consumers_matched_to_no_pod_do_not_hold_the_scale_down() -> None:
     kube, calls = FakeKube(BUSY_POOL), []
-    anonymous = [_client(None, 0, peer="127.0.0.1")]
+    anonymous = [_client(None, 0, peer="127.0.0.1"), _client("worker-0", 2)]
     engine = _engine(kube, FakeSource(anonymous, calls), ("a", True))
     await engine.tick(NOW)
     assert "scale a 1" in kube.log

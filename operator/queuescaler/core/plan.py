@@ -450,6 +450,15 @@ def _protected(
         return decide(spec, sample, current, state, seen.now, current, why), None, False
     report = match_workers(look.pods, look.clients, _scopes(spec))
     keep, note = report.protected, None
+    held = sum(c.unacked for c in look.clients if c.scope in _scopes(spec))
+    if sample is not None and sample.unacked > held and report.unmatched:
+        # The queue has work in flight that no client shows (a worker that connected
+        # before the broker's first channel statistics): it could be any unmatched pod.
+        keep = report.busy + report.unmatched
+        note = (
+            f"{sample.unacked - held} messages in flight on no listed client:"
+            f" keeping the {report.unmatched} unmatched pods"
+        )
     if spec.scale_target_ref.kind == "StatefulSet":
         floor = ordinal_floor(report)
         if floor is None:
