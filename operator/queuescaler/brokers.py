@@ -188,12 +188,13 @@ class Brokers:
         reaches = await self.reaches(scalers, now)
         peeked: dict[QueueRef, QueueSample] = {}
         for broker, queues in _wanted(scalers, reaches).items():
-            source = self.source(broker)
-            if not isinstance(source, Peeking):
-                continue
             try:
+                source = self.source(broker)
+                if not isinstance(source, Peeking):
+                    continue
                 result = await source.peek(queues)
-            except SourceError:
+            except Exception as error:  # the regular sample reports the broker's failures
+                log.debug("peek failed: %s", redact(repr(error)))
                 continue
             peeked.update((ref, s) for ref, s in result.items() if isinstance(s, QueueSample))
         live: dict[Key, QueueSample] = {}

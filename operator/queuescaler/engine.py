@@ -88,6 +88,8 @@ class Engine:
         self.pods = Pods(kube)
         self._peek_turn = 0
         self.autoscalers = Autoscalers(kube)
+        self._unwritten: set[tuple[str, str]] = set()
+        """QueueScalers whose last status write failed (logged once, not every tick)."""
         self.ticks = 0
         """Ticks completed: the operator is ready once the first one ran."""
         self._looped_at = time.monotonic()
@@ -230,15 +232,20 @@ class Engine:
         )
 
     async def _execute(self, scaler: Scaler, seen: Observations, made: Plan) -> None:
+        if not self.leading():
+            return  # the Lease lapsed during this tick: a standby may be acting already
         if made.reread_secret and scaler.spec is not None:
             source = scaler.spec.source
             self.brokers.secrets.invalidate(scaler.namespace, source.secret_ref.name, source.broker)
         if made.clear_marks:
             await self._clear_marks(scaler)
+        failure: Failure | None = None
         if made.marks:
-            await self._mark(scaler, seen.workers, made.marks)
+            unmarked = await self._mark(scaler, seen.workers, made.marks)
+            if unmarked:  # an old mark may still call a busy pod idle: no scale-down now
+                failure = Failure("MarkFailed", f"pods {', '.join(unmarked)} not marked")
         if made.scale_to is not None:
-            failure = await self._scale(scaler, made.scale_to)
+            failure = failure or await self._scale(scaler, made.scale_to)
             if failure is not None:
                 made = self._plan(scaler, dataclasses.replace(seen, scale_failure=failure))
         for kind in made.sample_failures:
@@ -247,13 +254,15 @@ class Engine:
         scaler.memory = dataclasses.replace(made.memory, marks=marks)
         if made.log:
             log.info("%s/%s %s", scaler.namespace, scaler.name, made.log)
-        for line in made.warnings:
-            log.warning("%s/%s %s", scaler.namespace, scaler.name, line)
         if made.scale_to is not None and made.previous_replicas is not None:
             self.metrics.scaled(scaler, "up" if made.scale_to > made.previous_replicas else "down")
         self.metrics.record(scaler, made)
         await self._post(scaler, made.events)
         if made.status is not None and await self._write_status(scaler, made, seen.now):
+            # Logged with the status that records them: a failure that a write did not
+            # record would be logged again on every tick.
+            for line in made.warnings:
+                log.warning("%s/%s %s", scaler.namespace, scaler.name, line)
             await self._post(scaler, made.status_events)
         await self._post(scaler, made.scale_events)
 
@@ -298,12 +307,14 @@ class Engine:
 
     # --- writing ---
 
-    async def _mark(self, scaler: Scaler, look: WorkerLook | None, marks: Marks) -> None:
-        """Set pod-deletion-cost on the pods whose mark changed, so idle pods go first."""
+    async def _mark(self, scaler: Scaler, look: WorkerLook | None, marks: Marks) -> list[str]:
+        """Set pod-deletion-cost on the pods whose mark changed, so idle pods go first;
+        the pods that could not be marked."""
         present = {pod.name for pod in look.pods} if look is not None else set()
         kept = {pod: cost for pod, cost in scaler.memory.marks.items() if pod in present}
-        held = await self.pods.annotate(scaler.namespace, marks, kept)
+        held, failed = await self.pods.annotate(scaler.namespace, marks, kept)
         scaler.memory = dataclasses.replace(scaler.memory, marks=held)
+        return failed
 
     async def _clear_marks(self, scaler: Scaler) -> None:
         """Remove the marks this QueueScaler set (best effort; a failed listing falls back to
@@ -315,7 +326,10 @@ class Engine:
                     scaler.namespace, scaler.spec.scale_target_ref, self._clock()
                 )
         marks = planner.clearing_marks(pods, scaler.memory, scaler.name)
-        await self.pods.annotate(scaler.namespace, marks, {})
+        _, failed = await self.pods.annotate(scaler.namespace, marks, {})
+        if failed:  # kept, to be cleared next time
+            scaler.memory = dataclasses.replace(scaler.memory, marks=dict.fromkeys(failed, ""))
+            return
         scaler.memory = dataclasses.replace(scaler.memory, marks={})
 
     async def _scale(self, scaler: Scaler, replicas: int) -> Failure | None:
@@ -341,9 +355,15 @@ class Engine:
                 await self.release(gone)
             return False
         except KubeError as error:
-            log.warning("status of %s/%s not written: %s", scaler.namespace, scaler.name,
-                        error.message)
+            # Once when writes start failing, once when they work again; not every tick.
+            level = logging.DEBUG if scaler.key in self._unwritten else logging.WARNING
+            self._unwritten.add(scaler.key)
+            log.log(level, "status of %s/%s not written: %s", scaler.namespace, scaler.name,
+                    error.message)
             return False
+        if scaler.key in self._unwritten:
+            self._unwritten.discard(scaler.key)
+            log.warning("status of %s/%s written again", scaler.namespace, scaler.name)
         scaler.memory = scaler.memory.wrote(made.status, now)
         return True
 

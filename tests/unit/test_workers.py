@@ -113,12 +113,13 @@ def _client(name: str | None = "worker-abc12", unacked: int = 1, *, consumers: i
         ),
         pytest.param([_connection()], [_channel(vhost="other")], [], id="other-vhost"),
         pytest.param(
-            [_connection()], [_channel(messages_unacknowledged=..., consumer_count=...)], [],
-            id="channel-without-statistics-yet",
+            # review finding: an unknown count was read as idle and the pod marked first
+            [_connection()], [_channel(messages_unacknowledged=..., consumer_count=...)],
+            [_client(unacked=1, consumers=0)], id="channel-without-statistics-counts-as-busy",
         ),
         pytest.param(
             [_connection()], [_channel(messages_unacknowledged="3"), _channel()],
-            [_client(unacked=1, consumers=2)], id="malformed-count-counts-nothing",
+            [_client(unacked=2, consumers=2)], id="malformed-count-counts-as-busy",
         ),
         pytest.param(
             [_connection()], [_channel(connection_details=None), "junk", 7], [],

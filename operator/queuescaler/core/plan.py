@@ -97,6 +97,8 @@ class Memory:
     """The broker listed a queue of ours without statistics (new): live counts stand in."""
     marks: Mapping[str, str] = field(default_factory=dict)
     """Pods this QueueScaler marked with a deletion cost, and the cost."""
+    refused: tuple[int, str] | None = None
+    """The scale last refused (replicas, reason): its Event is posted once."""
 
     @property
     def status(self) -> dict[str, Any]:
@@ -280,6 +282,7 @@ def plan(
     events: list[Event] = []
     log: str | None = None
     announced = memory.announced_desired
+    refused: tuple[int, str] | None = None
     state = memory.state
     replicas_now = current
     if current is not None and not got.waiting:
@@ -297,12 +300,14 @@ def plan(
                     f"{decision.reason}: {decision.message}",
                 ))
         elif acting and seen.scale_failure is not None:
-            target = spec.scale_target_ref
-            events.append(Event(
-                "Warning", "ScaleFailed",
-                f"could not scale {target.kind} {target.name} to {decision.replicas}: "
-                f"{seen.scale_failure.message}",
-            ))
+            refused = (decision.replicas, seen.scale_failure.reason)
+            if memory.refused != refused:  # each refusal once, not every tick
+                target = spec.scale_target_ref
+                events.append(Event(
+                    "Warning", "ScaleFailed",
+                    f"could not scale {target.kind} {target.name} to {decision.replicas}: "
+                    f"{seen.scale_failure.message}",
+                ))
         elif acting:
             scale_to = decision.replicas
             if scale_to < current and seen.workers is not None and report is not None:
@@ -328,7 +333,7 @@ def plan(
         conditions.append(matched)
     next_memory = dataclasses.replace(
         memory, state=state, current_replicas=replicas_now, announced_desired=announced,
-        stats_pending=got.stats_pending,
+        stats_pending=got.stats_pending, refused=refused,
     )
     status, flipped_events, warnings = _status(
         next_memory, written, generation, spec.source.include_in_flight, sample, replicas_now,
@@ -451,7 +456,13 @@ def _protected(
     report = match_workers(look.pods, look.clients, _scopes(spec))
     keep, note = report.protected, None
     held = sum(c.unacked for c in look.clients if c.scope in _scopes(spec))
-    if sample is not None and sample.unacked > held and report.unmatched:
+    if not report.placed:
+        keep = current
+        note = (
+            f"busy workers unknown: {report.unattributed} busy clients matched no pod,"
+            f" more than the {report.unmatched} unmatched pods"
+        )
+    elif sample is not None and sample.unacked > held and report.unmatched:
         # The queue has work in flight that no client shows (a worker that connected
         # before the broker's first channel statistics): it could be any unmatched pod.
         keep = report.busy + report.unmatched

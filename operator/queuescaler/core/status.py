@@ -16,6 +16,8 @@ from typing import Any
 from queuescaler.core.decision import Decision, Recommendation, ScalerState
 from queuescaler.core.sample import QueueSample
 
+MAX_DECISION_MESSAGE = 1024
+"""The CRD's maxLength of status.lastDecision.message."""
 MAX_RECOMMENDATIONS = 64
 """The CRD's bound on the stored history; compaction keeps far fewer in practice."""
 
@@ -130,6 +132,12 @@ def state_from_status(status: Mapping[str, Any] | None, now: float) -> ScalerSta
     )
 
 
+def _bounded(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters: the CRD refuses a longer one, and with it every
+    later status write."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _rounded_up(moment: float | None) -> float | None:
     """Stored times have whole seconds; the true one may be up to a second later, and a
     cooldown or a window must never end earlier after a restart than without one."""
@@ -194,12 +202,12 @@ def build_status(
         same = (
             last.get("replicas") == decision.replicas
             and last.get("reason") == str(decision.reason)
-            and last.get("message") == decision.message
+            and last.get("message") == _bounded(decision.message, MAX_DECISION_MESSAGE)
         )
         status["lastDecision"] = {
             "replicas": decision.replicas,
             "reason": str(decision.reason),
-            "message": decision.message,
+            "message": _bounded(decision.message, MAX_DECISION_MESSAGE),
             "at": last.get("at", iso(now)) if same else iso(now),
         }
     if outcome.workers is not None:

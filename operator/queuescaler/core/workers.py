@@ -80,6 +80,12 @@ class WorkerReport:
         return max(0, self.pods - self.matched)
 
     @property
+    def placed(self) -> bool:
+        """Whether every busy connection that matched no pod can be an unmatched pod: more
+        of them than unmatched pods means a matched pod holds work we cannot see."""
+        return self.unattributed <= self.unmatched
+
+    @property
     def protected(self) -> int:
         """Pods a scale-down must keep: the busy ones and, while any busy connection could
         not be placed on a pod, every unmatched pod (it could be any of them: protection
@@ -128,7 +134,7 @@ def ordinal_floor(report: WorkerReport) -> int | None:
     """The replicas a StatefulSet must keep so that no busy pod is removed: it removes the
     highest ordinals first and ignores deletion costs. None when a busy worker could not be
     placed (then nothing is safe to remove)."""
-    if report.unattributed and report.unmatched:
+    if report.unattributed:
         return None
     busy = [ordinal(pod) for pod, held in report.held.items() if held > 0]
     if any(number is None for number in busy):

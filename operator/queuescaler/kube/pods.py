@@ -4,6 +4,7 @@ deletion cost so that a scale-down removes idle pods first."""
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 from collections.abc import Iterable, Mapping
 
@@ -72,14 +73,16 @@ class Pods:
 
     async def annotate(
         self, namespace: str, marks: Marks, held: Mapping[str, str]
-    ) -> dict[str, str]:
-        """Patch the marks; the pods marked afterwards and their costs (`held` updated).
+    ) -> tuple[dict[str, str], builtins.list[str]]:
+        """Patch the marks; the pods marked afterwards and their costs (`held` updated),
+        and the pods that could not be patched.
 
         A pod that is gone is forgotten; one that could not be patched keeps what it had.
         """
         updated = dict(held)
+        failed: builtins.list[str] = []
         if not marks:
-            return updated
+            return updated, failed
         results = await asyncio.gather(
             *(self._kube.annotate_pod(namespace, pod, annotations)
               for pod, annotations in marks.items()),
@@ -90,10 +93,11 @@ class Pods:
                 updated.pop(pod, None)
             elif isinstance(result, KubeError):
                 log.warning("pod %s/%s not marked: %s", namespace, pod, result.message)
+                failed.append(pod)
             elif isinstance(result, BaseException):
                 raise result
             elif (cost := wanted.get(DELETION_COST)) is None:
                 updated.pop(pod, None)
             else:
                 updated[pod] = cost
-        return updated
+        return updated, failed

@@ -303,7 +303,8 @@ def parse_client_connections(
     Channels are grouped by their connection's name; the connection listing adds the name
     the client gave (a connection opened between the two requests simply has none). A
     channel whose statistics are not emitted yet is not listed, or listed without counts:
-    it counts as holding nothing. Raises SourceError(BAD_RESPONSE), and nothing else,
+    one without its unacknowledged count counts as holding a message (it may: protection
+    fails closed). Raises SourceError(BAD_RESPONSE), and nothing else,
     when a body is not a JSON list.
     """
     vhosts = frozenset(vhosts)
@@ -325,7 +326,9 @@ def parse_client_connections(
         if not isinstance(connection, str):
             continue
         consumers = _channel_count(entry.get("consumer_count")) or 0
-        unacked = _channel_count(entry.get("messages_unacknowledged")) or 0
+        unacked = _channel_count(entry.get("messages_unacknowledged"))
+        if unacked is None:
+            unacked = 1  # unknown: it may hold work, so it counts as busy (fails closed)
         key = (vhost, connection)
         totals = grouped.setdefault(key, [0, 0])
         totals[0] += consumers
