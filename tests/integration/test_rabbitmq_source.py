@@ -272,6 +272,10 @@ def test_rates_become_non_zero_under_steady_publish_and_ack(
             every=0.2,
         )
     assert sample.publish_rate is not None and sample.publish_rate > 0
+    # The cumulative counters come with the same columns request, never above what was
+    # sent (the core differences them between ticks; issue 12).
+    assert sample.published_total is not None and sample.published_total > 0
+    assert sample.acked_total is not None and 0 < sample.acked_total <= sample.published_total
 
 
 def test_several_queues_across_vhosts_combine(

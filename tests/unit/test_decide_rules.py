@@ -8,23 +8,22 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
 
 from queuescaler.core.decision import (
-    RATE_SMOOTHING,
     Decision,
     Reason,
     Recommendation,
     ScalerState,
     decide,
     next_state,
-    smoothed_per_replica_rate,
 )
 from queuescaler.core.sample import QueueSample
 from queuescaler.core.spec import QueueScalerSpec
+from queuescaler.core.throughput import Reading
 from queuescaler.sources.registry import parse_spec
 
 pytestmark = pytest.mark.unit
@@ -194,8 +193,13 @@ DRAIN_60 = {"target.drainSeconds": 60, "target.messagesPerReplica": 100}
             id="drain-falls-back-to-backlog-while-throughput-unknown",
         ),
         pytest.param(
-            # this tick's acks are used at once: 4 msg/s over 2 busy replicas = 2 msg/s each
-            Tick(sample(ready=60, unacked=2, consumers=2, publish=10, ack=4), 2, DRAIN_60),
+            # this tick's acks are used at once: 4 msg/s over 2 saturated replicas = 2 each
+            Tick(
+                sample(ready=60, unacked=2, consumers=2, publish=10, ack=4),
+                2,
+                DRAIN_60,
+                ScalerState(readings=(Reading(NOW - 15, 50, 2, None, None),)),
+            ),
             6,
             Reason.RATE,
             id="drain-uses-this-ticks-throughput",
@@ -309,90 +313,7 @@ def test_capped_floor_message_shows_the_cap() -> None:
     )
 
 
-# --- per-replica throughput estimate ----------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("previous", "queue", "current", "estimate"),
-    [
-        pytest.param(None, sample(ready=5, consumers=4), 4, None, id="unknown-until-acks"),
-        pytest.param(None, sample(ready=5, consumers=4, ack=0.0), 4, None, id="zero-acks-unknown"),
-        pytest.param(
-            None, sample(ready=5, unacked=4, consumers=4, ack=8), 4, 2.0, id="first-acks-set-it"
-        ),
-        pytest.param(
-            None,
-            sample(ready=5, unacked=8, consumers=4, ack=8),
-            2,
-            4.0,
-            id="saturated-busy-is-current-when-fewer-than-consumers",
-        ),
-        pytest.param(
-            None,
-            sample(ready=5, unacked=8, consumers=2, ack=8),
-            4,
-            4.0,
-            id="saturated-busy-is-consumers-when-fewer-than-current",
-        ),
-        pytest.param(
-            None,
-            sample(ready=0, unacked=2, consumers=10, ack=8),
-            10,
-            4.0,
-            id="keeping-up-busy-bounded-by-in-flight",
-        ),
-        pytest.param(
-            None,
-            sample(ready=0, unacked=0, consumers=10, ack=8),
-            10,
-            8.0,
-            id="at-least-one-busy-replica",
-        ),
-        pytest.param(
-            None,
-            sample(ready=5, unacked=3, consumers=0, ack=6),
-            0,
-            6.0,
-            id="acks-without-replicas-count-one",
-        ),
-        pytest.param(
-            3.0, sample(ready=1, consumers=4, ack=None), 4, 3.0, id="no-acks-keep-estimate"
-        ),
-        pytest.param(
-            2.0,
-            sample(ready=5, unacked=4, consumers=4, ack=16),
-            4,
-            2.0 + RATE_SMOOTHING * (4.0 - 2.0),
-            id="smoothed-towards-observation",
-        ),
-        pytest.param(
-            # the pool just grew to 28 live consumers; the acks are those of the 2 that worked
-            None,
-            sample(ready=500, unacked=2, consumers=28, ack=20),
-            28,
-            10.0,
-            id="in-flight-names-the-busy-replicas-not-live-consumers",
-        ),
-        pytest.param(
-            10.0,
-            sample(ready=0, unacked=0, consumers=2, ack=5),
-            2,
-            10.0,
-            id="nothing-in-flight-cannot-lower-the-estimate",
-        ),
-        pytest.param(
-            4.0,
-            sample(ready=0, unacked=0, consumers=2, ack=8),
-            2,
-            4.0 + RATE_SMOOTHING * (8.0 - 4.0),
-            id="nothing-in-flight-can-raise-the-estimate",
-        ),
-    ],
-)
-def test_per_replica_rate(
-    previous: float | None, queue: QueueSample, current: int, estimate: float | None
-) -> None:
-    assert smoothed_per_replica_rate(previous, queue, current) == pytest.approx(estimate)
+# The per-replica throughput estimate: tests/unit/test_throughput.py.
 
 
 # --- tolerance --------------------------------------------------------------------------
@@ -1091,22 +1012,19 @@ def fold(
             ScalerState(recommendations=history((50, 4)), consecutive_failures=1),
             id="failed-tick-records-no-recommendation",
         ),
-        pytest.param(
-            ScalerState(per_replica_rate=2.0),
-            sample(ready=5, unacked=4, consumers=4, ack=16),
-            False,
-            ScalerState(
-                recommendations=history((0, 4)),
-                per_replica_rate=2.0 + RATE_SMOOTHING * (4.0 - 2.0),
-            ),
-            id="rate-smoothed",
-        ),
     ],
 )
 def test_next_state(
     before: ScalerState, queue: QueueSample | None, scaled_now: bool, after: ScalerState
 ) -> None:
-    assert fold(before, queue, scaled_now=scaled_now) == after
+    assert replace(fold(before, queue, scaled_now=scaled_now), readings=()) == after
+
+
+def test_next_state_remembers_the_counts_the_next_tick_differences_against() -> None:
+    queue = replace(sample(ready=5, consumers=4), published_total=100, acked_total=90)
+    after = fold(ScalerState(), queue)
+    assert after.readings == (Reading(NOW, 5, 4, 100, 90),)
+    assert fold(after, None).readings == after.readings  # a failed tick keeps them
 
 
 def test_history_kept_for_the_longer_window() -> None:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from queuescaler.core.decision import Reason, ScalerState, decide, smoothed_per_replica_rate
+from queuescaler.core.decision import Reason, ScalerState, decide
 from queuescaler.core.plan import (
     Failure,
     Memory,
@@ -28,6 +28,7 @@ from queuescaler.core.plan import (
 from queuescaler.core.sample import BrokerClient, ErrorKind, QueueRef, QueueSample, SourceError
 from queuescaler.core.spec import QueueScalerSpec, ScaleTargetRef
 from queuescaler.core.status import build_status, state_from_status
+from queuescaler.core.throughput import Reading, per_replica_rate
 from queuescaler.core.workers import Pod
 from queuescaler.sources.registry import parse_spec
 
@@ -199,8 +200,8 @@ def test_defect_11_impossible_rates_never_reach_status(rate: float) -> None:
 
 def test_defect_11_one_absurd_ack_rate_cannot_cut_the_floor() -> None:
     steady = 5.0
-    glitch = QueueSample(0, 10, 10, NOW, publish_rate=50.0, ack_rate=1e9)
-    after = smoothed_per_replica_rate(steady, glitch, 10)
+    glitch = QueueSample(5, 10, 10, NOW, publish_rate=50.0, ack_rate=1e9)
+    after = per_replica_rate(steady, (Reading(NOW - 15, 5, 10, None, None),), glitch, 10)
     assert after is not None and after <= steady * 1.5
 
 

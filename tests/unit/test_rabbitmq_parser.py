@@ -183,6 +183,31 @@ def _with_rate(details: str, rate: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
+    ("count", "expected"),
+    [
+        pytest.param(1200, 1200, id="count"),
+        pytest.param(1200.0, 1200, id="integral-float"),
+        pytest.param(-1, None, id="negative"),
+        pytest.param(12.5, None, id="fractional"),
+        pytest.param(None, None, id="null"),
+        pytest.param(..., None, id="absent"),
+        pytest.param(10**400, None, id="beyond-any-float"),
+    ],
+)
+def test_cumulative_counters_are_read_or_unknown(count: Any, expected: int | None) -> None:
+    counted = {**FULL["message_stats"], "publish": count, "ack": 1190}
+    stats = {key: value for key, value in counted.items() if value is not ...}
+    sample = _parse(_entry(message_stats=stats))[THUMBS]
+    assert isinstance(sample, QueueSample)
+    assert (sample.published_total, sample.acked_total) == (expected, 1190)
+
+
+def test_a_counter_of_the_wrong_type_fails_the_queue() -> None:
+    stats = {**FULL["message_stats"], "publish": 1200, "ack": "many"}
+    assert isinstance(_parse(_entry(message_stats=stats))[THUMBS], SourceError)
+
+
+@pytest.mark.parametrize(
     ("details", "field", "rate"),
     [
         pytest.param("ack_details", "ack_rate", -3.5, id="negative-after-a-counter-reset"),

@@ -26,20 +26,7 @@ from typing import Final
 
 from queuescaler.core.sample import QueueSample
 from queuescaler.core.spec import QueueScalerSpec
-
-RATE_SMOOTHING: Final = 0.3
-"""EWMA weight of the newest per-replica throughput observation.
-
-The management API's rates are already averaged over its statistics interval (5 s), so
-a light touch suffices: a lasting change is 83% absorbed after five ticks, while one
-odd sample moves the estimate by less than a third.
-"""
-
-RATE_OUTLIER_FACTOR: Final = 2.0
-"""One observation may move the throughput estimate as if it were at most this many times
-the estimate (or this fraction of it): a lasting change still arrives in a few ticks, one
-glitch (RabbitMQ has reported absurd ack rates after a counter reset) cannot cut the rate
-floor to a fraction for minutes."""
+from queuescaler.core.throughput import Flow, Reading, flow_since, per_replica_rate, remember
 
 _EPSILON: Final = 1e-9
 """Absorbs float noise so that 30.0000000001 / 10 is 3 replicas, not 4."""
@@ -93,7 +80,12 @@ class ScalerState:
     consecutive_failures: int = 0
     """Ticks in a row whose sample failed."""
     per_replica_rate: float | None = None
-    """Smoothed ack rate per busy replica, msg/s; None until an ack has been seen."""
+    """What one replica acknowledges per second working flat out (`core.throughput`);
+    None until the pool has been seen saturated."""
+    readings: tuple[Reading, ...] = ()
+    """The last samples' counts, oldest first, which the next tick's rates difference
+    against (kept in memory only: after a restart the first tick reads the broker's rate
+    fields)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +127,10 @@ def decide(
             spec, current_replicas, state, now, busy_workers, busy_note
         )
     else:
-        rate = smoothed_per_replica_rate(state.per_replica_rate, sample, current_replicas)
+        rate = per_replica_rate(state.per_replica_rate, state.readings, sample, current_replicas)
+        flow = flow_since(state.readings, sample)
         decision = _decide_with_sample(
-            spec, sample, current_replicas, state, now, busy_workers, rate, busy_note
+            spec, sample, flow, current_replicas, state, now, busy_workers, rate, busy_note
         )
     if spec.paused:
         return _paused(decision, current_replicas)
@@ -169,62 +162,32 @@ def next_state(
             recommendations=_compact(spec, state.recommendations, now),
             consecutive_failures=state.consecutive_failures + 1,
             per_replica_rate=state.per_replica_rate,
+            readings=state.readings,
         )
     history = (*state.recommendations, Recommendation(now, decision.recommendation))
     return ScalerState(
         last_scale_time=last_scale_time,
         recommendations=_compact(spec, history, now),
         consecutive_failures=0,
-        per_replica_rate=smoothed_per_replica_rate(
-            state.per_replica_rate, sample, current_replicas
+        per_replica_rate=per_replica_rate(
+            state.per_replica_rate, state.readings, sample, current_replicas
         ),
+        readings=remember(state.readings, sample),
     )
-
-
-def smoothed_per_replica_rate(
-    previous: float | None, sample: QueueSample, current_replicas: int
-) -> float | None:
-    """The per-replica throughput estimate after this sample (EWMA, `RATE_SMOOTHING`).
-
-    Observed throughput is ack_rate / busy replicas. With prefetch 1 a busy worker holds
-    exactly one unacknowledged message, so `unacked` counts the busy workers, and it comes
-    from the same statistics as the ack rate: both describe the same seconds. Consumers
-    (read live over AMQP) and current replicas only bound it (a larger prefetch leaves
-    several messages per worker). Dividing by the live consumer count instead would
-    credit replicas that were still starting with the acks of the old pool, and make a
-    pool that just grew look slow.
-
-    A sample with acks but nothing in flight saw tasks that finished between two looks:
-    the pool was not saturated, so ack_rate is only a lower bound of what one replica can
-    do. It may raise the estimate, never lower it (a lightly loaded pool would otherwise
-    teach the estimate its load, not its speed, and the floor would then ask for too many
-    replicas). More in-flight messages always mean a lower or equal estimate, so decisions
-    stay monotone in the backlog. Ticks without acks leave the estimate as it was.
-    """
-    ack_rate = sample.ack_rate
-    if ack_rate is None or not 0.0 < ack_rate < math.inf:  # also refuses NaN
-        return previous
-    busy = min(current_replicas, sample.consumers, sample.unacked)
-    observed = ack_rate / max(busy, 1)
-    if previous is None or not previous > 0.0:  # unknown, or a corrupt value restored
-        return observed
-    observed = min(max(observed, previous / RATE_OUTLIER_FACTOR), previous * RATE_OUTLIER_FACTOR)
-    if busy == 0 and observed < previous:
-        return previous
-    return previous + RATE_SMOOTHING * (observed - previous)
 
 
 def _decide_with_sample(
     spec: QueueScalerSpec,
     sample: QueueSample,
+    flow: Flow,
     current: int,
     state: ScalerState,
     now: float,
     busy_workers: int | None,
-    per_replica_rate: float | None,
+    rate: float | None,
     busy_note: str | None = None,
 ) -> Decision:
-    recommendation, reason, message = _raw_recommendation(spec, sample, current, per_replica_rate)
+    recommendation, reason, message = _raw_recommendation(spec, sample, flow, current, rate)
     raw_reason = reason
     changes: list[str] = []
     replicas = recommendation
@@ -264,7 +227,11 @@ def _decide_with_sample(
 
 
 def _raw_recommendation(
-    spec: QueueScalerSpec, sample: QueueSample, current: int, per_replica_rate: float | None
+    spec: QueueScalerSpec,
+    sample: QueueSample,
+    flow: Flow,
+    current: int,
+    per_replica_rate: float | None,
 ) -> tuple[int, Reason, str]:
     """The policies' answer before any damping; the largest of them wins.
 
@@ -286,9 +253,7 @@ def _raw_recommendation(
     per_replica = spec.target.messages_per_replica
     replicas = -(-backlog // per_replica)
     reason = Reason.BACKLOG
-    publish = sample.publish_rate
-    if publish is None or not publish > 0.0:  # negative or NaN counts as zero too
-        publish = 0.0
+    publish = flow.publish or 0.0  # unknown counts as zero (the AMQP path knows no rates)
     winner = "backlog"
     floor_note = ""
     if per_replica_rate is not None and per_replica_rate > 0.0:

@@ -89,6 +89,11 @@ class QueueSample:
     """False when the sample may miss work the pool holds: live counts that cannot see
     in-flight messages, or some of several queues missing. Such a sample may grow a pool,
     never shrink it."""
+    published_total: int | None = None
+    """Messages published to the queue since it was declared (RabbitMQ's
+    `message_stats.publish`), as old as the rates; None without statistics."""
+    acked_total: int | None = None
+    """Messages acknowledged by consumers since the queue was declared (`.ack`)."""
 
     @property
     def backlog(self) -> int:
@@ -120,7 +125,16 @@ def combine(samples: Iterable[QueueSample]) -> QueueSample:
         deliver_rate=_sum_known(p.deliver_rate for p in parts),
         consumer_utilisation=sum(utilisations) / len(utilisations) if utilisations else None,
         complete=all(p.complete for p in parts),
+        published_total=_sum_all(p.published_total for p in parts),
+        acked_total=_sum_all(p.acked_total for p in parts),
     )
+
+
+def _sum_all(values: Iterable[int | None]) -> int | None:
+    """A counter summed over queues only when every queue knows it: a partial sum would
+    look like a counter reset the tick a queue's statistics go missing."""
+    known = list(values)
+    return None if any(v is None for v in known) else sum(v for v in known if v is not None)
 
 
 SampleResult = Mapping[QueueRef, QueueSample | SourceError]

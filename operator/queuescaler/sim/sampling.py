@@ -27,22 +27,6 @@ class Sampling:
     """Rates average over this many seconds, like RabbitMQ's default statistics interval."""
 
 
-@dataclass(frozen=True, slots=True)
-class SimSample(QueueSample):
-    """A `QueueSample` with the broker's cumulative counters, which `QueueSample` lacks.
-
-    RabbitMQ's management API reports them beside the rates (`message_stats.publish` and
-    `message_stats.ack`), as old as the rates. The core does not read them (a policy that
-    wants them needs these fields on `QueueSample` itself: see bench/RESULTS.md, "Worker
-    models"); the simulator exposes them so that an estimator can be tried on them.
-    """
-
-    published_total: int | None = None
-    """Messages published to the queue since it was declared (None: no statistics yet)."""
-    acked_total: int | None = None
-    """Messages acknowledged by consumers since the queue was declared."""
-
-
 @dataclass(slots=True)
 class History:
     """The broker's view at each whole second (index = time), for delayed sampling."""
@@ -76,7 +60,7 @@ def clamp_index(time: float, length: int) -> int:
     return min(max(0, math.floor(time)), length - 1)
 
 
-def observe(history: History, now: int, sampling: Sampling) -> SimSample:
+def observe(history: History, now: int, sampling: Sampling) -> QueueSample:
     """The sample a policy polling at `now` is shown: `ready` and `consumers` are
     `count_delay` old, `unacked`, the rates and the counters `stats_delay` old; a rate is
     the counter's difference over `rate_window` seconds (None before a full window)."""
@@ -89,7 +73,7 @@ def observe(history: History, now: int, sampling: Sampling) -> SimSample:
             return None
         return (cumulative[stats_at] - cumulative[stats_at - window]) / window
 
-    return SimSample(
+    return QueueSample(
         ready=round(history.ready[counts_at]),
         unacked=round(history.unacked[stats_at]),
         consumers=history.consumers[counts_at],

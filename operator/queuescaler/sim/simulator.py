@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from queuescaler.core.decision import ScalerState, decide, next_state
 from queuescaler.core.sample import QueueSample
-from queuescaler.sim.sampling import History, Sampling, SimSample, observe
+from queuescaler.sim.sampling import History, Sampling, observe
 from queuescaler.sim.traces import Trace
 from queuescaler.sim.workers import MessageWorld, WorkerModel, busy_per_second
 from queuescaler.sources.registry import parse_spec
@@ -44,7 +44,6 @@ __all__ = [
     "QueueScalerPolicy",
     "Sampling",
     "SimResult",
-    "SimSample",
     "WorkerModel",
     "simulate",
 ]

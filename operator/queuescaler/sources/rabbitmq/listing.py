@@ -37,6 +37,8 @@ QUEUE_COLUMNS = (
     "message_stats.publish_details.rate",
     "message_stats.ack_details.rate",
     "message_stats.deliver_get_details.rate",
+    "message_stats.publish",
+    "message_stats.ack",
 )
 """Only what a QueueSample needs: ~14x fewer bytes than every field (DESIGN.md)."""
 
@@ -161,6 +163,19 @@ def _rate(entry: Mapping[str, Any], details: str) -> float | None:
     return rate
 
 
+def _counter(entry: Mapping[str, Any], key: str) -> int | None:
+    """A cumulative count (`message_stats.publish`, `.ack`); None when not reported yet or
+    impossible (negative, fractional), like a rate: the core differences it between ticks
+    and takes a count that went down for a reset."""
+    stats = entry.get("message_stats")
+    if not isinstance(stats, dict):
+        return None  # no statistics yet; a malformed object is _rate's to report
+    number = _number(stats.get(key), f"message_stats.{key}")
+    if number is None or number < 0 or not number.is_integer():
+        return None
+    return int(number)
+
+
 def _queue_sample(entry: Mapping[str, Any], taken_at: float) -> QueueSample:
     capacity = _utilisation(entry, "consumer_capacity")
     if capacity is None:  # consumer_capacity replaced consumer_utilisation in 3.9
@@ -174,6 +189,8 @@ def _queue_sample(entry: Mapping[str, Any], taken_at: float) -> QueueSample:
         publish_rate=_rate(entry, _RATES["publish_rate"]),
         ack_rate=_rate(entry, _RATES["ack_rate"]),
         deliver_rate=_rate(entry, _RATES["deliver_rate"]),
+        published_total=_counter(entry, "publish"),
+        acked_total=_counter(entry, "ack"),
     )
 
 
