@@ -174,7 +174,7 @@ def test_no_scale_within_a_cooldown(
     since_scale: float,
 ) -> None:
     assume(spec.min_replicas <= current <= spec.max_replicas)
-    state = replace(state, last_scale_time=NOW - since_scale)
+    state = replace(state, last_scale_time=NOW - since_scale, last_scale_up_time=NOW - since_scale)
 
     decision = decide(spec, queue, current, state, NOW, busy)
 

@@ -76,6 +76,11 @@ def sample(
     )
 
 
+def measured(rate: float) -> ScalerState:
+    """A per-replica rate measured on a saturated pool (the floor holds all it asks)."""
+    return ScalerState(per_replica_rate=rate, rate_measured=True)
+
+
 @dataclass(frozen=True)
 class Tick:
     """One call of decide(): the spec as settings over LOOSE (or over the defaults)."""
@@ -198,7 +203,7 @@ DRAIN_60 = {"target.drainSeconds": 60, "target.messagesPerReplica": 100}
                 sample(ready=60, unacked=2, consumers=2, publish=10, ack=4),
                 2,
                 DRAIN_60,
-                ScalerState(readings=(Reading(NOW - 15, 50, 2, None, None),)),
+                ScalerState(readings=(Reading(NOW - 15, 50, 2, 2, None, None),)),
             ),
             6,
             Reason.RATE,
@@ -230,7 +235,7 @@ def test_rate_message_shows_the_arithmetic() -> None:
     [
         pytest.param(
             # consumers keep pace: 8 in flight, nothing ready, 40 msg/s at 5 msg/s each
-            Tick(sample(unacked=8, publish=40), 8, state=ScalerState(per_replica_rate=5.0)),
+            Tick(sample(unacked=8, publish=40), 8, state=measured(5.0)),
             8,
             Reason.RATE,
             id="floor-keeps-a-pool-that-keeps-up",
@@ -243,7 +248,7 @@ def test_rate_message_shows_the_arithmetic() -> None:
         ),
         pytest.param(
             Tick(
-                sample(ready=1, unacked=8, publish=41), 8, state=ScalerState(per_replica_rate=5.0)
+                sample(ready=1, unacked=8, publish=41), 8, state=measured(5.0)
             ),
             9,
             Reason.RATE,
@@ -251,7 +256,7 @@ def test_rate_message_shows_the_arithmetic() -> None:
         ),
         pytest.param(
             # 41 / 5 needs 9, but nothing waits: 8 replicas keep pace, so they are held
-            Tick(sample(unacked=8, publish=41), 8, state=ScalerState(per_replica_rate=5.0)),
+            Tick(sample(unacked=8, publish=41), 8, state=measured(5.0)),
             8,
             Reason.RATE,
             id="floor-holds-but-does-not-lift-a-pool-with-nothing-ready",
@@ -261,7 +266,7 @@ def test_rate_message_shows_the_arithmetic() -> None:
             Tick(
                 sample(ready=15, unacked=8, publish=200),
                 8,
-                state=ScalerState(per_replica_rate=5.0),
+                state=measured(5.0),
             ),
             10,
             Reason.RATE,
@@ -272,7 +277,7 @@ def test_rate_message_shows_the_arithmetic() -> None:
             Tick(
                 sample(ready=300, unacked=8, publish=400),
                 8,
-                state=ScalerState(per_replica_rate=5.0),
+                state=measured(5.0),
             ),
             38,
             Reason.RATE,
@@ -280,19 +285,19 @@ def test_rate_message_shows_the_arithmetic() -> None:
         ),
         pytest.param(
             # 1.1 / 0.1 is 11.000000000000002 in floating point
-            Tick(sample(unacked=1, publish=1.1), 11, state=ScalerState(per_replica_rate=0.1)),
+            Tick(sample(unacked=1, publish=1.1), 11, state=measured(0.1)),
             11,
             Reason.RATE,
             id="floor-ignores-float-noise",
         ),
         pytest.param(
-            Tick(sample(ready=200, publish=40), 8, state=ScalerState(per_replica_rate=5.0)),
+            Tick(sample(ready=200, publish=40), 8, state=measured(5.0)),
             20,
             Reason.BACKLOG,
             id="backlog-above-floor-wins",
         ),
         pytest.param(
-            Tick(sample(unacked=8, publish=None), 8, state=ScalerState(per_replica_rate=5.0)),
+            Tick(sample(unacked=8, publish=None), 8, state=measured(5.0)),
             1,
             Reason.BACKLOG,
             id="unknown-publish-rate-gives-no-floor",
@@ -305,7 +310,7 @@ def test_rate_floor(tick: Tick, replicas: int, reason: Reason) -> None:
 
 def test_capped_floor_message_shows_the_cap() -> None:
     tick = Tick(
-        sample(ready=15, unacked=8, publish=200), 8, state=ScalerState(per_replica_rate=5.0)
+        sample(ready=15, unacked=8, publish=200), 8, state=measured(5.0)
     )
 
     assert tick.decide().message == (
@@ -405,10 +410,11 @@ UP_60 = {"behavior.scaleUp.stabilizationSeconds": 60}
             id="old-recommendation-expired",
         ),
         pytest.param(
-            Tick(sample(ready=30), 8, DOWN_300, ScalerState(recommendations=history((61, 8)))),
+            Tick(sample(ready=30), 8, DOWN_300, ScalerState(recommendations=history((94, 8)))),
             3,
             Reason.BACKLOG,
-            id="five-replicas-to-remove-look-back-a-fifth-of-the-window",
+            # 5 to remove, 1.8 of them within 2 sigma of chance: 300 s / 3.2 = 93.4 s
+            id="five-replicas-to-remove-look-back-a-third-of-the-window",
         ),
         pytest.param(
             Tick(sample(ready=30), 4, DOWN_300, ScalerState(recommendations=history((299, 4)))),
@@ -484,8 +490,17 @@ def test_stabilization_message() -> None:
 
     assert tick.decide().message == (
         "backlog 30 / 10 per replica -> 3,"
-        " held at 8 by scaleDown.stabilizationSeconds (highest recommendation of 60s)"
+        " held at 8 by scaleDown.stabilizationSeconds (highest recommendation of 93.4s)"
     )
+
+
+def test_an_unmeasured_rate_floor_holds_a_quarter_less() -> None:
+    # A Celery pool at concurrency 4, lightly loaded, never saturated: its rate is a lower
+    # bound, so the floor lets the pool shrink until work waits and the speed is measured.
+    tick = Tick(sample(unacked=8, publish=40), 8, state=ScalerState(per_replica_rate=5.0))
+    decision = tick.decide()
+    assert decision.recommendation == 6
+    assert "less 2 to learn the replicas' speed" in decision.message
 
 
 # --- cooldowns --------------------------------------------------------------------------
@@ -494,7 +509,22 @@ COOLDOWNS = {"behavior.scaleUp.cooldownSeconds": 15, "behavior.scaleDown.cooldow
 
 
 def scaled(seconds_ago: float) -> ScalerState:
-    return ScalerState(last_scale_time=ago(seconds_ago))
+    """Scaled up that long ago: both cooldowns count from it."""
+    return ScalerState(last_scale_time=ago(seconds_ago), last_scale_up_time=ago(seconds_ago))
+
+
+def test_a_scale_down_does_not_hold_the_next_scale_down() -> None:
+    # 58 -> 22 a tick ago, the burst drained: 22 -> 3 need not wait scaleDown.cooldownSeconds
+    state = ScalerState(last_scale_time=ago(10), last_scale_up_time=ago(400))
+    assert Tick(sample(ready=30), 22, COOLDOWNS, state).decide().replicas == 3
+    assert Tick(sample(ready=300), 3, COOLDOWNS, state).decide().reason is Reason.COOLDOWN
+
+
+def test_only_a_scale_up_starts_the_scale_down_cooldown() -> None:
+    grown = fold(ScalerState(), sample(ready=40), scaled_now=True, current=2, recommendation=4)
+    shrunk = fold(ScalerState(), sample(ready=40), scaled_now=True, current=6, recommendation=4)
+    assert (grown.last_scale_time, grown.last_scale_up_time) == (NOW, NOW)
+    assert (shrunk.last_scale_time, shrunk.last_scale_up_time) == (NOW, None)
 
 
 @pytest.mark.parametrize(
@@ -853,7 +883,7 @@ FALLBACK_2 = {"fallback.replicas": 2, "fallback.afterFailures": 3, "minReplicas"
 
 def failed(times: int, seconds_since_scale: float | None = None) -> ScalerState:
     last = None if seconds_since_scale is None else ago(seconds_since_scale)
-    return ScalerState(consecutive_failures=times, last_scale_time=last)
+    return ScalerState(consecutive_failures=times, last_scale_time=last, last_scale_up_time=last)
 
 
 @pytest.mark.parametrize(
@@ -1023,7 +1053,7 @@ def test_next_state(
 def test_next_state_remembers_the_counts_the_next_tick_differences_against() -> None:
     queue = replace(sample(ready=5, consumers=4), published_total=100, acked_total=90)
     after = fold(ScalerState(), queue)
-    assert after.readings == (Reading(NOW, 5, 4, 100, 90),)
+    assert after.readings == (Reading(NOW, 5, 4, 1, 100, 90),)
     assert fold(after, None).readings == after.readings  # a failed tick keeps them
 
 

@@ -26,7 +26,14 @@ from typing import Final
 
 from queuescaler.core.sample import QueueSample
 from queuescaler.core.spec import QueueScalerSpec
-from queuescaler.core.throughput import Flow, Reading, flow_since, per_replica_rate, remember
+from queuescaler.core.throughput import (
+    Flow,
+    Reading,
+    flow_since,
+    per_replica_rate,
+    remember,
+    saturated,
+)
 
 _EPSILON: Final = 1e-9
 """Absorbs float noise so that 30.0000000001 / 10 is 3 replicas, not 4."""
@@ -34,6 +41,20 @@ _EPSILON: Final = 1e-9
 MIN_POLLS_IN_WINDOW: Final = 2
 """The divided scale-down window never shrinks below this many polling intervals: one
 odd sample must not drain a large pool (600 s / 40 replicas would be 15 s)."""
+
+NOISE_SIGMAS: Final = 2.0
+"""A scale-down shortens the stabilization window only by the replicas it removes beyond
+this many standard deviations of chance. A pool of n replicas sized by a backlog of about
+n x messagesPerReplica messages moves by sqrt(n / messagesPerReplica) replicas on Poisson
+noise alone: 5 replicas of slow tasks at one message each swing between 1 and 5 by
+chance, while 58 replicas of 100 messages each going to 1 is no chance."""
+
+PROBE_DIVISOR: Final = 4
+"""Until the pool has been seen saturated, its per-replica rate is a lower bound (a
+Celery worker at concurrency 4 holding one message acks a quarter of what it can), and
+a rate floor on it would hold an over-provisioned pool forever. The floor then asks for
+a quarter less (at least 1) than it would: the pool shrinks until work waits at two
+polls, which measures the real speed once."""
 
 _HUGE: Final = 1_000_000_000
 """A recommendation no pool reaches: caps a rate policy whose throughput is near zero
@@ -74,7 +95,11 @@ class ScalerState:
     """Everything decide() remembers between ticks; the operator persists it in status."""
 
     last_scale_time: float | None = None
-    """When the target was last scaled; cooldowns count from here."""
+    """When the target was last scaled; the scale-up cooldown counts from here."""
+    last_scale_up_time: float | None = None
+    """When the target last grew; the scale-down cooldown counts from here. It is there to
+    let the pods a scale-up started work the backlog that called them; a scale-down needs
+    no such wait before the next one (the stabilization window damps those)."""
     recommendations: tuple[Recommendation, ...] = ()
     """Timestamped recommendations, oldest first, compacted by next_state()."""
     consecutive_failures: int = 0
@@ -82,6 +107,10 @@ class ScalerState:
     per_replica_rate: float | None = None
     """What one replica acknowledges per second working flat out (`core.throughput`);
     None until the pool has been seen saturated."""
+    rate_measured: bool = False
+    """Whether per_replica_rate has been measured on a saturated pool since this replica
+    took over; until then it is a lower bound, and the rate floor holds one replica less
+    than it asks so an over-provisioned pool can shrink until it saturates once."""
     readings: tuple[Reading, ...] = ()
     """The last samples' counts, oldest first, which the next tick's rates difference
     against (kept in memory only: after a restart the first tick reads the broker's rate
@@ -156,23 +185,31 @@ def next_state(
     history while a steady pool keeps a single entry, even at one tick per second.
     """
     last_scale_time = now if scaled else state.last_scale_time
+    grew = scaled and decision.replicas > current_replicas
+    last_scale_up_time = now if grew else state.last_scale_up_time
     if sample is None:
         return ScalerState(
             last_scale_time=last_scale_time,
+            last_scale_up_time=last_scale_up_time,
             recommendations=_compact(spec, state.recommendations, now),
             consecutive_failures=state.consecutive_failures + 1,
             per_replica_rate=state.per_replica_rate,
+            rate_measured=state.rate_measured,
             readings=state.readings,
         )
     history = (*state.recommendations, Recommendation(now, decision.recommendation))
     return ScalerState(
         last_scale_time=last_scale_time,
+        last_scale_up_time=last_scale_up_time,
         recommendations=_compact(spec, history, now),
         consecutive_failures=0,
         per_replica_rate=per_replica_rate(
             state.per_replica_rate, state.readings, sample, current_replicas
         ),
-        readings=remember(state.readings, sample),
+        rate_measured=state.rate_measured or saturated(
+            state.readings[-1] if state.readings else None, sample, current_replicas
+        ),
+        readings=remember(state.readings, sample, current_replicas),
     )
 
 
@@ -187,7 +224,9 @@ def _decide_with_sample(
     rate: float | None,
     busy_note: str | None = None,
 ) -> Decision:
-    recommendation, reason, message = _raw_recommendation(spec, sample, flow, current, rate)
+    recommendation, reason, message = _raw_recommendation(
+        spec, sample, flow, current, rate, probing=not state.rate_measured
+    )
     raw_reason = reason
     changes: list[str] = []
     replicas = recommendation
@@ -202,7 +241,7 @@ def _decide_with_sample(
     # it with a reason. Waking a pool from zero skips the damping (activation is apart).
     stages: list[Callable[[int], _Change | None]] = [] if waking else [
         lambda n: _stabilization(spec, n, current, state.recommendations, now),
-        lambda n: _cooldown(spec, n, current, state.last_scale_time, now),
+        lambda n: _cooldown(spec, n, current, state, now),
     ]
     stages += [
         lambda n: _step_limit(spec, n, current),
@@ -232,6 +271,7 @@ def _raw_recommendation(
     flow: Flow,
     current: int,
     per_replica_rate: float | None,
+    probing: bool = False,
 ) -> tuple[int, Reason, str]:
     """The policies' answer before any damping; the largest of them wins.
 
@@ -264,6 +304,10 @@ def _raw_recommendation(
                 f", capped at {lift} (current {current} + ready {sample.ready} / {per_replica})"
             )
             floor = lift
+        if probing and floor > 0 and floor >= current:
+            spare = -(-floor // PROBE_DIVISOR)
+            floor -= spare
+            floor_note += f", less {spare} to learn the replicas' speed (never seen saturated)"
         if floor > replicas:
             replicas, reason, winner = floor, Reason.RATE, "floor"
         drain_seconds = spec.target.drain_seconds
@@ -359,7 +403,9 @@ def _stabilization(
     up_cutoff = now - up_window
     window = behavior.scale_down.stabilization_seconds
     floor = MIN_POLLS_IN_WINDOW * spec.polling_interval_seconds
-    down_window = min(window, max(window / max(1, current - recommendation), floor))
+    per_replica = spec.target.messages_per_replica
+    beyond_noise = current - recommendation - NOISE_SIGMAS * math.sqrt(current / per_replica)
+    down_window = min(window, max(window / max(1.0, beyond_noise), floor))
     down_cutoff = now - down_window
     lowest = highest = recommendation
     for past in history:
@@ -384,16 +430,21 @@ def _stabilization(
 
 
 def _cooldown(
-    spec: QueueScalerSpec, replicas: int, current: int, last_scale_time: float | None, now: float
+    spec: QueueScalerSpec, replicas: int, current: int, state: ScalerState, now: float
 ) -> _Change | None:
-    """No move in a direction within that direction's cooldown of the last scale event."""
-    if last_scale_time is None or replicas == current:
+    """No scale-up within scaleUp.cooldownSeconds of the last scale event, no scale-down
+    within scaleDown.cooldownSeconds of the last scale-up."""
+    if replicas == current:
         return None
     if replicas > current:
         cooldown, field = spec.behavior.scale_up.cooldown_seconds, "scaleUp.cooldownSeconds"
+        since = state.last_scale_time
     else:
         cooldown, field = spec.behavior.scale_down.cooldown_seconds, "scaleDown.cooldownSeconds"
-    remaining = last_scale_time + cooldown - now
+        since = state.last_scale_up_time
+    if since is None:
+        return None
+    remaining = since + cooldown - now
     if remaining <= 0:
         return None
     return current, Reason.COOLDOWN, f"held at {current} by {field} ({math.ceil(remaining)}s left)"
@@ -482,7 +533,7 @@ def _decide_without_sample(
             message += f", fallback after {fallback.after_failures}"
     recommendation = replicas
     notes = [message]
-    change = _cooldown(spec, replicas, current, state.last_scale_time, now)
+    change = _cooldown(spec, replicas, current, state, now)
     if change is not None:
         replicas, reason, note = change
         notes.append(note)

@@ -126,6 +126,8 @@ def state_from_status(status: Mapping[str, Any] | None, now: float) -> ScalerSta
     last_scale = _rounded_up(parse_iso(status.get("lastScaleTime")))
     return ScalerState(
         last_scale_time=None if last_scale is None else min(last_scale, now),
+        # Status keeps one time: taken as a scale-up, the longer wait of the two.
+        last_scale_up_time=None if last_scale is None else min(last_scale, now),
         recommendations=tuple(history),
         consecutive_failures=failures if isinstance(failures, int) and failures >= 0 else 0,
         per_replica_rate=per_replica_rate,

@@ -3,27 +3,33 @@
 Two things make the broker's own figures a poor guide (issue 12):
 
 - Its `rate` fields average over the statistics interval (5 s). At 0.2 msg/s that window
-  holds 0 or 1 message, so a publish rate read from it jumps between 0 and 0.2 on noise.
-  The cumulative counters (`message_stats.publish`, `.ack`) differenced between two ticks
-  count every message over the whole polling interval instead: exact, and three times the
-  messages at the default 15 s.
+  holds 0 or 1 message, so a rate read from it jumps between 0 and 0.2 on noise. The
+  cumulative counters (`message_stats.publish`, `.ack`) differenced over a minute or two
+  count every message instead. They are used only where the rate fields are that thin,
+  and only over spans long enough that the broker's own refresh of them (every 5 s by
+  default) cannot alias into the rate, nor long enough for a clock step to matter.
 - Workers hold more than one message. A Celery worker prefetches concurrency x 4 messages,
   a pika worker `prefetch_count`; `unacked` counts them all, started or parked. Dividing
-  the ack rate by "replicas holding a message" then measures the load a replica carries,
-  not what it can do, and the rate floor keeps every pool as large as it happens to be.
+  the ack rate by "replicas holding a message" measures the load a replica carries, not
+  what it can do.
 
-So one replica's throughput is measured only while the pool is saturated: messages were
-ready at two polls in a row with the same consumers, so every consumer's buffer stayed
-full and every replica worked at its full concurrency the whole time, whatever its
-prefetch. Then acks / consumers is what a replica does. At any other time the pool kept
-up, and acks / consumers is only a lower bound: it may raise the estimate, never lower it,
-and never create one (a pool that never queues work has no measured speed, and the floor
-stays off: the backlog policy alone sizes it, as it should when nothing waits).
+So one replica's throughput is *measured* only while the pool is saturated: messages were
+ready at two polls in a row with the same consumers, every replica among them, so every
+consumer's buffer stayed full and every replica worked at its full concurrency the whole
+time, whatever its prefetch. Then acks / replicas is what a replica does, and the estimate
+follows it either way. At any other time acks per replica holding a message is only a
+*lower bound* (each holds at least one task, at most its concurrency): it may set an
+unknown estimate or raise one, never lower it. The bound is taken over enough acks to be
+more than noise, against the most replicas that held messages at either end of its span
+(a burst that just ended leaves the whole pool's acks in the window and few messages
+held), so noise cannot ratchet the estimate up. Being high costs the rate floor its hold
+(the backlog policy still sizes the pool, as KEDA's would); being low costs replicas.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -31,7 +37,7 @@ from queuescaler.core.sample import QueueSample
 
 RATE_SMOOTHING: Final = 0.3
 """EWMA weight of the newest per-replica throughput observation: a lasting change is 83%
-absorbed after five saturated ticks, while one odd tick moves the estimate by less than a
+absorbed after five observations, while one odd one moves the estimate by less than a
 third."""
 
 RATE_OUTLIER_FACTOR: Final = 2.0
@@ -40,83 +46,105 @@ the estimate (or this fraction of it): a lasting change still arrives in a few t
 glitch (RabbitMQ has reported absurd ack rates after a counter reset) cannot cut the rate
 floor to a fraction for minutes."""
 
+STATS_WINDOW: Final = 5.0
+"""Seconds RabbitMQ's rate fields average over (its default statistics interval)."""
+
+MIN_COUNTED: Final = 20
+"""Messages a rate must rest on to be more than noise: a rate field above
+MIN_COUNTED / STATS_WINDOW (4/s) is used as it is; below it, counters over a span."""
+
+MIN_SPAN: Final = 60.0
+"""Shortest span counters are differenced over: the broker refreshes them every statistics
+interval (5 s by default, up to 60 s on large clusters), so over a shorter span one
+refresh more or less would be a large error."""
+
+MAX_SPAN: Final = 900.0
+"""Longest: a span beyond it is a clock step or a long outage, not a measurement."""
+
+MAX_RATE: Final = 10_000_000.0
+"""Messages per second beyond which a counter difference is a glitch (the listing drops
+rate fields above the same bound)."""
+
+KEPT_EVERY: Final = 15.0
+"""Seconds between two kept readings: polls closer than this replace the newest one, so
+the history spans minutes at any polling interval."""
+
+RATE_HISTORY: Final = 10
+"""Readings kept: 2.5 minutes at `KEPT_EVERY`, enough for a span of `MIN_SPAN` and more."""
+
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """What the next tick differences against: the previous sample's counts."""
+    """What later ticks difference against: one past sample's counts."""
 
     taken_at: float
     ready: int
     consumers: int
+    holding: int
+    """Replicas that held a message then: min(replicas, unacked), at least 1."""
     published_total: int | None
+    """None when unknown, or when the sample was partial (a missing queue's counter
+    would make the sum drop and come back as if it were a reset and a flood)."""
     acked_total: int | None
 
 
 @dataclass(frozen=True, slots=True)
 class Flow:
-    """Messages per second over the last tick: published to the queue, acknowledged."""
+    """Messages per second: published to the queue, acknowledged by its consumers."""
 
     publish: float | None
     ack: float | None
 
 
-RATE_HISTORY: Final = 8
-"""Readings kept for the publish rate: 2 minutes at the default 15 s polls."""
-
-MIN_COUNTED: Final = 20
-"""The publish rate spans as many kept readings as it takes to count this many messages:
-one tick at busy queues, up to `RATE_HISTORY` ticks at quiet ones (0.2 msg/s: 24
-messages in 2 minutes instead of 3 in one tick), so a quiet queue's rate is not noise."""
-
-
-def reading_of(sample: QueueSample) -> Reading:
+def reading_of(sample: QueueSample, current_replicas: int) -> Reading:
+    counted = sample.complete
     return Reading(
-        sample.taken_at, sample.ready, sample.consumers, sample.published_total,
-        sample.acked_total,
+        sample.taken_at,
+        sample.ready,
+        sample.consumers,
+        max(1, min(current_replicas, sample.unacked)),
+        sample.published_total if counted else None,
+        sample.acked_total if counted else None,
     )
 
 
-def remember(readings: tuple[Reading, ...], sample: QueueSample) -> tuple[Reading, ...]:
+def remember(
+    readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int
+) -> tuple[Reading, ...]:
     """The readings after this sample, oldest first. A counter that went down starts the
-    history again: nothing before a reset can be differenced against what follows it."""
-    new = reading_of(sample)
-    if readings and _reset(readings[-1], new):
+    history again (nothing before a reset can be differenced against what follows it); a
+    clock that went back does too."""
+    new = reading_of(sample, current_replicas)
+    if readings and (_reset(readings[-1], new) or new.taken_at < readings[-1].taken_at):
         readings = ()
+    if len(readings) >= 2 and readings[-1].taken_at - readings[-2].taken_at < KEPT_EVERY:
+        readings = readings[:-1]  # it only stood in for the next poll (polls < KEPT_EVERY)
     return (*readings, new)[-RATE_HISTORY:]
 
 
 def flow_since(readings: tuple[Reading, ...], sample: QueueSample) -> Flow:
-    """The rates: acks over the last tick, publishes over the shortest span of kept
-    readings that counts `MIN_COUNTED` messages (or all of them), both from counters
-    differenced when both ends know them, else the broker's own rate fields. A counter
-    that went down (queue re-declared, node restarted) is a reset, not a negative rate."""
+    """The rates a decision uses: each rate field when it rests on `MIN_COUNTED` messages,
+    else the counters over the shortest span of kept readings (at least `MIN_SPAN`) that
+    counts as many, or the longest there is. A busy tick inside the span would be another
+    load, not more of this one: when a flood stops, the rate drops at once."""
     publish, ack = _sane(sample.publish_rate), _sane(sample.ack_rate)
-    if not readings:
-        return Flow(publish, ack)
-    ack = _per_second(readings[-1].acked_total, sample.acked_total,
-                      sample.taken_at - readings[-1].taken_at, ack)
-    after = sample.published_total
-    for reading in reversed(readings):
-        counted = _per_second(reading.published_total, after,
-                              sample.taken_at - reading.taken_at, None)
-        if counted is None:
-            break
-        publish = counted
-        if after is not None and after - (reading.published_total or 0) >= MIN_COUNTED:
-            break
+    if sample.complete:
+        publish = _counted(publish, readings, sample, sample.published_total,
+                           lambda r: r.published_total)
+        ack = _counted(ack, readings, sample, sample.acked_total, lambda r: r.acked_total)
     return Flow(publish, ack)
 
 
 def saturated(previous: Reading | None, sample: QueueSample, current_replicas: int) -> bool:
-    """Whether every replica worked flat out over the whole tick: messages were ready at
-    both ends (the broker hands a ready message to any consumer with room, so none had
-    room), and the same consumers, all of the pool's replicas, were there throughout."""
+    """Whether every replica worked flat out since the previous reading: messages were
+    ready at both ends (the broker hands a ready message to any consumer with room, so none
+    had room), with the same consumers throughout, at least one per replica."""
     return (
         previous is not None
+        and current_replicas > 0
         and previous.ready > 0
         and sample.ready > 0
-        and previous.consumers == sample.consumers == current_replicas
-        and current_replicas > 0
+        and previous.consumers == sample.consumers >= current_replicas
     )
 
 
@@ -126,28 +154,21 @@ def per_replica_rate(
     sample: QueueSample,
     current_replicas: int,
 ) -> float | None:
-    """The per-replica throughput estimate after this sample (see the module docstring).
-
-    Saturated, acks / consumers measures a replica: the estimate moves towards it either
-    way. Otherwise acks / replicas holding a message is a lower bound (each such replica
-    runs at least one task, at most its concurrency): exact for one task at a time, low by
-    up to the concurrency otherwise. It sets an unknown estimate and may raise one, never
-    lower it, so a pool that keeps up can only learn it is faster than thought; being
-    wrong the other way costs one saturated tick, which measures again.
-    """
+    """The per-replica throughput estimate after this sample (see the module docstring)."""
     if estimate is not None and not 0.0 < estimate < math.inf:
         estimate = None  # a corrupt value (restored from a hand-edited status, say)
-    serving = min(current_replicas, sample.consumers)
-    if serving <= 0:
+    if current_replicas <= 0 or sample.consumers <= 0:
         return estimate  # acks with no consumer came from pods on their way out
-    measured = saturated(readings[-1] if readings else None, sample, current_replicas)
-    if measured:  # the acks of the whole tick, all of it flat out
-        ack, busy = flow_since(readings, sample).ack, serving
-    else:  # the rate field: the same seconds as the unacked count it is divided by
-        ack, busy = _sane(sample.ack_rate), max(1, min(serving, sample.unacked))
+    ack = flow_since(readings, sample).ack
     if ack is None or not ack > 0.0:
         return estimate
-    observed = ack / busy
+    measured = saturated(readings[-1] if readings else None, sample, current_replicas)
+    if measured:
+        observed: float | None = ack / current_replicas
+    else:
+        observed = _lower_bound(readings, sample, current_replicas)
+    if observed is None or not observed > 0.0:
+        return estimate
     if estimate is None:
         return observed
     observed = min(max(observed, estimate / RATE_OUTLIER_FACTOR), estimate * RATE_OUTLIER_FACTOR)
@@ -156,17 +177,63 @@ def per_replica_rate(
     return estimate + RATE_SMOOTHING * (observed - estimate)
 
 
+def _lower_bound(
+    readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int
+) -> float | None:
+    """Acks per replica holding a message, over `MIN_COUNTED` acks or more, against the
+    most replicas that held messages at any reading of the span: a bound, never noise."""
+    holding_now = max(1, min(current_replicas, sample.unacked))
+    field = _sane(sample.ack_rate)
+    previous = readings[-1].holding if readings else current_replicas
+    if field is not None and field * STATS_WINDOW >= MIN_COUNTED:
+        return field / max(holding_now, previous)
+    after = sample.acked_total if sample.complete else None
+    if after is None:
+        return None
+    holding = holding_now
+    for reading in reversed(readings):
+        holding = max(holding, reading.holding)
+        before, seconds = reading.acked_total, sample.taken_at - reading.taken_at
+        if before is None or before > after or seconds > MAX_SPAN:
+            return None
+        if seconds >= MIN_SPAN and after - before >= MIN_COUNTED:
+            rate = (after - before) / seconds
+            return rate / holding if rate <= MAX_RATE else None
+    return None
+
+
+def _counted(
+    field: float | None,
+    readings: tuple[Reading, ...],
+    sample: QueueSample,
+    after: int | None,
+    total: Callable[[Reading], int | None],
+) -> float | None:
+    """A rate field thin on messages replaced by its counter over a span (see flow_since)."""
+    if after is None or (field is not None and field * STATS_WINDOW >= MIN_COUNTED):
+        return field
+    best, counted = field, -1
+    for reading in reversed(readings):
+        before, seconds = total(reading), sample.taken_at - reading.taken_at
+        if before is None or before > after or not 0.0 < seconds <= MAX_SPAN:
+            break
+        span = after - before
+        if counted >= 0 and span - counted >= MIN_COUNTED:
+            break  # an older tick busy on its own: another load
+        counted = span
+        if seconds >= MIN_SPAN:
+            rate = span / seconds
+            if rate > MAX_RATE:
+                break
+            best = rate
+            if span >= MIN_COUNTED:
+                break
+    return best
+
+
 def _sane(rate: float | None) -> float | None:
     """A rate the policy may use: negative, NaN and infinite ones are unknown."""
     return rate if rate is not None and 0.0 <= rate < math.inf else None
-
-
-def _per_second(before: int | None, after: int | None, seconds: float,
-                fallback: float | None) -> float | None:
-    if before is None or after is None or after < before or not 0.0 < seconds < math.inf:
-        return fallback
-    rate = (after - before) / seconds
-    return rate if rate < math.inf else fallback
 
 
 def _reset(before: Reading, after: Reading) -> bool:
