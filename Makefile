@@ -38,7 +38,7 @@ test-unit:
 demo: deps
 	@bash hack/demo.sh
 
-BENCHES := decide sampling reaction safe_scale_down scale
+BENCHES := decide sampling reaction safe_scale_down scale real_workers
 
 # Each benchmark prints its table; bench/RESULTS.md keeps the latest ones.
 bench: deps
