@@ -40,7 +40,7 @@ _EPSILON: Final = 1e-9
 
 MIN_POLLS_IN_WINDOW: Final = 2
 """The divided scale-down window never shrinks below this many polling intervals: one
-odd sample must not drain a large pool (600 s / 40 replicas would be 15 s)."""
+odd sample must not drain a large pool (300 s / 40 replicas would be 7.5 s)."""
 
 NOISE_SIGMAS: Final = 2.0
 """A scale-down shortens the stabilization window only by the replicas it removes beyond
@@ -105,8 +105,9 @@ class ScalerState:
     consecutive_failures: int = 0
     """Ticks in a row whose sample failed."""
     per_replica_rate: float | None = None
-    """What one replica acknowledges per second working flat out (`core.throughput`);
-    None until the pool has been seen saturated."""
+    """What one replica acknowledges per second working flat out (`core.throughput`):
+    measured on a saturated pool, else the highest lower bound seen; None until acks rest
+    on enough messages to say anything."""
     rate_measured: bool = False
     """Whether per_replica_rate has been measured on a saturated pool since this replica
     took over; until then it is a lower bound, and the rate floor holds one replica less
@@ -388,8 +389,9 @@ def _stabilization(
     tick's recommendation counts in both.
 
     The scale-down window is `scaleDown.stabilizationSeconds` divided by the number of
-    replicas the recommendation would remove: a pool about to lose one replica looks back
-    the whole window, one about to lose ten looks back a tenth of it. Holding k spare
+    replicas the recommendation would remove beyond chance (`NOISE_SIGMAS`): a pool about
+    to lose one replica looks back the whole window, one about to lose ten (of a pool large
+    enough that ten is no chance) looks back a tenth of it. Holding k spare
     replicas for window/k seconds costs the same replica-seconds whatever k is, so the
     setting bounds what waiting may cost rather than how long it lasts. The window exists
     against flapping on noisy metrics (the HPA's reason for it); noise moves a pool by a

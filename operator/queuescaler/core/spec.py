@@ -50,9 +50,10 @@ bench/RESULTS.md): they differ from the HPA's where a queue is not a CPU gauge.
   would remove (see decision._stabilization), never below two polls: one spare replica
   waits 5 min, a drained burst of 40 goes in 30 s. It was 600; the worker models (issue
   12) showed one spare replica kept 10 minutes costing more than KEDA under the HPA.
-- scaleDown.cooldownSeconds 45 (was 300, counted from scale-ups too): long enough for the
-  pods a scale-up started to become ready and work the backlog that called them, short
-  enough not to pay for a whole burst's peak for five minutes after it was drained.
+- scaleDown.cooldownSeconds 45, counted from the last scale-up only (was 300, then 45
+  from any scale): long enough for the pods a scale-up started to become ready and work
+  the backlog that called them; a burst drained in two scale-downs does not pay its middle
+  step for 45 s.
 - scaleDown.maxStepPercent 100 (the HPA's own default scale-down policy): the window
   already decides how far to go; halving per step only added events.
 """
