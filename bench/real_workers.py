@@ -33,9 +33,11 @@ a harness failure; an estimate far from the truth does not: this benchmark shows
 not judge).
 
 Each pool has its own namespace and RabbitMQ vhost (both `bench-rw-<tag>-<pool>`), deleted at
-the end: the operator matches busy connections to pods per vhost, and counts a busy
-connection of another pool in the same vhost as a busy pod it cannot place, which holds every
-scale-down (`--one-vhost` runs them all in the environment's vhost to show that). A foreign
+the end. `--one-vhost` runs them all in the environment's vhost instead: the operator then
+sees every pool's busy connections, and tells them apart by the queues they consume (the
+management API's consumer listing). Before it did, it counted a busy connection of another
+pool as a busy pod it could not place, and held every scale-down of every pool ("busy
+workers unknown: 6 busy clients matched no pod"). A foreign
 queuescaler process watching the namespaces (one for all namespaces, say) is looked for
 around each run and flagged. Loopback only; only processes started here are stopped, by PID.
 The sampled timelines are kept in ~/.cache/queuescaler/out/real-workers-<pool>.csv.
@@ -601,7 +603,8 @@ def main() -> None:
                         help="the first seconds of it, left out of the medians")
     parser.add_argument("--one-vhost", action="store_true",
                         help="all pools in the environment's vhost instead of one each (the "
-                        "operator then sees the other pools' busy connections)")
+                        "operator then sees the other pools' busy connections, and must tell "
+                        "them apart by their queues)")
     parser.add_argument("--only", default="",
                         help="comma-separated pools to run (" + ", ".join(
                             s.slug for s in SCENARIOS) + ")")

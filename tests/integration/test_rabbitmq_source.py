@@ -25,6 +25,7 @@ import pika
 import pytest
 
 from queuescaler.core.sample import (
+    BrokerClient,
     ErrorKind,
     QueueRef,
     QueueSample,
@@ -32,6 +33,7 @@ from queuescaler.core.sample import (
     SourceError,
     combine,
 )
+from queuescaler.core.workers import Pod, match_workers
 from queuescaler.sources.rabbitmq.listing import FILTER_MAX_NAMES
 from queuescaler.sources.rabbitmq.secret import broker_from_secret
 from queuescaler.sources.rabbitmq.source import RabbitMQSource
@@ -512,3 +514,76 @@ def test_peek_reopens_a_connection_the_broker_closed(broker: Broker, sources: So
 
     assert getattr(sources.peek(source, ref)[ref], "ready", None) == 3
     assert getattr(sources.sample(source, ref)[ref], "ready", None) == 3  # no management URL
+
+
+def _consumer_connection(
+    broker: Broker, vhost: str, name: str, queues: list[QueueRef], hold: int = 0
+) -> tuple[pika.BlockingConnection, list[int]]:
+    """A worker's connection named `name`, one channel per queue (prefetch 1, manual acks),
+    the first `hold` deliveries kept unacknowledged."""
+    parameters = broker.amqp_params(vhost)
+    parameters.client_properties = {"connection_name": name}
+    connection = pika.BlockingConnection(parameters)
+    delivered: list[int] = []
+    for ref in queues:
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=1)
+        channel.basic_consume(ref.name, lambda *args: delivered.append(1), auto_ack=False)
+    if hold:
+        wait_until(
+            lambda: connection.process_data_events(0.1) or len(delivered) >= hold,
+            timeout=15, what=f"{hold} deliveries to {name}",
+        )
+    return connection, delivered
+
+
+def test_a_busy_worker_of_another_pool_in_the_vhost_is_not_ours(
+    broker: Broker, sources: Sources, testenv: TestEnv
+) -> None:
+    """Two pools in one vhost (bench/real_workers.py --one-vhost): pool A's worker holds a
+    message, pool B's is idle. The consumer listing ties each connection to its queue, so
+    B's QueueScaler sees one idle worker of its own and nothing unplaced; A's sees its busy
+    worker, and a busy worker of A on no pod still holds A's scale-down."""
+    requests: list[str] = []
+
+    async def count(_: Any, __: Any, params: aiohttp.TraceRequestStartParams) -> None:
+        requests.append(str(params.url))
+
+    tracing = aiohttp.TraceConfig()
+    tracing.on_request_start.append(count)
+    source = sources.open(testenv.amqp_url, testenv.management_url, trace_configs=[tracing])
+    vhost = broker.new_vhost()
+    a_queue, b_queue = broker.new_queue(vhost, messages=1), broker.new_queue(vhost)
+    a_worker, _ = _consumer_connection(broker, vhost, "pool-a-0", [a_queue], hold=1)
+    b_worker, _ = _consumer_connection(broker, vhost, "pool-b-0", [b_queue])
+    both, _ = _consumer_connection(broker, vhost, "pool-ab-0", [a_queue, b_queue])
+    try:
+        def listed() -> dict[str | None, BrokerClient] | None:
+            found = {c.client_name: c for c in sources.loop.run(source.clients({vhost}))}
+            ready = (
+                set(found) == {"pool-a-0", "pool-b-0", "pool-ab-0"}
+                and found["pool-a-0"].unacked == 1
+                and all(c.consumers == len(c.queues or ()) for c in found.values())
+            )
+            return found if ready else None
+
+        clients = wait_until(listed, timeout=STATS_TIMEOUT, what="three consumers listed")
+        assert clients["pool-a-0"].queues == {a_queue}
+        assert clients["pool-b-0"].queues == {b_queue}
+        assert clients["pool-ab-0"].queues == {a_queue, b_queue}  # two channels, two queues
+
+        requests.clear()
+        sources.loop.run(source.clients({vhost}))
+        assert len(requests) == 3, requests  # connections, channels, consumers
+        assert f"/api/consumers/{quote(vhost)}?columns=" in requests[2]
+
+        listing = list(clients.values())
+        for_b = match_workers([Pod("pool-b-0"), Pod("pool-ab-0")], listing, {b_queue})
+        assert (for_b.matched, for_b.busy, for_b.unattributed, for_b.protected) == (2, 0, 0, 0)
+        for_a = match_workers([Pod("pool-a-0"), Pod("pool-ab-0")], listing, {a_queue})
+        assert (for_a.busy, for_a.unattributed) == (1, 0)
+        lost_a = match_workers([Pod("pool-a-1")], listing, {a_queue})
+        assert (lost_a.unattributed, lost_a.protected) == (1, 1)  # fails closed, as before
+    finally:
+        for connection in (a_worker, b_worker, both):
+            connection.close()

@@ -254,7 +254,7 @@ def test_a_channel_with_an_unknown_unacked_count_counts_as_busy() -> None:
         "consumer_count": 1, "messages_unacknowledged": "n/a",  # or absent: stats pending
     }])
     clients = parse_client_connections(connections.encode(), channels.encode(), {"/"})
-    report = match_workers([Pod("w-0", "10.0.0.1"), Pod("w-1", "10.0.0.2")], clients, {"/"})
+    report = match_workers([Pod("w-0", "10.0.0.1"), Pod("w-1", "10.0.0.2")], clients, {Q})
     assert report.protected >= 1, (
         f"w-0 holds an unknown number of messages and counts as idle: {clients}"
     )

@@ -226,7 +226,7 @@ def test_connections_match_pods(
     pods: list[Pod], clients: list[BrokerClient], held: dict[str, int], named: int,
     addressed: int,
 ) -> None:
-    report = match_workers(pods, clients, {VHOST})
+    report = match_workers(pods, clients, {QueueRef(VHOST, "jobs")})
     assert dict(report.held) == held
     assert (report.by_name, report.by_address) == (named, addressed)
     assert report.matched == len(held)

@@ -49,6 +49,7 @@ from queuescaler.core.workers import (
     deletion_marks,
     match_workers,
     ordinal_floor,
+    serves,
     workers_condition,
 )
 
@@ -437,8 +438,9 @@ def _protected(
 ) -> tuple[Decision, WorkerReport | None, bool]:
     """A scale-down decided again with the workers that must stay, and whether to look first.
 
-    Protection fails closed: when the workers cannot be looked at, or a busy client cannot
-    be placed on a pod, the pool keeps them all. A StatefulSet removes its highest ordinals
+    Protection fails closed: when the workers cannot be looked at, or a busy client of its
+    queues (or of queues unknown) cannot be placed on a pod, the pool keeps them all; another
+    pool's busy clients in the vhost do not count. A StatefulSet removes its highest ordinals
     whatever the deletion costs say, so it keeps every pod up to its highest busy one.
     """
     look = seen.workers
@@ -453,9 +455,10 @@ def _protected(
         why = f"busy workers unknown: {look.problem or 'nothing listed'}"
     if why is not None or look is None or look.clients is None:
         return decide(spec, sample, current, state, seen.now, current, why), None, False
-    report = match_workers(look.pods, look.clients, _scopes(spec))
+    queues = spec.source.queues
+    report = match_workers(look.pods, look.clients, queues)
     keep, note = report.protected, None
-    held = sum(c.unacked for c in look.clients if c.scope in _scopes(spec))
+    held = sum(c.unacked for c in look.clients if serves(c, queues))
     if not report.placed:
         keep = current
         note = (

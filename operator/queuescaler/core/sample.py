@@ -59,6 +59,9 @@ class BrokerClient:
     """Consumers on the client's channels."""
     unacked: int
     """Messages delivered to it and not yet acknowledged."""
+    queues: frozenset[QueueRef] | None = None
+    """The queues its channels consume from; None when the broker could not say for one of
+    its channels (then it may be any pool's worker: protection fails closed)."""
 
 
 @dataclass(frozen=True, slots=True)

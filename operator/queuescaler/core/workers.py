@@ -3,10 +3,13 @@
 The broker knows which connections hold unacknowledged messages; Kubernetes knows the
 target's pods. A connection belongs to a pod when the name its client gave it is the
 pod's name (workers set it from the downward API), or else when it comes from the pod's
-IP. From that, `match_workers` counts matched and busy pods, and `deletion_marks` says
-which pods need a new `controller.kubernetes.io/pod-deletion-cost`, which the ReplicaSet
-controller reads to choose the pods it removes: known idle pods first, then pods it
-could not match, busy pods last and the busiest of them after the others.
+IP. A connection that matches no pod is the QueueScaler's business only if it consumes
+one of its queues (or the broker could not say what it consumes: `serves`): another pool's
+busy connection in the same vhost is not. From that, `match_workers` counts matched and busy
+pods, and `deletion_marks` says which pods need a new
+`controller.kubernetes.io/pod-deletion-cost`, which the ReplicaSet controller reads to
+choose the pods it removes: known idle pods first, then pods it could not match, busy pods
+last and the busiest of them after the others.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from queuescaler.core.sample import BrokerClient
+from queuescaler.core.sample import BrokerClient, QueueRef
 from queuescaler.core.status import Condition
 
 DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cost"
@@ -56,7 +59,7 @@ class WorkerReport:
     pods: int
     """Pods of the target, not being deleted."""
     consuming: int
-    """Consuming (or message-holding) connections in the QueueScaler's vhost."""
+    """Consuming (or message-holding) connections of its pods or its queues."""
     held: Mapping[str, int] = field(default_factory=dict)
     """Matched pod -> unacknowledged messages on its connections."""
     by_name: int = 0
@@ -93,14 +96,34 @@ class WorkerReport:
         return self.busy + (self.unmatched if self.unattributed else 0)
 
 
-def match_workers(
-    pods: Iterable[Pod], clients: Iterable[BrokerClient], vhosts: Collection[str]
-) -> WorkerReport:
-    """Match the consuming connections in `vhosts` to `pods`: by name first, then by IP.
+def serves(client: BrokerClient, queues: Collection[QueueRef]) -> bool:
+    """Whether `client` may be a worker of the pool that reads `queues`.
 
-    An IP that several pods share (host networking) matches none of them: it cannot say
-    which pod a connection comes from.
+    It is when it consumes one of them, or when what it consumes is unknown (the consumer
+    listing failed, or one of its channels is missing from it) and it is in one of their
+    vhosts: protection fails closed. A client consuming queues of several pools serves each
+    of them; one that consumes only other queues belongs to another pool, even in the same
+    vhost.
     """
+    if client.queues is None:
+        return any(ref.scope == client.scope for ref in queues)
+    return not client.queues.isdisjoint(queues)
+
+
+def match_workers(
+    pods: Iterable[Pod], clients: Iterable[BrokerClient], queues: Collection[QueueRef]
+) -> WorkerReport:
+    """Match the consuming connections in the vhosts of `queues` to `pods`: by name, then
+    by IP.
+
+    A connection that matches a pod counts whatever it consumes: the pod holds what it
+    holds. One that matches no pod counts only if it `serves` the queues: another pool's
+    busy connection in the same vhost is neither busy nor unplaced for this one. An IP that
+    several pods share (host networking) matches none of them: it cannot say which pod a
+    connection comes from.
+    """
+    queues = frozenset(queues)
+    scopes = {ref.scope for ref in queues}
     live = [pod for pod in pods if not pod.deleting]
     by_name = {pod.name: pod.name for pod in live}
     shared = Counter(pod.ip for pod in live if pod.ip)
@@ -108,9 +131,8 @@ def match_workers(
     held: dict[str, int] = {}
     named = addressed = consuming = unattributed = 0
     for client in clients:
-        if client.scope not in vhosts or (client.consumers <= 0 and client.unacked <= 0):
+        if client.scope not in scopes or (client.consumers <= 0 and client.unacked <= 0):
             continue
-        consuming += 1
         pod = by_name.get(client.client_name) if client.client_name else None
         if pod is not None:
             named += 1
@@ -119,8 +141,11 @@ def match_workers(
             addressed += 1
         if pod is not None:
             held[pod] = held.get(pod, 0) + max(client.unacked, 0)
+        elif not serves(client, queues):
+            continue
         elif client.unacked > 0:
             unattributed += 1
+        consuming += 1
     return WorkerReport(len(live), consuming, held, named, addressed, unattributed)
 
 
@@ -205,10 +230,11 @@ def workers_condition(
     if report.pods == 0:
         why = "the target has no pods"
     elif report.consuming == 0:
-        why = f"no consumer is connected in vhost {vhost!r}"
+        why = f"no consumer of its queues is connected in vhost {vhost!r}"
     else:
         why = (
-            f"none of the {report.consuming} consuming connections in vhost {vhost!r} is named"
+            f"none of the {report.consuming} connections consuming its queues in vhost"
+            f" {vhost!r} is named"
             f" after one of the {report.pods} pods or comes from a pod's IP (set the"
             " connection name to the pod name)"
         )

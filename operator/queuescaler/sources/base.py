@@ -47,9 +47,10 @@ class ListingClients(Protocol):
     """A source that can tell which clients hold messages (busy-worker protection)."""
 
     async def clients(self, scopes: Collection[str]) -> Sequence[BrokerClient]:
-        """The clients in `scopes` that consume or hold messages, with their in-flight counts.
+        """The clients in `scopes` that consume or hold messages, with their in-flight counts
+        and the queues they consume (None where the broker cannot say).
 
-        At most a couple of requests per call; raises SourceError when the broker cannot
-        list them (no management API, no permission to see other users' clients, ...).
+        A few requests per call; raises SourceError when the broker cannot list them (no
+        management API, no permission to see other users' clients, ...).
         """
         ...

@@ -9,10 +9,12 @@ a utilisation (negative, absurd, not finite) is a glitch of that field: it reads
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -47,13 +49,23 @@ CONNECTION_COLUMNS = ("name", "vhost", "user_provided_name", "client_properties.
 to `user_provided_name`; the client properties are the fallback (the broker answers a
 dotted column with the whole `client_properties` object)."""
 CHANNEL_COLUMNS = (
+    "name",
     "vhost",
     "connection_details.name",
     "connection_details.peer_host",
     "consumer_count",
     "messages_unacknowledged",
 )
-"""Per channel: its connection (name and peer address), its consumers and what it holds."""
+"""Per channel: its name, its connection (name and peer address), its consumers and what it
+holds."""
+CONSUMER_COLUMNS = (
+    "queue.name",
+    "queue.vhost",
+    "channel_details.name",
+    "channel_details.connection_name",
+)
+"""Per consumer: the queue it reads and the channel (and connection) it is on: which pool's
+worker a busy channel is."""
 
 FILTER_MAX_NAMES = 20
 """Up to this many names, a listing filtered by name (one page) is cheaper than the whole vhost.
@@ -311,18 +323,85 @@ def _client_name(entry: Mapping[str, Any]) -> str | None:
     return name
 
 
+@dataclass(frozen=True, slots=True)
+class ChannelConsumers:
+    """What the consumer listing says about one channel."""
+
+    connection: str | None
+    """The name of the channel's connection."""
+    queues: list[QueueRef | None]
+    """One entry per consumer listed on the channel: its queue, None when unreadable."""
+
+
+ConsumerListing = Mapping[str, ChannelConsumers]
+"""Channel name -> its consumers, out of `/api/consumers`."""
+
+
+def parse_consumer_listing(body: bytes) -> ConsumerListing:
+    """The consumers of a `/api/consumers` answer (CONSUMER_COLUMNS), by channel name.
+
+    A consumer whose channel cannot be read is left out (its channel then lists fewer
+    consumers than it has, which makes that channel's queues unknown); one whose queue cannot
+    be read is listed as None. Raises SourceError(BAD_RESPONSE), and nothing else, when the
+    body is not a JSON list.
+    """
+    channels: dict[str, ChannelConsumers] = {}
+    for entry in _load_list(body, "the consumer listing"):
+        details = entry.get("channel_details") if isinstance(entry, dict) else None
+        if not isinstance(details, dict) or _text(details.get("name")) is None:
+            continue
+        queue, ref = entry.get("queue"), None
+        if isinstance(queue, dict):
+            name, vhost = queue.get("name"), queue.get("vhost")
+            if isinstance(name, str) and isinstance(vhost, str):
+                ref = QueueRef(scope=vhost, name=name)
+        listed = channels.setdefault(
+            details["name"], ChannelConsumers(_text(details.get("connection_name")), [])
+        )
+        listed.queues.append(ref)
+    return channels
+
+
+def _channel_queues(
+    name: str | None, consumers: int | None, unacked: int, listing: ConsumerListing | None
+) -> frozenset[QueueRef] | None:
+    """The queues one channel consumes, or None when the listings cannot say.
+
+    Known only when the consumer listing has at least as many readable consumers on the
+    channel as the channel's statistics count (it was taken a moment later: a consumer
+    cancelled in between, or a channel missing from it, leaves the channel unknown), and,
+    for a channel holding messages, at least one (messages held with no consumer came from
+    a queue nobody can name: a cancelled consumer's, or `basic.get`).
+    """
+    if listing is None or name is None or consumers is None:
+        return None
+    listed = listing.get(name)
+    queues = listed.queues if listed is not None else []
+    if len(queues) < consumers or (unacked > 0 and not queues):
+        return None
+    known = frozenset(ref for ref in queues if ref is not None)
+    return None if len(known) < len(set(queues)) else known  # an unreadable queue: unknown
+
+
 def parse_client_connections(
-    connections_body: bytes, channels_body: bytes, vhosts: Collection[str]
+    connections_body: bytes,
+    channels_body: bytes,
+    vhosts: Collection[str],
+    consumers_body: bytes | None = None,
 ) -> list[BrokerClient]:
     """The connections in `vhosts` that consume or hold messages, out of the answers of
-    `/api/connections` (CONNECTION_COLUMNS) and `/api/channels` (CHANNEL_COLUMNS).
+    `/api/connections` (CONNECTION_COLUMNS) and `/api/channels` (CHANNEL_COLUMNS), with
+    the queues they consume from `/api/consumers` (CONSUMER_COLUMNS).
 
     Channels are grouped by their connection's name; the connection listing adds the name
     the client gave (a connection opened between the two requests simply has none). A
     channel whose statistics are not emitted yet is not listed, or listed without counts:
     one without its unacknowledged count counts as holding a message (it may: protection
-    fails closed). Raises SourceError(BAD_RESPONSE), and nothing else,
-    when a body is not a JSON list.
+    fails closed). A connection's queues are those of its channels, plus those of consumers
+    on its channels the channel listing did not have yet; unknown (None) when the consumer
+    listing is absent or unreadable, or cannot say for one of its channels. Raises
+    SourceError(BAD_RESPONSE), and nothing else, when the connection or channel body is
+    not a JSON list.
     """
     vhosts = frozenset(vhosts)
     names: dict[str, str] = {}
@@ -331,8 +410,17 @@ def parse_client_connections(
             client_name = _client_name(entry)
             if client_name is not None:
                 names[entry["name"]] = client_name
+    listing: ConsumerListing | None = None
+    if consumers_body is not None:
+        with contextlib.suppress(SourceError):  # unreadable: every client's queues unknown
+            listing = parse_consumer_listing(consumers_body)
     grouped: dict[tuple[str, str], list[int]] = {}
     peers: dict[tuple[str, str], str | None] = {}
+    consumed: dict[tuple[str, str], set[QueueRef]] = {}
+    unknown: set[tuple[str, str]] = set()
+    """Connections with a channel whose queues the listings cannot say."""
+    seen: set[str] = set()
+    """The channels the channel listing has."""
     for entry in _load_list(channels_body, "the channel listing"):
         if not isinstance(entry, dict):
             continue
@@ -342,7 +430,9 @@ def parse_client_connections(
         connection = details.get("name")
         if not isinstance(connection, str):
             continue
-        consumers = _channel_count(entry.get("consumer_count")) or 0
+        channel = _text(entry.get("name"))
+        counted = _channel_count(entry.get("consumer_count"))
+        consumers = counted or 0
         unacked = _channel_count(entry.get("messages_unacknowledged"))
         if unacked is None:
             unacked = 1  # unknown: it may hold work, so it counts as busy (fails closed)
@@ -351,6 +441,22 @@ def parse_client_connections(
         totals[0] += consumers
         totals[1] += unacked
         peers.setdefault(key, _text(details.get("peer_host")))
+        if channel is not None:
+            seen.add(channel)
+        found = consumed.setdefault(key, set())
+        if consumers > 0 or unacked > 0 or counted is None:
+            these = _channel_queues(channel, counted, unacked, listing)
+            if these is None:
+                unknown.add(key)
+            else:
+                found |= these
+    connections = {connection: (vhost, connection) for vhost, connection in consumed}
+    for channel, listed in (listing or {}).items():
+        # Consumers on a channel the channel listing did not have yet (opened between the
+        # two requests): what its connection consumes grows, never shrinks.
+        grown = connections.get(listed.connection or "")
+        if channel not in seen and grown is not None:
+            consumed[grown] |= {ref for ref in listed.queues if ref is not None}
     return [
         BrokerClient(
             scope=vhost,
@@ -358,6 +464,8 @@ def parse_client_connections(
             peer_host=peers[(vhost, connection)],
             consumers=consumers,
             unacked=unacked,
+            queues=None if (vhost, connection) in unknown
+            else frozenset(consumed[(vhost, connection)]),
         )
         for (vhost, connection), (consumers, unacked) in sorted(grouped.items())
         if consumers > 0 or unacked > 0

@@ -9,6 +9,7 @@ vhost from a missing queue.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ssl
 import time
 import urllib.parse
@@ -22,6 +23,7 @@ from queuescaler.core.sample import BrokerClient, ErrorKind, QueueRef, SampleRes
 from queuescaler.sources.rabbitmq.listing import (
     CHANNEL_COLUMNS,
     CONNECTION_COLUMNS,
+    CONSUMER_COLUMNS,
     QUEUE_COLUMNS,
     mark_missing_vhosts,
     name_filter_query,
@@ -37,6 +39,7 @@ _QUEUE_QUERY = "columns=" + ",".join(QUEUE_COLUMNS)
 _VHOST_QUERY = "columns=name"
 _CONNECTION_QUERY = "columns=" + ",".join(CONNECTION_COLUMNS)
 _CHANNEL_QUERY = "columns=" + ",".join(CHANNEL_COLUMNS)
+_CONSUMER_QUERY = "columns=" + ",".join(CONSUMER_COLUMNS)
 
 
 def _error(kind: ErrorKind, message: str) -> SourceError:
@@ -165,25 +168,33 @@ class ManagementClient:
         return result
 
     async def clients(self, vhosts: Collection[str]) -> list[BrokerClient]:
-        """The consuming connections in `vhosts`: two GETs (connections, then channels).
+        """The consuming connections in `vhosts`, with the queues they consume: three GETs
+        (connections, channels, then consumers).
 
         Scoped to the vhost when there is one, broker-wide otherwise. The broker shows a
         user only its own connections unless the user is tagged `monitoring` (or more).
+        A consumer listing that fails leaves every client's queues unknown (each may then
+        be any pool's worker: protection fails closed), not the whole listing failed.
         """
         wanted = set(vhosts)
         if not wanted:
             return []
-        prefix = "/api"
+        prefix, consumers = "/api", "/api/consumers"
         if len(wanted) == 1:
             (vhost,) = wanted
-            prefix = f"/api/vhosts/{urllib.parse.quote(vhost, safe='')}"
+            quoted = urllib.parse.quote(vhost, safe="")
+            prefix, consumers = f"/api/vhosts/{quoted}", f"/api/consumers/{quoted}"
         status, connections = await self._get(f"{prefix}/connections", _CONNECTION_QUERY)
         if status == 404:
             raise _error(ErrorKind.VHOST_NOT_FOUND, "the connection listing was not found")
         status, channels = await self._get(f"{prefix}/channels", _CHANNEL_QUERY)
         if status == 404:
             raise _error(ErrorKind.VHOST_NOT_FOUND, "the channel listing was not found")
-        return parse_client_connections(connections, channels, wanted)
+        consumed: bytes | None = None
+        with contextlib.suppress(SourceError):
+            status, body = await self._get(consumers, _CONSUMER_QUERY)
+            consumed = body if status == 200 else None
+        return parse_client_connections(connections, channels, wanted, consumed)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -120,7 +120,8 @@ class RabbitMQSource:
         return await self._amqp.peek(queues)
 
     async def clients(self, vhosts: Collection[str]) -> Sequence[BrokerClient]:
-        """Consuming connections and what they hold (management API only: AMQP cannot tell)."""
+        """Consuming connections, what they hold and the queues they consume (management API
+        only: AMQP cannot tell)."""
         if self._http is None:
             raise SourceError(
                 ErrorKind.BAD_CONFIG,
