@@ -157,8 +157,10 @@ def decide(
             spec, current_replicas, state, now, busy_workers, busy_note
         )
     else:
-        rate = per_replica_rate(state.per_replica_rate, state.readings, sample, current_replicas)
         flow = flow_since(state.readings, sample)
+        rate = per_replica_rate(
+            state.per_replica_rate, state.readings, sample, current_replicas, flow
+        )
         decision = _decide_with_sample(
             spec, sample, flow, current_replicas, state, now, busy_workers, rate, busy_note
         )

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Final
 
 from queuescaler.core.sample import QueueSample
@@ -128,11 +129,14 @@ def flow_since(readings: tuple[Reading, ...], sample: QueueSample) -> Flow:
     counts as many, or the longest there is. A busy tick inside the span would be another
     load, not more of this one: when a flood stops, the rate drops at once."""
     publish, ack = _sane(sample.publish_rate), _sane(sample.ack_rate)
-    if sample.complete:
-        publish = _counted(publish, readings, sample, sample.published_total,
-                           lambda r: r.published_total)
-        ack = _counted(ack, readings, sample, sample.acked_total, lambda r: r.acked_total)
+    if sample.complete and readings:
+        publish = _counted(publish, readings, sample, sample.published_total, _PUBLISHED)
+        ack = _counted(ack, readings, sample, sample.acked_total, _ACKED)
     return Flow(publish, ack)
+
+
+_PUBLISHED: Final = attrgetter("published_total")
+_ACKED: Final = attrgetter("acked_total")
 
 
 def saturated(previous: Reading | None, sample: QueueSample, current_replicas: int) -> bool:
@@ -153,13 +157,15 @@ def per_replica_rate(
     readings: tuple[Reading, ...],
     sample: QueueSample,
     current_replicas: int,
+    flow: Flow | None = None,
 ) -> float | None:
-    """The per-replica throughput estimate after this sample (see the module docstring)."""
+    """The per-replica throughput estimate after this sample (see the module docstring);
+    `flow` is flow_since(readings, sample) when the caller has it already."""
     if estimate is not None and not 0.0 < estimate < math.inf:
         estimate = None  # a corrupt value (restored from a hand-edited status, say)
     if current_replicas <= 0 or sample.consumers <= 0:
         return estimate  # acks with no consumer came from pods on their way out
-    ack = flow_since(readings, sample).ack
+    ack = (flow or flow_since(readings, sample)).ack
     if ack is None or not ack > 0.0:
         return estimate
     measured = saturated(readings[-1] if readings else None, sample, current_replicas)
