@@ -39,6 +39,7 @@ from queuescaler.sources.rabbitmq.secret import broker_from_secret
 from queuescaler.sources.rabbitmq.source import RabbitMQSource
 from queuescaler_testkit.broker import BrokerAdmin, quote
 from queuescaler_testkit.env import TestEnv, wait_until
+from queuescaler_testkit.faultproxy import FaultProxy, Mode
 
 pytestmark = pytest.mark.integration
 
@@ -518,7 +519,7 @@ def test_peek_reopens_a_connection_the_broker_closed(broker: Broker, sources: So
 
 def _consumer_connection(
     broker: Broker, vhost: str, name: str, queues: list[QueueRef], hold: int = 0
-) -> tuple[pika.BlockingConnection, list[int]]:
+) -> pika.BlockingConnection:
     """A worker's connection named `name`, one channel per queue (prefetch 1, manual acks),
     the first `hold` deliveries kept unacknowledged."""
     parameters = broker.amqp_params(vhost)
@@ -534,15 +535,58 @@ def _consumer_connection(
             lambda: connection.process_data_events(0.1) or len(delivered) >= hold,
             timeout=15, what=f"{hold} deliveries to {name}",
         )
-    return connection, delivered
+    return connection
+
+
+@dataclass
+class TwoPools:
+    """Two pools in one vhost: pool A's worker holds a message, pool B's is idle, and a third
+    worker consumes both queues on two channels."""
+
+    vhost: str
+    a_queue: QueueRef
+    b_queue: QueueRef
+
+
+WORKERS = {"pool-a-0", "pool-b-0", "pool-ab-0"}
+
+
+@pytest.fixture
+def two_pools(broker: Broker) -> Iterator[TwoPools]:
+    vhost = broker.new_vhost()
+    a_queue, b_queue = broker.new_queue(vhost, messages=1), broker.new_queue(vhost)
+    connections = [
+        _consumer_connection(broker, vhost, "pool-a-0", [a_queue], hold=1),
+        _consumer_connection(broker, vhost, "pool-b-0", [b_queue]),
+        _consumer_connection(broker, vhost, "pool-ab-0", [a_queue, b_queue]),
+    ]
+    yield TwoPools(vhost, a_queue, b_queue)
+    for connection in connections:
+        connection.close()
+
+
+def _until_listed(
+    sources: Sources, source: RabbitMQSource, vhost: str, *, queues_known: bool = True
+) -> dict[str | None, BrokerClient]:
+    """The clients once the channel statistics show the three workers and A's message held."""
+
+    def listed() -> dict[str | None, BrokerClient] | None:
+        found = {c.client_name: c for c in sources.loop.run(source.clients({vhost}))}
+        ready = (
+            set(found) == WORKERS
+            and found["pool-a-0"].unacked == 1
+            and all(c.consumers == len(c.queues or ()) for c in found.values() if c.queues)
+        )
+        return found if ready else None
+
+    return wait_until(listed, timeout=STATS_TIMEOUT, what="three consumers listed")
 
 
 def test_a_busy_worker_of_another_pool_in_the_vhost_is_not_ours(
-    broker: Broker, sources: Sources, testenv: TestEnv
+    sources: Sources, testenv: TestEnv, two_pools: TwoPools
 ) -> None:
-    """Two pools in one vhost (bench/real_workers.py --one-vhost): pool A's worker holds a
-    message, pool B's is idle. The consumer listing ties each connection to its queue, so
-    B's QueueScaler sees one idle worker of its own and nothing unplaced; A's sees its busy
+    """bench/real_workers.py --one-vhost: the consumer listing ties each connection to its
+    queues, so B's QueueScaler sees its idle workers and nothing unplaced; A's sees its busy
     worker, and a busy worker of A on no pod still holds A's scale-down."""
     requests: list[str] = []
 
@@ -552,38 +596,53 @@ def test_a_busy_worker_of_another_pool_in_the_vhost_is_not_ours(
     tracing = aiohttp.TraceConfig()
     tracing.on_request_start.append(count)
     source = sources.open(testenv.amqp_url, testenv.management_url, trace_configs=[tracing])
-    vhost = broker.new_vhost()
-    a_queue, b_queue = broker.new_queue(vhost, messages=1), broker.new_queue(vhost)
-    a_worker, _ = _consumer_connection(broker, vhost, "pool-a-0", [a_queue], hold=1)
-    b_worker, _ = _consumer_connection(broker, vhost, "pool-b-0", [b_queue])
-    both, _ = _consumer_connection(broker, vhost, "pool-ab-0", [a_queue, b_queue])
-    try:
-        def listed() -> dict[str | None, BrokerClient] | None:
-            found = {c.client_name: c for c in sources.loop.run(source.clients({vhost}))}
-            ready = (
-                set(found) == {"pool-a-0", "pool-b-0", "pool-ab-0"}
-                and found["pool-a-0"].unacked == 1
-                and all(c.consumers == len(c.queues or ()) for c in found.values())
-            )
-            return found if ready else None
+    a_queue, b_queue = two_pools.a_queue, two_pools.b_queue
+    clients = _until_listed(sources, source, two_pools.vhost)
+    assert clients["pool-a-0"].queues == frozenset({a_queue})
+    assert clients["pool-b-0"].queues == frozenset({b_queue})
+    assert clients["pool-ab-0"].queues == frozenset({a_queue, b_queue})  # two channels
 
-        clients = wait_until(listed, timeout=STATS_TIMEOUT, what="three consumers listed")
-        assert clients["pool-a-0"].queues == {a_queue}
-        assert clients["pool-b-0"].queues == {b_queue}
-        assert clients["pool-ab-0"].queues == {a_queue, b_queue}  # two channels, two queues
+    requests.clear()
+    sources.loop.run(source.clients({two_pools.vhost}))
+    assert len(requests) == 3, requests  # connections, channels, consumers
+    assert f"/api/consumers/{quote(two_pools.vhost)}?columns=" in requests[2]
 
-        requests.clear()
-        sources.loop.run(source.clients({vhost}))
-        assert len(requests) == 3, requests  # connections, channels, consumers
-        assert f"/api/consumers/{quote(vhost)}?columns=" in requests[2]
+    listing = list(clients.values())
+    for_b = match_workers([Pod("pool-b-0"), Pod("pool-ab-0")], listing, {b_queue})
+    assert (for_b.matched, for_b.busy, for_b.unattributed, for_b.protected) == (2, 0, 0, 0)
+    for_a = match_workers([Pod("pool-a-0"), Pod("pool-ab-0")], listing, {a_queue})
+    assert (for_a.busy, for_a.unattributed) == (1, 0)
+    lost_a = match_workers([Pod("pool-a-1")], listing, {a_queue})
+    assert (lost_a.unattributed, lost_a.protected) == (1, 1)  # fails closed, as before
 
-        listing = list(clients.values())
-        for_b = match_workers([Pod("pool-b-0"), Pod("pool-ab-0")], listing, {b_queue})
-        assert (for_b.matched, for_b.busy, for_b.unattributed, for_b.protected) == (2, 0, 0, 0)
-        for_a = match_workers([Pod("pool-a-0"), Pod("pool-ab-0")], listing, {a_queue})
-        assert (for_a.busy, for_a.unattributed) == (1, 0)
-        lost_a = match_workers([Pod("pool-a-1")], listing, {a_queue})
-        assert (lost_a.unattributed, lost_a.protected) == (1, 1)  # fails closed, as before
-    finally:
-        for connection in (a_worker, b_worker, both):
-            connection.close()
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param(Mode.ERROR, id="consumer-listing-http-500"),
+        pytest.param(Mode.GARBAGE, id="consumer-listing-not-json"),
+        pytest.param(Mode.SLOW, id="consumer-listing-times-out"),
+    ],
+)
+def test_a_failed_consumer_listing_leaves_queues_unknown_and_protection_closed(
+    broker: Broker, sources: Sources, testenv: TestEnv, two_pools: TwoPools, mode: Mode
+) -> None:
+    """The consumer listing fails alone: the clients are still listed, with their queues
+    unknown, so another pool's busy worker holds B's scale-down again (the old rule)."""
+    port = urllib.parse.urlsplit(testenv.management_url).port or 0
+    with FaultProxy("127.0.0.1", port, delay=3.0) as proxy:
+        proxy.only = "/api/consumers"
+        source = sources.open(testenv.amqp_url, _at(broker.management_url, proxy.port),
+                              timeout=1.0)
+        known = _until_listed(sources, source, two_pools.vhost)
+        proxy.mode = mode
+        found = {c.client_name: c for c in sources.loop.run(source.clients({two_pools.vhost}))}
+        proxy.mode = Mode.PASS  # releases a held request
+        wait_until(lambda: proxy.count(mode) == 1, timeout=10, what="one consumer listing failed")
+    assert {name: (c.consumers, c.unacked, c.queues) for name, c in found.items()} == {
+        name: (c.consumers, c.unacked, None) for name, c in known.items()
+    }
+    for_b = match_workers(
+        [Pod("pool-b-0"), Pod("pool-ab-0")], list(found.values()), {two_pools.b_queue}
+    )
+    assert (for_b.unattributed, for_b.placed) == (1, False)

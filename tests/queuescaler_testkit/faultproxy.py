@@ -9,6 +9,7 @@ the proxy's mode while a scaling run goes on:
         proxy.mode = Mode.GARBAGE    # HTTP 200 with a body that is not JSON
         proxy.mode = Mode.NO_STATS   # forwarded, queues' message counts left out
         proxy.mode = Mode.PASS       # forwarded as is
+        proxy.only = "/api/consumers"  # the mode applies to these paths; others pass
 
 Only loopback: it listens on 127.0.0.1 and refuses to forward anywhere but 127.0.0.1. A held
 request waits on an event, so switching back to PASS (or closing) releases it at once; every
@@ -67,6 +68,8 @@ class FaultProxy:
         self.delay = delay
         """How long SLOW holds an answer: longer than the operator's 5 s broker timeout."""
         self._mode = Mode.PASS
+        self.only: str | None = None
+        """When set, only requests whose path starts with it get the mode; the rest pass."""
         self._lock = threading.Lock()
         self._released = threading.Event()
         self.requests: Counter[Mode] = Counter()
@@ -140,6 +143,8 @@ class FaultProxy:
     def _serve(self, request: BaseHTTPRequestHandler) -> None:
         arrived = time.time()
         mode = self.mode
+        if self.only is not None and not request.path.startswith(self.only):
+            mode = Mode.PASS
         if mode is Mode.SLOW:
             self._released.wait(self.delay)  # bounded; released early when the fault ends
         with self._lock:
