@@ -163,7 +163,7 @@ DRAIN_60 = {"target.drainSeconds": 60, "target.messagesPerReplica": 100}
     [
         pytest.param(
             # (10 msg/s + 120 / 60 s) / 2 msg/s per replica = 6; backlog policy says 2
-            Tick(sample(ready=120, publish=10), 1, DRAIN_60, ScalerState(per_replica_rate=2.0)),
+            Tick(sample(ready=120, publish=10), 1, DRAIN_60, measured(2.0)),
             6,
             Reason.RATE,
             id="drain-beats-backlog",
@@ -203,7 +203,7 @@ DRAIN_60 = {"target.drainSeconds": 60, "target.messagesPerReplica": 100}
                 sample(ready=60, unacked=2, consumers=2, publish=10, ack=4),
                 2,
                 DRAIN_60,
-                ScalerState(readings=(Reading(NOW - 15, 50, 2, 2, None, None),)),
+                ScalerState(readings=(Reading(NOW - 15, 50, 2, 2, 52, None, None),)),
             ),
             6,
             Reason.RATE,
@@ -222,9 +222,27 @@ def test_rate_policy(tick: Tick, replicas: int, reason: Reason) -> None:
 
 
 def test_rate_message_shows_the_arithmetic() -> None:
-    tick = Tick(sample(ready=120, publish=10), 1, DRAIN_60, ScalerState(per_replica_rate=2.0))
+    tick = Tick(sample(ready=120, publish=10), 1, DRAIN_60, measured(2.0))
 
     assert tick.decide().message == "publish 10/s + backlog 120 in 60s at 2/s per replica -> 6"
+
+
+def test_an_unmeasured_drain_policy_asks_a_quarter_less_too() -> None:
+    tick = Tick(sample(ready=120, publish=10), 1, DRAIN_60, ScalerState(per_replica_rate=2.0))
+    assert tick.decide().replicas == 4
+
+
+def test_a_pool_falling_behind_does_not_probe() -> None:
+    # unlimited prefetch: nothing ready, a pile of unacked growing; the floor holds all
+    behind = ScalerState(
+        per_replica_rate=5.0, readings=(Reading(NOW - 15, 0, 8, 8, 6000, None, None),)
+    )
+    big = {"target.messagesPerReplica": 1000}
+    decision = Tick(sample(unacked=6100, consumers=8, publish=40), 8, big, behind).decide()
+    assert decision.replicas == 8
+    assert "to learn" not in decision.message
+    keeping = Tick(sample(unacked=5900, consumers=8, publish=40), 8, big, behind).decide()
+    assert keeping.recommendation == 6  # the pile shrank: probing may go on (8 - 2)
 
 
 # --- rate floor -----------------------------------------------------------------------
@@ -1047,13 +1065,15 @@ def fold(
 def test_next_state(
     before: ScalerState, queue: QueueSample | None, scaled_now: bool, after: ScalerState
 ) -> None:
-    assert replace(fold(before, queue, scaled_now=scaled_now), readings=()) == after
+    assert replace(fold(before, queue, scaled_now=scaled_now), readings=(), readings_of=None) == (
+        after
+    )
 
 
 def test_next_state_remembers_the_counts_the_next_tick_differences_against() -> None:
     queue = replace(sample(ready=5, consumers=4), published_total=100, acked_total=90)
     after = fold(ScalerState(), queue)
-    assert after.readings == (Reading(NOW, 5, 4, 1, 100, 90),)
+    assert after.readings == (Reading(NOW, 5, 4, 1, 5, 100, 90),)
     assert fold(after, None).readings == after.readings  # a failed tick keeps them
 
 
@@ -1076,3 +1096,17 @@ def test_history_tolerates_restored_order() -> None:
     state = ScalerState(recommendations=history((50, 9), (100, 12)))
 
     assert fold(state, sample()).recommendations == history((100, 12), (50, 9), (0, 4))
+
+
+def test_readings_of_other_queues_are_not_differenced() -> None:
+    # review: a queue with 5,000,000 published added to spec.source.queues
+    state = ScalerState(
+        per_replica_rate=1.0,
+        rate_measured=True,
+        readings=tuple(Reading(NOW - 15 * k, 0, 1, 1, 0, 100, 100) for k in (4, 3, 2, 1)),
+        readings_of="the queues before the edit",
+    )
+    queue = replace(sample(publish=0.4, ack=0.4, consumers=1), published_total=5_000_100)
+    decision = Tick(queue, 1, DRAIN_60, state).decide()
+    assert decision.replicas == 1
+    assert "publish 0.4/s" in decision.message

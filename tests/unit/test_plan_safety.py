@@ -201,7 +201,7 @@ def test_defect_11_impossible_rates_never_reach_status(rate: float) -> None:
 def test_defect_11_one_absurd_ack_rate_cannot_cut_the_floor() -> None:
     steady = 5.0
     glitch = QueueSample(5, 10, 10, NOW, publish_rate=50.0, ack_rate=1e9)
-    after = per_replica_rate(steady, (Reading(NOW - 15, 5, 10, 10, None, None),), glitch, 10)
+    after = per_replica_rate(steady, (Reading(NOW - 15, 5, 10, 10, 15, None, None),), glitch, 10)
     assert after is not None and after <= steady * 1.5
 
 

@@ -87,6 +87,15 @@ def test_restore_renews_the_newest_recommendation_to_now() -> None:
     assert state.recommendations == (Recommendation(T0 + 1, 8), Recommendation(T0 + 100, 5))
     assert state.consecutive_failures == 2
     assert state.per_replica_rate == 3.5
+    assert not state.rate_measured  # not said: still a lower bound
+
+
+@pytest.mark.parametrize(("stored", "measured"), [(True, True), (False, False), ("yes", False)])
+def test_a_measured_speed_stays_measured_across_a_restart(stored: Any, measured: bool) -> None:
+    state = state_from_status({"perReplicaRate": 3.5, "perReplicaRateMeasured": stored}, now=T0)
+    assert state.rate_measured is measured
+    written, _ = build_status({}, replace(outcome(), state=state), T0)
+    assert written["perReplicaRateMeasured"] is measured
 
 
 @pytest.mark.parametrize(

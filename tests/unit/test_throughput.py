@@ -28,7 +28,9 @@ from queuescaler.core.throughput import (
     RATE_SMOOTHING,
     Flow,
     Reading,
+    falling_behind,
     flow_since,
+    measures,
     per_replica_rate,
     remember,
     saturated,
@@ -326,3 +328,64 @@ def test_property_rates_and_estimate_stay_sane(
         assert estimate / RATE_OUTLIER_FACTOR <= after <= estimate * RATE_OUTLIER_FACTOR
         if after < estimate:  # only a saturated tick lowers it
             assert saturated(readings[-1] if readings else None, now, current)
+
+
+# --- second review ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", [60.0, 120.0, 300.0, 880.0])
+def test_a_clock_stepped_forward_is_no_span_to_divide_by(step: float) -> None:
+    # review: a quiet queue at 0.2 msg/s; the wall clock jumps `step` seconds forward
+    readings = quiet(3, 8)
+    now = sample(at=NOW + step, publish=0.2, ack=0.2, published=1003, acked=1003)
+    assert flow_since(readings, now) == Flow(0.2, 0.2)
+
+
+def test_slow_polls_still_count_their_spans() -> None:
+    readings = history(*(
+        sample(at=NOW - 60 * k, published=1000 - 12 * k, acked=1000 - 12 * k)
+        for k in range(4, 0, -1)
+    ))
+    now = sample(publish=0.0, ack=0.0, published=1000, acked=1000)
+    assert flow_since(readings, now, poll_seconds=60).publish == pytest.approx(0.2)
+    assert flow_since(readings, now, poll_seconds=15).publish == 0.0  # gaps too long
+
+
+def test_counters_beyond_any_float_do_not_raise() -> None:
+    # review: two queues' counters summed past the float range
+    readings = history(sample(at=NOW - 60, published=10**400, acked=10**400))
+    now = sample(publish=1.0, ack=1.0, published=10**401, acked=10**401)
+    assert flow_since(readings, now) == Flow(1.0, 1.0)
+    assert per_replica_rate(None, readings, replace_ready(now, 5), 4) is None  # a glitch
+
+
+def replace_ready(queue: QueueSample, ready: int) -> QueueSample:
+    return QueueSample(
+        ready, queue.unacked, queue.consumers, queue.taken_at, publish_rate=queue.publish_rate,
+        ack_rate=queue.ack_rate, published_total=queue.published_total,
+        acked_total=queue.acked_total,
+    )
+
+
+def test_a_saturated_tick_without_acks_measures_nothing() -> None:
+    before = history(sample(ready=30, at=NOW - 15))
+    assert not measures(before, sample(ready=40), 4, flow_since(before, sample(ready=40)))
+    busy = sample(ready=40, ack=8.0)
+    assert measures(before, busy, 4, flow_since(before, busy))
+
+
+def test_a_saturated_measurement_reads_the_rate_field_not_a_longer_span() -> None:
+    # review: the counter span reached back before the pool saturated
+    readings = history(
+        *(sample(at=NOW - 15 * k, acked=1000 - 1 * k) for k in range(8, 1, -1)),
+        sample(ready=30, at=NOW - 15, acked=999),
+    )
+    now = sample(ready=40, ack=0.4, acked=1000)
+    assert per_replica_rate(None, readings, now, 4) == pytest.approx(0.1)
+
+
+def test_falling_behind_is_a_growing_backlog() -> None:
+    before = history(sample(unacked=6000, at=NOW - 15))
+    assert falling_behind(before, sample(unacked=6100))
+    assert not falling_behind(before, sample(unacked=5900))
+    assert not falling_behind((), sample(unacked=5900))

@@ -29,10 +29,11 @@ from queuescaler.core.spec import QueueScalerSpec
 from queuescaler.core.throughput import (
     Flow,
     Reading,
+    falling_behind,
     flow_since,
+    measures,
     per_replica_rate,
     remember,
-    saturated,
 )
 
 _EPSILON: Final = 1e-9
@@ -109,13 +110,17 @@ class ScalerState:
     measured on a saturated pool, else the highest lower bound seen; None until acks rest
     on enough messages to say anything."""
     rate_measured: bool = False
-    """Whether per_replica_rate has been measured on a saturated pool since this replica
-    took over; until then it is a lower bound, and the rate floor holds one replica less
-    than it asks so an over-provisioned pool can shrink until it saturates once."""
+    """Whether per_replica_rate was measured on a saturated pool (kept in status as
+    perReplicaRateMeasured); until then it is a lower bound, and the rate floor and the
+    drain policy ask for a quarter fewer replicas (`PROBE_DIVISOR`) so an over-provisioned
+    pool can shrink until it saturates once."""
     readings: tuple[Reading, ...] = ()
     """The last samples' counts, oldest first, which the next tick's rates difference
     against (kept in memory only: after a restart the first tick reads the broker's rate
     fields)."""
+    readings_of: object = None
+    """The spec.source the readings were taken of (see _readings); None only before the
+    first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,12 +162,16 @@ def decide(
             spec, current_replicas, state, now, busy_workers, busy_note
         )
     else:
-        flow = flow_since(state.readings, sample)
+        readings = _readings(spec, state)
+        poll = spec.polling_interval_seconds
+        flow = flow_since(readings, sample, poll)
         rate = per_replica_rate(
-            state.per_replica_rate, state.readings, sample, current_replicas, flow
+            state.per_replica_rate, readings, sample, current_replicas, flow, poll
         )
+        probing = not state.rate_measured and not falling_behind(readings, sample)
         decision = _decide_with_sample(
-            spec, sample, flow, current_replicas, state, now, busy_workers, rate, busy_note
+            spec, sample, flow, current_replicas, state, now, busy_workers, rate, busy_note,
+            probing=probing,
         )
     if spec.paused:
         return _paused(decision, current_replicas)
@@ -199,21 +208,34 @@ def next_state(
             per_replica_rate=state.per_replica_rate,
             rate_measured=state.rate_measured,
             readings=state.readings,
+            readings_of=state.readings_of,
         )
     history = (*state.recommendations, Recommendation(now, decision.recommendation))
+    readings = _readings(spec, state)
+    poll = spec.polling_interval_seconds
+    flow = flow_since(readings, sample, poll)
     return ScalerState(
         last_scale_time=last_scale_time,
         last_scale_up_time=last_scale_up_time,
         recommendations=_compact(spec, history, now),
         consecutive_failures=0,
         per_replica_rate=per_replica_rate(
-            state.per_replica_rate, state.readings, sample, current_replicas
+            state.per_replica_rate, readings, sample, current_replicas, flow, poll
         ),
-        rate_measured=state.rate_measured or saturated(
-            state.readings[-1] if state.readings else None, sample, current_replicas
-        ),
-        readings=remember(state.readings, sample, current_replicas),
+        rate_measured=state.rate_measured
+        or measures(readings, sample, current_replicas, flow),
+        readings=remember(readings, sample, current_replicas),
+        readings_of=spec.source,
     )
+
+
+def _readings(spec: QueueScalerSpec, state: ScalerState) -> tuple[Reading, ...]:
+    """The kept readings, if they were taken of the queues the spec names now: a queue
+    added to the list (or a vhost or broker changed) would read its whole past as one
+    span's messages."""
+    if state.readings_of is None or state.readings_of == spec.source:
+        return state.readings
+    return ()
 
 
 def _decide_with_sample(
@@ -226,9 +248,11 @@ def _decide_with_sample(
     busy_workers: int | None,
     rate: float | None,
     busy_note: str | None = None,
+    *,
+    probing: bool = False,
 ) -> Decision:
     recommendation, reason, message = _raw_recommendation(
-        spec, sample, flow, current, rate, probing=not state.rate_measured
+        spec, sample, flow, current, rate, probing=probing
     )
     raw_reason = reason
     changes: list[str] = []
@@ -307,15 +331,16 @@ def _raw_recommendation(
                 f", capped at {lift} (current {current} + ready {sample.ready} / {per_replica})"
             )
             floor = lift
-        if probing and floor > 0 and floor >= current:
-            spare = -(-floor // PROBE_DIVISOR)
-            floor -= spare
-            floor_note += f", less {spare} to learn the replicas' speed (never seen saturated)"
+        if probing:
+            floor, probe_note = _probe(floor)
+            floor_note += probe_note
         if floor > replicas:
             replicas, reason, winner = floor, Reason.RATE, "floor"
         drain_seconds = spec.target.drain_seconds
         if drain_seconds is not None:
             drain = _replicas_for((publish + backlog / drain_seconds) / per_replica_rate)
+            if probing:
+                drain, _ = _probe(drain)
             if drain > replicas:
                 replicas, reason, winner = drain, Reason.RATE, "drain"
     if winner == "backlog":
@@ -341,6 +366,14 @@ def _raw_recommendation(
         message = f"backlog {backlog} >= activation {activation}: waking, {message}"
         return replicas, Reason.ACTIVATION, message
     return replicas, reason, message
+
+
+def _probe(replicas: int) -> tuple[int, str]:
+    """A rate answer on a speed never measured: a quarter fewer (see PROBE_DIVISOR)."""
+    spare = -(-replicas // PROBE_DIVISOR)
+    if not spare:
+        return replicas, ""
+    return replicas - spare, f", less {spare} to learn the replicas' speed (never seen saturated)"
 
 
 def backlog_of(spec: QueueScalerSpec, sample: QueueSample) -> int:

@@ -135,7 +135,9 @@ def combine(samples: Iterable[QueueSample]) -> QueueSample:
 
 def _sum_all(values: Iterable[int | None]) -> int | None:
     """A counter summed over queues only when every queue knows it: a partial sum would
-    look like a counter reset the tick a queue's statistics go missing."""
+    look like a counter reset the tick a queue's statistics go missing. (A queue missing
+    from the answer altogether makes the sample incomplete, whose counters the rate policy
+    ignores: core.throughput.)"""
     known = list(values)
     return None if any(v is None for v in known) else sum(v for v in known if v is not None)
 

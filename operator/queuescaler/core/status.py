@@ -123,6 +123,9 @@ def state_from_status(status: Mapping[str, Any] | None, now: float) -> ScalerSta
         per_replica_rate = float(rate)
     if per_replica_rate is not None and not (0 < per_replica_rate < math.inf):
         per_replica_rate = None
+    # A speed measured on a saturated pool stays measured across a restart or a failover:
+    # otherwise every rollout would probe (shrink) every pool again.
+    measured = per_replica_rate is not None and status.get("perReplicaRateMeasured") is True
     last_scale = _rounded_up(parse_iso(status.get("lastScaleTime")))
     return ScalerState(
         last_scale_time=None if last_scale is None else min(last_scale, now),
@@ -131,6 +134,7 @@ def state_from_status(status: Mapping[str, Any] | None, now: float) -> ScalerSta
         recommendations=tuple(history),
         consecutive_failures=failures if isinstance(failures, int) and failures >= 0 else 0,
         per_replica_rate=per_replica_rate,
+        rate_measured=measured,
     )
 
 
@@ -226,6 +230,7 @@ def build_status(
     rate = state.per_replica_rate
     if rate is not None and 0 < rate < math.inf:
         status["perReplicaRate"] = rate  # whole: a restart must size as the running one did
+        status["perReplicaRateMeasured"] = state.rate_measured
     conditions, flipped = merge_conditions(
         previous.get("conditions") or (), outcome.conditions, now, outcome.generation
     )
@@ -234,8 +239,8 @@ def build_status(
 
 
 SLOW_FIELDS = (
-    "backlog", "rates", "perReplicaRate", "recommendations", "consecutiveFailures",
-    "lastSampleTime",
+    "backlog", "rates", "perReplicaRate", "perReplicaRateMeasured", "recommendations",
+    "consecutiveFailures", "lastSampleTime",
 )
 """Fields that change with every sample under load: written with the others, or when stale.
 

@@ -22,8 +22,9 @@ follows it either way. At any other time acks per replica holding a message is o
 unknown estimate or raise one, never lower it. The bound is taken over enough acks to be
 more than noise, against the most replicas that held messages at either end of its span
 (a burst that just ended leaves the whole pool's acks in the window and few messages
-held), so noise cannot ratchet the estimate up. Being high costs the rate floor its hold
-(the backlog policy still sizes the pool, as KEDA's would); being low costs replicas.
+held), so noise and burst ends hardly move it (a burst that starts and ends between two
+polls can still raise it some). Being high costs the rate floor its hold (the backlog
+policy still sizes the pool, as KEDA's would); being low costs replicas.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ class Reading:
     consumers: int
     holding: int
     """Replicas that held a message then: min(replicas, unacked), at least 1."""
+    backlog: int
+    """Ready plus unacknowledged then: a pool falling behind grows it."""
     published_total: int | None
     """None when unknown, or when the sample was partial (a missing queue's counter
     would make the sum drop and come back as if it were a reset and a flood)."""
@@ -104,6 +107,7 @@ def reading_of(sample: QueueSample, current_replicas: int) -> Reading:
         sample.ready,
         sample.consumers,
         max(1, min(current_replicas, sample.unacked)),
+        sample.ready + sample.unacked,
         sample.published_total if counted else None,
         sample.acked_total if counted else None,
     )
@@ -123,15 +127,20 @@ def remember(
     return (*readings, new)[-RATE_HISTORY:]
 
 
-def flow_since(readings: tuple[Reading, ...], sample: QueueSample) -> Flow:
+def flow_since(
+    readings: tuple[Reading, ...], sample: QueueSample, poll_seconds: float = KEPT_EVERY
+) -> Flow:
     """The rates a decision uses: each rate field when it rests on `MIN_COUNTED` messages,
     else the counters over the shortest span of kept readings (at least `MIN_SPAN`) that
     counts as many, or the longest there is. A busy tick inside the span would be another
-    load, not more of this one: when a flood stops, the rate drops at once."""
+    load, not more of this one: when a flood stops, the rate drops at once. Nor does it
+    reach across a gap between readings far longer than the polls (`_gap_limit`): a clock
+    that stepped forward, or an outage, is no span to divide by."""
     publish, ack = _sane(sample.publish_rate), _sane(sample.ack_rate)
     if sample.complete and readings:
-        publish = _counted(publish, readings, sample, sample.published_total, _PUBLISHED)
-        ack = _counted(ack, readings, sample, sample.acked_total, _ACKED)
+        limit = _gap_limit(poll_seconds)
+        publish = _counted(publish, readings, sample, sample.published_total, _PUBLISHED, limit)
+        ack = _counted(ack, readings, sample, sample.acked_total, _ACKED, limit)
     return Flow(publish, ack)
 
 
@@ -158,21 +167,23 @@ def per_replica_rate(
     sample: QueueSample,
     current_replicas: int,
     flow: Flow | None = None,
+    poll_seconds: float = KEPT_EVERY,
 ) -> float | None:
     """The per-replica throughput estimate after this sample (see the module docstring);
-    `flow` is flow_since(readings, sample) when the caller has it already."""
+    `flow` is flow_since(readings, sample, poll_seconds) when the caller has it already."""
     if estimate is not None and not 0.0 < estimate < math.inf:
         estimate = None  # a corrupt value (restored from a hand-edited status, say)
     if current_replicas <= 0 or sample.consumers <= 0:
         return estimate  # acks with no consumer came from pods on their way out
-    ack = (flow or flow_since(readings, sample)).ack
+    ack = (flow or flow_since(readings, sample, poll_seconds)).ack
     if ack is None or not ack > 0.0:
         return estimate
     measured = saturated(readings[-1] if readings else None, sample, current_replicas)
-    if measured:
-        observed: float | None = ack / current_replicas
+    if measured:  # the rate field covers seconds that were saturated; counters may not
+        field = _sane(sample.ack_rate)
+        observed: float | None = (field if field else ack) / current_replicas
     else:
-        observed = _lower_bound(readings, sample, current_replicas)
+        observed = _lower_bound(readings, sample, current_replicas, poll_seconds)
     if observed is None or not observed > 0.0:
         return estimate
     if estimate is None:
@@ -184,7 +195,8 @@ def per_replica_rate(
 
 
 def _lower_bound(
-    readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int
+    readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int,
+    poll_seconds: float,
 ) -> float | None:
     """Acks per replica holding a message, over `MIN_COUNTED` acks or more, against the
     most replicas that held messages at any reading of the span: a bound, never noise."""
@@ -196,16 +208,38 @@ def _lower_bound(
     after = sample.acked_total if sample.complete else None
     if after is None:
         return None
-    holding = holding_now
+    holding, later = holding_now, sample.taken_at
     for reading in reversed(readings):
         holding = max(holding, reading.holding)
         before, seconds = reading.acked_total, sample.taken_at - reading.taken_at
+        gap, later = later - reading.taken_at, reading.taken_at
         if before is None or before > after or seconds > MAX_SPAN:
             return None
+        if gap > _gap_limit(poll_seconds):
+            return None
+        if after - before > MAX_RATE * seconds:
+            return None  # a glitch, and beyond what a float division may take
         if seconds >= MIN_SPAN and after - before >= MIN_COUNTED:
-            rate = (after - before) / seconds
-            return rate / holding if rate <= MAX_RATE else None
+            return (after - before) / seconds / holding
     return None
+
+
+def measures(
+    readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int, flow: Flow
+) -> bool:
+    """Whether this sample measures a replica's speed (saturated, with acks to divide)."""
+    return (
+        flow.ack is not None
+        and flow.ack > 0.0
+        and saturated(readings[-1] if readings else None, sample, current_replicas)
+    )
+
+
+def falling_behind(readings: tuple[Reading, ...], sample: QueueSample) -> bool:
+    """Whether the work not yet done grew since the last reading: a pool that may not
+    shrink to learn its speed (with unlimited prefetch nothing stays ready, and a pile of
+    unacknowledged messages is all that shows it is short)."""
+    return bool(readings) and sample.ready + sample.unacked > readings[-1].backlog
 
 
 def _counted(
@@ -214,27 +248,36 @@ def _counted(
     sample: QueueSample,
     after: int | None,
     total: Callable[[Reading], int | None],
+    gap_limit: float,
 ) -> float | None:
     """A rate field thin on messages replaced by its counter over a span (see flow_since)."""
     if after is None or (field is not None and field * STATS_WINDOW >= MIN_COUNTED):
         return field
-    best, counted = field, -1
+    best, counted, later = field, -1, sample.taken_at
     for reading in reversed(readings):
         before, seconds = total(reading), sample.taken_at - reading.taken_at
+        gap, later = later - reading.taken_at, reading.taken_at
         if before is None or before > after or not 0.0 < seconds <= MAX_SPAN:
             break
+        if gap > gap_limit:
+            break
         span = after - before
+        if span > MAX_RATE * seconds:
+            break  # a glitch, and beyond what a float division may take
         if counted >= 0 and span - counted >= MIN_COUNTED:
             break  # an older tick busy on its own: another load
         counted = span
         if seconds >= MIN_SPAN:
-            rate = span / seconds
-            if rate > MAX_RATE:
-                break
-            best = rate
+            best = span / seconds
             if span >= MIN_COUNTED:
                 break
     return best
+
+
+def _gap_limit(poll_seconds: float) -> float:
+    """The longest gap between two readings a span may cross: a few polls (or kept
+    readings) late, not a clock step or an outage."""
+    return 3.0 * max(KEPT_EVERY, poll_seconds)
 
 
 def _sane(rate: float | None) -> float | None:
