@@ -235,13 +235,13 @@ def test_an_unmeasured_drain_policy_asks_a_quarter_less_too() -> None:
 def test_a_pool_falling_behind_does_not_probe() -> None:
     # unlimited prefetch: nothing ready, a pile of unacked growing; the floor holds all
     behind = ScalerState(
-        per_replica_rate=5.0, readings=(Reading(NOW - 15, 0, 8, 8, 6000, None, None),)
+        per_replica_rate=5.0, readings=(Reading(NOW - 150, 0, 8, 8, 5900, None, None),)
     )
     big = {"target.messagesPerReplica": 1000}
     decision = Tick(sample(unacked=6100, consumers=8, publish=40), 8, big, behind).decide()
     assert decision.replicas == 8
     assert "to learn" not in decision.message
-    keeping = Tick(sample(unacked=5900, consumers=8, publish=40), 8, big, behind).decide()
+    keeping = Tick(sample(unacked=5800, consumers=8, publish=40), 8, big, behind).decide()
     assert keeping.recommendation == 6  # the pile shrank: probing may go on (8 - 2)
 
 

@@ -204,10 +204,34 @@ def test_a_saturated_pool_measures_a_replica_whatever_it_prefetches(
     assert per_replica_rate(None, before, after, 4) == pytest.approx(10.0), worker
 
 
+def acking(per_second: float, *, unacked: int, consumers: int = 4, ticks: int = 4,
+           current: int = 4) -> tuple[tuple[Reading, ...], QueueSample]:
+    """Readings of a pool acking `per_second` for `ticks` polls, 15 s apart, and now."""
+    readings = history(*(
+        sample(unacked=unacked, consumers=consumers, at=NOW - 15 * k,
+               acked=int(1000 - per_second * 15 * k))
+        for k in range(ticks, 0, -1)
+    ), current=current)
+    return readings, sample(unacked=unacked, consumers=consumers, ack=per_second, acked=1000)
+
+
 def test_keeping_up_gives_a_lower_bound_that_sets_an_unknown_estimate() -> None:
     # nothing waits: 8 msg/s acked by the 2 replicas holding messages is at least 4 each
-    before = history(sample(unacked=2, consumers=10, at=NOW - 15), current=10)
-    assert per_replica_rate(None, before, sample(unacked=2, consumers=10, ack=8.0), 10) == 4.0
+    readings, now = acking(8.0, unacked=2, consumers=10, current=10)
+    assert per_replica_rate(None, readings, now, 10) == pytest.approx(4.0)
+
+
+def test_a_lower_bound_needs_a_minute_of_counted_acks() -> None:
+    readings, now = acking(8.0, unacked=2, consumers=10, ticks=3, current=10)  # 45 s
+    assert per_replica_rate(None, readings, now, 10) is None
+
+
+def test_a_backlog_drained_between_two_polls_is_no_speed() -> None:
+    # second review: 32 replicas drained 317 messages within a second between two polls;
+    # the 5 s window holds 30 acks/s, and 2 messages are held at either end
+    before = history(sample(unacked=0, consumers=32, at=NOW - 15), current=32)
+    drained = sample(unacked=2, consumers=32, ack=30.0)
+    assert per_replica_rate(None, before, drained, 32) is None
 
 
 def test_a_lower_bound_never_lowers_the_estimate() -> None:
@@ -218,9 +242,8 @@ def test_a_lower_bound_never_lowers_the_estimate() -> None:
 
 
 def test_a_lower_bound_above_the_estimate_raises_it() -> None:
-    faster = sample(unacked=2, ack=32.0)
-    before = history(sample(unacked=2, at=NOW - 15))
-    assert per_replica_rate(4.0, before, faster, 4) == pytest.approx(
+    readings, faster = acking(32.0, unacked=2)
+    assert per_replica_rate(4.0, readings, faster, 4) == pytest.approx(
         4.0 + RATE_SMOOTHING * (8.0 - 4.0)
     )
 
@@ -283,8 +306,8 @@ def test_nothing_to_learn_keeps_the_estimate(queue: QueueSample, current: int) -
 
 @pytest.mark.parametrize("corrupt", [-1.0, 0.0, math.nan, math.inf])
 def test_a_corrupt_estimate_is_replaced(corrupt: float) -> None:
-    # with no reading before, all 4 replicas may have held messages during the window
-    assert per_replica_rate(corrupt, (), sample(unacked=1, ack=20.0), 4) == 5.0
+    readings, now = acking(20.0, unacked=4)
+    assert per_replica_rate(corrupt, readings, now, 4) == pytest.approx(5.0)
 
 
 def test_constants_hang_together() -> None:
@@ -384,8 +407,21 @@ def test_a_saturated_measurement_reads_the_rate_field_not_a_longer_span() -> Non
     assert per_replica_rate(None, readings, now, 4) == pytest.approx(0.1)
 
 
-def test_falling_behind_is_a_growing_backlog() -> None:
-    before = history(sample(unacked=6000, at=NOW - 15))
-    assert falling_behind(before, sample(unacked=6100))
+def test_falling_behind_is_a_backlog_growing_beyond_chance() -> None:
+    before = history(sample(unacked=6000, at=NOW - 150), sample(unacked=6050, at=NOW - 15))
+    assert falling_behind(before, sample(unacked=6200))  # +200 in 2.5 min: sqrt(6000) is 77
+    assert not falling_behind(before, sample(unacked=6100))  # +100: within 2 sigma
     assert not falling_behind(before, sample(unacked=5900))
     assert not falling_behind((), sample(unacked=5900))
+    few = history(sample(unacked=2, at=NOW - 15))
+    assert not falling_behind(few, sample(unacked=12))  # a light pool's noise
+
+
+def test_a_pool_that_grew_or_just_woke_is_not_falling_behind() -> None:
+    # a flood: the pool grew from 4 to 40 consumers, each prefetching its share
+    grew = history(sample(unacked=16, consumers=4, at=NOW - 30), sample(unacked=80, consumers=20,
+                                                                         at=NOW - 15))
+    assert not falling_behind(grew, sample(unacked=160, consumers=40))
+    # the first polls after waking from idle saw work ready: the backlog policy's case
+    woke = history(sample(ready=2000, consumers=0, at=NOW - 30), sample(unacked=40, at=NOW - 15))
+    assert not falling_behind(woke, sample(unacked=400))

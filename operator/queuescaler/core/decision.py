@@ -168,7 +168,8 @@ def decide(
         rate = per_replica_rate(
             state.per_replica_rate, readings, sample, current_replicas, flow, poll
         )
-        probing = not state.rate_measured and not falling_behind(readings, sample)
+        measured = state.rate_measured or measures(readings, sample, current_replicas, flow)
+        probing = not measured and not falling_behind(readings, sample)
         decision = _decide_with_sample(
             spec, sample, flow, current_replicas, state, now, busy_workers, rate, busy_note,
             probing=probing,

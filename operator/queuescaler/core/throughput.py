@@ -198,13 +198,12 @@ def _lower_bound(
     readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int,
     poll_seconds: float,
 ) -> float | None:
-    """Acks per replica holding a message, over `MIN_COUNTED` acks or more, against the
-    most replicas that held messages at any reading of the span: a bound, never noise."""
+    """Acks per replica holding a message, over `MIN_COUNTED` acks or more and a minute or
+    more, against the most replicas that held messages at any reading of the span. Never
+    from a 5 s rate field against the unacked count at one instant: a backlog drained
+    between two polls leaves the whole pool's acks in the window and nothing held at
+    either end, which would read as a replica many times faster than it is."""
     holding_now = max(1, min(current_replicas, sample.unacked))
-    field = _sane(sample.ack_rate)
-    previous = readings[-1].holding if readings else current_replicas
-    if field is not None and field * STATS_WINDOW >= MIN_COUNTED:
-        return field / max(holding_now, previous)
     after = sample.acked_total if sample.complete else None
     if after is None:
         return None
@@ -236,10 +235,19 @@ def measures(
 
 
 def falling_behind(readings: tuple[Reading, ...], sample: QueueSample) -> bool:
-    """Whether the work not yet done grew since the last reading: a pool that may not
-    shrink to learn its speed (with unlimited prefetch nothing stays ready, and a pile of
-    unacknowledged messages is all that shows it is short)."""
-    return bool(readings) and sample.ready + sample.unacked > readings[-1].backlog
+    """Whether, with nothing ready at any kept reading, the messages held per consumer grew
+    over them by more than chance (at least `MIN_COUNTED` messages in all, and two standard
+    deviations of a count that size): a pool that may not shrink to learn its speed. With
+    unlimited prefetch nothing stays ready, and a growing pile of unacknowledged messages
+    is all that shows it is short."""
+    if not readings or sample.ready or any(r.ready or not r.consumers for r in readings):
+        return False  # work waiting in the queue (the backlog policy sees it), or a start
+    first = readings[0]
+    consumers = max(1, sample.consumers)
+    # per consumer: a pool that grew holds more prefetched messages without falling behind
+    before = first.backlog * consumers / max(1, first.consumers)
+    grown = sample.unacked - before
+    return grown >= MIN_COUNTED and grown > 2.0 * math.sqrt(before)
 
 
 def _counted(
