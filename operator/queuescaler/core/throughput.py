@@ -203,23 +203,54 @@ def _lower_bound(
     from a 5 s rate field against the unacked count at one instant: a backlog drained
     between two polls leaves the whole pool's acks in the window and nothing held at
     either end, which would read as a replica many times faster than it is."""
-    holding_now = max(1, min(current_replicas, sample.unacked))
+    if not readings:
+        return None
+    previous = readings[-1]
+    field = _sane(sample.ack_rate)
+    per_consumer = None
+    if field and field * STATS_WINDOW >= MIN_COUNTED:
+        # acks per consumer, the most there were at either end: no consumer does more
+        # than a replica can, whatever happened between the polls
+        per_consumer = field / max(1, previous.consumers, sample.consumers, current_replicas)
+        if previous.ready and sample.ready:
+            return per_consumer  # work waited throughout: every consumer was busy
+    counted = _counted_bound(readings, sample, current_replicas, poll_seconds)
+    if counted is None or (per_consumer is not None and per_consumer > counted):
+        return per_consumer
+    return counted
+
+
+def _counted_bound(
+    readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int,
+    poll_seconds: float,
+) -> float | None:
+    """Little's law over the kept readings: acks over a minute or more and 20 or more,
+    against the mean of the replicas holding messages at each poll of the span, while
+    nothing waited (a backlog drained in the span outran what the polls saw held)."""
     after = sample.acked_total if sample.complete else None
     if after is None:
         return None
-    holding, later = holding_now, sample.taken_at
+    now = sample.taken_at
+    if now - readings[0].taken_at < MIN_SPAN:
+        return None  # the kept readings do not span a minute yet
+    limit = _gap_limit(poll_seconds)
+    holding, polls = max(1, min(current_replicas, sample.unacked)), 1
+    later = now
     for reading in reversed(readings):
-        holding = max(holding, reading.holding)
-        before, seconds = reading.acked_total, sample.taken_at - reading.taken_at
-        gap, later = later - reading.taken_at, reading.taken_at
-        if before is None or before > after or seconds > MAX_SPAN:
+        before, taken_at = reading.acked_total, reading.taken_at
+        seconds = now - taken_at
+        if before is None or before > after or seconds > MAX_SPAN or later - taken_at > limit:
             return None
-        if gap > _gap_limit(poll_seconds):
-            return None
-        if after - before > MAX_RATE * seconds:
+        if reading.ready:
+            return None  # a backlog drained in the span: its acks outran what polls saw held
+        later = taken_at
+        holding += reading.holding
+        polls += 1
+        counted = after - before
+        if counted > MAX_RATE * seconds:
             return None  # a glitch, and beyond what a float division may take
-        if seconds >= MIN_SPAN and after - before >= MIN_COUNTED:
-            return (after - before) / seconds / holding
+        if seconds >= MIN_SPAN and counted >= MIN_COUNTED:
+            return counted / seconds / (holding / polls)
     return None
 
 
