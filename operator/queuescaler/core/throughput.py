@@ -17,14 +17,15 @@ So one replica's throughput is *measured* only while the pool is saturated: mess
 ready at two polls in a row with the same consumers, every replica among them, so every
 consumer's buffer stayed full and every replica worked at its full concurrency the whole
 time, whatever its prefetch. Then acks / replicas is what a replica does, and the estimate
-follows it either way. At any other time acks per replica holding a message is only a
-*lower bound* (each holds at least one task, at most its concurrency): it may set an
-unknown estimate or raise one, never lower it. The bound is taken over enough acks to be
-more than noise, against the most replicas that held messages at either end of its span
-(a burst that just ended leaves the whole pool's acks in the window and few messages
-held), so noise and burst ends hardly move it (a burst that starts and ends between two
-polls can still raise it some). Being high costs the rate floor its hold (the backlog
-policy still sizes the pool, as KEDA's would); being low costs replicas.
+follows it either way. At any other time only *lower bounds* are known, which may set an
+unknown estimate or raise one, never lower it: acks per consumer (none does more than a
+replica can), and acks per replica holding a message over a minute of polls where nothing
+waited (Little's law: each holds at least one task, at most its concurrency). A 5 s rate
+field against the unacked count of one instant is no bound: a backlog drained between
+two polls leaves the whole pool's acks in the window and little held at either end.
+Being high costs the rate floor its hold (the backlog policy still sizes the pool, as
+KEDA's would); being low costs replicas, and `decision.PROBE_DIVISOR` lets a pool whose
+speed was never measured shrink until it is.
 """
 
 from __future__ import annotations
@@ -198,11 +199,8 @@ def _lower_bound(
     readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int,
     poll_seconds: float,
 ) -> float | None:
-    """Acks per replica holding a message, over `MIN_COUNTED` acks or more and a minute or
-    more, against the most replicas that held messages at any reading of the span. Never
-    from a 5 s rate field against the unacked count at one instant: a backlog drained
-    between two polls leaves the whole pool's acks in the window and nothing held at
-    either end, which would read as a replica many times faster than it is."""
+    """The better of the two lower bounds (module docstring), None when neither says
+    anything yet."""
     if not readings:
         return None
     previous = readings[-1]
