@@ -140,8 +140,11 @@ def flow_since(
     publish, ack = _sane(sample.publish_rate), _sane(sample.ack_rate)
     if sample.complete and readings:
         limit = _gap_limit(poll_seconds)
-        publish = _counted(publish, readings, sample, sample.published_total, _PUBLISHED, limit)
-        ack = _counted(ack, readings, sample, sample.acked_total, _ACKED, limit)
+        if publish is None or publish * STATS_WINDOW < MIN_COUNTED:
+            publish = _counted(publish, readings, sample, sample.published_total, _PUBLISHED,
+                               limit)
+        if ack is None or ack * STATS_WINDOW < MIN_COUNTED:
+            ack = _counted(ack, readings, sample, sample.acked_total, _ACKED, limit)
     return Flow(publish, ack)
 
 
@@ -176,13 +179,10 @@ def per_replica_rate(
         estimate = None  # a corrupt value (restored from a hand-edited status, say)
     if current_replicas <= 0 or sample.consumers <= 0:
         return estimate  # acks with no consumer came from pods on their way out
-    ack = (flow or flow_since(readings, sample, poll_seconds)).ack
-    if ack is None or not ack > 0.0:
-        return estimate
     measured = saturated(readings[-1] if readings else None, sample, current_replicas)
     if measured:  # the rate field covers seconds that were saturated; counters may not
-        field = _sane(sample.ack_rate)
-        observed: float | None = (field if field else ack) / current_replicas
+        ack = _sane(sample.ack_rate) or (flow or flow_since(readings, sample, poll_seconds)).ack
+        observed = None if ack is None else ack / current_replicas
     else:
         observed = _lower_bound(readings, sample, current_replicas, poll_seconds)
     if observed is None or not observed > 0.0:
@@ -288,7 +288,7 @@ def _counted(
     gap_limit: float,
 ) -> float | None:
     """A rate field thin on messages replaced by its counter over a span (see flow_since)."""
-    if after is None or (field is not None and field * STATS_WINDOW >= MIN_COUNTED):
+    if after is None:
         return field
     best, counted, later = field, -1, sample.taken_at
     for reading in reversed(readings):
