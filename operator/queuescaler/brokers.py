@@ -92,10 +92,17 @@ class ClientListings:
     the tick's QueueScalers on that broker use, in one go); the others await it.
     """
 
-    def __init__(self, source: Callable[[Broker], QueueSource], scopes: dict[Broker, set[str]]):
+    def __init__(
+        self, source: Callable[[Broker], QueueSource], queues: dict[Broker, set[QueueRef]]
+    ):
         self._source = source
-        self._scopes = scopes
+        self._queues = queues
+        self._scopes = {broker: {ref.scope for ref in refs} for broker, refs in queues.items()}
         self._listings: dict[Broker, asyncio.Future[Sequence[BrokerClient]]] = {}
+
+    def others(self, broker: Broker, mine: Iterable[QueueRef]) -> frozenset[QueueRef]:
+        """The queues this tick's other QueueScalers on `broker` read."""
+        return frozenset(self._queues.get(broker, set()) - set(mine))
 
     async def get(self, broker: Broker, scopes: Iterable[str]) -> Sequence[BrokerClient]:
         listing = self._listings.get(broker)
@@ -206,10 +213,7 @@ class Brokers:
 
     def listings(self, scalers: Iterable[Scaler], reaches: Mapping[Key, Reach]) -> ClientListings:
         """This tick's client listings, each covering every scope its broker serves."""
-        scopes: dict[Broker, set[str]] = defaultdict(set)
-        for broker, queues in _wanted(scalers, reaches).items():
-            scopes[broker].update(ref.scope for ref in queues)
-        return ClientListings(self.source, scopes)
+        return ClientListings(self.source, _wanted(scalers, reaches))
 
     async def close(self) -> None:
         sources, self._sources = self._sources, {}

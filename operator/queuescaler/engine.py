@@ -303,7 +303,9 @@ class Engine:
                     raise outcome  # cancellation and the like
                 return WorkerLook(problem=redact(f"listing failed: {outcome!r}"))
         assert not isinstance(found, BaseException) and not isinstance(clients, BaseException)
-        return WorkerLook(tuple(found), tuple(clients))
+        return WorkerLook(
+            tuple(found), tuple(clients), others=listings.others(broker, scaler.queues())
+        )
 
     # --- writing ---
 

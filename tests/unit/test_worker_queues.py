@@ -258,6 +258,10 @@ def _client(queues: frozenset[QueueRef] | None, unacked: int = 1, name: str | No
         pytest.param(_client(_queues(THUMBS)), {THUMBS}, True, id="consumes-our-queue"),
         pytest.param(_client(_queues(MAILS)), {THUMBS}, False, id="consumes-another-pools-queue"),
         pytest.param(
+            _client(_queues(OTHER)), {THUMBS}, True,
+            id="consumes-a-queue-no-pool-reads-fails-closed",
+        ),
+        pytest.param(
             _client(_queues(THUMBS, MAILS)), {MAILS}, True,
             id="consumes-queues-of-two-pools-serves-both",
         ),
@@ -273,13 +277,23 @@ def _client(queues: frozenset[QueueRef] | None, unacked: int = 1, name: str | No
             _client(_queues(ELSEWHERE), vhost="elsewhere"), {THUMBS}, False,
             id="same-queue-name-in-another-vhost",
         ),
-        pytest.param(_client(_queues()), {THUMBS}, False, id="consumes-nothing-known"),
+        pytest.param(_client(_queues()), {THUMBS}, True, id="consumes-nothing-known-fails-closed"),
     ],
 )
 def test_a_client_serves_the_pools_whose_queues_it_consumes(
     client: BrokerClient, ours: set[QueueRef], serving: bool
 ) -> None:
-    assert serves(client, ours) is serving
+    assert serves(client, ours, {MAILS}) is serving
+
+
+def test_a_busy_client_on_a_retry_queue_of_ours_is_not_another_pools() -> None:
+    """Review: a worker of ours also consuming `thumbs.retry` (no QueueScaler reads it), seen
+    by the broker from a node address that matches no pod, holds 5 messages: it stays ours,
+    and the unmatched pods are kept (the first version ignored it and removed 3 of 4)."""
+    retry = QueueRef(VHOST, "thumbs.retry")
+    clients = [_client(_queues(THUMBS), 0)] * 4 + [_client(frozenset({retry}), 5)]
+    report = match_workers([Pod(f"thumbs-{i}") for i in range(4)], clients, {THUMBS}, {MAILS})
+    assert report.unattributed == 1 and report.protected == 4
 
 
 PODS = [Pod("thumbs-0"), Pod("thumbs-1"), Pod("thumbs-2")]
@@ -317,7 +331,7 @@ PODS = [Pod("thumbs-0"), Pod("thumbs-1"), Pod("thumbs-2")]
 def test_only_our_clients_are_matched_to_our_pods(
     clients: list[BrokerClient], busy: int, unattributed: int, protected: int
 ) -> None:
-    report = match_workers(PODS, clients, {THUMBS})
+    report = match_workers(PODS, clients, {THUMBS}, {MAILS})
     assert (report.busy, report.unattributed, report.protected) == (busy, unattributed, protected)
 
 
@@ -343,7 +357,9 @@ def _tick(queue: QueueRef, clients: list[BrokerClient], pods: list[Pod],
     current = len(pods)
     seen = Observations(
         now=NOW, answer={queue: QueueSample(0, unacked, current, NOW)}, current=current,
-        workers=WorkerLook(tuple(pods), tuple(clients)),
+        workers=WorkerLook(
+            tuple(pods), tuple(clients), others=frozenset({THUMBS, MAILS} - {queue})
+        ),
     )
     return plan(_spec(queue.name), Memory(current_replicas=current), seen, generation=1,
                 name=queue.name)

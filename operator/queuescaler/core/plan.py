@@ -121,6 +121,9 @@ class WorkerLook:
     pods: Sequence[Pod] = ()
     clients: Sequence[BrokerClient] | None = None
     """None when the pods or the clients could not be listed (see `problem`)."""
+    others: frozenset[QueueRef] = frozenset()
+    """The queues other QueueScalers on the same broker read: a client that consumes only
+    those is another pool's (`workers.serves`)."""
     problem: str | None = None
 
 
@@ -456,9 +459,9 @@ def _protected(
     if why is not None or look is None or look.clients is None:
         return decide(spec, sample, current, state, seen.now, current, why), None, False
     queues = spec.source.queues
-    report = match_workers(look.pods, look.clients, queues)
+    report = match_workers(look.pods, look.clients, queues, look.others)
     keep, note = report.protected, None
-    held = sum(c.unacked for c in look.clients if serves(c, queues))
+    held = sum(c.unacked for c in look.clients if serves(c, queues, look.others))
     if not report.placed:
         keep = current
         note = (

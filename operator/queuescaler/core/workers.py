@@ -96,29 +96,40 @@ class WorkerReport:
         return self.busy + (self.unmatched if self.unattributed else 0)
 
 
-def serves(client: BrokerClient, queues: Collection[QueueRef]) -> bool:
+def serves(
+    client: BrokerClient,
+    queues: Collection[QueueRef],
+    others: Collection[QueueRef] = frozenset(),
+) -> bool:
     """Whether `client` may be a worker of the pool that reads `queues`.
 
-    It is when it consumes one of them, or when what it consumes is unknown (the consumer
-    listing failed, or one of its channels is missing from it) and it is in one of their
-    vhosts: protection fails closed. A client consuming queues of several pools serves each
-    of them; one that consumes only other queues belongs to another pool, even in the same
-    vhost.
+    It is unless it is positively another pool's: it consumes none of `queues`, and every
+    queue it consumes is one of `others` (the queues other QueueScalers on the broker
+    read). What it consumes unknown (the consumer listing failed, or one of its channels is
+    missing from it), or any queue no QueueScaler reads (a retry or dead-letter queue our
+    own workers also consume), and it counts: protection fails closed. A client consuming
+    queues of several pools serves each of them.
     """
-    if client.queues is None:
-        return any(ref.scope == client.scope for ref in queues)
-    return not client.queues.isdisjoint(queues)
+    if client.scope not in {ref.scope for ref in queues}:
+        return False
+    if client.queues is None or not client.queues.isdisjoint(queues):
+        return True
+    return not client.queues or not client.queues <= frozenset(others)
 
 
 def match_workers(
-    pods: Iterable[Pod], clients: Iterable[BrokerClient], queues: Collection[QueueRef]
+    pods: Iterable[Pod],
+    clients: Iterable[BrokerClient],
+    queues: Collection[QueueRef],
+    others: Collection[QueueRef] = frozenset(),
 ) -> WorkerReport:
     """Match the consuming connections in the vhosts of `queues` to `pods`: by name, then
     by IP.
 
     A connection that matches a pod counts whatever it consumes: the pod holds what it
-    holds. One that matches no pod counts only if it `serves` the queues: another pool's
-    busy connection in the same vhost is neither busy nor unplaced for this one. An IP that
+    holds. One that matches no pod counts unless it is positively another pool's (`serves`):
+    another pool's busy connection in the same vhost is then neither busy nor unplaced for
+    this one. An IP that
     several pods share (host networking) matches none of them: it cannot say which pod a
     connection comes from.
     """
@@ -141,7 +152,7 @@ def match_workers(
             addressed += 1
         if pod is not None:
             held[pod] = held.get(pod, 0) + max(client.unacked, 0)
-        elif not serves(client, queues):
+        elif not serves(client, queues, others):
             continue
         elif client.unacked > 0:
             unattributed += 1
