@@ -1110,3 +1110,11 @@ def test_readings_of_other_queues_are_not_differenced() -> None:
     decision = Tick(queue, 1, DRAIN_60, state).decide()
     assert decision.replicas == 1
     assert "publish 0.4/s" in decision.message
+
+
+def test_a_restored_state_may_grow_the_pool_but_not_shrink_it_until_recounted() -> None:
+    restored = ScalerState(restored=True)
+    held = Tick(sample(ready=10), 8, state=restored).decide()
+    assert held.replicas == 8 and held.reason is Reason.INCOMPLETE_SAMPLE
+    assert "still being counted" in held.message
+    assert Tick(sample(ready=300), 8, state=restored).decide().replicas > 8

@@ -108,7 +108,8 @@ def test_a_measured_speed_stays_measured_across_a_restart(stored: Any, measured:
 )
 def test_restore_from_damaged_status_starts_fresh(stored: dict[str, Any]) -> None:
     state = state_from_status(stored, now=T0)
-    assert state == ScalerState()
+    assert replace(state, restored=False) == ScalerState()
+    assert state.restored is bool(stored)  # a restart all the same: no shrinking until counted
 
 
 def test_a_decisions_time_is_the_time_of_its_sentence() -> None:

@@ -27,8 +27,10 @@ from typing import Final
 from queuescaler.core.sample import QueueSample
 from queuescaler.core.spec import QueueScalerSpec
 from queuescaler.core.throughput import (
+    RATE_HISTORY,
     Flow,
     Reading,
+    counting,
     falling_behind,
     flow_since,
     measures,
@@ -118,6 +120,10 @@ class ScalerState:
     """The last samples' counts, oldest first, which the next tick's rates difference
     against (kept in memory only: after a restart the first tick reads the broker's rate
     fields)."""
+    restored: bool = False
+    """Rebuilt from status (a restart, a failover) and the readings not refilled yet: the
+    run that kept going had readings this one lacks, so it may not shrink the pool until
+    it has as many (`throughput.RATE_HISTORY` polls); it may grow it."""
     readings_of: object = None
     """The spec.source the readings were taken of (see _readings); None only before the
     first."""
@@ -172,7 +178,7 @@ def decide(
         probing = not measured and not falling_behind(readings, sample)
         decision = _decide_with_sample(
             spec, sample, flow, current_replicas, state, now, busy_workers, rate, busy_note,
-            probing=probing,
+            probing=probing, counting=state.restored or counting(readings, sample),
         )
     if spec.paused:
         return _paused(decision, current_replicas)
@@ -210,6 +216,7 @@ def next_state(
             rate_measured=state.rate_measured,
             readings=state.readings,
             readings_of=state.readings_of,
+            restored=state.restored,
         )
     history = (*state.recommendations, Recommendation(now, decision.recommendation))
     readings = _readings(spec, state)
@@ -225,8 +232,9 @@ def next_state(
         ),
         rate_measured=state.rate_measured
         or measures(readings, sample, current_replicas, flow),
-        readings=remember(readings, sample, current_replicas),
+        readings=(kept := remember(readings, sample, current_replicas)),
         readings_of=spec.source,
+        restored=state.restored and len(kept) < RATE_HISTORY,
     )
 
 
@@ -251,6 +259,7 @@ def _decide_with_sample(
     busy_note: str | None = None,
     *,
     probing: bool = False,
+    counting: bool = False,
 ) -> Decision:
     recommendation, reason, message = _raw_recommendation(
         spec, sample, flow, current, rate, probing=probing
@@ -275,6 +284,7 @@ def _decide_with_sample(
         lambda n: _step_limit(spec, n, current),
         lambda n: _busy_workers(spec, n, current, busy_workers, busy_note),
         lambda n: _incomplete(sample, n, current),
+        lambda n: _still_counting(counting, n, current),
         lambda n: _bounds(spec, n),
     ]
     for stage in stages:
@@ -521,6 +531,15 @@ def _incomplete(sample: QueueSample, replicas: int, current: int) -> _Change | N
         f"held at {current}: the sample cannot see every message the pool may hold"
         " (in-flight work unknown, or a queue missing): scaling up only"
     )
+    return current, Reason.INCOMPLETE_SAMPLE, note
+
+
+def _still_counting(counting: bool, replicas: int, current: int) -> _Change | None:
+    """No shrinking on a quiet queue's rate before its counters have counted it (see
+    throughput.counting): it may grow."""
+    if not counting or replicas >= current:
+        return None
+    note = f"held at {current}: the rates are still being counted (a quiet queue, or a restart)"
     return current, Reason.INCOMPLETE_SAMPLE, note
 
 

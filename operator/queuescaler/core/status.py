@@ -135,6 +135,7 @@ def state_from_status(status: Mapping[str, Any] | None, now: float) -> ScalerSta
         consecutive_failures=failures if isinstance(failures, int) and failures >= 0 else 0,
         per_replica_rate=per_replica_rate,
         rate_measured=measured,
+        restored=True,
     )
 
 

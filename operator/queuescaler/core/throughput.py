@@ -152,6 +152,22 @@ _PUBLISHED: Final = attrgetter("published_total")
 _ACKED: Final = attrgetter("acked_total")
 
 
+def counting(readings: tuple[Reading, ...], sample: QueueSample) -> bool:
+    """Whether the publish rate still waits for its counters: the rate field is thin on
+    messages, the queue has counters, and the kept readings neither count `MIN_COUNTED`
+    messages nor fill the history yet (after a restart, a failover, a reset or an edit of
+    the source). Until then a decision may not shrink the pool on the thin field: the run
+    that kept its readings would have counted a rate the restarted one cannot see yet."""
+    field = _sane(sample.publish_rate)
+    after = sample.published_total
+    if after is None or not sample.complete or (field and field * STATS_WINDOW >= MIN_COUNTED):
+        return False
+    if len(readings) >= RATE_HISTORY:
+        return False
+    oldest = readings[0].published_total if readings else None
+    return oldest is None or after - oldest < MIN_COUNTED
+
+
 def saturated(previous: Reading | None, sample: QueueSample, current_replicas: int) -> bool:
     """Whether every replica worked flat out since the previous reading: messages were
     ready at both ends (the broker hands a ready message to any consumer with room, so none
@@ -201,17 +217,18 @@ def _lower_bound(
 ) -> float | None:
     """The better of the two lower bounds (module docstring), None when neither says
     anything yet."""
-    if not readings:
-        return None
-    previous = readings[-1]
+    previous = readings[-1] if readings else None
     field = _sane(sample.ack_rate)
     per_consumer = None
     if field and field * STATS_WINDOW >= MIN_COUNTED:
         # acks per consumer, the most there were at either end: no consumer does more
         # than a replica can, whatever happened between the polls
-        per_consumer = field / max(1, previous.consumers, sample.consumers, current_replicas)
-        if previous.ready and sample.ready:
+        before = previous.consumers if previous else 0
+        per_consumer = field / max(1, before, sample.consumers, current_replicas)
+        if previous and previous.ready and sample.ready:
             return per_consumer  # work waited throughout: every consumer was busy
+    if not readings:
+        return per_consumer
     counted = _counted_bound(readings, sample, current_replicas, poll_seconds)
     if counted is None or (per_consumer is not None and per_consumer > counted):
         return per_consumer
