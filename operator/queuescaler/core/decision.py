@@ -30,7 +30,6 @@ from queuescaler.core.throughput import (
     RATE_HISTORY,
     Flow,
     Reading,
-    counting,
     falling_behind,
     flow_since,
     measures,
@@ -178,7 +177,7 @@ def decide(
         probing = not measured and not falling_behind(readings, sample)
         decision = _decide_with_sample(
             spec, sample, flow, current_replicas, state, now, busy_workers, rate, busy_note,
-            probing=probing, counting=state.restored or counting(readings, sample),
+            probing=probing, restored=state.restored,
         )
     if spec.paused:
         return _paused(decision, current_replicas)
@@ -259,7 +258,7 @@ def _decide_with_sample(
     busy_note: str | None = None,
     *,
     probing: bool = False,
-    counting: bool = False,
+    restored: bool = False,
 ) -> Decision:
     recommendation, reason, message = _raw_recommendation(
         spec, sample, flow, current, rate, probing=probing
@@ -284,7 +283,7 @@ def _decide_with_sample(
         lambda n: _step_limit(spec, n, current),
         lambda n: _busy_workers(spec, n, current, busy_workers, busy_note),
         lambda n: _incomplete(sample, n, current),
-        lambda n: _still_counting(counting, n, current),
+        lambda n: _still_counting(restored, n, current),
         lambda n: _bounds(spec, n),
     ]
     for stage in stages:
@@ -534,12 +533,12 @@ def _incomplete(sample: QueueSample, replicas: int, current: int) -> _Change | N
     return current, Reason.INCOMPLETE_SAMPLE, note
 
 
-def _still_counting(counting: bool, replicas: int, current: int) -> _Change | None:
-    """No shrinking on a quiet queue's rate before its counters have counted it (see
-    throughput.counting): it may grow."""
-    if not counting or replicas >= current:
+def _still_counting(restored: bool, replicas: int, current: int) -> _Change | None:
+    """No shrinking on a state rebuilt from status before its readings refill (see
+    ScalerState.restored): it may grow."""
+    if not restored or replicas >= current:
         return None
-    note = f"held at {current}: the rates are still being counted (a quiet queue, or a restart)"
+    note = f"held at {current}: the rates are still being counted after a restart"
     return current, Reason.INCOMPLETE_SAMPLE, note
 
 

@@ -152,22 +152,6 @@ _PUBLISHED: Final = attrgetter("published_total")
 _ACKED: Final = attrgetter("acked_total")
 
 
-def counting(readings: tuple[Reading, ...], sample: QueueSample) -> bool:
-    """Whether the publish rate still waits for its counters: the rate field is thin on
-    messages, the queue has counters, and the kept readings neither count `MIN_COUNTED`
-    messages nor fill the history yet (after a restart, a failover, a reset or an edit of
-    the source). Until then a decision may not shrink the pool on the thin field: the run
-    that kept its readings would have counted a rate the restarted one cannot see yet."""
-    field = _sane(sample.publish_rate)
-    after = sample.published_total
-    if after is None or not sample.complete or (field and field * STATS_WINDOW >= MIN_COUNTED):
-        return False
-    if len(readings) >= RATE_HISTORY:
-        return False
-    oldest = readings[0].published_total if readings else None
-    return oldest is None or after - oldest < MIN_COUNTED
-
-
 def saturated(previous: Reading | None, sample: QueueSample, current_replicas: int) -> bool:
     """Whether every replica worked flat out since the previous reading: messages were
     ready at both ends (the broker hands a ready message to any consumer with room, so none
