@@ -27,7 +27,6 @@ from typing import Final
 from queuescaler.core.sample import QueueSample
 from queuescaler.core.spec import QueueScalerSpec
 from queuescaler.core.throughput import (
-    RATE_HISTORY,
     Flow,
     Reading,
     falling_behind,
@@ -120,9 +119,9 @@ class ScalerState:
     against (kept in memory only: after a restart the first tick reads the broker's rate
     fields)."""
     restored: bool = False
-    """Rebuilt from status (a restart, a failover) and the readings not refilled yet: the
-    run that kept going had readings this one lacks, so it may not shrink the pool until
-    it has as many (`throughput.RATE_HISTORY` polls); it may grow it."""
+    """Rebuilt from status (a restart, a failover) and no two readings yet: the run that
+    kept going had readings this one lacks (saturation needs the one before), so it may
+    not shrink the pool until it has them; it may grow it."""
     readings_of: object = None
     """The spec.source the readings were taken of (see _readings); None only before the
     first."""
@@ -233,7 +232,7 @@ def next_state(
         or measures(readings, sample, current_replicas, flow),
         readings=(kept := remember(readings, sample, current_replicas)),
         readings_of=spec.source,
-        restored=state.restored and len(kept) < RATE_HISTORY,
+        restored=state.restored and len(kept) < 2,
     )
 
 
