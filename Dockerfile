@@ -1,18 +1,28 @@
 # The queuescaler operator image. Build it from the repository root:
 #   docker build -t queuescaler:0.1.0 .
 # and use it with the Helm chart (image.repository=queuescaler, image.tag=0.1.0).
-FROM python:3.11-slim
+#
+# BASE is any Debian 12 (bookworm) image with Python 3.11 and its venv module. The default is
+# the public python:3.11-slim-bookworm; `make image` (hack/image.sh) builds the same file
+# on a Debian 12 base it makes from Debian's packages (python3 3.11, python3-venv), since
+# the machines it is tested on reach no image registry. Same release, same Python minor
+# version, and the package goes into its own virtualenv either way, so the two agree.
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/queuescaler/bin:$PATH
 
 WORKDIR /src
 # Only what the package build reads: its metadata (README.md is its long description) and code.
 COPY pyproject.toml README.md ./
 COPY operator ./operator
-RUN pip install . && rm -rf /src
+RUN python3 -m venv /opt/queuescaler \
+    && /opt/queuescaler/bin/pip install . \
+    && rm -rf /src
 
 # A numeric non-root user, so Kubernetes' runAsNonRoot can verify it (the chart runs as 10001).
 RUN groupadd --system --gid 10001 queuescaler \

@@ -6,12 +6,13 @@ VENV := $(QS_CACHE)/venv
 PY := $(VENV)/bin/python
 export QS_CACHE
 
-.PHONY: help deps test test-unit demo bench soak lint testenv-up testenv-down testenv-status
+.PHONY: help deps test test-unit demo image bench soak lint testenv-up testenv-down testenv-status
 
 help:
 	@echo "make demo          run the operator on the local cluster with a visible demo"
 	@echo "make test          run unit, integration and e2e tests (installs what they need)"
 	@echo "make test-unit     run only the pure unit tests (seconds, no servers)"
+	@echo "make image         build the operator image with podman on a Debian 12 base made here"
 	@echo "make bench         run the benchmarks in bench/ and print their tables"
 	@echo "make soak          the 20-minute randomized fault soak (bench/soak.py; SOAK_ARGS=...)"
 	@echo "make lint          ruff and mypy --strict (operator, test kit, bench, hack), import layers"
@@ -37,6 +38,11 @@ test-unit:
 
 demo: deps
 	@bash hack/demo.sh
+
+# The image from the Dockerfile, daemonless (rootful podman), on a base made from Debian's
+# packages; reused while its inputs are unchanged. hack/image.sh says how.
+image:
+	@bash hack/image.sh build
 
 BENCHES := decide sampling reaction safe_scale_down scale real_workers
 

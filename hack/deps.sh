@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need, idempotently: Debian packages, the Python
 # virtualenv (in the cache, outside the repo) and the Go-built control plane.
-#   hack/deps.sh [apt|python|tools|all]
+#   hack/deps.sh [apt|python|tools|image|all]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -46,6 +46,7 @@ case ${1:-all} in
   apt) apt_packages ;;
   python) python_env ;;
   tools) tools ;;
-  all) apt_packages; python_env; tools ;;
-  *) echo "usage: $0 [apt|python|tools|all]" >&2; exit 2 ;;
+  image) bash "$here/image.sh" tools ;;
+  all) apt_packages; python_env; tools; bash "$here/image.sh" tools ;;
+  *) echo "usage: $0 [apt|python|tools|image|all]" >&2; exit 2 ;;
 esac

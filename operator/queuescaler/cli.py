@@ -45,6 +45,17 @@ def cap_malloc_arenas() -> None:
         pass  # not glibc: nothing to cap
 
 
+def load_kube_credentials() -> None:
+    """A kubeconfig (KUBECONFIG, else ~/.kube/config) when there is one, else the pod's
+    ServiceAccount. Chosen here rather than by `kubernetes.config.load_config`, which says
+    so with a plain-text print to stdout inside every pod and breaks `--log-format json`."""
+    paths = os.environ.get("KUBECONFIG") or "~/.kube/config"
+    if any(os.path.exists(os.path.expanduser(p)) for p in paths.split(os.pathsep) if p):
+        k8s_config.load_kube_config()
+    else:
+        k8s_config.load_incluster_config()
+
+
 @click.group()
 @click.version_option(__version__, prog_name="queuescaler")
 def main() -> None:
@@ -105,7 +116,7 @@ def run(
     redacting = RedactingFilter()
     for handler in logging.getLogger().handlers:
         handler.addFilter(redacting)
-    k8s_config.load_config()
+    load_kube_credentials()
     settings = EngineSettings(
         tick_seconds=tick_seconds,
         fast_path=fast_path,

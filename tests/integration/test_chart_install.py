@@ -26,12 +26,12 @@ import yaml
 from kubernetes import client as kube
 from kubernetes import config as kube_config
 
+from queuescaler_testkit.chart import CHART, Release, helm, install, uninstall
 from queuescaler_testkit.env import CACHE, REPO, TestEnv, wait_until
 from queuescaler_testkit.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-CHART = REPO / "charts" / "queuescaler"
 SKIPPED_KINDS = ("ServiceMonitor", "PrometheusRule")
 """Prometheus Operator kinds: their CRDs are not in this cluster, so kubeconform has no schema."""
 
@@ -51,16 +51,6 @@ VALUE_SETS = [
         id="all-switches-on",
     ),
 ]
-
-
-def helm(testenv: TestEnv, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [str(testenv.bin / "helm"), "--kubeconfig", str(testenv.kubeconfig), *args],
-        capture_output=True, text=True, timeout=240, check=False,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stderr}")
-    return result
 
 
 # --- kubeconform, with schemas generated from this apiserver -----------------------------------
@@ -147,17 +137,6 @@ def test_the_examples_are_valid_for_the_cluster(testenv: TestEnv, schemas: Schem
 # --- an installed chart: RBAC as the apiserver answers it --------------------------------------
 
 
-@dataclass(frozen=True)
-class Release:
-    name: str
-    namespace: str
-    service_account: str
-
-    @property
-    def user(self) -> str:
-        return f"system:serviceaccount:{self.namespace}:{self.service_account}"
-
-
 Install = Callable[[dict[str, Any]], Release]
 """The `installed` fixture: values -> a release, uninstalled at teardown."""
 
@@ -168,17 +147,6 @@ def other_namespace(testenv: TestEnv) -> Iterator[str]:
     testenv.kubectl("create", "namespace", name)
     yield name
     testenv.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def install(
-    testenv: TestEnv, namespace: str, values: dict[str, Any], tmp_path: Path
-) -> Release:
-    name = f"qs-{uuid.uuid4().hex[:6]}"
-    values_file = tmp_path / f"{name}.yaml"
-    values_file.write_text(yaml.safe_dump({"replicaCount": 0, **values}))
-    helm(testenv, "install", name, str(CHART), "--namespace", namespace, "--skip-crds",
-         "--values", str(values_file), "--wait", "--timeout", "2m")
-    return Release(name, namespace, f"{name}-queuescaler")
 
 
 @pytest.fixture
@@ -194,10 +162,7 @@ def installed(
 
     yield make
     for release in releases:
-        helm(testenv, "uninstall", release.name, "--namespace", release.namespace, "--wait")
-        gone = helm(testenv, "status", release.name, "--namespace", release.namespace,
-                    check=False)
-        assert gone.returncode != 0, f"release {release.name} still there after uninstall"
+        uninstall(testenv, release)
 
 
 

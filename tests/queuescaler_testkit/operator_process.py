@@ -34,13 +34,18 @@ class OperatorProcess:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/metrics"
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "queuescaler", "run", "--metrics-host", "127.0.0.1",
+                "--metrics-port", str(self.port), "--log-format", "json", *self.extra_args]
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(self.testenv.kubeconfig), "PYTHONUNBUFFERED": "1"}
+
     def start(self) -> OperatorProcess:
-        env = {**os.environ, "KUBECONFIG": str(self.testenv.kubeconfig), "PYTHONUNBUFFERED": "1"}
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "queuescaler", "run", "--metrics-host", "127.0.0.1",
-             "--metrics-port", str(self.port), "--log-format", "json", *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.environment(),
+            cwd=REPO,
         )
         log.close()
         wait_until(self._ready, timeout=60, what=f"the operator to be ready (log: {self.log_path})")

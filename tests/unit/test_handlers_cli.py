@@ -4,7 +4,7 @@ Kubernetes client with one retry and the (5 s, 15 s) timeout on every call.
 
 Both go through their public entry points: `handlers.start`/`handlers.stop` with kopf's own
 settings and memo, `queuescaler run` through click. Only what would reach a real cluster
-is faked: `kopf.run` and `kopf.configure` (they would start watching), `load_config` (it
+is faked: `kopf.run` and `kopf.configure` (they would start watching), `load_kube_credentials` (it
 would read a kubeconfig) and the apiserver (a local socket that drops every connection).
 """
 
@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
@@ -208,7 +210,7 @@ def ran(monkeypatch: pytest.MonkeyPatch) -> Iterator[Ran]:
     server = DroppingServer()
     seen: dict[str, Any] = {}
 
-    def load_config(**_: Any) -> None:  # as a kubeconfig pointing at the local server would
+    def load_credentials() -> None:  # as a kubeconfig pointing at the local server would
         configuration = k8s.Configuration(host=f"http://127.0.0.1:{server.port}")
         k8s.Configuration.set_default(configuration)
 
@@ -216,7 +218,7 @@ def ran(monkeypatch: pytest.MonkeyPatch) -> Iterator[Ran]:
         seen.update(kwargs)
 
     monkeypatch.setattr(k8s.Configuration, "_default", None)
-    monkeypatch.setattr(k8s_config, "load_config", load_config)
+    monkeypatch.setattr(cli, "load_kube_credentials", load_credentials)
     monkeypatch.setattr(kopf, "run", run)
     monkeypatch.setattr(kopf, "configure", lambda **_: None)
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # leave this process's allocator alone
@@ -284,3 +286,24 @@ def test_run_with_a_namespace_watches_that_namespace_only(ran: Ran) -> None:
 
 def test_run_redacts_every_log_handler(ran: Ran) -> None:
     assert any(isinstance(f, RedactingFilter) for f in ran.probe.filters)
+
+
+@pytest.mark.parametrize("kubeconfig", [True, False], ids=["kubeconfig", "in-pod"])
+def test_kube_credentials_come_from_a_kubeconfig_else_the_pod_without_a_plain_print(
+    kubeconfig: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """In a pod there is no kubeconfig: kubernetes' own load_config() then prints a
+    plain-text line to stdout, which is not JSON (seen in the image, issue 13)."""
+    chosen: list[str] = []
+    monkeypatch.setattr(k8s_config, "load_kube_config", lambda: chosen.append("kubeconfig"))
+    monkeypatch.setattr(k8s_config, "load_incluster_config", lambda: chosen.append("pod"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config
+    if kubeconfig:
+        (tmp_path / "config").write_text("{}")
+        monkeypatch.setenv("KUBECONFIG", f"{tmp_path / 'missing'}{os.pathsep}{tmp_path / 'config'}")
+    else:
+        monkeypatch.delenv("KUBECONFIG", raising=False)
+    cli.load_kube_credentials()
+    assert chosen == (["kubeconfig"] if kubeconfig else ["pod"])
+    assert capsys.readouterr().out == ""

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# The operator image, built and run without a Docker engine (rootful podman).
+#   hack/image.sh build   make the Debian 12 base if needed, build the Dockerfile on it,
+#                         print the image's name (localhost/queuescaler:dev)
+#   hack/image.sh check   exit 0 when this machine can run a container (namespaces, runtime)
+#   hack/image.sh env     the environment podman needs to use this project's image store
+#   hack/image.sh tools   install podman, mmdebstrap and runc (Debian's packages)
+#
+# No registry this machine reaches serves base images, so the base is made here from
+# Debian's packages (mmdebstrap: bookworm, python3 3.11, python3-venv) and imported as
+# localhost/queuescaler-base:bookworm. The Dockerfile's default base, python:3.11-slim-bookworm,
+# is the same Debian release and Python minor version. Everything lives under
+# $QS_CACHE/image (the base tarball, podman's store and its settings) and is rebuilt only
+# when its inputs change: the base when the package list does, the layers when the
+# Dockerfile, pyproject.toml, README.md or operator/ do (podman's layer cache).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+cache=${QS_CACHE:-$HOME/.cache/queuescaler}
+dir=$cache/image
+BASE_IMAGE=localhost/queuescaler-base:bookworm
+IMAGE=localhost/queuescaler:dev
+log() { printf '[image] %s\n' "$*" >&2; }
+sudo=; [ "$(id -u)" = 0 ] || sudo="sudo -n"  # rootful podman: the chart's uid is a real uid
+
+# podman's settings for this project only, so nothing touches the machine's own store.
+# runc, not crun: crun refuses cgroup v1/v2 hybrid hosts, which some VMs are. The ulimits are
+# the host's hard limits: podman's defaults are higher, and not even root may raise them.
+configure() {
+  mkdir -p "$dir/tmp"
+  local nofile nproc
+  nofile=$(ulimit -Hn); [ "$nofile" = unlimited ] && nofile=1048576
+  nproc=$(ulimit -Hu); [ "$nproc" = unlimited ] && nproc=32768
+  [ "$nproc" -gt 32768 ] && nproc=32768
+  cat >"$dir/storage.conf" <<EOF
+[storage]
+driver = "overlay"
+graphroot = "$dir/storage"
+runroot = "$dir/run"
+EOF
+  cat >"$dir/containers.conf" <<EOF
+[containers]
+default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+tmp_dir = "$dir/run/libpod"
+image_copy_tmp_dir = "$dir/tmp"
+EOF
+}
+
+print_env() {
+  echo "CONTAINERS_STORAGE_CONF=$dir/storage.conf"
+  echo "CONTAINERS_CONF=$dir/containers.conf"
+}
+
+tools() {
+  local missing=() p
+  for p in podman mmdebstrap runc; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  log "apt: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+podman_() { CONTAINERS_STORAGE_CONF=$dir/storage.conf CONTAINERS_CONF=$dir/containers.conf $sudo podman "$@"; }
+
+# The base: Debian 12 with python3 and its venv module, nothing recommended, no docs. The
+# merged-/usr hook keeps usrmerge (and perl with it) out.
+MMDEBSTRAP=(
+  --variant=apt --mode=root --format=tar
+  --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr
+  --include=python3,python3-venv,passwd,ca-certificates
+  --aptopt='APT::Install-Recommends "false"'
+  --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*'
+  --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/doc/*'
+  --dpkgopt='path-include=/usr/share/doc/*/copyright'
+)
+SUITES=(
+  "deb http://deb.debian.org/debian bookworm main"
+  "deb http://deb.debian.org/debian bookworm-updates main"
+  "deb http://deb.debian.org/debian-security bookworm-security main"
+)
+
+base() {
+  local key; key=$(printf '%s\n' "${MMDEBSTRAP[@]}" "${SUITES[@]}" | sha256sum | cut -c1-16)
+  if [ -s "$dir/base.tar" ] && [ "$(cat "$dir/base.key" 2>/dev/null)" = "$key" ]; then
+    log "base: $dir/base.tar is current"
+  else
+    log "base: mmdebstrap bookworm (python3, python3-venv) -> $dir/base.tar"
+    rm -f "$dir/base.new.tar"
+    $sudo mmdebstrap -q "${MMDEBSTRAP[@]}" bookworm "$dir/base.new.tar" "${SUITES[@]}" \
+      >"$dir/mmdebstrap.log" 2>&1 || { tail -20 "$dir/mmdebstrap.log" >&2; exit 1; }
+    mv "$dir/base.new.tar" "$dir/base.tar"
+    echo "$key" >"$dir/base.key"
+  fi
+  # Imported again only when the tarball changed: each import is a new image ID, which would
+  # throw away the layer cache of every build on it.
+  local sum; sum=$(sha256sum "$dir/base.tar" | cut -c1-64)
+  if [ "$(podman_ image inspect --format '{{index .Labels "base.tar.sha256"}}' "$BASE_IMAGE" 2>/dev/null)" != "$sum" ]; then
+    log "base: importing as $BASE_IMAGE"
+    podman_ import -q --change 'ENV LANG=C.UTF-8' \
+      --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      --change "LABEL base.tar.sha256=$sum" "$dir/base.tar" "$BASE_IMAGE" >/dev/null
+  fi
+}
+
+# A machine whose outbound TLS is re-signed by a local CA (pip's own bundle does not know it)
+# lends its bundle to the build's RUN steps. Mounts are not committed to the image.
+ca_mounts() {
+  local bundle=${PIP_CERT:-}
+  [ -n "$bundle" ] && [ -r "$bundle" ] || return 0
+  printf '[global]\ncert = /etc/ssl/certs/host-ca-bundle.crt\n' >"$dir/pip.conf"
+  echo "-v" "$bundle:/etc/ssl/certs/host-ca-bundle.crt:ro" "-v" "$dir/pip.conf:/etc/pip.conf:ro"
+}
+
+build() {
+  tools
+  configure
+  base
+  local started=$SECONDS mounts
+  read -r -a mounts <<<"$(ca_mounts)"
+  log "build: $IMAGE from $repo/Dockerfile on $BASE_IMAGE"
+  podman_ build -q --layers -f "$repo/Dockerfile" --build-arg "BASE=$BASE_IMAGE" "${mounts[@]}" \
+    -t "$IMAGE" "$repo" >"$dir/build.log" 2>&1 || { tail -30 "$dir/build.log" >&2; exit 1; }
+  log "build: done in $((SECONDS - started))s"
+  echo "$IMAGE"
+}
+
+# Whether containers can run here at all: a machine without user or mount namespaces (or a
+# runtime that cannot start) cannot, and the demo then falls back to a local process.
+check() {
+  tools >/dev/null 2>&1 || return 1
+  configure
+  command -v podman >/dev/null || return 1
+  podman_ image exists "$BASE_IMAGE" || return 1
+  podman_ run --rm --network host --entrypoint /bin/true "$BASE_IMAGE" >/dev/null 2>&1
+}
+
+case ${1:-build} in
+  tools) tools ;;
+  build) build ;;
+  check) check ;;
+  env) configure; print_env ;;
+  *) echo "usage: $0 [build|check|env|tools]" >&2; exit 2 ;;
+esac
