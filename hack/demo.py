@@ -5,8 +5,10 @@ hack/demo.sh starts the environment and runs this with the virtualenv's Python. 
 
 1. the CRD and the Helm chart, installed with helm (`replicaCount=0`: the chart's own
    operator pod cannot run here, kwok's pods are fake);
-2. the operator as a LOCAL process, under a token of the chart's ServiceAccount (its own
-   kubeconfig in the cache), so it has exactly the RBAC the chart grants, no more;
+2. the operator from its image (hack/image.sh), run as the chart runs it: read-only root,
+   the chart's user, no capabilities, the default seccomp profile, and a token of the
+   chart's ServiceAccount where the kubelet would mount it, so it has exactly the RBAC the
+   chart grants, no more (a local process under that token where containers cannot run);
 3. the Celery example (examples/celery-is-prime) with its Secret pointed at the local
    RabbitMQ and a QueueScaler with short windows, and one real Celery worker per Running pod
    (the e2e pod runner plays kubelet);
@@ -33,6 +35,14 @@ from typing import Any
 import yaml
 
 from queuescaler_testkit.env import CACHE, REPO, read_testenv, wait_until
+from queuescaler_testkit.image import (
+    CHART_USER,
+    TOKEN_DIR,
+    ImageOperatorProcess,
+    build_image,
+    containers_can_run,
+    service_account_mount,
+)
 from queuescaler_testkit.operator_process import OperatorProcess
 from queuescaler_testkit.podrunner import PodRunner, celery_worker_command, celery_worker_env
 from queuescaler_testkit.publisher import delete_queue, publish_is_prime_tasks
@@ -103,25 +113,52 @@ def install_chart() -> None:
         "--wait", "--timeout", "2m")
     say(f"   release {RELEASE} in {OPERATOR_NAMESPACE}: ServiceAccount {SERVICE_ACCOUNT}, "
         "cluster-wide RBAC, metrics Service (its operator Deployment is scaled to 0: kwok "
-        "pods are fake, the operator runs here as a process instead)")
+        "pods are fake, the operator runs beside the cluster instead)")
 
 
 def start_operator() -> OperatorProcess:
-    """The operator under a fresh token of the chart's ServiceAccount (its own kubeconfig)."""
+    """The operator under a fresh token of the chart's ServiceAccount: from its image, run as
+    the chart runs it (hack/image.sh), or as a local process where containers cannot run."""
     kubeconfig = ENV.service_account_kubeconfig(
         SERVICE_ACCOUNT, OPERATOR_NAMESPACE, WORK_DIR / "operator.kubeconfig",
         duration="2h", default_namespace=OPERATOR_NAMESPACE,
     )
     log_path = WORK_DIR / "operator.log"
-    say(f"== starting the operator as system:serviceaccount:{OPERATOR_NAMESPACE}:"
-        f"{SERVICE_ACCOUNT} (log: {log_path})")
     log_path.unlink(missing_ok=True)  # this run's log only
-    operator = OperatorProcess(
-        replace(ENV, kubeconfig=kubeconfig), log_path, "--status-refresh-seconds", "2"
-    ).start()
+    account = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{SERVICE_ACCOUNT}"
+    args = ("--status-refresh-seconds", "2")
+    operator: OperatorProcess
+    image = operator_image()
+    if image is not None:
+        token_dir = service_account_mount(ENV, kubeconfig, WORK_DIR / "serviceaccount")
+        say(f"== starting the operator from {image} as {account}: read-only root, user "
+            f"{CHART_USER}, no capabilities, no privilege escalation, default seccomp, the "
+            f"token mounted at {TOKEN_DIR} (log: {log_path})")
+        operator = ImageOperatorProcess(ENV, image, token_dir, log_path, *args)
+    else:
+        say(f"== starting the operator as a local process, as {account} (log: {log_path})")
+        operator = OperatorProcess(replace(ENV, kubeconfig=kubeconfig), log_path, *args)
+    operator.start()
     assert operator.process is not None
     say(f"   ready: pid {operator.process.pid}, metrics on {operator.metrics_url}")
     return operator
+
+
+def operator_image() -> str | None:
+    """The image, built (or reused); None, said aloud, when this machine cannot run it."""
+    say("== building the operator image (hack/image.sh: podman, a Debian 12 base made here)")
+    started = time.monotonic()
+    try:
+        image = build_image()
+    except AssertionError as error:
+        say(f"   the image did not build, so the operator runs as a local process:\n{error}")
+        return None
+    if not containers_can_run():
+        say("   this machine cannot run containers (no namespaces, or no runtime that starts):"
+            " the operator runs as a local process instead")
+        return None
+    say(f"   {image} ready in {time.monotonic() - started:.0f}s")
+    return image
 
 
 def register_prometheus_target(port: int) -> Path:

@@ -110,9 +110,13 @@ base() {
 }
 
 # A machine whose outbound TLS is re-signed by a local CA (pip's own bundle does not know it)
-# lends its bundle to the build's RUN steps. Mounts are not committed to the image.
+# lends its bundle to the build's RUN steps: the one pip or Python is told to use, else the
+# system's when local CAs were added to it. Mounts are not committed to the image.
 ca_mounts() {
-  local bundle=${PIP_CERT:-}
+  local bundle=${PIP_CERT:-${REQUESTS_CA_BUNDLE:-${SSL_CERT_FILE:-}}}
+  if [ -z "$bundle" ] && compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+    bundle=/etc/ssl/certs/ca-certificates.crt
+  fi
   [ -n "$bundle" ] && [ -r "$bundle" ] || return 0
   printf '[global]\ncert = /etc/ssl/certs/host-ca-bundle.crt\n' >"$dir/pip.conf"
   echo "-v" "$bundle:/etc/ssl/certs/host-ca-bundle.crt:ro" "-v" "$dir/pip.conf:/etc/pip.conf:ro"
