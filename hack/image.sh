@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The operator image, built and run without a Docker engine (rootful podman).
-#   hack/image.sh build   make the Debian 12 base if needed, build the Dockerfile on it,
-#                         print the image's name (localhost/queuescaler:dev)
+#   hack/image.sh build   make the Debian 12 base if needed, build the Dockerfile on it, print
+#                         its facts (size, versions, what is left in it, an SBOM) on stderr and
+#                         its name on stdout: localhost/queuescaler:<appVersion>, the chart's
+#                         default image
+#   hack/image.sh facts   the facts of the image built last
+#   hack/image.sh name    the image's name, nothing built
 #   hack/image.sh check   exit 0 when this machine can run a container (namespaces, runtime)
 #   hack/image.sh env     the environment podman needs to use this project's image store
 #   hack/image.sh tools   install podman, mmdebstrap and runc (Debian's packages)
@@ -19,7 +23,7 @@ repo=$(dirname "$here")
 cache=${QS_CACHE:-$HOME/.cache/queuescaler}
 dir=$cache/image
 BASE_IMAGE=localhost/queuescaler-base:bookworm
-IMAGE=localhost/queuescaler:dev
+IMAGE=localhost/queuescaler:$(sed -n 's/^appVersion: *"*\([^"]*\)"*$/\1/p' "$repo/charts/queuescaler/Chart.yaml")
 log() { printf '[image] %s\n' "$*" >&2; }
 sudo=; [ "$(id -u)" = 0 ] || sudo="sudo -n"  # rootful podman: the chart's uid is a real uid
 
@@ -126,13 +130,41 @@ build() {
   tools
   configure
   base
-  local started=$SECONDS mounts
+  local started=$SECONDS mounts revision
   read -r -a mounts <<<"$(ca_mounts)"
+  revision=$(git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)
+  git -C "$repo" diff --quiet HEAD -- Dockerfile pyproject.toml README.md operator 2>/dev/null \
+    || revision="$revision-dirty"
   log "build: $IMAGE from $repo/Dockerfile on $BASE_IMAGE"
+  # Labels go on the image's configuration only: a new revision reuses every cached layer.
   podman_ build -q --layers -f "$repo/Dockerfile" --build-arg "BASE=$BASE_IMAGE" "${mounts[@]}" \
+    --label "org.opencontainers.image.revision=$revision" \
+    --label "org.opencontainers.image.version=${IMAGE##*:}" \
+    --label "org.opencontainers.image.title=queuescaler" \
+    --label "org.opencontainers.image.base.name=$BASE_IMAGE" \
     -t "$IMAGE" "$repo" >"$dir/build.log" 2>&1 || { tail -30 "$dir/build.log" >&2; exit 1; }
   log "build: done in $((SECONDS - started))s"
+  facts >&2
   echo "$IMAGE"
+}
+
+# What a platform team checks before running an image: its size and labels, the Python and
+# package versions inside, that no compiler and no package manager but dpkg is left, and an
+# SBOM in a file (hack/image_facts.py, run inside the image, without network or privileges).
+inside() {
+  podman_ run --rm -i --network none --read-only --user 10001:10001 --cap-drop ALL \
+    --entrypoint python3 "$IMAGE" - "$1" <"$here/image_facts.py"
+}
+
+facts() {
+  local sbom=$dir/queuescaler-${IMAGE##*:}.sbom.txt size revision
+  inside sbom >"$sbom.new" && mv "$sbom.new" "$sbom"
+  size=$(podman_ image inspect --format '{{.Size}}' "$IMAGE")
+  revision=$(podman_ image inspect --format '{{index .Labels "org.opencontainers.image.revision"}}' "$IMAGE")
+  echo "image     $IMAGE, $(numfmt --to=iec --suffix=B "$size"), revision $revision"
+  echo "inside    $(inside facts)"
+  echo "base      $BASE_IMAGE: Debian 12 made here (the Dockerfile's default: python:3.11-slim-bookworm)"
+  echo "SBOM      $(grep -c '^deb ' "$sbom") Debian packages, $(grep -c '^python ' "$sbom") Python distributions: $sbom"
 }
 
 # Whether containers can run here at all: a machine without user or mount namespaces (or a
@@ -150,5 +182,7 @@ case ${1:-build} in
   build) build ;;
   check) check ;;
   env) configure; print_env ;;
-  *) echo "usage: $0 [build|check|env|tools]" >&2; exit 2 ;;
+  facts) configure; facts ;;
+  name) echo "$IMAGE" ;;
+  *) echo "usage: $0 [build|check|env|tools|facts|name]" >&2; exit 2 ;;
 esac

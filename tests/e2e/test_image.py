@@ -128,3 +128,13 @@ def test_the_root_filesystem_is_read_only_and_the_operator_writes_nowhere(
     assert operator_in_image.exec("ls", "-A", "/tmp").stdout.strip() == ""
     root_write = operator_in_image.exec("sh", "-c", "echo x > /opt/queuescaler/probe")
     assert root_write.returncode != 0 and "Read-only file system" in root_write.stderr
+
+
+def test_the_image_keeps_no_package_manager_but_dpkg_and_names_its_revision(image: str) -> None:
+    left = podman("run", "--rm", *HARDENING, "--entrypoint", "sh", image, "-c",
+                  "for t in pip pip3 apt apt-get gcc cc make; do command -v $t; done;"
+                  " python3 -c 'import pip' 2>/dev/null && echo pip-module; true").stdout
+    assert left.strip() == ""
+    labels = podman("image", "inspect", "--format",
+                    '{{index .Labels "org.opencontainers.image.revision"}}', image).stdout.strip()
+    assert len(labels.removesuffix("-dirty")) == 40, labels

@@ -514,3 +514,16 @@ def test_service_monitor_scrapes_the_metrics_service_as_job_queuescaler(tmp_path
         assert service["metadata"]["labels"][key] == value
     # The shipped alerts select job="queuescaler": the job name comes from this Service label.
     assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "queuescaler"
+
+
+def test_the_default_image_is_the_one_make_image_tags() -> None:
+    """A user who runs `make image` (or the README's build line) and `helm install` with the
+    defaults gets the image just built, not a name the cluster cannot resolve."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["image"]
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    built = subprocess.run(["bash", str(REPO / "hack" / "image.sh"), "name"], capture_output=True,
+                           text=True, check=True, timeout=30).stdout.strip()
+    assert f"{values['repository']}:{values['tag'] or app_version}" == built
+    readme = (REPO / "README.md").read_text()
+    assert f"docker build -t {built} ." in readme
+    assert f"podman build -t {built} ." in readme
