@@ -49,10 +49,12 @@ class EngineSettings:
     tick_seconds: float = 1.0
     """How often the loop wakes; each QueueScaler is sampled at its own pollingIntervalSeconds."""
     fast_path: bool = True
-    """Peek (live counts) at pools at zero every tick, so a burst wakes them at once, and at
-    pools scaled moments ago, whose management counts still predate the scale."""
+    """Peek (live counts) between samples at pools that may grow (at zero, or below their
+    maximum), so a burst is acted on within a tick, and at pools scaled moments ago, whose
+    management counts still predate the scale."""
     fast_path_budget: int = 500
-    """Pools at rest peeked per tick at most (about 0.1 s of broker time)."""
+    """Pools peeked between their samples per tick at most (about 0.1 s of broker time);
+    beyond it they take turns."""
     plan: planner.PlanSettings = dataclasses.field(default_factory=planner.PlanSettings)
     """The knobs the planner's rules read (status refresh, statistics lag)."""
     secret_refresh_seconds: float = 60.0
@@ -146,19 +148,22 @@ class Engine:
         due = [s for s in scalers if s.next_due <= now]
         live: dict[tuple[str, str], QueueSample] = {}
         if self.settings.fast_path:
-            resting, self._peek_turn = planner.in_turn([
+            watched, self._peek_turn = planner.in_turn([
                 s for s in scalers
-                if s.next_due > now and planner.at_rest_at_zero(s.spec, s.memory.current_replicas)
+                if s.next_due > now and planner.peeked(s.spec, s.memory.current_replicas)
             ], self.settings.fast_path_budget, self._peek_turn)
             settling = [
                 s for s in due
                 if planner.settling(s.memory.state, now, self.settings.plan)
                 or s.memory.stats_pending
             ]
-            live = await self.brokers.peek([*resting, *settling], now)
+            live = await self.brokers.peek([*watched, *settling], now)
             due.extend(
-                s for s in resting
-                if s.key in live and s.spec is not None and planner.wakes(s.spec, live[s.key])
+                s for s in watched
+                if s.key in live and s.spec is not None and s.memory.current_replicas is not None
+                and planner.calls_now(
+                    s.spec, live[s.key], s.memory.current_replicas, s.memory.state, now
+                )
             )
         if due:
             for scaler in due:

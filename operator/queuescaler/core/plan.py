@@ -213,6 +213,16 @@ def at_rest_at_zero(spec: QueueScalerSpec | None, current: int | None) -> bool:
     return spec is not None and current == 0 and spec.min_replicas == 0 and not spec.paused
 
 
+def peeked(spec: QueueScalerSpec | None, current: int | None) -> bool:
+    """Live counts are read between its samples (within the tick's budget): a pool at rest
+    at zero, or a pool at work that may still grow, so a burst is acted on within a tick
+    whatever the pool's size, not a polling interval plus the statistics' lag later."""
+    if at_rest_at_zero(spec, current):
+        return True
+    return (spec is not None and not spec.paused and current is not None
+            and 0 < current < spec.max_replicas)
+
+
 def settling(state: ScalerState, now: float, settings: PlanSettings) -> bool:
     """Scaled moments ago: the management API's counts still predate the change."""
     last = state.last_scale_time
@@ -224,16 +234,40 @@ def wakes(spec: QueueScalerSpec, live: QueueSample) -> bool:
     return activates(spec, live)
 
 
-def in_turn(resting: list[T], budget: int, turn: int) -> tuple[list[T], int]:
-    """At most `budget` pools at rest peeked this tick, taking turns; and the next turn.
+def calls_now(
+    spec: QueueScalerSpec, live: QueueSample, current: int, state: ScalerState, now: float
+) -> bool:
+    """Whether a peeked pool is decided now, before its interval: at zero, when the live
+    backlog activates it; at work, when the messages ready alone (a lower bound of any
+    backlog the policies count) call for more replicas than it has beyond the tolerance,
+    and more than its last decision recommended (one burst starts one early decision, not
+    one per tick while a cooldown or a refusal holds it), out of its scale-up cooldown.
 
-    A passive declare costs the broker about 0.2 ms; beyond the budget each pool at zero is
-    still peeked every len/budget ticks, and sampled at its interval anyway.
+    Only growth is decided early: a scale-down waits for the full sample at its interval,
+    which sees the messages in flight.
     """
-    if len(resting) <= budget:
-        return resting, turn
-    start = turn % len(resting)
-    return (resting + resting)[start:start + budget], start + budget
+    if current == 0:
+        return wakes(spec, live)
+    if current >= spec.max_replicas:
+        return False
+    wanted = -(-live.ready // spec.target.messages_per_replica)
+    last = state.recommendations[-1].replicas if state.recommendations else current
+    if wanted <= max(current, last) or wanted - current <= spec.behavior.tolerance * current:
+        return False
+    since = state.last_scale_time
+    return since is None or now - since >= spec.behavior.scale_up.cooldown_seconds
+
+
+def in_turn(watched: list[T], budget: int, turn: int) -> tuple[list[T], int]:
+    """At most `budget` pools peeked this tick, taking turns; and the next turn.
+
+    A passive declare costs the broker about 0.2 ms; beyond the budget each pool is still
+    peeked every len/budget ticks, and sampled at its interval anyway.
+    """
+    if len(watched) <= budget:
+        return watched, turn
+    start = turn % len(watched)
+    return (watched + watched)[start:start + budget], start + budget
 
 
 def watched_target(target: ScaleTargetRef) -> bool:
