@@ -22,19 +22,23 @@ RUN python3 -m venv /opt/queuescaler \
     && /opt/queuescaler/bin/pip uninstall --yes pip setuptools wheel
 
 FROM ${BASE}
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PATH=/opt/queuescaler/bin:$PATH
-COPY --from=build /opt/queuescaler /opt/queuescaler
 # A numeric non-root user, so Kubernetes' runAsNonRoot can verify it (the chart runs as 10001).
 # No package manager stays but dpkg (Debian's essential package database, which an SBOM
-# reads): apt goes, and so does the base's own pip where it has one (python:3.11-slim does).
+# reads): apt goes, and so does the base's own pip where it has one (python:3.11-slim has it
+# in /usr/local). This runs before PATH names the virtualenv, so `python3` is the base's; and
+# the build fails if any pip is left.
 RUN groupadd --system --gid 10001 queuescaler \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin queuescaler \
     && if python3 -m pip --version >/dev/null 2>&1; then \
          python3 -m pip uninstall --yes --quiet pip setuptools wheel; fi \
+    && ! python3 -m pip --version >/dev/null 2>&1 \
     && dpkg --purge apt >/dev/null
+COPY --from=build /opt/queuescaler /opt/queuescaler
+RUN ! /opt/queuescaler/bin/python -m pip --version >/dev/null 2>&1
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/queuescaler/bin:$PATH
 USER 10001:10001
 WORKDIR /
 

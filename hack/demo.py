@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -39,6 +40,7 @@ from queuescaler_testkit.image import (
     CHART_USER,
     TOKEN_DIR,
     ImageOperatorProcess,
+    ImageUnavailable,
     build_image,
     containers_can_run,
     service_account_mount,
@@ -58,6 +60,9 @@ QUEUE = "is_prime"
 BURST = 1200
 MAX_REPLICAS = 8
 WORK_DIR = CACHE / "run" / "demo"
+TOKEN_MOUNT = WORK_DIR / "operator-token"
+"""Where the operator's ServiceAccount token is kept for its container (only its owner may
+enter), and removed when the demo stops the operator."""
 OUT = CACHE / "out" / "demo-timeline.png"
 
 # Short windows, so a whole cycle takes a couple of minutes (the example's defaults are for
@@ -130,7 +135,7 @@ def start_operator() -> OperatorProcess:
     operator: OperatorProcess
     image = operator_image()
     if image is not None:
-        token_dir = service_account_mount(ENV, kubeconfig, WORK_DIR / "serviceaccount")
+        token_dir = service_account_mount(ENV, kubeconfig, TOKEN_MOUNT)
         say(f"== starting the operator from {image} as {account}: read-only root, user "
             f"{CHART_USER}, no capabilities, no privilege escalation, default seccomp, the "
             f"token mounted at {TOKEN_DIR} (log: {log_path})")
@@ -150,12 +155,13 @@ def operator_image() -> str | None:
     started = time.monotonic()
     try:
         image = build_image()
-    except AssertionError as error:
-        say(f"   the image did not build, so the operator runs as a local process:\n{error}")
+    except ImageUnavailable as error:
+        say(f"   the image did not build (a machine that cannot run containers cannot build"
+            f" one either), so the operator runs as a local process:\n{error}")
         return None
     if not containers_can_run():
-        say("   this machine cannot run containers (no namespaces, or no runtime that starts):"
-            " the operator runs as a local process instead")
+        say("   this machine cannot run containers (no namespaces, or no runtime that"
+            " starts): the operator runs as a local process instead")
         return None
     say(f"   {image} ready in {time.monotonic() - started:.0f}s")
     return image
@@ -260,7 +266,8 @@ def plot(minutes: float) -> Path | None:
 def stop_operator(operator: OperatorProcess) -> None:
     if operator.process is not None and operator.process.poll() is None:
         say(f"== stopping the operator (pid {operator.process.pid})")
-        operator.stop()
+    operator.stop()  # an image's container is removed even when it already exited
+    shutil.rmtree(TOKEN_MOUNT, ignore_errors=True)  # its 2-hour token
 
 
 def main() -> int:

@@ -6,6 +6,9 @@
 #                         default image
 #   hack/image.sh facts   the facts of the image built last
 #   hack/image.sh name    the image's name, nothing built
+#   hack/image.sh podman ARGS...
+#                         podman on this project's store (as root: sudo for other users)
+#   hack/image.sh sweep   remove containers the test kit started whose owner has exited
 #   hack/image.sh check   exit 0 when this machine can run a container (namespaces, runtime)
 #   hack/image.sh env     the environment podman needs to use this project's image store
 #   hack/image.sh tools   install podman, mmdebstrap and runc (Debian's packages)
@@ -26,23 +29,27 @@ BASE_IMAGE=localhost/queuescaler-base:bookworm
 IMAGE=localhost/queuescaler:$(sed -n 's/^appVersion: *"*\([^"]*\)"*$/\1/p' "$repo/charts/queuescaler/Chart.yaml")
 log() { printf '[image] %s\n' "$*" >&2; }
 sudo=; [ "$(id -u)" = 0 ] || sudo="sudo -n"  # rootful podman: the chart's uid is a real uid
+# (days) a base older than this is made again, so Debian's security updates reach the image
+BASE_MAX_AGE_DAYS=${QS_IMAGE_BASE_MAX_AGE_DAYS:-7}
 
 # podman's settings for this project only, so nothing touches the machine's own store.
 # runc, not crun: crun refuses cgroup v1/v2 hybrid hosts, which some VMs are. The ulimits are
 # the host's hard limits: podman's defaults are higher, and not even root may raise them.
+# Each file is replaced only when its text changes, so a podman already running never reads
+# one half written.
 configure() {
   mkdir -p "$dir/tmp"
   local nofile nproc
   nofile=$(ulimit -Hn); [ "$nofile" = unlimited ] && nofile=1048576
   nproc=$(ulimit -Hu); [ "$nproc" = unlimited ] && nproc=32768
   [ "$nproc" -gt 32768 ] && nproc=32768
-  cat >"$dir/storage.conf" <<EOF
+  settle "$dir/storage.conf" <<EOF
 [storage]
 driver = "overlay"
 graphroot = "$dir/storage"
 runroot = "$dir/run"
 EOF
-  cat >"$dir/containers.conf" <<EOF
+  settle "$dir/containers.conf" <<EOF
 [containers]
 default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
 
@@ -53,6 +60,12 @@ events_logger = "file"
 tmp_dir = "$dir/run/libpod"
 image_copy_tmp_dir = "$dir/tmp"
 EOF
+}
+
+settle() {
+  local text; text=$(cat)
+  [ -f "$1" ] && [ "$(cat "$1")" = "$text" ] && return
+  printf '%s\n' "$text" >"$1.new" && mv "$1.new" "$1"
 }
 
 print_env() {
@@ -71,7 +84,11 @@ tools() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-podman_() { CONTAINERS_STORAGE_CONF=$dir/storage.conf CONTAINERS_CONF=$dir/containers.conf $sudo podman "$@"; }
+# sudo drops the environment, so the settings go through env(1) on its far side.
+podman_() {
+  $sudo env CONTAINERS_STORAGE_CONF="$dir/storage.conf" CONTAINERS_CONF="$dir/containers.conf" \
+    podman "$@"
+}
 
 # The base: Debian 12 with python3 and its venv module, nothing recommended, no docs. The
 # merged-/usr hook keeps usrmerge (and perl with it) out.
@@ -83,6 +100,8 @@ MMDEBSTRAP=(
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*'
   --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/doc/*'
   --dpkgopt='path-include=/usr/share/doc/*/copyright'
+  # the build host's name and resolver stay out of the image (podman mounts its own)
+  --customize-hook='rm -f "$1/etc/hostname" "$1/etc/resolv.conf"'
 )
 SUITES=(
   "deb http://deb.debian.org/debian bookworm main"
@@ -92,8 +111,9 @@ SUITES=(
 
 base() {
   local key; key=$(printf '%s\n' "${MMDEBSTRAP[@]}" "${SUITES[@]}" | sha256sum | cut -c1-16)
-  if [ -s "$dir/base.tar" ] && [ "$(cat "$dir/base.key" 2>/dev/null)" = "$key" ]; then
-    log "base: $dir/base.tar is current"
+  if [ -s "$dir/base.tar" ] && [ "$(cat "$dir/base.key" 2>/dev/null)" = "$key" ] \
+    && [ -z "$(find "$dir/base.tar" -mtime "+$BASE_MAX_AGE_DAYS")" ]; then
+    log "base: $dir/base.tar is current (made again after $BASE_MAX_AGE_DAYS days, for security updates)"
   else
     log "base: mmdebstrap bookworm (python3, python3-venv) -> $dir/base.tar"
     rm -f "$dir/base.new.tar"
@@ -115,35 +135,40 @@ base() {
 
 # A machine whose outbound TLS is re-signed by a local CA (pip's own bundle does not know it)
 # lends its bundle to the build's RUN steps: the one pip or Python is told to use, else the
-# system's when local CAs were added to it. Mounts are not committed to the image.
+# system's when local CAs were added to it. It is mounted, never copied: one directory where
+# pip looks for root's settings, which leaves only that empty directory behind.
+CA_MOUNTS=()
 ca_mounts() {
   local bundle=${PIP_CERT:-${REQUESTS_CA_BUNDLE:-${SSL_CERT_FILE:-}}}
   if [ -z "$bundle" ] && compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
     bundle=/etc/ssl/certs/ca-certificates.crt
   fi
   [ -n "$bundle" ] && [ -r "$bundle" ] || return 0
-  printf '[global]\ncert = /etc/ssl/certs/host-ca-bundle.crt\n' >"$dir/pip.conf"
-  echo "-v" "$bundle:/etc/ssl/certs/host-ca-bundle.crt:ro" "-v" "$dir/pip.conf:/etc/pip.conf:ro"
+  mkdir -p "$dir/build-ca"
+  cp "$bundle" "$dir/build-ca/ca.crt"
+  printf '[global]\ncert = /root/.config/pip/ca.crt\n' >"$dir/build-ca/pip.conf"
+  CA_MOUNTS=(-v "$dir/build-ca:/root/.config/pip:ro")
 }
 
 build() {
   tools
   configure
   base
-  local started=$SECONDS mounts revision
-  read -r -a mounts <<<"$(ca_mounts)"
+  local started=$SECONDS revision
+  ca_mounts
   revision=$(git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)
-  git -C "$repo" diff --quiet HEAD -- Dockerfile pyproject.toml README.md operator 2>/dev/null \
-    || revision="$revision-dirty"
+  [ -z "$(git -C "$repo" status --porcelain -- Dockerfile pyproject.toml README.md operator \
+    2>/dev/null)" ] || revision="$revision-dirty"
   log "build: $IMAGE from $repo/Dockerfile on $BASE_IMAGE"
   # Labels go on the image's configuration only: a new revision reuses every cached layer.
-  podman_ build -q --layers -f "$repo/Dockerfile" --build-arg "BASE=$BASE_IMAGE" "${mounts[@]}" \
+  podman_ build -q --layers -f "$repo/Dockerfile" --build-arg "BASE=$BASE_IMAGE" ${CA_MOUNTS[@]+"${CA_MOUNTS[@]}"} \
     --label "org.opencontainers.image.revision=$revision" \
     --label "org.opencontainers.image.version=${IMAGE##*:}" \
     --label "org.opencontainers.image.title=queuescaler" \
     --label "org.opencontainers.image.base.name=$BASE_IMAGE" \
     -t "$IMAGE" "$repo" >"$dir/build.log" 2>&1 || { tail -30 "$dir/build.log" >&2; exit 1; }
   log "build: done in $((SECONDS - started))s"
+  podman_ image prune --force >/dev/null  # earlier builds' layers, in this store only
   facts >&2
   echo "$IMAGE"
 }
@@ -170,11 +195,23 @@ facts() {
 # Whether containers can run here at all: a machine without user or mount namespaces (or a
 # runtime that cannot start) cannot, and the demo then falls back to a local process.
 check() {
-  tools >/dev/null 2>&1 || return 1
-  configure
   command -v podman >/dev/null || return 1
+  configure
   podman_ image exists "$BASE_IMAGE" || return 1
   podman_ run --rm --network host --entrypoint /bin/true "$BASE_IMAGE" >/dev/null 2>&1
+}
+
+# Containers of the test kit carry the PID of the process that started them; one whose
+# starter is gone (a test run killed before its teardown) is removed.
+sweep() {
+  local name pid
+  podman_ ps --all --filter label=io.queuescaler.test-owner \
+    --format '{{.Names}} {{index .Labels "io.queuescaler.test-owner"}}' 2>/dev/null |
+  while read -r name pid; do
+    [ -n "$name" ] && ! kill -0 "$pid" 2>/dev/null || continue
+    log "sweep: removing $name (its test run, pid $pid, has exited)"
+    podman_ rm --force --time 5 "$name" >/dev/null || true
+  done
 }
 
 case ${1:-build} in
@@ -184,5 +221,9 @@ case ${1:-build} in
   env) configure; print_env ;;
   facts) configure; facts ;;
   name) echo "$IMAGE" ;;
-  *) echo "usage: $0 [build|check|env|tools|facts|name]" >&2; exit 2 ;;
+  podman) shift; configure  # exec: signals reach podman itself
+    exec $sudo env CONTAINERS_STORAGE_CONF="$dir/storage.conf" CONTAINERS_CONF="$dir/containers.conf" \
+      podman "$@" ;;
+  sweep) configure; sweep ;;
+  *) echo "usage: $0 [build|check|env|tools|facts|name|podman ARGS|sweep]" >&2; exit 2 ;;
 esac

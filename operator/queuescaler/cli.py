@@ -49,9 +49,10 @@ def load_kube_credentials() -> None:
     """A kubeconfig (KUBECONFIG, else ~/.kube/config) when there is one, else the pod's
     ServiceAccount. Chosen here rather than by `kubernetes.config.load_config`, which says
     so with a plain-text print to stdout inside every pod and breaks `--log-format json`."""
-    paths = os.environ.get("KUBECONFIG") or "~/.kube/config"
+    paths = os.environ.get("KUBECONFIG") or "~/.kube/config"  # empty counts as unset
     if any(os.path.exists(os.path.expanduser(p)) for p in paths.split(os.pathsep) if p):
-        k8s_config.load_kube_config()
+        # the paths decided on, not the library's own copy of KUBECONFIG taken at import
+        k8s_config.load_kube_config(config_file=paths)
     else:
         k8s_config.load_incluster_config()
 

@@ -135,6 +135,14 @@ def test_the_image_keeps_no_package_manager_but_dpkg_and_names_its_revision(imag
                   "for t in pip pip3 apt apt-get gcc cc make; do command -v $t; done;"
                   " python3 -c 'import pip' 2>/dev/null && echo pip-module; true").stdout
     assert left.strip() == ""
+    root = Path(podman("image", "mount", image).stdout.strip())
+    try:  # the build host's name and resolver are not shipped (RUN leaves empty mount points)
+        for name in ("hostname", "resolv.conf", "hosts"):
+            path = root / "etc" / name
+            assert not path.exists() or path.stat().st_size == 0, path.read_text()
+        assert not (root / "etc" / "pip.conf").exists()
+    finally:
+        podman("image", "unmount", image, check=False)
     labels = podman("image", "inspect", "--format",
                     '{{index .Labels "org.opencontainers.image.revision"}}', image).stdout.strip()
     assert len(labels.removesuffix("-dirty")) == 40, labels

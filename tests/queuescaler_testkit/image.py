@@ -29,61 +29,71 @@ HARDENING = (
 """`podman run` options equal to the chart's securityContext (seccomp: the runtime's default)."""
 
 
-def podman_env() -> dict[str, str]:
-    """The environment that points podman at the project's own image store (hack/image.sh)."""
-    out = subprocess.run(["bash", str(REPO / "hack" / "image.sh"), "env"], capture_output=True,
-                         text=True, check=True, timeout=60).stdout
-    return {**os.environ, **dict(line.split("=", 1) for line in out.splitlines() if "=" in line)}
+IMAGE_SH = str(REPO / "hack" / "image.sh")
 
 
 def podman(*args: str, check: bool = True, timeout: float = 120
            ) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["podman", *args], capture_output=True, text=True,
-                            timeout=timeout, env=podman_env(), check=False)
+    """podman on the project's image store (hack/image.sh podman: sudo for a non-root user)."""
+    result = subprocess.run(["bash", IMAGE_SH, "podman", *args], capture_output=True,
+                            text=True, timeout=timeout, check=False)
     if check and result.returncode != 0:
         raise AssertionError(f"podman {' '.join(args[:3])} ... failed: {result.stderr.strip()}")
     return result
 
 
+class ImageUnavailable(Exception):
+    """The image could not be built here (the build's own words)."""
+
+
 def build_image() -> str:
-    """Build (or reuse) the image; its name. Fails with the build's own error."""
-    result = subprocess.run(["bash", str(REPO / "hack" / "image.sh"), "build"],
-                            capture_output=True, text=True, timeout=1800, check=False)
-    if result.returncode != 0:
-        raise AssertionError(f"hack/image.sh build failed:\n{result.stderr[-3000:]}")
-    return result.stdout.strip().splitlines()[-1]
+    """Build (or reuse) the image, after removing containers left by a killed test run;
+    its name."""
+    subprocess.run(["bash", IMAGE_SH, "sweep"], capture_output=True, timeout=120, check=False)
+    try:
+        result = subprocess.run(["bash", IMAGE_SH, "build"], capture_output=True, text=True,
+                                timeout=1800, check=False)
+    except subprocess.TimeoutExpired as error:
+        raise ImageUnavailable(f"hack/image.sh build took over {error.timeout:.0f}s") from error
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise ImageUnavailable(f"hack/image.sh build failed:\n{result.stderr[-3000:]}")
+    return lines[-1]
 
 
 def containers_can_run() -> bool:
     """Whether this machine can run a container at all (hack/image.sh check)."""
-    return subprocess.run(["bash", str(REPO / "hack" / "image.sh"), "check"],
-                          capture_output=True, timeout=600, check=False).returncode == 0
+    return subprocess.run(["bash", IMAGE_SH, "check"], capture_output=True, timeout=600,
+                          check=False).returncode == 0
 
 
 def service_account_mount(testenv: TestEnv, kubeconfig: Path, out: Path) -> Path:
     """What the kubelet mounts for a pod: the token (from a ServiceAccount kubeconfig made
-    by `TestEnv.service_account_kubeconfig`), the cluster's CA and the namespace. Owned by
-    the chart's user, as a projected volume with its fsGroup would be."""
+    by `TestEnv.service_account_kubeconfig`), the cluster's CA and the namespace; the
+    directory to mount is returned. The files are readable by anyone (the container's user
+    is not ours) but inside `out`, which only its owner may enter."""
     config = yaml.safe_load(kubeconfig.read_text())
     context = config["contexts"][0]["context"]
     cluster = yaml.safe_load(testenv.kubeconfig.read_text())["clusters"][0]["cluster"]
     ca = (base64.b64decode(cluster["certificate-authority-data"]).decode()
           if "certificate-authority-data" in cluster
           else Path(cluster["certificate-authority"]).read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    out.chmod(0o755)
     files = {
         "token": config["users"][0]["user"]["token"],
         "namespace": context.get("namespace", "default"),
         "ca.crt": ca,
     }
-    uid, gid = (int(part) for part in CHART_USER.split(":"))
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    out.chmod(0o700)
+    mounted = out / "serviceaccount"
+    mounted.mkdir(mode=0o755, exist_ok=True)
     for name, text in files.items():
-        path = out / name
-        path.write_text(text)
-        os.chown(path, uid, gid)
-        path.chmod(0o400)
-    return out
+        path = mounted / name
+        path.unlink(missing_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+    return mounted
 
 
 def apiserver_address(testenv: TestEnv) -> tuple[str, str]:
@@ -110,7 +120,8 @@ class ImageOperatorProcess(OperatorProcess):
     def command(self) -> list[str]:
         host, port = apiserver_address(self.testenv)
         return [
-            "podman", "run", "--rm", "--name", self.name, *HARDENING,
+            "bash", IMAGE_SH, "podman", "run", "--rm", "--name", self.name, *HARDENING,
+            "--label", f"io.queuescaler.test-owner={os.getpid()}",
             "--volume", f"{self.token_dir}:{TOKEN_DIR}:ro",
             "--env", f"KUBERNETES_SERVICE_HOST={host}", "--env", f"KUBERNETES_SERVICE_PORT={port}",
             self.image, "--metrics-host", "127.0.0.1", "--metrics-port", str(self.port),
@@ -118,20 +129,33 @@ class ImageOperatorProcess(OperatorProcess):
         ]
 
     def environment(self) -> dict[str, str]:
-        return podman_env()
+        return dict(os.environ)
+
+    def start(self) -> ImageOperatorProcess:
+        try:
+            super().start()
+        except BaseException:  # never ready: the container must not outlive the attempt
+            self.stop(kill=True)
+            raise
+        return self
 
     def stop(self, *, kill: bool = False) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        if kill:
-            podman("kill", "--signal", "KILL", self.name, check=False)
-        else:
-            podman("stop", "--time", "30", self.name, check=False, timeout=60)
+        """Stops the container (SIGTERM, SIGKILL after 30 s, as the chart's grace period),
+        and makes sure it is gone; the exit code of `podman run`, which is the operator's."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            if kill:
+                podman("kill", "--signal", "KILL", self.name, check=False)
+            else:
+                podman("stop", "--time", "30", self.name, check=False, timeout=60)
         try:
-            return self.process.wait(timeout=30)
+            code = self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            return self.process.wait(timeout=10)
+            code = self.process.wait(timeout=10)
+        podman("rm", "--force", "--ignore", self.name, check=False)
+        return code
 
     def exec(self, *command: str) -> subprocess.CompletedProcess[str]:
         """Run a command inside the running container (as its user)."""

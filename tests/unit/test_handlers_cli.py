@@ -288,22 +288,36 @@ def test_run_redacts_every_log_handler(ran: Ran) -> None:
     assert any(isinstance(f, RedactingFilter) for f in ran.probe.filters)
 
 
-@pytest.mark.parametrize("kubeconfig", [True, False], ids=["kubeconfig", "in-pod"])
+@pytest.mark.parametrize(
+    ("kubeconfig", "home_config", "loaded"),
+    [
+        pytest.param("{missing}:{config}", False, "{missing}:{config}", id="a-list"),
+        pytest.param(None, False, "pod", id="in-a-pod"),
+        pytest.param("", True, "~/.kube/config", id="empty-means-unset"),
+        pytest.param(None, True, "~/.kube/config", id="home-config"),
+    ],
+)
 def test_kube_credentials_come_from_a_kubeconfig_else_the_pod_without_a_plain_print(
-    kubeconfig: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    kubeconfig: str | None, home_config: bool, loaded: str, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     """In a pod there is no kubeconfig: kubernetes' own load_config() then prints a
-    plain-text line to stdout, which is not JSON (seen in the image, issue 13)."""
+    plain-text line to stdout, which is not JSON (seen in the image, issue 13). The paths
+    decided on are the ones loaded (the library keeps KUBECONFIG as it was at import)."""
     chosen: list[str] = []
-    monkeypatch.setattr(k8s_config, "load_kube_config", lambda: chosen.append("kubeconfig"))
+    monkeypatch.setattr(k8s_config, "load_kube_config",
+                        lambda config_file: chosen.append(config_file))
     monkeypatch.setattr(k8s_config, "load_incluster_config", lambda: chosen.append("pod"))
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config
-    if kubeconfig:
-        (tmp_path / "config").write_text("{}")
-        monkeypatch.setenv("KUBECONFIG", f"{tmp_path / 'missing'}{os.pathsep}{tmp_path / 'config'}")
-    else:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    if home_config:
+        (tmp_path / ".kube").mkdir()
+        (tmp_path / ".kube" / "config").write_text("{}")
+    (tmp_path / "config").write_text("{}")
+    paths = {"missing": str(tmp_path / "missing"), "config": str(tmp_path / "config")}
+    if kubeconfig is None:
         monkeypatch.delenv("KUBECONFIG", raising=False)
+    else:
+        monkeypatch.setenv("KUBECONFIG", kubeconfig.format(**paths).replace(":", os.pathsep))
     cli.load_kube_credentials()
-    assert chosen == (["kubeconfig"] if kubeconfig else ["pod"])
+    assert chosen == [loaded.format(**paths).replace(":", os.pathsep)]
     assert capsys.readouterr().out == ""
