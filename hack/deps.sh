@@ -19,7 +19,7 @@ apt_packages() {
   local sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
   log "apt: installing ${missing[*]}"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts no broker here (no init system), but make sure the default node is not
   # ours to worry about: the project only ever runs its own private node.
 }

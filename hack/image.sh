@@ -81,7 +81,9 @@ tools() {
   [ ${#missing[@]} -eq 0 ] && return
   log "apt: installing ${missing[*]}"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  # With podman's recommends (catatonit, slirp4netns, fuse-overlayfs, uidmap, buildah): what
+  # its runtime expects, and the set the tested builds ran with.
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
 # sudo drops the environment, so the settings go through env(1) on its far side.

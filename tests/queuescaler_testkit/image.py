@@ -24,7 +24,7 @@ HARDENING = (
     "--network", "host", "--read-only", "--read-only-tmpfs=false", "--user", CHART_USER,
     "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
     # the chart's only writable place, an emptyDir at /tmp
-    "--tmpfs", "/tmp:rw,size=16m,mode=1777",
+    "--tmpfs", "/tmp:rw,size=64m,mode=1777",
 )
 """`podman run` options equal to the chart's securityContext (seccomp: the runtime's default)."""
 
