@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -38,6 +39,9 @@ SOURCE_IDLE_SECONDS = 600.0
 """A source no QueueScaler used for this long is closed (its connections with it)."""
 FAILED_SECRET_RETRY_SECONDS = 10.0
 """A missing or bad Secret is read again this soon: fixing it should show quickly."""
+PEEK_BACKOFF_SECONDS = 30.0
+"""A broker whose peek failed is left to its regular samples this long: peeks run every
+tick, and an endpoint that times out would otherwise hold every tick up by its timeout."""
 
 
 def connect(broker: Broker) -> QueueSource:
@@ -126,6 +130,8 @@ class Brokers:
         self._metrics = metrics
         self._make_source = make_source
         self._sources: dict[Broker, QueueSource] = {}
+        self._peek_resumes: dict[Broker, float] = {}
+        """Brokers whose last peek failed are not peeked again before this time."""
         self._used: dict[Broker, float] = {}
         """When each source last served a tick: one idle for long is closed (a rotated
         Secret leaves its old address behind, with its connections)."""
@@ -193,16 +199,24 @@ class Brokers:
         if not scalers:
             return {}
         reaches = await self.reaches(scalers, now)
-        peeked: dict[QueueRef, QueueSample] = {}
-        for broker, queues in _wanted(scalers, reaches).items():
+        wanted = {
+            broker: queues for broker, queues in _wanted(scalers, reaches).items()
+            if self._peek_resumes.get(broker, -math.inf) <= now
+        }
+
+        async def one(broker: Broker, queues: set[QueueRef]) -> SampleResult:
             try:
                 source = self.source(broker)
                 if not isinstance(source, Peeking):
-                    continue
-                result = await source.peek(queues)
+                    return {}
+                return await source.peek(queues)
             except Exception as error:  # the regular sample reports the broker's failures
                 log.debug("peek failed: %s", redact(repr(error)))
-                continue
+                self._peek_resumes[broker] = now + PEEK_BACKOFF_SECONDS
+                return {}
+
+        peeked: dict[QueueRef, QueueSample] = {}
+        for result in await asyncio.gather(*(one(b, q) for b, q in wanted.items())):
             peeked.update((ref, s) for ref, s in result.items() if isinstance(s, QueueSample))
         live: dict[Key, QueueSample] = {}
         for scaler in scalers:

@@ -53,8 +53,8 @@ class EngineSettings:
     maximum), so a burst is acted on within a tick, and at pools scaled moments ago, whose
     management counts still predate the scale."""
     fast_path_budget: int = 500
-    """Pools peeked between their samples per tick at most (about 0.1 s of broker time);
-    beyond it they take turns."""
+    """Pools peeked per tick at most, over every broker (about 0.1 s of broker time):
+    those due first, the others taking turns beyond it."""
     plan: planner.PlanSettings = dataclasses.field(default_factory=planner.PlanSettings)
     """The knobs the planner's rules read (status refresh, statistics lag)."""
     secret_refresh_seconds: float = 60.0
@@ -147,32 +147,37 @@ class Engine:
         scalers = list(self.fleet)
         due = [s for s in scalers if s.next_due <= now]
         live: dict[tuple[str, str], QueueSample] = {}
+        early: list[Scaler] = []
         if self.settings.fast_path:
-            watched, self._peek_turn = planner.in_turn([
-                s for s in scalers
-                if s.next_due > now and planner.peeked(s.spec, s.memory.current_replicas)
-            ], self.settings.fast_path_budget, self._peek_turn)
+            may_grow = [s for s in scalers if planner.peeked(s.spec, s.memory, now)]
+            watched, self._peek_turn = planner.to_peek(
+                [s for s in may_grow if s.next_due <= now],
+                [s for s in may_grow if s.next_due > now and s.memory.current_replicas == 0],
+                [s for s in may_grow if s.next_due > now and s.memory.current_replicas != 0],
+                self.settings.fast_path_budget, self._peek_turn,
+            )
             settling = [
                 s for s in due
                 if planner.settling(s.memory.state, now, self.settings.plan)
                 or s.memory.stats_pending
             ]
-            live = await self.brokers.peek([*watched, *settling], now)
-            due.extend(
+            peeking = {s.key: s for s in (*watched, *settling)}
+            live = await self.brokers.peek(list(peeking.values()), now)
+            early = [
                 s for s in watched
-                if s.key in live and s.spec is not None and s.memory.current_replicas is not None
-                and planner.calls_now(
-                    s.spec, live[s.key], s.memory.current_replicas, s.memory.state, now
-                )
-            )
-        if due:
+                if s.next_due > now and s.key in live and s.spec is not None
+                and planner.calls_now(s.spec, live[s.key], s.memory, now)
+            ]
+        if due or early:
+            # Early pools are decided on their live counts alone: no management request.
+            early_keys = {s.key for s in early}
+            reaches = await self.brokers.reaches([*due, *early], now)
+            answers = await self.brokers.sample(due, reaches) if due else {}
+            listings = self.brokers.listings(due, reaches)
             for scaler in due:
                 interval = scaler.spec.polling_interval_seconds if scaler.spec else 60
                 scaler.next_due = planner.next_due(now, interval)
-            reaches = await self.brokers.reaches(due, now)
-            answers = await self.brokers.sample(due, reaches)
-            listings = self.brokers.listings(due, reaches)
-            hpas = await self.autoscalers.around((s.namespace for s in due), now)
+            hpas = await self.autoscalers.around((s.namespace for s in (*due, *early)), now)
             owners = planner.conflicts(
                 [(s.namespace, s.name, s.spec.scale_target_ref) for s in scalers if s.spec],
                 hpas,
@@ -180,8 +185,8 @@ class Engine:
             await asyncio.gather(*(
                 self._guarded(self._act(
                     s, reaches.get(s.key), answers, live.get(s.key), now, listings,
-                    owners.get(s.key),
-                )) for s in due
+                    owners.get(s.key), early=s.key in early_keys,
+                )) for s in (*due, *early)
             ))
             self.brokers.prune(now)
             self.pods.prune(now)
@@ -205,8 +210,9 @@ class Engine:
         now: float,
         listings: ClientListings,
         conflict: str | None = None,
+        early: bool = False,
     ) -> None:
-        seen = Observations(now=now, live=live, conflict=conflict)
+        seen = Observations(now=now, live=live, conflict=conflict, early=early)
         broker = reach if isinstance(reach, tuple) else None
         if scaler.spec is not None:
             result = answers.get(broker) if broker is not None else None

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from test_review_findings import Kube, Source, body
 
-from queuescaler.core.decision import Recommendation, ScalerState
-from queuescaler.core.plan import calls_now, peeked
-from queuescaler.core.sample import QueueRef, QueueSample, SampleResult
+from queuescaler.core.decision import Recommendation, ScalerState, decide
+from queuescaler.core.plan import Memory, calls_now, peeked
+from queuescaler.core.sample import ErrorKind, QueueRef, QueueSample, SampleResult, SourceError
 from queuescaler.core.spec import QueueScalerSpec
 from queuescaler.engine import Engine, EngineSettings
 from queuescaler.fleet import Fleet, ReplicaCache
@@ -65,17 +65,33 @@ def live(ready: int) -> QueueSample:
 def test_a_peeked_pool_is_decided_early_only_when_its_ready_messages_call_for_growth(
     current: int, ready: int, state: ScalerState, overrides: dict[str, Any], early: bool,
 ) -> None:
-    assert calls_now(spec(**overrides), live(ready), current, state, NOW) is early
+    memory = Memory(state=state, current_replicas=current)
+    assert calls_now(spec(**overrides), live(ready), memory, NOW) is early
+
+
+def at(current: int | None, state: ScalerState | None = None) -> Memory:
+    return Memory(state=state or ScalerState(), current_replicas=current)
 
 
 def test_which_pools_are_peeked_between_samples() -> None:
-    assert peeked(spec(minReplicas=0), 0)
-    assert peeked(spec(), 1) and peeked(spec(), 19)
-    assert not peeked(spec(), 20), "at its maximum it cannot grow"
-    assert not peeked(spec(paused=True), 3)
-    assert not peeked(spec(), None), "replicas unknown: the full sample decides"
-    assert not peeked(None, 3)
-    assert not peeked(spec(minReplicas=2), 0), "below its minimum: its own tick restores it"
+    assert peeked(spec(minReplicas=0), at(0), NOW)
+    assert peeked(spec(), at(1), NOW) and peeked(spec(), at(19), NOW)
+    assert not peeked(spec(), at(20), NOW), "at its maximum it cannot grow"
+    assert not peeked(spec(paused=True), at(3), NOW)
+    assert not peeked(spec(), at(None), NOW), "replicas unknown: the full sample decides"
+    assert not peeked(None, at(3), NOW)
+    assert not peeked(spec(minReplicas=2), at(0), NOW), "below its minimum: its tick restores it"
+    cooling = ScalerState(last_scale_time=NOW - 5)
+    assert not peeked(spec(), at(3, cooling), NOW), "in its scale-up cooldown it cannot grow"
+    assert peeked(spec(minReplicas=0), at(0, cooling), NOW), "waking skips the cooldown"
+
+
+def test_one_burst_makes_one_early_decision_until_another_replicas_worth_arrives() -> None:
+    memory = dataclasses.replace(at(2), early_ready=50)
+    assert not calls_now(spec(), live(59), memory, NOW)
+    assert calls_now(spec(), live(60), memory, NOW)
+    assert not calls_now(spec(minReplicas=0), live(55), dataclasses.replace(at(0), early_ready=50),
+                         NOW), "at zero too (a dry run or a refusal would repeat it every tick)"
 
 
 class LiveSource(Source):
@@ -136,3 +152,199 @@ async def test_an_emptied_queue_seen_live_never_shrinks_a_pool_before_its_sample
     scaler.memory = dataclasses.replace(scaler.memory, current_replicas=5)
     await running.tick(NOW + 1)
     assert kube.scaled == [] and source.peeks == 1
+
+
+# --- an independent review of the first version (each test failed on it) ---------------
+
+def raw_body(namespace: str = "ns", queue: str = "jobs", **spec_: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "metadata": {"namespace": namespace, "name": "qs", "uid": namespace, "generation": 1},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
+            "minReplicas": 1, "maxReplicas": 10, "target": {"messagesPerReplica": 10},
+            "source": {"rabbitmq": {"queue": queue, "connectionSecretRef": {"name": "s"}}},
+            "behavior": {"scaleDown": {"protectBusyWorkers": False}},
+        },
+    }
+    raw["spec"].update(spec_)
+    return raw
+
+
+class ManagedSource(Source):
+    """Management sample: `ready`/`unacked` (or `error`); AMQP peek: `peek_ready`."""
+
+    def __init__(self, peek_ready: int = 0) -> None:
+        super().__init__(ready=0, unacked=15)  # 15 in flight: 2 replicas' worth, held at 2
+        self.peek_ready = peek_ready
+        self.samples = 0
+        self.peeked: list[set[QueueRef]] = []
+
+    async def sample(self, queues: Collection[QueueRef]) -> SampleResult:
+        self.samples += 1
+        answer = dict(await super().sample(queues))
+        answer.update({q: QueueSample(0, 0, 0, NOW) for q in queues if q.name == "zero-q"})
+        return answer
+
+    async def peek(self, queues: Collection[QueueRef]) -> SampleResult:
+        self.peeked.append(set(queues))
+        return {q: QueueSample(self.peek_ready, 0, 1, NOW, complete=False) for q in queues}
+
+
+def make_engine(source: Source, *bodies: dict[str, Any], replicas: int = 2,
+                **settings: Any) -> tuple[Engine, Kube, ReplicaCache]:
+    kube, fleet, cache = Kube(), Fleet(), ReplicaCache()
+    for raw in bodies:
+        fleet.upsert(raw, NOW)
+        cache.set(raw["metadata"]["namespace"], "worker", replicas)
+    running = Engine(kube, fleet, cache, Metrics(CollectorRegistry(), process=False),
+                     lambda broker: source, EngineSettings(**settings), clock=lambda: NOW)
+    return running, kube, cache
+
+
+# --- 1. a management outage during a burst: an early decision every tick, failures
+#        counted per tick, the fallback (a scale-down here) reached in seconds ---
+
+async def test_a_failing_management_api_does_not_make_every_tick_an_early_failed_decision() -> None:
+    source = ManagedSource(peek_ready=0)
+    body = raw_body(fallback={"replicas": 1, "afterFailures": 3})
+    running, kube, _ = make_engine(source, body, replicas=2)
+    await running.tick(NOW)  # regular sample: idle, held at 2
+    assert kube.scaled == []
+    source.error = SourceError(ErrorKind.UNREACHABLE, "management API down")
+    source.peek_ready = 50  # AMQP still answers: a burst
+    before = source.samples
+    for second in range(1, 6):
+        await running.tick(NOW + second)
+    scaler = running.fleet.get("ns", "qs")
+    assert scaler is not None
+    # One early attempt at most for this burst, not one per tick; and 5 s of outage is not
+    # 3 failed samples of a 15 s poll (the fallback is meant after ~45 s).
+    assert source.samples - before <= 1, f"{source.samples - before} management requests in 5 s"
+    assert scaler.memory.state.consecutive_failures <= 1
+    # the burst, seen live, grows the pool at once; the outage does not shrink it
+    assert kube.scaled == [("ns", 5)], f"early ticks: {kube.scaled}"
+
+
+# --- 2. an early decision may shrink: calls_now reads memory.current_replicas,
+#        plan() the real (watched) count ---
+
+async def test_an_early_tick_never_scales_down_even_when_the_target_was_resized() -> None:
+    source = ManagedSource(peek_ready=0)
+    running, kube, cache = make_engine(source, raw_body(), replicas=2)
+    await running.tick(NOW)  # regular: idle at 2
+    cache.set("ns", "worker", 10)  # someone ran kubectl scale --replicas=10 (for a batch)
+    source.peek_ready = 50  # the batch arrives: 5 replicas' worth ready
+    await running.tick(NOW + 1)  # next regular sample at NOW + 15
+    assert kube.scaled == [], f"scaled down {kube.scaled} on an early tick"
+
+
+# --- 3. the "one burst, one early decision" guard needs a recommendation to be kept:
+#        with both stabilization windows at 0 (allowed; the test helpers' own setting)
+#        _compact keeps none, and a refused scale (dryRun here) is decided every tick ---
+
+async def test_a_dry_run_pool_with_zero_windows_is_not_decided_every_tick() -> None:
+    source = ManagedSource(peek_ready=0)
+    body = raw_body(dryRun=True)
+    body["spec"]["behavior"]["scaleDown"]["stabilizationSeconds"] = 0
+    running, _, _ = make_engine(source, body, replicas=2)
+    await running.tick(NOW)
+    source.peek_ready = 50
+    before = source.samples
+    for second in range(1, 6):
+        await running.tick(NOW + second)
+    assert source.samples - before <= 1, f"{source.samples - before} early decisions in 5 s"
+
+
+# --- 3b. at zero the guard does not apply at all (pre-existing, but the new docstring
+#         promises "one burst starts one early decision") ---
+
+async def test_a_dry_run_pool_at_zero_is_not_decided_every_tick() -> None:
+    source = ManagedSource(peek_ready=0)
+    running, _, _ = make_engine(source, raw_body(minReplicas=0, dryRun=True), replicas=0)
+    await running.tick(NOW)
+    source.peek_ready = 50
+    before = source.samples
+    for second in range(1, 6):
+        await running.tick(NOW + second)
+    assert source.samples - before <= 1, f"{source.samples - before} early decisions in 5 s"
+
+
+# --- 4. pools at zero now share the budget with pools at work ---
+
+async def test_pools_at_zero_are_peeked_every_tick_before_pools_at_work() -> None:
+    source = ManagedSource(peek_ready=0)
+    at_work = [raw_body(f"w{i}", queue=f"q{i}") for i in range(6)]
+    resting = raw_body("zero", queue="zero-q", minReplicas=0)
+    running, _, cache = make_engine(source, *at_work, resting, replicas=2, fast_path_budget=2)
+    cache.set("zero", "worker", 0)
+    await running.tick(NOW)  # regular: everyone sampled, memory knows the replica counts
+    source.peeked.clear()
+    for second in range(1, 5):
+        await running.tick(NOW + second)
+    zero = QueueRef("/", "zero-q")
+    missed = [i for i, asked in enumerate(source.peeked, 1) if zero not in asked]
+    assert not missed, f"the pool at zero was not peeked on ticks {missed}"
+
+
+# --- 5. the tolerance rule is written twice, without decide()'s epsilon ---
+
+def test_calls_now_agrees_with_the_dead_band_of_decide() -> None:
+    spec = parse_spec(raw_body(maxReplicas=300, behavior={"tolerance": 0.29})["spec"])
+    current, ready = 100, 1290  # wanted 129: +29, tolerance x current = 28.999999999999996
+    state = ScalerState(recommendations=(Recommendation(NOW - 1, current),))
+    live = QueueSample(ready, 0, current, NOW, complete=False)
+    early = calls_now(spec, live, Memory(state=state, current_replicas=current), NOW)
+    decision = decide(spec, QueueSample(ready, 0, current, NOW), current, state, NOW)
+    # An early decision whose full decide() holds within tolerance records `current` as its
+    # recommendation: calls_now is true again next tick, and the next, ...
+    assert not (early and decision.recommendation == current)
+
+
+async def test_an_early_tick_leaves_the_rate_readings_and_the_failure_count_alone() -> None:
+    """Live counts a second after a poll are no span to measure a replica's speed by, and
+    an early tick is not a sample: the throughput state stays as the last full one left it."""
+    source = ManagedSource(peek_ready=0)
+    running, kube, _ = make_engine(source, raw_body(), replicas=2)
+    await running.tick(NOW)
+    scaler = running.fleet.get("ns", "qs")
+    assert scaler is not None
+    before = scaler.memory.state
+    source.peek_ready = 50
+    await running.tick(NOW + 1)
+    assert kube.scaled == [("ns", 5)]
+    after = scaler.memory.state
+    assert (after.readings, after.per_replica_rate, after.rate_measured) == (
+        before.readings, before.per_replica_rate, before.rate_measured)
+    assert after.last_scale_time == NOW + 1
+
+
+class FailingPeeks(ManagedSource):
+    async def peek(self, queues: Collection[QueueRef]) -> SampleResult:
+        self.peeked.append(set(queues))
+        raise SourceError(ErrorKind.TIMEOUT, "no answer within 5 s")
+
+
+async def test_a_broker_whose_peek_failed_is_not_peeked_again_for_a_while() -> None:
+    """Peeks run every tick: an AMQP endpoint that times out must not hold every tick up."""
+    source = FailingPeeks()
+    running, _, _ = make_engine(source, raw_body(), replicas=2)
+    await running.tick(NOW)
+    for second in range(1, 20):
+        await running.tick(NOW + second)
+    assert len(source.peeked) == 1, f"peeked {len(source.peeked)} times in 20 s"
+    await running.tick(NOW + 31)
+    assert len(source.peeked) == 2, "peeks resume after the backoff"
+
+
+def test_live_counts_below_the_statistics_never_undercount_a_pool_at_work() -> None:
+    """Messages ready at the last statistics and gone now may be in flight, which the
+    older unacked count cannot show: the snapshot stands, unless the pool was scaled
+    moments ago (then the live counts decide, on a sample that may only grow it)."""
+    from queuescaler.core.plan import _with_live_counts
+
+    stats = QueueSample(ready=100, unacked=0, consumers=2, taken_at=NOW - 5)
+    assert _with_live_counts(stats, live(0), scaled_lately=False) == stats
+    after_scale = _with_live_counts(stats, live(0), scaled_lately=True)
+    assert (after_scale.ready, after_scale.complete) == (0, False)
+    burst = _with_live_counts(stats, live(300), scaled_lately=False)
+    assert (burst.ready, burst.complete) == (300, True)

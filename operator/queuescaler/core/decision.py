@@ -408,17 +408,19 @@ def _rate(value: float | None) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
-def _tolerance(spec: QueueScalerSpec, recommendation: int, current: int) -> str | None:
-    """The dead-band: a note when the recommendation is close enough to current to hold.
-
-    A move to or from zero is never dead-banded (no ratio would mean anything there).
-    """
+def outside_tolerance(spec: QueueScalerSpec, recommendation: int, current: int) -> bool:
+    """Whether a recommendation moves the pool: beyond the dead-band `behavior.tolerance`
+    around current, or to or from zero (no ratio would mean anything there)."""
     if current <= 0 or recommendation <= 0 or recommendation == current:
+        return recommendation != current
+    return abs(recommendation - current) > spec.behavior.tolerance * current + _EPSILON
+
+
+def _tolerance(spec: QueueScalerSpec, recommendation: int, current: int) -> str | None:
+    """The dead-band: a note when the recommendation is close enough to current to hold."""
+    if recommendation == current or outside_tolerance(spec, recommendation, current):
         return None
-    tolerance = spec.behavior.tolerance
-    if abs(recommendation - current) > tolerance * current + _EPSILON:
-        return None
-    return f"within tolerance {tolerance:g} of current {current}: holding"
+    return f"within tolerance {spec.behavior.tolerance:g} of current {current}: holding"
 
 
 def _stabilization(

@@ -20,7 +20,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-from queuescaler.core.decision import Decision, ScalerState, activates, decide, next_state
+from queuescaler.core.decision import (
+    Decision,
+    ScalerState,
+    activates,
+    decide,
+    next_state,
+    outside_tolerance,
+)
 from queuescaler.core.sample import (
     BrokerClient,
     ErrorKind,
@@ -100,6 +107,9 @@ class Memory:
     """Pods this QueueScaler marked with a deletion cost, and the cost."""
     refused: tuple[int, str] | None = None
     """The scale last refused (replicas, reason): its Event is posted once."""
+    early_ready: int | None = None
+    """The live ready count of the last early decision since the last full sample: the
+    next early one waits until one more replica's worth has arrived (`calls_now`)."""
 
     @property
     def status(self) -> dict[str, Any]:
@@ -149,6 +159,8 @@ class Observations:
     """The apiserver refused the scale a previous plan asked for."""
     conflict: str | None = None
     """Another owner of the same target (`QueueScaler x`, `HorizontalPodAutoscaler y`)."""
+    early: bool = False
+    """Decided before its interval on its live counts alone (`calls_now`): not sampled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,14 +225,18 @@ def at_rest_at_zero(spec: QueueScalerSpec | None, current: int | None) -> bool:
     return spec is not None and current == 0 and spec.min_replicas == 0 and not spec.paused
 
 
-def peeked(spec: QueueScalerSpec | None, current: int | None) -> bool:
+def peeked(spec: QueueScalerSpec | None, memory: Memory, now: float) -> bool:
     """Live counts are read between its samples (within the tick's budget): a pool at rest
-    at zero, or a pool at work that may still grow, so a burst is acted on within a tick
-    whatever the pool's size, not a polling interval plus the statistics' lag later."""
+    at zero, or a pool at work that may still grow now (below its maximum, out of its
+    scale-up cooldown), so a burst is acted on within a tick whatever the pool's size, not
+    a polling interval plus the statistics' lag later."""
+    current = memory.current_replicas
     if at_rest_at_zero(spec, current):
         return True
-    return (spec is not None and not spec.paused and current is not None
-            and 0 < current < spec.max_replicas)
+    if spec is None or spec.paused or current is None or not 0 < current < spec.max_replicas:
+        return False
+    since = memory.state.last_scale_time
+    return since is None or now - since >= spec.behavior.scale_up.cooldown_seconds
 
 
 def settling(state: ScalerState, now: float, settings: PlanSettings) -> bool:
@@ -234,28 +250,43 @@ def wakes(spec: QueueScalerSpec, live: QueueSample) -> bool:
     return activates(spec, live)
 
 
-def calls_now(
-    spec: QueueScalerSpec, live: QueueSample, current: int, state: ScalerState, now: float
-) -> bool:
-    """Whether a peeked pool is decided now, before its interval: at zero, when the live
-    backlog activates it; at work, when the messages ready alone (a lower bound of any
-    backlog the policies count) call for more replicas than it has beyond the tolerance,
-    and more than its last decision recommended (one burst starts one early decision, not
-    one per tick while a cooldown or a refusal holds it), out of its scale-up cooldown.
+def calls_now(spec: QueueScalerSpec, live: QueueSample, memory: Memory, now: float) -> bool:
+    """Whether a peeked pool is decided now, before its interval, on its live counts: at
+    zero, when they activate it; at work, when the messages ready alone (a lower bound of
+    any backlog the policies count) call for more replicas than it has, beyond the
+    tolerance, and more than its last decision recommended, out of its scale-up cooldown.
 
-    Only growth is decided early: a scale-down waits for the full sample at its interval,
-    which sees the messages in flight.
+    One burst starts one early decision, not one per tick while a cooldown, a dry run or a
+    refusal holds it: the next waits for one more replica's worth of messages. Only growth
+    is decided early (the live counts cannot see messages in flight): a scale-down waits
+    for the full sample at the pool's interval.
     """
+    per_replica = spec.target.messages_per_replica
+    if memory.early_ready is not None and live.ready < memory.early_ready + per_replica:
+        return False
+    current = memory.current_replicas
+    if current is None:
+        return False
     if current == 0:
         return wakes(spec, live)
-    if current >= spec.max_replicas:
+    if not peeked(spec, memory, now):
         return False
-    wanted = -(-live.ready // spec.target.messages_per_replica)
-    last = state.recommendations[-1].replicas if state.recommendations else current
-    if wanted <= max(current, last) or wanted - current <= spec.behavior.tolerance * current:
-        return False
-    since = state.last_scale_time
-    return since is None or now - since >= spec.behavior.scale_up.cooldown_seconds
+    wanted = -(-live.ready // per_replica)
+    state = memory.state
+    last = max(state.recommendations, key=lambda r: r.at).replicas if state.recommendations else 0
+    return wanted > max(current, last) and outside_tolerance(spec, wanted, current)
+
+
+def to_peek(
+    due: list[T], resting: list[T], working: list[T], budget: int, turn: int
+) -> tuple[list[T], int]:
+    """The pools peeked this tick, at most `budget`, and the next turn: those due first (a
+    burst published just before their sample is seen live, not through statistics seconds
+    old), then those at rest at zero (nothing else wakes them before their interval), then
+    those at work, taking turns."""
+    first = [*due, *resting][:budget]
+    rest, turn = in_turn(working, budget - len(first), turn)
+    return [*first, *rest], turn
 
 
 def in_turn(watched: list[T], budget: int, turn: int) -> tuple[list[T], int]:
@@ -266,6 +297,8 @@ def in_turn(watched: list[T], budget: int, turn: int) -> tuple[list[T], int]:
     """
     if len(watched) <= budget:
         return watched, turn
+    if budget <= 0:
+        return [], turn
     start = turn % len(watched)
     return (watched + watched)[start:start + budget], start + budget
 
@@ -291,6 +324,7 @@ class _Seen:
     waiting: bool = False
     """A new queue's statistics are not out and nothing stands in: wait, decide nothing."""
     failures: tuple[str, ...] = ()
+    early: bool = False
 
 
 def plan(
@@ -307,7 +341,7 @@ def plan(
     if spec is None:
         return _invalid_spec(memory, seen, generation, settings, spec_problem)
     now = seen.now
-    got = _what_was_seen(seen, memory)
+    got = _what_was_seen(seen, memory, settling(memory.state, now, settings))
     sample = got.sample
     current = seen.current if isinstance(seen.current, int) else None
     target_error = seen.current if isinstance(seen.current, Failure) else None
@@ -356,6 +390,8 @@ def plan(
             log = message
             replicas_now = scale_to
         state = next_state(spec, state, sample, current, decision, now, scale_to is not None)
+        if seen.early:
+            state = _after_early(memory.state, state)
     conflict = None
     if seen.conflict is not None:
         conflict = ("TargetConflict", f"{seen.conflict} also scales this target: not acting")
@@ -371,7 +407,9 @@ def plan(
         conditions.append(matched)
     next_memory = dataclasses.replace(
         memory, state=state, current_replicas=replicas_now, announced_desired=announced,
-        stats_pending=got.stats_pending, refused=refused,
+        stats_pending=memory.stats_pending if seen.early else got.stats_pending,
+        refused=refused,
+        early_ready=seen.live.ready if seen.early and seen.live is not None else None,
     )
     status, flipped_events, warnings = _status(
         next_memory, written, generation, spec.source.include_in_flight, sample, replicas_now,
@@ -399,13 +437,15 @@ def plan(
     )
 
 
-def _what_was_seen(seen: Observations, memory: Memory) -> _Seen:
+def _what_was_seen(seen: Observations, memory: Memory, scaled_lately: bool) -> _Seen:
     """The sample that decides (live counts standing in where they may), and the errors.
 
     Live counts stand in for a queue too new to have statistics, and alone for a pool at
-    zero (nothing can be in flight); a sample built on them, or missing one of several
-    queues, is incomplete: it may grow the pool, never shrink it.
+    zero (nothing can be in flight) or on an early tick; a sample built on them, or missing
+    one of several queues, is incomplete: it may grow the pool, never shrink it.
     """
+    if seen.early:
+        return _Seen(_incomplete(seen.live), early=True)
     if seen.broker is not None:
         kind = SECRET_FAILURE if seen.broker.reason != "BadSecret" else "bad-config"
         sample = seen.live if memory.current_replicas == 0 else None
@@ -415,7 +455,7 @@ def _what_was_seen(seen: Observations, memory: Memory) -> _Seen:
     if seen.live is not None and (
         sample is not None or got.stats_pending or memory.current_replicas == 0
     ):
-        sample = _with_live_counts(sample, seen.live)
+        sample = _with_live_counts(sample, seen.live, scaled_lately)
     waiting = sample is None and got.stats_pending and got.broker_error is None
     return dataclasses.replace(got, sample=sample, waiting=waiting)
 
@@ -461,7 +501,7 @@ def _note(got: _Seen) -> str | None:
     """What the operator can and cannot do with this sample, for the Ready condition."""
     if got.waiting:
         return "a queue's statistics are not out yet: waiting for them"
-    if got.sample is not None and not got.sample.complete:
+    if got.sample is not None and not got.sample.complete and not got.early:
         return "the sample cannot see every message the pool may hold: scaling up only"
     return None
 
@@ -593,7 +633,20 @@ def _invalid_spec(
     )
 
 
-def _with_live_counts(sample: QueueSample | None, live: QueueSample) -> QueueSample:
+def _after_early(before: ScalerState, after: ScalerState) -> ScalerState:
+    """An early tick's decision counts (its recommendation, its scale), its sample does
+    not: the rate readings, the throughput estimate and the failure count stay as the last
+    full sample left them (live counts a second after a poll are no span to measure)."""
+    return dataclasses.replace(
+        after, readings=before.readings, readings_of=before.readings_of,
+        per_replica_rate=before.per_replica_rate, rate_measured=before.rate_measured,
+        restored=before.restored, consecutive_failures=before.consecutive_failures,
+    )
+
+
+def _with_live_counts(
+    sample: QueueSample | None, live: QueueSample, scaled_lately: bool
+) -> QueueSample:
     """The management sample with its ready and consumer counts replaced by live ones.
 
     The management API's counts lag by up to its statistics interval (seconds); a passive
@@ -601,10 +654,22 @@ def _with_live_counts(sample: QueueSample | None, live: QueueSample) -> QueueSam
     they stay. The live counts stand alone only for a pool at zero (nothing can be in
     flight) or a queue too new to have statistics: never in place of a failed request for
     a pool at work, whose unacknowledged messages they cannot see.
+
+    More messages ready now than the statistics saw is a burst: the live counts decide.
+    Fewer may have been delivered since, and the older unacked count cannot show them, so
+    the two together could under-count the work held. Then the management sample stands
+    as it is (one consistent snapshot), except for a pool scaled moments ago, whose
+    statistics still predate the scale (they would grow it twice): there the live counts
+    decide, on a sample that may grow the pool, never shrink it.
     """
     if sample is None:
         return live
-    return dataclasses.replace(sample, ready=live.ready, consumers=live.consumers)
+    if live.ready < sample.ready and not scaled_lately:
+        return sample
+    return dataclasses.replace(
+        sample, ready=live.ready, consumers=live.consumers,
+        complete=sample.complete and live.ready >= sample.ready,
+    )
 
 
 def _scopes(spec: QueueScalerSpec) -> frozenset[str]:
