@@ -72,10 +72,10 @@ def main() -> None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
 @click.option("--verbose", is_flag=True, help="Debug logging.")
-@click.option("--tick-seconds", default=1.0, show_default=True, type=float,
+@click.option("--tick-seconds", default=0.5, show_default=True, type=float,
               help="How often the loop wakes (each QueueScaler keeps its own polling interval).")
 @click.option("--fast-path/--no-fast-path", default=True, show_default=True,
-              help="Peek at pools at zero over AMQP every tick, to wake them without delay.")
+              help="Peek over AMQP every tick at pools that may grow, to act on a burst at once.")
 @click.option("--status-refresh-seconds", default=30.0, show_default=True, type=float,
               help="Backlog and rates alone are rewritten to status at most this often.")
 @click.option("--secret-refresh-seconds", default=60.0, show_default=True, type=float,

@@ -46,7 +46,7 @@ LIVENESS_SECONDS = 120.0
 class EngineSettings:
     """How often the engine looks, and how much it may write."""
 
-    tick_seconds: float = 1.0
+    tick_seconds: float = 0.5
     """How often the loop wakes; each QueueScaler is sampled at its own pollingIntervalSeconds."""
     fast_path: bool = True
     """Peek (live counts) between samples at pools that may grow (at zero, or below their
