@@ -1,4 +1,5 @@
-"""What one tick's sampling costs: one batched listing against one GET per queue.
+"""What one tick's sampling costs: one batched listing against one GET per queue; and
+what the AMQP fast path's peeks add per tick.
 
     python bench/sampling.py
 
@@ -7,27 +8,46 @@ a vhost of its own with 1,000 empty queues, and prints Markdown tables:
 1. for 10, 100 and 1,000 queues asked about: RabbitMQSource.sample() (one request, the
    columns it needs) against one GET per queue, as a per-ScaledObject poller does;
 2. at 1,000 queues, the listing's variants: all fields, the columns we ask for, depths
-   only (`disable_stats=true&enable_queue_totals=true`), and AMQP passive declares.
+   only (`disable_stats=true&enable_queue_totals=true`), and AMQP passive declares (all
+   1,000, and the fast path's per-tick budget);
+3. the fast path's per-tick cost at 100, 1,000 and 10,000 QueueScalers on one broker:
+   the real Engine (planner, Brokers, budget and turns; `EngineSettings()` defaults) ticks
+   once a second on a simulated clock over four 15 s cycles, against an in-process
+   apiserver stand-in and a source that records each passive declare and each
+   management request instead of sending it (10,000 queues and QueueScalers are not
+   made on the broker for this: the counts do not depend on it; the wall time of the
+   declares is the real broker's, from table 2). Pools at rest at zero (minReplicas 0,
+   the only ones the fast path peeked before issue 14) and pools at work (half at
+   minReplicas 1, half at 5, idle queues: peeked since issue 14).
 Medians of a few repetitions; loopback only. The vhost is deleted at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import subprocess
 import sys
 import time
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pika
+from prometheus_client import CollectorRegistry
 
-from queuescaler.core.sample import QueueRef
+from queuescaler.core import plan as planner
+from queuescaler.core.sample import BrokerClient, QueueRef, QueueSample, SampleResult
+from queuescaler.core.spec import ScaleTargetRef
+from queuescaler.core.workers import Pod
+from queuescaler.engine import Engine, EngineSettings
+from queuescaler.fleet import Fleet, ReplicaCache
+from queuescaler.kube.client import HpaTarget, ObjectRef
+from queuescaler.metrics import Metrics
 from queuescaler.sources.rabbitmq.listing import QUEUE_COLUMNS, name_filter_query
 from queuescaler.sources.rabbitmq.secret import broker_from_secret
 from queuescaler.sources.rabbitmq.source import RabbitMQSource
@@ -40,6 +60,15 @@ REPEATS = 5
 PER_QUEUE_REPEATS = 3
 """One GET per queue at 1,000 queues takes about a second: fewer repetitions there."""
 STATS_WAIT = 30.0
+FLEETS = (100, 1_000, 10_000)
+"""QueueScalers in the fast path's per-tick count (table 3)."""
+POLL_SECONDS = 15
+CYCLES = 4
+"""Ticks counted: this many polling intervals of one-second ticks, after a first tick that
+samples (and so decides) every QueueScaler once."""
+EPOCH = 1_800_000_000.0
+"""The simulated clock's start: a multiple of the polling interval, as next_due aligns."""
+BUDGET = EngineSettings().fast_path_budget
 
 
 @dataclass(frozen=True)
@@ -103,7 +132,11 @@ def _declare_queues(amqp_url: str, vhost: str, names: list[str]) -> None:
             channel.queue_declare(name, durable=False)
 
 
-async def _measure_all(env: TestEnv, vhost: str, refs: list[QueueRef]) -> list[str]:
+async def _measure_all(
+    env: TestEnv, vhost: str, refs: list[QueueRef]
+) -> tuple[list[str], float]:
+    """The rows of tables 1 and 2, and the wall time of one passive declare (seconds) at
+    the fast path's budget."""
     counter = Counter()
     connection = broker_from_secret({"amqpUrl": env.amqp_url, "managementUrl": env.management_url})
     source = RabbitMQSource(connection, timeout=30.0, trace_configs=[counter.trace])
@@ -162,6 +195,9 @@ async def _measure_all(env: TestEnv, vhost: str, refs: list[QueueRef]) -> list[s
                 "&columns=name,vhost,messages_ready,messages_unacknowledged"
             ),
             "AMQP passive declare per queue (peek())": lambda: source.peek(refs),
+            f"AMQP passive declares, the fast path's budget ({BUDGET} queues)":
+                lambda: source.peek(refs[:BUDGET]),
+            "AMQP passive declares, 100 queues": lambda: source.peek(refs[:100]),
         }
         rows += [
             "",
@@ -170,9 +206,172 @@ async def _measure_all(env: TestEnv, vhost: str, refs: list[QueueRef]) -> list[s
         ]
         for name, action in variants.items():
             cost = await counter.measure(action, REPEATS)
-            requests = f"{len(refs):,} declares" if name.startswith("AMQP") else cost.requests
+            declares = len(refs) if "per queue" in name else BUDGET if "budget" in name else 100
+            if "budget" in name:
+                per_declare = cost.seconds / declares
+            requests = f"{declares:,} declares" if name.startswith("AMQP") else cost.requests
             rows.append(f"| {name} | {requests} | {cost.seconds * 1e3:.1f} | {cost.body_bytes:,} |")
     await source.close()
+    return rows, per_declare
+
+
+# --- table 3: the fast path's per-tick cost, the real Engine against recorded brokers ---
+
+
+class RecordingSource:
+    """A broker that records what the engine asks of it: each queue passed to peek() is one
+    passive declare, each sample() one management request (RabbitMQSource sends one per
+    call), each clients() listing three. Every queue is empty."""
+
+    def __init__(self) -> None:
+        self.declares = 0
+        self.requests = 0
+
+    async def sample(self, queues: Collection[QueueRef]) -> SampleResult:
+        self.requests += 1
+        return {
+            q: QueueSample(0, 0, 1, EPOCH, publish_rate=0.0, ack_rate=0.0, deliver_rate=0.0,
+                           published_total=0, acked_total=0)
+            for q in queues
+        }
+
+    async def peek(self, queues: Collection[QueueRef]) -> SampleResult:
+        self.declares += len(queues)
+        return {q: QueueSample(0, 0, 1, EPOCH, complete=False) for q in queues}
+
+    async def clients(self, scopes: Collection[str]) -> Sequence[BrokerClient]:
+        self.requests += 3
+        return []
+
+    async def close(self) -> None:
+        pass
+
+
+class QuietKube:
+    """The apiserver as the engine sees it, answering at once: replica counts come from the
+    ReplicaCache (Deployments), writes are accepted and dropped."""
+
+    async def read_replicas(self, namespace: str, target: ScaleTargetRef) -> int:
+        raise AssertionError("Deployments' replica counts come from the cache")
+
+    async def scale(self, namespace: str, target: ScaleTargetRef, replicas: int) -> None:
+        raise AssertionError(f"{namespace}/{target.name}: an idle pool was scaled")
+
+    async def read_selector(self, namespace: str, target: ScaleTargetRef) -> str:
+        return f"app={target.name}"
+
+    async def list_pods(self, namespace: str, selector: str) -> list[Pod]:
+        return []
+
+    async def annotate_pod(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None]
+    ) -> None:
+        pass
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str]:
+        # Parsed only: the recording source stands in for the broker these name.
+        return {"amqpUrl": "amqp://u:p@127.0.0.1:1/", "managementUrl": "http://u:p@127.0.0.1:2"}
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        pass
+
+    async def emit_event(
+        self, about: ObjectRef, event_type: str, reason: str, message: str
+    ) -> None:
+        pass
+
+    async def list_hpas(self, namespace: str) -> list[HpaTarget]:
+        return []
+
+
+@dataclass(frozen=True)
+class PeekCost:
+    fleet: str
+    scalers: int
+    peeked: int
+    """Pools the fast path may peek between their samples (planner.peeked)."""
+    declares_mean: float
+    declares_max: int
+    requests_mean: float
+    requests_per_cycle: float
+    rotation_ticks: int
+    """Ticks until every peeked pool has been peeked once (ceil(peeked / budget))."""
+    tick_ms: float
+    """The engine's own wall time per tick in-process (median), apiserver and broker free."""
+
+
+def _fleet(scalers: int, sizes: Sequence[int]) -> tuple[Fleet, ReplicaCache]:
+    """`scalers` QueueScalers in one namespace on one broker, at rest at `sizes` in turn."""
+    fleet, cache = Fleet(), ReplicaCache()
+    for number in range(scalers):
+        size = sizes[number % len(sizes)]
+        name = f"w{number:05d}"
+        fleet.upsert({
+            "metadata": {"namespace": "bench", "name": name, "uid": name, "generation": 1},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                "minReplicas": size, "maxReplicas": 20,
+                "source": {"rabbitmq": {"queue": name,
+                                        "connectionSecretRef": {"name": "rabbitmq"}}},
+            },
+        }, EPOCH)
+        cache.set("bench", name, size)
+    return fleet, cache
+
+
+async def _peek_cost(fleet_name: str, scalers: int, sizes: Sequence[int]) -> PeekCost:
+    fleet, cache = _fleet(scalers, sizes)
+    source = RecordingSource()
+    now = EPOCH
+    engine = Engine(
+        QuietKube(), fleet, cache, Metrics(CollectorRegistry(), process=False),
+        lambda broker: source, EngineSettings(), clock=lambda: now,
+    )
+    await engine.tick(now)  # the first tick samples and decides every QueueScaler once
+    peeked = sum(
+        1 for s in fleet if planner.peeked(s.spec, s.memory, now)
+    )
+    declares: list[int] = []
+    requests: list[int] = []
+    walls: list[float] = []
+    for _ in range(CYCLES * POLL_SECONDS):
+        now += 1.0
+        source.declares = source.requests = 0
+        started = time.perf_counter()
+        await engine.tick(now)
+        walls.append(time.perf_counter() - started)
+        declares.append(source.declares)
+        requests.append(source.requests)
+    await engine.brokers.close()
+    return PeekCost(
+        fleet_name, scalers, peeked, statistics.fmean(declares), max(declares),
+        statistics.fmean(requests), sum(requests) / CYCLES,
+        max(1, math.ceil(peeked / BUDGET)) if peeked else 0, statistics.median(walls) * 1e3,
+    )
+
+
+def _peek_rows(per_declare: float) -> list[str]:
+    fleets = {
+        "at rest at zero (minReplicas 0)": (0,),
+        "at work (minReplicas 1 and 5, idle)": (1, 5),
+    }
+    rows = [
+        f"| QueueScalers | pools | peeked between samples | passive declares / tick: mean "
+        f"| max | broker time of a tick's declares (ms) | management requests / tick "
+        f"| per {POLL_SECONDS} s cycle | ticks to peek every pool once "
+        f"| engine tick in-process, median (ms) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for scalers in FLEETS:
+        for fleet_name, sizes in fleets.items():
+            cost = asyncio.run(_peek_cost(fleet_name, scalers, sizes))
+            rows.append(
+                f"| {cost.scalers:,} | {cost.fleet} | {cost.peeked:,} "
+                f"| {cost.declares_mean:,.1f} | {cost.declares_max:,} "
+                f"| {cost.declares_mean * per_declare * 1e3:.1f} "
+                f"| {cost.requests_mean:.3f} | {cost.requests_per_cycle:.1f} "
+                f"| {cost.rotation_ticks} | {cost.tick_ms:.1f} |"
+            )
     return rows
 
 
@@ -187,9 +386,12 @@ def main() -> None:
         names = [f"bench-{number:04d}" for number in range(QUEUES)]
         _declare_queues(env.amqp_url, vhost, names)
         refs = [QueueRef(vhost, name) for name in names]
-        rows = asyncio.run(_measure_all(env, vhost, refs))
+        rows, per_declare = asyncio.run(_measure_all(env, vhost, refs))
     finally:
         admin.delete_vhost(vhost)
+    peek_started = time.perf_counter()
+    peek_rows = _peek_rows(per_declare)
+    peek_seconds = time.perf_counter() - peek_started
     overview = admin.overview(["rabbitmq_version", "management_version"])
     print(f"## Sampling RabbitMQ {overview.get('rabbitmq_version', '?')}: one tick's cost\n")
     print(
@@ -197,6 +399,17 @@ def main() -> None:
         f"({PER_QUEUE_REPEATS} for 1,000 single GETs). Bytes: response bodies as received.\n"
     )
     print("\n".join(rows))
+    print(
+        f"\n## The AMQP fast path's peeks per tick (budget {BUDGET}, one broker, "
+        f"{POLL_SECONDS} s polling, one-second ticks, {CYCLES} cycles)\n"
+    )
+    print(
+        "The real Engine on a simulated clock against a recording source (no broker, no "
+        "apiserver); the declares' broker time is the measured wall time of one declare at "
+        f"the budget ({per_declare * 1e3:.3f} ms) times the declares. Computed in "
+        f"{peek_seconds:.0f} s.\n"
+    )
+    print("\n".join(peek_rows))
     print(f"\n(bench ran in {time.perf_counter() - started:.1f} s)")
 
 
