@@ -348,3 +348,32 @@ def test_live_counts_below_the_statistics_never_undercount_a_pool_at_work() -> N
     assert (after_scale.ready, after_scale.complete) == (0, False)
     burst = _with_live_counts(stats, live(300), scaled_lately=False)
     assert (burst.ready, burst.complete) == (300, True)
+
+
+def test_an_early_tick_reports_its_decision_not_its_live_counts() -> None:
+    """Live counts have no unacked and no rates: an early tick must not wipe the last
+    sample's numbers from status and metrics, nor flip the conditions it set (a dashboard's
+    publish rate went blank through every burst)."""
+    from queuescaler.core.plan import Observations, plan
+
+    written = {
+        "backlog": {"ready": 0, "unacked": 15, "total": 15},
+        "rates": {"publish": "2.5", "ack": "2.5"},
+        "lastSampleTime": "2027-01-15T08:00:00Z",
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": "Sampling", "message": "ok",
+             "lastTransitionTime": "2027-01-15T07:00:00Z"},
+            {"type": "BrokerReachable", "status": "False", "reason": "Unreachable",
+             "message": "management API down", "lastTransitionTime": "2027-01-15T07:00:00Z"},
+        ],
+    }
+    memory = Memory(current_replicas=2).wrote(written, NOW - 1)
+    seen = Observations(now=NOW, live=live(50), current=2, early=True)
+    made = plan(spec(), memory, seen, generation=1)
+    assert made.scale_to == 5 and made.sample is None
+    assert not made.status_events, made.status_events
+    status = made.status if made.status is not None else written
+    assert status["rates"] == written["rates"] and status["backlog"] == written["backlog"]
+    assert status["lastSampleTime"] == written["lastSampleTime"]
+    assert [(c["type"], c["status"]) for c in status["conditions"]] == [
+        ("Ready", "True"), ("BrokerReachable", "False")]

@@ -395,13 +395,13 @@ def plan(
     conflict = None
     if seen.conflict is not None:
         conflict = ("TargetConflict", f"{seen.conflict} also scales this target: not acting")
-    conditions = conditions_for(
+    written = memory.status
+    conditions = _written_conditions(written) if seen.early else conditions_for(
         paused=spec.paused, dry_run=spec.dry_run,
         broker_error=_pair(got.broker_error), target_error=_pair(target_error),
         config_error=_pair(seen.broker), decision=decision, current_replicas=replicas_now,
         queue_error=_pair(got.queue_error), conflict=conflict, note=_note(got),
     )
-    written = memory.status
     matched = _workers_condition(spec, written, seen.workers, report)
     if matched is not None:
         conditions.append(matched)
@@ -411,15 +411,18 @@ def plan(
         refused=refused,
         early_ready=seen.live.ready if seen.early and seen.live is not None else None,
     )
+    # An early tick reports its decision, not its live counts (no unacked, no rates): the
+    # last sample's numbers and the conditions it set stand until the next one.
+    reported = None if seen.early else sample
     status, flipped_events, warnings = _status(
-        next_memory, written, generation, spec.source.include_in_flight, sample, replicas_now,
-        decision, conditions, report, now, settings,
+        next_memory, written, generation, spec.source.include_in_flight, reported,
+        replicas_now, decision, conditions, report, now, settings, early=seen.early,
     )
     auth = camel(str(ErrorKind.AUTH))
     return Plan(
         memory=next_memory,
         decision=decision,
-        sample=sample,
+        sample=reported,
         previous_replicas=current,
         wants_workers=wants_workers,
         scale_to=scale_to,
@@ -633,6 +636,15 @@ def _invalid_spec(
     )
 
 
+def _written_conditions(written: Mapping[str, Any]) -> list[Condition]:
+    """The conditions as the status holds them: what an early tick leaves standing."""
+    return [
+        Condition(str(c["type"]), c.get("status") == "True", str(c.get("reason", "")),
+                  str(c.get("message", "")))
+        for c in written.get("conditions") or () if isinstance(c, Mapping) and "type" in c
+    ]
+
+
 def _after_early(before: ScalerState, after: ScalerState) -> ScalerState:
     """An early tick's decision counts (its recommendation, its scale), its sample does
     not: the rate readings, the throughput estimate and the failure count stay as the last
@@ -727,6 +739,8 @@ def _status(
     report: WorkerReport | None,
     now: float,
     settings: PlanSettings,
+    *,
+    early: bool = False,
 ) -> tuple[Mapping[str, Any] | None, list[Event], list[str]]:
     """The status to write (None: no write needed), the Events its conditions call for,
     and the warnings to log.
@@ -738,7 +752,7 @@ def _status(
     workers = None if report is None else (report.matched, report.busy, report.unmatched)
     outcome = TickOutcome(
         generation, include_in_flight, sample, current, decision, memory.state, conditions,
-        workers,
+        workers, early,
     )
     status, flipped = build_status(written, outcome, now)
     stale = now - memory.status_written_at >= settings.status_refresh_seconds

@@ -173,6 +173,8 @@ class TickOutcome:
     conditions: Sequence[Condition]
     workers: tuple[int, int, int] | None = None
     """(matched, busy, unmatched) pods, when this tick matched consumers to pods."""
+    early: bool = False
+    """Decided on live counts between samples: the last sample's numbers stand."""
 
 
 def build_status(
@@ -182,7 +184,7 @@ def build_status(
 
     Numbers this tick did not learn (no target) keep their stored values; a failed sample
     drops backlog and rates, so stale numbers never look live (`lastSampleTime` says when
-    the last good one was taken).
+    the last good one was taken). An early tick took no sample: the last one's stand.
     """
     status: dict[str, Any] = {k: v for k, v in previous.items() if k != "conditions"}
     if outcome.generation is not None:
@@ -197,7 +199,7 @@ def build_status(
         rates = {"publish": _quantity(sample.publish_rate), "ack": _quantity(sample.ack_rate)}
         status["rates"] = {k: v for k, v in rates.items() if v is not None}
         status["lastSampleTime"] = iso(min(sample.taken_at, now))
-    else:
+    elif not outcome.early:
         status.pop("backlog", None)
         status.pop("rates", None)
     if outcome.current_replicas is not None:
