@@ -215,12 +215,22 @@ class Brokers:
                 self._peek_resumes[broker] = now + PEEK_BACKOFF_SECONDS
                 return {}
 
-        peeked: dict[QueueRef, QueueSample] = {}
-        for result in await asyncio.gather(*(one(b, q) for b, q in wanted.items())):
-            peeked.update((ref, s) for ref, s in result.items() if isinstance(s, QueueSample))
+        brokers = list(wanted)
+        results = await asyncio.gather(*(one(b, wanted[b]) for b in brokers))
+        peeked: dict[tuple[Broker, QueueRef], QueueSample] = {
+            (broker, ref): sample
+            for broker, result in zip(brokers, results, strict=True)
+            for ref, sample in result.items() if isinstance(sample, QueueSample)
+        }
         live: dict[Key, QueueSample] = {}
         for scaler in scalers:
-            parts = [peeked.get(ref) for ref in scaler.queues()]
+            # Only through its own Secret's broker: a queue of the same name another
+            # QueueScaler peeked (on another broker, or with credentials this one lacks)
+            # is none of its business.
+            reach = reaches.get(scaler.key)
+            if not isinstance(reach, tuple):
+                continue
+            parts = [peeked.get((reach, ref)) for ref in scaler.queues()]
             if parts and all(p is not None for p in parts):
                 live[scaler.key] = combine(p for p in parts if p is not None)
         return live

@@ -377,3 +377,47 @@ def test_an_early_tick_reports_its_decision_not_its_live_counts() -> None:
     assert status["lastSampleTime"] == written["lastSampleTime"]
     assert [(c["type"], c["status"]) for c in status["conditions"]] == [
         ("Ready", "True"), ("BrokerReachable", "False")]
+
+
+class SecretsByName(Kube):
+    """Secrets as a namespace holds them: a name that is not there is NotFound."""
+
+    def __init__(self, secrets: dict[str, str]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str]:
+        from queuescaler.kube.client import NotFound
+
+        if name not in self.secrets:
+            raise NotFound("NotFound", f"Secret {namespace}/{name} not found")
+        return {"amqpUrl": self.secrets[name]}
+
+
+async def test_live_counts_reach_a_queuescaler_only_through_its_own_secret() -> None:
+    """Seen in make test (test_isolation): a QueueScaler whose Secret is missing was woken
+    by the live counts of a queue of the same name another QueueScaler peeked with its own
+    credentials. Queues are named per broker: two brokers' `jobs` are two queues."""
+
+    class PerBroker(Source):
+        def __init__(self, url: str) -> None:
+            super().__init__()
+            self.url = url
+
+        async def peek(self, queues: Collection[QueueRef]) -> SampleResult:
+            ready = 50 if "@one/" in self.url else 0
+            return {q: QueueSample(ready, 0, 0, NOW, complete=False) for q in queues}
+
+    kube = SecretsByName({"one": "amqp://u:p@one/", "two": "amqp://u:p@two/"})
+    fleet, cache = Fleet(), ReplicaCache()
+    for namespace, secret in (("a", "one"), ("b", "two"), ("c", "missing")):
+        raw = raw_body(namespace, minReplicas=0)
+        raw["spec"]["source"]["rabbitmq"]["connectionSecretRef"]["name"] = secret
+        fleet.upsert(raw, NOW)
+        cache.set(namespace, "worker", 0)
+    running = Engine(kube, fleet, cache, Metrics(CollectorRegistry(), process=False),
+                     lambda broker: PerBroker(str(broker[1])), EngineSettings(),
+                     clock=lambda: NOW)
+    live = await running.brokers.peek(list(fleet), NOW)
+    assert set(live) == {("a", "qs"), ("b", "qs")}
+    assert (live[("a", "qs")].ready, live[("b", "qs")].ready) == (50, 0)
