@@ -447,12 +447,12 @@ def _what_was_seen(seen: Observations, memory: Memory, scaled_lately: bool) -> _
     zero (nothing can be in flight) or on an early tick; a sample built on them, or missing
     one of several queues, is incomplete: it may grow the pool, never shrink it.
     """
-    if seen.early:
-        return _Seen(_incomplete(seen.live), early=True)
     if seen.broker is not None:
         kind = SECRET_FAILURE if seen.broker.reason != "BadSecret" else "bad-config"
         sample = seen.live if memory.current_replicas == 0 else None
         return _Seen(_incomplete(sample), failures=(kind,))
+    if seen.early:
+        return _Seen(_incomplete(seen.live), early=True)
     got = _parts(seen.answer)
     sample = got.sample
     if seen.live is not None and (
