@@ -87,10 +87,9 @@ tools() {
 }
 
 # sudo drops the environment, so the settings go through env(1) on its far side.
-podman_() {
-  $sudo env CONTAINERS_STORAGE_CONF="$dir/storage.conf" CONTAINERS_CONF="$dir/containers.conf" \
-    podman "$@"
-}
+# shellcheck disable=SC2206  # $sudo is zero or two words
+PODMAN=($sudo env CONTAINERS_STORAGE_CONF="$dir/storage.conf" CONTAINERS_CONF="$dir/containers.conf" podman)
+podman_() { "${PODMAN[@]}" "$@"; }
 
 # The base: Debian 12 with python3 and its venv module, nothing recommended, no docs. The
 # merged-/usr hook keeps usrmerge (and perl with it) out.
@@ -223,9 +222,7 @@ case ${1:-build} in
   env) configure; print_env ;;
   facts) configure; facts ;;
   name) echo "$IMAGE" ;;
-  podman) shift; configure  # exec: signals reach podman itself
-    exec $sudo env CONTAINERS_STORAGE_CONF="$dir/storage.conf" CONTAINERS_CONF="$dir/containers.conf" \
-      podman "$@" ;;
+  podman) shift; configure; exec "${PODMAN[@]}" "$@" ;;  # exec: signals reach podman itself
   sweep) configure; sweep ;;
   *) echo "usage: $0 [build|check|env|tools|facts|name|podman ARGS|sweep]" >&2; exit 2 ;;
 esac

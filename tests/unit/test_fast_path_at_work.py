@@ -242,25 +242,21 @@ async def test_an_early_tick_never_scales_down_even_when_the_target_was_resized(
 #        with both stabilization windows at 0 (allowed; the test helpers' own setting)
 #        _compact keeps none, and a refused scale (dryRun here) is decided every tick ---
 
-async def test_a_dry_run_pool_with_zero_windows_is_not_decided_every_tick() -> None:
+@pytest.mark.parametrize(
+    ("overrides", "replicas"),
+    [
+        pytest.param({"behavior": {"scaleDown": {"protectBusyWorkers": False,
+                                                 "stabilizationSeconds": 0}}}, 2,
+                     id="at-work-zero-windows"),
+        # at zero the guard did not apply at all (the docstring promised it)
+        pytest.param({"minReplicas": 0}, 0, id="at-zero"),
+    ],
+)
+async def test_a_dry_run_pool_is_not_decided_every_tick(
+    overrides: dict[str, Any], replicas: int,
+) -> None:
     source = ManagedSource(peek_ready=0)
-    body = raw_body(dryRun=True)
-    body["spec"]["behavior"]["scaleDown"]["stabilizationSeconds"] = 0
-    running, _, _ = make_engine(source, body, replicas=2)
-    await running.tick(NOW)
-    source.peek_ready = 50
-    before = source.samples
-    for second in range(1, 6):
-        await running.tick(NOW + second)
-    assert source.samples - before <= 1, f"{source.samples - before} early decisions in 5 s"
-
-
-# --- 3b. at zero the guard does not apply at all (pre-existing, but the new docstring
-#         promises "one burst starts one early decision") ---
-
-async def test_a_dry_run_pool_at_zero_is_not_decided_every_tick() -> None:
-    source = ManagedSource(peek_ready=0)
-    running, _, _ = make_engine(source, raw_body(minReplicas=0, dryRun=True), replicas=0)
+    running, _, _ = make_engine(source, raw_body(dryRun=True, **overrides), replicas=replicas)
     await running.tick(NOW)
     source.peek_ready = 50
     before = source.samples
