@@ -9,10 +9,11 @@ cache=${QS_CACHE:-$HOME/.cache/queuescaler}
 venv=$cache/venv
 log() { printf '[deps] %s\n' "$*" >&2; }
 
-# Debian's packages: RabbitMQ and Prometheus (promtool comes with it), curl for probes,
-# Python 3.11 with venv when the machine has no python3.11 of its own.
+# Debian's packages: RabbitMQ, Redis (redis-server: the redis source's tests) and Prometheus
+# (promtool comes with it), curl for probes, Python 3.11 with venv when the machine has no
+# python3.11 of its own.
 apt_packages() {
-  local wanted=(rabbitmq-server prometheus curl ca-certificates util-linux iproute2) missing=() p
+  local wanted=(rabbitmq-server redis-server prometheus curl ca-certificates util-linux iproute2) missing=() p
   command -v python3.11 >/dev/null || wanted+=(python3.11 python3.11-venv)
   for p in "${wanted[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
   [ ${#missing[@]} -eq 0 ] && { log "apt: nothing to install"; return; }
@@ -21,7 +22,8 @@ apt_packages() {
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts no broker here (no init system), but make sure the default node is not
-  # ours to worry about: the project only ever runs its own private node.
+  # ours to worry about: the project only ever runs its own private node (and its own
+  # private redis-server, tests/queuescaler_testkit/redis_server.py).
 }
 
 # The virtualenv, reinstalled only when pyproject.toml changes.
