@@ -186,6 +186,18 @@ def test_the_minimal_spec_is_accepted(testenv: Any, crd_namespace: str) -> None:
         pytest.param({"scaleTargetRef.name": "thumbnail-worker.v2"}, id="dotted-target-name"),
         pytest.param({"behavior.scaleUp.maxStepPercent": 1000}, id="percent-at-its-maximum"),
         pytest.param({"paused": True, "dryRun": True}, id="paused-shadow"),
+        pytest.param(
+            {
+                "source.rabbitmq": REMOVE,
+                "source.redis": {
+                    "queues": ["celery", "video"],
+                    "keyPrefix": "app1:",
+                    "prioritySeparator": "\x06\x16",
+                    "connectionSecretRef": {"name": "redis"},
+                },
+            },
+            id="celery-on-redis",
+        ),
     ],
 )
 def test_a_valid_variant_is_accepted(
@@ -228,9 +240,19 @@ def test_a_valid_variant_is_accepted(
         # source is then {}: the exactly-one-broker rule on source refuses it, naming source.
         pytest.param({"source.rabbitmq": REMOVE}, "spec.source", id="rabbitmq-missing"),
         pytest.param(
-            {"source.rabbitmq": REMOVE, "source.redis": {"queue": "work"}},
+            {"source.rabbitmq": REMOVE, "source.kafka": {"queue": "work"}},
             "spec.source",
             id="only-an-unknown-broker",
+        ),
+        pytest.param(
+            {
+                "source.rabbitmq": REMOVE,
+                "source.redis": {
+                    "queue": "a", "queues": ["b"], "connectionSecretRef": {"name": "r"}
+                },
+            },
+            "spec.source.redis",
+            id="redis-queue-and-queues",
         ),
         pytest.param(
             {"source.rabbitmq.connectionSecretRef.name": REMOVE},
@@ -354,8 +376,8 @@ def test_a_source_without_a_broker_is_refused_by_the_exactly_one_rule(
 
 @pytest.fixture(scope="module")
 def two_broker_kind(testenv: Any) -> Iterator[str]:
-    """This CRD as it will be once a second broker is added: a sibling block under source and
-    one more has() in the exactly-one rule, and nothing else changed.
+    """This CRD as it will be once a third broker is added (a stand-in `kafka`): a sibling block
+    under source and one more has() in the exactly-one rule, and nothing else changed.
 
     It is served under a group and kind of its own (no short name, no categories), so it
     never shadows the real QueueScaler for other tests sharing the cluster.
@@ -373,16 +395,16 @@ def two_broker_kind(testenv: Any) -> Iterator[str]:
     source = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
         "properties"
     ]["source"]
-    source["properties"]["redis"] = {
+    source["properties"]["kafka"] = {
         "type": "object",
-        "description": "A stand-in second broker.",
+        "description": "A stand-in third broker.",
         "properties": {"queue": {"type": "string", "description": "A list.", "maxLength": 255}},
     }
     (rule,) = source["x-kubernetes-validations"]
-    one = "[has(self.rabbitmq)]"
+    one = "[has(self.rabbitmq), has(self.redis)]"
     assert one in rule["rule"], "the exactly-one rule changed shape: update this fixture"
-    rule["rule"] = rule["rule"].replace(one, "[has(self.rabbitmq), has(self.redis)]")
-    rule["message"] = f"{rule['message']}, redis"
+    rule["rule"] = rule["rule"].replace(one, one.replace("]", ", has(self.kafka)]"))
+    rule["message"] = f"{rule['message']}, kafka"
     testenv.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(crd))
     name = crd["metadata"]["name"]
     testenv.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
@@ -400,8 +422,8 @@ def two_broker_kind(testenv: Any) -> Iterator[str]:
     ("brokers", "accepted"),
     [
         pytest.param(["rabbitmq"], True, id="rabbitmq-alone"),
-        pytest.param(["redis"], True, id="redis-alone"),
-        pytest.param(["rabbitmq", "redis"], False, id="two-brokers"),
+        pytest.param(["kafka"], True, id="kafka-alone"),
+        pytest.param(["rabbitmq", "kafka"], False, id="two-brokers"),
         pytest.param([], False, id="no-broker"),
     ],
 )
@@ -410,7 +432,7 @@ def test_a_second_broker_is_additive_and_two_are_refused(
 ) -> None:
     blocks = {
         "rabbitmq": minimal_spec()["source"]["rabbitmq"],
-        "redis": {"queue": "work"},
+        "kafka": {"queue": "work"},
     }
     spec = {**minimal_spec(), "source": {name: blocks[name] for name in brokers}}
     manifest = {
@@ -428,7 +450,7 @@ def test_a_second_broker_is_additive_and_two_are_refused(
     else:
         assert result.returncode != 0, output(result)
         assert "spec.source: Invalid value" in result.stderr, output(result)
-        assert "exactly one broker block, one of: rabbitmq, redis" in flat(result.stderr), (
+        assert "exactly one broker block, one of: rabbitmq, redis, kafka" in flat(result.stderr), (
             output(result)
         )
 

@@ -262,6 +262,7 @@ def test_the_designed_defaults_are_in_the_crd() -> None:
         "pollingIntervalSeconds": 15,
         "source.rabbitmq.vhost": "/",
         "source.rabbitmq.includeUnacked": True,
+        "source.redis.includeUnacked": True,
         "target.messagesPerReplica": 10,
         "activation.messages": 1,
         "behavior.tolerance": 0.1,

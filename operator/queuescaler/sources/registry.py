@@ -12,8 +12,9 @@ from typing import Any, Final
 from queuescaler.core import spec as core_spec
 from queuescaler.sources.kind import SourceKind
 from queuescaler.sources.rabbitmq import KIND as RABBITMQ
+from queuescaler.sources.redis import KIND as REDIS
 
-KINDS: Final = (RABBITMQ,)
+KINDS: Final = (RABBITMQ, REDIS)
 """Every broker kind, in the order `kubectl explain` lists them."""
 SOURCES: Final[Mapping[str, SourceKind]] = MappingProxyType({kind.name: kind for kind in KINDS})
 

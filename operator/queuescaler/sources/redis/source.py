@@ -1,0 +1,245 @@
+"""Celery on Redis as a QueueSource: every queue of a tick in one pipeline (one round trip).
+
+One `RedisSource` per Redis database serves every QueueScaler on it. `sample()` sends one
+pipeline, whatever the number of queues: per queue the LLEN of its ten priority lists, per
+kombu layout (key prefix and separator) the size of the shared `unacked` hash and one HSCAN
+page of it, and the binding sets of the exchanges its messages may come from. The unacked
+entries are placed on queues as kombu would restore them (`layout.attribute`).
+
+What Redis cannot say: it keeps no publish or ack counters (rates are None, and the core
+sizes on backlog), and which workers consume a list (consumers are reported as 0 here,
+meaning unknown: QueueSample has no "unknown" for them yet). A sample is incomplete (may
+grow a pool, never shrink it) when some unacked messages could not be placed on a queue:
+the hash was larger than one HSCAN page, an entry was not kombu's shape, or its exchange's
+bindings were not read this tick (they are, from the next tick on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import defaultdict
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio
+import redis.exceptions
+from redis.asyncio.connection import AbstractConnection, Connection, ConnectionPool, SSLConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from queuescaler.core.redact import redact
+from queuescaler.core.sample import ErrorKind, QueueRef, QueueSample, SampleResult, SourceError
+from queuescaler.sources.redis.layout import Binding, Layout, attribute, parse_bindings, routing_of
+from queuescaler.sources.redis.secret import RedisBroker
+
+__all__ = ["RedisSource"]
+
+UNACKED_SCAN_LIMIT = 10_000
+"""Unacked entries read per layout per tick (one HSCAN page): Celery holds about workers x
+concurrency x prefetch (4) of them. Each comes with its message body (about 1 to 2 kB for a
+Celery task), so the page bounds a tick's transfer; beyond it the sample is incomplete."""
+REMEMBERED_EXCHANGES = 256
+"""Exchanges per layout whose bindings are read every tick, besides the queues' own names
+(Celery's default exchange for a queue is named after it)."""
+PER_QUEUE_SECONDS = 0.001
+"""Time a pipeline may take per queue asked about, on top of the timeout."""
+
+
+def _error(kind: ErrorKind, message: str) -> SourceError:
+    return SourceError(kind, redact(message))
+
+
+def failure(error: BaseException, where: str) -> SourceError:
+    """A redis-py (or asyncio) error as a SourceError that names no credential."""
+    if isinstance(error, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError
+                  | redis.exceptions.AuthenticationWrongNumberOfArgsError):
+        return _error(ErrorKind.AUTH, f"{where} refused the credentials: {error}")
+    if isinstance(error, redis.exceptions.NoPermissionError):
+        return _error(ErrorKind.AUTH, f"{where}: the user may not read the queues' keys: {error}")
+    if isinstance(error, redis.exceptions.TimeoutError | TimeoutError):
+        return _error(ErrorKind.TIMEOUT, f"{where}: no answer in time")
+    if isinstance(error, ssl.SSLError) or "SSL" in str(error):
+        return _error(ErrorKind.UNREACHABLE, f"{where}: TLS failed: {error}")
+    if isinstance(error, redis.exceptions.ConnectionError | OSError):
+        return _error(ErrorKind.UNREACHABLE, f"{where}: {error}")
+    if isinstance(error, redis.exceptions.ResponseError) and "DB index" in str(error):
+        return _error(ErrorKind.BAD_CONFIG, f"{where}: the database does not exist: {error}")
+    return _error(ErrorKind.BAD_RESPONSE, f"{where}: {type(error).__name__}: {error}")
+
+
+@dataclass
+class _Plan:
+    """One layout's part of the pipeline: where each reply lands."""
+
+    layout: Layout
+    queues: list[QueueRef] = field(default_factory=list)
+    exchanges: list[str] = field(default_factory=list)
+
+
+class RedisSource:
+    """Samples one Redis database's kombu queues. Use it on one event loop; `close()` when done."""
+
+    def __init__(
+        self,
+        broker: RedisBroker,
+        *,
+        timeout: float = 5.0,
+        unacked_scan_limit: int = UNACKED_SCAN_LIMIT,
+        connection_class: type[AbstractConnection] | None = None,
+    ) -> None:
+        """`timeout` bounds every call; `connection_class` observes the connection (a
+        subclass of redis-py's Connection, or SSLConnection for rediss://)."""
+        self._broker = broker
+        self._timeout = timeout
+        self._scan_limit = unacked_scan_limit
+        self._connection_class = connection_class
+        self._client: redis.asyncio.Redis | None = None
+        self._exchanges: dict[Layout, dict[str, None]] = defaultdict(dict)
+        """Exchanges seen in each layout's unacked entries, oldest first (bounded)."""
+
+    def __repr__(self) -> str:
+        return f"RedisSource({self._broker!r})"
+
+    def _open(self) -> redis.asyncio.Redis:
+        """Made on first use, inside the running loop, then kept across ticks."""
+        if self._client is None:
+            broker = self._broker
+            options: dict[str, Any] = {
+                "host": broker.host,
+                "port": broker.port,
+                "db": broker.database,
+                "username": broker.username,
+                "password": broker.password,
+                "socket_timeout": self._timeout,
+                "socket_connect_timeout": self._timeout,
+                "retry": Retry(NoBackoff(), 0),  # the next tick is the retry
+                "client_name": "queuescaler",
+            }
+            base: type[AbstractConnection] = Connection
+            if broker.tls:
+                base = SSLConnection
+                options |= {"ssl_cert_reqs": "required", "ssl_ca_data": broker.ca_cert}
+            pool = ConnectionPool(
+                connection_class=self._connection_class or base, max_connections=4, **options
+            )
+            self._client = redis.asyncio.Redis(connection_pool=pool)
+        return self._client
+
+    def _plans(
+        self, queues: Collection[QueueRef]
+    ) -> tuple[list[_Plan], dict[QueueRef, QueueSample | SourceError]]:
+        """The queues grouped by layout, each with the exchanges whose bindings to read."""
+        plans: dict[str, _Plan] = {}
+        refused: dict[QueueRef, QueueSample | SourceError] = {}
+        for ref in queues:
+            plan = plans.get(ref.scope)
+            if plan is None:
+                try:
+                    layout = Layout.from_scope(ref.scope)
+                except ValueError:
+                    refused[ref] = SourceError(
+                        ErrorKind.BAD_CONFIG, "not a redis queue (its scope names no kombu layout)"
+                    )
+                    continue
+                plan = plans[ref.scope] = _Plan(layout)
+            plan.queues.append(ref)
+        for plan in plans.values():
+            names = dict.fromkeys(ref.name for ref in plan.queues)
+            names.update(self._exchanges[plan.layout])
+            plan.exchanges = list(names)
+        return list(plans.values()), refused
+
+    async def sample(self, queues: Collection[QueueRef]) -> SampleResult:
+        """Every queue in one pipeline. Raises SourceError when Redis cannot be reached,
+        refuses the credentials or does not answer in time."""
+        if not queues:
+            return {}
+        plans, result = self._plans(queues)
+        if not plans:
+            return result
+        where = f"Redis at {self._broker.address}"
+        limit = self._timeout + PER_QUEUE_SECONDS * len(queues)
+        try:
+            async with self._open().pipeline(transaction=False) as pipe:
+                for plan in plans:
+                    for ref in plan.queues:
+                        for key in plan.layout.priority_keys(ref.name):
+                            pipe.llen(key)
+                    pipe.hlen(plan.layout.unacked_key)
+                    pipe.hscan(plan.layout.unacked_key, 0, count=self._scan_limit)
+                    for exchange in plan.exchanges:
+                        pipe.smembers(plan.layout.binding_key(exchange))
+                replies = await asyncio.wait_for(pipe.execute(raise_on_error=False), limit)
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as error:
+            raise failure(error, where) from None
+        taken_at = time.time()
+        position = 0
+        for plan in plans:
+            size = len(plan.queues) * 10 + 2 + len(plan.exchanges)
+            result.update(self._read(plan, replies[position : position + size], taken_at, where))
+            position += size
+        return result
+
+    def _read(
+        self, plan: _Plan, replies: list[Any], taken_at: float, where: str
+    ) -> dict[QueueRef, QueueSample | SourceError]:
+        """One layout's replies, in the order `sample` asked."""
+        readies: dict[QueueRef, int | SourceError] = {}
+        for index, ref in enumerate(plan.queues):
+            lengths = replies[index * 10 : index * 10 + 10]
+            wrong = next((r for r in lengths if not isinstance(r, int)), None)
+            if wrong is None:
+                readies[ref] = sum(lengths)
+            elif isinstance(wrong, redis.exceptions.NoPermissionError):
+                readies[ref] = failure(wrong, where)
+            else:
+                readies[ref] = _error(
+                    ErrorKind.BAD_RESPONSE,
+                    f"queue {ref.name!r}: a priority list is not a list ({wrong}): "
+                    "not kombu's Redis layout",
+                )
+        hlen, scan, *binding_sets = replies[len(plan.queues) * 10 :]
+        bindings: dict[str, tuple[Binding, ...]] = {}
+        for exchange, members in zip(plan.exchanges, binding_sets, strict=True):
+            if isinstance(members, set | list):
+                bindings[exchange] = parse_bindings(members, plan.layout.separator)
+        per_queue: Mapping[str, int] = {}
+        complete = isinstance(hlen, int) and isinstance(scan, tuple | list) and len(scan) == 2
+        if complete:
+            cursor, entries = scan
+            routes = [routing_of(value) for value in dict(entries).values()]
+            placed = attribute(routes, bindings)
+            per_queue = placed.per_queue
+            unseen = hlen - len(routes) if int(cursor) != 0 else 0
+            complete = placed.unresolved == 0 and unseen <= 0
+            self._remember(plan.layout, (route[0] for route in routes if route and route[0]))
+        return {
+            ref: ready
+            if isinstance(ready, SourceError)
+            else QueueSample(
+                ready=ready,
+                unacked=per_queue.get(ref.name, 0),
+                consumers=0,
+                taken_at=taken_at,
+                complete=complete,
+            )
+            for ref, ready in readies.items()
+        }
+
+    def _remember(self, layout: Layout, exchanges: Any) -> None:
+        """Exchanges seen, so their bindings are read from the next tick on (the newest kept)."""
+        known = self._exchanges[layout]
+        for exchange in exchanges:
+            known.pop(exchange, None)
+            known[exchange] = None
+        while len(known) > REMEMBERED_EXCHANGES:
+            del known[next(iter(known))]
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+            await client.connection_pool.disconnect()
