@@ -8,9 +8,11 @@ acknowledging them, and the sample must say exactly how many wait and how many a
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import socket
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -96,13 +98,10 @@ class HeldConsumer:
             accept=["json"],
         )
         self.consumer.consume()
-        for _ in range(50):
-            if len(self.held) >= count:
-                break
-            try:
-                self.connection.drain_events(timeout=0.2)
-            except TimeoutError:
-                continue
+        deadline = time.monotonic() + 30
+        while len(self.held) < count and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                self.connection.drain_events(timeout=0.2)  # one message per call
         assert len(self.held) == count, f"the consumer took {len(self.held)} of {count}"
 
     def close(self) -> None:
@@ -193,6 +192,28 @@ async def test_unacked_from_an_exchange_not_named_after_its_queue_is_placed_from
             assert (first.ready, first.unacked, first.complete) == (3, 0, False)
             second = _sample(await source.sample([ref]), ref)
             assert (second.ready, second.unacked, second.complete) == (3, 2, True)
+
+
+async def test_a_large_unacked_hash_is_read_in_one_bounded_page(
+    redis_server: RedisServer, database: int, broker: RedisBroker, source: RedisSource
+) -> None:
+    """200 held messages: past the 128 entries Redis keeps as one listpack, the hash is a table
+    that HSCAN pages. One page of the default size reads it all; a smaller bound leaves the
+    sample incomplete (it may grow the pool, never shrink it) rather than wrong."""
+    app = celery_app(redis_server, database)
+    publish(app, "bulk", [0, 5] * 150)
+    held = HeldConsumer(app, "bulk", 200)
+    bounded = RedisSource(broker, unacked_scan_limit=50)
+    try:
+        ref = QueueRef("", "bulk")
+        got = _sample(await source.sample([ref]), ref)
+        assert (got.ready, got.unacked, got.complete) == (100, 200, True)
+        got = _sample(await bounded.sample([ref]), ref)
+        assert (got.ready, got.complete) == (100, False)
+        assert got.unacked < 200
+    finally:
+        held.close()
+        await bounded.close()
 
 
 class CountingConnection(Connection):
