@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import ssl
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.exceptions
+import yaml
 
 from queuescaler.core.redact import redact
 from queuescaler.core.sample import ErrorKind, QueueRef, SourceError
@@ -196,3 +198,29 @@ def test_a_password_a_server_echoes_is_redacted() -> None:
     broker_from_secret({"redisUrl": "redis://h", "password": PASSWORD})
     mapped = failure(redis.exceptions.ResponseError(f"ERR bad arg '{PASSWORD}'"), "Redis")
     assert PASSWORD not in mapped.message
+
+
+def test_the_registry_connects_a_source_that_samples_but_neither_peeks_nor_lists_clients() -> None:
+    """What the engine sees: a sampler only (no live peek, no busy-worker listing yet)."""
+    from queuescaler.sources.base import ListingClients, Peeking, QueueSource
+    from queuescaler.sources.redis.source import RedisSource
+
+    source = SOURCES["redis"].connect(broker_from_secret({"redisUrl": "redis://h"}))
+    assert isinstance(source, RedisSource) and isinstance(source, QueueSource)
+    assert not isinstance(source, Peeking) and not isinstance(source, ListingClients)
+    assert repr(source) == "RedisSource(RedisBroker('redis://h:6379/0'))"
+
+
+def test_every_field_the_crd_allows_the_parser_reads() -> None:
+    crd_path = Path(__file__).resolve().parents[2] / "crds" / "queuescaler.yaml"
+    crd = yaml.safe_load(crd_path.read_text(encoding="utf-8"))
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    block = schema["properties"]["spec"]["properties"]["source"]["properties"]["redis"]
+    values = {
+        "queue": "celery", "keyPrefix": "p:", "prioritySeparator": ":",
+        "connectionSecretRef": {"name": "redis"}, "includeUnacked": False,
+    }
+    assert set(block["properties"]) == {*values, "queues"}
+    spec = parse_spec(spec_with(values)).source
+    assert isinstance(spec, RedisSourceSpec)
+    assert spec.layout == Layout("p:", ":") and not spec.include_unacked
