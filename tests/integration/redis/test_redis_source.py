@@ -245,6 +245,30 @@ async def test_one_round_trip_per_tick_whatever_the_number_of_queues(
         await counted.close()
 
 
+async def test_a_peek_reads_ready_counts_only_in_one_round_trip_and_no_hscan(
+    redis_server: RedisServer, database: int, broker: RedisBroker
+) -> None:
+    app = celery_app(redis_server, database)
+    publish(app, "peeked", [0, 3, 9, 9])
+    held = HeldConsumer(app, "peeked", 1)
+    counted = RedisSource(broker, connection_class=CountingConnection)
+    admin = redis.Redis(port=redis_server.port, password=redis_server.password, db=database)
+    try:
+        ref = QueueRef("", "peeked")
+        full = _sample(await counted.sample([ref]), ref)
+        assert (full.ready, full.unacked, full.complete) == (3, 1, True)
+        scans = admin.info("commandstats")["cmdstat_hscan"]["calls"]
+        CountingConnection.sends = 0
+        live = _sample(await counted.peek([ref]), ref)
+        assert (live.ready, live.unacked, live.complete) == (3, 0, False)
+        assert CountingConnection.sends == 1
+        assert admin.info("commandstats")["cmdstat_hscan"]["calls"] == scans
+    finally:
+        held.close()
+        admin.close()
+        await counted.close()
+
+
 async def test_a_queue_key_that_is_not_a_list_fails_alone(
     redis_server: RedisServer, database: int, source: RedisSource
 ) -> None:

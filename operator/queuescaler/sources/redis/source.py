@@ -12,6 +12,9 @@ meaning unknown: QueueSample has no "unknown" for them yet). A sample is incompl
 grow a pool, never shrink it) when some unacked messages could not be placed on a queue:
 the hash was larger than one HSCAN page, an entry was not kombu's shape, or its exchange's
 bindings were not read this tick (they are, from the next tick on).
+
+`peek()` is the same pipeline without the unacked hash: the ready counts only, which the
+engine's fast path reads for pools that may grow (a burst seen within its wake interval).
 """
 
 from __future__ import annotations
@@ -32,7 +35,14 @@ from redis.backoff import NoBackoff
 
 from queuescaler.core.redact import redact
 from queuescaler.core.sample import ErrorKind, QueueRef, QueueSample, SampleResult, SourceError
-from queuescaler.sources.redis.layout import Binding, Layout, attribute, parse_bindings, routing_of
+from queuescaler.sources.redis.layout import (
+    PRIORITIES,
+    Binding,
+    Layout,
+    attribute,
+    parse_bindings,
+    routing_of,
+)
 from queuescaler.sources.redis.secret import RedisBroker
 
 __all__ = ["RedisSource"]
@@ -44,6 +54,8 @@ Celery task), so the page bounds a tick's transfer; beyond it the sample is inco
 REMEMBERED_EXCHANGES = 256
 """Exchanges per layout whose bindings are read every tick, besides the queues' own names
 (Celery's default exchange for a queue is named after it)."""
+KEYS_PER_QUEUE = len(PRIORITIES)
+"""LLENs per queue: its list and the nine priority lists a priority 0..9 may land in."""
 PER_QUEUE_SECONDS = 0.001
 """Time a pipeline may take per queue asked about, on top of the timeout."""
 
@@ -155,6 +167,15 @@ class RedisSource:
     async def sample(self, queues: Collection[QueueRef]) -> SampleResult:
         """Every queue in one pipeline. Raises SourceError when Redis cannot be reached,
         refuses the credentials or does not answer in time."""
+        return await self._sample(queues, full=True)
+
+    async def peek(self, queues: Collection[QueueRef]) -> SampleResult:
+        """Ready counts only, in one pipeline of LLENs: what the engine's fast path reads
+        twice a second for pools that may grow. Unacked is not read (reported as 0, the
+        sample incomplete), so a peek never costs an HSCAN of the unacked hash."""
+        return await self._sample(queues, full=False)
+
+    async def _sample(self, queues: Collection[QueueRef], *, full: bool) -> SampleResult:
         if not queues:
             return {}
         plans, result = self._plans(queues)
@@ -168,66 +189,51 @@ class RedisSource:
                     for ref in plan.queues:
                         for key in plan.layout.priority_keys(ref.name):
                             pipe.llen(key)
-                    pipe.hlen(plan.layout.unacked_key)
-                    pipe.hscan(plan.layout.unacked_key, 0, count=self._scan_limit)
-                    for exchange in plan.exchanges:
-                        pipe.smembers(plan.layout.binding_key(exchange))
+                    if full:
+                        pipe.hlen(plan.layout.unacked_key)
+                        pipe.hscan(plan.layout.unacked_key, 0, count=self._scan_limit)
+                        for exchange in plan.exchanges:
+                            pipe.smembers(plan.layout.binding_key(exchange))
                 replies = await asyncio.wait_for(pipe.execute(raise_on_error=False), limit)
         except (redis.exceptions.RedisError, OSError, TimeoutError) as error:
             raise failure(error, where) from None
         taken_at = time.time()
         position = 0
         for plan in plans:
-            size = len(plan.queues) * 10 + 2 + len(plan.exchanges)
-            result.update(self._read(plan, replies[position : position + size], taken_at, where))
+            size = len(plan.queues) * KEYS_PER_QUEUE
+            readies = _readies(plan, replies[position : position + size], where)
             position += size
+            per_queue: Mapping[str, int] = {}
+            complete = False  # a peek does not see the messages workers hold
+            if full:
+                end = position + 2 + len(plan.exchanges)
+                per_queue, complete = self._unacked(plan, replies[position:end])
+                position = end
+            for ref, ready in readies.items():
+                result[ref] = ready if isinstance(ready, SourceError) else QueueSample(
+                    ready=ready,
+                    unacked=per_queue.get(ref.name, 0),
+                    consumers=0,  # unknown: Redis cannot say who waits on a list
+                    taken_at=taken_at,
+                    complete=complete,
+                )
         return result
 
-    def _read(
-        self, plan: _Plan, replies: list[Any], taken_at: float, where: str
-    ) -> dict[QueueRef, QueueSample | SourceError]:
-        """One layout's replies, in the order `sample` asked."""
-        readies: dict[QueueRef, int | SourceError] = {}
-        for index, ref in enumerate(plan.queues):
-            lengths = replies[index * 10 : index * 10 + 10]
-            wrong = next((r for r in lengths if not isinstance(r, int)), None)
-            if wrong is None:
-                readies[ref] = sum(lengths)
-            elif isinstance(wrong, redis.exceptions.NoPermissionError):
-                readies[ref] = failure(wrong, where)
-            else:
-                readies[ref] = _error(
-                    ErrorKind.BAD_RESPONSE,
-                    f"queue {ref.name!r}: a priority list is not a list ({wrong}): "
-                    "not kombu's Redis layout",
-                )
-        hlen, scan, *binding_sets = replies[len(plan.queues) * 10 :]
+    def _unacked(self, plan: _Plan, replies: list[Any]) -> tuple[Mapping[str, int], bool]:
+        """Unacked messages per queue of one layout, and whether every one was placed."""
+        hlen, scan, *binding_sets = replies
         bindings: dict[str, tuple[Binding, ...]] = {}
         for exchange, members in zip(plan.exchanges, binding_sets, strict=True):
             if isinstance(members, set | list):
                 bindings[exchange] = parse_bindings(members, plan.layout.separator)
-        per_queue: Mapping[str, int] = {}
-        complete = isinstance(hlen, int) and isinstance(scan, tuple | list) and len(scan) == 2
-        if complete:
-            cursor, entries = scan
-            routes = [routing_of(value) for value in dict(entries).values()]
-            placed = attribute(routes, bindings)
-            per_queue = placed.per_queue
-            unseen = hlen - len(routes) if int(cursor) != 0 else 0
-            complete = placed.unresolved == 0 and unseen <= 0
-            self._remember(plan.layout, (route[0] for route in routes if route and route[0]))
-        return {
-            ref: ready
-            if isinstance(ready, SourceError)
-            else QueueSample(
-                ready=ready,
-                unacked=per_queue.get(ref.name, 0),
-                consumers=0,
-                taken_at=taken_at,
-                complete=complete,
-            )
-            for ref, ready in readies.items()
-        }
+        if not isinstance(hlen, int) or not isinstance(scan, tuple | list) or len(scan) != 2:
+            return {}, False  # the hash is not a hash (or not readable): kombu's layout it isn't
+        cursor, entries = scan
+        routes = [routing_of(value) for value in dict(entries).values()]
+        placed = attribute(routes, bindings)
+        unseen = hlen - len(routes) if int(cursor) != 0 else 0
+        self._remember(plan.layout, (route[0] for route in routes if route and route[0]))
+        return placed.per_queue, placed.unresolved == 0 and unseen <= 0
 
     def _remember(self, layout: Layout, exchanges: Any) -> None:
         """Exchanges seen, so their bindings are read from the next tick on (the newest kept)."""
@@ -243,3 +249,24 @@ class RedisSource:
             client, self._client = self._client, None
             await client.aclose()
             await client.connection_pool.disconnect()
+
+
+def _readies(
+    plan: _Plan, replies: list[Any], where: str
+) -> dict[QueueRef, int | SourceError]:
+    """Each queue's ready count from its LLENs, or why it has none (that queue alone fails)."""
+    readies: dict[QueueRef, int | SourceError] = {}
+    for index, ref in enumerate(plan.queues):
+        lengths = replies[index * KEYS_PER_QUEUE : (index + 1) * KEYS_PER_QUEUE]
+        wrong = next((r for r in lengths if not isinstance(r, int)), None)
+        if wrong is None:
+            readies[ref] = sum(lengths)
+        elif isinstance(wrong, redis.exceptions.NoPermissionError):
+            readies[ref] = failure(wrong, where)
+        else:
+            readies[ref] = _error(
+                ErrorKind.BAD_RESPONSE,
+                f"queue {ref.name!r}: a priority list is not a list ({wrong}): "
+                "not kombu's Redis layout",
+            )
+    return readies
