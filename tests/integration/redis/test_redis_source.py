@@ -282,6 +282,19 @@ async def test_a_queue_key_that_is_not_a_list_fails_alone(
     assert _sample(result, QueueRef("", "fine")).ready == 1
 
 
+async def test_an_unacked_key_that_is_not_kombus_hash_leaves_samples_incomplete_not_failed(
+    redis_server: RedisServer, database: int, source: RedisSource
+) -> None:
+    """Another program's `unacked` string: the ready counts still stand, the in-flight work is
+    unknown, so the pool may grow and never shrinks on it."""
+    with redis.Redis(port=redis_server.port, password=redis_server.password, db=database) as r:
+        r.set("unacked", "not a hash")
+        r.lpush("jobs", "m1", "m2")
+    ref = QueueRef("", "jobs")
+    got = _sample(await source.sample([ref]), ref)
+    assert (got.ready, got.unacked, got.complete) == (2, 0, False)
+
+
 async def test_a_wrong_password_is_an_auth_error_naming_no_secret(
     redis_server: RedisServer, database: int
 ) -> None:
