@@ -164,7 +164,7 @@ def test_passwords_are_registered_for_redaction_and_kept_out_of_repr() -> None:
         pytest.param(redis.exceptions.AuthenticationError("Authentication required."),
                      ErrorKind.AUTH, "refused the credentials", id="noauth"),
         pytest.param(redis.exceptions.NoPermissionError("this user has no permissions"),
-                     ErrorKind.AUTH, "may not read", id="acl-noperm"),
+                     ErrorKind.AUTH, "an ACL user needs +llen", id="acl-noperm"),
         pytest.param(redis.exceptions.TimeoutError("Timeout reading"), ErrorKind.TIMEOUT,
                      "no answer in time", id="redis-timeout"),
         pytest.param(TimeoutError(), ErrorKind.TIMEOUT, "no answer in time", id="asyncio-timeout"),

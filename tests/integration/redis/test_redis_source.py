@@ -295,6 +295,56 @@ async def test_an_unacked_key_that_is_not_kombus_hash_leaves_samples_incomplete_
     assert (got.ready, got.unacked, got.complete) == (2, 0, False)
 
 
+def acl_user(server: RedisServer, keys: str, *commands: str) -> tuple[str, str]:
+    """A new ACL user allowed `commands` on the keys matching `keys`, and its password."""
+    user, password = f"qs-{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}"
+    with redis.Redis(port=server.port, password=server.password) as admin:
+        admin.acl_setuser(
+            user, enabled=True, passwords=[f"+{password}"], keys=[keys], channels=[],
+            commands=["-@all", *commands],
+        )
+    return user, password
+
+
+async def test_an_acl_user_with_the_documented_permissions_is_enough(
+    redis_server: RedisServer, database: int
+) -> None:
+    """LLEN, HLEN, HSCAN, SMEMBERS (and SELECT off database 0): nothing else, not even CLIENT.
+    Without a key's permission that queue fails alone, and the rest are incomplete."""
+    app = celery_app(redis_server, database)
+    publish(app, "acl-q", [0, 9])
+    held = HeldConsumer(app, "acl-q", 1)
+    reads = ("+llen", "+hlen", "+hscan", "+smembers", "+select")
+    try:
+        user, password = acl_user(redis_server, "~*", *reads)
+        secret = {
+            "redisUrl": f"redis://127.0.0.1:{redis_server.port}/{database}",
+            "username": user,
+            "password": password,
+        }
+        source = RedisSource(broker_from_secret(secret), timeout=2.0)
+        try:
+            got = _sample(await source.sample([QueueRef("", "acl-q")]), QueueRef("", "acl-q"))
+            assert (got.ready, got.unacked, got.complete) == (1, 1, True)
+        finally:
+            await source.close()
+
+        user, password = acl_user(redis_server, "~acl-q*", *reads)
+        source = RedisSource(broker_from_secret(secret | {"username": user, "password": password}))
+        try:
+            result = await source.sample([QueueRef("", "acl-q"), QueueRef("", "forbidden")])
+        finally:
+            await source.close()
+        got = _sample(result, QueueRef("", "acl-q"))
+        assert (got.ready, got.complete) == (1, False)  # the unacked hash is out of its reach
+        refused = result[QueueRef("", "forbidden")]
+        assert isinstance(refused, SourceError) and refused.kind is ErrorKind.AUTH
+        assert "an ACL user needs +llen +hlen +hscan +smembers" in refused.message
+        assert password not in refused.message
+    finally:
+        held.close()
+
+
 async def test_a_wrong_password_is_an_auth_error_naming_no_secret(
     redis_server: RedisServer, database: int
 ) -> None:

@@ -47,6 +47,11 @@ from queuescaler.sources.redis.secret import RedisBroker
 
 __all__ = ["RedisSource"]
 
+ACL_NEEDS = (
+    "an ACL user needs +llen +hlen +hscan +smembers on the queues' keys, the unacked hash and "
+    "the _kombu.binding.* sets, and +select for a database other than 0"
+)
+"""All the source ever sends (redis-py's CLIENT SETINFO at connect may fail: it is ignored)."""
 UNACKED_SCAN_LIMIT = 10_000
 """Unacked entries read per layout per tick (one HSCAN page): Celery holds about workers x
 concurrency x prefetch (4) of them. Each comes with its message body (about 1 to 2 kB for a
@@ -70,7 +75,7 @@ def failure(error: BaseException, where: str) -> SourceError:
                   | redis.exceptions.AuthenticationWrongNumberOfArgsError):
         return _error(ErrorKind.AUTH, f"{where} refused the credentials: {error}")
     if isinstance(error, redis.exceptions.NoPermissionError):
-        return _error(ErrorKind.AUTH, f"{where}: the user may not read the queues' keys: {error}")
+        return _error(ErrorKind.AUTH, f"{where}: {error} ({ACL_NEEDS})")
     if isinstance(error, redis.exceptions.TimeoutError | TimeoutError):
         return _error(ErrorKind.TIMEOUT, f"{where}: no answer in time")
     if isinstance(error, ssl.SSLError) or "SSL" in str(error):
@@ -128,7 +133,7 @@ class RedisSource:
                 "socket_timeout": self._timeout,
                 "socket_connect_timeout": self._timeout,
                 "retry": Retry(NoBackoff(), 0),  # the next tick is the retry
-                "client_name": "queuescaler",
+                # No client name: CLIENT SETNAME is one more permission an ACL user would need.
             }
             base: type[AbstractConnection] = Connection
             if broker.tls:
