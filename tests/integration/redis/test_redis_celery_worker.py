@@ -88,6 +88,7 @@ async def test_a_celery_workers_reserved_and_running_tasks_are_its_queues_unacke
         assert (tmp_path / "started").read_text().count("\n") == 1  # one runs, the rest wait
     finally:
         await source.close()
-        os.kill(worker.pid, signal.SIGKILL)  # ours, by PID: no warm shutdown of a 60 s task
+        # Ours, by its process group (prefork's children too): no warm shutdown of a 60 s task.
+        os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(timeout=10)
         log.close()
