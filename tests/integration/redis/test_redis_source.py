@@ -417,6 +417,31 @@ async def test_a_server_that_never_answers_is_a_timeout(silent_port: int) -> Non
     assert caught.value.kind is ErrorKind.TIMEOUT
 
 
+async def test_a_paused_server_is_a_timeout_and_the_next_tick_reads_fresh_replies(
+    redis_server: RedisServer, database: int
+) -> None:
+    """A pipeline cut short by the timeout must not leave its replies on the connection for
+    the next tick to read as its own (CLIENT PAUSE holds every client's commands)."""
+    with redis.Redis(port=redis_server.port, password=redis_server.password, db=database) as r:
+        r.lpush("paused-q", "a", "b", "c")
+        source = RedisSource(
+            broker_from_secret({"redisUrl": _url(redis_server, database)}), timeout=0.5
+        )
+        ref = QueueRef("", "paused-q")
+        try:
+            assert _sample(await source.sample([ref]), ref).ready == 3
+            r.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+            with pytest.raises(SourceError) as caught:
+                await source.sample([ref, QueueRef("", "other")])
+            assert caught.value.kind is ErrorKind.TIMEOUT
+            r.execute_command("CLIENT", "UNPAUSE")
+            r.lpush("paused-q", "d")
+            for _ in range(3):
+                assert _sample(await source.sample([ref]), ref).ready == 4
+        finally:
+            await source.close()
+
+
 async def test_tls_with_the_right_ca_works_and_with_a_wrong_one_fails_clearly(
     redis_server: RedisServer, database: int
 ) -> None:
