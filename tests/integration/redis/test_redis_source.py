@@ -363,6 +363,20 @@ async def test_a_wrong_password_is_an_auth_error_naming_no_secret(
         assert wrong not in text and redis_server.password not in text
 
 
+async def test_a_database_the_server_does_not_have_is_a_configuration_error(
+    redis_server: RedisServer,
+) -> None:
+    secret = {"redisUrl": redis_server.url, "password": redis_server.password, "database": "99"}
+    source = RedisSource(broker_from_secret(secret), timeout=2.0)
+    try:
+        with pytest.raises(SourceError) as caught:
+            await source.sample([QueueRef("", "any")])
+    finally:
+        await source.close()
+    assert caught.value.kind is ErrorKind.BAD_CONFIG
+    assert "the database does not exist" in caught.value.message
+
+
 async def test_a_stopped_server_is_unreachable_and_a_restarted_one_answers_again() -> None:
     with RedisServer(port=SPARE_PORT) as spare:
         broker = broker_from_secret({"redisUrl": spare.url, "password": spare.password})

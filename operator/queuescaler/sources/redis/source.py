@@ -78,13 +78,23 @@ def failure(error: BaseException, where: str) -> SourceError:
         return _error(ErrorKind.AUTH, f"{where}: {error} ({ACL_NEEDS})")
     if isinstance(error, redis.exceptions.TimeoutError | TimeoutError):
         return _error(ErrorKind.TIMEOUT, f"{where}: no answer in time")
-    if isinstance(error, ssl.SSLError) or "SSL" in str(error):
+    if _tls_failed(error):
         return _error(ErrorKind.UNREACHABLE, f"{where}: TLS failed: {error}")
     if isinstance(error, redis.exceptions.ConnectionError | OSError):
         return _error(ErrorKind.UNREACHABLE, f"{where}: {error}")
     if isinstance(error, redis.exceptions.ResponseError) and "DB index" in str(error):
         return _error(ErrorKind.BAD_CONFIG, f"{where}: the database does not exist: {error}")
     return _error(ErrorKind.BAD_RESPONSE, f"{where}: {type(error).__name__}: {error}")
+
+
+def _tls_failed(error: BaseException) -> bool:
+    """An ssl error, itself or as the cause redis-py wraps in its ConnectionError."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError | ssl.CertificateError) or "[SSL" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @dataclass
