@@ -115,6 +115,8 @@ def test_refusals_name_their_field(block: dict[str, Any], field: str, message: s
         ),
         pytest.param({"redisUrl": "REDISS://[::1]:7000"}, RedisBroker("::1", 7000, tls=True),
                      id="ipv6-tls-system-cas"),
+        pytest.param({"redisUrl": "rediss://h:6380/0?ssl_cert_reqs=CERT_NONE"},
+                     RedisBroker("h", 6380, tls=True), id="celery-rediss-url-still-verifies"),
     ],
 )
 def test_a_secret_gives_a_broker(data: dict[str, str], expected: RedisBroker) -> None:
@@ -133,8 +135,10 @@ def test_a_secret_gives_a_broker(data: dict[str, str], expected: RedisBroker) ->
         pytest.param({"redisUrl": f"redis://:{PASSWORD}@h/x"}, "a database number", id="bad-path"),
         pytest.param({"redisUrl": "redis://h", "database": "-1"}, "'database' must be",
                      id="bad-database"),
-        pytest.param({"redisUrl": f"redis://h?password={PASSWORD}"}, "query options",
-                     id="query"),
+        pytest.param({"redisUrl": f"redis://h?password={PASSWORD}"},
+                     "query options other than ssl_cert_reqs", id="query"),
+        pytest.param({"redisUrl": f"redis://h?{PASSWORD}"}, "query options other than",
+                     id="query-value-without-a-name"),
         pytest.param({"redisUrl": "redis://h", "ca.crt": CERT}, "use rediss://", id="ca-no-tls"),
         pytest.param({"redisUrl": "rediss://h", "ca.crt": PASSWORD}, "not PEM", id="ca-not-pem"),
     ],

@@ -26,6 +26,9 @@ MAX_DATABASE = 1_000_000
 """Far above any server's `databases` setting (16 by default): the server has the last word."""
 _SCHEMES = {"redis": False, "rediss": True}
 _PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
+_IGNORED_QUERY = frozenset({"ssl_cert_reqs", "ssl_check_hostname"})
+"""Celery wants ssl_cert_reqs in a rediss:// broker_url; the source always verifies the server
+(against `ca.crt`, else the system's CAs), whatever the URL asks of the workers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +98,8 @@ def broker_from_secret(data: Mapping[str, str]) -> RedisBroker:
     """The Redis a Secret describes, or SourceError(BAD_CONFIG) naming the key.
 
     Keys: `redisUrl` (required: redis:// or rediss://, as Celery's broker_url; user,
-    password and /database in it are taken), `username` and `password` (optional; they win
+    password and /database in it are taken, `ssl_cert_reqs` ignored: the server is always
+    verified), `username` and `password` (optional; they win
     over the URL's: an ACL user), `database` (optional; wins over the URL's path) and
     `ca.crt` (PEM, for rediss://). Other keys are ignored.
     """
@@ -111,8 +115,12 @@ def broker_from_secret(data: Mapping[str, str]) -> RedisBroker:
         raise _bad(f"key {REDIS_URL!r} must be a redis:// or rediss:// URL")
     if not parts.hostname:
         raise _bad(f"key {REDIS_URL!r} has no host")
-    if parts.query:
-        raise _bad(f"key {REDIS_URL!r} has query options: put them in the Secret's own keys")
+    names = {name for name, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)}
+    if names - _IGNORED_QUERY:  # not named: a stray value could sit where a name should
+        raise _bad(
+            f"key {REDIS_URL!r} has query options other than ssl_cert_reqs: put them in the "
+            "Secret's own keys"
+        )
     path = parts.path.strip("/")
     database = _database(path, f"the path of {REDIS_URL!r}") if path else 0
     given_database = _value(data, DATABASE)
