@@ -216,9 +216,6 @@ _NO_QUEUE = _with("source.rabbitmq.queue", ...)
             "spec.source",
             "set exactly one of rabbitmq or redis",
             id="no-broker",
-            # core.spec._parse_source names `fields.path("")`, "spec.source." with a dot,
-            # when no block of several brokers is given: to fix there (not in this slice).
-            marks=pytest.mark.xfail(strict=True, reason="field path 'spec.source.'"),
         ),
         pytest.param(
             _NO_QUEUE,

@@ -231,6 +231,11 @@ class Fields:
     def path(self, key: str) -> str:
         return f"{self._path}.{key}"
 
+    @property
+    def here(self) -> str:
+        """The path of the block itself."""
+        return self._path
+
     def has(self, key: str) -> bool:
         return self._raw.get(key) is not None
 
@@ -371,7 +376,8 @@ def _parse_source(fields: Fields, brokers: Mapping[str, BlockParser]) -> SourceS
         names = " or ".join(sorted(brokers))
         if not given and len(brokers) == 1:
             raise SpecError(fields.path(next(iter(brokers))), "is required")
-        raise SpecError(fields.path(given[-1] if given else ""), f"set exactly one of {names}")
+        where = fields.path(given[-1]) if given else fields.here
+        raise SpecError(where, f"set exactly one of {names}")
     (name,) = given
     source = brokers[name](fields.raw(name), fields.path(name))
     fields.done()
