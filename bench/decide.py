@@ -410,6 +410,9 @@ def quality_table(traces: tuple[Trace, ...]) -> tuple[list[str], list[str]]:
 # --- 3. worker models (issue 12) -----------------------------------------------------------
 
 WORKER_SEEDS = tuple(range(1, 11))
+PEEK_EVERY: float | None = float(os.environ.get("QS_PEEK", "1")) or None
+"""How often the operator's fast path looks at live counts between samples (its default
+tick is 0.5 s; the simulator steps whole seconds)."""
 WARM_UP = 300
 """Seconds replayed before anything is counted: every policy has settled (the HPA's 300 s
 scale-down window included) and none is judged on a broker that has just started."""
@@ -516,6 +519,7 @@ def replay_worker_models(job: tuple[int, int, ServiceTimes]) -> list[Replay]:
                 QueueScalerPolicy(
                     queuescaler_spec(trace, target={"messagesPerReplica": per_replica}),
                     stats_delay=MANAGEMENT_API_DELAY,
+                    peek_every=PEEK_EVERY,
                 ),
                 KedaQueueLengthPolicy(value=per_replica, max_replica_count=MAX_REPLICAS),
                 oracle_policy,

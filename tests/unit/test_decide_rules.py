@@ -521,6 +521,20 @@ def test_an_unmeasured_rate_floor_holds_a_quarter_less() -> None:
     assert "less 2 to learn the replicas' speed" in decision.message
 
 
+def test_an_unmeasured_rate_floor_never_lifts_the_pool() -> None:
+    # A flood on a pool whose pods are still starting: acks per replica read 1/s, a lower
+    # bound of the speed, so publish 200/s "needs" 200, an upper bound of the need. The
+    # backlog policy grows the pool (150 ready -> 15); the floor may only hold it.
+    weak = ScalerState(per_replica_rate=1.0)
+    decision = Tick(sample(ready=150, publish=200), 8, state=weak).decide()
+    assert (decision.replicas, decision.reason) == (15, Reason.BACKLOG), decision.message
+    held = Tick(sample(ready=10, unacked=8, publish=200), 8, state=weak).decide()
+    assert held.replicas == 6, held.message  # the floor's 8, less a quarter to probe
+    assert "capped at current 8 (speed not measured yet)" in held.message
+    measured_lift = Tick(sample(ready=10, unacked=8, publish=200), 8, state=measured(1.0))
+    assert measured_lift.decide().replicas == 9, "a measured speed may lift by the ready"
+
+
 # --- cooldowns --------------------------------------------------------------------------
 
 COOLDOWNS = {"behavior.scaleUp.cooldownSeconds": 15, "behavior.scaleDown.cooldownSeconds": 300}
@@ -535,7 +549,7 @@ def test_a_scale_down_does_not_hold_the_next_scale_down() -> None:
     # 58 -> 22 a tick ago, the burst drained: 22 -> 3 need not wait scaleDown.cooldownSeconds
     state = ScalerState(last_scale_time=ago(10), last_scale_up_time=ago(400))
     assert Tick(sample(ready=30), 22, COOLDOWNS, state).decide().replicas == 3
-    assert Tick(sample(ready=300), 3, COOLDOWNS, state).decide().reason is Reason.COOLDOWN
+    assert Tick(sample(unacked=300), 3, COOLDOWNS, state).decide().reason is Reason.COOLDOWN
 
 
 def test_only_a_scale_up_starts_the_scale_down_cooldown() -> None:
@@ -549,16 +563,28 @@ def test_only_a_scale_up_starts_the_scale_down_cooldown() -> None:
     ("tick", "replicas", "reason"),
     [
         pytest.param(
-            Tick(sample(ready=100), 5, COOLDOWNS, scaled(10)),
+            Tick(sample(unacked=100), 5, COOLDOWNS, scaled(10)),
             5,
             Reason.COOLDOWN,
             id="scale-up-held-by-cooldown",
         ),
         pytest.param(
-            Tick(sample(ready=100), 5, COOLDOWNS, scaled(15)),
+            Tick(sample(unacked=100), 5, COOLDOWNS, scaled(15)),
             10,
             Reason.BACKLOG,
             id="scale-up-when-cooldown-ends",
+        ),
+        pytest.param(
+            Tick(sample(ready=100), 5, COOLDOWNS, scaled(10)),
+            10,
+            Reason.BACKLOG,
+            id="messages-ready-now-pass-the-scale-up-cooldown",
+        ),
+        pytest.param(
+            Tick(sample(ready=70, unacked=30), 5, COOLDOWNS, scaled(10)),
+            7,
+            Reason.COOLDOWN,
+            id="only-as-far-as-the-ready-messages-call",
         ),
         pytest.param(
             Tick(sample(ready=20), 5, COOLDOWNS, scaled(100)),
@@ -609,7 +635,7 @@ def test_cooldowns(tick: Tick, replicas: int, reason: Reason) -> None:
 
 
 def test_cooldown_message_says_how_long() -> None:
-    decision = Tick(sample(ready=100), 5, COOLDOWNS, scaled(10.5)).decide()
+    decision = Tick(sample(unacked=100), 5, COOLDOWNS, scaled(10.5)).decide()
 
     assert decision.message.endswith("held at 5 by scaleUp.cooldownSeconds (5s left)")
     assert decision.limited

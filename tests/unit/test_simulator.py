@@ -449,6 +449,31 @@ def test_queuescaler_in_dry_run_never_scales() -> None:
     assert result.scale_events == 0
 
 
+def test_the_fast_path_wakes_a_flood_within_a_peek_not_a_polling_interval() -> None:
+    flood = idle_then_flood(duration=SHORT, idle_seconds=200)
+    spec = queuescaler_spec(pollingIntervalSeconds=15)
+    peeking = simulate(flood, QueueScalerPolicy(spec, peek_every=1.0), initial_replicas=0)
+    polling = simulate(flood, QueueScalerPolicy(spec), initial_replicas=0)
+
+    def woke(replicas: tuple[int, ...]) -> int:
+        return next(t for t, n in enumerate(replicas) if n > 0)
+
+    assert woke(peeking.replicas) <= 201
+    assert woke(polling.replicas) >= 210, "the sample at the interval: 210 is the first after"
+
+
+def test_between_samples_the_fast_path_only_grows() -> None:
+    trace = bursts(duration=SHORT, first_at=60, every=300)
+    policy = QueueScalerPolicy(queuescaler_spec(pollingIntervalSeconds=15), peek_every=1.0)
+    replicas = simulate(trace, policy, initial_replicas=1).replicas
+
+    shrank = [t for t in range(1, len(replicas)) if replicas[t] < replicas[t - 1]]
+    grew_between = [t for t in range(1, len(replicas))
+                    if replicas[t] > replicas[t - 1] and t % 15]
+    assert shrank and all(t % 15 == 0 for t in shrank), shrank
+    assert grew_between, "a burst is acted on before the next sample"
+
+
 # --- traces -------------------------------------------------------------------------------
 
 

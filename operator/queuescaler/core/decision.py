@@ -176,7 +176,7 @@ def decide(
         probing = not measured and not falling_behind(readings, sample)
         decision = _decide_with_sample(
             spec, sample, flow, current_replicas, state, now, busy_workers, rate, busy_note,
-            probing=probing, restored=state.restored,
+            probing=probing, measured=measured, restored=state.restored,
         )
     if spec.paused:
         return _paused(decision, current_replicas)
@@ -257,10 +257,11 @@ def _decide_with_sample(
     busy_note: str | None = None,
     *,
     probing: bool = False,
+    measured: bool = True,
     restored: bool = False,
 ) -> Decision:
     recommendation, reason, message = _raw_recommendation(
-        spec, sample, flow, current, rate, probing=probing
+        spec, sample, flow, current, rate, probing=probing, measured=measured
     )
     raw_reason = reason
     changes: list[str] = []
@@ -276,7 +277,7 @@ def _decide_with_sample(
     # it with a reason. Waking a pool from zero skips the damping (activation is apart).
     stages: list[Callable[[int], _Change | None]] = [] if waking else [
         lambda n: _stabilization(spec, n, current, state.recommendations, now),
-        lambda n: _cooldown(spec, n, current, state, now),
+        lambda n: _cooldown(spec, n, current, state, now, sample.ready),
     ]
     stages += [
         lambda n: _step_limit(spec, n, current),
@@ -308,6 +309,7 @@ def _raw_recommendation(
     current: int,
     per_replica_rate: float | None,
     probing: bool = False,
+    measured: bool = True,
 ) -> tuple[int, Reason, str]:
     """The policies' answer before any damping; the largest of them wins.
 
@@ -334,10 +336,13 @@ def _raw_recommendation(
     floor_note = ""
     if per_replica_rate is not None and per_replica_rate > 0.0:
         floor = _replicas_for(publish / per_replica_rate)
-        lift = current + -(-sample.ready // per_replica)
+        # A speed only known as a lower bound makes the floor an upper bound of the need:
+        # it may hold the pool, never grow it.
+        lift = current + -(-sample.ready // per_replica) if measured else current
         if floor > lift:
             floor_note = (
                 f", capped at {lift} (current {current} + ready {sample.ready} / {per_replica})"
+                if measured else f", capped at current {current} (speed not measured yet)"
             )
             floor = lift
         if probing:
@@ -478,24 +483,33 @@ def _stabilization(
 
 
 def _cooldown(
-    spec: QueueScalerSpec, replicas: int, current: int, state: ScalerState, now: float
+    spec: QueueScalerSpec, replicas: int, current: int, state: ScalerState, now: float,
+    ready: int = 0,
 ) -> _Change | None:
     """No scale-up within scaleUp.cooldownSeconds of the last scale event, no scale-down
-    within scaleDown.cooldownSeconds of the last scale-up."""
+    within scaleDown.cooldownSeconds of the last scale-up.
+
+    The scale-up cooldown keeps figures that predate a scale (unacked, rates) from calling
+    for it twice. Messages ready now, beyond what the pool's replicas take at
+    messagesPerReplica each, are no such figure: that growth passes (a flood keeps growing
+    while the pods it called for start)."""
     if replicas == current:
         return None
     if replicas > current:
         cooldown, field = spec.behavior.scale_up.cooldown_seconds, "scaleUp.cooldownSeconds"
         since = state.last_scale_time
+        floor = max(current, -(-ready // spec.target.messages_per_replica))
     else:
         cooldown, field = spec.behavior.scale_down.cooldown_seconds, "scaleDown.cooldownSeconds"
         since = state.last_scale_up_time
+        floor = current
     if since is None:
         return None
     remaining = since + cooldown - now
-    if remaining <= 0:
+    if remaining <= 0 or (replicas > current and replicas <= floor):
         return None
-    return current, Reason.COOLDOWN, f"held at {current} by {field} ({math.ceil(remaining)}s left)"
+    held = f"held at {floor}" if floor == current else f"limited to {floor} (ready alone)"
+    return floor, Reason.COOLDOWN, f"{held} by {field} ({math.ceil(remaining)}s left)"
 
 
 def _step_limit(spec: QueueScalerSpec, replicas: int, current: int) -> _Change | None:

@@ -64,6 +64,11 @@ T = TypeVar("T")
 
 GOOD_WHEN_TRUE: Final = frozenset({"Ready", "BrokerReachable", "TargetFound"})
 """Conditions whose False is bad news: a Warning Event whenever they turn False."""
+EARLY_GROWTH: Final = 2
+"""An early decision grows a pool at work at least this many times over: while the pods a
+flood called for start, its ready count climbs every tick, and a step per replica's worth
+would be a scale event per second; doubling reaches any size in a few (the full sample
+at the polling interval sizes it exactly)."""
 SECRET_FAILURE: Final = "secret"
 """The metric kind of a sample that failed because the connection Secret was unusable."""
 
@@ -225,18 +230,17 @@ def at_rest_at_zero(spec: QueueScalerSpec | None, current: int | None) -> bool:
     return spec is not None and current == 0 and spec.min_replicas == 0 and not spec.paused
 
 
-def peeked(spec: QueueScalerSpec | None, memory: Memory, now: float) -> bool:
+def peeked(spec: QueueScalerSpec | None, memory: Memory) -> bool:
     """Live counts are read between its samples (within the tick's budget): a pool at rest
-    at zero, or a pool at work that may still grow now (below its maximum, out of its
-    scale-up cooldown), so a burst is acted on within a tick whatever the pool's size, not
-    a polling interval plus the statistics' lag later."""
+    at zero, or a pool at work that may still grow (below its maximum, its cooldown or
+    not: a flood keeps growing while the pods it called for start, see
+    `decision._cooldown`), so a burst is acted on within a tick whatever the pool's size,
+    not a polling interval plus the statistics' lag later."""
     current = memory.current_replicas
     if at_rest_at_zero(spec, current):
         return True
-    if spec is None or spec.paused or current is None or not 0 < current < spec.max_replicas:
-        return False
-    since = memory.state.last_scale_time
-    return since is None or now - since >= spec.behavior.scale_up.cooldown_seconds
+    return not (spec is None or spec.paused or current is None
+                or not 0 < current < spec.max_replicas)
 
 
 def settling(state: ScalerState, now: float, settings: PlanSettings) -> bool:
@@ -250,11 +254,11 @@ def wakes(spec: QueueScalerSpec, live: QueueSample) -> bool:
     return activates(spec, live)
 
 
-def calls_now(spec: QueueScalerSpec, live: QueueSample, memory: Memory, now: float) -> bool:
+def calls_now(spec: QueueScalerSpec, live: QueueSample, memory: Memory) -> bool:
     """Whether a peeked pool is decided now, before its interval, on its live counts: at
     zero, when they activate it; at work, when the messages ready alone (a lower bound of
-    any backlog the policies count) call for more replicas than it has, beyond the
-    tolerance, and more than its last decision recommended, out of its scale-up cooldown.
+    any backlog the policies count) call for at least `EARLY_GROWTH` times the replicas it
+    has, beyond the tolerance, and more than its last decision recommended.
 
     One burst starts one early decision, not one per tick while a cooldown, a dry run or a
     refusal holds it: the next waits for one more replica's worth of messages. Only growth
@@ -269,12 +273,13 @@ def calls_now(spec: QueueScalerSpec, live: QueueSample, memory: Memory, now: flo
         return False
     if current == 0:
         return wakes(spec, live)
-    if not peeked(spec, memory, now):
+    if not peeked(spec, memory):
         return False
     wanted = -(-live.ready // per_replica)
     state = memory.state
     last = max(state.recommendations, key=lambda r: r.at).replicas if state.recommendations else 0
-    return wanted > max(current, last) and outside_tolerance(spec, wanted, current)
+    return (wanted > max(current, last) and wanted >= EARLY_GROWTH * current
+            and outside_tolerance(spec, wanted, current))
 
 
 def to_peek(
@@ -391,7 +396,7 @@ def plan(
             replicas_now = scale_to
         state = next_state(spec, state, sample, current, decision, now, scale_to is not None)
         if seen.early:
-            state = _after_early(memory.state, state)
+            state = after_early(memory.state, state)
     conflict = None
     if seen.conflict is not None:
         conflict = ("TargetConflict", f"{seen.conflict} also scales this target: not acting")
@@ -645,7 +650,7 @@ def _written_conditions(written: Mapping[str, Any]) -> list[Condition]:
     ]
 
 
-def _after_early(before: ScalerState, after: ScalerState) -> ScalerState:
+def after_early(before: ScalerState, after: ScalerState) -> ScalerState:
     """An early tick's decision counts (its recommendation, its scale), its sample does
     not: the rate readings, the throughput estimate and the failure count stay as the last
     full sample left them (live counts a second after a poll are no span to measure)."""

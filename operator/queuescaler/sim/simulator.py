@@ -24,6 +24,7 @@ whose fields are as old as their source makes them (see `Sampling`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from queuescaler.core.decision import ScalerState, decide, next_state
+from queuescaler.core.plan import Memory, after_early, calls_now, next_due, peeked
 from queuescaler.core.sample import QueueSample
 from queuescaler.sim.sampling import History, Sampling, observe
 from queuescaler.sim.traces import Trace
@@ -460,7 +462,10 @@ class QueueScalerPolicy:
     """Ours: the operator's own `decide()` and `next_state()`, fed as the operator feeds them.
 
     Ready and consumer counts come through AMQP (no statistics delay); unacked and the rates
-    come from the management API, `stats_delay` seconds old.
+    come from the management API, `stats_delay` seconds old. With `peek_every` (the
+    operator's fast path, on by default there) the pool is also looked at between its
+    samples, as the engine does each tick: live counts alone, decided early only when
+    `plan.calls_now` says so, a full sample at each polling interval.
     """
 
     def __init__(
@@ -470,24 +475,39 @@ class QueueScalerPolicy:
         stats_delay: float = 5.0,
         initial_replicas: int | None = None,
         name: str = "queuescaler",
+        peek_every: float | None = None,
     ) -> None:
         self._spec = parse_spec(spec)
         self._state = ScalerState()
+        self._early_ready: int | None = None
+        self._next_due = 0.0
         self.name = name
         self.removes_idle_first = False
         self.sampling = Sampling(
-            polling_interval=float(self._spec.polling_interval_seconds),
+            polling_interval=peek_every or float(self._spec.polling_interval_seconds),
             count_delay=0.0,
             stats_delay=stats_delay,
         )
+        self._peeking = peek_every is not None
         self.initial_replicas = (
             self._spec.min_replicas if initial_replicas is None else initial_replicas
         )
 
     def desired(self, sample: QueueSample, current: int, now: float) -> int:
-        decision = decide(self._spec, sample, current, self._state, now)
-        applied = current if self._spec.dry_run else decision.replicas
-        self._state = next_state(
-            self._spec, self._state, sample, current, decision, now, applied != current
-        )
+        spec = self._spec
+        early = False
+        if now < self._next_due:
+            memory = Memory(state=self._state, current_replicas=current,
+                            early_ready=self._early_ready)
+            live = dataclasses.replace(sample, unacked=0, complete=False)
+            if not (peeked(spec, memory) and calls_now(spec, live, memory)):
+                return current
+            sample, early = live, True
+        else:
+            self._next_due = next_due(now, float(spec.polling_interval_seconds))
+        decision = decide(spec, sample, current, self._state, now)
+        applied = current if spec.dry_run else decision.replicas
+        state = next_state(spec, self._state, sample, current, decision, now, applied != current)
+        self._state = after_early(self._state, state) if early else state
+        self._early_ready = sample.ready if early else None
         return applied
