@@ -95,6 +95,12 @@ wait_for() {
 kubectl_() { kubectl --kubeconfig "$kubeconfig" "$@"; }
 
 # Every binary kwokctl may want is named in its configuration, so it never downloads one.
+# Every component listens on 127.0.0.1 only (kwokctl's default bindAddress is 0.0.0.0).
+# The apiserver serves aggregated APIs such as external metrics (hack/keda.sh): it passes
+# the caller to an extension server in X-Remote-* headers, signed by its proxy client
+# certificate (kwokctl's admin.crt, CN kwok-admin, from the cluster CA). The request-header
+# CA is the cluster CA, which --client-ca-file also names, so the allowed names must be set
+# (the apiserver refuses to start otherwise): only kwok-admin may assert a user that way.
 write_kwokctl_config() {
   # shellcheck source=versions.env
   . "$here/versions.env"
@@ -118,6 +124,20 @@ options:
   kubectlBinary: $bin/kubectl
   kwokControllerBinary: $bin/kwok
   etcdBinary: $bin/etcd
+  bindAddress: 127.0.0.1
+componentsPatches:
+- name: kube-apiserver
+  extraArgs:
+  - key: requestheader-client-ca-file
+    value: $KWOK_WORKDIR/clusters/$cluster/pki/ca.crt
+  - key: requestheader-allowed-names
+    value: kwok-admin
+  - key: requestheader-username-headers
+    value: X-Remote-User
+  - key: requestheader-group-headers
+    value: X-Remote-Group
+  - key: requestheader-extra-headers-prefix
+    value: X-Remote-Extra-
 EOF
 }
 
