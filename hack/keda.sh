@@ -10,8 +10,8 @@
 #                        and certificates in $KEDA_RUN, default $QS_CACHE/keda/run)
 #   hack/keda.sh down [KUBECONFIG]  remove the APIService, stop both processes by PID
 #   hack/keda.sh status  one line per process
-# KUBECONFIG defaults to $QS_KUBECONFIG, else the shared test environment's
-# ($QS_CACHE/run/kubeconfig). QS_CACHE defaults to ~/.cache/queuescaler. The first build
+# KUBECONFIG defaults to $QS_KUBECONFIG, else the test environment's ($QS_CACHE/run/kubeconfig,
+# or run-$QS_ENV/ for a separate one). QS_CACHE defaults to ~/.cache/queuescaler. The first build
 # downloads about 0.3 GB of modules and compiles for a long while on 2 cores.
 #
 # How the apiserver reaches the adapter without leaving loopback: the APIService names the
@@ -35,16 +35,22 @@ stamps=$cache/stamps
 kdir=$cache/keda/$KEDA_VERSION
 mod=$here/tools/keda
 export GOFLAGS=-buildvcs=false GOTOOLCHAIN=local CGO_ENABLED=0
-krun=${KEDA_RUN:-$cache/keda/run}
+# QS_ENV=NAME (QS_PORT_OFFSET, default 100) pairs KEDA with that separate test environment,
+# as hack/testenv.sh names them: its kubeconfig, a run directory and ports of its own.
+instance=${QS_ENV:-}
+offset=0
+[ -z "$instance" ] || offset=${QS_PORT_OFFSET:-100}
+suffix=${instance:+-$instance}
+krun=${KEDA_RUN:-$cache/keda/run$suffix}
 ns=keda
 # Loopback ports, below the ephemeral range and apart from hack/testenv.sh's (244xx, 240xx,
 # 246xx, +100 per QS_ENV): the adapter's HTTPS (the APIService), the operator's gRPC metrics
 # service, the operator's Prometheus metrics and health probes, the adapter's Prometheus.
-adapter_port=${KEDA_ADAPTER_PORT:-24480}
-grpc_port=${KEDA_GRPC_PORT:-24481}
-operator_metrics_port=${KEDA_OPERATOR_METRICS_PORT:-24482}
-probe_port=${KEDA_PROBE_PORT:-24483}
-adapter_metrics_port=${KEDA_ADAPTER_METRICS_PORT:-24484}
+adapter_port=${KEDA_ADAPTER_PORT:-$((24480 + offset))}
+grpc_port=${KEDA_GRPC_PORT:-$((24481 + offset))}
+operator_metrics_port=${KEDA_OPERATOR_METRICS_PORT:-$((24482 + offset))}
+probe_port=${KEDA_PROBE_PORT:-$((24483 + offset))}
+adapter_metrics_port=${KEDA_ADAPTER_METRICS_PORT:-$((24484 + offset))}
 
 # Same stamp scheme as hack/build-tools.sh (copied, not sourced).
 fresh() { [ -x "$bin/$1" ] && [ "$(cat "$stamps/$1" 2>/dev/null)" = "$2" ]; }
@@ -277,7 +283,7 @@ status() {
   done
 }
 
-kubeconfig=${2:-${QS_KUBECONFIG:-$cache/run/kubeconfig}}
+kubeconfig=${2:-${QS_KUBECONFIG:-$cache/run$suffix/kubeconfig}}
 case ${1:-} in
   build) build ;;
   paths) paths ;;
