@@ -239,7 +239,7 @@ def queuescaler_at(
     return Contender(
         "queuescaler",
         ", ".join(words),
-        lambda: QueueScalerPolicy(spec, stats_delay=MANAGEMENT_API_DELAY),
+        lambda: QueueScalerPolicy(spec, stats_delay=MANAGEMENT_API_DELAY, peek_every=PEEK_EVERY),
     )
 
 

@@ -329,7 +329,7 @@ async def _peek_cost(fleet_name: str, scalers: int, sizes: Sequence[int]) -> Pee
     )
     await engine.tick(now)  # the first tick samples and decides every QueueScaler once
     peeked = sum(
-        1 for s in fleet if planner.peeked(s.spec, s.memory)
+        1 for s in fleet if planner.peeked(s.spec, s.memory, now)
     )
     declares: list[int] = []
     requests: list[int] = []

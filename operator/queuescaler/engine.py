@@ -149,7 +149,7 @@ class Engine:
         live: dict[tuple[str, str], QueueSample] = {}
         early: list[Scaler] = []
         if self.settings.fast_path:
-            may_grow = [s for s in scalers if planner.peeked(s.spec, s.memory)]
+            may_grow = [s for s in scalers if planner.peeked(s.spec, s.memory, now)]
             watched, self._peek_turn = planner.to_peek(
                 [s for s in may_grow if s.next_due <= now],
                 [s for s in may_grow if s.next_due > now and s.memory.current_replicas == 0],
@@ -166,7 +166,7 @@ class Engine:
             early = [
                 s for s in watched
                 if s.next_due > now and s.key in live and s.spec is not None
-                and planner.calls_now(s.spec, live[s.key], s.memory)
+                and planner.calls_now(s.spec, live[s.key], s.memory, now)
             ]
         if due or early:
             # Early pools are decided on their live counts alone: no management request.

@@ -549,7 +549,7 @@ def test_a_scale_down_does_not_hold_the_next_scale_down() -> None:
     # 58 -> 22 a tick ago, the burst drained: 22 -> 3 need not wait scaleDown.cooldownSeconds
     state = ScalerState(last_scale_time=ago(10), last_scale_up_time=ago(400))
     assert Tick(sample(ready=30), 22, COOLDOWNS, state).decide().replicas == 3
-    assert Tick(sample(unacked=300), 3, COOLDOWNS, state).decide().reason is Reason.COOLDOWN
+    assert Tick(sample(ready=300), 3, COOLDOWNS, state).decide().reason is Reason.COOLDOWN
 
 
 def test_only_a_scale_up_starts_the_scale_down_cooldown() -> None:
@@ -563,28 +563,16 @@ def test_only_a_scale_up_starts_the_scale_down_cooldown() -> None:
     ("tick", "replicas", "reason"),
     [
         pytest.param(
-            Tick(sample(unacked=100), 5, COOLDOWNS, scaled(10)),
+            Tick(sample(ready=100), 5, COOLDOWNS, scaled(10)),
             5,
             Reason.COOLDOWN,
             id="scale-up-held-by-cooldown",
         ),
         pytest.param(
-            Tick(sample(unacked=100), 5, COOLDOWNS, scaled(15)),
+            Tick(sample(ready=100), 5, COOLDOWNS, scaled(15)),
             10,
             Reason.BACKLOG,
             id="scale-up-when-cooldown-ends",
-        ),
-        pytest.param(
-            Tick(sample(ready=100), 5, COOLDOWNS, scaled(10)),
-            10,
-            Reason.BACKLOG,
-            id="messages-ready-now-pass-the-scale-up-cooldown",
-        ),
-        pytest.param(
-            Tick(sample(ready=70, unacked=30), 5, COOLDOWNS, scaled(10)),
-            7,
-            Reason.COOLDOWN,
-            id="only-as-far-as-the-ready-messages-call",
         ),
         pytest.param(
             Tick(sample(ready=20), 5, COOLDOWNS, scaled(100)),
@@ -635,7 +623,7 @@ def test_cooldowns(tick: Tick, replicas: int, reason: Reason) -> None:
 
 
 def test_cooldown_message_says_how_long() -> None:
-    decision = Tick(sample(unacked=100), 5, COOLDOWNS, scaled(10.5)).decide()
+    decision = Tick(sample(ready=100), 5, COOLDOWNS, scaled(10.5)).decide()
 
     assert decision.message.endswith("held at 5 by scaleUp.cooldownSeconds (5s left)")
     assert decision.limited

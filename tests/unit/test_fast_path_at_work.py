@@ -51,8 +51,8 @@ def live(ready: int) -> QueueSample:
         pytest.param(5, 90, ScalerState(), {}, False, id="less-than-double-waits-for-the-sample"),
         pytest.param(5, 100, ScalerState(), {}, True, id="double-is-early"),
         pytest.param(20, 900, ScalerState(), {}, False, id="at-its-maximum"),
-        pytest.param(2, 50, ScalerState(last_scale_time=NOW - 5), {}, True,
-                     id="ready-messages-pass-the-scale-up-cooldown"),
+        pytest.param(2, 50, ScalerState(last_scale_time=NOW - 5), {}, False,
+                     id="in-scale-up-cooldown"),
         pytest.param(2, 50, ScalerState(last_scale_time=NOW - 15), {}, True,
                      id="cooldown-over"),
         pytest.param(2, 50, ScalerState(recommendations=(Recommendation(NOW - 3, 6),)), {},
@@ -68,7 +68,7 @@ def test_a_peeked_pool_is_decided_early_only_when_its_ready_messages_call_for_gr
     current: int, ready: int, state: ScalerState, overrides: dict[str, Any], early: bool,
 ) -> None:
     memory = Memory(state=state, current_replicas=current)
-    assert calls_now(spec(**overrides), live(ready), memory) is early
+    assert calls_now(spec(**overrides), live(ready), memory, NOW) is early
 
 
 def at(current: int | None, state: ScalerState | None = None) -> Memory:
@@ -76,24 +76,24 @@ def at(current: int | None, state: ScalerState | None = None) -> Memory:
 
 
 def test_which_pools_are_peeked_between_samples() -> None:
-    assert peeked(spec(minReplicas=0), at(0))
-    assert peeked(spec(), at(1)) and peeked(spec(), at(19))
-    assert not peeked(spec(), at(20)), "at its maximum it cannot grow"
-    assert not peeked(spec(paused=True), at(3))
-    assert not peeked(spec(), at(None)), "replicas unknown: the full sample decides"
-    assert not peeked(None, at(3))
-    assert not peeked(spec(minReplicas=2), at(0)), "below its minimum: its tick restores it"
+    assert peeked(spec(minReplicas=0), at(0), NOW)
+    assert peeked(spec(), at(1), NOW) and peeked(spec(), at(19), NOW)
+    assert not peeked(spec(), at(20), NOW), "at its maximum it cannot grow"
+    assert not peeked(spec(paused=True), at(3), NOW)
+    assert not peeked(spec(), at(None), NOW), "replicas unknown: the full sample decides"
+    assert not peeked(None, at(3), NOW)
+    assert not peeked(spec(minReplicas=2), at(0), NOW), "below its minimum: its tick restores it"
     cooling = ScalerState(last_scale_time=NOW - 5)
-    assert peeked(spec(), at(3, cooling)), "a flood keeps growing while its pods start"
-    assert peeked(spec(minReplicas=0), at(0, cooling)), "waking skips the cooldown"
+    assert not peeked(spec(), at(3, cooling), NOW), "in its scale-up cooldown it cannot grow"
+    assert peeked(spec(minReplicas=0), at(0, cooling), NOW), "waking skips the cooldown"
 
 
 def test_one_burst_makes_one_early_decision_until_another_replicas_worth_arrives() -> None:
     memory = dataclasses.replace(at(2), early_ready=50)
-    assert not calls_now(spec(), live(59), memory)
-    assert calls_now(spec(), live(60), memory)
-    assert not calls_now(spec(minReplicas=0), live(55), dataclasses.replace(at(0), early_ready=50)
-                         ), "at zero too (a dry run or a refusal would repeat it every tick)"
+    assert not calls_now(spec(), live(59), memory, NOW)
+    assert calls_now(spec(), live(60), memory, NOW)
+    assert not calls_now(spec(minReplicas=0), live(55), dataclasses.replace(at(0), early_ready=50),
+                         NOW), "at zero too (a dry run or a refusal would repeat it every tick)"
 
 
 class LiveSource(Source):
@@ -291,7 +291,7 @@ def test_calls_now_agrees_with_the_dead_band_of_decide() -> None:
     current, ready = 100, 1290  # wanted 129: +29, tolerance x current = 28.999999999999996
     state = ScalerState(recommendations=(Recommendation(NOW - 1, current),))
     live = QueueSample(ready, 0, current, NOW, complete=False)
-    early = calls_now(spec, live, Memory(state=state, current_replicas=current))
+    early = calls_now(spec, live, Memory(state=state, current_replicas=current), NOW)
     decision = decide(spec, QueueSample(ready, 0, current, NOW), current, state, NOW)
     # An early decision whose full decide() holds within tolerance records `current` as its
     # recommendation: calls_now is true again next tick, and the next, ...

@@ -277,7 +277,7 @@ def _decide_with_sample(
     # it with a reason. Waking a pool from zero skips the damping (activation is apart).
     stages: list[Callable[[int], _Change | None]] = [] if waking else [
         lambda n: _stabilization(spec, n, current, state.recommendations, now),
-        lambda n: _cooldown(spec, n, current, state, now, sample.ready),
+        lambda n: _cooldown(spec, n, current, state, now),
     ]
     stages += [
         lambda n: _step_limit(spec, n, current),
@@ -483,33 +483,24 @@ def _stabilization(
 
 
 def _cooldown(
-    spec: QueueScalerSpec, replicas: int, current: int, state: ScalerState, now: float,
-    ready: int = 0,
+    spec: QueueScalerSpec, replicas: int, current: int, state: ScalerState, now: float
 ) -> _Change | None:
     """No scale-up within scaleUp.cooldownSeconds of the last scale event, no scale-down
-    within scaleDown.cooldownSeconds of the last scale-up.
-
-    The scale-up cooldown keeps figures that predate a scale (unacked, rates) from calling
-    for it twice. Messages ready now, beyond what the pool's replicas take at
-    messagesPerReplica each, are no such figure: that growth passes (a flood keeps growing
-    while the pods it called for start)."""
+    within scaleDown.cooldownSeconds of the last scale-up."""
     if replicas == current:
         return None
     if replicas > current:
         cooldown, field = spec.behavior.scale_up.cooldown_seconds, "scaleUp.cooldownSeconds"
         since = state.last_scale_time
-        floor = max(current, -(-ready // spec.target.messages_per_replica))
     else:
         cooldown, field = spec.behavior.scale_down.cooldown_seconds, "scaleDown.cooldownSeconds"
         since = state.last_scale_up_time
-        floor = current
     if since is None:
         return None
     remaining = since + cooldown - now
-    if remaining <= 0 or (replicas > current and replicas <= floor):
+    if remaining <= 0:
         return None
-    held = f"held at {floor}" if floor == current else f"limited to {floor} (ready alone)"
-    return floor, Reason.COOLDOWN, f"{held} by {field} ({math.ceil(remaining)}s left)"
+    return current, Reason.COOLDOWN, f"held at {current} by {field} ({math.ceil(remaining)}s left)"
 
 
 def _step_limit(spec: QueueScalerSpec, replicas: int, current: int) -> _Change | None:

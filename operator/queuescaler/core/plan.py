@@ -230,17 +230,19 @@ def at_rest_at_zero(spec: QueueScalerSpec | None, current: int | None) -> bool:
     return spec is not None and current == 0 and spec.min_replicas == 0 and not spec.paused
 
 
-def peeked(spec: QueueScalerSpec | None, memory: Memory) -> bool:
+def peeked(spec: QueueScalerSpec | None, memory: Memory, now: float) -> bool:
     """Live counts are read between its samples (within the tick's budget): a pool at rest
-    at zero, or a pool at work that may still grow (below its maximum, its cooldown or
-    not: a flood keeps growing while the pods it called for start, see
-    `decision._cooldown`), so a burst is acted on within a tick whatever the pool's size,
-    not a polling interval plus the statistics' lag later."""
+    at zero, or a pool at work that may still grow now (below its maximum, out of its
+    scale-up cooldown), so a burst is acted on within a tick whatever the pool's size, not
+    a polling interval plus the statistics' lag later. (In its cooldown, the full sample
+    at the interval still grows it as far as the messages ready call for.)"""
     current = memory.current_replicas
     if at_rest_at_zero(spec, current):
         return True
-    return not (spec is None or spec.paused or current is None
-                or not 0 < current < spec.max_replicas)
+    if spec is None or spec.paused or current is None or not 0 < current < spec.max_replicas:
+        return False
+    since = memory.state.last_scale_time
+    return since is None or now - since >= spec.behavior.scale_up.cooldown_seconds
 
 
 def settling(state: ScalerState, now: float, settings: PlanSettings) -> bool:
@@ -254,11 +256,12 @@ def wakes(spec: QueueScalerSpec, live: QueueSample) -> bool:
     return activates(spec, live)
 
 
-def calls_now(spec: QueueScalerSpec, live: QueueSample, memory: Memory) -> bool:
+def calls_now(spec: QueueScalerSpec, live: QueueSample, memory: Memory, now: float) -> bool:
     """Whether a peeked pool is decided now, before its interval, on its live counts: at
     zero, when they activate it; at work, when the messages ready alone (a lower bound of
     any backlog the policies count) call for at least `EARLY_GROWTH` times the replicas it
-    has, beyond the tolerance, and more than its last decision recommended.
+    has, beyond the tolerance, and more than its last decision recommended, out of its
+    scale-up cooldown.
 
     One burst starts one early decision, not one per tick while a cooldown, a dry run or a
     refusal holds it: the next waits for one more replica's worth of messages. Only growth
@@ -273,7 +276,7 @@ def calls_now(spec: QueueScalerSpec, live: QueueSample, memory: Memory) -> bool:
         return False
     if current == 0:
         return wakes(spec, live)
-    if not peeked(spec, memory):
+    if not peeked(spec, memory, now):
         return False
     wanted = -(-live.ready // per_replica)
     state = memory.state

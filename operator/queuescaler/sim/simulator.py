@@ -500,7 +500,7 @@ class QueueScalerPolicy:
             memory = Memory(state=self._state, current_replicas=current,
                             early_ready=self._early_ready)
             live = dataclasses.replace(sample, unacked=0, complete=False)
-            if not (peeked(spec, memory) and calls_now(spec, live, memory)):
+            if not (peeked(spec, memory, now) and calls_now(spec, live, memory, now)):
                 return current
             sample, early = live, True
         else:
