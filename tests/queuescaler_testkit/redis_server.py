@@ -5,6 +5,8 @@
     server.ca_cert            # PEM of the CA that signed the TLS listener's certificate
     server.stop()             # by its PID, never by name
 
+    with session_server() as server: ...   # the one the session's tests share (see there)
+
 Ports sit below the kernel's ephemeral range (32768 and up), so no outgoing connection
 can hold them, and apart from hack/testenv.sh's (24090, 24443-24454, 24672-24675 and the
 same plus 100). The data, the configuration, the certificates and the log live in a
@@ -21,6 +23,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +37,9 @@ TLS_PORT = 24380
 SPARE_PORT = 24381
 """A second, short-lived server for tests that stop one."""
 START_TIMEOUT = 20.0
+DATABASES = 32
+"""Databases 1 to 19 are the integration tests' (each file names its own), 20 and up the
+end-to-end tests'."""
 
 
 class RedisServerError(RuntimeError):
@@ -135,7 +141,7 @@ class RedisServer:
             'save ""',
             "appendonly no",
             "protected-mode yes",
-            "databases 16",
+            f"databases {DATABASES}",
         ]
         if self.tls_port is not None:
             lines += [
@@ -237,3 +243,25 @@ def _wait_gone(pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+_shared: RedisServer | None = None
+_users = 0
+
+
+@contextlib.contextmanager
+def session_server() -> Iterator[RedisServer]:
+    """The server on PORT (and TLS_PORT) that every test of a session shares: started by its
+    first user, stopped by its last. The integration and the end-to-end tests each hold it
+    with a session fixture of their own, so one run of both starts it once."""
+    global _shared, _users
+    if _shared is None:
+        _shared = RedisServer(port=PORT, tls_port=TLS_PORT).start()
+    _users += 1
+    try:
+        yield _shared
+    finally:
+        _users -= 1
+        if _users == 0:
+            _shared.stop()
+            _shared = None
