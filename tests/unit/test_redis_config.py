@@ -204,14 +204,14 @@ def test_a_password_a_server_echoes_is_redacted() -> None:
     assert PASSWORD not in mapped.message
 
 
-def test_the_registry_connects_a_source_that_samples_and_peeks_but_lists_no_clients() -> None:
-    """What the engine sees: a sampler with a live peek; no busy-worker listing yet."""
+def test_the_registry_connects_a_source_that_samples_peeks_and_lists_clients() -> None:
+    """What the engine sees: a sampler with a live peek and a busy-worker listing (inspect)."""
     from queuescaler.sources.base import ListingClients, Peeking, QueueSource
     from queuescaler.sources.redis.source import RedisSource
 
     source = SOURCES["redis"].connect(broker_from_secret({"redisUrl": "redis://h"}))
     assert isinstance(source, RedisSource) and isinstance(source, QueueSource)
-    assert isinstance(source, Peeking) and not isinstance(source, ListingClients)
+    assert isinstance(source, Peeking) and isinstance(source, ListingClients)
     assert repr(source) == "RedisSource(RedisBroker('redis://h:6379/0'))"
 
 

@@ -15,15 +15,22 @@ bindings were not read this tick (they are, from the next tick on).
 
 `peek()` is the same pipeline without the unacked hash: the ready counts only, which the
 engine's fast path reads for pools that may grow (a burst seen within its wake interval).
+
+`clients()` asks the workers themselves (Celery's remote control, `control.py`): one
+broadcast round per layout, bounded in time, answered per worker hostname (the pod's name by
+default) with the tasks it holds and the queues it consumes. Redis has no list of who waits
+on a list; this is the only way to tell a busy worker from an idle one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
+import uuid
 from collections import defaultdict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +41,22 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from queuescaler.core.redact import redact
-from queuescaler.core.sample import ErrorKind, QueueRef, QueueSample, SampleResult, SourceError
+from queuescaler.core.sample import (
+    BrokerClient,
+    ErrorKind,
+    QueueRef,
+    QueueSample,
+    SampleResult,
+    SourceError,
+)
+from queuescaler.sources.redis.control import (
+    COMMANDS,
+    Round,
+    broadcast_channel,
+    parse_reply,
+    reply_route,
+    request,
+)
 from queuescaler.sources.redis.layout import (
     PRIORITIES,
     Binding,
@@ -51,7 +73,16 @@ ACL_NEEDS = (
     "an ACL user needs +llen +hlen +hscan +smembers on the queues' keys, the unacked hash and "
     "the _kombu.binding.* sets, and +select for a database other than 0"
 )
-"""All the source ever sends (redis-py's CLIENT SETINFO at connect may fail: it is ignored)."""
+"""All sampling ever sends (redis-py's CLIENT SETINFO at connect may fail: it is ignored)."""
+CONTROL_ACL_NEEDS = (
+    "listing busy workers (Celery's inspect) also needs +publish on the channel "
+    "/<db>.celery.pidbox, and +sadd +srem +del +brpop +rpop on the *.reply.celery.pidbox "
+    "lists and the _kombu.binding*.reply.celery.pidbox sets"
+)
+REPLIES_PER_READ = 1_000
+"""Answers taken per RPOP after the BRPOP that waited for the first one."""
+INSPECT_SECONDS = 1.0
+"""How long workers have to answer a broadcast (Celery's own `inspect` default)."""
 UNACKED_SCAN_LIMIT = 10_000
 """Unacked entries read per layout per tick (one HSCAN page): Celery holds about workers x
 concurrency x prefetch (4) of them. Each comes with its message body (about 1 to 2 kB for a
@@ -69,13 +100,13 @@ def _error(kind: ErrorKind, message: str) -> SourceError:
     return SourceError(kind, redact(message))
 
 
-def failure(error: BaseException, where: str) -> SourceError:
+def failure(error: BaseException, where: str, needs: str = ACL_NEEDS) -> SourceError:
     """A redis-py (or asyncio) error as a SourceError that names no credential."""
     if isinstance(error, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError
                   | redis.exceptions.AuthenticationWrongNumberOfArgsError):
         return _error(ErrorKind.AUTH, f"{where} refused the credentials: {error}")
     if isinstance(error, redis.exceptions.NoPermissionError):
-        return _error(ErrorKind.AUTH, f"{where}: {error} ({ACL_NEEDS})")
+        return _error(ErrorKind.AUTH, f"{where}: {error} ({needs})")
     if isinstance(error, redis.exceptions.TimeoutError | TimeoutError):
         return _error(ErrorKind.TIMEOUT, f"{where}: no answer in time")
     if _tls_failed(error):
@@ -116,14 +147,22 @@ class RedisSource:
         timeout: float = 5.0,
         unacked_scan_limit: int = UNACKED_SCAN_LIMIT,
         connection_class: type[AbstractConnection] | None = None,
+        inspect_seconds: float = INSPECT_SECONDS,
     ) -> None:
         """`timeout` bounds every call; `connection_class` observes the connection (a
-        subclass of redis-py's Connection, or SSLConnection for rediss://)."""
+        subclass of redis-py's Connection, or SSLConnection for rediss://);
+        `inspect_seconds` is how long workers have to answer `clients()`' broadcast."""
         self._broker = broker
         self._timeout = timeout
         self._scan_limit = unacked_scan_limit
         self._connection_class = connection_class
+        self._inspect_seconds = inspect_seconds
         self._client: redis.asyncio.Redis | None = None
+        self._control: redis.asyncio.Redis | None = None
+        """Apart from the sampling pool: a broadcast round holds a connection in BRPOP."""
+        self._oid = str(uuid.uuid4())
+        """Our reply queue's id (kombu's `oid`): one per source, so a late answer that
+        lands after a round is dropped by the next one, not left behind in a new list."""
         self._exchanges: dict[Layout, dict[str, None]] = defaultdict(dict)
         """Exchanges seen in each layout's unacked entries, oldest first (bounded)."""
 
@@ -133,29 +172,42 @@ class RedisSource:
     def _open(self) -> redis.asyncio.Redis:
         """Made on first use, inside the running loop, then kept across ticks."""
         if self._client is None:
-            broker = self._broker
-            options: dict[str, Any] = {
-                "host": broker.host,
-                "port": broker.port,
-                "db": broker.database,
-                "username": broker.username,
-                "password": broker.password,
-                # The pipeline as a whole is bounded (`sample`); a timeout per reply read
-                # would cost redis-py a timer per command, half a tick's CPU at 1,000 queues.
-                "socket_timeout": None,
-                "socket_connect_timeout": self._timeout,
-                "retry": Retry(NoBackoff(), 0),  # the next tick is the retry
-                # No client name: CLIENT SETNAME is one more permission an ACL user would need.
-            }
-            base: type[AbstractConnection] = Connection
-            if broker.tls:
-                base = SSLConnection
-                options |= {"ssl_cert_reqs": "required", "ssl_ca_data": broker.ca_cert}
-            pool = ConnectionPool(
-                connection_class=self._connection_class or base, max_connections=4, **options
-            )
-            self._client = redis.asyncio.Redis(connection_pool=pool)
+            # The pipeline as a whole is bounded (`sample`); a timeout per reply read
+            # would cost redis-py a timer per command, half a tick's CPU at 1,000 queues.
+            self._client = self._connect(socket_timeout=None, connections=4)
         return self._client
+
+    def _open_control(self) -> redis.asyncio.Redis:
+        """The broadcast rounds' client: a few commands each, so a socket timeout is cheap
+        there, and it outlasts the longest BRPOP."""
+        if self._control is None:
+            self._control = self._connect(
+                socket_timeout=self._timeout + self._inspect_seconds, connections=2
+            )
+        return self._control
+
+    def _connect(self, *, socket_timeout: float | None, connections: int) -> redis.asyncio.Redis:
+        broker = self._broker
+        options: dict[str, Any] = {
+            "host": broker.host,
+            "port": broker.port,
+            "db": broker.database,
+            "username": broker.username,
+            "password": broker.password,
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": self._timeout,
+            "retry": Retry(NoBackoff(), 0),  # the next tick is the retry
+            # No client name: CLIENT SETNAME is one more permission an ACL user would need.
+        }
+        base: type[AbstractConnection] = Connection
+        if broker.tls:
+            base = SSLConnection
+            options |= {"ssl_cert_reqs": "required", "ssl_ca_data": broker.ca_cert}
+        pool = ConnectionPool(
+            connection_class=self._connection_class or base, max_connections=connections,
+            **options,
+        )
+        return redis.asyncio.Redis(connection_pool=pool)
 
     def _plans(
         self, queues: Collection[QueueRef]
@@ -261,11 +313,97 @@ class RedisSource:
         while len(known) > REMEMBERED_EXCHANGES:
             del known[next(iter(known))]
 
+    async def clients(self, scopes: Collection[str]) -> Sequence[BrokerClient]:
+        """The Celery workers of every layout in `scopes`, from one `inspect` broadcast round
+        per layout (reserved, active and active_queues at once), bounded by `inspect_seconds`.
+
+        Each answering worker is a client named after its pod (the host part of its
+        hostname), holding its reserved plus active tasks, consuming the queues it names. A
+        worker the broadcast reached that did not answer in time is a client of unknown name
+        holding work (the core keeps the pods it could be). Raises SourceError when Redis
+        fails, or when no worker listens at all (then nothing tells busy from idle).
+        """
+        layouts: dict[str, Layout] = {}
+        for scope in sorted(set(scopes)):
+            try:
+                layouts[scope] = Layout.from_scope(scope)
+            except ValueError:
+                raise _error(ErrorKind.BAD_CONFIG, "not a redis scope (no kombu layout)") from None
+        if not layouts:
+            return []
+        where = f"Celery inspect on Redis at {self._broker.address}"
+        rounds = await asyncio.gather(
+            *(self._inspect(scope, layout) for scope, layout in layouts.items()),
+            return_exceptions=True,
+        )
+        found: list[BrokerClient] = []
+        for layout, outcome in zip(layouts.values(), rounds, strict=True):
+            if isinstance(outcome, redis.exceptions.RedisError | OSError | TimeoutError):
+                raise failure(outcome, where, CONTROL_ACL_NEEDS) from None
+            if isinstance(outcome, BaseException):
+                raise outcome
+            if outcome.reached == 0:
+                channel = broadcast_channel(layout, self._broker.database)
+                raise _error(
+                    ErrorKind.BAD_RESPONSE,
+                    f"{where}: no Celery worker listens for remote control on channel "
+                    f"{channel!r} (workers of another database, control_exchange or "
+                    "fanout_prefix, or none running): busy workers cannot be told",
+                )
+            found += outcome.clients()
+        return found
+
+    async def _inspect(self, scope: str, layout: Layout) -> Round:
+        """One broadcast round: route the answers to our list, publish the three commands in
+        one pipeline, collect until every worker reached answered all or time is up, unroute."""
+        client = self._open_control()
+        route = reply_route(layout, self._oid)
+        tickets = {str(uuid.uuid4()): command for command in COMMANDS}
+        channel = broadcast_channel(layout, self._broker.database)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._inspect_seconds
+        expires = time.time() + self._inspect_seconds
+        answers = Round(scope, tickets)
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.delete(route.reply_key)
+                pipe.sadd(route.binding_key, route.member)
+                pipe.sadd(route.permanent_key, route.member)
+                for ticket, command in tickets.items():
+                    pipe.publish(channel, request(
+                        command, ticket=ticket, oid=self._oid, tag=str(uuid.uuid4()),
+                        expires=expires,
+                    ))
+                replies = await asyncio.wait_for(pipe.execute(), self._timeout)
+            answers.receivers = dict(zip(tickets.values(), replies[3:], strict=True))
+            while not answers.complete:
+                left = deadline - loop.time()
+                if left < 0.01:
+                    break
+                popped = await client.brpop([route.reply_key], timeout=left)
+                if popped is None:
+                    break
+                answers.take(parse_reply(popped[1]))
+                # And whatever came meanwhile, in one command (RPOP with a count: Redis 6.2+).
+                rest = await client.rpop(route.reply_key, REPLIES_PER_READ)
+                for raw in rest if isinstance(rest, list) else ():
+                    answers.take(parse_reply(raw))
+        finally:
+            # Best effort: when Redis failed the round, its own error is the one to tell.
+            with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
+                async with client.pipeline(transaction=False) as pipe:
+                    pipe.srem(route.binding_key, route.member)
+                    pipe.srem(route.permanent_key, route.member)
+                    pipe.delete(route.reply_key)
+                    await asyncio.wait_for(pipe.execute(raise_on_error=False), self._timeout)
+        return answers
+
     async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
-            await client.connection_pool.disconnect()
+        for client in (self._client, self._control):
+            if client is not None:
+                await client.aclose()
+                await client.connection_pool.disconnect()
+        self._client = self._control = None
 
 
 def _readies(
