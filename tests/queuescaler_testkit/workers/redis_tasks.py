@@ -45,14 +45,17 @@ def _is_prime(n: int) -> bool:
     return True
 
 
-def is_prime(self: Any, n: int) -> bool:
-    """Trial division, plus WORK_SECONDS of sleep; recorded when started and when done."""
+def is_prime(self: Any, n: int, work_seconds: float | None = None) -> bool:
+    """Trial division, plus WORK_SECONDS of sleep (or `work_seconds`, which tests pass to make
+    one task last); recorded when started and when done."""
     task_id = str(self.request.id)
     started_log = os.environ.get("STARTED_LOG")
     if started_log:
         append_record(started_log, task_id, POD_NAME)
     result = _is_prime(n)
-    time.sleep(float(os.environ.get("WORK_SECONDS", "0")))
+    if work_seconds is None:
+        work_seconds = float(os.environ.get("WORK_SECONDS", "0"))
+    time.sleep(work_seconds)
     processed_log = os.environ.get("PROCESSED_LOG")
     if processed_log:
         append_record(processed_log, task_id, POD_NAME)

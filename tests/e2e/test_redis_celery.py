@@ -1,0 +1,219 @@
+"""End to end on Redis: the classic Celery example (an app `tasks` with `is_prime`, Redis as
+broker and as result backend, the default queue `celery`), its workers started by the pod
+runner as the Deployment's pods, sized by a QueueScaler with `source.redis`.
+
+A burst scales the pool up; at its tail a few long tasks keep some workers busy while the
+backlog is gone. Celery's default acks a task when it starts, so Redis no longer holds those
+tasks anywhere: only the workers' own answer (inspect) tells the busy pods, and a scale-down
+that stopped one would lose its task (the grace period is shorter than the task, and the
+message was acked). The pool must shrink around them, and every result must be in the backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from queuescaler_testkit.env import CACHE, TestEnv, wait_until
+from queuescaler_testkit.operator_process import OperatorProcess
+from queuescaler_testkit.podrunner import PodRunner, PodRunnerFactory
+from queuescaler_testkit.pool import FAST_BEHAVIOR, Pool, Timeline, deep_merge
+from queuescaler_testkit.publisher import FirstSeen, read_records
+from queuescaler_testkit.redis_server import RedisServer, session_server
+from queuescaler_testkit.workers.redis_tasks import (
+    QUEUE,
+    TASK_NAME,
+    make_app,
+    redis_worker_command,
+    redis_worker_env,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
+
+BROKER_DB, BACKEND_DB = 20, 21
+"""The e2e tests' databases on the session redis-server (the integration tests use 1 to 19)."""
+SHORT_TASKS = 120
+SHORT_SECONDS = 0.3
+LONG_TASKS = 2
+LONG_SECONDS = 25.0
+"""Longer than the pod's grace period: a busy worker told to stop would be killed mid-task."""
+GRACE_SECONDS = 10
+MAX_REPLICAS = 4
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """The session's redis-server, shared with the redis integration tests' fixture."""
+    with session_server() as server:
+        yield server
+
+
+@dataclass
+class RedisPool(Pool):
+    """A Pool whose queue is Celery's `celery` list on the session Redis, with a redis Secret."""
+
+    redis: RedisServer | None = None
+
+    def url(self, database: int) -> str:
+        assert self.redis is not None
+        return f"redis://:{self.redis.password}@127.0.0.1:{self.redis.port}/{database}"
+
+    def create(self, *, amqp_url: str | None = None, management_url: str | None = None) -> Pool:
+        assert self.redis is not None
+        self.queue = QUEUE
+        for database in (BROKER_DB, BACKEND_DB):
+            with redis.Redis(port=self.redis.port, password=self.redis.password,
+                             db=database) as admin:
+                admin.flushdb()
+        self.apply({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis"},
+            "stringData": {"redisUrl": f"redis://127.0.0.1:{self.redis.port}/{BROKER_DB}",
+                           "password": self.redis.password},
+        })
+        self.apply({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": self.name},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"app": self.name}},
+                "template": {
+                    "metadata": {"labels": {"app": self.name}},
+                    "spec": {
+                        "terminationGracePeriodSeconds": self.grace_seconds,
+                        "containers": [{"name": "worker", "image": "worker:fake"}],
+                    },
+                },
+            },
+        })
+        return self
+
+    def apply_scaler(self, **spec: Any) -> None:
+        base: dict[str, Any] = {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": self.name},
+            "maxReplicas": MAX_REPLICAS,
+            "source": {"redis": {"queue": QUEUE, "connectionSecretRef": {"name": "redis"}}},
+        }
+        self.apply({
+            "apiVersion": "queuescaler.io/v1alpha1", "kind": "QueueScaler",
+            "metadata": {"name": self.name},
+            "spec": deep_merge(deep_merge(base, FAST_BEHAVIOR), spec),
+        })
+
+    def delete_queue(self) -> None:
+        pass  # the databases are flushed by the next run
+
+
+@pytest.fixture
+def pool(
+    testenv: TestEnv, namespace: str, operator: OperatorProcess, redis_server: RedisServer
+) -> RedisPool:
+    created = RedisPool(testenv, namespace, grace_seconds=GRACE_SECONDS, redis=redis_server)
+    created.create()
+    return created
+
+
+@pytest.fixture
+def runner(
+    pool: RedisPool, pod_runner_factory: PodRunnerFactory, processed_log: Path, tmp_path: Path
+) -> PodRunner:
+    env = redis_worker_env(
+        pool.url(BROKER_DB), pool.url(BACKEND_DB), processed_log=processed_log,
+        started_log=tmp_path / "started.log", work_seconds=SHORT_SECONDS,
+    )
+    return pod_runner_factory(pool.namespace, f"app={pool.name}", redis_worker_command(), env)
+
+
+def test_celery_on_redis_burst_scales_up_and_down_around_busy_workers_losing_no_result(
+    pool: RedisPool, runner: PodRunner, processed_log: Path, tmp_path: Path,
+    operator: OperatorProcess,
+) -> None:
+    started_log = tmp_path / "started.log"
+    pool.apply_scaler(minReplicas=1, target={"messagesPerReplica": 10})
+    wait_until(lambda: len(runner.serving()) == 1, timeout=60, what="the first worker running")
+    pool.wait_condition("Ready", "True")
+
+    app = make_app(pool.url(BROKER_DB), pool.url(BACKEND_DB))
+    with (
+        Timeline(pool, operator.metrics) as timeline,
+        FirstSeen(processed_log) as processed,
+        FirstSeen(started_log) as began,
+    ):
+        numbers = range(1_000_003, 1_000_003 + SHORT_TASKS)
+        tasks = {app.send_task(TASK_NAME, args=(n,)).id: n for n in numbers}
+        long_tasks = {
+            app.send_task(TASK_NAME, args=(n,), kwargs={"work_seconds": LONG_SECONDS}).id: n
+            for n in range(7919, 7919 + LONG_TASKS)
+        }
+        tasks |= long_tasks
+        wait_until(lambda: pool.replicas() >= 3, timeout=60, what="the pool to scale up")
+        decisions: list[tuple[str, str]] = []
+
+        def all_done() -> bool:
+            decision = pool.status().get("lastDecision") or {}
+            seen = (str(decision.get("reason")), str(decision.get("message")))
+            if decision and seen not in decisions:
+                decisions.append(seen)
+            return len(processed.at) >= len(tasks)
+
+        wait_until(all_done, timeout=240, what="every task done")
+        wait_until(lambda: pool.replicas() == 1 and len(runner.running()) == 1, timeout=120,
+                   what="the pool back at its minimum")
+
+    results = {task_id: app.AsyncResult(task_id) for task_id in tasks}
+    found = {task_id: result.get(timeout=10) for task_id, result in results.items()}
+    records = runner.records()
+    started = read_records(started_log)
+    busy_stopped = []
+    for pod, record in records.items():
+        if record.sigterm_at is None:
+            continue
+        unfinished = [
+            task for task, on in started
+            if on == pod and processed.at.get((task, pod), float("inf")) > record.sigterm_at
+        ]
+        if unfinished or record.killed:
+            busy_stopped.append(pod)
+
+    table = timeline.table()
+    downs = [e.get("message") for e in pool.events() if e.get("reason") == "ScaledDown"]
+    replicas_seen: list[tuple[float, int]] = []
+    for t, _, _, current in timeline.rows:
+        if not replicas_seen or replicas_seen[-1][1] != current:
+            replicas_seen.append((t, current))
+    start = min(began.at.values(), default=0.0)
+    long_runs = [
+        (round(began.at[(task, pod)] - start, 1), round(processed.at[(task, pod)] - start, 1), pod)
+        for task, pod in began.at if task in long_tasks and (task, pod) in processed.at
+    ]
+    summary = (
+        f"replicas over time (s since the burst, current): {replicas_seen}\n"
+        f"long tasks (started, done, pod), s since the first task: {long_runs}\n"
+        f"tasks: {len(tasks)} ({LONG_TASKS} of {LONG_SECONDS:.0f} s), results found:"
+        f" {sum(1 for value in found.values() if value is not None)},"
+        f" workers stopped: {sum(1 for r in records.values() if r.sigterm_at)},"
+        f" busy workers stopped: {len(busy_stopped)}\n"
+        f"scale-downs: {downs}\n"
+        f"busy-worker decisions: {[d for d in decisions if d[0] == 'busy-workers']}\n{table}\n"
+    )
+    print(summary)
+    out = CACHE / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "e2e-redis-celery.md").write_text(summary)
+
+    assert found == {task_id: _prime(n) for task_id, n in tasks.items()}, "a result is missing"
+    assert busy_stopped == [], f"a busy worker was told to stop: {busy_stopped}\n{summary}"
+    assert max(count for _, count in replicas_seen) >= 3
+    # Redis alone saw an idle queue (the long tasks were acked when they began): the workers'
+    # answer held the pool at the busy count until they were done.
+    assert any(reason == "busy-workers" for reason, _ in decisions), decisions
+    condition = pool.condition("WorkersMatched")
+    assert condition is not None and condition["status"] == "True", condition
+    assert {"ScaledUp", "ScaledDown"} <= pool.event_reasons()
+
+
+def _prime(n: int) -> bool:
+    return n >= 2 and all(n % f for f in range(2, int(n**0.5) + 1))
