@@ -137,7 +137,8 @@ def test_an_example_is_accepted(testenv: Any, crd_namespace: str, example: Path)
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[path.name for path in EXAMPLES])
 def test_an_example_follows_the_conventions(example: Path) -> None:
-    """Secrets carry the two URL keys; workers name their AMQP connection after the pod."""
+    """Secrets carry their broker's URL keys; workers know their pod's name (AMQP connection
+    name, Celery node name)."""
     documents = [
         doc
         for path in sorted(example.glob("*.yaml"))
@@ -145,20 +146,25 @@ def test_an_example_follows_the_conventions(example: Path) -> None:
         if doc
     ]
     assert documents, f"{example} holds no manifests"
+    scalers = [doc for doc in documents if doc["kind"] == "QueueScaler"]
+    assert len(scalers) == 1, example.name
+    # Per broker: the Secret's keys, and the worker's variable that takes the broker URL.
+    secret_keys, url_variable, url_key = {
+        "rabbitmq": ({"amqpUrl", "managementUrl"}, "AMQP_URL", "amqpUrl"),
+        "redis": ({"redisUrl"}, "REDIS_URL", "redisUrl"),
+    }[next(iter(scalers[0]["spec"]["source"]))]
     for doc in documents:
         where = f"{example.name}: {doc['kind']} {doc['metadata']['name']}"
         # No namespace in the files: they land in the current one (default) or the one named
         # with -n.
         assert "namespace" not in doc["metadata"], where
         if doc["kind"] == "Secret":
-            assert set(doc["stringData"]) == {"amqpUrl", "managementUrl"}, where
+            assert set(doc["stringData"]) == secret_keys, where
         if doc["kind"] == "Deployment":
             for container in doc["spec"]["template"]["spec"]["containers"]:
                 env = {item["name"]: item for item in container.get("env", [])}
                 assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-                assert env["AMQP_URL"]["valueFrom"]["secretKeyRef"]["key"] == "amqpUrl"
-    scalers = [doc for doc in documents if doc["kind"] == "QueueScaler"]
-    assert len(scalers) == 1, example.name
+                assert env[url_variable]["valueFrom"]["secretKeyRef"]["key"] == url_key
     parse_spec(scalers[0]["spec"])  # the operator reads the example as the apiserver does
 
 
