@@ -404,8 +404,9 @@ UP_60 = {"behavior.scaleUp.stabilizationSeconds": 60}
     ("tick", "replicas", "reason"),
     [
         pytest.param(
-            # 8 -> 3 removes 5 replicas: the window is 300 s / 5 = 60 s
-            Tick(sample(ready=30), 8, DOWN_300, ScalerState(recommendations=history((50, 8)))),
+            # 8 -> 3 removes 3.2 replicas beyond chance (2 sigmas of sqrt(8 / 10)): the window
+            # is 300 s / 3.2^2 = 29 s, two polls at least: 30 s
+            Tick(sample(ready=30), 8, DOWN_300, ScalerState(recommendations=history((25, 8)))),
             8,
             Reason.STABILIZATION,
             id="scale-down-held-by-stabilization",
@@ -415,9 +416,9 @@ UP_60 = {"behavior.scaleUp.stabilizationSeconds": 60}
                 sample(ready=30),
                 8,
                 DOWN_300,
-                ScalerState(recommendations=history((200, 7), (50, 6), (30, 5))),
+                ScalerState(recommendations=history((200, 7), (40, 6), (20, 5))),
             ),
-            6,
+            5,
             Reason.STABILIZATION,
             id="scale-down-to-highest-in-window",
         ),
@@ -504,11 +505,12 @@ def test_stabilization(tick: Tick, replicas: int, reason: Reason) -> None:
 
 
 def test_stabilization_message() -> None:
-    tick = Tick(sample(ready=30), 8, DOWN_300, ScalerState(recommendations=history((50, 8))))
+    # 8 -> 5 removes 1.2 replicas beyond chance: the window is 300 s / 1.2^2
+    tick = Tick(sample(ready=50), 8, DOWN_300, ScalerState(recommendations=history((50, 8))))
 
     assert tick.decide().message == (
-        "backlog 30 / 10 per replica -> 3,"
-        " held at 8 by scaleDown.stabilizationSeconds (highest recommendation of 93.4s)"
+        "backlog 50 / 10 per replica -> 5,"
+        " held at 8 by scaleDown.stabilizationSeconds (highest recommendation of 205s)"
     )
 
 

@@ -439,14 +439,16 @@ def _stabilization(
     scale-down window, grow no higher than the lowest of the scale-up window; this
     tick's recommendation counts in both.
 
-    The scale-down window is `scaleDown.stabilizationSeconds` divided by the number of
-    replicas the recommendation would remove beyond chance (`NOISE_SIGMAS`): a pool about
-    to lose one replica looks back the whole window, one about to lose ten (of a pool large
-    enough that ten is no chance) looks back a tenth of it. Holding k spare
-    replicas for window/k seconds costs the same replica-seconds whatever k is, so the
-    setting bounds what waiting may cost rather than how long it lasts. The window exists
-    against flapping on noisy metrics (the HPA's reason for it); noise moves a pool by a
-    replica or two and stays damped for the whole window, while a burst that has been
+    The scale-down window is `scaleDown.stabilizationSeconds` divided by the square of the
+    number of replicas the recommendation would remove beyond chance (`NOISE_SIGMAS`),
+    never below `MIN_POLLS_IN_WINDOW` polls: a pool about to lose one replica looks back
+    the whole window, one about to lose four (of a pool large enough that four is no
+    chance) a sixteenth of it. Holding k spare replicas for window/k^2 seconds costs
+    window/k replica-seconds: the surer the drop, the less it is insured. (Dividing by k
+    alone insured every drop with the same window's worth of one replica, twice per burst:
+    a third of the work of a small pool's bursts, issue 12's worker models.) The window
+    exists against flapping on noisy metrics (the HPA's reason for it); noise moves a pool
+    by a replica or two and stays damped for the whole window, while a burst that has been
     drained (the recommendation a small fraction of the pool) is let go within a tick or
     two instead of being paid for over the full window. The window only ever shortens,
     never lengthens, so the history kept for the full window still serves every decision.
@@ -458,7 +460,7 @@ def _stabilization(
     floor = MIN_POLLS_IN_WINDOW * spec.polling_interval_seconds
     per_replica = spec.target.messages_per_replica
     beyond_noise = current - recommendation - NOISE_SIGMAS * math.sqrt(current / per_replica)
-    down_window = min(window, max(window / max(1.0, beyond_noise), floor))
+    down_window = min(window, max(window / max(1.0, beyond_noise) ** 2, floor))
     down_cutoff = now - down_window
     lowest = highest = recommendation
     for past in history:

@@ -46,10 +46,12 @@ bench/RESULTS.md): they differ from the HPA's where a queue is not a CPU gauge.
 - scaleUp.maxStepReplicas 100 (HPA: 4 pods or 100% per 15 s): a backlog is an exact
   count of work, not a sample to probe in small steps; doubling per tick kept a flood
   waiting for a minute while the queue already said how many workers it needs.
-- scaleDown.stabilizationSeconds 300 (the HPA's), divided by the replicas a scale-down
-  would remove (see decision._stabilization), never below two polls: one spare replica
-  waits 5 min, a drained burst of 40 goes in 30 s. It was 600; the worker models (issue
-  12) showed one spare replica kept 10 minutes costing more than KEDA under the HPA.
+- scaleDown.stabilizationSeconds 300 (the HPA's), divided by the square of the replicas a
+  scale-down would remove beyond chance (see decision._stabilization), never below two
+  polls: one spare replica waits 5 min, a drained burst of 40 goes in 30 s. It was 600;
+  the worker models (issue 12) showed one spare replica kept 10 minutes costing more than
+  KEDA under the HPA, and a window divided by the replicas alone insuring each drop of a
+  small pool's burst with 300 replica-seconds.
 - scaleDown.cooldownSeconds 45, counted from the last scale-up only (was 300, then 45
   from any scale): long enough for the pods a scale-up started to become ready and work
   the backlog that called them; a burst drained in two scale-downs does not pay its middle
@@ -155,8 +157,9 @@ class ScaleDownSpec:
     cooldown_seconds: int = DEFAULTS["behavior.scaleDown.cooldownSeconds"]
     """No scale-down within this time of the last scale event."""
     stabilization_seconds: int = DEFAULTS["behavior.scaleDown.stabilizationSeconds"]
-    """Shrink only to the highest recommendation of this window, divided by the number of
-    replicas the scale-down would remove (one spare replica waits the whole window)."""
+    """Shrink only to the highest recommendation of this window, divided by the square of
+    the replicas the scale-down would remove beyond chance (one spare replica waits the
+    whole window)."""
     max_step_percent: int = DEFAULTS["behavior.scaleDown.maxStepPercent"]
     max_step_replicas: int = DEFAULTS["behavior.scaleDown.maxStepReplicas"]
     """A step may remove the larger of maxStepReplicas and maxStepPercent of current."""
