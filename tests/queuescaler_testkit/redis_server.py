@@ -38,8 +38,8 @@ SPARE_PORT = 24381
 """A second, short-lived server for tests that stop one."""
 START_TIMEOUT = 20.0
 DATABASES = 32
-"""Databases 1 to 19 are the integration tests' (each file names its own), 20 and up the
-end-to-end tests'."""
+"""Databases 1 to 19 and 24 and up are the integration tests' (each file names its own), 20
+to 23 the end-to-end tests'."""
 
 
 class RedisServerError(RuntimeError):

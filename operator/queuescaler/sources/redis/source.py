@@ -16,7 +16,12 @@ bindings were not read this tick (they are, from the next tick on).
 `peek()` is the same pipeline without the unacked hash: the ready counts only, which the
 engine's fast path reads for pools that may grow (a burst seen within its wake interval).
 
-`clients()` asks the workers themselves (Celery's remote control, `control.py`): one
+A Redis stream read by a consumer group (`streams.py`) rides in the same pipeline: XINFO
+GROUPS and XINFO STREAM per stream give the group's lag (ready), its pending entries
+(unacked) and the counters rates are differenced from; its busy consumers are XINFO
+CONSUMERS' pending counts.
+
+`clients()` asks the Celery workers themselves (Celery's remote control, `control.py`): one
 broadcast round per layout, bounded in time, answered per worker hostname (the pod's name by
 default) with the tasks it holds and the queues it consumes. Redis has no list of who waits
 on a list; this is the only way to tell a busy worker from an idle one.
@@ -66,6 +71,7 @@ from queuescaler.sources.redis.layout import (
     routing_of,
 )
 from queuescaler.sources.redis.secret import RedisBroker
+from queuescaler.sources.redis.streams import StreamGroup, consumer_clients, stream_sample
 
 __all__ = ["RedisSource"]
 
@@ -81,6 +87,7 @@ CONTROL_ACL_NEEDS = (
 )
 REPLIES_PER_READ = 1_000
 """Answers taken per RPOP after the BRPOP that waited for the first one."""
+STREAM_ACL_NEEDS = "an ACL user needs +xinfo on the streams' keys"
 INSPECT_SECONDS = 1.0
 """How long workers have to answer a broadcast (Celery's own `inspect` default)."""
 UNACKED_SCAN_LIMIT = 10_000
@@ -211,11 +218,18 @@ class RedisSource:
 
     def _plans(
         self, queues: Collection[QueueRef]
-    ) -> tuple[list[_Plan], dict[QueueRef, QueueSample | SourceError]]:
-        """The queues grouped by layout, each with the exchanges whose bindings to read."""
+    ) -> tuple[list[_Plan], list[tuple[QueueRef, StreamGroup]],
+               dict[QueueRef, QueueSample | SourceError]]:
+        """The kombu queues grouped by layout, each with the exchanges whose bindings to read;
+        and the stream groups."""
         plans: dict[str, _Plan] = {}
+        streams: list[tuple[QueueRef, StreamGroup]] = []
         refused: dict[QueueRef, QueueSample | SourceError] = {}
         for ref in queues:
+            stream = StreamGroup.from_scope(ref.scope)
+            if stream is not None:
+                streams.append((ref, stream))
+                continue
             plan = plans.get(ref.scope)
             if plan is None:
                 try:
@@ -231,7 +245,7 @@ class RedisSource:
             names = dict.fromkeys(ref.name for ref in plan.queues)
             names.update(self._exchanges[plan.layout])
             plan.exchanges = list(names)
-        return list(plans.values()), refused
+        return list(plans.values()), streams, refused
 
     async def sample(self, queues: Collection[QueueRef]) -> SampleResult:
         """Every queue in one pipeline. Raises SourceError when Redis cannot be reached,
@@ -247,8 +261,8 @@ class RedisSource:
     async def _sample(self, queues: Collection[QueueRef], *, full: bool) -> SampleResult:
         if not queues:
             return {}
-        plans, result = self._plans(queues)
-        if not plans:
+        plans, streams, result = self._plans(queues)
+        if not plans and not streams:
             return result
         where = f"Redis at {self._broker.address}"
         limit = self._timeout + PER_QUEUE_SECONDS * len(queues)
@@ -263,6 +277,9 @@ class RedisSource:
                         pipe.hscan(plan.layout.unacked_key, 0, count=self._scan_limit)
                         for exchange in plan.exchanges:
                             pipe.smembers(plan.layout.binding_key(exchange))
+                for _, stream in streams:
+                    pipe.xinfo_groups(stream.stream)
+                    pipe.xinfo_stream(stream.stream)
                 replies = await asyncio.wait_for(pipe.execute(raise_on_error=False), limit)
         except (redis.exceptions.RedisError, OSError, TimeoutError) as error:
             raise failure(error, where) from None
@@ -286,6 +303,13 @@ class RedisSource:
                     taken_at=taken_at,
                     complete=complete,
                 )
+        for ref, stream in streams:
+            groups, info = replies[position : position + 2]
+            position += 2
+            if isinstance(groups, redis.exceptions.NoPermissionError):
+                result[ref] = failure(groups, where, STREAM_ACL_NEEDS)
+            else:  # a peek reads the same two O(1) replies; it only may not shrink a pool
+                result[ref] = stream_sample(stream, groups, info, taken_at, full=full)
         return result
 
     def _unacked(self, plan: _Plan, replies: list[Any]) -> tuple[Mapping[str, int], bool]:
@@ -324,19 +348,24 @@ class RedisSource:
         fails, or when no worker listens at all (then nothing tells busy from idle).
         """
         layouts: dict[str, Layout] = {}
+        streams: list[StreamGroup] = []
         for scope in sorted(set(scopes)):
+            stream = StreamGroup.from_scope(scope)
+            if stream is not None:
+                streams.append(stream)
+                continue
             try:
                 layouts[scope] = Layout.from_scope(scope)
             except ValueError:
                 raise _error(ErrorKind.BAD_CONFIG, "not a redis scope (no kombu layout)") from None
+        found: list[BrokerClient] = await self._stream_consumers(streams) if streams else []
         if not layouts:
-            return []
+            return found
         where = f"Celery inspect on Redis at {self._broker.address}"
         rounds = await asyncio.gather(
             *(self._inspect(scope, layout) for scope, layout in layouts.items()),
             return_exceptions=True,
         )
-        found: list[BrokerClient] = []
         for layout, outcome in zip(layouts.values(), rounds, strict=True):
             if isinstance(outcome, redis.exceptions.RedisError | OSError | TimeoutError):
                 raise failure(outcome, where, CONTROL_ACL_NEEDS) from None
@@ -351,6 +380,23 @@ class RedisSource:
                     "fanout_prefix, or none running): busy workers cannot be told",
                 )
             found += outcome.clients()
+        return found
+
+    async def _stream_consumers(self, streams: list[StreamGroup]) -> list[BrokerClient]:
+        """Every stream group's consumers and their pending entries, in one pipeline."""
+        where = f"Redis at {self._broker.address}"
+        try:
+            async with self._open().pipeline(transaction=False) as pipe:
+                for stream in streams:
+                    pipe.xinfo_consumers(stream.stream, stream.group)
+                replies = await asyncio.wait_for(pipe.execute(raise_on_error=False), self._timeout)
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as error:
+            raise failure(error, where, STREAM_ACL_NEEDS) from None
+        found: list[BrokerClient] = []
+        for stream, reply in zip(streams, replies, strict=True):
+            if isinstance(reply, redis.exceptions.NoPermissionError):
+                raise failure(reply, where, STREAM_ACL_NEEDS)
+            found += consumer_clients(stream, reply)
         return found
 
     async def _inspect(self, scope: str, layout: Layout) -> Round:

@@ -1,4 +1,5 @@
-"""The `spec.source.redis` block: Celery queues on Redis (kombu's transport). Pure."""
+"""The `spec.source.redis` block: Celery queues on Redis (kombu's transport), or a Redis stream
+read by a consumer group. Pure."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, Final
 from queuescaler.core.sample import QueueRef
 from queuescaler.core.spec import Fields, SecretRef, SpecError, parse_queue_list
 from queuescaler.sources.redis.layout import DEFAULT_SEPARATOR, MAX_PREFIX, MAX_SEPARATOR, Layout
+from queuescaler.sources.redis.streams import StreamGroup
 
 BROKER: Final = "redis"
 DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType({"includeUnacked": True})
@@ -30,7 +32,10 @@ class RedisSourceSpec:
     layout: Layout = field(default_factory=Layout)
     """Kombu's key names: its `global_keyprefix` and priority separator (`sep`)."""
     include_unacked: bool = DEFAULTS["includeUnacked"]
-    """Count messages a worker took and has not acknowledged (kombu's `unacked` hash)."""
+    """Count messages a worker took and has not acknowledged (kombu's `unacked` hash, or a
+    stream group's pending entries)."""
+    group: str | None = None
+    """Set for a Redis stream: `queue_names` holds the stream's key, this its consumer group."""
 
     @property
     def broker(self) -> str:
@@ -38,7 +43,10 @@ class RedisSourceSpec:
 
     @property
     def queues(self) -> tuple[QueueRef, ...]:
-        """The queues, scoped by their layout: the source reads the scope back into keys."""
+        """The queues, scoped by their layout (or the stream by its group): the source reads
+        the scope back into keys."""
+        if self.group is not None:
+            return tuple(StreamGroup(name, self.group).ref for name in self.queue_names)
         return tuple(QueueRef(self.layout.scope, name) for name in self.queue_names)
 
     @property
@@ -65,8 +73,12 @@ def _optional_text(fields: Fields, key: str, longest: int) -> str | None:
 def parse_block(raw: object, path: str) -> RedisSourceSpec:
     """The block as written under `spec.source.redis`, checked."""
     fields = Fields(raw, path, "", DEFAULTS)
-    if fields.has("queue") == fields.has("queues"):
-        raise SpecError(fields.path("queue"), "set exactly one of queue or queues")
+    if sum(fields.has(key) for key in ("queue", "queues", "stream")) != 1:
+        raise SpecError(fields.path("queue"), "set exactly one of queue, queues or stream")
+    if fields.has("stream"):
+        return _stream_block(fields)
+    if fields.has("group"):
+        raise SpecError(fields.path("group"), "a consumer group is for a stream: set stream")
     if fields.has("queue"):
         queue_names: tuple[str, ...] = (fields.string("queue"),)
     else:
@@ -81,6 +93,26 @@ def parse_block(raw: object, path: str) -> RedisSourceSpec:
         connection_secret_ref=secret_ref,
         layout=Layout(key_prefix=prefix, separator=separator),
         include_unacked=fields.flag("includeUnacked"),
+    )
+    fields.done()
+    return source
+
+
+def _stream_block(fields: Fields) -> RedisSourceSpec:
+    """A Redis stream read by a consumer group (`stream` and `group`): no kombu options."""
+    for kombu_only in ("keyPrefix", "prioritySeparator"):
+        if fields.has(kombu_only):
+            raise SpecError(fields.path(kombu_only), "is a kombu option: not for a stream")
+    stream = fields.string("stream")
+    group = fields.string("group", required=True)
+    secret = fields.obj("connectionSecretRef", required=True)
+    secret_ref = SecretRef(name=secret.string("name", required=True))
+    secret.done()
+    source = RedisSourceSpec(
+        queue_names=(stream,),
+        connection_secret_ref=secret_ref,
+        include_unacked=fields.flag("includeUnacked"),
+        group=group,
     )
     fields.done()
     return source
