@@ -224,7 +224,7 @@ def test_every_field_the_crd_allows_the_parser_reads() -> None:
         "queue": "celery", "keyPrefix": "p:", "prioritySeparator": ":",
         "connectionSecretRef": {"name": "redis"}, "includeUnacked": False,
     }
-    assert set(block["properties"]) == {*values, "queues"}
+    assert set(block["properties"]) == {*values, "queues", "stream", "group"}
     spec = parse_spec(spec_with(values)).source
     assert isinstance(spec, RedisSourceSpec)
     assert spec.layout == Layout("p:", ":") and not spec.include_unacked
