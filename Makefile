@@ -6,7 +6,7 @@ VENV := $(QS_CACHE)/venv
 PY := $(VENV)/bin/python
 export QS_CACHE
 
-.PHONY: help deps test test-unit demo image bench soak lint testenv-up testenv-down testenv-status
+.PHONY: help deps test test-unit demo image bench bench-peers soak lint testenv-up testenv-down testenv-status
 
 help:
 	@echo "make demo          run the operator on the local cluster with a visible demo"
@@ -14,6 +14,7 @@ help:
 	@echo "make test-unit     run only the pure unit tests (seconds, no servers)"
 	@echo "make image         build the operator image with podman on a Debian 12 base made here"
 	@echo "make bench         run the benchmarks in bench/ and print their tables"
+	@echo "make bench-peers   KEDA beside queuescaler on real workers (builds KEDA; PEERS_ARGS=...)"
 	@echo "make soak          the 20-minute randomized fault soak (bench/soak.py; SOAK_ARGS=...)"
 	@echo "make lint          ruff and mypy --strict (operator, test kit, bench, hack), import layers"
 	@echo "make testenv-up    start the local cluster, RabbitMQ and Prometheus"
@@ -49,6 +50,19 @@ BENCHES := decide sampling reaction safe_scale_down scale real_workers
 # Each benchmark prints its table; bench/RESULTS.md keeps the latest ones.
 bench: deps
 	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
+
+# KEDA beside queuescaler (issue 20, bench/peers.py): builds KEDA from the Go module proxy
+# (cached; the first build is long), then runs in an environment of its own (QS_ENV=peers)
+# with KEDA up, and stops both afterwards, even on failure. PEERS_ARGS="--minutes 3".
+PEERS_ENV := QS_ENV=peers QS_PORT_OFFSET=600
+bench-peers: deps
+	@bash hack/keda.sh build
+	@status=0; \
+	{ $(PEERS_ENV) bash hack/testenv.sh up && $(PEERS_ENV) bash hack/keda.sh up \
+	  && $(PEERS_ENV) $(PY) bench/peers.py $(PEERS_ARGS); } || status=$$?; \
+	$(PEERS_ENV) bash hack/keda.sh down || true; \
+	$(PEERS_ENV) bash hack/testenv.sh down || true; \
+	exit $$status
 
 # The fault soak runs 20 minutes in an environment of its own (QS_ENV=soak): not in `make bench`.
 # SOAK_ARGS="--minutes 3 --seed 7" for a short one.
