@@ -23,7 +23,7 @@ from queuescaler_testkit.env import CACHE, TestEnv, wait_until
 from queuescaler_testkit.operator_process import OperatorProcess
 from queuescaler_testkit.podrunner import PodRunner, PodRunnerFactory
 from queuescaler_testkit.pool import FAST_BEHAVIOR, Pool, Timeline, deep_merge
-from queuescaler_testkit.publisher import FirstSeen, read_records
+from queuescaler_testkit.publisher import FirstSeen
 from queuescaler_testkit.redis_server import RedisServer, session_server
 from queuescaler_testkit.workers.redis_tasks import (
     QUEUE,
@@ -39,7 +39,7 @@ BROKER_DB, BACKEND_DB = 20, 21
 """The e2e tests' databases on the session redis-server (the integration tests use 1 to 19)."""
 SHORT_TASKS = 120
 SHORT_SECONDS = 0.3
-LONG_TASKS = 2
+LONG_TASKS = 3
 LONG_SECONDS = 25.0
 """Longer than the pod's grace period: a busy worker told to stop would be killed mid-task."""
 GRACE_SECONDS = 10
@@ -127,16 +127,32 @@ def runner(
     return pod_runner_factory(pool.namespace, f"app={pool.name}", redis_worker_command(), env)
 
 
-def test_celery_on_redis_burst_scales_up_and_down_around_busy_workers_losing_no_result(
-    pool: RedisPool, runner: PodRunner, processed_log: Path, tmp_path: Path,
-    operator: OperatorProcess,
-) -> None:
-    started_log = tmp_path / "started.log"
-    pool.apply_scaler(minReplicas=1, target={"messagesPerReplica": 10})
+@dataclass
+class Outcome:
+    tasks: dict[str, int]
+    """Task id -> its number."""
+    results: dict[str, bool | None]
+    """Task id -> the result in the backend (None: none there)."""
+    busy_stopped: list[str]
+    """Pods told to stop (or killed) while a task they had started was unfinished."""
+    decisions: list[tuple[str, str]]
+    """The QueueScaler's lastDecision (reason, message) as it changed."""
+    replicas_seen: list[tuple[float, int]]
+    summary: str
+
+
+def burst(
+    pool: RedisPool, runner: PodRunner, processed_log: Path, started_log: Path,
+    operator: OperatorProcess, *, protect: bool,
+) -> Outcome:
+    """A burst of short tasks with LONG_TASKS long ones at its tail; back at one replica."""
+    behavior = {"scaleDown": {"protectBusyWorkers": protect}}
+    pool.apply_scaler(minReplicas=1, target={"messagesPerReplica": 10}, behavior=behavior)
     wait_until(lambda: len(runner.serving()) == 1, timeout=60, what="the first worker running")
     pool.wait_condition("Ready", "True")
 
     app = make_app(pool.url(BROKER_DB), pool.url(BACKEND_DB))
+    decisions: list[tuple[str, str]] = []
     with (
         Timeline(pool, operator.metrics) as timeline,
         FirstSeen(processed_log) as processed,
@@ -150,35 +166,40 @@ def test_celery_on_redis_burst_scales_up_and_down_around_busy_workers_losing_no_
         }
         tasks |= long_tasks
         wait_until(lambda: pool.replicas() >= 3, timeout=60, what="the pool to scale up")
-        decisions: list[tuple[str, str]] = []
 
-        def all_done() -> bool:
+        def settled() -> bool:
+            """Every task done, or (a long one) its worker gone for good."""
             decision = pool.status().get("lastDecision") or {}
             seen = (str(decision.get("reason")), str(decision.get("message")))
             if decision and seen not in decisions:
                 decisions.append(seen)
-            return len(processed.at) >= len(tasks)
+            done = {task for task, _ in processed.at}
+            gone = {pod for pod, r in runner.records().items() if not r.alive}
+            return all(
+                task in done or any(t == task and pod in gone for t, pod in began.at)
+                for task in tasks
+            )
 
-        wait_until(all_done, timeout=240, what="every task done")
+        wait_until(settled, timeout=240, what="every task done (or its worker gone)")
         wait_until(lambda: pool.replicas() == 1 and len(runner.running()) == 1, timeout=120,
                    what="the pool back at its minimum")
 
-    results = {task_id: app.AsyncResult(task_id) for task_id in tasks}
-    found = {task_id: result.get(timeout=10) for task_id, result in results.items()}
+    results: dict[str, bool | None] = {}
+    for task_id in tasks:
+        result = app.AsyncResult(task_id)
+        results[task_id] = result.result if result.state == "SUCCESS" else None
     records = runner.records()
-    started = read_records(started_log)
     busy_stopped = []
     for pod, record in records.items():
         if record.sigterm_at is None:
             continue
         unfinished = [
-            task for task, on in started
+            task for task, on in began.at
             if on == pod and processed.at.get((task, pod), float("inf")) > record.sigterm_at
         ]
         if unfinished or record.killed:
             busy_stopped.append(pod)
 
-    table = timeline.table()
     downs = [e.get("message") for e in pool.events() if e.get("reason") == "ScaledDown"]
     replicas_seen: list[tuple[float, int]] = []
     for t, _, _, current in timeline.rows:
@@ -186,33 +207,63 @@ def test_celery_on_redis_burst_scales_up_and_down_around_busy_workers_losing_no_
             replicas_seen.append((t, current))
     start = min(began.at.values(), default=0.0)
     long_runs = [
-        (round(began.at[(task, pod)] - start, 1), round(processed.at[(task, pod)] - start, 1), pod)
-        for task, pod in began.at if task in long_tasks and (task, pod) in processed.at
+        (round(at - start, 1), round(processed.at[(task, pod)] - start, 1)
+         if (task, pod) in processed.at else "never", pod)
+        for (task, pod), at in began.at.items() if task in long_tasks
     ]
     summary = (
+        f"protectBusyWorkers={str(protect).lower()}\n"
         f"replicas over time (s since the burst, current): {replicas_seen}\n"
         f"long tasks (started, done, pod), s since the first task: {long_runs}\n"
         f"tasks: {len(tasks)} ({LONG_TASKS} of {LONG_SECONDS:.0f} s), results found:"
-        f" {sum(1 for value in found.values() if value is not None)},"
+        f" {sum(1 for value in results.values() if value is not None)},"
         f" workers stopped: {sum(1 for r in records.values() if r.sigterm_at)},"
-        f" busy workers stopped: {len(busy_stopped)}\n"
+        f" busy workers stopped: {len(busy_stopped)}"
+        f" (killed: {sum(1 for r in records.values() if r.killed)})\n"
         f"scale-downs: {downs}\n"
-        f"busy-worker decisions: {[d for d in decisions if d[0] == 'busy-workers']}\n{table}\n"
+        f"busy-worker decisions: {[d for d in decisions if d[0] == 'busy-workers']}\n"
+        f"{timeline.table()}\n"
     )
     print(summary)
     out = CACHE / "out"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "e2e-redis-celery.md").write_text(summary)
+    name = "protected" if protect else "unprotected"
+    (out / f"e2e-redis-celery-{name}.md").write_text(summary)
+    return Outcome(tasks, results, busy_stopped, decisions, replicas_seen, summary)
 
-    assert found == {task_id: _prime(n) for task_id, n in tasks.items()}, "a result is missing"
-    assert busy_stopped == [], f"a busy worker was told to stop: {busy_stopped}\n{summary}"
-    assert max(count for _, count in replicas_seen) >= 3
+
+def test_celery_on_redis_burst_scales_up_and_down_around_busy_workers_losing_no_result(
+    pool: RedisPool, runner: PodRunner, processed_log: Path, tmp_path: Path,
+    operator: OperatorProcess,
+) -> None:
+    outcome = burst(pool, runner, processed_log, tmp_path / "started.log", operator,
+                    protect=True)
+    expected = {task_id: _prime(n) for task_id, n in outcome.tasks.items()}
+    assert outcome.results == expected, f"a result is missing\n{outcome.summary}"
+    assert outcome.busy_stopped == [], f"a busy worker was told to stop\n{outcome.summary}"
+    assert max(count for _, count in outcome.replicas_seen) >= 3
     # Redis alone saw an idle queue (the long tasks were acked when they began): the workers'
     # answer held the pool at the busy count until they were done.
-    assert any(reason == "busy-workers" for reason, _ in decisions), decisions
+    assert any(reason == "busy-workers" for reason, _ in outcome.decisions), outcome.summary
     condition = pool.condition("WorkersMatched")
     assert condition is not None and condition["status"] == "True", condition
     assert {"ScaledUp", "ScaledDown"} <= pool.event_reasons()
+
+
+def test_celery_on_redis_without_protection_stops_busy_workers_and_loses_their_tasks(
+    pool: RedisPool, runner: PodRunner, processed_log: Path, tmp_path: Path,
+    operator: OperatorProcess,
+) -> None:
+    """The same burst with protectBusyWorkers off: what Redis alone allows. The pool shrinks
+    on an idle queue while the long tasks run; their workers outlive the grace period and are
+    killed, and the tasks, acked when they began, are gone."""
+    outcome = burst(pool, runner, processed_log, tmp_path / "started.log", operator,
+                    protect=False)
+    assert outcome.busy_stopped, outcome.summary
+    lost = [task for task, result in outcome.results.items() if result is None]
+    assert lost, outcome.summary
+    condition = pool.condition("WorkersMatched")
+    assert condition is not None and condition["reason"] == "ProtectionDisabled", condition
 
 
 def _prime(n: int) -> bool:
