@@ -25,7 +25,7 @@ from queuescaler.core.sample import BrokerClient, ErrorKind, QueueRef, QueueSamp
 from queuescaler.core.workers import Pod, match_workers
 from queuescaler.sources.redis.secret import broker_from_secret
 from queuescaler.sources.redis.source import CONTROL_ACL_NEEDS, RedisSource
-from queuescaler_testkit.redis_server import RedisServer
+from queuescaler_testkit.redis_server import SPARE_PORT, RedisServer
 from queuescaler_testkit.workers.redis_tasks import (
     TASK_NAME,
     make_app,
@@ -265,3 +265,77 @@ async def test_an_acl_user_with_the_documented_control_permissions_lists_workers
                     assert password not in raised.value.message
             finally:
                 await source.close()
+
+
+async def test_a_stopped_server_fails_the_listing_and_a_restarted_one_serves_the_next(
+    tmp_path: Path,
+) -> None:
+    """The engine then holds the scale-down (busy workers unknown) for that tick only."""
+    with RedisServer(port=SPARE_PORT) as spare:
+        source = RedisSource(
+            broker_from_secret({"redisUrl": spare.url, "password": spare.password}), timeout=1.0
+        )
+        try:
+            with workers(spare, 0, tmp_path) as pool:
+                pool.start("pod-r", "celery")
+                await _until(source, lambda found: [c.client_name for c in found] == ["pod-r"],
+                             "the worker listed")
+                spare.stop()
+                with pytest.raises(SourceError) as caught:
+                    await source.clients([""])
+                assert caught.value.kind is ErrorKind.UNREACHABLE, caught.value
+                assert spare.password not in str(caught.value)
+                spare.start()  # same port and password: the worker reconnects by itself
+                await _until(source, lambda found: [c.client_name for c in found] == ["pod-r"],
+                             "the worker listed again after the restart")
+        finally:
+            await source.close()
+
+
+async def test_a_paused_server_is_a_timeout_and_the_next_round_is_fresh(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    _flush(redis_server, SILENT_DB).close()
+    source = RedisSource(broker_from_secret({
+        "redisUrl": redis_server.url, "password": redis_server.password,
+        "database": str(SILENT_DB),
+    }), timeout=0.5)
+    try:
+        with workers(redis_server, SILENT_DB, tmp_path) as pool, redis.Redis(
+            port=redis_server.port, password=redis_server.password
+        ) as admin:
+            pool.start("pod-p", "celery")
+            await _until(source, lambda found: [c.client_name for c in found] == ["pod-p"],
+                         "the worker listed")
+            admin.execute_command("CLIENT", "PAUSE", "2000", "ALL")
+            with pytest.raises(SourceError) as caught:
+                await source.clients([""])
+            assert caught.value.kind is ErrorKind.TIMEOUT, caught.value
+            admin.execute_command("CLIENT", "UNPAUSE")
+            found = await source.clients([""])
+            assert [c.client_name for c in found] == ["pod-p"]
+    finally:
+        await source.close()
+
+
+@pytest.mark.parametrize("right_ca", [pytest.param(True, id="right-ca"),
+                                      pytest.param(False, id="wrong-ca")])
+async def test_the_listing_goes_over_tls_and_verifies_the_server(
+    redis_server: RedisServer, right_ca: bool
+) -> None:
+    source = RedisSource(broker_from_secret({
+        "redisUrl": redis_server.tls_url, "password": redis_server.password,
+        "database": str(EMPTY_DB),
+        "ca.crt": redis_server.ca_cert if right_ca else redis_server.wrong_ca_cert,
+    }), timeout=2.0)
+    try:
+        with pytest.raises(SourceError) as caught:
+            await source.clients([""])
+    finally:
+        await source.close()
+    if right_ca:  # through TLS to the broadcast, which nobody hears in this database
+        assert caught.value.kind is ErrorKind.BAD_RESPONSE, caught.value
+        assert "no Celery worker listens" in caught.value.message
+    else:
+        assert caught.value.kind is ErrorKind.UNREACHABLE, caught.value
+        assert "TLS failed" in caught.value.message
