@@ -7,10 +7,14 @@ backlog is gone. Celery's default acks a task when it starts, so Redis no longer
 tasks anywhere: only the workers' own answer (inspect) tells the busy pods, and a scale-down
 that stopped one would lose its task (the grace period is shorter than the task, and the
 message was acked). The pool must shrink around them, and every result must be in the backend.
+
+Last, plain Redis-stream consumers of a consumer group (not Celery): the group's lag scales the
+pool, pending entries per consumer name the busy pods.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +27,7 @@ from queuescaler_testkit.env import CACHE, TestEnv, wait_until
 from queuescaler_testkit.operator_process import OperatorProcess
 from queuescaler_testkit.podrunner import PodRunner, PodRunnerFactory
 from queuescaler_testkit.pool import FAST_BEHAVIOR, Pool, Timeline, deep_merge
-from queuescaler_testkit.publisher import FirstSeen
+from queuescaler_testkit.publisher import FirstSeen, read_processed
 from queuescaler_testkit.redis_server import RedisServer, session_server
 from queuescaler_testkit.workers.redis_tasks import (
     QUEUE,
@@ -35,7 +39,7 @@ from queuescaler_testkit.workers.redis_tasks import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
-BROKER_DB, BACKEND_DB = 20, 21
+BROKER_DB, BACKEND_DB, STREAM_DB = 20, 21, 22
 """The e2e tests' databases on the session redis-server (the integration tests use 1 to 19)."""
 SHORT_TASKS = 120
 SHORT_SECONDS = 0.3
@@ -268,3 +272,105 @@ def test_celery_on_redis_without_protection_stops_busy_workers_and_loses_their_t
 
 def _prime(n: int) -> bool:
     return n >= 2 and all(n % f for f in range(2, int(n**0.5) + 1))
+
+
+STREAM, GROUP = "jobs", "workers"
+ENTRIES = 150
+STREAM_WORK_SECONDS = 0.3
+
+
+@dataclass
+class StreamPool(RedisPool):
+    """The same Deployment and Secret; the QueueScaler reads a stream's consumer group."""
+
+    def create(self, *, amqp_url: str | None = None, management_url: str | None = None) -> Pool:
+        super().create()
+        assert self.redis is not None
+        with redis.Redis(port=self.redis.port, password=self.redis.password,
+                         db=STREAM_DB) as admin:
+            admin.flushdb()
+            admin.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        self.apply({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis"},
+            "stringData": {"redisUrl": f"redis://127.0.0.1:{self.redis.port}/{STREAM_DB}",
+                           "password": self.redis.password},
+        })
+        return self
+
+    def apply_scaler(self, **spec: Any) -> None:
+        block = {"stream": STREAM, "group": GROUP, "connectionSecretRef": {"name": "redis"}}
+        base: dict[str, Any] = {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": self.name},
+            "maxReplicas": MAX_REPLICAS,
+            "source": {"redis": block},
+        }
+        self.apply({
+            "apiVersion": "queuescaler.io/v1alpha1", "kind": "QueueScaler",
+            "metadata": {"name": self.name},
+            "spec": deep_merge(deep_merge(base, FAST_BEHAVIOR), spec),
+        })
+
+
+def stream_worker_command(pod_name: str) -> list[str]:
+    return [sys.executable, "-m", "queuescaler_testkit.workers.stream_worker"]
+
+
+def test_redis_stream_consumers_scale_with_the_groups_lag_and_lose_nothing(
+    testenv: TestEnv, namespace: str, operator: OperatorProcess, redis_server: RedisServer,
+    pod_runner_factory: PodRunnerFactory, processed_log: Path, tmp_path: Path,
+) -> None:
+    pool = StreamPool(testenv, namespace, grace_seconds=GRACE_SECONDS, redis=redis_server)
+    pool.create()
+    started_log = tmp_path / "started.log"
+    runner = pod_runner_factory(namespace, f"app={pool.name}", stream_worker_command, {
+        "REDIS_URL": pool.url(STREAM_DB), "STREAM": STREAM, "GROUP": GROUP,
+        "WORK_SECONDS": str(STREAM_WORK_SECONDS), "PROCESSED_LOG": str(processed_log),
+        "STARTED_LOG": str(started_log),
+    })
+    pool.apply_scaler(minReplicas=1, target={"messagesPerReplica": 10})
+    wait_until(lambda: len(runner.serving()) == 1, timeout=60, what="the first consumer running")
+    pool.wait_condition("Ready", "True")
+
+    with (
+        Timeline(pool, operator.metrics) as timeline,
+        FirstSeen(processed_log) as processed,
+        FirstSeen(started_log) as began,
+        redis.Redis(port=redis_server.port, password=redis_server.password,
+                    db=STREAM_DB) as producer,
+    ):
+        ids = [producer.xadd(STREAM, {"n": n}).decode() for n in range(ENTRIES)]
+        wait_until(lambda: pool.replicas() >= 3, timeout=60, what="the pool to scale up")
+        wait_until(lambda: all(read_processed(processed_log).get(i) for i in ids),
+                   timeout=180, what="every entry processed")
+        wait_until(lambda: pool.replicas() == 1 and len(runner.running()) == 1, timeout=120,
+                   what="the pool back at its minimum")
+        pending = producer.xpending(STREAM, GROUP)["pending"]
+
+    records = runner.records()
+    busy_stopped = [
+        pod for pod, record in records.items() if record.sigterm_at is not None and (
+            record.killed or any(
+                on == pod and processed.at.get((entry, pod), float("inf")) > record.sigterm_at
+                for entry, on in began.at
+            )
+        )
+    ]
+    replicas_seen: list[tuple[float, int]] = []
+    for t, _, _, current in timeline.rows:
+        if not replicas_seen or replicas_seen[-1][1] != current:
+            replicas_seen.append((t, current))
+    summary = (
+        f"stream consumers: replicas over time (s, current): {replicas_seen}\n"
+        f"entries: {ENTRIES}, processed: {len(read_processed(processed_log))}, pending left:"
+        f" {pending}, consumers stopped: {sum(1 for r in records.values() if r.sigterm_at)},"
+        f" busy consumers stopped: {len(busy_stopped)}\n{timeline.table()}\n"
+    )
+    print(summary)
+    out = CACHE / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "e2e-redis-stream.md").write_text(summary)
+    assert all(read_processed(processed_log).get(i) for i in ids), summary
+    assert pending == 0 and busy_stopped == [], summary
+    assert max(count for _, count in replicas_seen) >= 3, summary
+    condition = pool.condition("WorkersMatched")
+    assert condition is not None and condition["status"] == "True", condition
