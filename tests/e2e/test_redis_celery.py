@@ -8,8 +8,9 @@ tasks anywhere: only the workers' own answer (inspect) tells the busy pods, and 
 that stopped one would lose its task (the grace period is shorter than the task, and the
 message was acked). The pool must shrink around them, and every result must be in the backend.
 
-Last, plain Redis-stream consumers of a consumer group (not Celery): the group's lag scales the
-pool, pending entries per consumer name the busy pods.
+Then the other classic layout, RabbitMQ as broker and Redis as result backend, through the
+rabbitmq source; last, plain Redis-stream consumers of a consumer group (not Celery): the
+group's lag scales the pool, pending entries per consumer name the busy pods.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from queuescaler_testkit.workers.redis_tasks import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
-BROKER_DB, BACKEND_DB, STREAM_DB = 20, 21, 22
+BROKER_DB, BACKEND_DB, STREAM_DB, RABBITMQ_BACKEND_DB = 20, 21, 22, 23
 """The e2e tests' databases on the session redis-server (the integration tests use 1 to 19)."""
 SHORT_TASKS = 120
 SHORT_SECONDS = 0.3
@@ -273,6 +274,43 @@ def test_celery_on_redis_without_protection_stops_busy_workers_and_loses_their_t
 def _prime(n: int) -> bool:
     return n >= 2 and all(n % f for f in range(2, int(n**0.5) + 1))
 
+
+def test_celery_on_rabbitmq_with_redis_results_scales_and_every_result_is_in_redis(
+    testenv: TestEnv, namespace: str, operator: OperatorProcess, redis_server: RedisServer,
+    pod_runner_factory: PodRunnerFactory, processed_log: Path,
+) -> None:
+    """The same app with RabbitMQ as broker (the rabbitmq source sizes it) and Redis as
+    result backend: results are where users look for them."""
+    pool = Pool(testenv, namespace, grace_seconds=GRACE_SECONDS).create()
+    backend = (f"redis://:{redis_server.password}@127.0.0.1:{redis_server.port}/"
+               f"{RABBITMQ_BACKEND_DB}")
+    with redis.Redis(port=redis_server.port, password=redis_server.password,
+                     db=RABBITMQ_BACKEND_DB) as admin:
+        admin.flushdb()
+    try:
+        runner = pod_runner_factory(
+            namespace, f"app={pool.name}", redis_worker_command(pool.queue),
+            redis_worker_env(testenv.amqp_url, backend, processed_log=processed_log,
+                             work_seconds=SHORT_SECONDS, acks_late=True, prefetch_multiplier=1),
+        )
+        pool.apply_scaler(minReplicas=1, maxReplicas=MAX_REPLICAS,
+                          target={"messagesPerReplica": 10})
+        wait_until(lambda: len(runner.serving()) == 1, timeout=60, what="the first worker")
+        app = make_app(testenv.amqp_url, backend)
+        numbers = range(2_000_003, 2_000_003 + SHORT_TASKS)
+        tasks = {app.send_task(TASK_NAME, args=(n,), queue=pool.queue).id: n for n in numbers}
+        wait_until(lambda: pool.largest_scale() >= 3, timeout=60, what="the pool to scale up")
+        wait_until(lambda: len(read_processed(processed_log)) >= len(tasks), timeout=180,
+                   what="every task done")
+        wait_until(lambda: pool.replicas() == 1, timeout=120, what="the pool back at 1")
+        results = {task_id: app.AsyncResult(task_id).get(timeout=10) for task_id in tasks}
+        assert results == {task_id: _prime(n) for task_id, n in tasks.items()}
+        killed = [pod for pod, record in runner.records().items() if record.killed]
+        assert killed == []
+        print(f"rabbitmq broker, redis results: {len(tasks)} tasks, {len(results)} results,"
+              f" largest scale {pool.largest_scale()}")
+    finally:
+        pool.delete_queue()
 
 STREAM, GROUP = "jobs", "workers"
 ENTRIES = 150

@@ -3,7 +3,7 @@ as broker and as result backend, the default queue `celery`. Only the test's rec
 
 Started by the pod runner (`redis_worker_command`) as a prefork worker named `celery@<pod name>`,
 which is Celery's default name in a pod (the pod's hostname is its name). Environment:
-  BROKER_URL           the Redis broker (redis://:password@host:port/db)
+  BROKER_URL           the Redis broker (redis://:password@host:port/db), or RabbitMQ (amqp://)
   RESULT_BACKEND       where results go (the same Redis, another database, in the tests)
   POD_NAME             the pod, for the records
   WORK_SECONDS         an extra sleep per task, to make work last (default 0)
@@ -67,6 +67,12 @@ def make_app(broker_url: str | None, result_backend: str | None) -> Celery:
     worker runs."""
     app = Celery("tasks", broker=broker_url, backend=result_backend, set_as_current=False)
     app.conf.update(broker_connection_retry_on_startup=True, result_expires=3600)
+    if (broker_url or "").startswith("amqp"):
+        # The other classic layout (RabbitMQ broker, Redis results): the AMQP connection is
+        # named after the pod, which is how the rabbitmq source tells busy pods.
+        app.conf.broker_transport_options = {
+            "client_properties": {"connection_name": POD_NAME}, "confirm_publish": True,
+        }
     if os.environ.get("ACKS_LATE") == "1":
         app.conf.task_acks_late = True
     if os.environ.get("PREFETCH_MULTIPLIER"):
