@@ -16,6 +16,7 @@ group's lag scales the pool, pending entries per consumer name the busy pods.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,6 +275,46 @@ def test_celery_on_redis_without_protection_stops_busy_workers_and_loses_their_t
 def _prime(n: int) -> bool:
     return n >= 2 and all(n % f for f in range(2, int(n**0.5) + 1))
 
+
+def test_redis_restarted_mid_run_holds_the_pool_and_recovers_at_the_next_ticks(
+    pool: RedisPool, runner: PodRunner, processed_log: Path, redis_server: RedisServer,
+) -> None:
+    """Redis goes away under a running pool: BrokerReachable turns False with a Warning Event,
+    the pool is neither shrunk nor grown on missing data, and once Redis is back the operator
+    reads it again within a couple of polls and the workers serve a new burst."""
+    pool.apply_scaler(minReplicas=2, target={"messagesPerReplica": 10})
+    wait_until(lambda: len(runner.serving()) == 2, timeout=60, what="two workers running")
+    pool.wait_condition("BrokerReachable", "True")
+
+    redis_server.stop()
+    try:
+        pool.wait_condition("BrokerReachable", "False", timeout=30)
+        held: list[int] = []
+
+        def looked() -> bool:
+            held.append(pool.replicas())
+            return len(held) >= 5
+
+        wait_until(looked, timeout=30, what="five looks at the pool while Redis is away",
+                   every=1.0)
+    finally:
+        redis_server.start()  # same port and password: clients reconnect by themselves
+    back = time.monotonic()
+    pool.wait_condition("BrokerReachable", "True", timeout=30)
+    recovered = time.monotonic() - back
+    assert set(held) == {2}, f"the pool moved on missing data: {held}"
+    warnings = [e for e in pool.events() if e.get("type") == "Warning"]
+    assert warnings, pool.events()
+
+    app = make_app(pool.url(BROKER_DB), pool.url(BACKEND_DB))
+    tasks = {app.send_task(TASK_NAME, args=(n,)).id: n for n in range(3_000_003, 3_000_063)}
+    wait_until(lambda: all(read_processed(processed_log).get(i) for i in tasks), timeout=120,
+               what="the burst after the restart processed")
+    results = {task_id: app.AsyncResult(task_id).get(timeout=10) for task_id in tasks}
+    assert results == {task_id: _prime(n) for task_id, n in tasks.items()}
+    print(f"redis restart: replicas while away {held}, BrokerReachable back"
+          f" {recovered:.1f} s after the restart (polling every 2 s), warnings:"
+          f" {[(e.get('reason'), e.get('message')) for e in warnings]}")
 
 def test_celery_on_rabbitmq_with_redis_results_scales_and_every_result_is_in_redis(
     testenv: TestEnv, namespace: str, operator: OperatorProcess, redis_server: RedisServer,
