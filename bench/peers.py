@@ -70,6 +70,7 @@ import json
 import math
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import threading
@@ -670,6 +671,20 @@ def table(result: TraceResult) -> Iterator[str]:
         ]) + " |"
 
 
+def operator_source(tree: Path | None) -> str:
+    """Which operator code runs: a tree given, or the working tree (its commit, and whether
+    operator/ has changes not committed)."""
+    if tree is not None:
+        return f"the tree {tree}"
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD")
+    dirty = git("status", "--porcelain", "--", "operator")
+    return f"the working tree at {head}" + (
+        " with uncommitted changes in operator/" if dirty else "")
+
+
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -682,6 +697,9 @@ def main() -> None:
     parser.add_argument("--env", default=os.environ.get("QS_ENV") or "peers",
                         help="the separate environment (QS_ENV) to run in, already up with KEDA")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--operator-source", type=Path, default=None,
+                        help="an operator/ tree to run instead of the working tree's (say, "
+                        "`git archive HEAD operator | tar -x -C DIR`, then DIR/operator)")
     args = parser.parse_args()
     chosen = [t for t in args.traces.split(",") if t]
     if not chosen or any(t not in TRACES for t in chosen) or args.minutes <= 0:
@@ -696,6 +714,12 @@ def main() -> None:
     out = CACHE / "out"
     out.mkdir(parents=True, exist_ok=True)
     env.apply_crd()
+    source = operator_source(args.operator_source)
+    if args.operator_source is not None:  # ahead of the editable install's path entry
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(args.operator_source.resolve()), os.environ.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep)
+    say(f"queuescaler from {source}")
     tag = uuid.uuid4().hex[:4]
     operator = OperatorProcess(env, out / "operator-peers.log", "-n", f"peers-{tag}-*").start()
     assert operator.process is not None
@@ -714,7 +738,7 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     raw = out / f"peers-{stamp}.json"
     raw.write_text(json.dumps({
-        "keda": version, "minutes": args.minutes, "seed": args.seed,
+        "keda": version, "queuescaler": source, "minutes": args.minutes, "seed": args.seed,
         "traces": [asdict(r) for r in results],
     }))
     for r in results:
@@ -734,7 +758,7 @@ def main() -> None:
         "and CPU over the trace's length; waits: publish -> ack of every message. "
         "* KEDA's keda-operator + keda-adapter serve both KEDA pools: CPU and RSS are theirs "
         "together, shown on both rows (the kube-controller-manager's HPA work not included). "
-        f"Raw series: {raw}. Wall clock: {time.monotonic() - began:.0f} s.")
+        f"queuescaler: {source}. Raw series: {raw}. Wall clock: {time.monotonic() - began:.0f} s.")
     if any(r.failure or any(p.lost for p in r.pools) for r in results):
         sys.exit(1)
 
