@@ -305,6 +305,7 @@ def test_redis_restarted_mid_run_holds_the_pool_and_recovers_at_the_next_ticks(
     assert set(held) == {2}, f"the pool moved on missing data: {held}"
     warnings = [e for e in pool.events() if e.get("type") == "Warning"]
     assert warnings, pool.events()
+    assert redis_server.password not in str(pool.events()) + str(pool.status())
 
     app = make_app(pool.url(BROKER_DB), pool.url(BACKEND_DB))
     tasks = {app.send_task(TASK_NAME, args=(n,)).id: n for n in range(3_000_003, 3_000_063)}
