@@ -180,51 +180,41 @@ def per_replica_rate(
     if current_replicas <= 0 or sample.consumers <= 0:
         return estimate  # acks with no consumer came from pods on their way out
     measured = saturated(readings[-1] if readings else None, sample, current_replicas)
-    sure = 0.0
     if measured:  # the rate field covers seconds that were saturated; counters may not
         ack = _sane(sample.ack_rate) or (flow or flow_since(readings, sample, poll_seconds)).ack
         observed = None if ack is None else ack / current_replicas
     else:
-        observed, sure = _lower_bound(readings, sample, current_replicas, poll_seconds)
+        observed = _lower_bound(readings, sample, current_replicas, poll_seconds)
     if observed is None or not observed > 0.0:
         return estimate
     if estimate is None:
         return observed
     observed = min(max(observed, estimate / RATE_OUTLIER_FACTOR), estimate * RATE_OUTLIER_FACTOR)
-    smoothed = estimate + RATE_SMOOTHING * (observed - estimate)
-    if not measured:
-        if observed <= estimate:
-            return estimate
-        # two sigmas below a bound that rests on many messages is still below the truth:
-        # the estimate may rise to it at once, not only by the average's steps (a pool
-        # first seen weak would be held for minutes)
-        return max(smoothed, sure * observed)
-    return smoothed
+    if not measured and observed <= estimate:
+        return estimate
+    return estimate + RATE_SMOOTHING * (observed - estimate)
 
 
 def _lower_bound(
     readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int,
     poll_seconds: float,
-) -> tuple[float | None, float]:
+) -> float | None:
     """The better of the two lower bounds (module docstring), None when neither says
-    anything yet; with the share of it that chance cannot explain (`_sure`)."""
+    anything yet."""
     previous = readings[-1] if readings else None
     field = _sane(sample.ack_rate)
-    per_consumer: tuple[float | None, float] = (None, 0.0)
+    per_consumer = None
     if field and field * STATS_WINDOW >= MIN_COUNTED:
         # acks per consumer, the most there were at either end: no consumer does more
         # than a replica can, whatever happened between the polls
         before = previous.consumers if previous else 0
-        per_consumer = (
-            field / max(1, before, sample.consumers, current_replicas),
-            _sure(field * STATS_WINDOW),
-        )
+        per_consumer = field / max(1, before, sample.consumers, current_replicas)
         if previous and previous.ready and sample.ready:
             return per_consumer  # work waited throughout: every consumer was busy
     if not readings:
         return per_consumer
     counted = _counted_bound(readings, sample, current_replicas, poll_seconds)
-    if counted[0] is None or (per_consumer[0] is not None and per_consumer[0] > counted[0]):
+    if counted is None or (per_consumer is not None and per_consumer > counted):
         return per_consumer
     return counted
 
@@ -232,16 +222,16 @@ def _lower_bound(
 def _counted_bound(
     readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int,
     poll_seconds: float,
-) -> tuple[float | None, float]:
+) -> float | None:
     """Little's law over the kept readings: acks over a minute or more and 20 or more,
     against the mean of the replicas holding messages at each poll of the span, while
     nothing waited (a backlog drained in the span outran what the polls saw held)."""
     after = sample.acked_total if sample.complete else None
     if after is None:
-        return None, 0.0
+        return None
     now = sample.taken_at
     if now - readings[0].taken_at < MIN_SPAN:
-        return None, 0.0  # the kept readings do not span a minute yet
+        return None  # the kept readings do not span a minute yet
     limit = _gap_limit(poll_seconds)
     holding, polls = max(1, min(current_replicas, sample.unacked)), 1
     later = now
@@ -249,24 +239,18 @@ def _counted_bound(
         before, taken_at = reading.acked_total, reading.taken_at
         seconds = now - taken_at
         if before is None or before > after or seconds > MAX_SPAN or later - taken_at > limit:
-            return None, 0.0
+            return None
         if reading.ready:
-            return None, 0.0  # a backlog drained in the span: its acks outran what polls saw held
+            return None  # a backlog drained in the span: its acks outran what polls saw held
         later = taken_at
         holding += reading.holding
         polls += 1
         counted = after - before
         if counted > MAX_RATE * seconds:
-            return None, 0.0  # a glitch, and beyond what a float division may take
+            return None  # a glitch, and beyond what a float division may take
         if seconds >= MIN_SPAN and counted >= MIN_COUNTED:
-            return counted / seconds / (holding / polls), _sure(counted)
-    return None, 0.0
-
-
-def _sure(messages: float) -> float:
-    """The share of a rate counted over `messages` that chance alone cannot explain: two
-    standard deviations of a Poisson count below it (0.55 at 20 messages, 0.95 at 1,600)."""
-    return max(0.0, 1.0 - 2.0 / math.sqrt(messages))
+            return counted / seconds / (holding / polls)
+    return None
 
 
 def measures(
