@@ -7,6 +7,7 @@ shows one rule at work; the rows that need a damping switch it back on.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from queuescaler.core.decision import (
+    PROBE_PAUSE_SECONDS,
     Decision,
     Reason,
     Recommendation,
@@ -404,8 +406,8 @@ UP_60 = {"behavior.scaleUp.stabilizationSeconds": 60}
     ("tick", "replicas", "reason"),
     [
         pytest.param(
-            # 8 -> 3 removes 3.2 replicas beyond chance (2 sigmas of sqrt(8 / 10)): the window
-            # is 300 s / 3.2^2 = 29 s, two polls at least: 30 s
+            # 8 -> 3 removes 3.2 replicas beyond chance (2 sigmas of sqrt(8 / 10)) and 2.3
+            # beyond 3 sigmas: the window is 300 s / (3.2 x 2.3) = 40 s
             Tick(sample(ready=30), 8, DOWN_300, ScalerState(recommendations=history((25, 8)))),
             8,
             Reason.STABILIZATION,
@@ -416,7 +418,7 @@ UP_60 = {"behavior.scaleUp.stabilizationSeconds": 60}
                 sample(ready=30),
                 8,
                 DOWN_300,
-                ScalerState(recommendations=history((200, 7), (40, 6), (20, 5))),
+                ScalerState(recommendations=history((200, 7), (60, 6), (20, 5))),
             ),
             5,
             Reason.STABILIZATION,
@@ -505,13 +507,33 @@ def test_stabilization(tick: Tick, replicas: int, reason: Reason) -> None:
 
 
 def test_stabilization_message() -> None:
-    # 8 -> 5 removes 1.2 replicas beyond chance: the window is 300 s / 1.2^2
+    # 8 -> 5 removes 1.2 replicas beyond 2 sigmas of chance, none beyond 3: 300 s / 1.2
     tick = Tick(sample(ready=50), 8, DOWN_300, ScalerState(recommendations=history((50, 8))))
 
     assert tick.decide().message == (
         "backlog 50 / 10 per replica -> 5,"
-        " held at 8 by scaleDown.stabilizationSeconds (highest recommendation of 205s)"
+        " held at 8 by scaleDown.stabilizationSeconds (highest recommendation of 248s)"
     )
+
+
+def test_a_drained_burst_goes_within_two_polls_a_noise_dip_waits() -> None:
+    # 40 replicas: a backlog gone (40 -> 4) is far beyond chance, its window the floor of
+    # two polls; a dip of the rate floor's publish rate (40 -> 30 on 8 msg/s read over
+    # 5 s, 40 messages: one standard deviation is 40 / sqrt(40) = 6.3 replicas) is not
+    drained = ScalerState(recommendations=history((45, 40), (31, 40)))
+    assert Tick(sample(ready=30), 40, DOWN_300, drained).decide().replicas == 3
+    dip = Tick(sample(unacked=30, publish=6.0), 40, DOWN_300,
+               dataclasses.replace(measured(0.2), recommendations=history((100, 40))))
+    decision = dip.decide()
+    assert decision.replicas == 40, decision.message
+
+
+def test_the_window_never_shrinks_below_two_statistics_intervals() -> None:
+    # polls a second apart read one 5 s snapshot of unacked several times: two polls are
+    # not two observations (review): the floor is 10 s, not 2
+    fast = {**DOWN_300, "pollingIntervalSeconds": 1}
+    state = ScalerState(recommendations=history((8, 40), (2, 40)))
+    assert Tick(sample(unacked=40), 40, fast, state).decide().replicas == 40
 
 
 def test_an_unmeasured_rate_floor_holds_a_quarter_less() -> None:
@@ -535,6 +557,34 @@ def test_an_unmeasured_rate_floor_never_lifts_the_pool() -> None:
     assert "capped at current 8 (speed not measured yet)" in held.message
     measured_lift = Tick(sample(ready=10, unacked=8, publish=200), 8, state=measured(1.0))
     assert measured_lift.decide().replicas == 9, "a measured speed may lift by the ready"
+
+
+def test_a_failed_probe_stops_probing_for_a_while() -> None:
+    # review: a pool never seen saturated probed a quarter down (10 -> 7), fell behind, the
+    # backlog policy scaled it up at once and drained the work before the next poll: no
+    # two polls in a row saw work waiting, the speed was never measured, and it probed
+    # again, every few polls, for ever. A shrink followed by waiting work ends probing.
+    shrunk = ScalerState(per_replica_rate=10.0, last_scale_time=ago(15),
+                         last_scale_up_time=ago(300))
+    waiting = sample(ready=430, unacked=7, consumers=7, publish=100.0)
+    after = fold(shrunk, waiting, current=7, recommendation=50)
+    assert after.probe_failed_at == NOW
+    steady = Tick(sample(unacked=10, consumers=10, publish=100.0), 10, state=after).decide()
+    assert "to learn the replicas' speed" not in steady.message, steady.message
+    assert steady.replicas == 10
+    later = dataclasses.replace(after, probe_failed_at=ago(PROBE_PAUSE_SECONDS))
+    probing = Tick(sample(unacked=10, consumers=10, publish=100.0), 10, state=later).decide()
+    assert probing.replicas == 7, "after the pause it may probe again"
+
+
+def test_waiting_work_after_a_scale_up_is_no_failed_probe() -> None:
+    grown = ScalerState(per_replica_rate=10.0, last_scale_time=ago(15),
+                        last_scale_up_time=ago(15))
+    after = fold(grown, sample(ready=430, unacked=7, consumers=7), current=7)
+    assert after.probe_failed_at is None
+    starting = ScalerState(per_replica_rate=10.0, last_scale_time=ago(15))
+    after = fold(starting, sample(ready=430, unacked=3, consumers=3), current=7)
+    assert after.probe_failed_at is None, "pods still starting: not the probe's doing"
 
 
 # --- cooldowns --------------------------------------------------------------------------

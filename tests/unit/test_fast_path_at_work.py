@@ -36,9 +36,10 @@ def spec(**overrides: Any) -> QueueScalerSpec:
     return parse_spec(raw)
 
 
-def live(ready: int) -> QueueSample:
+def live(ready: int, consumers: int = 1) -> QueueSample:
     """What a passive declare gives: ready and consumers, nothing in flight, incomplete."""
-    return QueueSample(ready=ready, unacked=0, consumers=1, taken_at=NOW, complete=False)
+    return QueueSample(ready=ready, unacked=0, consumers=consumers, taken_at=NOW,
+                       complete=False)
 
 
 @pytest.mark.parametrize(
@@ -48,8 +49,7 @@ def live(ready: int) -> QueueSample:
         pytest.param(5, 120, ScalerState(), {}, True, id="burst-on-five"),
         pytest.param(5, 50, ScalerState(), {}, False, id="ready-alone-needs-no-more"),
         pytest.param(10, 110, ScalerState(), {}, False, id="within-tolerance"),
-        pytest.param(5, 90, ScalerState(), {}, False, id="less-than-double-waits-for-the-sample"),
-        pytest.param(5, 100, ScalerState(), {}, True, id="double-is-early"),
+        pytest.param(5, 90, ScalerState(), {}, True, id="every-pod-consuming-any-growth"),
         pytest.param(20, 900, ScalerState(), {}, False, id="at-its-maximum"),
         pytest.param(2, 50, ScalerState(last_scale_time=NOW - 5), {}, False,
                      id="in-scale-up-cooldown"),
@@ -68,7 +68,23 @@ def test_a_peeked_pool_is_decided_early_only_when_its_ready_messages_call_for_gr
     current: int, ready: int, state: ScalerState, overrides: dict[str, Any], early: bool,
 ) -> None:
     memory = Memory(state=state, current_replicas=current)
-    assert calls_now(spec(**overrides), live(ready), memory, NOW) is early
+    assert calls_now(spec(**overrides), live(ready, current), memory, NOW) is early
+
+
+@pytest.mark.parametrize(
+    ("ready", "consumers", "early"),
+    [
+        pytest.param(90, 2, False, id="pods-starting-less-than-double-waits-for-the-sample"),
+        pytest.param(100, 2, True, id="pods-starting-double-is-early"),
+        pytest.param(60, 5, True, id="every-pod-consuming-beyond-tolerance-is-early"),
+    ],
+)
+def test_while_pods_start_an_early_decision_at_least_doubles_the_pool(
+    ready: int, consumers: int, early: bool
+) -> None:
+    # a flood's ready count climbs every tick while the pods it called for start: one
+    # early step per replica's worth would be a scale event a second
+    assert calls_now(spec(), live(ready, consumers), at(5), NOW) is early
 
 
 def at(current: int | None, state: ScalerState | None = None) -> Memory:

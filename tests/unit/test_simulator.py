@@ -474,6 +474,32 @@ def test_between_samples_the_fast_path_only_grows() -> None:
     assert grew_between, "a burst is acted on before the next sample"
 
 
+def test_early_decisions_see_what_an_amqp_peek_gives_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # review: the early sample kept the management API's rates and counters, which the
+    # engine's peek never has (the rate floor and the drain policy then answered early)
+    import queuescaler.sim.simulator as simulator
+
+    seen: list[QueueSample] = []
+    real = simulator.decide
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        sample = args[1]
+        if sample is not None and not sample.complete:
+            seen.append(sample)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(simulator, "decide", recording)
+    trace = bursts(duration=SHORT, first_at=60, every=300)
+    simulate(trace, QueueScalerPolicy(queuescaler_spec(), peek_every=1.0), initial_replicas=1)
+    assert seen, "the bursts are decided early"
+    assert all(
+        s.unacked == 0 and s.publish_rate is None and s.ack_rate is None
+        and s.published_total is None and s.acked_total is None for s in seen
+    )
+
+
 # --- traces -------------------------------------------------------------------------------
 
 

@@ -27,6 +27,8 @@ from typing import Final
 from queuescaler.core.sample import QueueSample
 from queuescaler.core.spec import QueueScalerSpec
 from queuescaler.core.throughput import (
+    MIN_COUNTED,
+    STATS_WINDOW,
     Flow,
     Reading,
     falling_behind,
@@ -43,12 +45,30 @@ MIN_POLLS_IN_WINDOW: Final = 2
 """The divided scale-down window never shrinks below this many polling intervals: one
 odd sample must not drain a large pool (300 s / 40 replicas would be 7.5 s)."""
 
+MIN_WINDOW_SECONDS: Final = 10.0
+"""Nor below two of the management API's statistics intervals (5 s by default): polls a
+second apart read one snapshot of its unacked count several times, and two of them are
+not two observations."""
+
 NOISE_SIGMAS: Final = 2.0
 """A scale-down shortens the stabilization window only by the replicas it removes beyond
 this many standard deviations of chance. A pool of n replicas sized by a backlog of about
 n x messagesPerReplica messages moves by sqrt(n / messagesPerReplica) replicas on Poisson
 noise alone: 5 replicas of slow tasks at one message each swing between 1 and 5 by
 chance, while 58 replicas of 100 messages each going to 1 is no chance."""
+
+SURE_SIGMAS: Final = 3.0
+"""A drop beyond this many standard deviations of chance is no noise dip (one poll in 700
+by chance, against one in 40 at two): only then is the window divided again by the
+replicas it removes beyond it (`_stabilization`)."""
+
+PROBE_PAUSE_SECONDS: Final = 600.0
+"""After a probe failed (the pool shrank, then work waited with every pod consuming), no
+probing for this long: the probe has said what it could (a replica is slower than the
+shrunken pool needed), and probing again would only repeat the flood that followed it
+(the backlog policy scales back up at once and the drain never lets two polls in a row
+see work waiting, so the speed is never measured: a pool probing forever flaps every
+few polls)."""
 
 PROBE_DIVISOR: Final = 4
 """Until the pool has been seen saturated, its per-replica rate is a lower bound (a
@@ -125,6 +145,9 @@ class ScalerState:
     readings_of: object = None
     """The spec.source the readings were taken of (see _readings); None only before the
     first."""
+    probe_failed_at: float | None = None
+    """When a probe last failed (`PROBE_PAUSE_SECONDS`); kept in memory only: after a
+    restart a pool may probe once more."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +196,10 @@ def decide(
             state.per_replica_rate, readings, sample, current_replicas, flow, poll
         )
         measured = state.rate_measured or measures(readings, sample, current_replicas, flow)
-        probing = not measured and not falling_behind(readings, sample)
+        probing = (
+            not measured and not falling_behind(readings, sample)
+            and not _probe_failed_lately(state, now)
+        )
         decision = _decide_with_sample(
             spec, sample, flow, current_replicas, state, now, busy_workers, rate, busy_note,
             probing=probing, measured=measured, restored=state.restored,
@@ -215,6 +241,7 @@ def next_state(
             readings=state.readings,
             readings_of=state.readings_of,
             restored=state.restored,
+            probe_failed_at=state.probe_failed_at,
         )
     history = (*state.recommendations, Recommendation(now, decision.recommendation))
     readings = _readings(spec, state)
@@ -233,7 +260,37 @@ def next_state(
         readings=(kept := remember(readings, sample, current_replicas)),
         readings_of=spec.source,
         restored=state.restored and len(kept) < 2,
+        probe_failed_at=now if _probe_failed(state, sample, current_replicas)
+        else state.probe_failed_at,
     )
+
+
+def _rate_noise(flow: Flow, current: int, reason: Reason) -> float | None:
+    """How many replicas chance alone moves a rate-policy recommendation of a pool this
+    size: its publish rate rests on about publish x 5 s messages (at least `MIN_COUNTED`,
+    as core.throughput reads it), one standard deviation of which is 1 / sqrt of that. None
+    when the rate policy did not decide."""
+    if reason is not Reason.RATE:
+        return None
+    counted = max(float(MIN_COUNTED), (flow.publish or 0.0) * STATS_WINDOW)
+    return current / math.sqrt(counted)
+
+
+def _probe_failed(state: ScalerState, sample: QueueSample, current: int) -> bool:
+    """Whether this sample shows a probe that failed: the speed still unmeasured, the last
+    scale a scale-down, and now work waits with every pod consuming."""
+    shrank = state.last_scale_time is not None and (
+        state.last_scale_up_time is None or state.last_scale_time > state.last_scale_up_time
+    )
+    return (
+        not state.rate_measured and shrank and sample.complete and sample.ready > 0
+        and current > 0 and sample.consumers >= current
+    )
+
+
+def _probe_failed_lately(state: ScalerState, now: float) -> bool:
+    failed = state.probe_failed_at
+    return failed is not None and 0.0 <= now - failed < PROBE_PAUSE_SECONDS
 
 
 def _readings(spec: QueueScalerSpec, state: ScalerState) -> tuple[Reading, ...]:
@@ -276,7 +333,8 @@ def _decide_with_sample(
     # The HPA's pipeline: each stage sees the number the previous one left, and may change
     # it with a reason. Waking a pool from zero skips the damping (activation is apart).
     stages: list[Callable[[int], _Change | None]] = [] if waking else [
-        lambda n: _stabilization(spec, n, current, state.recommendations, now),
+        lambda n: _stabilization(spec, n, current, state.recommendations, now,
+                                 rate_noise=_rate_noise(flow, current, raw_reason)),
         lambda n: _cooldown(spec, n, current, state, now),
     ]
     stages += [
@@ -434,19 +492,23 @@ def _stabilization(
     current: int,
     history: tuple[Recommendation, ...],
     now: float,
+    rate_noise: float | None = None,
 ) -> _Change | None:
     """The HPA's stabilization: shrink no lower than the highest recommendation of the
     scale-down window, grow no higher than the lowest of the scale-up window; this
     tick's recommendation counts in both.
 
-    The scale-down window is `scaleDown.stabilizationSeconds` divided by the square of the
-    number of replicas the recommendation would remove beyond chance (`NOISE_SIGMAS`),
-    never below `MIN_POLLS_IN_WINDOW` polls: a pool about to lose one replica looks back
-    the whole window, one about to lose four (of a pool large enough that four is no
-    chance) a sixteenth of it. Holding k spare replicas for window/k^2 seconds costs
-    window/k replica-seconds: the surer the drop, the less it is insured. (Dividing by k
-    alone insured every drop with the same window's worth of one replica, twice per burst:
-    a third of the work of a small pool's bursts, issue 12's worker models.) The window
+    The scale-down window is `scaleDown.stabilizationSeconds` divided by the number of
+    replicas the recommendation would remove beyond chance (`NOISE_SIGMAS`), and again by
+    the number it would remove beyond `SURE_SIGMAS`, never below `MIN_POLLS_IN_WINDOW`
+    polls nor `MIN_WINDOW_SECONDS`: a pool about to lose one replica looks back the whole
+    window; a drained burst, far beyond any chance, about k^2 times less. Holding k spare
+    replicas for window/k^2 seconds costs window/k replica-seconds: the surer the drop, the
+    less it is insured. (Dividing by k alone insured every drop with the same window's
+    worth of one replica, twice per burst: a third of the work of a small pool's bursts,
+    issue 12's worker models.) Chance is the backlog's, or, when the rate policy decided,
+    the publish rate's (`_rate_noise`: a rate read off a few dozen messages moves a pool
+    by more than its backlog does), and then the window is divided once only. The window
     exists against flapping on noisy metrics (the HPA's reason for it); noise moves a pool
     by a replica or two and stays damped for the whole window, while a burst that has been
     drained (the recommendation a small fraction of the pool) is let go within a tick or
@@ -457,10 +519,15 @@ def _stabilization(
     up_window = behavior.scale_up.stabilization_seconds
     up_cutoff = now - up_window
     window = behavior.scale_down.stabilization_seconds
-    floor = MIN_POLLS_IN_WINDOW * spec.polling_interval_seconds
+    floor = max(MIN_POLLS_IN_WINDOW * spec.polling_interval_seconds, MIN_WINDOW_SECONDS)
     per_replica = spec.target.messages_per_replica
-    beyond_noise = current - recommendation - NOISE_SIGMAS * math.sqrt(current / per_replica)
-    down_window = min(window, max(window / max(1.0, beyond_noise) ** 2, floor))
+    drop, chance = current - recommendation, math.sqrt(current / per_replica)
+    if rate_noise is not None:
+        chance = max(chance, rate_noise)
+    divisor = max(1.0, drop - NOISE_SIGMAS * chance)
+    if rate_noise is None:
+        divisor *= max(1.0, drop - SURE_SIGMAS * chance)
+    down_window = min(window, max(window / divisor, floor))
     down_cutoff = now - down_window
     lowest = highest = recommendation
     for past in history:

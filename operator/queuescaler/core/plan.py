@@ -65,10 +65,12 @@ T = TypeVar("T")
 GOOD_WHEN_TRUE: Final = frozenset({"Ready", "BrokerReachable", "TargetFound"})
 """Conditions whose False is bad news: a Warning Event whenever they turn False."""
 EARLY_GROWTH: Final = 2
-"""An early decision grows a pool at work at least this many times over: while the pods a
-flood called for start, its ready count climbs every tick, and a step per replica's worth
-would be a scale event per second; doubling reaches any size in a few (the full sample
-at the polling interval sizes it exactly)."""
+"""While some of a pool's pods are not consuming yet (the live consumer count is below its
+replica count: pods a flood called for are starting), an early decision must grow it at
+least this many times over: the flood's ready count climbs every tick meanwhile, and a
+step per replica's worth would be a scale event a second; doubling reaches any size in a
+few (the full sample at the polling interval sizes it exactly). A pool whose pods all
+consume reacts to any growth beyond the tolerance."""
 SECRET_FAILURE: Final = "secret"
 """The metric kind of a sample that failed because the connection Secret was unusable."""
 
@@ -259,9 +261,9 @@ def wakes(spec: QueueScalerSpec, live: QueueSample) -> bool:
 def calls_now(spec: QueueScalerSpec, live: QueueSample, memory: Memory, now: float) -> bool:
     """Whether a peeked pool is decided now, before its interval, on its live counts: at
     zero, when they activate it; at work, when the messages ready alone (a lower bound of
-    any backlog the policies count) call for at least `EARLY_GROWTH` times the replicas it
-    has, beyond the tolerance, and more than its last decision recommended, out of its
-    scale-up cooldown.
+    any backlog the policies count) call for more replicas than it has, beyond the
+    tolerance (at least `EARLY_GROWTH` times as many while some of its pods are still
+    starting), and more than its last decision recommended, out of its scale-up cooldown.
 
     One burst starts one early decision, not one per tick while a cooldown, a dry run or a
     refusal holds it: the next waits for one more replica's worth of messages. Only growth
@@ -281,8 +283,9 @@ def calls_now(spec: QueueScalerSpec, live: QueueSample, memory: Memory, now: flo
     wanted = -(-live.ready // per_replica)
     state = memory.state
     last = max(state.recommendations, key=lambda r: r.at).replicas if state.recommendations else 0
-    return (wanted > max(current, last) and wanted >= EARLY_GROWTH * current
-            and outside_tolerance(spec, wanted, current))
+    starting = live.consumers < current
+    return (wanted > max(current, last) and outside_tolerance(spec, wanted, current)
+            and (not starting or wanted >= EARLY_GROWTH * current))
 
 
 def to_peek(

@@ -24,7 +24,6 @@ whose fields are as old as their source makes them (see `Sampling`).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -499,7 +498,9 @@ class QueueScalerPolicy:
         if now < self._next_due:
             memory = Memory(state=self._state, current_replicas=current,
                             early_ready=self._early_ready)
-            live = dataclasses.replace(sample, unacked=0, complete=False)
+            # what an AMQP peek gives: ready and consumers, nothing in flight, no rates
+            live = QueueSample(sample.ready, 0, sample.consumers, sample.taken_at,
+                               complete=False)
             if not (peeked(spec, memory, now) and calls_now(spec, live, memory, now)):
                 return current
             sample, early = live, True
