@@ -182,3 +182,23 @@ def test_a_stream_block_is_refused_where_it_is_wrong(block: dict[str, object], w
     with pytest.raises(SpecError) as raised:
         _spec(block)
     assert raised.value.field_path == f"spec.source.redis.{where}"
+
+
+@pytest.mark.integration
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_scope_that_cannot_be_told_holds_its_own_pools_only(
+    admin: redis.Redis, source: RedisSource
+) -> None:
+    """A stream pool and a Celery pool on one database, and no Celery worker listening: the
+    Celery scope is one busy client of unknown name (its pools keep their pods), while the
+    stream pool's consumers are listed and matched as ever."""
+    admin.xadd(STREAM, {"n": 1})
+    work(admin, "worker-0", take=1, ack=0)
+    celery = QueueRef("", "celery")
+    found = await source.clients([REF.scope, celery.scope])
+    unknown = BrokerClient("", None, None, consumers=1, unacked=1)
+    assert unknown in found and len(found) == 2
+    streams = match_workers([Pod("worker-0"), Pod("worker-1")], found, {REF})
+    assert (streams.busy, streams.unattributed, streams.protected) == (1, 0, 1)
+    celerys = match_workers([Pod("celery-a"), Pod("celery-b")], found, {celery})
+    assert (celerys.unattributed, celerys.protected) == (1, 2)

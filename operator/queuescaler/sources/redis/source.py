@@ -338,14 +338,19 @@ class RedisSource:
             del known[next(iter(known))]
 
     async def clients(self, scopes: Collection[str]) -> Sequence[BrokerClient]:
-        """The Celery workers of every layout in `scopes`, from one `inspect` broadcast round
-        per layout (reserved, active and active_queues at once), bounded by `inspect_seconds`.
+        """The workers of every scope in `scopes`: a kombu layout's Celery workers from one
+        `inspect` broadcast round per layout (reserved, active and active_queues at once),
+        bounded by `inspect_seconds`; a stream group's consumers from XINFO CONSUMERS.
 
-        Each answering worker is a client named after its pod (the host part of its
+        Each answering Celery worker is a client named after its pod (the host part of its
         hostname), holding its reserved plus active tasks, consuming the queues it names. A
         worker the broadcast reached that did not answer in time is a client of unknown name
-        holding work (the core keeps the pods it could be). Raises SourceError when Redis
-        fails, or when no worker listens at all (then nothing tells busy from idle).
+        holding work (the core keeps the pods it could be).
+
+        A scope that cannot be told (no Celery worker listens on its layout's channel, its
+        stream or group is missing) is, beside scopes that can, one client of unknown name
+        holding work in that scope only: its pools hold their pods, the others go on. Raises
+        SourceError when Redis fails, or when no scope at all can be told.
         """
         layouts: dict[str, Layout] = {}
         streams: list[StreamGroup] = []
@@ -358,32 +363,43 @@ class RedisSource:
                 layouts[scope] = Layout.from_scope(scope)
             except ValueError:
                 raise _error(ErrorKind.BAD_CONFIG, "not a redis scope (no kombu layout)") from None
-        found: list[BrokerClient] = await self._stream_consumers(streams) if streams else []
-        if not layouts:
-            return found
-        where = f"Celery inspect on Redis at {self._broker.address}"
-        rounds = await asyncio.gather(
-            *(self._inspect(scope, layout) for scope, layout in layouts.items()),
-            return_exceptions=True,
-        )
-        for layout, outcome in zip(layouts.values(), rounds, strict=True):
-            if isinstance(outcome, redis.exceptions.RedisError | OSError | TimeoutError):
-                raise failure(outcome, where, CONTROL_ACL_NEEDS) from None
-            if isinstance(outcome, BaseException):
-                raise outcome
-            if outcome.reached == 0:
-                channel = broadcast_channel(layout, self._broker.database)
-                raise _error(
-                    ErrorKind.BAD_RESPONSE,
-                    f"{where}: no Celery worker listens for remote control on channel "
-                    f"{channel!r} (workers of another database, control_exchange or "
-                    "fanout_prefix, or none running): busy workers cannot be told",
-                )
-            found += outcome.clients()
+        found: list[BrokerClient] = []
+        blind: dict[str, SourceError] = {}
+        for stream, listed in await self._stream_consumers(streams) if streams else ():
+            if isinstance(listed, SourceError):
+                blind[stream.scope] = listed
+            else:
+                found += listed
+        if layouts:
+            where = f"Celery inspect on Redis at {self._broker.address}"
+            rounds = await asyncio.gather(
+                *(self._inspect(scope, layout) for scope, layout in layouts.items()),
+                return_exceptions=True,
+            )
+            for (scope, layout), outcome in zip(layouts.items(), rounds, strict=True):
+                if isinstance(outcome, redis.exceptions.RedisError | OSError | TimeoutError):
+                    raise failure(outcome, where, CONTROL_ACL_NEEDS) from None
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                if outcome.reached == 0:
+                    channel = broadcast_channel(layout, self._broker.database)
+                    blind[scope] = _error(
+                        ErrorKind.BAD_RESPONSE,
+                        f"{where}: no Celery worker listens for remote control on channel "
+                        f"{channel!r} (workers of another database, control_exchange or "
+                        "fanout_prefix, or none running): busy workers cannot be told",
+                    )
+                found += outcome.clients()
+        if blind and len(blind) == len(layouts) + len(streams):
+            raise next(iter(blind.values()))
+        found += [BrokerClient(scope, None, None, consumers=1, unacked=1) for scope in blind]
         return found
 
-    async def _stream_consumers(self, streams: list[StreamGroup]) -> list[BrokerClient]:
-        """Every stream group's consumers and their pending entries, in one pipeline."""
+    async def _stream_consumers(
+        self, streams: list[StreamGroup]
+    ) -> list[tuple[StreamGroup, list[BrokerClient] | SourceError]]:
+        """Every stream group's consumers and their pending entries, in one pipeline; a
+        missing stream or group (or one out of an ACL user's reach) fails alone."""
         where = f"Redis at {self._broker.address}"
         try:
             async with self._open().pipeline(transaction=False) as pipe:
@@ -392,12 +408,16 @@ class RedisSource:
                 replies = await asyncio.wait_for(pipe.execute(raise_on_error=False), self._timeout)
         except (redis.exceptions.RedisError, OSError, TimeoutError) as error:
             raise failure(error, where, STREAM_ACL_NEEDS) from None
-        found: list[BrokerClient] = []
+        listed: list[tuple[StreamGroup, list[BrokerClient] | SourceError]] = []
         for stream, reply in zip(streams, replies, strict=True):
             if isinstance(reply, redis.exceptions.NoPermissionError):
-                raise failure(reply, where, STREAM_ACL_NEEDS)
-            found += consumer_clients(stream, reply)
-        return found
+                listed.append((stream, failure(reply, where, STREAM_ACL_NEEDS)))
+                continue
+            try:
+                listed.append((stream, consumer_clients(stream, reply)))
+            except SourceError as error:
+                listed.append((stream, error))
+        return listed
 
     async def _inspect(self, scope: str, layout: Layout) -> Round:
         """One broadcast round: route the answers to our list, publish the three commands in
