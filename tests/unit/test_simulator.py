@@ -500,6 +500,33 @@ def test_early_decisions_see_what_an_amqp_peek_gives_and_nothing_else(
     )
 
 
+DEFAULTS_SPEC: dict[str, Any] = {
+    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "w"},
+    "minReplicas": 1, "maxReplicas": 200,
+    "source": {"rabbitmq": {"queue": "q", "connectionSecretRef": {"name": "r"}}},
+}
+"""The CRD's defaults (messagesPerReplica 10), which bench/decide.py does not run."""
+
+
+@pytest.mark.parametrize(("stats_delay", "seed"), [(5.0, 4), (5.0, 6), (15.0, 1), (60.0, 2),
+                                                   (60.0, 5)])
+def test_a_steady_pool_never_measured_does_not_flap(stats_delay: float, seed: int) -> None:
+    # review: probe a quarter down, fall behind, scale to the backlog, drain it before two
+    # polls saw work waiting, probe again: ~110 scale events an hour for ever
+    policy = QueueScalerPolicy(DEFAULTS_SPEC, stats_delay=stats_delay, peek_every=1.0)
+    result = simulate(steady(seed=seed), policy, initial_replicas=10, measure_from=300)
+    assert result.scale_events <= 10, (result.scale_events, result.p95_wait)
+
+
+def test_a_steady_load_does_not_flap_on_rate_noise() -> None:
+    # review: 40 replicas of 5 s tasks held by the rate floor on a publish rate read off
+    # 40 messages: a dip of 10 replicas is chance, not a drained burst
+    trace = steady(rate=8.0, service_rate=0.2, duration=3600, seed=7)
+    policy = QueueScalerPolicy(DEFAULTS_SPEC, stats_delay=5.0, peek_every=1.0)
+    result = simulate(trace, policy, initial_replicas=40, measure_from=600)
+    assert result.scale_events <= 4, (result.scale_events, result.p95_wait)
+
+
 # --- traces -------------------------------------------------------------------------------
 
 

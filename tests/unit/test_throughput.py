@@ -250,6 +250,21 @@ def test_a_lower_bound_above_the_estimate_raises_it() -> None:
     )
 
 
+def test_early_acks_give_no_counted_bound() -> None:
+    # review: with early acks (Celery's default) nothing is unacknowledged while 10
+    # replicas work flat out at 1/s: Little's law would credit one replica with all 10/s
+    readings: tuple[Reading, ...] = ()
+    for k in range(5, 0, -1):
+        readings = remember(readings, sample(unacked=0, consumers=10, at=NOW - 15 * k,
+                                             acked=int(100_000 - 10 * 15 * k)), 10)
+    estimate: float | None = 1.0
+    for tick in range(4):
+        now = sample(unacked=0, consumers=10, at=NOW + 15 * tick, acked=100_000 + 150 * tick)
+        estimate = per_replica_rate(estimate, readings, now, 10)
+        readings = remember(readings, now, 10)
+    assert estimate == 1.0
+
+
 def test_a_burst_that_just_ended_cannot_ratchet_the_estimate_up() -> None:
     # review: 10 replicas at 1 msg/s; the 5 s window still holds the pool's 8 acks/s while
     # only 1 message is left in flight. Ten such burst ends must leave the estimate be.

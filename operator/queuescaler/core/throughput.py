@@ -225,7 +225,9 @@ def _counted_bound(
 ) -> float | None:
     """Little's law over the kept readings: acks over a minute or more and 20 or more,
     against the mean of the replicas holding messages at each poll of the span, while
-    nothing waited (a backlog drained in the span outran what the polls saw held)."""
+    nothing waited (a backlog drained in the span outran what the polls saw held) and
+    something was held at every poll (with early acks, Celery's default, the running
+    tasks are acknowledged already: acks with nothing held say nothing of one replica)."""
     after = sample.acked_total if sample.complete else None
     if after is None:
         return None
@@ -233,7 +235,9 @@ def _counted_bound(
     if now - readings[0].taken_at < MIN_SPAN:
         return None  # the kept readings do not span a minute yet
     limit = _gap_limit(poll_seconds)
-    holding, polls = max(1, min(current_replicas, sample.unacked)), 1
+    if not sample.unacked:
+        return None  # acks while nothing is held: early acks hide the running tasks
+    holding, polls = min(current_replicas, sample.unacked), 1
     later = now
     for reading in reversed(readings):
         before, taken_at = reading.acked_total, reading.taken_at
@@ -242,6 +246,8 @@ def _counted_bound(
             return None
         if reading.ready:
             return None  # a backlog drained in the span: its acks outran what polls saw held
+        if not reading.backlog:
+            return None  # acks while nothing was held: early acks hide the running tasks
         later = taken_at
         holding += reading.holding
         polls += 1
