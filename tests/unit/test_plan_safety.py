@@ -8,6 +8,7 @@ times from a clock that runs ahead.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -25,7 +26,14 @@ from queuescaler.core.plan import (
     conflicts,
     plan,
 )
-from queuescaler.core.sample import BrokerClient, ErrorKind, QueueRef, QueueSample, SourceError
+from queuescaler.core.sample import (
+    BrokerClient,
+    ErrorKind,
+    QueueRef,
+    QueueSample,
+    SourceError,
+    combine,
+)
 from queuescaler.core.spec import QueueScalerSpec, ScaleTargetRef
 from queuescaler.core.status import build_status, state_from_status
 from queuescaler.core.throughput import Reading, per_replica_rate
@@ -371,3 +379,23 @@ def test_property_never_shrinks_on_what_it_cannot_see(
     if made.status is not None:
         for value in (made.status.get("rates") or {}).values():
             assert math.isfinite(value) and value >= 0
+
+
+def test_what_a_source_says_of_its_figures_reaches_the_ready_condition() -> None:
+    # Redis keeps no ack counters: the pool is sized on backlog alone, and users are told
+    note = "rates unavailable: sized on backlog alone"
+    told = QueueSample(4, 0, 0, NOW, note=note)
+    made = tick({Q1: told, Q2: told}, memory=Memory(current_replicas=1))
+    ready = next(c for c in made.conditions if c.type == "Ready")
+    assert ready.status and ready.message.endswith(f"; {note}"), ready.message
+    partial = dataclasses.replace(told, complete=False)
+    made = tick({Q1: partial, Q2: sample()}, memory=Memory(current_replicas=1))
+    ready = next(c for c in made.conditions if c.type == "Ready")
+    assert f"{note}; the sample cannot see every message" in ready.message, ready.message
+
+
+def test_notes_of_several_queues_are_said_once_each() -> None:
+    a = QueueSample(1, 0, 0, NOW, note="no rates")
+    b = QueueSample(2, 0, 0, NOW, note="layout unexpected")
+    assert combine([a, b, a]).note == "no rates; layout unexpected"
+    assert combine([sample(), sample()]).note is None

@@ -512,12 +512,14 @@ def _incomplete(sample: QueueSample | None) -> QueueSample | None:
 
 
 def _note(got: _Seen) -> str | None:
-    """What the operator can and cannot do with this sample, for the Ready condition."""
+    """What the operator can and cannot do with this sample, for the Ready condition,
+    after what the source said of its figures."""
+    notes = [got.sample.note] if got.sample is not None and got.sample.note else []
     if got.waiting:
-        return "a queue's statistics are not out yet: waiting for them"
-    if got.sample is not None and not got.sample.complete and not got.early:
-        return "the sample cannot see every message the pool may hold: scaling up only"
-    return None
+        notes.append("a queue's statistics are not out yet: waiting for them")
+    elif got.sample is not None and not got.sample.complete and not got.early:
+        notes.append("the sample cannot see every message the pool may hold: scaling up only")
+    return "; ".join(notes) or None
 
 
 def _protected(

@@ -97,6 +97,9 @@ class QueueSample:
     `message_stats.publish`), as old as the rates; None without statistics."""
     acked_total: int | None = None
     """Messages acknowledged by consumers since the queue was declared (`.ack`)."""
+    note: str | None = None
+    """What the source wants users to know about these figures (what its broker cannot
+    give, a layout it did not expect): shown in the Ready condition."""
 
     @property
     def backlog(self) -> int:
@@ -130,6 +133,7 @@ def combine(samples: Iterable[QueueSample]) -> QueueSample:
         complete=all(p.complete for p in parts),
         published_total=_sum_all(p.published_total for p in parts),
         acked_total=_sum_all(p.acked_total for p in parts),
+        note="; ".join(dict.fromkeys(p.note for p in parts if p.note)) or None,
     )
 
 

@@ -26,7 +26,7 @@ from redis.asyncio.connection import Connection
 from queuescaler.core.sample import ErrorKind, QueueRef, QueueSample, SourceError
 from queuescaler.sources.redis.layout import Layout
 from queuescaler.sources.redis.secret import RedisBroker, broker_from_secret
-from queuescaler.sources.redis.source import RedisSource
+from queuescaler.sources.redis.source import NO_RATES, RedisSource
 from queuescaler_testkit.redis_server import SPARE_PORT, RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -258,6 +258,7 @@ async def test_a_peek_reads_ready_counts_only_in_one_round_trip_and_no_hscan(
         ref = QueueRef("", "peeked")
         full = _sample(await counted.sample([ref]), ref)
         assert (full.ready, full.unacked, full.complete) == (3, 1, True)
+        assert full.note == NO_RATES, "users are told the pool is sized on backlog alone"
         scans = admin.info("commandstats")["cmdstat_hscan"]["calls"]
         CountingConnection.sends = 0
         live = _sample(await counted.peek([ref]), ref)

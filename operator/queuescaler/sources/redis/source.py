@@ -85,6 +85,13 @@ CONTROL_ACL_NEEDS = (
     "/<db>.celery.pidbox, and +sadd +srem +del +brpop +rpop on the *.reply.celery.pidbox "
     "lists and the _kombu.binding*.reply.celery.pidbox sets"
 )
+NO_RATES = (
+    "rates unavailable: Redis keeps no publish or ack counters for a Celery queue,"
+    " so the pool is sized on its backlog alone (target.drainSeconds and the rate floor"
+    " do not apply)"
+)
+"""The Ready condition's note on every Celery-on-Redis sample (not on a stream's, whose
+counters give rates)."""
 REPLIES_PER_READ = 1_000
 """Answers taken per RPOP after the BRPOP that waited for the first one."""
 STREAM_ACL_NEEDS = "an ACL user needs +xinfo on the streams' keys"
@@ -302,6 +309,7 @@ class RedisSource:
                     consumers=0,  # unknown: Redis cannot say who waits on a list
                     taken_at=taken_at,
                     complete=complete,
+                    note=NO_RATES if full else None,
                 )
         for ref, stream in streams:
             groups, info = replies[position : position + 2]
