@@ -19,11 +19,22 @@ a vhost of its own with 1,000 empty queues, and prints Markdown tables:
    declares is the real broker's, from table 2). Pools at rest at zero (minReplicas 0,
    the only ones the fast path peeked before issue 14) and pools at work (half at
    minReplicas 1, half at 5, idle queues: peeked since issue 14).
+4. Redis: round trips per tick at 10, 100 and 1,000 QueueScalers on one Redis database
+   (Celery queues, `source.redis`), through the same real Engine and Brokers with the real
+   RedisSource against a private redis-server of the test kit (its own port, started and
+   stopped by PID here); only the apiserver is the in-process stand-in. Round trips are
+   counted at the transport (each command or pipeline redis-py writes to a socket, the
+   connection handshakes included) and checked against the server's own counters
+   (`INFO stats`: total_commands_processed, total_connections_received).
 Medians of a few repetitions; loopback only. The vhost is deleted at the end.
+
+    python bench/sampling.py --only redis      # table 4 alone (no RabbitMQ needed)
+    python bench/sampling.py --only rabbitmq   # tables 1 to 3
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import math
 import statistics
@@ -32,13 +43,15 @@ import sys
 import time
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pika
+import redis
 from prometheus_client import CollectorRegistry
+from redis.asyncio.connection import Connection
 
 from queuescaler.core import plan as planner
 from queuescaler.core.sample import BrokerClient, QueueRef, QueueSample, SampleResult
@@ -51,8 +64,11 @@ from queuescaler.metrics import Metrics
 from queuescaler.sources.rabbitmq.listing import QUEUE_COLUMNS, name_filter_query
 from queuescaler.sources.rabbitmq.secret import broker_from_secret
 from queuescaler.sources.rabbitmq.source import RabbitMQSource
+from queuescaler.sources.redis.secret import RedisBroker
+from queuescaler.sources.redis.source import RedisSource
 from queuescaler_testkit.broker import BrokerAdmin
 from queuescaler_testkit.env import REPO, TestEnv, read_testenv
+from queuescaler_testkit.redis_server import RedisServer
 
 QUEUES = 1_000
 ASKED = (10, 100, 1_000)
@@ -249,7 +265,14 @@ class RecordingSource:
 
 class QuietKube:
     """The apiserver as the engine sees it, answering at once: replica counts come from the
-    ReplicaCache (Deployments), writes are accepted and dropped."""
+    ReplicaCache (Deployments), writes are accepted and dropped. Every Secret reads as
+    `secret` (by default a RabbitMQ one, parsed only: the recording source stands in for
+    the broker it names)."""
+
+    def __init__(self, secret: Mapping[str, str] | None = None) -> None:
+        self._secret = dict(secret or {
+            "amqpUrl": "amqp://u:p@127.0.0.1:1/", "managementUrl": "http://u:p@127.0.0.1:2"
+        })
 
     async def read_replicas(self, namespace: str, target: ScaleTargetRef) -> int:
         raise AssertionError("Deployments' replica counts come from the cache")
@@ -269,8 +292,7 @@ class QuietKube:
         pass
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, str]:
-        # Parsed only: the recording source stands in for the broker these name.
-        return {"amqpUrl": "amqp://u:p@127.0.0.1:1/", "managementUrl": "http://u:p@127.0.0.1:2"}
+        return dict(self._secret)
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         pass
@@ -300,7 +322,9 @@ class PeekCost:
     """The engine's own wall time per tick in-process (median), apiserver and broker free."""
 
 
-def _fleet(scalers: int, sizes: Sequence[int]) -> tuple[Fleet, ReplicaCache]:
+def _fleet(
+    scalers: int, sizes: Sequence[int], broker: str = "rabbitmq"
+) -> tuple[Fleet, ReplicaCache]:
     """`scalers` QueueScalers in one namespace on one broker, at rest at `sizes` in turn."""
     fleet, cache = Fleet(), ReplicaCache()
     for number in range(scalers):
@@ -311,8 +335,8 @@ def _fleet(scalers: int, sizes: Sequence[int]) -> tuple[Fleet, ReplicaCache]:
             "spec": {
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
                 "minReplicas": size, "maxReplicas": 20,
-                "source": {"rabbitmq": {"queue": name,
-                                        "connectionSecretRef": {"name": "rabbitmq"}}},
+                "source": {broker: {"queue": name,
+                                    "connectionSecretRef": {"name": broker}}},
             },
         }, EPOCH)
         cache.set("bench", name, size)
@@ -375,8 +399,188 @@ def _peek_rows(per_declare: float) -> list[str]:
     return rows
 
 
+# --- table 4: Redis, the real Engine and RedisSource against a private redis-server ---
+
+REDIS_FLEETS = (10, 100, 1_000)
+"""QueueScalers on one Redis database in table 4."""
+REDIS_PORT = 24389
+"""The bench's own redis-server (below the ephemeral range, apart from the tests' 24379-24381)."""
+REDIS_DB = 3
+
+
+class CountingConnection(Connection):
+    """redis-py's connection, counting what it writes: each send is one round trip (a
+    command, or a whole pipeline), and each new socket one connection."""
+
+    sends = 0
+    handshake_sends = 0
+    """Sends made while connecting (AUTH, CLIENT SETINFO, SELECT): once per connection."""
+    _connecting = False
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        CountingConnection.sends += 1
+        CountingConnection.handshake_sends += self._connecting
+        await super().send_packed_command(command, check_health)
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        self._connecting = True
+        try:
+            await super().connect_check_health(check_health, retry_socket_connect)
+        finally:
+            self._connecting = False
+
+
+@dataclass(frozen=True)
+class RedisCost:
+    fleet: str
+    scalers: int
+    first_trips: int
+    """Round trips of the first tick, which samples every QueueScaler (connects included)."""
+    first_handshake: int
+    """Of which the connection's handshake."""
+    first_commands: int
+    first_ms: float
+    trips_mean: float
+    trips_max: int
+    commands_mean: float
+    commands_max: int
+    connections: int
+    """Connections the server accepted over the counted ticks (after the first)."""
+    tick_ms: float
+    tick_max_ms: float
+
+
+class ServerCounters:
+    """The server's own count of commands and connections (`INFO stats`), minus our asking."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self._admin = redis.Redis(port=server.port, password=server.password, db=REDIS_DB)
+
+    def read(self) -> tuple[int, int]:
+        stats = self._admin.info("stats")
+        return int(stats["total_commands_processed"]), int(stats["total_connections_received"])
+
+    def close(self) -> None:
+        self._admin.close()
+
+
+async def _redis_cost(
+    server: RedisServer, counters: ServerCounters, fleet_name: str, scalers: int,
+    sizes: Sequence[int],
+) -> RedisCost:
+    fleet, cache = _fleet(scalers, sizes, "redis")
+    secret = {"redisUrl": f"{server.url}/{REDIS_DB}", "password": server.password}
+    now = EPOCH
+
+    def make_source(broker: tuple[str, Hashable]) -> RedisSource:
+        address = broker[1]
+        assert isinstance(address, RedisBroker)
+        return RedisSource(address, connection_class=CountingConnection)
+
+    engine = Engine(
+        QuietKube(secret), fleet, cache, Metrics(CollectorRegistry(), process=False),
+        make_source, EngineSettings(), clock=lambda: now,
+    )
+
+    async def tick() -> tuple[int, int, int, float]:
+        """Round trips, server commands, connections and wall seconds of one tick."""
+        CountingConnection.sends = CountingConnection.handshake_sends = 0
+        commands, connections = counters.read()
+        started = time.perf_counter()
+        await engine.tick(now)
+        wall = time.perf_counter() - started
+        commands_after, connections_after = counters.read()
+        # The INFO that read the first count is one command too.
+        return (CountingConnection.sends, commands_after - commands - 1,
+                connections_after - connections, wall)
+
+    first_trips, first_commands, _, first_wall = await tick()
+    first_handshake = CountingConnection.handshake_sends
+    trips: list[int] = []
+    commands: list[int] = []
+    walls: list[float] = []
+    connections = 0
+    for _ in range(CYCLES * POLL_SECONDS):
+        now += 1.0
+        sent, processed, opened, wall = await tick()
+        trips.append(sent)
+        commands.append(processed)
+        walls.append(wall)
+        connections += opened
+    await engine.brokers.close()
+    return RedisCost(
+        fleet_name, scalers, first_trips, first_handshake, first_commands, first_wall * 1e3,
+        statistics.fmean(trips), max(trips), statistics.fmean(commands), max(commands),
+        connections, statistics.median(walls) * 1e3, max(walls) * 1e3,
+    )
+
+
+def _redis_rows() -> tuple[list[str], str]:
+    """Table 4's rows and the server's version."""
+    fleets = {
+        "at rest at zero (minReplicas 0)": (0,),
+        "at work (minReplicas 1 and 5, idle)": (1, 5),
+    }
+    rows = [
+        "| QueueScalers | pools | first tick (samples all): round trips (of them handshake) "
+        "| commands "
+        "| wall ms | then per tick: round trips, mean | max | commands, mean | max "
+        f"| connections opened in {CYCLES * POLL_SECONDS} ticks "
+        "| engine tick wall, median (ms) | max (ms) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    with RedisServer(port=REDIS_PORT) as server:
+        counters = ServerCounters(server)
+        try:
+            version = str(counters._admin.info("server").get("redis_version", "?"))
+            for scalers in REDIS_FLEETS:
+                for fleet_name, sizes in fleets.items():
+                    cost = asyncio.run(_redis_cost(server, counters, fleet_name, scalers, sizes))
+                    rows.append(
+                        f"| {cost.scalers:,} | {cost.fleet} "
+                        f"| {cost.first_trips} ({cost.first_handshake}) "
+                        f"| {cost.first_commands:,} | {cost.first_ms:.1f} "
+                        f"| {cost.trips_mean:.2f} | {cost.trips_max} "
+                        f"| {cost.commands_mean:,.1f} | {cost.commands_max:,} "
+                        f"| {cost.connections} | {cost.tick_ms:.1f} | {cost.tick_max_ms:.1f} |"
+                    )
+        finally:
+            counters.close()
+    return rows, version
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--only", choices=("rabbitmq", "redis"),
+                        help="print only that broker's tables (default: both)")
+    only = parser.parse_args().only
     started = time.perf_counter()
+    if only != "redis":
+        _rabbitmq_tables()
+    if only != "rabbitmq":
+        redis_started = time.perf_counter()
+        rows, version = _redis_rows()
+        print(
+            f"\n## Redis {version}: round trips per tick, one database, Celery queues "
+            f"({POLL_SECONDS} s polling, one-second ticks, {CYCLES} cycles)\n"
+        )
+        print(
+            "The real Engine, Brokers and RedisSource against a private redis-server on "
+            "loopback (the apiserver an in-process stand-in, every queue empty); round trips "
+            "are redis-py's socket sends (a pipeline is one), connection handshakes included; "
+            "commands and connections are the server's own counts (INFO stats). Every "
+            "QueueScaler is due on the first tick; the fast path then peeks the pools that "
+            f"may grow. Computed in {time.perf_counter() - redis_started:.0f} s.\n"
+        )
+        print("\n".join(rows))
+    print(f"\n(bench ran in {time.perf_counter() - started:.1f} s)")
+
+
+def _rabbitmq_tables() -> None:
     env = _environment()
     admin = BrokerAdmin(env.management_url, timeout=60)
     vhost = f"qs-bench-{uuid.uuid4().hex[:8]}"
@@ -410,7 +614,6 @@ def main() -> None:
         f"{peek_seconds:.0f} s.\n"
     )
     print("\n".join(peek_rows))
-    print(f"\n(bench ran in {time.perf_counter() - started:.1f} s)")
 
 
 if __name__ == "__main__":
