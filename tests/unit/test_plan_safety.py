@@ -399,3 +399,17 @@ def test_notes_of_several_queues_are_said_once_each() -> None:
     b = QueueSample(2, 0, 0, NOW, note="layout unexpected")
     assert combine([a, b, a]).note == "no rates; layout unexpected"
     assert combine([sample(), sample()]).note is None
+
+
+def test_rates_a_broker_gives_no_field_for_are_shown_from_its_counters() -> None:
+    # a Redis stream: entries-added and entries-read counters, no rate fields; status and
+    # metrics show the rates the decision used (kubectl get qs had an empty ACK/S). Two
+    # queues, each 1.5 messages a second: 3 in all, over the kept minute.
+    kept = tuple(Reading(NOW - 15 * k, 0, 2, 1, 0, 2_000 - 45 * k, 2_000 - 45 * k)
+                 for k in range(5, 0, -1))
+    counted = QueueSample(0, 1, 1, NOW, published_total=1_000, acked_total=1_000)
+    made = tick({Q1: counted, Q2: counted},
+                memory=Memory(state=ScalerState(readings=kept), current_replicas=1))
+    assert made.sample is not None
+    assert made.sample.publish_rate == pytest.approx(3.0)
+    assert made.status is not None and made.status["rates"]["publish"] == pytest.approx(3.0)

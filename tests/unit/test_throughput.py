@@ -250,6 +250,17 @@ def test_a_lower_bound_above_the_estimate_raises_it() -> None:
     )
 
 
+def test_a_broker_with_counters_and_no_rate_fields_gets_rates_from_its_counters() -> None:
+    # a Redis stream: entries-added and entries-read, no rate fields; 3 msg/s is 45 a kept
+    # reading, which for a thin field would read as "another load" at each older step
+    readings = history(*(
+        sample(at=NOW - 15 * k, published=2_000 - 45 * k, acked=2_000 - 45 * k)
+        for k in range(5, 0, -1)
+    ))
+    now = sample(published=2_000, acked=2_000)
+    assert flow_since(readings, now) == Flow(pytest.approx(3.0), pytest.approx(3.0))
+
+
 def test_early_acks_give_no_counted_bound() -> None:
     # review: with early acks (Celery's default) nothing is unacknowledged while 10
     # replicas work flat out at 1/s: Little's law would credit one replica with all 10/s

@@ -293,6 +293,11 @@ def _probe_failed_lately(state: ScalerState, now: float) -> bool:
     return failed is not None and 0.0 <= now - failed < PROBE_PAUSE_SECONDS
 
 
+def flow_of(spec: QueueScalerSpec, state: ScalerState, sample: QueueSample) -> Flow:
+    """The rates this sample gives the decision, over the readings `state` kept."""
+    return flow_since(_readings(spec, state), sample, spec.polling_interval_seconds)
+
+
 def _readings(spec: QueueScalerSpec, state: ScalerState) -> tuple[Reading, ...]:
     """The kept readings, if they were taken of the queues the spec names now: a queue
     added to the list (or a vhost or broker changed) would read its whole past as one

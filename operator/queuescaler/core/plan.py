@@ -25,6 +25,7 @@ from queuescaler.core.decision import (
     ScalerState,
     activates,
     decide,
+    flow_of,
     next_state,
     outside_tolerance,
 )
@@ -424,7 +425,7 @@ def plan(
     )
     # An early tick reports its decision, not its live counts (no unacked, no rates): the
     # last sample's numbers and the conditions it set stand until the next one.
-    reported = None if seen.early else sample
+    reported = None if seen.early else _with_counted_rates(spec, memory.state, sample)
     status, flipped_events, warnings = _status(
         next_memory, written, generation, spec.source.include_in_flight, reported,
         replicas_now, decision, conditions, report, now, settings, early=seen.early,
@@ -505,6 +506,21 @@ def _parts(
     if sample is not None and (queue_error is not None or pending):
         sample = _incomplete(sample)
     return _Seen(sample, queue_error=queue_error, stats_pending=pending, failures=tuple(failures))
+
+
+def _with_counted_rates(
+    spec: QueueScalerSpec, state: ScalerState, sample: QueueSample | None
+) -> QueueSample | None:
+    """The sample as status and metrics show it: a rate the broker gives no field for
+    (a Redis stream's) is the one its counters give over the kept readings, as decided."""
+    if sample is None or (sample.publish_rate is not None and sample.ack_rate is not None):
+        return sample
+    flow = flow_of(spec, state, sample)
+    return dataclasses.replace(
+        sample,
+        publish_rate=flow.publish if sample.publish_rate is None else sample.publish_rate,
+        ack_rate=flow.ack if sample.ack_rate is None else sample.ack_rate,
+    )
 
 
 def _incomplete(sample: QueueSample | None) -> QueueSample | None:

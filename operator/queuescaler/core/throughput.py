@@ -294,7 +294,9 @@ def _counted(
     total: Callable[[Reading], int | None],
     gap_limit: float,
 ) -> float | None:
-    """A rate field thin on messages replaced by its counter over a span (see flow_since)."""
+    """A rate field thin on messages replaced by its counter over a span (see flow_since);
+    a rate with no field at all (a Redis stream's: counters only) is the counter's over
+    the shortest span of a minute or more."""
     if after is None:
         return field
     best, counted, later = field, -1, sample.taken_at
@@ -308,8 +310,8 @@ def _counted(
         span = after - before
         if span > MAX_RATE * seconds:
             break  # a glitch, and beyond what a float division may take
-        if counted >= 0 and span - counted >= MIN_COUNTED:
-            break  # an older tick busy on its own: another load
+        if field is not None and counted >= 0 and span - counted >= MIN_COUNTED:
+            break  # a thin field, and an older tick busy on its own: another load
         counted = span
         if seconds >= MIN_SPAN:
             best = span / seconds
