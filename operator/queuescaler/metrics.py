@@ -3,14 +3,16 @@
 Labels are `scaler_namespace` and `scaler` (not `namespace`: Prometheus's Kubernetes
 discovery adds its own `namespace` label, which would rename ours `exported_namespace`).
 No label ever carries a URL, a user name or a password; cardinality is bounded by the
-number of QueueScalers times small closed sets (states, directions, reasons, conditions),
-never by pods, queues' contents or error messages.
+number of QueueScalers times small closed sets (states, directions, reasons, conditions,
+source kinds), never by pods, queues' contents or error messages.
 
-Per QueueScaler the series are (all prefixed `queuescaler_`): backlog_messages{state},
-consumers, publish/ack/deliver_rate, consumer_utilisation, per_replica_rate,
-desired/recommended/current/min/max_replicas, messages_per_replica, decisions_total
-{direction, reason}, scale_events_total{direction}, condition{condition}, fallback_active,
-scaling_limited, paused, dry_run, consecutive_failures, scaler_ticks_total,
+Per QueueScaler the series are (all prefixed `queuescaler_`): scaler_info{source} (always
+1; `source` is the broker kind, rabbitmq or redis: join it onto any other series with
+`* on (scaler_namespace, scaler) group_left(source) queuescaler_scaler_info`),
+backlog_messages{state}, consumers, publish/ack/deliver_rate, consumer_utilisation,
+per_replica_rate, desired/recommended/current/min/max_replicas, messages_per_replica,
+decisions_total{direction, reason}, scale_events_total{direction}, condition{condition},
+fallback_active, scaling_limited, paused, dry_run, consecutive_failures, scaler_ticks_total,
 scaler_sample_failures_total, last_sample_timestamp_seconds, last_scale_timestamp_seconds.
 Operator-wide: build_info{version}, leader, scalers, sample_duration_seconds,
 sample_errors_total{kind}, tick_duration_seconds, and the process/platform/GC collectors.
@@ -189,6 +191,7 @@ class Metrics:
         self._add(r, "scaler_ticks")
         spec = scaler.spec
         if spec is not None:
+            self._source(r, spec.source.broker)
             self._put(r, "min_replicas", spec.min_replicas)
             self._put(r, "max_replicas", spec.max_replicas)
             self._put(r, "messages_per_replica", spec.target.messages_per_replica)
@@ -227,6 +230,16 @@ class Metrics:
             if condition.type == "BrokerReachable" and not condition.status:
                 self._add(r, "scaler_sample_failures")
 
+    def _source(self, reading: dict[SeriesKey, float], kind: str) -> None:
+        """The info series naming the QueueScaler's broker kind: one, the latest (a spec that
+        moved to another broker leaves no series for the old one)."""
+        current = _series_key("scaler_info", (kind,))
+        if current in reading:
+            return
+        for key in [k for k in reading if k[0] == "scaler_info"]:
+            del reading[key]
+        reading[current] = 1.0
+
     def scaled(self, scaler: Scaler, direction: str) -> None:
         """A scale patch was applied (`direction` is up or down)."""
         self._add(self._reading((scaler.namespace, scaler.name)), "scale_events", direction)
@@ -245,6 +258,10 @@ SeriesKey = tuple[str, tuple[str, ...]]
 
 _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     # family: (type, help, extra label names)
+    "scaler_info": (
+        "gauge",
+        "Always 1, for each QueueScaler served; source is its broker kind (rabbitmq, redis).",
+        ("source",)),
     "backlog_messages": ("gauge", "Messages in the watched queues, by state (ready, unacked).",
                          ("state",)),
     "consumers": ("gauge", "Consumers attached to the watched queues.", ()),

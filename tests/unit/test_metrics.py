@@ -132,6 +132,7 @@ def ticked(metrics: Metrics) -> tuple[Metrics, Scaler]:
 @pytest.mark.parametrize(
     ("name", "extra", "expected"),
     [
+        pytest.param("queuescaler_scaler_info", {"source": "rabbitmq"}, 1, id="source-kind"),
         pytest.param("queuescaler_backlog_messages", {"state": "ready"}, 120, id="backlog-ready"),
         pytest.param("queuescaler_backlog_messages", {"state": "unacked"}, 8,
                      id="backlog-unacked"),
@@ -242,6 +243,42 @@ def test_forget_removes_every_series_of_that_scaler_and_only_those(metrics: Metr
     assert not [s for s in after if s[1].get("scaler") == "gone"]
     assert [s for s in after if s[1].get("scaler") == "kept"]
     metrics.forget(gone.namespace, gone.name)  # twice is harmless
+
+
+REDIS_SOURCE = {"redis": {"queue": "celery", "connectionSecretRef": {"name": "redis"}}}
+
+
+def info_series(metrics: Metrics, scaler: Scaler) -> list[tuple[str, float]]:
+    """The (source, value) of every scaler_info series of `scaler`."""
+    return [
+        (sample.labels["source"], sample.value)
+        for family in metrics.registry.collect() if family.name == "queuescaler_scaler_info"
+        for sample in family.samples if sample.labels["scaler"] == scaler.name
+    ]
+
+
+def test_the_info_series_names_each_scalers_source_kind(metrics: Metrics) -> None:
+    on_rabbitmq, on_redis = make_scaler(name="amqp"), make_scaler(name="kv", source=REDIS_SOURCE)
+    for scaler in (on_rabbitmq, on_redis):
+        decision = make_decision(1)
+        observe(metrics, scaler, make_sample(), decision, 1, healthy(decision, 1))
+    assert info_series(metrics, on_rabbitmq) == [("rabbitmq", 1.0)]
+    assert info_series(metrics, on_redis) == [("redis", 1.0)]
+    # The other series keep their names and labels: no source label on them.
+    labels = {"scaler_namespace": on_redis.namespace, "scaler": on_redis.name}
+    assert value(metrics, "queuescaler_desired_replicas", **labels) == 1
+
+
+def test_a_scaler_moved_to_another_broker_has_one_info_series(metrics: Metrics) -> None:
+    scaler = make_scaler()
+    decision = make_decision(1)
+    observe(metrics, scaler, make_sample(), decision, 1, healthy(decision, 1))
+    moved = make_scaler(source=REDIS_SOURCE)
+    observe(metrics, moved, make_sample(), decision, 1, healthy(decision, 1))
+    observe(metrics, moved, make_sample(), decision, 1, healthy(decision, 1))
+    assert info_series(metrics, moved) == [("redis", 1.0)]
+    metrics.forget(moved.namespace, moved.name)
+    assert info_series(metrics, moved) == []
 
 
 def test_a_forgotten_scaler_that_comes_back_starts_from_zero(metrics: Metrics) -> None:
