@@ -203,6 +203,7 @@ def variable_values(run: ScalingRun) -> dict[str, str]:
         "job": JOB,
         "namespace": run.namespace,
         "scaler": run.scaler,
+        "source": "rabbitmq",  # the run's QueueScaler reads RabbitMQ
         "__rate_interval": "1m",
         "__interval": "10s",
         "__range": f"{seconds}s",
@@ -217,8 +218,15 @@ def test_the_dashboard_has_the_variables_and_panels_users_need() -> None:
     variables = {v["name"]: v for v in model["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    for name in ("namespace", "scaler"):
+    for name in ("namespace", "source", "scaler"):
         assert variables[name]["query"]["query"].startswith("label_values(")
+    # The source kind (rabbitmq, redis) narrows the QueueScalers offered, and the main
+    # panel's legend names it.
+    assert "queuescaler_scaler_info" in variables["source"]["query"]["query"]
+    assert 'source=~"$source"' in variables["scaler"]["query"]["query"]
+    main = next(p for p in panels(model)
+                if p["title"] == "Backlog against desired and current replicas")
+    assert all("{{source}}" in t["legendFormat"] for t in main["targets"]), main["targets"]
     titles = {panel["title"] for panel in panels(model)}
     for needed in ("Backlog against desired and current replicas", "Publish and ack rates",
                    "Decisions by reason", "Scale events", "Sampling latency",
