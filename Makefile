@@ -53,7 +53,8 @@ bench: deps
 
 # KEDA beside queuescaler (issue 20, bench/peers.py): builds KEDA from the Go module proxy
 # (cached; the first build is long), then runs in an environment of its own (QS_ENV=peers)
-# with KEDA up, and stops both afterwards, even on failure. PEERS_ARGS="--minutes 3".
+# with KEDA up, and stops both afterwards, even on failure (its run directory goes once it is
+# down: `testenv.sh down-all` would stop it at the default offset). PEERS_ARGS="--minutes 3".
 PEERS_ENV := QS_ENV=peers QS_PORT_OFFSET=600
 bench-peers: deps
 	@bash hack/keda.sh build
@@ -61,7 +62,7 @@ bench-peers: deps
 	{ $(PEERS_ENV) bash hack/testenv.sh up && $(PEERS_ENV) bash hack/keda.sh up \
 	  && $(PEERS_ENV) $(PY) bench/peers.py $(PEERS_ARGS); } || status=$$?; \
 	$(PEERS_ENV) bash hack/keda.sh down || true; \
-	$(PEERS_ENV) bash hack/testenv.sh down || true; \
+	$(PEERS_ENV) bash hack/testenv.sh down && rm -rf "$(QS_CACHE)/run-peers"; \
 	exit $$status
 
 # The fault soak runs 20 minutes in an environment of its own (QS_ENV=soak): not in `make bench`.
