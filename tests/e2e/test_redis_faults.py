@@ -12,9 +12,10 @@ read when the cache refreshes it (every 3 s in the session's operator) and then 
 poll.
 
 The session's operator refreshes Secrets every 3 s, which hides which of the two brought the
-fixed one in. An operator of this module's own refreshes them every 300 s (the CLI's
-default is 60): there, the auth fix is read within a poll (the cache was dropped), and the
-TLS fix is not (an expected failure: nothing drops the cache on a TLS failure yet).
+fixed one in. An operator of this module's own refreshes them every 300 s (as the chart
+does; the CLI's default is 60): there, the auth fix is read within a poll (the cache was
+dropped), and the TLS fix is not (an expected failure: nothing drops the cache on a TLS
+failure yet).
 """
 
 from __future__ import annotations
@@ -278,7 +279,7 @@ def test_an_auth_failure_drops_the_secret_from_the_cache_so_the_fix_is_read_at_t
     strict=True, raises=AssertionError,
     reason="the planner drops the Secret from the cache on an auth failure only "
     "(Plan.reread_secret); a TLS failure is Unreachable, so the fixed CA waits for the "
-    "Secret cache's refresh (60 s by default)",
+    "Secret cache's refresh (the CLI's default 60 s, the chart's 300 s)",
 )
 def test_a_tls_failure_drops_the_secret_from_the_cache_so_the_fix_is_read_at_the_next_poll(
     long_refresh_pool: FaultPool, redis_server: RedisServer,
