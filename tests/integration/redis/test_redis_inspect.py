@@ -23,8 +23,15 @@ import redis
 
 from queuescaler.core.sample import BrokerClient, ErrorKind, QueueRef, QueueSample, SourceError
 from queuescaler.core.workers import Pod, match_workers
+from queuescaler.sources.redis.layout import Layout
 from queuescaler.sources.redis.secret import broker_from_secret
-from queuescaler.sources.redis.source import CONTROL_ACL_NEEDS, RedisSource
+from queuescaler.sources.redis.source import (
+    CONTROL_ACL_NEEDS,
+    CONTROL_CONNECTIONS,
+    INSPECT_WAVES,
+    RedisSource,
+)
+from queuescaler.sources.redis.streams import StreamGroup
 from queuescaler_testkit.redis_server import SPARE_PORT, RedisServer
 from queuescaler_testkit.workers.redis_tasks import (
     TASK_NAME,
@@ -35,7 +42,7 @@ from queuescaler_testkit.workers.redis_tasks import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
-BUSY_DB, SILENT_DB, EMPTY_DB, ACL_DB = 16, 17, 18, 19
+BUSY_DB, SILENT_DB, EMPTY_DB, ACL_DB, LAYOUTS_DB = 16, 17, 18, 19, 25
 """Databases of their own (test_redis_source.py has 1 to 14, the worker test 15)."""
 HELD = 3
 """Tasks sent to the busy worker: concurrency 1, prefetch 4, so 1 runs and 2 wait."""
@@ -339,3 +346,34 @@ async def test_the_listing_goes_over_tls_and_verifies_the_server(
     else:
         assert caught.value.kind is ErrorKind.UNREACHABLE, caught.value
         assert "TLS failed" in caught.value.message
+
+
+@pytest.mark.parametrize("layouts", [3, 2 * CONTROL_CONNECTIONS * INSPECT_WAVES])
+async def test_many_kombu_layouts_on_one_database_are_listed_in_bounded_time(
+    redis_server: RedisServer, layouts: int
+) -> None:
+    """Review F4: one round per layout at once took more connections than the control pool
+    has ("Too many connections"), so every listing of a database with three Celery apps on it
+    failed and none of its pools scaled down. Rounds now wait for a connection, and the
+    listing ends within its waves: a layout whose round could not start is blind alone."""
+    with _flush(redis_server, LAYOUTS_DB) as admin:
+        admin.xadd("jobs", {"n": 1})
+        admin.xgroup_create("jobs", "workers", id="0")
+        admin.xreadgroup("workers", "pod-a", {"jobs": ">"}, count=1)
+    scopes = [Layout(key_prefix=f"app{i}:").scope for i in range(layouts)]
+    scopes.append(StreamGroup("jobs", "workers").scope)
+    inspect_seconds = 0.2
+    source = RedisSource(broker_from_secret({
+        "redisUrl": redis_server.url, "password": redis_server.password,
+        "database": str(LAYOUTS_DB),
+    }), timeout=2, inspect_seconds=inspect_seconds)
+    started = time.monotonic()
+    try:
+        clients = await source.clients(scopes)
+    finally:
+        await source.close()
+    took = time.monotonic() - started
+    assert any(c.client_name == "pod-a" and c.unacked == 1 for c in clients), clients
+    # Each layout without workers is one blind client (its pools hold their pods).
+    assert sum(1 for c in clients if c.client_name is None) == layouts, clients
+    assert took < (INSPECT_WAVES + 1) * (inspect_seconds + 0.1) + 1, took

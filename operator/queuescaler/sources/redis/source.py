@@ -97,6 +97,14 @@ REPLIES_PER_READ = 1_000
 STREAM_ACL_NEEDS = "an ACL user needs +xinfo on the streams' keys"
 INSPECT_SECONDS = 1.0
 """How long workers have to answer a broadcast (Celery's own `inspect` default)."""
+CONTROL_CONNECTIONS = 2
+"""The broadcast rounds' pool: a round holds one connection at a time (in BRPOP for most of
+it), so at most this many rounds run at once; redis-py's asyncio pool does not wait for a
+free connection, it fails ("Too many connections")."""
+INSPECT_WAVES = 4
+"""A listing runs its rounds in at most this many waves of CONTROL_CONNECTIONS rounds, so it
+lasts about INSPECT_WAVES x inspect_seconds at most, whatever the number of layouts; a layout
+whose round could not start in that time is told as blind (its pools hold their pods)."""
 UNACKED_SCAN_LIMIT = 10_000
 """Unacked entries read per layout per tick (one HSCAN page): Celery holds about workers x
 concurrency x prefetch (4) of them. Each comes with its message body (about 1 to 2 kB for a
@@ -106,6 +114,8 @@ REMEMBERED_EXCHANGES = 256
 (Celery's default exchange for a queue is named after it)."""
 KEYS_PER_QUEUE = len(PRIORITIES)
 """LLENs per queue: its list and the nine priority lists a priority 0..9 may land in."""
+PER_ROUND_SECONDS = 0.1
+"""A round's own commands (route, publish, unroute) on top of its inspect_seconds."""
 PER_QUEUE_SECONDS = 0.001
 """Time a pipeline may take per queue asked about, on top of the timeout."""
 
@@ -179,6 +189,8 @@ class RedisSource:
         lands after a round is dropped by the next one, not left behind in a new list."""
         self._exchanges: dict[Layout, dict[str, None]] = defaultdict(dict)
         """Exchanges seen in each layout's unacked entries, oldest first (bounded)."""
+        self._rounds = asyncio.Semaphore(CONTROL_CONNECTIONS)
+        """Rounds running at once: never more than the control pool's connections."""
 
     def __repr__(self) -> str:
         return f"RedisSource({self._broker!r})"
@@ -196,7 +208,8 @@ class RedisSource:
         there, and it outlasts the longest BRPOP."""
         if self._control is None:
             self._control = self._connect(
-                socket_timeout=self._timeout + self._inspect_seconds, connections=2
+                socket_timeout=self._timeout + self._inspect_seconds,
+                connections=CONTROL_CONNECTIONS,
             )
         return self._control
 
@@ -380,8 +393,11 @@ class RedisSource:
                 found += listed
         if layouts:
             where = f"Celery inspect on Redis at {self._broker.address}"
+            latest = asyncio.get_running_loop().time() + (
+                INSPECT_WAVES - 1) * (self._inspect_seconds + PER_ROUND_SECONDS)
             rounds = await asyncio.gather(
-                *(self._inspect(scope, layout) for scope, layout in layouts.items()),
+                *(self._inspect_in_turn(scope, layout, latest)
+                  for scope, layout in layouts.items()),
                 return_exceptions=True,
             )
             for (scope, layout), outcome in zip(layouts.items(), rounds, strict=True):
@@ -389,6 +405,14 @@ class RedisSource:
                     raise failure(outcome, where, CONTROL_ACL_NEEDS) from None
                 if isinstance(outcome, BaseException):
                     raise outcome
+                if outcome is None:
+                    blind[scope] = _error(
+                        ErrorKind.TIMEOUT,
+                        f"{where}: layout {layout.key_prefix!r} not inspected: the listing's "
+                        f"time ran out ({len(layouts)} kombu layouts on this database, "
+                        f"{CONTROL_CONNECTIONS} rounds at a time): busy workers cannot be told",
+                    )
+                    continue
                 if outcome.reached == 0:
                     channel = broadcast_channel(layout, self._broker.database)
                     blind[scope] = _error(
@@ -426,6 +450,22 @@ class RedisSource:
             except SourceError as error:
                 listed.append((stream, error))
         return listed
+
+    async def _inspect_in_turn(self, scope: str, layout: Layout, latest: float) -> Round | None:
+        """One round once a control connection is free; None when none was free by `latest`
+        (the loop's clock): the listing is bounded in time, whatever the number of layouts."""
+        if self._rounds.locked():
+            left = latest - asyncio.get_running_loop().time()
+            try:
+                await asyncio.wait_for(self._rounds.acquire(), max(left, 0.0))
+            except TimeoutError:
+                return None
+        else:
+            await self._rounds.acquire()
+        try:
+            return await self._inspect(scope, layout)
+        finally:
+            self._rounds.release()
 
     async def _inspect(self, scope: str, layout: Layout) -> Round:
         """One broadcast round: route the answers to our list, publish the three commands in
