@@ -202,6 +202,12 @@ def routing_of(value: bytes | str) -> tuple[str, str] | None:
     return None
 
 
+TOPIC_STEPS_BUDGET: Final = 100_000
+"""Steps of topic matching (a binding trie's node at a word position) per layout per tick,
+about 50 ms of CPU on the event loop at most; routes beyond it are unresolved (the sample
+is incomplete) rather than a tick spending seconds."""
+
+
 @dataclass(frozen=True, slots=True)
 class Attribution:
     """The unacked messages of one layout, placed on queues."""
@@ -209,39 +215,122 @@ class Attribution:
     per_queue: Mapping[str, int]
     """Messages kombu would restore to each queue (one message may count on several)."""
     unresolved: int
-    """Messages whose queues cannot be told: unreadable entries, or an exchange whose
-    bindings were not read."""
+    """Messages whose queues cannot be told: unreadable entries, an exchange whose bindings
+    were not read, one whose bindings route it nowhere now (kombu restores it to the
+    exchange's undeliver path, not to a queue that can be told), or a route beyond the
+    topic matching budget."""
+    over_budget: int = 0
+    """Distinct routes left unresolved because the topic matching budget was spent."""
+
+
+class _Trie:
+    """Topic binding keys by word: a route is matched once, in steps near its words, not
+    once per binding."""
+
+    __slots__ = ("children", "queues")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Trie] = {}
+        self.queues: set[str] = set()
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """One exchange's bindings, indexed: direct ones by routing key, topic ones in a trie."""
+
+    direct: dict[str, set[str]]
+    topic: _Trie | None
+
+
+def _index(bindings: tuple[Binding, ...]) -> _Exchange:
+    direct: dict[str, set[str]] = {}
+    topic: _Trie | None = None
+    for binding in bindings:
+        if not binding.topic:
+            direct.setdefault(binding.routing_key, set()).add(binding.queue)
+            continue
+        node = topic = topic or _Trie()
+        for word in binding.routing_key.split("."):
+            node = node.children.setdefault(word, _Trie())
+        node.queues.add(binding.queue)
+    return _Exchange(direct, topic)
+
+
+def _topic_queues(root: _Trie, routing_key: str, budget: list[int]) -> set[str] | None:
+    """The queues a topic trie routes `routing_key` to (as `topic_matches` would, binding by
+    binding), or None when the budget ran out first. `budget[0]` is decremented per step."""
+    words = routing_key.split(".")
+    found: set[str] = set()
+    seen: set[tuple[int, int]] = set()
+    stack = [(root, 0)]
+    while stack:
+        node, at = stack.pop()
+        if (id(node), at) in seen:
+            continue
+        seen.add((id(node), at))
+        budget[0] -= 1
+        if budget[0] < 0:
+            return None
+        if at == len(words):
+            found |= node.queues
+        anything = node.children.get("#")
+        if anything is not None:  # zero or more words
+            stack.extend((anything, later) for later in range(at, len(words) + 1))
+        if at < len(words):
+            for part in {words[at], "*"}:
+                child = node.children.get(part)
+                if child is not None:
+                    stack.append((child, at + 1))
+    return found
 
 
 def attribute(
     routes: Iterable[tuple[str, str] | None],
     bindings: Mapping[str, tuple[Binding, ...]],
+    *,
+    topic_budget: int = TOPIC_STEPS_BUDGET,
 ) -> Attribution:
     """Place each unacked entry's (exchange, routing key) on queues, as kombu's restore would.
 
     `bindings` holds the exchanges whose binding sets were read (an empty tuple: read, and
-    no bindings, so the message goes nowhere); an exchange not in it is unresolved.
+    no bindings); an exchange not in it is unresolved, and so is a message its exchange routes
+    to no queue now: the bindings changed since it was published (a queue re-bound or swept),
+    and the worker still holds it, so the sample may miss work. Topic matching is bounded by
+    `topic_budget` steps; the routes beyond it are unresolved too.
     """
     counts = Counter(routes)
     per_queue: Counter[str] = Counter()
     unresolved = counts.pop(None, 0)
+    indexed: dict[str, _Exchange] = {}
+    budget = [topic_budget]
+    over_budget = 0
     for route, number in counts.items():
         assert route is not None
         exchange, routing_key = route
         if not exchange:
             if routing_key:
                 per_queue[routing_key] += number
+            else:
+                unresolved += number
             continue
         known = bindings.get(exchange)
         if known is None:
             unresolved += number
             continue
-        queues = {
-            binding.queue
-            for binding in known
-            if (topic_matches(binding.routing_key, routing_key) if binding.topic
-                else binding.routing_key == routing_key)
-        }
+        index = indexed.get(exchange)
+        if index is None:
+            index = indexed[exchange] = _index(known)
+        queues = set(index.direct.get(routing_key, ()))
+        if index.topic is not None:
+            matched = _topic_queues(index.topic, routing_key, budget) if budget[0] > 0 else None
+            if matched is None:
+                over_budget += 1
+                unresolved += number
+                continue
+            queues |= matched
+        if not queues:
+            unresolved += number
         for queue in queues:
             per_queue[queue] += number
-    return Attribution(per_queue=dict(per_queue), unresolved=unresolved)
+    return Attribution(per_queue=dict(per_queue), unresolved=unresolved,
+                       over_budget=over_budget)
