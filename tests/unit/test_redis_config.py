@@ -28,7 +28,20 @@ pytestmark = pytest.mark.unit
 
 PASSWORD = f"pw-{uuid.uuid4().hex[:12]}"
 """Registered for redaction by the code under test: unique, so no other test's text matches."""
-CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+CERT = (
+    "-----BEGIN CERTIFICATE-----\n"
+    "MIIBnTCCAUOgAwIBAgIUbNj9UzlYEfvkiR9C18Kyc8MfGY4wCgYIKoZIzj0EAwIw\n"
+    "IzEhMB8GA1UEAwwYcXVldWVzY2FsZXIgdW5pdCB0ZXN0IENBMCAXDTI2MTIwMjAy\n"
+    "MDY1MVoYDzIxMjYxMTA4MDIwNjUxWjAjMSEwHwYDVQQDDBhxdWV1ZXNjYWxlciB1\n"
+    "bml0IHRlc3QgQ0EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAATb3xcW7EjRdCE3\n"
+    "YQ2OR09LhbBwe67/CCUYnOALQZLGtd4sMm3NWXGA/MUJ9cU9JOec90BmcPMCLnH8\n"
+    "HCJDsw/jo1MwUTAdBgNVHQ4EFgQUli/40UpI3m8mrV4y/kJy+pXtR4gwHwYDVR0j\n"
+    "BBgwFoAUli/40UpI3m8mrV4y/kJy+pXtR4gwDwYDVR0TAQH/BAUwAwEB/zAKBggq\n"
+    "hkjOPQQDAgNIADBFAiBL7bzrxlbAyT7ysdPKCE+y1DlRAAPVu+TBsK5bhRWKwwIh\n"
+    "AN6f9ZJclbIivKrcZtYPXhl8IAnNKvhWB/x5yGkz7yl+\n"
+    "-----END CERTIFICATE-----\n"
+)
+"""A real (self-signed, public part only) CA: the Secret's `ca.crt` is loaded when parsed."""
 
 
 def spec_with(block: dict[str, Any]) -> dict[str, Any]:
@@ -141,6 +154,19 @@ def test_a_secret_gives_a_broker(data: dict[str, str], expected: RedisBroker) ->
                      id="query-value-without-a-name"),
         pytest.param({"redisUrl": "redis://h", "ca.crt": CERT}, "use rediss://", id="ca-no-tls"),
         pytest.param({"redisUrl": "rediss://h", "ca.crt": PASSWORD}, "not PEM", id="ca-not-pem"),
+        # Review F5: a bare ValueError named no key ("²" is a digit to str.isdigit, int()
+        # takes no more than 4,300 digits); a truncated paste failed every tick's handshake.
+        pytest.param({"redisUrl": "redis://h", "database": "\u00b2"}, "'database' must be",
+                     id="database-not-ascii"),
+        pytest.param({"redisUrl": "redis://h", "database": "9" * 5000}, "'database' must be",
+                     id="database-thousands-of-digits"),
+        pytest.param({"redisUrl": "redis://h/\u00b2"}, "a database number",
+                     id="path-database-not-ascii"),
+        pytest.param({"redisUrl": "rediss://h", "ca.crt": "-----BEGIN CERTIFICATE-----\n"
+                      "not base64 at all\n-----END CERTIFICATE-----\n"},
+                     "'ca.crt' is not a loadable CA", id="ca-not-a-certificate"),
+        pytest.param({"redisUrl": "rediss://h", "ca.crt": CERT.replace("MIIB", "MIIC")},
+                     "'ca.crt' is not a loadable CA", id="ca-truncated"),
     ],
 )
 def test_a_bad_secret_names_the_key_never_the_value(data: dict[str, str], names: str) -> None:

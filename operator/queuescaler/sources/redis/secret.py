@@ -8,6 +8,7 @@ so nothing that prints the address (redis-py's errors do) can carry them.
 
 from __future__ import annotations
 
+import ssl
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -89,9 +90,21 @@ def _register(url: object, password: object) -> None:
 
 
 def _database(text: str, key: str) -> int:
-    if not text.isdigit() or int(text) > MAX_DATABASE:
+    """ASCII digits only, and few: `str.isdigit` takes "²", which int() refuses, and int()
+    refuses more than 4,300 digits; either would be a bare ValueError naming no key."""
+    if (not text.isascii() or not text.isdigit() or len(text) > len(str(MAX_DATABASE))
+            or int(text) > MAX_DATABASE):
         raise _bad(f"{key} must be a database number (0, 1, ...)")
     return int(text)
+
+
+def _check_ca(ca_cert: str) -> None:
+    """The bundle loads as CAs (as the TLS connection will load it), so a truncated paste is
+    refused once, naming the key, not at every tick's handshake."""
+    try:
+        ssl.create_default_context(cadata=ca_cert)
+    except (ssl.SSLError, ValueError, TypeError):
+        raise _bad(f"key {CA_CERT!r} is not a loadable CA certificate (PEM)") from None
 
 
 def broker_from_secret(data: Mapping[str, str]) -> RedisBroker:
@@ -141,6 +154,7 @@ def broker_from_secret(data: Mapping[str, str]) -> RedisBroker:
             raise _bad(
                 f"key {CA_CERT!r} is set but {REDIS_URL!r} is redis:// (no TLS): use rediss://"
             )
+        _check_ca(ca_cert)
     return RedisBroker(
         host=parts.hostname,
         port=port,
