@@ -132,7 +132,8 @@ async def test_ready_counts_every_priority_list_and_unacked_only_this_queues(
     try:
         result = await source.sample([QueueRef("", work), QueueRef("", other)])
         assert _sample(result, QueueRef("", work)) == QueueSample(
-            ready=7, unacked=3, consumers=0, taken_at=_sample(result, QueueRef("", work)).taken_at
+            ready=7, unacked=3, consumers=0, taken_at=_sample(result, QueueRef("", work)).taken_at,
+            note=NO_RATES,
         )
         got = _sample(result, QueueRef("", other))
         assert (got.ready, got.unacked, got.complete) == (2, 2, True)
@@ -295,6 +296,10 @@ async def test_an_unacked_key_that_is_not_kombus_hash_leaves_samples_incomplete_
     ref = QueueRef("", "jobs")
     got = _sample(await source.sample([ref]), ref)
     assert (got.ready, got.unacked, got.complete) == (2, 0, False)
+    # And the Ready condition says why, beside the rates note (review F3).
+    assert got.note is not None
+    assert "the unacked key 'unacked' is not kombu's hash" in got.note
+    assert got.note.endswith("; " + NO_RATES)
 
 
 def acl_user(server: RedisServer, keys: str, *commands: str) -> tuple[str, str]:
@@ -339,12 +344,39 @@ async def test_an_acl_user_with_the_documented_permissions_is_enough(
             await source.close()
         got = _sample(result, QueueRef("", "acl-q"))
         assert (got.ready, got.complete) == (1, False)  # the unacked hash is out of its reach
+        assert got.note is not None and "the unacked key 'unacked' was refused" in got.note
         refused = result[QueueRef("", "forbidden")]
         assert isinstance(refused, SourceError) and refused.kind is ErrorKind.AUTH
         assert "an ACL user needs +llen +hlen +hscan +smembers" in refused.message
         assert password not in refused.message
     finally:
         held.close()
+
+
+@pytest.mark.parametrize("lacking", ["+hscan", "+hlen"])
+async def test_an_acl_user_without_a_read_of_the_unacked_hash_is_told_what_it_lacks(
+    redis_server: RedisServer, database: int, lacking: str
+) -> None:
+    """Review F3: without HSCAN (or HLEN) every sample stayed incomplete for ever, and the
+    Ready condition said nothing of why: the note names the command and what the user needs."""
+    with redis.Redis(port=redis_server.port, password=redis_server.password, db=database) as r:
+        r.lpush("jobs", "m1")
+        r.hset("unacked", "t1", '[{"body": "x"}, "", "jobs"]')
+    reads = [c for c in ("+llen", "+hlen", "+hscan", "+smembers", "+select") if c != lacking]
+    user, password = acl_user(redis_server, "~*", *reads)
+    source = RedisSource(broker_from_secret({
+        "redisUrl": f"redis://127.0.0.1:{redis_server.port}/{database}",
+        "username": user, "password": password,
+    }), timeout=2.0)
+    try:
+        got = _sample(await source.sample([QueueRef("", "jobs")]), QueueRef("", "jobs"))
+    finally:
+        await source.close()
+    assert (got.ready, got.unacked, got.complete) == (1, 0, False)
+    assert got.note is not None
+    assert f"'{lacking[1:]}'" in got.note, got.note
+    assert "an ACL user needs +llen +hlen +hscan +smembers" in got.note
+    assert NO_RATES in got.note and password not in got.note
 
 
 async def test_a_wrong_password_is_an_auth_error_naming_no_secret(

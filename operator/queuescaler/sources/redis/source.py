@@ -142,6 +142,44 @@ def failure(error: BaseException, where: str, needs: str = ACL_NEEDS) -> SourceE
     return _error(ErrorKind.BAD_RESPONSE, f"{where}: {type(error).__name__}: {error}")
 
 
+UNAVAILABLE_REPLIES = frozenset({"BUSY", "MASTERDOWN", "LOADING", "TRYAGAIN", "CLUSTERDOWN"})
+"""Error replies that tell the server's state (a script past its time limit, a replica
+without its master, a dataset loading): it cannot answer now, whatever the keys hold."""
+CLUSTER_REPLIES = frozenset({"MOVED", "ASK", "CROSSSLOT"})
+"""Error replies of a Redis Cluster node: the source reads one database of one server."""
+
+
+def reply_failure(
+    reply: object, where: str, needs: str = ACL_NEEDS
+) -> SourceError | None:
+    """What an error Redis answered in place of one command's reply means, or None when it is
+    WRONGTYPE: the key is there and of another type (the caller says which key and why that
+    is not kombu's layout). Only WRONGTYPE is about the data; the others are named as the
+    broker's state (unreachable), topology (bad config) or refusal (auth)."""
+    if isinstance(reply, redis.exceptions.NoPermissionError):
+        return failure(reply, where, needs)
+    if not isinstance(reply, BaseException):
+        return _error(ErrorKind.BAD_RESPONSE, f"{where}: not the reply expected: {reply!r:.80}")
+    text = str(reply)
+    code = text.split(" ", 1)[0].upper()
+    if code == "WRONGTYPE":
+        return None
+    # redis-py strips the code from the replies it has a class for.
+    if code in UNAVAILABLE_REPLIES or isinstance(
+            reply, redis.exceptions.TryAgainError | redis.exceptions.ClusterDownError):
+        return _error(ErrorKind.UNREACHABLE, f"{where} cannot answer now: {text}")
+    if code in CLUSTER_REPLIES or isinstance(
+            reply, redis.exceptions.AskError | redis.exceptions.ClusterCrossSlotError):
+        return _error(
+            ErrorKind.BAD_CONFIG,
+            f"{where} is a Redis Cluster node ({text}): the source reads one database of one "
+            "server, not a cluster",
+        )
+    if not isinstance(reply, redis.exceptions.ResponseError):
+        return failure(reply, where, needs)
+    return _error(ErrorKind.BAD_RESPONSE, f"{where} answered an error: {text}")
+
+
 def _tls_failed(error: BaseException) -> bool:
     """An ssl error, itself or as the cause redis-py wraps in its ConnectionError."""
     seen: BaseException | None = error
@@ -311,9 +349,11 @@ class RedisSource:
             position += size
             per_queue: Mapping[str, int] = {}
             complete = False  # a peek does not see the messages workers hold
+            note: str | None = None
             if full:
                 end = position + 2 + len(plan.exchanges)
-                per_queue, complete = self._unacked(plan, replies[position:end])
+                per_queue, complete, why = self._unacked(plan, replies[position:end], where)
+                note = _joined([why, NO_RATES])
                 position = end
             for ref, ready in readies.items():
                 result[ref] = ready if isinstance(ready, SourceError) else QueueSample(
@@ -322,7 +362,7 @@ class RedisSource:
                     consumers=0,  # unknown: Redis cannot say who waits on a list
                     taken_at=taken_at,
                     complete=complete,
-                    note=NO_RATES if full else None,
+                    note=note,
                 )
         for ref, stream in streams:
             groups, info = replies[position : position + 2]
@@ -333,21 +373,49 @@ class RedisSource:
                 result[ref] = stream_sample(stream, groups, info, taken_at, full=full)
         return result
 
-    def _unacked(self, plan: _Plan, replies: list[Any]) -> tuple[Mapping[str, int], bool]:
-        """Unacked messages per queue of one layout, and whether every one was placed."""
+    def _unacked(
+        self, plan: _Plan, replies: list[Any], where: str = ""
+    ) -> tuple[Mapping[str, int], bool, str | None]:
+        """Unacked messages per queue of one layout, whether every one was placed, and why
+        not when that is something the user can act on (the Ready condition shows it)."""
         hlen, scan, *binding_sets = replies
+        where = where or f"Redis at {self._broker.address}"
+        notes: list[str] = []
         bindings: dict[str, tuple[Binding, ...]] = {}
+        unread: list[tuple[str, BaseException]] = []
         for exchange, members in zip(plan.exchanges, binding_sets, strict=True):
             if isinstance(members, set | list):
                 bindings[exchange] = parse_bindings(members, plan.layout.separator)
+            elif isinstance(members, BaseException):
+                unread.append((exchange, members))
+        if unread:  # one note for them all: a refused SMEMBERS is refused on every exchange
+            exchange, error = unread[0]
+            others = f" (and {len(unread) - 1} other exchanges')" if len(unread) > 1 else ""
+            notes.append(_unread_note(
+                error, where, f"the bindings of exchange {exchange!r}{others}", "set"))
+        for reply in (hlen, scan):
+            if isinstance(reply, BaseException):
+                notes.insert(0, _unread_note(
+                    reply, where, f"the unacked key {plan.layout.unacked_key!r}", "hash"))
+                return {}, False, _joined(notes)
         if not isinstance(hlen, int) or not isinstance(scan, tuple | list) or len(scan) != 2:
-            return {}, False  # the hash is not a hash (or not readable): kombu's layout it isn't
+            return {}, False, _joined([
+                f"held messages not counted: the unacked key {plan.layout.unacked_key!r} did "
+                "not answer as kombu's hash", *notes])
         cursor, entries = scan
         routes = [routing_of(value) for value in dict(entries).values()]
         placed = attribute(routes, bindings)
-        unseen = hlen - len(routes) if int(cursor) != 0 else 0
+        scanned = int(cursor) == 0  # an open cursor may have missed entries, whatever HLEN said
+        if not scanned:
+            notes.append(
+                f"held messages counted in part: the unacked hash ({hlen} entries) was not "
+                f"read in one scan page (up to {self._scan_limit} entries)")
+        if placed.over_budget:
+            notes.append(
+                f"held messages counted in part: {placed.over_budget} routing keys of topic "
+                "exchanges were beyond this tick's matching budget")
         self._remember(plan.layout, (route[0] for route in routes if route and route[0]))
-        return placed.per_queue, placed.unresolved == 0 and unseen <= 0
+        return placed.per_queue, placed.unresolved == 0 and scanned, _joined(notes)
 
     def _remember(self, layout: Layout, exchanges: Any) -> None:
         """Exchanges seen, so their bindings are read from the next tick on (the newest kept)."""
@@ -520,6 +588,23 @@ class RedisSource:
         self._client = self._control = None
 
 
+def _unread_note(error: BaseException, where: str, what: str, kind: str) -> str:
+    """Why a sample's held messages cannot all be counted: a reply refused, or a key not of
+    the type kombu keeps there (`kind`). The sample stays, incomplete: it may grow its pool,
+    never shrink it."""
+    refused = reply_failure(error, where)
+    if refused is None:
+        return f"held messages not counted: {what} is not kombu's {kind} ({error})"
+    if refused.kind is ErrorKind.AUTH:
+        return f"held messages not counted: reading {what} was refused: {refused.message}"
+    return f"held messages not counted: reading {what} failed: {refused.message}"
+
+
+def _joined(notes: Sequence[str | None]) -> str | None:
+    """Notes as one line for the Ready condition, each once."""
+    return "; ".join(dict.fromkeys(note for note in notes if note)) or None
+
+
 def _readies(
     plan: _Plan, replies: list[Any], where: str
 ) -> dict[QueueRef, int | SourceError]:
@@ -530,12 +615,11 @@ def _readies(
         wrong = next((r for r in lengths if not isinstance(r, int)), None)
         if wrong is None:
             readies[ref] = sum(lengths)
-        elif isinstance(wrong, redis.exceptions.NoPermissionError):
-            readies[ref] = failure(wrong, where)
-        else:
-            readies[ref] = _error(
-                ErrorKind.BAD_RESPONSE,
-                f"queue {ref.name!r}: a priority list is not a list ({wrong}): "
-                "not kombu's Redis layout",
-            )
+            continue
+        refused = reply_failure(wrong, where)
+        readies[ref] = refused if refused is not None else _error(
+            ErrorKind.BAD_RESPONSE,
+            f"queue {ref.name!r}: a priority list is not a list ({wrong}): "
+            "not kombu's Redis layout",
+        )
     return readies

@@ -103,11 +103,20 @@ def stream_sample(
     added = _field(stream, "entries-added")
     if not isinstance(pending, int) or not isinstance(consumers, int):
         return SourceError(ErrorKind.BAD_RESPONSE, f"stream {where.stream!r}: not XINFO's shape")
+    note = None
     if not isinstance(lag, int):
-        return SourceError(
-            ErrorKind.BAD_RESPONSE,
-            f"stream {where.stream!r}: Redis cannot tell group {where.group!r}'s lag (entries "
-            "deleted in its unread range, or the group was created at an arbitrary ID)",
+        # Redis cannot tell it (entries deleted in the unread range, or a group created at an
+        # arbitrary ID); the stream's length bounds the backlog from above: an incomplete
+        # sample may still grow the pool, never shrink it.
+        length = _field(stream, "length")
+        if not isinstance(length, int):
+            return SourceError(
+                ErrorKind.BAD_RESPONSE, f"stream {where.stream!r}: not XINFO's shape")
+        lag, full = length, False
+        note = (
+            f"backlog bounded by the stream's length: Redis cannot tell group {where.group!r}'s "
+            "lag (entries deleted in its unread range, or the group was created at an "
+            "arbitrary ID)"
         )
     return QueueSample(
         ready=lag,
@@ -115,6 +124,7 @@ def stream_sample(
         consumers=consumers,
         taken_at=taken_at,
         complete=full,
+        note=note,
         published_total=added if isinstance(added, int) else None,
         acked_total=read - pending if isinstance(read, int) and read >= pending else None,
     )
