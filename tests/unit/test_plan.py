@@ -134,6 +134,8 @@ def test_stats_pending_lets_live_counts_stand_in_and_remembers_it() -> None:
 def test_an_auth_failure_rereads_the_secret() -> None:
     assert tick(seen(SourceError(ErrorKind.AUTH, "HTTP 401"))).reread_secret
     assert not tick(seen(SourceError(ErrorKind.TIMEOUT, "slow"))).reread_secret
+    assert tick(seen(SourceError(ErrorKind.TLS_FAILED, "TLS failed: certificate verify failed"))
+                ).reread_secret, "a fixed ca.crt is read at the next poll, as a fixed password"
 
 
 # --- acting ---

@@ -430,7 +430,7 @@ def plan(
         next_memory, written, generation, spec.source.include_in_flight, reported,
         replicas_now, decision, conditions, report, now, settings, early=seen.early,
     )
-    auth = camel(str(ErrorKind.AUTH))
+    secret_fixes = (camel(str(ErrorKind.AUTH)), camel(str(ErrorKind.TLS_FAILED)))
     return Plan(
         memory=next_memory,
         decision=decision,
@@ -440,7 +440,7 @@ def plan(
         scale_to=scale_to,
         marks=marks,
         clear_marks=bool(memory.marks) and _marks_done(spec, state, scale_to, now, settings),
-        reread_secret=got.broker_error is not None and got.broker_error.reason == auth,
+        reread_secret=got.broker_error is not None and got.broker_error.reason in secret_fixes,
         conditions=conditions,
         status=status,
         events=events,

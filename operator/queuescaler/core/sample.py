@@ -17,6 +17,9 @@ class ErrorKind(enum.StrEnum):
     UNREACHABLE = "unreachable"
     TIMEOUT = "timeout"
     AUTH = "auth"
+    TLS_FAILED = "tls-failed"
+    """The broker's certificate did not verify against the CA the Secret gives (or the
+    handshake failed): like a refused password, fixed in the Secret, which is read again."""
     VHOST_NOT_FOUND = "vhost-not-found"
     QUEUE_NOT_FOUND = "queue-not-found"
     BAD_RESPONSE = "bad-response"

@@ -112,7 +112,7 @@ class ManagementClient:
         except TimeoutError:  # aiohttp's own timeouts subclass it too
             raise _error(ErrorKind.TIMEOUT, f"{where}: no answer within {limit:.1f}s") from None
         except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch) as error:
-            raise _error(ErrorKind.UNREACHABLE, f"{where}: TLS failed: {error}") from None
+            raise _error(ErrorKind.TLS_FAILED, f"{where}: TLS failed: {error}") from None
         except (aiohttp.ClientConnectionError, OSError) as error:
             raise _error(ErrorKind.UNREACHABLE, f"{where}: {error}") from None
         except aiohttp.ClientError as error:
