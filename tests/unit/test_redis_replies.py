@@ -10,7 +10,7 @@ import redis.exceptions
 from queuescaler.core.sample import ErrorKind, QueueRef, QueueSample, SourceError
 from queuescaler.sources.redis.layout import Layout
 from queuescaler.sources.redis.secret import RedisBroker
-from queuescaler.sources.redis.source import ACL_NEEDS, RedisSource, _Plan, _readies
+from queuescaler.sources.redis.source import ACL_NEEDS, RedisSource, _Plan, _readies, failure
 from queuescaler.sources.redis.streams import StreamGroup, stream_sample
 
 pytestmark = pytest.mark.unit
@@ -49,6 +49,15 @@ def test_only_wrongtype_is_called_a_wrong_layout(
     assert isinstance(got, SourceError)
     assert (got.kind, "not kombu's Redis layout" in got.message) == (kind, False)
     assert says in got.message
+
+
+def test_a_whole_pipeline_refused_by_the_servers_state_is_named_so() -> None:
+    """BUSY or MASTERDOWN to the connection's SELECT fails the whole tick: unreachable for
+    now, not a bad response."""
+    for text in ("BUSY Redis is busy running a script.", "MASTERDOWN Link with MASTER is down"):
+        got = failure(redis.exceptions.ResponseError(text), WHERE)
+        assert got.kind is ErrorKind.UNREACHABLE
+        assert got.message == f"{WHERE} cannot answer now: {text}"
 
 
 def test_wrongtype_is_the_wrong_layout() -> None:

@@ -27,6 +27,7 @@ from queuescaler.core.sample import ErrorKind, QueueRef, QueueSample, SourceErro
 from queuescaler.sources.redis.layout import Layout
 from queuescaler.sources.redis.secret import RedisBroker, broker_from_secret
 from queuescaler.sources.redis.source import NO_RATES, RedisSource
+from queuescaler.sources.redis.streams import StreamGroup
 from queuescaler_testkit.redis_server import SPARE_PORT, RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -283,6 +284,53 @@ async def test_a_queue_key_that_is_not_a_list_fails_alone(
     assert isinstance(error, SourceError) and error.kind is ErrorKind.BAD_RESPONSE
     assert "not kombu's Redis layout" in error.message
     assert _sample(result, QueueRef("", "fine")).ready == 1
+
+
+BUSY_SCRIPT = """
+local start = redis.call('TIME')
+while true do
+  local now = redis.call('TIME')
+  if (now[1] - start[1]) * 1000000 + (now[2] - start[2]) > tonumber(ARGV[1]) then return 1 end
+end
+"""
+
+
+async def test_a_server_busy_with_a_script_is_unreachable_not_a_wrong_layout(
+    redis_server: RedisServer, database: int, broker: RedisBroker, source: RedisSource
+) -> None:
+    """Review F9: a script past busy-reply-threshold makes Redis answer every other client's
+    command with BUSY; that was told as "a priority list is not a list: not kombu's Redis
+    layout". It is the server's state: unreachable for now, for the queue and the stream."""
+    with redis.Redis(port=redis_server.port, password=redis_server.password, db=database) as r:
+        r.lpush("jobs", "m1")
+        r.xgroup_create("events", "workers", id="0", mkstream=True)
+        threshold = r.config_get("busy-reply-threshold")["busy-reply-threshold"]
+        r.config_set("busy-reply-threshold", 50)
+    stream = StreamGroup("events", "workers").ref
+    await source.sample([QueueRef("", "jobs"), stream])  # connected before the script runs
+    fresh = RedisSource(broker, timeout=2.0)  # and one that connects during it
+    busy = threading.Thread(target=_run_script, args=(redis_server, 1_500_000))
+    busy.start()
+    try:
+        time.sleep(0.3)  # the script is past its threshold
+        result = await source.sample([QueueRef("", "jobs"), stream])
+        with pytest.raises(SourceError) as connecting:
+            await fresh.sample([QueueRef("", "jobs")])
+    finally:
+        busy.join()
+        await fresh.close()
+        with redis.Redis(port=redis_server.port, password=redis_server.password) as r:
+            r.config_set("busy-reply-threshold", threshold)
+    for error in (result[QueueRef("", "jobs")], result[stream], connecting.value):
+        assert isinstance(error, SourceError) and error.kind is ErrorKind.UNREACHABLE, error
+        assert "cannot answer now: BUSY" in error.message
+        assert "kombu" not in error.message
+    assert _sample(await source.sample([QueueRef("", "jobs")]), QueueRef("", "jobs")).ready == 1
+
+
+def _run_script(server: RedisServer, microseconds: int) -> None:
+    with redis.Redis(port=server.port, password=server.password) as r:
+        r.eval(BUSY_SCRIPT, 0, microseconds)
 
 
 async def test_an_unacked_key_that_is_not_kombus_hash_leaves_samples_incomplete_not_failed(

@@ -96,6 +96,22 @@ async def test_a_groups_lag_pending_and_counters_are_its_sample(
 
 @pytest.mark.integration
 @pytest.mark.asyncio(loop_scope="session")
+async def test_a_group_whose_lag_redis_cannot_tell_is_bounded_by_the_streams_length(
+    admin: redis.Redis, source: RedisSource
+) -> None:
+    """Review F5: an XDEL in the group's unread range makes XINFO GROUPS' lag null; the queue
+    failed (then its fallback). The stream's length bounds the backlog from above: an
+    incomplete sample that may grow the pool, never shrink it, and says why."""
+    ids = [admin.xadd(STREAM, {"n": n}) for n in range(10)]
+    work(admin, "pod-a", take=2, ack=0)
+    admin.xdel(STREAM, ids[5])
+    got = await _sample(source)
+    assert (got.ready, got.unacked, got.complete) == (9, 2, False)
+    assert got.note is not None and f"group {GROUP!r}'s lag" in got.note
+
+
+@pytest.mark.integration
+@pytest.mark.asyncio(loop_scope="session")
 async def test_streams_and_celery_queues_share_the_one_pipeline(
     admin: redis.Redis, source: RedisSource
 ) -> None:

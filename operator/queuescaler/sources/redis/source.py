@@ -139,6 +139,9 @@ def failure(error: BaseException, where: str, needs: str = ACL_NEEDS) -> SourceE
         return _error(ErrorKind.UNREACHABLE, f"{where}: {error}")
     if isinstance(error, redis.exceptions.ResponseError) and "DB index" in str(error):
         return _error(ErrorKind.BAD_CONFIG, f"{where}: the database does not exist: {error}")
+    state = _server_state(error, where)  # BUSY at connect (its SELECT), MOVED...
+    if state is not None:
+        return state
     return _error(ErrorKind.BAD_RESPONSE, f"{where}: {type(error).__name__}: {error}")
 
 
@@ -164,6 +167,18 @@ def reply_failure(
     code = text.split(" ", 1)[0].upper()
     if code == "WRONGTYPE":
         return None
+    state = _server_state(reply, where)
+    if state is not None:
+        return state
+    if not isinstance(reply, redis.exceptions.ResponseError):
+        return failure(reply, where, needs)
+    return _error(ErrorKind.BAD_RESPONSE, f"{where} answered an error: {text}")
+
+
+def _server_state(reply: BaseException, where: str) -> SourceError | None:
+    """An error reply that tells the server's state or topology, not the key's, or None."""
+    text = str(reply)
+    code = text.split(" ", 1)[0].upper()
     # redis-py strips the code from the replies it has a class for.
     if code in UNAVAILABLE_REPLIES or isinstance(
             reply, redis.exceptions.TryAgainError | redis.exceptions.ClusterDownError):
@@ -175,9 +190,7 @@ def reply_failure(
             f"{where} is a Redis Cluster node ({text}): the source reads one database of one "
             "server, not a cluster",
         )
-    if not isinstance(reply, redis.exceptions.ResponseError):
-        return failure(reply, where, needs)
-    return _error(ErrorKind.BAD_RESPONSE, f"{where} answered an error: {text}")
+    return None
 
 
 def _tls_failed(error: BaseException) -> bool:
@@ -367,8 +380,12 @@ class RedisSource:
         for ref, stream in streams:
             groups, info = replies[position : position + 2]
             position += 2
+            state = next((_server_state(reply, where) for reply in (groups, info)
+                          if isinstance(reply, BaseException)), None)
             if isinstance(groups, redis.exceptions.NoPermissionError):
                 result[ref] = failure(groups, where, STREAM_ACL_NEEDS)
+            elif state is not None:  # BUSY, MOVED...: not "the stream or group is missing"
+                result[ref] = state
             else:  # a peek reads the same two O(1) replies; it only may not shrink a pool
                 result[ref] = stream_sample(stream, groups, info, taken_at, full=full)
         return result
