@@ -106,7 +106,7 @@ def test_an_open_hscan_cursor_leaves_the_sample_incomplete_whatever_hlen_said() 
             + [set()],
             ["cannot answer now"], id="busy"),
         pytest.param(
-            [1, (0, {b"t1": b'[{"body": "x"}, "celery", "jobs"]'}),
+            [1, (0, {b"t1": b'[{"body": "x"}, "jobs", "jobs"]'}),
              redis.exceptions.NoPermissionError(
                  "User qs has no permissions to run the 'smembers' command")],
             ["bindings of exchange 'jobs'", "'smembers'"], id="bindings-refused"),
@@ -122,6 +122,13 @@ def test_a_held_count_out_of_reach_is_incomplete_and_says_why(
     assert note is not None
     for text in says:
         assert text in note
+
+
+def test_refused_bindings_are_told_only_when_a_held_message_needed_them() -> None:
+    refused = redis.exceptions.NoPermissionError(
+        "User qs has no permissions to run the 'smembers' command")
+    default_exchange = (0, {b"t1": ENTRY})  # exchange "": the routing key names the queue
+    assert _unacked([1, default_exchange, refused]) == ({"jobs": 1}, True, None)
 
 
 def test_a_stream_group_whose_lag_redis_cannot_tell_is_an_upper_bound() -> None:

@@ -405,23 +405,26 @@ class RedisSource:
                 bindings[exchange] = parse_bindings(members, plan.layout.separator)
             elif isinstance(members, BaseException):
                 unread.append((exchange, members))
+        unread_note = None
         if unread:  # one note for them all: a refused SMEMBERS is refused on every exchange
             exchange, error = unread[0]
             others = f" (and {len(unread) - 1} other exchanges')" if len(unread) > 1 else ""
-            notes.append(_unread_note(
-                error, where, f"the bindings of exchange {exchange!r}{others}", "set"))
+            unread_note = _unread_note(
+                error, where, f"the bindings of exchange {exchange!r}{others}", "set")
         for reply in (hlen, scan):
             if isinstance(reply, BaseException):
-                notes.insert(0, _unread_note(
-                    reply, where, f"the unacked key {plan.layout.unacked_key!r}", "hash"))
-                return {}, False, _joined(notes)
+                return {}, False, _unread_note(
+                    reply, where, f"the unacked key {plan.layout.unacked_key!r}", "hash")
         if not isinstance(hlen, int) or not isinstance(scan, tuple | list) or len(scan) != 2:
-            return {}, False, _joined([
+            return {}, False, (
                 f"held messages not counted: the unacked key {plan.layout.unacked_key!r} did "
-                "not answer as kombu's hash", *notes])
+                "not answer as kombu's hash")
         cursor, entries = scan
         routes = [routing_of(value) for value in dict(entries).values()]
         placed = attribute(routes, bindings)
+        unread_exchanges = {exchange for exchange, _ in unread}
+        if unread_note and any(route and route[0] in unread_exchanges for route in routes):
+            notes.append(unread_note)  # told only when a held message needed those bindings
         scanned = int(cursor) == 0  # an open cursor may have missed entries, whatever HLEN said
         if not scanned:
             notes.append(
