@@ -10,8 +10,11 @@ What Redis cannot say: it keeps no publish or ack counters (rates are None, and 
 sizes on backlog), and which workers consume a list (consumers are reported as 0 here,
 meaning unknown: QueueSample has no "unknown" for them yet). A sample is incomplete (may
 grow a pool, never shrink it) when some unacked messages could not be placed on a queue:
-the hash was larger than one HSCAN page, an entry was not kombu's shape, or its exchange's
-bindings were not read this tick (they are, from the next tick on).
+the hash was not read in one HSCAN page, an entry was not kombu's shape, its exchange's
+bindings were not read this tick (they are, from the next tick on), its exchange routes it
+to no queue now, or its topic routing was beyond the tick's budget; or when the hash could
+not be read (refused by the ACL, not a hash). The sample's note says why, where the user can
+act on it (the Ready condition shows it).
 
 `peek()` is the same pipeline without the unacked hash: the ready counts only, which the
 engine's fast path reads for pools that may grow (a burst seen within its wake interval).
@@ -22,8 +25,9 @@ GROUPS and XINFO STREAM per stream give the group's lag (ready), its pending ent
 CONSUMERS' pending counts.
 
 `clients()` asks the Celery workers themselves (Celery's remote control, `control.py`): one
-broadcast round per layout, bounded in time, answered per worker hostname (the pod's name by
-default) with the tasks it holds and the queues it consumes. Redis has no list of who waits
+broadcast round per layout (at most CONTROL_CONNECTIONS at once, the listing bounded to
+INSPECT_WAVES rounds' time), answered per worker hostname (the pod's name by default) with
+the tasks it holds and the queues it consumes. Redis has no list of who waits
 on a list; this is the only way to tell a busy worker from an idle one.
 """
 
