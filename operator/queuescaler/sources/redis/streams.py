@@ -5,7 +5,8 @@ What Redis 7 gives (read from its XINFO documentation, checked on Debian's 7.0):
   backlog waiting), `pending` (delivered and not acknowledged: in flight), `consumers`, and
   `entries-read` (entries the group has read, a counter). `lag` is null when Redis cannot
   tell it (entries deleted inside the group's unread range, or a group created at an
-  arbitrary ID);
+  arbitrary ID): ready is then the stream's `length` (XINFO STREAM), an upper bound, and the
+  sample incomplete;
 - `XINFO STREAM <stream>`: `entries-added`, every entry ever added (a counter);
 - `XINFO CONSUMERS <stream> <group>`: per consumer its name and `pending` count: the busy
   consumers, named as the workers named themselves (the pod's name, by convention).
