@@ -241,14 +241,14 @@ def test_the_wrong_ca_for_redis_tls_is_told_holds_the_pool_and_the_fixed_secret_
          *_pem_lines(redis_server.ca_cert)],
         operator,
     )
-    # The kind is closed (ErrorKind): a TLS failure is Unreachable, and its message says TLS.
-    assert fault.condition["reason"] == "Unreachable", fault.condition
+    # A TLS failure has its own kind, fixed in the Secret like a refused password.
+    assert fault.condition["reason"] == "TlsFailed", fault.condition
     assert "TLS failed" in fault.condition["message"], fault.condition
     assert "certificate verify failed" in fault.condition["message"], fault.condition
     assert any("TLS failed" in str(e.get("message")) for e in fault.warnings), fault.warnings
     assert set(fault.held) == {1}, f"the pool moved on missing data: {fault.held}"
-    # Not the Secret's fault by its kind: read again when the cache refreshes it.
-    assert fault.recovered_seconds <= SECRET_REFRESH_SECONDS + POLL_SECONDS + WATCH_SLACK, fault
+    # The Secret is read again at once (Plan.reread_secret), as for a refused password.
+    assert fault.recovered_seconds <= POLL_SECONDS + WATCH_SLACK, fault
 
 
 def _pem_lines(pem: str) -> list[str]:
@@ -275,12 +275,6 @@ def test_an_auth_failure_drops_the_secret_from_the_cache_so_the_fix_is_read_at_t
     assert fault.recovered_seconds <= POLL_SECONDS + WATCH_SLACK, fault
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="the planner drops the Secret from the cache on an auth failure only "
-    "(Plan.reread_secret); a TLS failure is Unreachable, so the fixed CA waits for the "
-    "Secret cache's refresh (the CLI's default 60 s, the chart's 300 s)",
-)
 def test_a_tls_failure_drops_the_secret_from_the_cache_so_the_fix_is_read_at_the_next_poll(
     long_refresh_pool: FaultPool, redis_server: RedisServer,
     long_refresh_operator: OperatorProcess,

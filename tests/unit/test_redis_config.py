@@ -205,9 +205,9 @@ def test_passwords_are_registered_for_redaction_and_kept_out_of_repr() -> None:
         pytest.param(
             redis.exceptions.ConnectionError("Error 1 connecting to h:6379. [SSL: CERTIFICATE_"
                                              "VERIFY_FAILED] certificate verify failed"),
-            ErrorKind.UNREACHABLE, "TLS failed", id="tls",
+            ErrorKind.TLS_FAILED, "TLS failed", id="tls",
         ),
-        pytest.param(ssl.SSLError("wrong version number"), ErrorKind.UNREACHABLE, "TLS failed",
+        pytest.param(ssl.SSLError("wrong version number"), ErrorKind.TLS_FAILED, "TLS failed",
                      id="ssl-error"),
         pytest.param(redis.exceptions.ResponseError("DB index is out of range"),
                      ErrorKind.BAD_CONFIG, "database does not exist", id="no-such-db"),

@@ -344,7 +344,7 @@ async def test_the_listing_goes_over_tls_and_verifies_the_server(
         assert caught.value.kind is ErrorKind.BAD_RESPONSE, caught.value
         assert "no Celery worker listens" in caught.value.message
     else:
-        assert caught.value.kind is ErrorKind.UNREACHABLE, caught.value
+        assert caught.value.kind is ErrorKind.TLS_FAILED, caught.value
         assert "TLS failed" in caught.value.message
 
 

@@ -574,7 +574,7 @@ async def test_tls_with_the_right_ca_works_and_with_a_wrong_one_fails_clearly(
             await source.sample([QueueRef("", "tls-q")])
     finally:
         await source.close()
-    assert caught.value.kind is ErrorKind.UNREACHABLE
+    assert caught.value.kind is ErrorKind.TLS_FAILED
     assert "TLS failed" in caught.value.message
     assert "certificate verify failed" in caught.value.message
     assert redis_server.password not in str(caught.value)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from queuescaler.core.redact import redact, register_secret
-from queuescaler.core.sample import ErrorKind, SourceError
+from queuescaler.sources.secret_keys import bad_secret, secret_value
 
 AMQP_URL = "amqpUrl"
 MANAGEMENT_URL = "managementUrl"
@@ -46,10 +46,6 @@ class RabbitMQBroker:
         return f"RabbitMQBroker(amqp_url={redact(self.amqp_url)!r}, management_url={management!r})"
 
 
-def _bad(message: str) -> SourceError:
-    return SourceError(ErrorKind.BAD_CONFIG, f"connection Secret: {message}")
-
-
 def _register_passwords(value: str) -> None:
     """Register the URL's password as written and decoded; the whole value if it will not parse."""
     try:
@@ -62,35 +58,23 @@ def _register_passwords(value: str) -> None:
         register_secret(urllib.parse.unquote(password))
 
 
-def _value(data: Mapping[str, str], key: str, *, required: bool) -> str | None:
-    """The key's value without surrounding whitespace (files often end in a newline)."""
-    if key not in data:
-        if required:
-            raise _bad(f"key {key!r} is missing")
-        return None
-    value = data[key]
-    if not isinstance(value, str) or not value.strip():
-        raise _bad(f"key {key!r} is empty")
-    return value.strip()
-
-
 def _checked_url(key: str, value: str) -> str:
     try:
         parts = urllib.parse.urlsplit(value)
         _ = parts.port  # raises ValueError on a port that is not a number in range
     except ValueError:
-        raise _bad(f"key {key!r} is not a parsable URL") from None
+        raise bad_secret(f"key {key!r} is not a parsable URL") from None
     schemes = _URL_SCHEMES[key]
     if parts.scheme.lower() not in schemes:
-        raise _bad(f"key {key!r} must be a {' or '.join(s + '://' for s in schemes)} URL")
+        raise bad_secret(f"key {key!r} must be a {' or '.join(s + '://' for s in schemes)} URL")
     if not parts.hostname:
-        raise _bad(f"key {key!r} has no host")
+        raise bad_secret(f"key {key!r} has no host")
     return value
 
 
 def _checked_pem(key: str, value: str | None) -> str | None:
     if value is not None and _PEM_MARKERS[key] not in value:
-        raise _bad(f"key {key!r} is not PEM text ({_PEM_MARKERS[key].strip('-')} expected)")
+        raise bad_secret(f"key {key!r} is not PEM text ({_PEM_MARKERS[key].strip('-')} expected)")
     return value
 
 
@@ -105,15 +89,15 @@ def broker_from_secret(data: Mapping[str, str]) -> RabbitMQBroker:
         raw = data.get(key)
         if isinstance(raw, str):
             _register_passwords(raw.strip())
-    amqp_url = _checked_url(AMQP_URL, _value(data, AMQP_URL, required=True) or "")
-    management = _value(data, MANAGEMENT_URL, required=False)
+    amqp_url = _checked_url(AMQP_URL, secret_value(data, AMQP_URL, required=True) or "")
+    management = secret_value(data, MANAGEMENT_URL, required=False)
     management_url = _checked_url(MANAGEMENT_URL, management) if management else None
-    ca_cert = _checked_pem(CA_CERT, _value(data, CA_CERT, required=False))
-    client_cert = _checked_pem(CLIENT_CERT, _value(data, CLIENT_CERT, required=False))
-    client_key = _checked_pem(CLIENT_KEY, _value(data, CLIENT_KEY, required=False))
+    ca_cert = _checked_pem(CA_CERT, secret_value(data, CA_CERT, required=False))
+    client_cert = _checked_pem(CLIENT_CERT, secret_value(data, CLIENT_CERT, required=False))
+    client_key = _checked_pem(CLIENT_KEY, secret_value(data, CLIENT_KEY, required=False))
     if (client_cert is None) != (client_key is None):
         present, absent = (CLIENT_CERT, CLIENT_KEY) if client_cert else (CLIENT_KEY, CLIENT_CERT)
-        raise _bad(
+        raise bad_secret(
             f"key {present!r} is set but {absent!r} is missing: a client certificate "
             "needs its private key"
         )

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from queuescaler.core.redact import register_secret
-from queuescaler.core.sample import ErrorKind, SourceError
+from queuescaler.sources.secret_keys import bad_secret, secret_value
 
 REDIS_URL = "redisUrl"
 USERNAME = "username"
@@ -57,22 +57,6 @@ class RedisBroker:
         return f"RedisBroker({self.address!r})"
 
 
-def _bad(message: str) -> SourceError:
-    return SourceError(ErrorKind.BAD_CONFIG, f"connection Secret: {message}")
-
-
-def _value(data: Mapping[str, str], key: str, *, required: bool = False) -> str | None:
-    """The key's value without surrounding whitespace (files often end in a newline)."""
-    if key not in data:
-        if required:
-            raise _bad(f"key {key!r} is missing")
-        return None
-    value = data[key]
-    if not isinstance(value, str) or not value.strip():
-        raise _bad(f"key {key!r} is empty")
-    return value.strip()
-
-
 def _register(url: object, password: object) -> None:
     """Every form of every password in the Secret, before any check can fail."""
     if isinstance(password, str) and password.strip():
@@ -94,7 +78,7 @@ def _database(text: str, key: str) -> int:
     refuses more than 4,300 digits; either would be a bare ValueError naming no key."""
     if (not text.isascii() or not text.isdigit() or len(text) > len(str(MAX_DATABASE))
             or int(text) > MAX_DATABASE):
-        raise _bad(f"{key} must be a database number (0, 1, ...)")
+        raise bad_secret(f"{key} must be a database number (0, 1, ...)")
     return int(text)
 
 
@@ -104,7 +88,7 @@ def _check_ca(ca_cert: str) -> None:
     try:
         ssl.create_default_context(cadata=ca_cert)
     except (ssl.SSLError, ValueError, TypeError):
-        raise _bad(f"key {CA_CERT!r} is not a loadable CA certificate (PEM)") from None
+        raise bad_secret(f"key {CA_CERT!r} is not a loadable CA certificate (PEM)") from None
 
 
 def broker_from_secret(data: Mapping[str, str]) -> RedisBroker:
@@ -117,41 +101,41 @@ def broker_from_secret(data: Mapping[str, str]) -> RedisBroker:
     `ca.crt` (PEM, for rediss://). Other keys are ignored.
     """
     _register(data.get(REDIS_URL), data.get(PASSWORD))
-    url = _value(data, REDIS_URL, required=True) or ""
+    url = secret_value(data, REDIS_URL, required=True) or ""
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port or DEFAULT_PORT  # raises ValueError on a port out of range
     except ValueError:
-        raise _bad(f"key {REDIS_URL!r} is not a parsable URL") from None
+        raise bad_secret(f"key {REDIS_URL!r} is not a parsable URL") from None
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
-        raise _bad(f"key {REDIS_URL!r} must be a redis:// or rediss:// URL")
+        raise bad_secret(f"key {REDIS_URL!r} must be a redis:// or rediss:// URL")
     if not parts.hostname:
-        raise _bad(f"key {REDIS_URL!r} has no host")
+        raise bad_secret(f"key {REDIS_URL!r} has no host")
     names = {name for name, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)}
     if names - _IGNORED_QUERY:  # not named: a stray value could sit where a name should
-        raise _bad(
+        raise bad_secret(
             f"key {REDIS_URL!r} has query options other than ssl_cert_reqs: put them in the "
             "Secret's own keys"
         )
     path = parts.path.strip("/")
     database = _database(path, f"the path of {REDIS_URL!r}") if path else 0
-    given_database = _value(data, DATABASE)
+    given_database = secret_value(data, DATABASE)
     if given_database is not None:
         database = _database(given_database, f"key {DATABASE!r}")
-    username = _value(data, USERNAME)
+    username = secret_value(data, USERNAME)
     if username is None and parts.username:
         username = urllib.parse.unquote(parts.username)
-    password = _value(data, PASSWORD)
+    password = secret_value(data, PASSWORD)
     if password is None and parts.password:
         password = urllib.parse.unquote(parts.password)
-    ca_cert = _value(data, CA_CERT)
+    ca_cert = secret_value(data, CA_CERT)
     tls = _SCHEMES[scheme]
     if ca_cert is not None:
         if _PEM_CERTIFICATE not in ca_cert:
-            raise _bad(f"key {CA_CERT!r} is not PEM text (BEGIN CERTIFICATE expected)")
+            raise bad_secret(f"key {CA_CERT!r} is not PEM text (BEGIN CERTIFICATE expected)")
         if not tls:
-            raise _bad(
+            raise bad_secret(
                 f"key {CA_CERT!r} is set but {REDIS_URL!r} is redis:// (no TLS): use rediss://"
             )
         _check_ca(ca_cert)

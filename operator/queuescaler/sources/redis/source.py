@@ -138,7 +138,7 @@ def failure(error: BaseException, where: str, needs: str = ACL_NEEDS) -> SourceE
     if isinstance(error, redis.exceptions.TimeoutError | TimeoutError):
         return _error(ErrorKind.TIMEOUT, f"{where}: no answer in time")
     if _tls_failed(error):
-        return _error(ErrorKind.UNREACHABLE, f"{where}: TLS failed: {error}")
+        return _error(ErrorKind.TLS_FAILED, f"{where}: TLS failed: {error}")
     if isinstance(error, redis.exceptions.ConnectionError | OSError):
         return _error(ErrorKind.UNREACHABLE, f"{where}: {error}")
     if isinstance(error, redis.exceptions.ResponseError) and "DB index" in str(error):
