@@ -20,10 +20,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${QS_CACHE:-$HOME/.cache/queuescaler}
 bin=$cache/bin
 instance=${QS_ENV:-}
-offset=0
-[ -z "$instance" ] || offset=${QS_PORT_OFFSET:-100}
 suffix=${instance:+-$instance}
 run=$cache/run$suffix
+# A named environment keeps the port offset it was started with (run/offset), so a later
+# `down` or `down-all` without QS_PORT_OFFSET stops its processes at their own ports.
+offset=0
+[ -z "$instance" ] || offset=${QS_PORT_OFFSET:-$(cat "$run/offset" 2>/dev/null || echo 100)}
 # RabbitMQ runs as Debian's `rabbitmq` user, which cannot enter /root: its files live apart.
 rabbit_dir=${QS_RABBITMQ_DIR:-/var/tmp/queuescaler-rabbitmq$suffix}
 
@@ -290,6 +292,7 @@ down() { prometheus_down; rabbitmq_down; cluster_down; }
 
 up() {
   mkdir -p "$run"
+  echo "$offset" >"$run/offset"
   # A half-started environment is not left behind: any failure stops it all.
   trap 'log "start failed: stopping what was started"; down' ERR
   local started=$SECONDS
