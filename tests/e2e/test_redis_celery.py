@@ -28,7 +28,13 @@ import redis
 from queuescaler_testkit.env import CACHE, TestEnv, wait_until
 from queuescaler_testkit.operator_process import OperatorProcess
 from queuescaler_testkit.podrunner import PodRunner, PodRunnerFactory
-from queuescaler_testkit.pool import FAST_BEHAVIOR, Pool, Timeline, deep_merge
+from queuescaler_testkit.pool import (
+    FAST_BEHAVIOR,
+    Pool,
+    Timeline,
+    deep_merge,
+    worker_deployment,
+)
 from queuescaler_testkit.publisher import FirstSeen, read_processed
 from queuescaler_testkit.redis_server import RedisServer, session_server
 from queuescaler_testkit.workers.redis_tasks import (
@@ -81,20 +87,7 @@ class RedisPool(Pool):
             "stringData": {"redisUrl": f"redis://127.0.0.1:{self.redis.port}/{BROKER_DB}",
                            "password": self.redis.password},
         })
-        self.apply({
-            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": self.name},
-            "spec": {
-                "replicas": 0,
-                "selector": {"matchLabels": {"app": self.name}},
-                "template": {
-                    "metadata": {"labels": {"app": self.name}},
-                    "spec": {
-                        "terminationGracePeriodSeconds": self.grace_seconds,
-                        "containers": [{"name": "worker", "image": "worker:fake"}],
-                    },
-                },
-            },
-        })
+        self.apply(worker_deployment(self.name, self.grace_seconds))
         return self
 
     def apply_scaler(self, **spec: Any) -> None:

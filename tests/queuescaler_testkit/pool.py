@@ -44,6 +44,26 @@ FAST_BEHAVIOR: dict[str, Any] = {
 """Short windows, so a scenario sees a whole up-and-down cycle in a minute (not the defaults)."""
 
 
+def worker_deployment(name: str, grace_seconds: int) -> dict[str, Any]:
+    """A pool's Deployment at zero replicas, its pods played by the pod runner."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": grace_seconds,
+                    "containers": [{"name": "worker", "image": "worker:fake"}],
+                },
+            },
+        },
+    }
+
+
 @dataclass
 class Pool:
     """One scenario's worker pool and its QueueScaler, all named after `name`."""
@@ -59,24 +79,7 @@ class Pool:
         connection.channel().queue_declare(self.queue, durable=True)
         connection.close()
         self.apply_secret(amqp_url=amqp_url, management_url=management_url)
-        self.apply(
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": self.name},
-                "spec": {
-                    "replicas": 0,
-                    "selector": {"matchLabels": {"app": self.name}},
-                    "template": {
-                        "metadata": {"labels": {"app": self.name}},
-                        "spec": {
-                            "terminationGracePeriodSeconds": self.grace_seconds,
-                            "containers": [{"name": "worker", "image": "worker:fake"}],
-                        },
-                    },
-                },
-            }
-        )
+        self.apply(worker_deployment(self.name, self.grace_seconds))
         return self
 
     def apply_secret(
