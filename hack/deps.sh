@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need, idempotently: Debian packages, the Python
-# virtualenv (in the cache, outside the repo) and the Go-built control plane.
-#   hack/deps.sh [apt|python|tools|image|all]
+# virtualenv (in the cache, outside the repo), the Go-built control plane and Kafka's jars.
+#   hack/deps.sh [apt|python|tools|image|kafka|all]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -44,11 +44,42 @@ tools() {
   bash "$here/build-tools.sh"
 }
 
+# Apache Kafka's broker for the kafka source's tests: its jars from Maven Central
+# (hack/tools/kafka/pom.xml, KAFKA_VERSION in versions.env) copied into
+# $cache/kafka/<version>/libs, where tests/queuescaler_testkit/kafka_server.py runs them with
+# `java -cp 'libs/*'`. Resolved again only when the POM or the version changes (a stamp holds
+# their hash). Maven and a Java 17 runtime come from Debian when the machine has none.
+kafka_jars() {
+  local KAFKA_VERSION; KAFKA_VERSION=$(sed -n 's/^KAFKA_VERSION=\([^ #]*\).*/\1/p' "$here/versions.env")
+  local pom=$here/tools/kafka/pom.xml dir=$cache/kafka/$KAFKA_VERSION key
+  key=$({ cat "$pom"; echo "$KAFKA_VERSION"; } | sha256sum | cut -c1-16)
+  if [ "$(cat "$dir/libs.stamp" 2>/dev/null)" = "$key" ] && [ -f "$dir/libs/kafka_2.13-$KAFKA_VERSION.jar" ]; then
+    log "kafka $KAFKA_VERSION: jars cached"; return
+  fi
+  local missing=() sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null || missing+=(maven)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "kafka: installing ${missing[*]}"
+    # A slim Debian has no man directories, and the JRE's postinst links a man page there.
+    $sudo mkdir -p /usr/share/man/man1
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  log "kafka $KAFKA_VERSION: resolving the broker's jars from Maven Central into $dir/libs"
+  rm -rf "$dir/libs.new"
+  mvn -B -q --no-transfer-progress -f "$pom" -Dkafka.version="$KAFKA_VERSION" \
+    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$dir/libs.new" </dev/null
+  rm -rf "$dir/libs" && mv "$dir/libs.new" "$dir/libs"
+  echo "$key" >"$dir/libs.stamp"
+}
+
 case ${1:-all} in
   apt) apt_packages ;;
   python) python_env ;;
   tools) tools ;;
   image) bash "$here/image.sh" tools ;;
-  all) apt_packages; python_env; tools; bash "$here/image.sh" tools ;;
-  *) echo "usage: $0 [apt|python|tools|image|all]" >&2; exit 2 ;;
+  kafka) kafka_jars ;;
+  all) apt_packages; python_env; tools; bash "$here/image.sh" tools; kafka_jars ;;
+  *) echo "usage: $0 [apt|python|tools|image|kafka|all]" >&2; exit 2 ;;
 esac
