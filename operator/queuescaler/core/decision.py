@@ -101,6 +101,7 @@ class Reason(enum.StrEnum):
     BUSY_WORKERS = "busy-workers"
     INCOMPLETE_SAMPLE = "incomplete-sample"
     CONFLICT = "conflict"
+    REBALANCING = "rebalancing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,13 +340,15 @@ def _decide_with_sample(
     # it with a reason. Waking a pool from zero skips the damping (activation is apart).
     stages: list[Callable[[int], _Change | None]] = [] if waking else [
         lambda n: _stabilization(spec, n, current, state.recommendations, now,
-                                 rate_noise=_rate_noise(flow, current, raw_reason)),
+                                 rate_noise=_rate_noise(flow, current, raw_reason),
+                                 full_window=sample.scaling_pauses),
         lambda n: _cooldown(spec, n, current, state, now),
     ]
     stages += [
         lambda n: _step_limit(spec, n, current),
         lambda n: _busy_workers(spec, n, current, busy_workers, busy_note),
         lambda n: _incomplete(sample, n, current),
+        lambda n: _rebalancing(sample, n, current),
         lambda n: _still_counting(restored, n, current),
         lambda n: _bounds(spec, n),
     ]
@@ -385,6 +388,14 @@ def _raw_recommendation(
     At zero replicas only a backlog of `activation.messages` or more gives a non-zero
     answer. Zero itself is answered only when nothing is ready, in flight or published
     (an unknown publish rate counts as zero: the AMQP path knows no rates).
+
+    Where the broker says how many consumers can work at once (a Kafka topic's partitions:
+    `QueueSample.parallelism`), no policy asks for more, and the backlog policy asks for no
+    more than the consumers that have messages waiting (`backlog_parallelism`, the partitions
+    with lag): replicas beyond them would join the group and idle. The rate floor is held
+    only by the first: a pool that keeps pace has lag on few partitions at any instant.
+    These caps shape the recommendation, so the stabilization window damps them like any
+    other.
     """
     backlog = backlog_of(spec, sample)
     activation = spec.activation.messages
@@ -392,7 +403,15 @@ def _raw_recommendation(
         message = f"backlog {backlog} below activation {activation}: staying at zero"
         return 0, Reason.IDLE, message
     per_replica = spec.target.messages_per_replica
-    replicas = -(-backlog // per_replica)
+    uncapped = replicas = -(-backlog // per_replica)
+    cap_note = ""
+    waiting = sample.backlog_parallelism
+    if waiting is not None and replicas > max(waiting, 1):
+        replicas = max(waiting, 1)
+        cap_note = (
+            f", capped at {replicas}: {waiting} partitions have messages waiting"
+            " (more consumers would idle)"
+        )
     reason = Reason.BACKLOG
     publish = flow.publish or 0.0  # unknown counts as zero (the AMQP path knows no rates)
     winner = "backlog"
@@ -421,7 +440,7 @@ def _raw_recommendation(
             if drain > replicas:
                 replicas, reason, winner = drain, Reason.RATE, "drain"
     if winner == "backlog":
-        message = f"backlog {backlog} / {per_replica} per replica -> {replicas}"
+        message = f"backlog {backlog} / {per_replica} per replica -> {uncapped}{cap_note}"
     elif winner == "floor":
         needed = _replicas_for(publish / (per_replica_rate or 1.0))
         message = (
@@ -432,6 +451,13 @@ def _raw_recommendation(
         message = (
             f"publish {_rate(publish)}/s + backlog {backlog} in {spec.target.drain_seconds}s"
             f" at {_rate(per_replica_rate)}/s per replica -> {replicas}"
+        )
+    limit = sample.parallelism
+    if limit is not None and replicas > max(limit, 1):
+        replicas = max(limit, 1)
+        message += (
+            f", capped at {replicas}: at most {limit} consumers can work at once"
+            " (the queue's partitions)"
         )
     if replicas == 0:
         if sample.ready > 0 or sample.unacked > 0 or publish > 0.0:
@@ -498,6 +524,7 @@ def _stabilization(
     history: tuple[Recommendation, ...],
     now: float,
     rate_noise: float | None = None,
+    full_window: bool = False,
 ) -> _Change | None:
     """The HPA's stabilization: shrink no lower than the highest recommendation of the
     scale-down window, grow no higher than the lowest of the scale-up window; this
@@ -519,6 +546,10 @@ def _stabilization(
     drained (the recommendation a small fraction of the pool) is let go within a tick or
     two instead of being paid for over the full window. The window only ever shortens,
     never lengthens, so the history kept for the full window still serves every decision.
+
+    `full_window` (the sample's `scaling_pauses`: every resize stops all the consumers, as a
+    Kafka group's rebalance does) keeps the whole window for every scale-down: a drop that
+    is surely no noise still costs a pause of the whole pool, so it waits for the window.
     """
     behavior = spec.behavior
     up_window = behavior.scale_up.stabilization_seconds
@@ -532,7 +563,7 @@ def _stabilization(
     divisor = max(1.0, drop - NOISE_SIGMAS * chance)
     if rate_noise is None:
         divisor *= max(1.0, drop - SURE_SIGMAS * chance)
-    down_window = min(window, max(window / divisor, floor))
+    down_window = window if full_window else min(window, max(window / divisor, floor))
     down_cutoff = now - down_window
     lowest = highest = recommendation
     for past in history:
@@ -611,6 +642,19 @@ def _incomplete(sample: QueueSample, replicas: int, current: int) -> _Change | N
         " (in-flight work unknown, or a queue missing): scaling up only"
     )
     return current, Reason.INCOMPLETE_SAMPLE, note
+
+
+def _rebalancing(sample: QueueSample, replicas: int, current: int) -> _Change | None:
+    """No scale-down while the consumers are being reassigned (a Kafka group rebalancing):
+    every member stops until it ends, so the figures say nothing of the pool's pace, and a
+    member leaving now starts the rebalance over. It may grow."""
+    if not sample.rebalancing or replicas >= current:
+        return None
+    note = (
+        f"held at {current}: the consumers are being reassigned (a rebalance is in progress):"
+        " no scale-down until it is over"
+    )
+    return current, Reason.REBALANCING, note
 
 
 def _still_counting(restored: bool, replicas: int, current: int) -> _Change | None:

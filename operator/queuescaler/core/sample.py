@@ -103,6 +103,20 @@ class QueueSample:
     note: str | None = None
     """What the source wants users to know about these figures (what its broker cannot
     give, a layout it did not expect): shown in the Ready condition."""
+    parallelism: int | None = None
+    """The most consumers that can work on the queue at once (a Kafka topic's partitions,
+    each read by one consumer of a group): replicas beyond it idle, so no policy asks for
+    more. None: no such limit."""
+    backlog_parallelism: int | None = None
+    """Of those, how many have messages waiting now (a Kafka topic's partitions with lag):
+    the backlog policy asks for no more replicas than this. None: no such limit."""
+    rebalancing: bool = False
+    """The queue's consumers are being reassigned now (a Kafka group's rebalance, during
+    which every member stops): the pool may grow, never shrink, until it is over."""
+    scaling_pauses: bool = False
+    """Every change of the pool's size stops all its consumers for a while (a Kafka group
+    rebalances on each member that joins or leaves): a scale-down waits the whole
+    scaleDown.stabilizationSeconds window, never one shortened by the size of the drop."""
 
     @property
     def backlog(self) -> int:
@@ -137,6 +151,10 @@ def combine(samples: Iterable[QueueSample]) -> QueueSample:
         published_total=_sum_all(p.published_total for p in parts),
         acked_total=_sum_all(p.acked_total for p in parts),
         note="; ".join(dict.fromkeys(p.note for p in parts if p.note)) or None,
+        parallelism=_sum_all(p.parallelism for p in parts),
+        backlog_parallelism=_sum_all(p.backlog_parallelism for p in parts),
+        rebalancing=any(p.rebalancing for p in parts),
+        scaling_pauses=any(p.scaling_pauses for p in parts),
     )
 
 
@@ -144,7 +162,8 @@ def _sum_all(values: Iterable[int | None]) -> int | None:
     """A counter summed over queues only when every queue knows it: a partial sum would
     look like a counter reset the tick a queue's statistics go missing. (A queue missing
     from the answer altogether makes the sample incomplete, whose counters the rate policy
-    ignores: core.throughput.)"""
+    ignores: core.throughput.) Limits add up the same way: one queue without a limit lifts
+    it for the sum."""
     known = list(values)
     return None if any(v is None for v in known) else sum(v for v in known if v is not None)
 
