@@ -2,7 +2,9 @@
 
 Benchmarks put it in front of the RabbitMQ management port and point the operator's
 Secret at it, so "broker requests per tick" is counted at the wire, not trusted from
-the operator's own bookkeeping.
+the operator's own bookkeeping. It also counts the TCP connections it accepted and how
+many are open, so in front of the AMQP port (where no request line matches) it counts
+AMQP connections opened.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ class RequestCounter:
     upstream_port: int
     listen_port: int = 0
     requests: dict[str, int] = field(default_factory=dict)
+    connections: int = 0
+    """TCP connections accepted so far."""
+    open_connections: int = 0
+    """Of those, still open at both ends."""
     _loop: asyncio.AbstractEventLoop | None = None
     _server: asyncio.AbstractServer | None = None
     _ready: threading.Event = field(default_factory=threading.Event)
@@ -55,11 +61,13 @@ class RequestCounter:
                 await self._server.serve_forever()
 
     async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
             client_w.close()
             return
+        self.open_connections += 1
 
         async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, count: bool) -> None:
             tail = b""
@@ -79,4 +87,8 @@ class RequestCounter:
             finally:
                 w.close()
 
-        await asyncio.gather(pipe(client_r, upstream_w, True), pipe(upstream_r, client_w, False))
+        try:
+            await asyncio.gather(pipe(client_r, upstream_w, True),
+                                 pipe(upstream_r, client_w, False))
+        finally:
+            self.open_connections -= 1

@@ -1,7 +1,7 @@
 """KEDA beside queuescaler: the same traffic on three pools of real pika workers (issue 20).
 
     python bench/peers.py [--minutes 10] [--traces bursts,poisson,flood] [--env peers]
-                          [--seed 7]
+                          [--pools queuescaler,keda,keda-fast,queuescaler-0,keda-0] [--seed 7]
 
 `make bench-peers` runs it in an environment of its own (QS_ENV=peers) with KEDA up
 (hack/keda.sh); run by hand, the environment and KEDA must already be up
@@ -20,16 +20,21 @@ publisher each (persistent messages, broker-confirmed):
                http), value 10, KEDA's documented defaults (pollingInterval 30 s, cooldownPeriod
                300 s) and the HPA's default behaviour;
   keda-fast    the same, tuned for fast reaction: pollingInterval 1 s and a scale-up policy
-               without limits (100 pods per second, no stabilization window).
+               without limits (100 pods per second, no stabilization window);
+  queuescaler-0, keda-0
+               queuescaler's and KEDA's defaults again with minReplicas / minReplicaCount 0
+               (KEDA's documented default): the pool starts at 0, KEDA's own polling loop
+               (every 30 s), not the HPA, takes it 0 -> 1 and back to 0 after cooldownPeriod;
+               queuescaler wakes it at activation.messages.
 
 KEDA 2.21 polls a trigger in its own loop only when that loop can act outside the HPA's range
 (minReplicaCount 0, an idleReplicaCount, useCachedMetrics: ScaledObject.
 IsPollingIntervalRelevant); at minReplicaCount 1 the loop reuses what the HPA's metric queries
 saw, so pollingInterval changes little there, and the HPA's 15 s sync paces every scale-up.
 
-Same bounds for all: 1 to 10 replicas; 10 messages per replica (queuescaler's default
-messagesPerReplica, KEDA's `value`). The kube-controller-manager's HPA controller does KEDA's
-1 <-> N scaling at its default 15 s sync, as in a real cluster.
+Same bounds for all: 1 (the -0 pools: 0) to 10 replicas; 10 messages per replica
+(queuescaler's default messagesPerReplica, KEDA's `value`). The kube-controller-manager's
+HPA controller does KEDA's 1 <-> N scaling at its default 15 s sync, as in a real cluster.
 
 Traces (each --minutes long, the same schedule for the three pools, seeded):
   bursts   120 messages at once every max(45 s, length / 10), from 5 s in;
@@ -52,14 +57,27 @@ over every message of it (waits):
                (each pool's Secret points there): KEDA's polling loop and the HPA's metric
                queries (each one reaches the broker), queuescaler's batched samples and busy-
                worker looks;
-  CPU, RSS     of each operator's processes, from /proc: queuescaler's one process; KEDA's
-               keda-operator + keda-adapter, shared by the keda and keda-fast pools (one
-               KEDA serves both: one APIService per cluster).
+  connections  TCP connections each pool's scaler opened to the management API and AMQP
+               connections it opened (and held at the end), by loopback relays that only the
+               pool's Secret names (the workers connect to the broker directly);
+  CPU, RSS     of each operator's processes, from /proc: queuescaler's one process (every
+               queuescaler pool); KEDA's keda-operator + keda-adapter, shared by every KEDA
+               pool (one KEDA serves them: one APIService per cluster); and the
+               kube-controller-manager (its HPA controller does KEDA's 1 <-> N scaling) and
+               the kube-apiserver, in a table of their own;
+  apiserver    the apiserver's apiserver_request_total grown over the trace, by verb and
+               resource; it has no client label, so the owner is told by resource
+               (queuescaler.io is queuescaler's; keda.sh, HPAs and external metrics KEDA's and
+               the HPA's; deployments, events, leases everyone's), and the clients' own
+               rest_client_requests_total by method (keda-operator, keda-adapter, the
+               controller-manager) beside it, with the external metrics KEDA's adapter served
+               and the HPA controller's reconciliations; RabbitMQ's own connection counters.
 
-Prints one Markdown table per trace; the raw series (replica steps, backlog every 2 s, waits,
-requests, CPU and RSS samples) go to ~/.cache/queuescaler/out/peers-<time>.json. Loopback only;
-every namespace and queue made here is deleted at the end; only processes started here are
-stopped, by PID.
+Prints three Markdown tables per trace (pools, processes, requests) and writes the replica
+curves over the backlog (bench/peers_plot.py) beside the raw series; the raw series
+(replica steps, backlog every 2 s, waits, requests, CPU and RSS samples) go to
+~/.cache/queuescaler/out/peers-<time>.json. Loopback only; every namespace and queue made
+here is deleted at the end; only processes started here are stopped, by PID.
 """
 
 from __future__ import annotations
@@ -70,6 +88,8 @@ import json
 import math
 import os
 import random
+import re
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -81,6 +101,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from urllib.request import urlopen
 
 import pika
 import yaml
@@ -106,9 +128,19 @@ SETTLE_BOUND = 180.0
 """From the pools' creation to each one consuming and its scaler ready."""
 DRAIN_BOUND = 240.0
 """From the trace's end to every message acked."""
-POOLS = ("queuescaler", "keda", "keda-fast")
+POOLS = ("queuescaler", "keda", "keda-fast", "queuescaler-0", "keda-0")
+"""A name ending in -0 is the same scaler with minReplicas (minReplicaCount) 0."""
 TRACES = ("bursts", "poisson", "flood")
 LABEL = "bench-peers"
+
+
+def min_replicas(kind: str) -> int:
+    return 0 if kind.endswith("-0") else MIN_REPLICAS
+
+
+def engine(kind: str) -> str:
+    """Which operator serves a pool: queuescaler, or KEDA (with the HPA)."""
+    return "queuescaler" if kind.startswith("queuescaler") else "keda"
 
 
 def keda_version() -> str:
@@ -311,6 +343,125 @@ class Watcher:
                          sum(proc_rss_mb(p) for p in pids)))
 
 
+# -- the cluster's own counters -------------------------------------------------------------------
+
+
+_LABELS = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def counter_lines(text: str, name: str, keys: tuple[str, ...]) -> dict[str, float]:
+    """A Prometheus counter's series summed by the labels `keys` (joined by spaces)."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels_part, value = line.rsplit(" ", 1)
+            labels = dict(_LABELS.findall(labels_part))
+            key = " ".join(labels.get(k, "") or "-" for k in keys)
+            found[key] = found.get(key, 0.0) + float(value)
+    return found
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The environment's control plane (kwokctl's binary runtime) and KEDA: PIDs and the
+    endpoints that count requests. Read only; nothing here is started or stopped."""
+
+    env: TestEnv
+    name: str
+    offset: int
+    """QS_PORT_OFFSET: KEDA's metrics ports follow it (hack/keda.sh)."""
+
+    @property
+    def kwok(self) -> Path:
+        return next((CACHE / f"run-{self.name}" / "kwok" / "clusters").iterdir())
+
+    def pid(self, component: str) -> int:
+        return int((self.kwok / "pids" / f"{component}.pid").read_text())
+
+    def keda_pids(self) -> list[int]:
+        run = CACHE / "keda" / f"run-{self.name}"
+        return [int((run / f"{n}.pid").read_text()) for n in ("keda-operator", "keda-adapter")]
+
+    def processes(self) -> dict[str, list[int]]:
+        """Every process of the control plane whose CPU is sampled (the operators apart)."""
+        return {"kube-controller-manager": [self.pid("kube-controller-manager")],
+                "kube-apiserver": [self.pid("kube-apiserver")]}
+
+    def _kcm_metrics(self) -> str:
+        config_text = (CACHE / f"run-{self.name}" / "kwokctl.yaml").read_text()
+        port = int(re.search(r"kubeControllerManagerPort: (\d+)", config_text).group(1))  # type: ignore[union-attr]
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # loopback, the cluster's own self-signed serving cert
+        context.load_cert_chain(self.kwok / "pki" / "admin.crt", self.kwok / "pki" / "admin.key")
+        with urlopen(f"https://127.0.0.1:{port}/metrics", timeout=10, context=context) as r:
+            return str(r.read().decode())
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        """Cumulative counters now: the apiserver's requests by verb and resource, each
+        client's own requests by method (KEDA's two processes, the controller-manager with all
+        its controllers), what KEDA's adapter served, and RabbitMQ's connection counters.
+        A source that does not answer is left out."""
+        found: dict[str, dict[str, float]] = {}
+
+        def get(url: str) -> str:
+            with urlopen(url, timeout=10) as r:
+                return str(r.read().decode())
+
+        with contextlib.suppress(Exception):
+            found["apiserver"] = counter_lines(
+                self.env.kubectl("get", "--raw", "/metrics").stdout, "apiserver_request_total",
+                ("verb", "group", "resource", "subresource"))
+        with contextlib.suppress(Exception):
+            found["keda-operator"] = counter_lines(
+                get(f"http://127.0.0.1:{24482 + self.offset}/metrics"),
+                "rest_client_requests_total", ("method",))
+        with contextlib.suppress(Exception):
+            text = get(f"http://127.0.0.1:{24484 + self.offset}/metrics")
+            found["keda-adapter"] = counter_lines(text, "rest_client_requests_total", ("method",))
+            found["keda-adapter served"] = counter_lines(
+                text, "apiserver_request_total", ("verb", "group", "resource"))
+        with contextlib.suppress(Exception):
+            text = self._kcm_metrics()
+            found["kube-controller-manager"] = counter_lines(
+                text, "rest_client_requests_total", ("method",))
+            found["HPA controller"] = counter_lines(
+                text, "horizontal_pod_autoscaler_controller_reconciliations_total", ("action",))
+        with contextlib.suppress(Exception):
+            overview = self.env.admin().overview(["churn_rates", "object_totals"])
+            found["rabbitmq"] = {
+                "connections created": float(overview["churn_rates"]["connection_created"]),
+                "connections open": float(overview["object_totals"]["connections"]),
+            }
+        return found
+
+
+def counters_over(before: dict[str, dict[str, float]],
+                  after: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """What each counter grew by between two snapshots (a gauge: its value after)."""
+    grown: dict[str, dict[str, float]] = {}
+    for source, values in after.items():
+        first = before.get(source, {})
+        grown[source] = {k: (v if k == "connections open" else v - first.get(k, 0.0))
+                         for k, v in values.items()
+                         if k == "connections open" or v - first.get(k, 0.0)}
+    return grown
+
+
+def apiserver_owner(key: str) -> str:
+    """Whose requests a (verb group resource subresource) row of the apiserver's counter
+    most likely are, by resource alone: the counter has no client label."""
+    _, group, resource, _ = key.split(" ")
+    if group == "queuescaler.io":
+        return "queuescaler"
+    if group in ("keda.sh", "eventing.keda.sh", "external.metrics.k8s.io") \
+            or resource == "horizontalpodautoscalers":
+        return "KEDA + HPA"
+    if resource in ("deployments", "events", "leases"):
+        return "shared"
+    return "other"
+
+
 # -- the pools ------------------------------------------------------------------------------------
 
 
@@ -323,17 +474,17 @@ def kubectl_apply(env: TestEnv, documents: list[dict[str, Any]]) -> None:
 def scaler_documents(kind: str, namespace: str, queue: str, vhost: str) -> list[dict[str, Any]]:
     target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"}
     meta = {"name": "worker", "namespace": namespace}
-    if kind == "queuescaler":
+    if engine(kind) == "queuescaler":
         return [{
             "apiVersion": "queuescaler.io/v1alpha1", "kind": "QueueScaler", "metadata": meta,
-            "spec": {"scaleTargetRef": target, "minReplicas": MIN_REPLICAS,
+            "spec": {"scaleTargetRef": target, "minReplicas": min_replicas(kind),
                      "maxReplicas": MAX_REPLICAS,
                      "source": {"rabbitmq": {"queue": queue, "vhost": vhost,
                                              "connectionSecretRef": {"name": "rabbitmq"}}}},
         }]
     spec: dict[str, Any] = {
         "scaleTargetRef": {"name": "worker"},
-        "minReplicaCount": MIN_REPLICAS, "maxReplicaCount": MAX_REPLICAS,
+        "minReplicaCount": min_replicas(kind), "maxReplicaCount": MAX_REPLICAS,
         "triggers": [{
             "type": "rabbitmq",
             "metadata": {"protocol": "http", "queueName": queue, "mode": "QueueLength",
@@ -363,9 +514,18 @@ class PoolRun:
     queue: str
     journal: Path
     counter: RequestCounter
+    """In front of the management API: the pool's scaler's requests and connections."""
+    amqp: RequestCounter
+    """In front of the AMQP port: the pool's scaler's AMQP connections (not the workers')."""
     runner: PodRunner | None = None
     publisher: Publisher | None = None
     requests_at: list[tuple[float, dict[str, int]]] = field(default_factory=list)
+    connections_at: list[tuple[int, int, int, int]] = field(default_factory=list)
+    """(management connections opened, open; AMQP connections opened, open) at t0 and t1."""
+
+    def connections_now(self) -> tuple[int, int, int, int]:
+        return (self.counter.connections, self.counter.open_connections,
+                self.amqp.connections, self.amqp.open_connections)
 
 
 def create_pool(env: TestEnv, pool: PoolRun, work: Path) -> None:
@@ -377,17 +537,21 @@ def create_pool(env: TestEnv, pool: PoolRun, work: Path) -> None:
     admin = BrokerAdmin(env.management_url)
     counted = (f"http://{quote(admin.user)}:{quote(admin.password)}"
                f"@127.0.0.1:{pool.counter.listen_port}")
+    amqp = urlsplit(env.amqp_url)
+    counted_amqp = urlunsplit(amqp._replace(
+        netloc=f"{amqp.netloc.rsplit('@', 1)[0]}@127.0.0.1:{pool.amqp.listen_port}"))
     kubectl_apply(env, [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": pool.namespace}},
     ])
     kubectl_apply(env, [
         {"apiVersion": "v1", "kind": "Secret",
          "metadata": {"name": "rabbitmq", "namespace": pool.namespace},
-         "stringData": {"amqpUrl": env.amqp_url, "managementUrl": counted,
+         "stringData": {"amqpUrl": counted_amqp, "managementUrl": counted,
                         "host": f"{counted}/{quote(env.vhost)}"}},
         {"apiVersion": "apps/v1", "kind": "Deployment",
          "metadata": {"name": "worker", "namespace": pool.namespace, "labels": {LABEL: "yes"}},
-         "spec": {"replicas": MIN_REPLICAS, "selector": {"matchLabels": {"app": "worker"}},
+         "spec": {"replicas": min_replicas(pool.kind),
+                  "selector": {"matchLabels": {"app": "worker"}},
                   "template": {"metadata": {"labels": {"app": "worker"}},
                                "spec": {"terminationGracePeriodSeconds": GRACE_SECONDS,
                                         "containers": [{"name": "worker",
@@ -404,9 +568,9 @@ def create_pool(env: TestEnv, pool: PoolRun, work: Path) -> None:
 
 def pool_ready(env: TestEnv, pool: PoolRun) -> bool:
     body = env.admin().queue(env.vhost, pool.queue, ["consumers"])
-    if not isinstance(body, dict) or int(body.get("consumers") or 0) < MIN_REPLICAS:
+    if not isinstance(body, dict) or int(body.get("consumers") or 0) < min_replicas(pool.kind):
         return False
-    if pool.kind == "queuescaler":
+    if engine(pool.kind) == "queuescaler":
         out = env.kubectl("get", "qs", "worker", "-n", pool.namespace, "-o",
                           "jsonpath={.status.lastDecision.reason}", check=False)
         return out.returncode == 0 and bool(out.stdout.strip())
@@ -414,11 +578,13 @@ def pool_ready(env: TestEnv, pool: PoolRun) -> bool:
                       "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}", check=False)
     hpa = env.kubectl("get", "hpa", "keda-hpa-worker", "-n", pool.namespace, "-o",
                       "jsonpath={.status.currentMetrics}", check=False)
-    return out.stdout.strip() == "True" and hpa.returncode == 0 and bool(hpa.stdout.strip())
+    # At 0 replicas the HPA is switched off (ScalingActive False): it has no metrics to show.
+    return out.stdout.strip() == "True" and hpa.returncode == 0 and (
+        bool(hpa.stdout.strip()) or min_replicas(pool.kind) == 0)
 
 
 def delete_pool(env: TestEnv, pool: PoolRun) -> None:
-    kind = "qs" if pool.kind == "queuescaler" else "scaledobject"
+    kind = "qs" if engine(pool.kind) == "queuescaler" else "scaledobject"
     env.kubectl("delete", kind, "worker", "-n", pool.namespace, "--wait=false", check=False)
     env.kubectl("delete", "deployment", "worker", "-n", pool.namespace, "--wait=false",
                 check=False)
@@ -482,6 +648,12 @@ class PoolResult:
     stopped_busy: int = 0
     requests: int = 0
     requests_by_path: dict[str, int] = field(default_factory=dict)
+    mgmt_connections: int = 0
+    """TCP connections the scaler opened to the management API over the trace."""
+    amqp_connections: int = 0
+    """AMQP connections the scaler opened over the trace (its workers' are not counted)."""
+    amqp_open: int = 0
+    """The scaler's AMQP connections open at the trace's end."""
     cpu_seconds: float = math.nan
     rss_peak_mb: float = math.nan
     replica_steps: list[tuple[float, int]] = field(default_factory=list)
@@ -496,6 +668,10 @@ class TraceResult:
     pools: list[PoolResult]
     failure: str | None = None
     drained_seconds: float = math.nan
+    usage: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Process group -> (CPU seconds over the trace, peak RSS MB)."""
+    counters: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Cluster.snapshot()'s counters, grown over the trace."""
 
 
 def replicas_at(steps: list[tuple[float, int]], at: float) -> int:
@@ -560,6 +736,10 @@ def analyse(pool: PoolRun, trace: Trace, t0: float, seen: Watched,
     result.requests_by_path = {k: v - first.get(k, 0) for k, v in last_count.items()
                                if v - first.get(k, 0)}
     result.requests = sum(result.requests_by_path.values())
+    if len(pool.connections_at) >= 2:
+        (m0, _, a0, _), (m1, _, a1, a_open) = pool.connections_at[0], pool.connections_at[-1]
+        result.mgmt_connections, result.amqp_connections = m1 - m0, a1 - a0
+        result.amqp_open = a_open
     if usage is not None:
         result.cpu_seconds = usage[1]
         result.rss_peak_mb = peak
@@ -576,13 +756,15 @@ def usage_over(samples: list[tuple[float, float, float]], t0: float,
             max(s[2] for s in inside))
 
 
-def run_trace(env: TestEnv, trace: Trace, tag: str, operators: dict[str, list[int]],
-              work: Path) -> TraceResult:
+def run_trace(cluster: Cluster, trace: Trace, tag: str, operators: dict[str, list[int]],
+              work: Path, kinds: list[str]) -> TraceResult:
+    env = cluster.env
     management_port = int(env.management_url.rsplit(":", 1)[1].split("/")[0])
+    amqp_port = urlsplit(env.amqp_url).port or 5672
     pools = [PoolRun(kind, f"peers-{tag}-{trace.name}-{kind}", f"peers-{tag}-{trace.name}-{kind}",
                      work / f"{trace.name}-{kind}.journal",
-                     RequestCounter(management_port).start())
-             for kind in POOLS]
+                     RequestCounter(management_port).start(), RequestCounter(amqp_port).start())
+             for kind in kinds]
     result = TraceResult(trace.name, trace.seconds, len(trace.offsets), [])
     label = f"{LABEL}=yes"
     try:
@@ -592,9 +774,11 @@ def run_trace(env: TestEnv, trace: Trace, tag: str, operators: dict[str, list[in
                    what="every pool consuming and its scaler ready", every=2)
         with Watcher(env, label, [p.queue for p in pools], operators) as watcher:
             time.sleep(2 * SAMPLE_SECONDS)
+            before = cluster.snapshot()
             t0 = time.time() + 1.0
             for pool in pools:
                 pool.requests_at.append((t0, dict(pool.counter.requests)))
+                pool.connections_at.append(pool.connections_now())
                 pool.publisher = Publisher(env.amqp_url, pool.queue, trace, t0)
                 pool.publisher.start()
             say(f"  {trace.name}: {len(trace.offsets)} messages over {trace.seconds:.0f} s "
@@ -602,6 +786,8 @@ def run_trace(env: TestEnv, trace: Trace, tag: str, operators: dict[str, list[in
             time.sleep(max(0.0, t0 + trace.seconds - time.time()))
             for pool in pools:
                 pool.requests_at.append((time.time(), dict(pool.counter.requests)))
+                pool.connections_at.append(pool.connections_now())
+            result.counters = counters_over(before, cluster.snapshot())
             for pool in pools:
                 assert pool.publisher is not None
                 pool.publisher.join(timeout=120)
@@ -618,9 +804,10 @@ def run_trace(env: TestEnv, trace: Trace, tag: str, operators: dict[str, list[in
             result.drained_seconds = time.time() - (t0 + trace.seconds)
         usage = {name: usage_over(watcher.seen.usage.get(name, []), t0, t0 + trace.seconds)
                  for name in operators}
+        result.usage = {name: (window[1], peak) for name, (window, peak) in usage.items()
+                        if window is not None}
         for pool in pools:
-            owner = "queuescaler" if pool.kind == "queuescaler" else "keda"
-            window, peak = usage.get(owner, (None, math.nan))
+            window, peak = usage.get(engine(pool.kind), (None, math.nan))
             result.pools.append(analyse(pool, trace, t0, watcher.seen, window, peak))
     except Exception as error:
         result.failure = f"{type(error).__name__}: {error}"
@@ -649,7 +836,8 @@ def num(value: float, digits: int = 1) -> str:
 def table(result: TraceResult) -> Iterator[str]:
     heads = ["pool", "reaction p50 / p95 (s)", "replica-s", "scale events up/down",
              "max replicas", "wait p50 / p95 (s)", "redelivered (stopped busy/stopped)",
-             "lost", "mgmt requests (/min)", "operator CPU s", "operator RSS MB (peak)"]
+             "lost", "mgmt requests (/min)", "scaler connections: mgmt / AMQP opened (AMQP open)",
+             "operator CPU s", "operator RSS MB (peak)"]
     yield "| " + " | ".join(heads) + " |"
     yield "|---|" + "---:|" * (len(heads) - 1)
     minutes = result.seconds / 60
@@ -661,15 +849,63 @@ def table(result: TraceResult) -> Iterator[str]:
             reacted += f", {p.at_max} at max)" if p.at_max else ")"
         elif p.at_max:
             reacted += f" ({p.at_max} at max)"
-        shared = "" if p.kind == "queuescaler" else " *"
+        shared = " *" if sum(engine(q.kind) == engine(p.kind) for q in result.pools) > 1 else ""
         yield "| " + " | ".join([
             p.kind, reacted, f"{p.replica_seconds:.0f}", f"{p.ups}/{p.downs}",
             str(p.max_replicas),
             f"{num(percentile(p.waits, 0.5))} / {num(percentile(p.waits, 0.95))}",
             f"{p.redelivered} ({p.stopped_busy}/{p.stopped})", str(p.lost),
             f"{p.requests} ({p.requests / minutes:.0f})",
+            f"{p.mgmt_connections} / {p.amqp_connections} ({p.amqp_open})",
             num(p.cpu_seconds) + shared, num(p.rss_peak_mb, 0) + shared,
         ]) + " |"
+
+
+PROCESS_NOTES = {
+    "queuescaler": "the operator (one process, every queuescaler pool)",
+    "keda": "keda-operator + keda-adapter (every KEDA pool)",
+    "kube-controller-manager": "all its controllers: the HPA (KEDA's scaling), deployments, "
+                               "replica sets, ... for every pool",
+    "kube-apiserver": "serves everyone",
+}
+
+
+def process_table(result: TraceResult) -> Iterator[str]:
+    yield "| process | CPU s over the trace | % of one core | RSS MB (peak) | what it covers |"
+    yield "|---|---:|---:|---:|---|"
+    for name, (cpu, rss) in result.usage.items():
+        yield (f"| {name} | {num(cpu)} | {num(100 * cpu / result.seconds)} | {num(rss, 0)} "
+               f"| {PROCESS_NOTES.get(name, '')} |")
+
+
+def request_table(result: TraceResult) -> Iterator[str]:
+    """The apiserver's requests over the trace by owner, verb and resource, then each
+    client's own count by method, then RabbitMQ's connection counters."""
+    minutes = result.seconds / 60
+    rows = sorted(result.counters.get("apiserver", {}).items(),
+                  key=lambda kv: (apiserver_owner(kv[0]), -kv[1]))
+    yield "| apiserver requests: owner (by resource) | verb | group/resource/subresource " \
+          "| count | /min |"
+    yield "|---|---|---|---:|---:|"
+    for key, count in rows:
+        owner = apiserver_owner(key)
+        if owner == "other" and count / minutes < 1:
+            continue
+        verb, group, resource, sub = key.split(" ")
+        what = "/".join(x for x in (group, resource, sub) if x != "-") or "-"
+        yield f"| {owner} | {verb} | {what} | {count:.0f} | {count / minutes:.1f} |"
+    yield ""
+    yield "| client's own count | requests by method (/min) |"
+    yield "|---|---|"
+    for source in ("keda-operator", "keda-adapter", "keda-adapter served",
+                   "kube-controller-manager", "HPA controller", "rabbitmq"):
+        values = result.counters.get(source)
+        if values is None:
+            yield f"| {source} | n/a (no answer) |"
+            continue
+        yield f"| {source} | " + ", ".join(
+            f"{k} {v:.0f}" + ("" if k == "connections open" else f" ({v / minutes:.1f})")
+            for k, v in sorted(values.items(), key=lambda kv: -kv[1])) + " |"
 
 
 def operator_source(tree: Path | None) -> str:
@@ -697,6 +933,8 @@ def main() -> None:
                         help="comma-separated, of " + ", ".join(TRACES))
     parser.add_argument("--env", default=os.environ.get("QS_ENV") or "peers",
                         help="the separate environment (QS_ENV) to run in, already up with KEDA")
+    parser.add_argument("--pools", default=",".join(POOLS),
+                        help="comma-separated, of " + ", ".join(POOLS))
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--operator-source", type=Path, default=None,
                         help="an operator/ tree to run instead of the working tree's (say, "
@@ -705,11 +943,13 @@ def main() -> None:
     chosen = [t for t in args.traces.split(",") if t]
     if not chosen or any(t not in TRACES for t in chosen) or args.minutes <= 0:
         parser.error("traces: " + ", ".join(TRACES) + "; minutes > 0")
+    kinds = [k for k in args.pools.split(",") if k]
+    if not kinds or any(k not in POOLS for k in kinds):
+        parser.error("pools: " + ", ".join(POOLS))
     began = time.monotonic()
     env = read_testenv(args.env)
-    keda_run = CACHE / "keda" / f"run-{args.env}"
-    keda_pids = [int((keda_run / f"{n}.pid").read_text()) for n in ("keda-operator",
-                                                                     "keda-adapter")]
+    cluster = Cluster(env, args.env, int(os.environ.get("QS_PORT_OFFSET") or 600))
+    keda_pids = cluster.keda_pids()
     for pid in keda_pids:
         os.kill(pid, 0)  # raises unless KEDA is up (hack/keda.sh up)
     out = CACHE / "out"
@@ -724,15 +964,16 @@ def main() -> None:
     tag = uuid.uuid4().hex[:4]
     operator = OperatorProcess(env, out / "operator-peers.log", "-n", f"peers-{tag}-*").start()
     assert operator.process is not None
-    operators = {"queuescaler": [operator.process.pid], "keda": keda_pids}
+    operators = {"queuescaler": [operator.process.pid], "keda": keda_pids,
+                 **cluster.processes()}
     results: list[TraceResult] = []
     try:
         with contextlib.ExitStack() as stack:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-peers-")))
             for name in chosen:
                 say(f"trace {name} ({args.minutes:g} min)")
-                results.append(run_trace(env, make_trace(name, args.minutes * 60, args.seed),
-                                         tag, operators, work))
+                results.append(run_trace(cluster, make_trace(name, args.minutes * 60, args.seed),
+                                         tag, operators, work, kinds))
     finally:
         operator.stop()
     version = keda_version()
@@ -740,6 +981,7 @@ def main() -> None:
     raw = out / f"peers-{stamp}.json"
     raw.write_text(json.dumps({
         "keda": version, "queuescaler": source, "minutes": args.minutes, "seed": args.seed,
+        "load": os.getloadavg(),
         "traces": [asdict(r) for r in results],
     }))
     for r in results:
@@ -749,17 +991,35 @@ def main() -> None:
             print(f"harness failure: {r.failure}")
             continue
         print("\n".join(table(r)))
+        print()
+        print("\n".join(process_table(r)))
+        print()
+        print("\n".join(request_table(r)))
         print(f"\n(drained {num(r.drained_seconds, 0)} s after the trace's end)")
     print(
-        f"\nEach pool 1 to {MAX_REPLICAS} replicas of pika workers (prefetch {PREFETCH}, "
+        f"\nEach pool 1 (a pool named -0: 0) to {MAX_REPLICAS} replicas of pika workers "
+        f"(prefetch {PREFETCH}, "
         f"{WORK_SECONDS} s per message), {MESSAGES_PER_REPLICA} messages per replica. "
         "reaction: burst confirmed -> first replica increase seen on a watch (0: before the "
         "confirm; over bursts where the pool was below its maximum; 'n of m': n of the m "
         "bursts answered before the next began). replica-s, scale events, management requests "
         "and CPU over the trace's length; waits: publish -> ack of every message. "
-        "* KEDA's keda-operator + keda-adapter serve both KEDA pools: CPU and RSS are theirs "
-        "together, shown on both rows (the kube-controller-manager's HPA work not included). "
+        "* one process (group) serves several pools: queuescaler's operator every queuescaler "
+        "pool, KEDA's keda-operator + keda-adapter every KEDA pool; CPU and RSS are theirs "
+        "together, shown on each row; the kube-controller-manager (the HPA does KEDA's "
+        "scaling) is in the process table. scaler connections: counted by loopback relays "
+        "in front of the management API and the AMQP port that only the pool's Secret names "
+        "(the workers connect straight to the broker). apiserver requests: its "
+        "apiserver_request_total grown over the trace; it has no client label, so the owner "
+        "is told by resource (deployments, events and leases are everyone's); the clients' "
+        "own rest_client_requests_total follow. "
         f"queuescaler: {source}. Raw series: {raw}. Wall clock: {time.monotonic() - began:.0f} s.")
+    try:
+        from peers_plot import plot  # the sibling module; matplotlib is only needed here
+        for picture in plot(raw):
+            print(f"Picture: {picture}")
+    except Exception as error:  # the tables stand without it
+        say(f"no picture: {error!r}")
     if any(r.failure or any(p.lost for p in r.pools) for r in results):
         sys.exit(1)
 
