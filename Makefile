@@ -14,7 +14,9 @@ help:
 	@echo "make test-unit     run only the pure unit tests (seconds, no servers)"
 	@echo "make image         build the operator image with podman on a Debian 12 base made here"
 	@echo "make bench         run the benchmarks in bench/ and print their tables"
-	@echo "make bench-peers   KEDA beside queuescaler on real workers (builds KEDA; PEERS_ARGS=...)"
+	@echo "                   (PEERS=1: then bench-peers too; plain make bench never builds KEDA)"
+	@echo "make bench-peers   KEDA beside queuescaler on real workers, then at 100 and 1,000"
+	@echo "                   scalers (builds KEDA; PEERS_ARGS=..., PEERS_COUNT_ARGS=...)"
 	@echo "make soak          the 20-minute randomized fault soak (bench/soak.py; SOAK_ARGS=...)"
 	@echo "make lint          ruff and mypy --strict (operator, test kit, bench, hack), import layers"
 	@echo "make testenv-up    start the local cluster, RabbitMQ and Prometheus"
@@ -47,20 +49,28 @@ image:
 
 BENCHES := decide sampling reaction safe_scale_down scale real_workers
 
-# Each benchmark prints its table; bench/RESULTS.md keeps the latest ones.
+# Each benchmark prints its table; bench/RESULTS.md keeps the latest ones. PEERS=1 adds
+# bench-peers (KEDA is built only then, never by plain `make bench`, `make test` or CI).
 bench: deps
 	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
+	@if [ -n "$(PEERS)" ]; then $(MAKE) --no-print-directory bench-peers; fi
 
 # KEDA beside queuescaler (issue 20, bench/peers.py): builds KEDA from the Go module proxy
 # (cached; the first build is long), then runs in an environment of its own (QS_ENV=peers)
 # with KEDA up, and stops both afterwards, even on failure (its run directory goes once it is
 # down: `testenv.sh down-all` would stop it at the default offset). PEERS_ARGS="--minutes 3".
+# Then bench/peers_count.py in the same environment: 100 and 1,000 idle scalers of each
+# (PEERS_COUNT_ARGS="--counts 100 --minutes 2"; PEERS_COUNT=0 skips it).
+PEERS_COUNT ?= 1
 PEERS_ENV := QS_ENV=peers QS_PORT_OFFSET=600
 bench-peers: deps
 	@bash hack/keda.sh build
 	@status=0; \
 	{ $(PEERS_ENV) bash hack/testenv.sh up && $(PEERS_ENV) bash hack/keda.sh up \
-	  && $(PEERS_ENV) $(PY) bench/peers.py $(PEERS_ARGS); } || status=$$?; \
+	  && { $(PEERS_ENV) $(PY) bench/peers.py $(PEERS_ARGS) || status=$$?; \
+	       [ "$(PEERS_COUNT)" = 0 ] || $(PEERS_ENV) $(PY) bench/peers_count.py $(PEERS_COUNT_ARGS) \
+	       || status=$$?; }; \
+	} || status=$$?; \
 	$(PEERS_ENV) bash hack/keda.sh down || true; \
 	$(PEERS_ENV) bash hack/testenv.sh down && rm -rf "$(QS_CACHE)/run-peers"; \
 	exit $$status
