@@ -204,6 +204,20 @@ def test_the_minimal_spec_is_accepted(testenv: Any, crd_namespace: str) -> None:
             },
             id="celery-on-redis",
         ),
+        pytest.param(
+            {
+                "source.rabbitmq": REMOVE,
+                "source.kafka": {
+                    "topics": ["thumbnails", "thumbnails.retry"],
+                    "consumerGroup": "thumbnail-workers",
+                    "bootstrapServers": ["kafka-0.kafka:9092", "[fd00::1]:9093"],
+                    "offsetResetPolicy": "earliest",
+                    "allowIdleConsumers": True,
+                    "connectionSecretRef": {"name": "kafka"},
+                },
+            },
+            id="kafka-consumer-group",
+        ),
     ],
 )
 def test_a_valid_variant_is_accepted(
@@ -246,9 +260,35 @@ def test_a_valid_variant_is_accepted(
         # source is then {}: the exactly-one-broker rule on source refuses it, naming source.
         pytest.param({"source.rabbitmq": REMOVE}, "spec.source", id="rabbitmq-missing"),
         pytest.param(
-            {"source.rabbitmq": REMOVE, "source.kafka": {"queue": "work"}},
+            {"source.rabbitmq": REMOVE, "source.activemq": {"queue": "work"}},
             "spec.source",
             id="only-an-unknown-broker",
+        ),
+        pytest.param(
+            {"source.rabbitmq": REMOVE, "source.kafka": {
+                "topic": "a", "topics": ["b"], "consumerGroup": "g",
+                "connectionSecretRef": {"name": "k"}}},
+            "spec.source.kafka",
+            id="kafka-topic-and-topics",
+        ),
+        pytest.param(
+            {"source.rabbitmq": REMOVE, "source.kafka": {
+                "topic": "a", "connectionSecretRef": {"name": "k"}}},
+            "spec.source.kafka.consumerGroup",
+            id="kafka-without-group",
+        ),
+        pytest.param(
+            {"source.rabbitmq": REMOVE, "source.kafka": {
+                "topic": "a", "consumerGroup": "g", "offsetResetPolicy": "none",
+                "connectionSecretRef": {"name": "k"}}},
+            "spec.source.kafka.offsetResetPolicy",
+            id="kafka-reset-policy-unknown",
+        ),
+        pytest.param(
+            {"source.rabbitmq": REMOVE, "source.kafka": {
+                "topic": "a b", "consumerGroup": "g", "connectionSecretRef": {"name": "k"}}},
+            "spec.source.kafka.topic",
+            id="kafka-topic-name-invalid",
         ),
         pytest.param(
             {
@@ -382,8 +422,8 @@ def test_a_source_without_a_broker_is_refused_by_the_exactly_one_rule(
 
 @pytest.fixture(scope="module")
 def two_broker_kind(testenv: Any) -> Iterator[str]:
-    """This CRD as it will be once a third broker is added (a stand-in `kafka`): a sibling block
-    under source and one more has() in the exactly-one rule, and nothing else changed.
+    """This CRD as it will be once a fourth broker is added (a stand-in `activemq`): a sibling
+    block under source and one more has() in the exactly-one rule, and nothing else changed.
 
     It is served under a group and kind of its own (no short name, no categories), so it
     never shadows the real QueueScaler for other tests sharing the cluster.
@@ -401,16 +441,16 @@ def two_broker_kind(testenv: Any) -> Iterator[str]:
     source = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
         "properties"
     ]["source"]
-    source["properties"]["kafka"] = {
+    source["properties"]["activemq"] = {
         "type": "object",
-        "description": "A stand-in third broker.",
+        "description": "A stand-in fourth broker.",
         "properties": {"queue": {"type": "string", "description": "A list.", "maxLength": 255}},
     }
     (rule,) = source["x-kubernetes-validations"]
-    one = "[has(self.rabbitmq), has(self.redis)]"
+    one = "[has(self.rabbitmq), has(self.redis), has(self.kafka)]"
     assert one in rule["rule"], "the exactly-one rule changed shape: update this fixture"
-    rule["rule"] = rule["rule"].replace(one, one.replace("]", ", has(self.kafka)]"))
-    rule["message"] = f"{rule['message']}, kafka"
+    rule["rule"] = rule["rule"].replace(one, one.replace("]", ", has(self.activemq)]"))
+    rule["message"] = f"{rule['message']}, activemq"
     testenv.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(crd))
     name = crd["metadata"]["name"]
     testenv.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
@@ -428,8 +468,8 @@ def two_broker_kind(testenv: Any) -> Iterator[str]:
     ("brokers", "accepted"),
     [
         pytest.param(["rabbitmq"], True, id="rabbitmq-alone"),
-        pytest.param(["kafka"], True, id="kafka-alone"),
-        pytest.param(["rabbitmq", "kafka"], False, id="two-brokers"),
+        pytest.param(["activemq"], True, id="activemq-alone"),
+        pytest.param(["rabbitmq", "activemq"], False, id="two-brokers"),
         pytest.param([], False, id="no-broker"),
     ],
 )
@@ -438,7 +478,7 @@ def test_a_second_broker_is_additive_and_two_are_refused(
 ) -> None:
     blocks = {
         "rabbitmq": minimal_spec()["source"]["rabbitmq"],
-        "kafka": {"queue": "work"},
+        "activemq": {"queue": "work"},
     }
     spec = {**minimal_spec(), "source": {name: blocks[name] for name in brokers}}
     manifest = {
@@ -456,9 +496,8 @@ def test_a_second_broker_is_additive_and_two_are_refused(
     else:
         assert result.returncode != 0, output(result)
         assert "spec.source: Invalid value" in result.stderr, output(result)
-        assert "exactly one broker block, one of: rabbitmq, redis, kafka" in flat(result.stderr), (
-            output(result)
-        )
+        assert "exactly one broker block, one of: rabbitmq, redis, kafka, activemq" in flat(
+            result.stderr), output(result)
 
 
 def test_a_missing_spec_is_refused(testenv: Any, crd_namespace: str) -> None:
@@ -661,6 +700,13 @@ def test_get_shows_the_designed_columns(testenv: Any, crd_namespace: str, report
             "spec.source.rabbitmq",
             ["queue", "queues", "vhost", "connectionSecretRef", "includeUnacked"],
             id="rabbitmq",
+        ),
+        pytest.param(
+            "qs.spec.source.kafka",
+            "spec.source.kafka",
+            ["bootstrapServers", "topic", "topics", "consumerGroup", "offsetResetPolicy",
+             "allowIdleConsumers", "limitToPartitionsWithLag", "connectionSecretRef"],
+            id="kafka",
         ),
         pytest.param(
             "qs.status.lastDecision",
