@@ -1,0 +1,121 @@
+"""A Kafka pool through the planner: lag 0 shrinks it, lag never shrinks it onto busy members.
+
+The kafka source tells no in-flight count (Kafka has none); its samples say the lag, and its
+client listing says which members' partitions lag. The core's fail-closed rules (issue 11) do
+the rest, unchanged: these tests run the real planner on what lag.py makes of a round.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from queuescaler.core.decision import Reason
+from queuescaler.core.plan import Memory, Observations, Plan, WorkerLook, plan
+from queuescaler.core.sample import QueueSample
+from queuescaler.core.spec import QueueScalerSpec
+from queuescaler.core.workers import Pod
+from queuescaler.sources.kafka.lag import Reading, busy_members, partition_lag, topic_sample
+from queuescaler.sources.kafka.protocol import Committed, Group, Member
+from queuescaler.sources.kafka.spec import GroupScope
+from queuescaler.sources.registry import parse_spec
+
+pytestmark = pytest.mark.unit
+
+NOW = 1_800_000_000.0
+PODS = [Pod(f"worker-{i}", f"10.0.0.{i}") for i in range(4)]
+
+
+def the_spec(**behavior: Any) -> QueueScalerSpec:
+    return parse_spec({
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
+        "minReplicas": 0,
+        "maxReplicas": 20,
+        "source": {"kafka": {"topic": "orders", "consumerGroup": "workers",
+                             "connectionSecretRef": {"name": "kafka"}}},
+        "behavior": {"scaleDown": {"stabilizationSeconds": 0, "cooldownSeconds": 0, **behavior}},
+    })
+
+
+SPEC = the_spec()
+SCOPE = GroupScope.from_scope(SPEC.source.queues[0].scope)
+assert SCOPE is not None
+
+
+def round_of(commits: dict[int, int], state: str = "Stable") -> tuple[Reading, Group]:
+    """Four partitions of 100 messages, one member (pod) each."""
+    members = tuple(Member(f"m{i}", f"worker-{i}", f"/10.0.0.{i}", None, {"orders": (i,)})
+                    for i in range(4))
+    group = Group("workers", state, "consumer", members)
+    reading = Reading(
+        taken_at=NOW,
+        partitions={"orders": [0, 1, 2, 3]},
+        ends={("orders", p): 100 for p in range(4)},
+        starts={("orders", p): 0 for p in range(4)},
+        committed={"workers": Committed("workers", {("orders", p): o for p, o in commits.items()})},
+        groups={"workers": group},
+    )
+    return reading, group
+
+
+def tick(commits: dict[int, int], state: str = "Stable") -> Plan:
+    reading, group = round_of(commits, state)
+    sample = topic_sample(SCOPE, "orders", reading)
+    assert isinstance(sample, QueueSample)
+    ref = SPEC.source.queues[0]
+    seen = Observations(now=NOW, answer={ref: sample}, current=4)
+    made = plan(SPEC, Memory(current_replicas=4), seen, generation=1, name="qs")
+    if not made.wants_workers:
+        return made
+    committed = reading.committed["workers"]
+    assert isinstance(committed, Committed)
+    lags = {("orders", p): partition_lag(100, 0, commits.get(p), SCOPE.reset) for p in range(4)}
+    clients = busy_members(SCOPE, ref.scope, group, committed, lags)
+    look = WorkerLook(tuple(PODS), tuple(clients))
+    return plan(SPEC, Memory(current_replicas=4), Observations(
+        now=NOW, answer={ref: sample}, current=4, workers=look), generation=1, name="qs")
+
+
+def test_lag_zero_everywhere_scales_the_pool_to_its_minimum() -> None:
+    made = tick({p: 100 for p in range(4)})
+    assert made.scale_to == 0
+    assert made.decision is not None and made.decision.reason is Reason.IDLE
+
+
+def test_lag_on_two_partitions_keeps_their_two_members() -> None:
+    made = tick({0: 95, 1: 100, 2: 99, 3: 100})  # 5 and 1 messages left on 0 and 2
+    assert made.scale_to == 2
+    assert made.decision is not None and made.decision.reason is Reason.BUSY_WORKERS
+    kept = {pod for pod, marks in made.marks.items()
+            if marks["controller.kubernetes.io/pod-deletion-cost"] != "-1"}
+    assert kept == {"worker-0", "worker-2"}
+
+
+def test_lag_on_every_partition_removes_nobody() -> None:
+    made = tick({p: 99 for p in range(4)})
+    assert made.scale_to is None
+    assert made.decision is not None and made.decision.replicas == 4
+
+
+def test_a_rebalance_holds_even_an_idle_pool() -> None:
+    made = tick({p: 100 for p in range(4)}, state="CompletingRebalance")
+    assert made.scale_to is None and not made.wants_workers
+    assert made.decision is not None and made.decision.reason is Reason.REBALANCING
+
+
+def test_members_matching_no_pod_hold_the_pool() -> None:
+    reading, _ = round_of({0: 90})
+    strangers = Group("workers", "Stable", "consumer", tuple(
+        Member(f"m{i}", "consumer-1", "/192.168.9.9", None, {"orders": (i,)}) for i in range(4)))
+    ref = SPEC.source.queues[0]
+    sample = topic_sample(SCOPE, "orders", reading)
+    assert isinstance(sample, QueueSample)
+    committed = reading.committed["workers"]
+    assert isinstance(committed, Committed)
+    lags = {("orders", p): 10 if p == 0 else 0 for p in range(4)}
+    look = WorkerLook(tuple(PODS), tuple(busy_members(SCOPE, ref.scope, strangers, committed,
+                                                      lags)))
+    made = plan(SPEC, Memory(current_replicas=4), Observations(
+        now=NOW, answer={ref: sample}, current=4, workers=look), generation=1, name="qs")
+    assert made.scale_to is None  # a busy member on no known pod could be any of them
