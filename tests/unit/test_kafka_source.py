@@ -392,7 +392,9 @@ async def test_a_missing_topic_fails_alone() -> None:
         pytest.param(ssl.SSLCertVerificationError(1, "certificate verify failed"),
                      ErrorKind.TLS_FAILED, "TLS failed: ", id="tls-verify"),
         pytest.param(ssl.SSLError(1, "wrong version number"), ErrorKind.TLS_FAILED,
-                     "TLS failed", id="tls-on-a-plain-listener"),
+                     "TLS failed", id="tls-answered-in-plain"),
+        pytest.param(ConnectionResetError(), ErrorKind.TLS_FAILED,
+                     "closed the connection during the handshake", id="tls-on-a-plain-listener"),
     ],
 )
 async def test_a_cluster_that_cannot_be_reached_fails_as_a_whole(
@@ -401,7 +403,7 @@ async def test_a_cluster_that_cannot_be_reached_fails_as_a_whole(
     c = cluster_of()
     c.refuse = lambda host, port: refused
     secret = {"bootstrapServers": "127.0.0.1:9091", "sasl": "plain", "username": "scaler",
-              "password": PASSWORD}
+              "password": PASSWORD, "tls": "enable"}
     source = KafkaSource(broker_from_secret(secret), connect=c.connect)
     with pytest.raises(SourceError) as failed:
         await source.sample(refs_for(c))
@@ -501,3 +503,12 @@ async def test_the_connection_carries_the_secrets_settings() -> None:
     assert isinstance(options["ssl_context"], ssl.SSLContext)
     assert options["ssl_context"].verify_mode is ssl.CERT_REQUIRED
     assert PASSWORD not in repr(KafkaSource(broker_from_secret(secret)))
+
+
+async def test_a_reset_without_tls_is_unreachable() -> None:
+    c = cluster_of()
+    c.refuse = lambda host, port: ConnectionResetError()
+    with pytest.raises(SourceError) as failed:
+        await source_for(c).sample(refs_for(c))
+    assert failed.value.kind is ErrorKind.UNREACHABLE
+    assert failed.value.message.endswith(": ConnectionResetError")

@@ -146,8 +146,13 @@ def failure(error: BaseException, where: str) -> SourceError:
     if isinstance(error, kafka_errors.IncompatibleBrokerVersion):
         return _error(ErrorKind.BAD_RESPONSE, f"{where}: {error}")
     if isinstance(error, kafka_errors.KafkaConnectionError | OSError | EOFError):
-        return _error(ErrorKind.UNREACHABLE, f"{where}: {error or type(error).__name__}")
+        return _error(ErrorKind.UNREACHABLE, f"{where}: {_said(error)}")
     return _error(ErrorKind.BAD_RESPONSE, f"{where}: {type(error).__name__}: {error}")
+
+
+def _said(error: BaseException) -> str:
+    """The error's own words, or its name when it has none (a bare ConnectionResetError)."""
+    return str(error) or type(error).__name__
 
 
 def _error(kind: ErrorKind, message: str) -> SourceError:
@@ -255,16 +260,27 @@ class _Cluster:
 
     async def _open(self, host: str, port: int) -> _Link:
         broker = self._broker
-        conn = await self._connect(
-            host, port,
-            client_id=CLIENT_ID,
-            request_timeout_ms=int(self._timeout * 1000),
-            ssl_context=self._ssl,
-            security_protocol=broker.security_protocol,
-            sasl_mechanism=broker.mechanism,
-            sasl_plain_username=broker.username,
-            sasl_plain_password=broker.password,
-        )
+        try:
+            conn = await self._connect(
+                host, port,
+                client_id=CLIENT_ID,
+                request_timeout_ms=int(self._timeout * 1000),
+                ssl_context=self._ssl,
+                security_protocol=broker.security_protocol,
+                sasl_mechanism=broker.mechanism,
+                sasl_plain_username=broker.username,
+                sasl_plain_password=broker.password,
+            )
+        except (ConnectionResetError, ConnectionAbortedError, EOFError) as error:
+            if self._ssl is None:
+                raise
+            # A listener without TLS resets the connection in the middle of the handshake:
+            # fixed in the Secret (tls), like a CA that does not verify.
+            raise _error(
+                ErrorKind.TLS_FAILED,
+                f"Kafka at {host}:{port}: TLS failed: the broker closed the connection during "
+                f"the handshake ({_said(error)}): is this listener TLS?",
+            ) from None
         return _Link(conn, host, port)
 
     async def _any(self) -> _Link:
