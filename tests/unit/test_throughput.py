@@ -31,6 +31,7 @@ from queuescaler.core.throughput import (
     falling_behind,
     flow_since,
     measures,
+    outrun,
     per_replica_rate,
     remember,
     saturated,
@@ -443,6 +444,36 @@ def test_falling_behind_is_a_backlog_growing_beyond_chance() -> None:
     assert not falling_behind((), sample(unacked=5900))
     few = history(sample(unacked=2, at=NOW - 15))
     assert not falling_behind(few, sample(unacked=12))  # a light pool's noise
+
+
+def test_a_pile_growing_with_nothing_ready_measures_the_speed() -> None:
+    """Unlimited prefetch: nothing ever stays ready, so `saturated` never holds; a pile
+    that grows beyond chance while every replica consumes is the pool working flat out
+    (found by the simulator: unmeasured, the probe shrank a steady pool below its need
+    again and again, and the messages it parked waited behind the piles)."""
+    piling = history(sample(unacked=120, at=NOW - 60), sample(unacked=150, at=NOW - 15))
+    now = sample(unacked=200, ack=8.0)
+    assert outrun(piling, now, 4)
+    assert measures(piling, now, 4, Flow(10.0, 8.0))
+    # measured: the estimate follows acks / replicas down as well as up
+    assert per_replica_rate(4.0, piling, now, 4) == pytest.approx(4.0 + RATE_SMOOTHING * -2.0)
+
+
+def test_a_pile_is_no_measure_when_some_replica_was_not_consuming_or_nothing_was_held() -> None:
+    piling = history(sample(unacked=120, at=NOW - 60), sample(unacked=150, at=NOW - 15))
+    assert not outrun(piling, sample(unacked=200, ack=8.0, consumers=3), 4)  # one pod starting
+    assert not outrun((), sample(unacked=200), 4)
+    assert not outrun(piling, sample(unacked=200), 0)
+    # a burst into an idle pool: nothing was held at the previous reading, so the 5 s ack
+    # rate covers idle seconds too (it would read the speed low and stop the probing)
+    burst = history(sample(unacked=0, at=NOW - 60), sample(unacked=0, at=NOW - 15))
+    assert not outrun(burst, sample(unacked=200, ack=1.0), 4)
+    # a pile within chance, or shrinking: no measure
+    steady = history(sample(unacked=150, at=NOW - 60), sample(unacked=150, at=NOW - 15))
+    assert not outrun(steady, sample(unacked=160), 4)
+    assert not outrun(piling, sample(unacked=100), 4)
+    # messages ready: saturated() is the rule there, not this one
+    assert not outrun(piling, sample(ready=5, unacked=200), 4)
 
 
 def test_a_pool_that_grew_or_just_woke_is_not_falling_behind() -> None:

@@ -165,6 +165,22 @@ def saturated(previous: Reading | None, sample: QueueSample, current_replicas: i
     )
 
 
+def outrun(readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int) -> bool:
+    """Whether the pool worked flat out with nothing ready: the messages held per consumer
+    grew beyond chance (`falling_behind`), every replica consuming, and each consumer could
+    hold one at the previous reading too. With unlimited prefetch nothing ever stays ready,
+    so `saturated` never holds and the speed would stay unmeasured for ever: a probe below
+    the pool's need then strands messages in the piles of the consumers that stay."""
+    previous = readings[-1] if readings else None
+    return (
+        previous is not None
+        and current_replicas > 0
+        and sample.consumers >= current_replicas
+        and previous.backlog >= previous.consumers > 0
+        and falling_behind(readings, sample)
+    )
+
+
 def per_replica_rate(
     estimate: float | None,
     readings: tuple[Reading, ...],
@@ -179,7 +195,8 @@ def per_replica_rate(
         estimate = None  # a corrupt value (restored from a hand-edited status, say)
     if current_replicas <= 0 or sample.consumers <= 0:
         return estimate  # acks with no consumer came from pods on their way out
-    measured = saturated(readings[-1] if readings else None, sample, current_replicas)
+    measured = saturated(readings[-1] if readings else None, sample, current_replicas) or (
+        outrun(readings, sample, current_replicas))
     if measured:  # the rate field covers seconds that were saturated; counters may not
         ack = _sane(sample.ack_rate) or (flow or flow_since(readings, sample, poll_seconds)).ack
         observed = None if ack is None else ack / current_replicas
@@ -266,7 +283,8 @@ def measures(
     return (
         flow.ack is not None
         and flow.ack > 0.0
-        and saturated(readings[-1] if readings else None, sample, current_replicas)
+        and (saturated(readings[-1] if readings else None, sample, current_replicas)
+             or outrun(readings, sample, current_replicas))
     )
 
 
