@@ -5,9 +5,9 @@ One `KafkaSource` per set of credentials (the Secret's); inside it one `_Cluster
 bootstrap servers (the Secret's, or a spec's), with a connection per broker it has to ask,
 opened on first use and kept across ticks. A tick's `sample()` sends, per cluster:
 
-- Metadata, one request for every topic asked about, only when a topic is new, its entry is
-  older than `metadata_max_age` or a leader moved (auto creation off: a missing topic is
-  told, never created);
+- Metadata, one request for the topics that are new, missing (asked again every tick until
+  they exist), older than `metadata_max_age` or whose leader moved (auto creation off: a
+  missing topic is told, never created);
 - FindCoordinator, one request for the groups whose coordinator is not cached (v4; one per
   group on brokers before 3.0), again only when a coordinator moved;
 - per group coordinator: one OffsetFetch for all its groups (v8, KIP-709; one per group
