@@ -18,8 +18,9 @@ ready at two polls in a row with the same consumers, every replica among them, s
 consumer's buffer stayed full and every replica worked at its full concurrency the whole
 time, whatever its prefetch; or, where nothing ever stays ready (unlimited prefetch), while
 the pile held per consumer grew beyond chance with every replica consuming (`outrun`).
-Then acks / replicas is what a replica does, and the estimate follows it either way. At any other time only *lower bounds* are known, which may set an
-unknown estimate or raise one, never lower it: acks per consumer (none does more than a
+Then acks / replicas is what a replica does, and the estimate follows it either way. At
+any other time only *lower bounds* are known, which may set an unknown estimate or raise
+one, never lower it: acks per consumer (none does more than a
 replica can), and acks per replica holding a message over a minute of polls where nothing
 waited (Little's law: each holds at least one task, at most its concurrency). A 5 s rate
 field against the unacked count of one instant is no bound: a backlog drained between
