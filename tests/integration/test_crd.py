@@ -123,7 +123,8 @@ def test_the_crd_is_installed_and_established(testenv: Any, crd: str) -> None:
 
 def test_every_example_directory_is_covered() -> None:
     names = {path.name for path in EXAMPLES}
-    assert {"celery-is-prime", "pika-worker", "scale-to-zero"} <= names
+    assert {"celery-is-prime", "celery-redis", "kafka-consumer", "pika-worker",
+            "scale-to-zero"} <= names
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[path.name for path in EXAMPLES])
@@ -152,6 +153,7 @@ def test_an_example_follows_the_conventions(example: Path) -> None:
     secret_keys, url_variable, url_key = {
         "rabbitmq": ({"amqpUrl", "managementUrl"}, "AMQP_URL", "amqpUrl"),
         "redis": ({"redisUrl"}, "REDIS_URL", "redisUrl"),
+        "kafka": ({"bootstrapServers"}, "BOOTSTRAP_SERVERS", "bootstrapServers"),
     }[next(iter(scalers[0]["spec"]["source"]))]
     for doc in documents:
         where = f"{example.name}: {doc['kind']} {doc['metadata']['name']}"
