@@ -26,9 +26,15 @@ a vhost of its own with 1,000 empty queues, and prints Markdown tables:
    counted at the transport (each command or pipeline redis-py writes to a socket, the
    connection handshakes included) and checked against the server's own counters
    (`INFO stats`: total_commands_processed, total_connections_received).
+5. Kafka: requests per tick at 10, 100 and 1,000 QueueScalers on one cluster, each its own
+   consumer group on one of ten topics of four partitions, through the same real Engine and
+   Brokers with the real KafkaSource against a private Kafka broker of the test kit (KRaft,
+   its own ports, started and stopped by PID here). Requests and connections are counted
+   where aiokafka writes them (its connection's `send` and `connect`).
 Medians of a few repetitions; loopback only. The vhost is deleted at the end.
 
     python bench/sampling.py --only redis      # table 4 alone (no RabbitMQ needed)
+    python bench/sampling.py --only kafka      # table 5 alone (no RabbitMQ needed)
     python bench/sampling.py --only rabbitmq   # tables 1 to 3
 """
 
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import math
 import statistics
 import subprocess
@@ -45,11 +52,13 @@ import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import pika
 import redis
+from aiokafka.conn import AIOKafkaConnection, create_conn
+from aiokafka.protocol.commit import OffsetCommitRequest
 from prometheus_client import CollectorRegistry
 from redis.asyncio.connection import Connection
 
@@ -61,6 +70,8 @@ from queuescaler.engine import Engine, EngineSettings
 from queuescaler.fleet import Fleet, ReplicaCache
 from queuescaler.kube.client import HpaTarget, ObjectRef
 from queuescaler.metrics import Metrics
+from queuescaler.sources.kafka.secret import KafkaBroker
+from queuescaler.sources.kafka.source import KafkaSource
 from queuescaler.sources.rabbitmq.listing import QUEUE_COLUMNS, name_filter_query
 from queuescaler.sources.rabbitmq.secret import broker_from_secret
 from queuescaler.sources.rabbitmq.source import RabbitMQSource
@@ -68,6 +79,7 @@ from queuescaler.sources.redis.secret import RedisBroker
 from queuescaler.sources.redis.source import RedisSource
 from queuescaler_testkit.broker import BrokerAdmin
 from queuescaler_testkit.env import REPO, TestEnv, read_testenv
+from queuescaler_testkit.kafka_server import KafkaPorts, KafkaServer, kafka_version
 from queuescaler_testkit.redis_server import RedisServer
 
 QUEUES = 1_000
@@ -323,20 +335,22 @@ class PeekCost:
 
 
 def _fleet(
-    scalers: int, sizes: Sequence[int], broker: str = "rabbitmq"
+    scalers: int, sizes: Sequence[int], broker: str = "rabbitmq",
+    block: Callable[[int, str], dict[str, Any]] | None = None,
 ) -> tuple[Fleet, ReplicaCache]:
-    """`scalers` QueueScalers in one namespace on one broker, at rest at `sizes` in turn."""
+    """`scalers` QueueScalers in one namespace on one broker, at rest at `sizes` in turn;
+    `block(number, name)` is each one's broker block (default: a queue named after it)."""
     fleet, cache = Fleet(), ReplicaCache()
     for number in range(scalers):
         size = sizes[number % len(sizes)]
         name = f"w{number:05d}"
+        where = block(number, name) if block else {"queue": name}
         fleet.upsert({
             "metadata": {"namespace": "bench", "name": name, "uid": name, "generation": 1},
             "spec": {
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
                 "minReplicas": size, "maxReplicas": 20,
-                "source": {broker: {"queue": name,
-                                    "connectionSecretRef": {"name": broker}}},
+                "source": {broker: {**where, "connectionSecretRef": {"name": broker}}},
             },
         }, EPOCH)
         cache.set("bench", name, size)
@@ -553,15 +567,185 @@ def _redis_rows() -> tuple[list[str], str]:
     return rows, version
 
 
+# --- table 5: Kafka, the real Engine and KafkaSource against a private Kafka broker ---
+
+KAFKA_FLEETS = (10, 100, 1_000)
+"""QueueScalers (each its own consumer group) on one cluster in table 5."""
+KAFKA_PORTS = KafkaPorts.starting_at(24392)
+"""The bench's own broker (below the ephemeral range, apart from the tests' 24092-24099)."""
+KAFKA_TOPICS = 10
+KAFKA_PARTITIONS = 4
+KAFKA_MESSAGES = 5
+"""Per partition, all committed by every group: idle pools with a history."""
+KAFKA_API_NAMES = {3: "Metadata", 10: "FindCoordinator", 9: "OffsetFetch",
+                   15: "DescribeGroups", 2: "ListOffsets", 18: "ApiVersions"}
+
+
+class KafkaWire:
+    """What aiokafka's connections write (one entry per request) and how many they open."""
+
+    sent: ClassVar[collections.Counter[str]] = collections.Counter()
+    opened: ClassVar[int] = 0
+
+    @classmethod
+    def install(cls) -> None:
+        send, connect = AIOKafkaConnection.send, AIOKafkaConnection.connect
+
+        def counting_send(self: AIOKafkaConnection, request: Any,
+                          expect_response: bool = True) -> Any:
+            key = request.prepare(self._versions).API_KEY
+            cls.sent[KAFKA_API_NAMES.get(key, str(key))] += 1
+            return send(self, request, expect_response)
+
+        async def counting_connect(self: AIOKafkaConnection) -> Any:
+            cls.opened += 1
+            return await connect(self)
+
+        AIOKafkaConnection.send = counting_send
+        AIOKafkaConnection.connect = counting_connect
+
+
+@dataclass(frozen=True)
+class KafkaCost:
+    scalers: int
+    first: dict[str, int]
+    """Requests of the first tick, which samples every QueueScaler (connecting included)."""
+    first_ms: float
+    rounds: int
+    """Ticks after the first that sent any request (sampling rounds)."""
+    per_round: dict[str, float]
+    """Requests per sampling round, by API, mean."""
+    per_tick: float
+    connections: int
+    """Connections opened over the ticks after the first."""
+    tick_ms: float
+    """The engine's wall time on a sampling tick, median."""
+    tick_max_ms: float
+
+
+async def _kafka_commit(server: KafkaServer, groups: Mapping[str, str]) -> None:
+    """Each group commits the end of its topic on every partition, as a standalone consumer
+    would (no member), on one connection."""
+    host, port = server.bootstrap.split(":")
+    conn = await create_conn(host, int(port), request_timeout_ms=30_000)
+    try:
+        for chunk in range(0, len(groups), 200):
+            await asyncio.gather(*(
+                conn.send(OffsetCommitRequest(group, -1, "", -1, [
+                    (topic, [(p, KAFKA_MESSAGES, "") for p in range(KAFKA_PARTITIONS)])]))
+                for group, topic in list(groups.items())[chunk:chunk + 200]
+            ))
+    finally:
+        conn.close()
+
+
+async def _kafka_cost(server: KafkaServer, scalers: int, topics: Sequence[str]) -> KafkaCost:
+    def block(number: int, name: str) -> dict[str, Any]:
+        return {"topic": topics[number % len(topics)], "consumerGroup": f"bench-{name}"}
+
+    fleet, cache = _fleet(scalers, (1,), "kafka", block)
+    await _kafka_commit(server, {f"bench-w{n:05d}": topics[n % len(topics)]
+                                 for n in range(scalers)})
+    now = EPOCH
+
+    def make_source(broker: tuple[str, Hashable]) -> KafkaSource:
+        address = broker[1]
+        assert isinstance(address, KafkaBroker)
+        return KafkaSource(address, timeout=30.0)
+
+    engine = Engine(
+        QuietKube({"bootstrapServers": server.bootstrap}), fleet, cache,
+        Metrics(CollectorRegistry(), process=False), make_source, EngineSettings(),
+        clock=lambda: now,
+    )
+    KafkaWire.sent.clear()
+    KafkaWire.opened = 0
+    started = time.perf_counter()
+    await engine.tick(now)
+    first_ms = (time.perf_counter() - started) * 1e3
+    first = dict(KafkaWire.sent)
+    KafkaWire.opened = 0
+    totals: collections.Counter[str] = collections.Counter()
+    rounds, walls, requests = 0, [], 0
+    for _ in range(CYCLES * POLL_SECONDS):
+        now += 1.0
+        KafkaWire.sent.clear()
+        started = time.perf_counter()
+        await engine.tick(now)
+        wall = time.perf_counter() - started
+        sent = sum(KafkaWire.sent.values())
+        requests += sent
+        if sent:
+            rounds += 1
+            walls.append(wall)
+            totals.update(KafkaWire.sent)
+    await engine.brokers.close()
+    return KafkaCost(
+        scalers, first, first_ms, rounds,
+        {api: count / max(1, rounds) for api, count in sorted(totals.items())},
+        requests / (CYCLES * POLL_SECONDS), KafkaWire.opened,
+        statistics.median(walls) * 1e3 if walls else 0.0,
+        max(walls) * 1e3 if walls else 0.0,
+    )
+
+
+def _kafka_rows() -> tuple[list[str], str]:
+    """Table 5's rows and the broker's version."""
+    def named(requests: Mapping[str, float]) -> str:
+        return ", ".join(f"{api} {count:g}" for api, count in requests.items())
+
+    rows = [
+        "| QueueScalers (groups) | first tick: requests | wall ms "
+        f"| sampling rounds in {CYCLES * POLL_SECONDS} ticks | requests per round "
+        "| requests per tick, mean | connections opened after the first tick "
+        "| engine tick wall on a round, median (ms) | max (ms) |",
+        "|---:|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    KafkaWire.install()
+    with KafkaServer(ports=KAFKA_PORTS) as server:
+        topics = [f"bench-t{number}" for number in range(KAFKA_TOPICS)]
+        for topic in topics:
+            server.create_topic(topic, KAFKA_PARTITIONS)
+            for partition in range(KAFKA_PARTITIONS):
+                server.produce(topic, KAFKA_MESSAGES, partition=partition)
+        server.commit("bench-warm", topics[0], {0: 0})  # the offsets topic, made on demand
+        for scalers in KAFKA_FLEETS:
+            cost = asyncio.run(_kafka_cost(server, scalers, topics))
+            rows.append(
+                f"| {cost.scalers:,} | {named(cost.first)} ({sum(cost.first.values())}) "
+                f"| {cost.first_ms:.0f} | {cost.rounds} "
+                f"| {named(cost.per_round)} ({sum(cost.per_round.values()):g}) "
+                f"| {cost.per_tick:.2f} | {cost.connections} "
+                f"| {cost.tick_ms:.1f} | {cost.tick_max_ms:.1f} |"
+            )
+    return rows, kafka_version()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--only", choices=("rabbitmq", "redis"),
-                        help="print only that broker's tables (default: both)")
+    parser.add_argument("--only", choices=("rabbitmq", "redis", "kafka"),
+                        help="print only that broker's tables (default: all)")
     only = parser.parse_args().only
     started = time.perf_counter()
-    if only != "redis":
+    if only in (None, "rabbitmq"):
         _rabbitmq_tables()
-    if only != "rabbitmq":
+    if only in (None, "kafka"):
+        kafka_started = time.perf_counter()
+        rows, version = _kafka_rows()
+        print(
+            f"\n## Kafka {version}: requests per tick, one cluster, one consumer group per "
+            f"QueueScaler ({POLL_SECONDS} s polling, one-second ticks, {CYCLES} cycles)\n"
+        )
+        print(
+            "The real Engine, Brokers and KafkaSource against a private one-node Kafka (KRaft) "
+            f"on loopback, {KAFKA_TOPICS} topics of {KAFKA_PARTITIONS} partitions, every group "
+            "committed at the end of its topic (idle pools at minReplicas 1; the apiserver an "
+            "in-process stand-in). Requests and connections as aiokafka's connections write and "
+            "open them. Kafka has no live peek, so QueueScalers are only sampled when due. "
+            f"Computed in {time.perf_counter() - kafka_started:.0f} s.\n"
+        )
+        print("\n".join(rows))
+    if only in (None, "redis"):
         redis_started = time.perf_counter()
         rows, version = _redis_rows()
         print(
