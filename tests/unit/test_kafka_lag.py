@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import pytest
 
+from queuescaler.core.decision import ScalerState, decide
 from queuescaler.core.sample import BrokerClient, ErrorKind, QueueRef, SourceError
 from queuescaler.sources.kafka.lag import (
     IN_FLIGHT_NOTE,
@@ -16,6 +17,7 @@ from queuescaler.sources.kafka.lag import (
 )
 from queuescaler.sources.kafka.protocol import GROUP_ID_NOT_FOUND, Committed, Group, Member
 from queuescaler.sources.kafka.spec import GroupScope
+from queuescaler.sources.registry import parse_spec
 
 pytestmark = pytest.mark.unit
 
@@ -91,7 +93,7 @@ def test_a_topics_sample_adds_its_partitions_up() -> None:
     ("scope", "caps"),
     [
         pytest.param(SCOPE, (3, 2), id="partitions-with-lag"),
-        pytest.param(GroupScope("workers", "latest", "partitions"), (3, 3), id="partitions"),
+        pytest.param(GroupScope("workers", "latest", "partitions"), (3, None), id="partitions"),
         pytest.param(GroupScope("workers", "latest", "none"), (None, None), id="idle-allowed"),
     ],
 )
@@ -99,6 +101,26 @@ def test_the_caps_follow_the_scope(scope: GroupScope, caps: tuple[int | None, ..
     sample = topic_sample(scope, "orders", reading(THREE))
     assert not isinstance(sample, SourceError)
     assert (sample.parallelism, sample.backlog_parallelism) == caps
+
+
+def test_without_limit_to_partitions_with_lag_the_decision_names_the_partitions_cap() -> None:
+    """Lag on one partition of three, worth 29 replicas: capped at the three partitions, and
+    the decision does not say three partitions have messages waiting (found end to end)."""
+    spec = parse_spec({
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
+        "maxReplicas": 10,
+        "source": {"kafka": {"topic": "orders", "consumerGroup": "workers",
+                             "connectionSecretRef": {"name": "kafka"},
+                             "limitToPartitionsWithLag": False}},
+    })
+    scope = GroupScope.from_scope(spec.source.queues[0].scope)
+    assert scope is not None and scope.cap == "partitions"
+    sample = topic_sample(scope, "orders", reading({0: (0, 290, 0), 1: (0, 5, 5), 2: (0, 7, 7)}))
+    assert not isinstance(sample, SourceError)
+    decision = decide(spec, sample, 1, ScalerState(), NOW)
+    assert decision.replicas == 3
+    assert "at most 3 consumers can work at once" in decision.message, decision.message
+    assert "have messages waiting" not in decision.message, decision.message
 
 
 def test_lag_zero_everywhere_is_an_idle_complete_sample() -> None:

@@ -165,8 +165,10 @@ def topic_sample(scope: GroupScope, topic: str, reading: Reading) -> QueueSample
     published = sum(end for end, _, _ in read)
     lagging = sum(1 for _, partition_lag_, _ in read if partition_lag_ > 0) + len(failed)
     described = group if isinstance(group, Group) else None
-    cap: dict[str, int | None] = {"none": None, "partitions": len(partitions),
-                                   "lag": lagging}
+    # Without limitToPartitionsWithLag only the partitions cap the pool (`parallelism`):
+    # `backlog_parallelism` is the partitions with messages waiting or nothing (given every
+    # partition, a decision said "6 partitions have messages waiting" of one that had).
+    waiting = lagging if scope.cap == "lag" else None
     return QueueSample(
         ready=lag,
         unacked=0,
@@ -177,7 +179,7 @@ def topic_sample(scope: GroupScope, topic: str, reading: Reading) -> QueueSample
         acked_total=published - lag,
         note="; ".join(notes),
         parallelism=None if scope.cap == "none" else len(partitions),
-        backlog_parallelism=cap[scope.cap],
+        backlog_parallelism=waiting,
         rebalancing=described is not None and described.state in REBALANCING,
         scaling_pauses=True,
     )
