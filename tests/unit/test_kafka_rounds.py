@@ -66,6 +66,16 @@ class Cluster:
     """An exception to raise at connect (or None)."""
     stall: set[int] = field(default_factory=set)
     """Nodes that never answer."""
+    conns: list[Conn] = field(default_factory=list)
+
+    def stop(self, node: int) -> None:
+        """The broker goes away: its connections close, new ones are refused."""
+        host, port = self.brokers[node]
+        refused, before = OSError(f"Connect call failed ('{host}', {port})"), self.refuse
+        self.refuse = lambda h, p: refused if (h, p) == (host, port) else before(h, p)
+        for conn in self.conns:
+            if conn.node == node:
+                conn.close()
 
     def node_at(self, host: str, port: int) -> int:
         return next(n for n, where in self.brokers.items() if where == (host, port))
@@ -76,7 +86,8 @@ class Cluster:
             raise refused
         self.opened.append((host, port))
         self.options.append(options)
-        return Conn(self, self.node_at(host, port))
+        self.conns.append(Conn(self, self.node_at(host, port)))
+        return self.conns[-1]
 
     def count(self) -> Counter[str]:
         return Counter(type(request).__name__.split("Request")[0] for _, request in self.sent)
@@ -439,6 +450,44 @@ async def test_one_broker_down_fails_only_what_it_serves() -> None:
     kinds = {ref.scope: s.kind if isinstance(s, SourceError) else "ok"
              for ref, s in samples.items()}
     assert kinds == {GroupScope("g0").scope: "ok", GroupScope("g1").scope: ErrorKind.UNREACHABLE}
+
+
+async def test_a_cluster_gone_after_it_answered_fails_as_a_whole() -> None:
+    """Its one broker stopped after a round: the metadata and the coordinator are cached, so
+    the next round only meets each group's and partition's connection refused; the cluster is
+    told unreachable as a whole (BrokerReachable False), not a queue of it. Found end to end."""
+    c = cluster_of()
+    source = source_for(c)
+    refs = refs_for(c)
+    await source.sample(refs)
+    c.stop(1)
+    with pytest.raises(SourceError) as failed:
+        await source.sample(refs)
+    assert failed.value.kind is ErrorKind.UNREACHABLE
+    assert "Kafka at 127.0.0.1:9091" in failed.value.message, failed.value.message
+    with pytest.raises(SourceError):
+        await source.clients([ref.scope for ref in refs])
+    c.refuse = lambda host, port: None  # back
+    (sample,) = (await source.sample(refs)).values()
+    assert isinstance(sample, QueueSample) and sample.ready == 30
+
+
+async def test_a_broker_gone_is_not_asked_again_for_what_moved_off_it() -> None:
+    """Broker 2 goes away for good; its group and its partitions move to broker 1. The round
+    that finds it gone fails only what it served, and the next asks again where they are."""
+    c = cluster_of(brokers=2, groups=2, topics=2, partitions=1)
+    source = source_for(c)
+    refs = refs_for(c)
+    await source.sample(refs)
+    c.stop(2)
+    c.groups["g1"].coordinator = 1
+    c.topics["t1"] = {0: 1}
+    first = await source.sample(refs)
+    assert {type(s).__name__ for s in first.values()} == {"QueueSample", "SourceError"}
+    c.sent.clear()
+    second = await source.sample(refs)
+    assert all(isinstance(s, QueueSample) and s.ready == 10 for s in second.values()), second
+    assert {"Metadata", "FindCoordinator"} <= set(c.count())
 
 
 async def test_an_answer_that_does_not_decode_is_a_bad_response() -> None:

@@ -25,9 +25,11 @@ asks the new leader once more. `lag.py` turns the answers into samples.
 describe the groups and fetch their committed offsets, and the leaders of their members'
 partitions for the end offsets: a member is busy while its partitions lag (`lag.busy_members`).
 
-A whole cluster that cannot be reached (no bootstrap server answers, the credentials or the
-TLS handshake refused, the round out of time) raises SourceError when it is the only one
-sampled; a broker of it that fails alone fails the groups and partitions it serves.
+A whole cluster that cannot be reached (no bootstrap server answers, at the first round or
+once every broker the round asked has gone; the credentials or the TLS handshake refused; the
+round out of time) raises SourceError when it is the only one sampled; a broker of it that
+fails alone fails the groups and partitions it serves, and the coordinators and leaders it was
+are looked up again at the next round.
 """
 
 from __future__ import annotations
@@ -324,10 +326,31 @@ class _Cluster:
                 try:
                     link = await self._open(node.host, node.port)
                 except Exception as error:
+                    self._forget(node_id)
                     raise failure(error, f"Kafka broker {node_id} at {node.host}:{node.port}"
                                   ) from None
             self._links[node_id] = link
             return link
+
+    def _forget(self, node_id: int) -> None:
+        """A broker that could not be reached: the groups it coordinated and the topics it
+        led partitions of are looked up again at the next round (if it is gone for good, they
+        have moved; cached, they would be asked of it until the metadata aged, and the groups
+        forever)."""
+        self._coordinators = {g: n for g, n in self._coordinators.items() if n != node_id}
+        for name, topic in self._topics.items():
+            if node_id in topic.leaders.values():
+                self._topics_at.pop(name, None)
+
+    async def _still_reachable(self) -> None:
+        """After a round: when no connection to the cluster is alive any more (every broker it
+        asked could not be reached), the bootstrap servers are tried, and none answering is the
+        cluster gone as a whole (raises SourceError), not each group's and partition's failure.
+        A broker down beside others that answer fails only what it serves."""
+        if any(link.alive() for link in (*self._links.values(), self._bootstrap)
+               if link is not None):
+            return
+        await self._any()
 
     def _settle_bootstrap(self) -> None:
         """Once a broker's own connection is open, the bootstrap one (to a name that may be a
@@ -581,6 +604,7 @@ class _Cluster:
             self._coordinators_round(dict(asked), describe=True),
             self._leaders_round(every, (LATEST, EARLIEST)),
         )
+        await self._still_reachable()
         starts = offsets[EARLIEST]
         self._starts.update({where: value for where, value in starts.items()
                              if isinstance(value, int)})
@@ -617,6 +641,7 @@ class _Cluster:
             every = {(topic, index) for topic, indexes in self._partitions(topics).items()
                      for index in _listed(indexes)}
             ends = (await self._leaders_round(every, (LATEST,)))[LATEST]
+        await self._still_reachable()
         self._settle_bootstrap()
         return ({group: _group(group, found) for group, found in described.items()},
                 committed, ends)
