@@ -1,4 +1,5 @@
-"""Fixtures for end-to-end tests: pod runners that clean up after themselves, a processed log."""
+"""Fixtures for end-to-end tests: pod runners that clean up after themselves, a processed log,
+the session's Kafka broker."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from queuescaler_testkit.env import TestEnv
+from queuescaler_testkit.kafka_server import KafkaServer, KafkaServerError, session_server
 from queuescaler_testkit.podrunner import PodRunnerFactory
 
 
@@ -29,3 +31,15 @@ def pod_runner_factory(testenv: TestEnv, tmp_path: Path) -> Iterator[PodRunnerFa
 def processed_log(tmp_path: Path) -> Path:
     """A fresh file for the workers' `<id> <pod>` lines (created by the first write)."""
     return tmp_path / "processed.log"
+
+
+@pytest.fixture(scope="session")
+def kafka_server() -> Iterator[KafkaServer]:
+    """The session's Kafka broker (started by the first test that asks for it, shared with the
+    kafka integration tests' fixture, stopped by its PID at the end). Never skips: a broker
+    that cannot start fails the tests that need it, with its log."""
+    try:
+        with session_server() as server:
+            yield server
+    except KafkaServerError as error:
+        pytest.fail(str(error), pytrace=False)

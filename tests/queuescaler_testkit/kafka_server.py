@@ -9,6 +9,7 @@
     server.client_options(...)          # keyword arguments for aiokafka's clients, any listener
     server.create_topic("t", 3); server.produce("t", 10); server.commit("g", "t", {0: 4})
     server.restart()                    # stop, then start again on the same data
+    with server.stopped(): ...          # down for the block, then up again on the same data
     server.stop()                       # by its PID, never by name
 
     with session_server() as server: ...   # the one the session's tests share (see there)
@@ -393,6 +394,17 @@ class KafkaServer:
         topics, records and committed offsets survive, clients see the broker go and come."""
         self.stop()
         return self._launch()
+
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[KafkaServer]:
+        """The server down for the block (a controlled shutdown), then started again on the same
+        data, ports and users, whatever the block raised: a broker gone for as long as a test
+        looks at what its clients say."""
+        self.stop()
+        try:
+            yield self
+        finally:
+            self._launch()
 
     def _launch(self) -> KafkaServer:
         stdout = (self._dir / "stdout.log").open("ab")
