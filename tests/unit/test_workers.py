@@ -44,6 +44,7 @@ from queuescaler.kube.client import HpaTarget, NotFound
 from queuescaler.metrics import Metrics
 from queuescaler.sources.rabbitmq.listing import parse_client_connections
 from queuescaler.sources.rabbitmq.secret import RabbitMQBroker
+from queuescaler.sources.registry import parse_spec
 
 pytestmark = pytest.mark.unit
 
@@ -522,3 +523,31 @@ async def test_deleting_the_scaler_clears_its_marks() -> None:
     assert all(pod.marked_by in (None, "someone-else") for pod in pods.values())
     assert pods["worker-x"].deletion_cost == "5"
     assert gone.memory.marks == {}
+
+
+@pytest.mark.parametrize(
+    ("block", "where"),
+    [
+        pytest.param({"rabbitmq": {"queue": "jobs", "vhost": "/"}}, "vhost '/'", id="rabbitmq"),
+        pytest.param({"redis": {"queue": "celery"}}, "the Redis", id="redis-kombu"),
+        pytest.param({"redis": {"stream": "jobs", "group": "pool"}}, "stream group 'pool'",
+                     id="redis-stream"),
+        pytest.param({"kafka": {"topic": "orders", "consumerGroup": "orders-workers"}},
+                     "consumer group 'orders-workers'", id="kafka"),
+    ],
+)
+def test_the_workers_condition_says_where_in_the_brokers_words(
+    block: dict[str, dict[str, str]], where: str
+) -> None:
+    """Not the queues' scope, which is the source's own encoding (a Kafka group's scope is a
+    JSON object): found end to end, 'connected in vhost '{"cap":"lag","group":...}''."""
+    broker, fields = next(iter(block.items()))
+    spec = parse_spec({
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "w"},
+        "maxReplicas": 4,
+        "source": {broker: {**fields, "connectionSecretRef": {"name": "s"}}},
+    })
+    assert spec.source.where == where
+    condition = workers_condition(WorkerReport(3, 0), spec.source.where, enabled=True)
+    assert f"no consumer of its queues is connected in {where}" in condition.message
+    assert "{" not in condition.message

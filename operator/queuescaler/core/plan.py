@@ -713,10 +713,6 @@ def _with_live_counts(
     )
 
 
-def _scopes(spec: QueueScalerSpec) -> frozenset[str]:
-    return frozenset(ref.scope for ref in spec.source.queues)
-
-
 def _pair(failure: Failure | None) -> tuple[str, str] | None:
     return None if failure is None else (failure.reason, failure.message)
 
@@ -741,10 +737,9 @@ def _workers_condition(
     """WorkersMatched: this tick's look, else the one last written (looks are only made
     on ticks that may scale down); absent until the first look."""
     enabled = spec.behavior.scale_down.protect_busy_workers
-    scope = ", ".join(sorted(_scopes(spec)))
     if not enabled or look is not None:
         problem = look.problem if look is not None else None
-        return workers_condition(report, scope, enabled=enabled, problem=problem)
+        return workers_condition(report, spec.source.where, enabled=enabled, problem=problem)
     for previous in written.get("conditions") or ():
         if isinstance(previous, Mapping) and previous.get("type") == WORKERS_CONDITION:
             if previous.get("reason") == "ProtectionDisabled":

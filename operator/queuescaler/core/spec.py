@@ -113,6 +113,12 @@ class SourceSpec(Protocol):
         """Count delivered-but-unacknowledged messages as backlog too."""
         ...
 
+    @property
+    def where(self) -> str:
+        """Where its consumers connect, in the words of a condition: "vhost '/'",
+        "consumer group 'orders'" (the queues' scopes are the source's own encoding)."""
+        ...
+
 
 BlockParser = Callable[[object, str], SourceSpec]
 """Reads one broker's block (the raw value, and its path `spec.source.<broker>`);

@@ -213,10 +213,11 @@ def cleared_marks(pods: Iterable[Pod], owner: str) -> Marks:
 
 
 def workers_condition(
-    report: WorkerReport | None, vhost: str, *, enabled: bool, problem: str | None = None
+    report: WorkerReport | None, where: str, *, enabled: bool, problem: str | None = None
 ) -> Condition:
     """The WorkersMatched condition: True once a consumer matched a pod, else why not.
 
+    `where` is where the consumers connect, in words (the source spec's `where`);
     `problem` says why the pods or the connections could not be listed.
     """
     off = "busy workers are not protected"
@@ -241,12 +242,11 @@ def workers_condition(
     if report.pods == 0:
         why = "the target has no pods"
     elif report.consuming == 0:
-        why = f"no consumer of its queues is connected in vhost {vhost!r}"
+        why = f"no consumer of its queues is connected in {where}"
     else:
         why = (
-            f"none of the {report.consuming} connections consuming its queues in vhost"
-            f" {vhost!r} is named"
-            f" after one of the {report.pods} pods or comes from a pod's IP (set the"
-            " connection name to the pod name)"
+            f"none of the {report.consuming} connections consuming its queues in {where}"
+            f" is named after one of the {report.pods} pods or comes from a pod's IP (name"
+            " each consumer's connection or client after its pod)"
         )
     return Condition(CONDITION, False, "NoConsumersMatched", f"{off}: {why}")

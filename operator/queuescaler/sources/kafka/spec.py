@@ -126,6 +126,10 @@ class KafkaSourceSpec:
         """The lag counts every message not committed, those being processed included."""
         return True
 
+    @property
+    def where(self) -> str:
+        return f"consumer group {self.consumer_group!r}"
+
 
 def _topic(value: object, path: str) -> str:
     if not isinstance(value, str) or not value:

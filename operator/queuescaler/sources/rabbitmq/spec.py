@@ -43,6 +43,10 @@ class RabbitMQSourceSpec:
     def include_in_flight(self) -> bool:
         return self.include_unacked
 
+    @property
+    def where(self) -> str:
+        return f"vhost {self.vhost!r}"
+
 
 def parse_block(raw: object, path: str) -> RabbitMQSourceSpec:
     """The block as written under `spec.source.rabbitmq`, checked."""

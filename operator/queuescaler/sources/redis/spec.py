@@ -57,6 +57,13 @@ class RedisSourceSpec:
     def include_in_flight(self) -> bool:
         return self.include_unacked
 
+    @property
+    def where(self) -> str:
+        if self.group is not None:
+            return f"stream group {self.group!r}"
+        prefix = self.layout.key_prefix
+        return f"the Celery app's Redis (key prefix {prefix!r})" if prefix else "the Redis"
+
 
 def _optional_text(fields: Fields, key: str, longest: int) -> str | None:
     """A string that may be anything (a control character, a colon), only not too long."""
