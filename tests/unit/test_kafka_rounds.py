@@ -532,6 +532,61 @@ async def test_bad_config_fails_the_queue(broker: KafkaBroker, scope: GroupScope
     assert said in outcome.message
 
 
+SASL_SECRET = {"sasl": "plain", "username": "scaler", "password": PASSWORD}
+
+
+@pytest.mark.parametrize(
+    ("secret", "spec_servers", "said"),
+    [
+        pytest.param(SASL_SECRET, ("127.0.0.1:9091",), "names no bootstrap servers",
+                     id="secret-without-servers"),
+        pytest.param(SASL_SECRET | {"bootstrapServers": "127.0.0.1:9092"}, ("127.0.0.1:9091",),
+                     "name servers the Secret's do not", id="spec-names-another-server"),
+        pytest.param(SASL_SECRET | {"bootstrapServers": "127.0.0.1:9092"},
+                     ("127.0.0.1:9091", "127.0.0.1:9092"), "name servers the Secret's do not",
+                     id="spec-names-one-more-server"),
+    ],
+)
+async def test_credentials_go_only_to_the_servers_their_secret_names(
+    secret: dict[str, str], spec_servers: tuple[str, ...], said: str
+) -> None:
+    """Whoever may write a QueueScaler but not read the Secret must not be able to point the
+    Secret's password at a host of theirs (review r1: a fake broker received it)."""
+    c = cluster_of()
+    source = KafkaSource(broker_from_secret(secret), connect=c.connect)
+    ref = GroupScope("g0", servers=spec_servers).ref("t0")
+    (outcome,) = (await source.sample([ref])).values()
+    assert isinstance(outcome, SourceError) and outcome.kind is ErrorKind.BAD_CONFIG
+    assert said in outcome.message and "nothing was sent" in outcome.message
+    with pytest.raises(SourceError) as blind:
+        await source.clients([ref.scope])
+    assert blind.value.kind is ErrorKind.BAD_CONFIG
+    assert c.opened == [] and c.options == []  # no connection, so no credential, anywhere
+
+
+@pytest.mark.parametrize(
+    ("secret", "spec_servers"),
+    [
+        pytest.param(SASL_SECRET | {"bootstrapServers": "127.0.0.1:9091"}, None,
+                     id="credentials-and-servers-in-the-secret"),
+        pytest.param(SASL_SECRET | {"bootstrapServers": "127.0.0.1:9091,127.0.0.1:9000"},
+                     ("127.0.0.1:9091",), id="spec-names-some-of-the-secrets"),
+        pytest.param({}, ("127.0.0.1:9091",), id="no-credentials-servers-in-the-spec"),
+        pytest.param({"tls": "disable"}, ("127.0.0.1:9091",), id="tls-settings-only"),
+    ],
+)
+async def test_where_the_servers_may_come_from(secret: dict[str, str],
+                                               spec_servers: tuple[str, ...] | None) -> None:
+    c = cluster_of()
+    c.refuse = lambda host, port: OSError("down") if port == 9000 else None
+    source = KafkaSource(broker_from_secret(secret), connect=c.connect)
+    ref = GroupScope("g0", servers=spec_servers).ref("t0")
+    (sample,) = (await source.sample([ref])).values()
+    assert isinstance(sample, QueueSample), sample
+    assert c.opened == [("127.0.0.1", 9091)]  # a subset: read on the Secret's servers
+    await source.close()
+
+
 async def test_the_same_servers_in_both_places_are_one_cluster() -> None:
     c = cluster_of()
     servers = ("127.0.0.1:9091",)

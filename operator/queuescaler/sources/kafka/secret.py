@@ -1,7 +1,8 @@
 """A Kafka cluster's credentials (and maybe its address) from a Secret's decoded data. Pure.
 
 Keys (named after the parameters of KEDA's Kafka scaler where it has them):
-- `bootstrapServers`: `host:port` list, comma-separated; optional when the spec names them;
+- `bootstrapServers`: `host:port` list, comma-separated; optional when the spec names them,
+  required with `sasl` (credentials go only to the servers their Secret names);
 - `sasl`: `plain` (or KEDA's `plaintext`), `scram-sha-256` / `scram_sha256`,
   `scram-sha-512` / `scram_sha512`, or `none` (the default); case does not matter;
 - `username`, `password`: the SASL user, required with `sasl`, refused without it;
@@ -58,6 +59,13 @@ class KafkaBroker:
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
     ca_cert: str | None = field(default=None, repr=False)
+
+    @property
+    def credentials(self) -> bool:
+        """The Secret proves an identity (a SASL user and password): then only the servers it
+        names may be sent it, never a spec's own (whoever may write a QueueScaler need not be
+        trusted with the Secret)."""
+        return self.mechanism is not None or self.password is not None
 
     @property
     def security_protocol(self) -> str:

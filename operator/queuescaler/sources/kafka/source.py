@@ -2,8 +2,9 @@
 requests per tick, on one long-lived connection per broker.
 
 One `KafkaSource` per set of credentials (the Secret's); inside it one `_Cluster` per set of
-bootstrap servers (the Secret's, or a spec's), with a connection per broker it has to ask,
-opened on first use and kept across ticks. A tick's `sample()` sends, per cluster:
+bootstrap servers (the Secret's, or a spec's when the Secret holds no credentials), with a
+connection per broker it has to ask, opened on first use and kept across ticks. A tick's
+`sample()` sends, per cluster:
 
 - Metadata, one request for the topics that are new, missing (asked again every tick until
   they exist), older than `metadata_max_age` or whose leader moved (auto creation off: a
@@ -107,6 +108,21 @@ CLUSTER_IDLE_SECONDS: Final = 600.0
 NO_SERVERS: Final = (
     "no bootstrap servers: set spec.source.kafka.bootstrapServers or the Secret's key "
     f"{BOOTSTRAP_SERVERS!r}"
+)
+
+SERVERS_DIFFER: Final = (
+    "the spec's bootstrapServers and the Secret's differ: name them in one place (or in the "
+    "spec only some of the Secret's)"
+)
+CREDENTIALS_WITHOUT_SERVERS: Final = (
+    "the Secret holds credentials (sasl) but names no bootstrap servers: credentials are sent "
+    f"only to servers their Secret names, so set its key {BOOTSTRAP_SERVERS!r} (the spec's "
+    "bootstrapServers may then name some of them, or be left out); nothing was sent"
+)
+CREDENTIALS_ELSEWHERE: Final = (
+    "the spec's bootstrapServers name servers the Secret's do not: the Secret holds "
+    "credentials (sasl), which are sent only to servers it names; leave the spec's "
+    "bootstrapServers out or name only servers of the Secret's; nothing was sent"
 )
 
 Connect = Callable[..., Awaitable[Any]]
@@ -708,12 +724,18 @@ class KafkaSource:
         return f"KafkaSource({self._broker!r})"
 
     def _servers(self, scope: GroupScope) -> tuple[str, ...] | SourceError:
+        """The servers a scope's groups are read on: the Secret's when it names them (the
+        spec may name some of them, nothing else), else the spec's, unless the Secret holds
+        credentials: a spec's servers would be sent the Secret's password, wherever a
+        QueueScaler's author points them."""
         given, secret = scope.servers, self._broker.servers
-        if given is not None and secret is not None and set(given) != set(secret):
-            return SourceError(
-                ErrorKind.BAD_CONFIG,
-                "the spec's bootstrapServers and the Secret's differ: name them in one place",
-            )
+        if given is not None and secret is not None:
+            if not set(given) <= set(secret):
+                return SourceError(ErrorKind.BAD_CONFIG, CREDENTIALS_ELSEWHERE
+                                   if self._broker.credentials else SERVERS_DIFFER)
+            return secret
+        if given is not None and self._broker.credentials:
+            return SourceError(ErrorKind.BAD_CONFIG, CREDENTIALS_WITHOUT_SERVERS)
         servers = given or secret
         if not servers:
             return SourceError(ErrorKind.BAD_CONFIG, NO_SERVERS)
