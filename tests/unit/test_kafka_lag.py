@@ -35,7 +35,10 @@ EARLY = GroupScope("workers", "earliest", "lag")
         pytest.param(100, 30, None, "latest", 0, id="no-commit-latest-is-zero"),
         pytest.param(100, 80, 50, "latest", 20, id="retention-deleted-not-counted"),
         pytest.param(100, 100, 50, "earliest", 0, id="everything-deleted"),
-        pytest.param(100, 0, 120, "latest", 0, id="commit-past-end-clamped"),
+        pytest.param(100, 0, 120, "latest", 0, id="commit-past-end-latest-resets-to-the-end"),
+        pytest.param(100, 30, 120, "earliest", 70,
+                     id="commit-past-end-earliest-resets-to-the-log-start"),
+        pytest.param(100, 0, 100, "earliest", 0, id="commit-at-the-end-is-caught-up"),
         pytest.param(0, 0, None, "earliest", 0, id="empty-partition"),
     ],
 )
@@ -144,6 +147,43 @@ def test_a_group_without_commits_follows_its_reset_policy(
     assert not isinstance(sample, SourceError)
     assert sample.ready == ready and sample.complete
     assert sample.note is not None and said in sample.note
+
+
+@pytest.mark.parametrize(
+    ("reset", "ready", "replicas"),
+    [
+        pytest.param("earliest", 10, 1, id="earliest-counts-from-the-log-start"),
+        pytest.param("latest", 0, 0, id="latest-counts-none"),
+    ],
+)
+def test_a_commit_beyond_the_end_counts_as_the_consumer_would_reset(
+    reset: str, ready: int, replicas: int
+) -> None:
+    """A truncated log, a topic recreated under a group that kept its offsets, an offset set
+    by hand: committed 1000 on a partition that ends at 10. The consumer's fetch is out of
+    range and it resets by its policy; read as lag 0 the pool went to zero with the 10
+    messages stranded (review r1, on a real broker)."""
+    spec = parse_spec({
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
+        "minReplicas": 0, "maxReplicas": 20,
+        "source": {"kafka": {"topic": "orders", "consumerGroup": "workers",
+                             "offsetResetPolicy": reset,
+                             "connectionSecretRef": {"name": "kafka"}}},
+        "behavior": {"scaleDown": {"stabilizationSeconds": 0, "cooldownSeconds": 0}},
+    })
+    scope = GroupScope.from_scope(spec.source.queues[0].scope)
+    assert scope is not None
+    sample = topic_sample(scope, "orders", reading({0: (0, 10, 1000), 1: (0, 5, 5)}, stable()))
+    assert not isinstance(sample, SourceError)
+    assert (sample.ready, sample.complete) == (ready, True)
+    assert sample.note is not None
+    assert (f"committed offset beyond the end on 1 partition of topic 'orders': counted as "
+            f"{reset} would reset") in sample.note, sample.note
+    assert decide(spec, sample, 4, ScalerState(), NOW).replicas == replicas
+    lags = {("orders", 0): partition_lag(10, 0, 1000, reset)}
+    (client,) = busy_members(scope, scope.scope, stable(member("pod-a", {"orders": (0,)})),
+                             Committed("workers", {("orders", 0): 1000}), lags)
+    assert client.unacked == ready  # the member holds the work it will read again
 
 
 @pytest.mark.parametrize("state", ["PreparingRebalance", "CompletingRebalance"])

@@ -2,8 +2,9 @@
 
 Per partition: lag = end offset - the group's position, never negative, where the position
 is the committed offset, or the log start offset when retention deleted past it (what is
-deleted is never counted), or for a partition the group never committed on, its reset
-policy's: the log start (earliest) or the end (latest: no lag). A topic's sample adds its
+deleted is never counted), or for a partition the group never committed on or committed
+beyond the end on (out of range: the consumer resets it), its reset policy's: the log start
+(earliest) or the end (latest: no lag). A topic's sample adds its
 partitions up:
 
 - ready = the lag, unacked = 0: Kafka cannot tell a message being processed from one waiting.
@@ -70,10 +71,18 @@ class Reading:
 
 def partition_lag(end: int, start: int, committed: int | None, reset: str) -> int:
     """Messages of one partition the group has yet to process, never negative, never counting
-    what retention deleted (below `start`)."""
-    if committed is not None:
+    what retention deleted (below `start`). A committed offset beyond the end (the log
+    truncated, the topic recreated, an offset set by hand) is out of range: the consumer resets
+    it by its policy, so it counts as a partition never committed on (earliest: from the log
+    start; latest: none), not as no lag (the messages would be stranded at zero replicas)."""
+    if committed is not None and committed <= end:
         return max(0, end - max(committed, start))
     return max(0, end - (start if reset == EARLIEST else end))
+
+
+def beyond_end(end: int, committed: int | None) -> bool:
+    """The committed offset is past the partition's end: the consumer will reset it."""
+    return committed is not None and committed > end
 
 
 def _partition(
@@ -161,6 +170,11 @@ def topic_sample(scope: GroupScope, topic: str, reading: Reading) -> QueueSample
                    else "as read (offsetResetPolicy latest)")
         notes.append(f"partitions of topic {topic!r} that group {scope.group!r} never "
                      f"committed on count {counted}")
+    beyond = sum(1 for end, _, offset in read if beyond_end(end, offset))
+    if beyond:
+        notes.append(f"committed offset beyond the end on {beyond} partition"
+                     f"{'s' if beyond > 1 else ''} of topic {topic!r}: counted as "
+                     f"{scope.reset} would reset (offsetResetPolicy)")
     lag = sum(lagging for _, lagging, _ in read)
     published = sum(end for end, _, _ in read)
     lagging = sum(1 for _, partition_lag_, _ in read if partition_lag_ > 0) + len(failed)
