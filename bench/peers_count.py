@@ -261,8 +261,8 @@ def run_phase(cluster: Cluster, engine: str, count: int, minutes: float,
                     channel.queue_delete(queue)
             finally:
                 connection.close()
-        mgmt.stop()
-        amqp.stop()
+        # The counting relays are left to the process's end (as in bench/peers.py): closing
+        # them under the scalers' kept-alive connections only fills stderr with their tasks.
     return result
 
 
