@@ -10,6 +10,7 @@ marked "review".
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -474,6 +475,28 @@ def test_a_pile_is_no_measure_when_some_replica_was_not_consuming_or_nothing_was
     assert not outrun(piling, sample(unacked=100), 4)
     # messages ready: saturated() is the rule there, not this one
     assert not outrun(piling, sample(ready=5, unacked=200), 4)
+
+
+def test_lag_on_a_partitioned_queue_is_no_saturation() -> None:
+    """Review: a Kafka group's lag counts the messages in hand, and lag on one partition
+    says nothing of the members owning the others; read as saturation, every poll of a
+    busy group "measured" the load per replica, and the rate floor held a pool at its
+    flood-time size for as long as traffic lasted."""
+    before = history(sample(ready=5, at=NOW - 15))
+    kafka = dataclasses.replace(sample(ready=5, ack=40.0), parallelism=20)
+    assert saturated(before[-1], sample(ready=5), 4)
+    assert not saturated(before[-1], kafka, 4)
+    assert not measures(before, kafka, 4, Flow(40.0, 40.0))
+    assert per_replica_rate(10.0, before, kafka, 4) == 10.0  # 40/4 = 10 would be no measure
+
+
+def test_a_pile_is_no_measure_when_consumers_joined_between_the_readings() -> None:
+    """Review: pods that joined between the readings did not work the whole span."""
+    piling = history(sample(unacked=120, consumers=3, at=NOW - 60),
+                     sample(unacked=150, consumers=3, at=NOW - 15))
+    assert not outrun(piling, sample(unacked=200, consumers=4, ack=8.0), 4)
+    steady = history(sample(unacked=120, at=NOW - 60), sample(unacked=150, at=NOW - 15))
+    assert outrun(steady, sample(unacked=200, ack=8.0), 4)
 
 
 def test_a_pool_that_grew_or_just_woke_is_not_falling_behind() -> None:

@@ -157,10 +157,17 @@ _ACKED: Final = attrgetter("acked_total")
 def saturated(previous: Reading | None, sample: QueueSample, current_replicas: int) -> bool:
     """Whether every replica worked flat out since the previous reading: messages were
     ready at both ends (the broker hands a ready message to any consumer with room, so none
-    had room), with the same consumers throughout, at least one per replica."""
+    had room), with the same consumers throughout, at least one per replica.
+
+    Only a queue every consumer shares says that. A partitioned one (`parallelism` known:
+    a Kafka topic) counts as ready the messages in hand too, and lag on one partition says
+    nothing of the members that own the others: read as saturation, every poll of a busy
+    group "measured" the load per replica, and the rate floor held a pool at its peak for
+    as long as traffic lasted (found by review)."""
     return (
         previous is not None
         and current_replicas > 0
+        and sample.parallelism is None
         and previous.ready > 0
         and sample.ready > 0
         and previous.consumers == sample.consumers >= current_replicas
@@ -172,12 +179,16 @@ def outrun(readings: tuple[Reading, ...], sample: QueueSample, current_replicas:
     grew beyond chance (`falling_behind`), every replica consuming, and each consumer could
     hold one at the previous reading too. With unlimited prefetch nothing ever stays ready,
     so `saturated` never holds and the speed would stay unmeasured for ever: a probe below
-    the pool's need then strands messages in the piles of the consumers that stay."""
+    the pool's need then strands messages in the piles of the consumers that stay. No
+    consumer joined since the previous reading (it would not have worked the whole span, and
+    the speed would read low); one that left is no harm, the rate covering the last seconds
+    (a probe that shrank the pool is measured at the next poll, not the one after)."""
     previous = readings[-1] if readings else None
     return (
         previous is not None
         and current_replicas > 0
-        and sample.consumers >= current_replicas
+        and sample.parallelism is None
+        and previous.consumers >= sample.consumers >= current_replicas
         and previous.backlog >= previous.consumers > 0
         and falling_behind(readings, sample)
     )
