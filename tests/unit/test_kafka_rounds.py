@@ -86,32 +86,45 @@ class Cluster:
             raise refused
         self.opened.append((host, port))
         self.options.append(options)
-        self.conns.append(Conn(self, self.node_at(host, port)))
+        self.conns.append(Conn(self, self.node_at(host, port),
+                               options.get("request_timeout_ms", 3_600_000) / 1000))
         return self.conns[-1]
+
+    def waiting(self) -> int:
+        """Requests left unanswered in the queues of connections still open."""
+        return sum(conn.pending for conn in self.conns if conn.open)
 
     def count(self) -> Counter[str]:
         return Counter(type(request).__name__.split("Request")[0] for _, request in self.sent)
 
 
 class Conn:
-    def __init__(self, cluster: Cluster, node: int) -> None:
+    """aiokafka's connection as the source sees it: a request to a stalled node times out
+    after request_timeout_ms and stays in the connection's queue (`pending`) until it closes."""
+
+    def __init__(self, cluster: Cluster, node: int, timeout: float = 3600.0) -> None:
         self.cluster, self.node, self.open = cluster, node, True
+        self.timeout, self.pending = timeout, 0
         self._versions = cluster.versions
 
     def connected(self) -> bool:
         return self.open
 
     def close(self) -> None:
-        self.open = False
+        self.open, self.pending = False, 0
 
     async def send(self, prepared: Any) -> Any:
+        if not self.open:
+            raise kafka_errors.KafkaConnectionError("No connection to broker")
         request = prepared.prepare(self._versions)
         low, high = self._versions[request.API_KEY]
         assert low <= request.API_VERSION <= high, "a version the broker does not serve"
         request = type(request).decode(io.BytesIO(request.encode()))  # what the broker reads
         self.cluster.sent.append((self.node, request))
         if self.node in self.cluster.stall:
-            await asyncio.sleep(3600)
+            self.pending += 1
+            await asyncio.sleep(self.timeout)
+            raise TimeoutError  # aiokafka's wait_for; the connection stays open
         fields = ANSWERS[request.API_KEY](self.cluster, self.node, request)
         response = request.RESPONSE_TYPE(**fields)
         return request.RESPONSE_TYPE.decode(io.BytesIO(response.encode()))
@@ -438,6 +451,61 @@ async def test_a_broker_that_never_answers_is_a_timeout() -> None:
     with pytest.raises(SourceError) as failed:
         await source_for(c, timeout=0.05).sample(refs_for(c))
     assert failed.value.kind is ErrorKind.TIMEOUT
+
+
+async def test_a_hung_broker_fails_only_what_it_serves_and_its_connection_goes() -> None:
+    """Broker 1 accepts but never answers (a GC stall, a hung disk); broker 2 is fine. The
+    metadata, refreshed every round here, was asked of the first connection, broker 1's: its
+    timeout failed every group of the cluster, round after round, and the connection stayed,
+    each round's requests left in its queue (review r1). Now the connection is closed, the
+    cached metadata serves, the next refresh goes to broker 2, and only broker 1's group
+    fails."""
+    c = cluster_of(brokers=2, groups=2, topics=2, partitions=1)
+    source = source_for(c, timeout=0.2, metadata_max_age=0.0)
+    refs = refs_for(c)
+    await source.sample(refs)
+    c.stall = {1}
+    for _ in range(3):
+        c.sent.clear()
+        samples = await source.sample(refs)
+        told = {ref.scope: s.kind if isinstance(s, SourceError) else s.ready
+                for ref, s in samples.items()}
+        assert told == {GroupScope("g0").scope: ErrorKind.TIMEOUT, GroupScope("g1").scope: 10}
+        assert c.waiting() == 0  # nothing left unanswered on a connection kept open
+        assert not any(conn.open for conn in c.conns if conn.node == 1)
+    assert [node for node, r in c.sent if r.API_KEY == kafka.METADATA] == [2]
+    c.groups["g1"].members = [("pod-b", "10.0.0.6", {"t1": [0]})]
+    (busy,) = await source.clients([GroupScope("g1").scope])
+    assert (busy.client_name, busy.unacked) == ("pod-b", 10)
+    assert c.waiting() == 0
+    c.stall = set()
+    samples = await source.sample(refs)
+    assert all(isinstance(s, QueueSample) for s in samples.values()), samples
+    await source.close()
+
+
+async def test_a_cluster_whose_brokers_all_hang_fails_as_a_whole() -> None:
+    """Its one broker stops answering after a round (SIGSTOP on a real broker): every request
+    times out, so the cluster is told unreachable in time as a whole (BrokerReachable False),
+    not each group, and no request is left waiting on an open connection."""
+    c = cluster_of()
+    source = source_for(c, timeout=0.2)
+    refs = refs_for(c)
+    await source.sample(refs)
+    c.stall = {1}
+    for _ in range(2):
+        with pytest.raises(SourceError) as failed:
+            await source.sample(refs)
+        assert failed.value.kind is ErrorKind.TIMEOUT, failed.value
+        assert c.waiting() == 0
+    with pytest.raises(SourceError) as blind:
+        await source.clients([ref.scope for ref in refs])
+    assert blind.value.kind is ErrorKind.TIMEOUT
+    assert c.waiting() == 0
+    c.stall = set()
+    (sample,) = (await source.sample(refs)).values()
+    assert isinstance(sample, QueueSample) and sample.ready == 30
+    await source.close()
 
 
 async def test_one_broker_down_fails_only_what_it_serves() -> None:

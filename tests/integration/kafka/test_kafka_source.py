@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -339,7 +341,73 @@ async def test_nobody_listening_is_unreachable(kafka_server: KafkaServer) -> Non
     assert refused.value.kind is ErrorKind.UNREACHABLE
 
 
+async def test_a_broker_that_stops_answering_is_a_timeout_and_nothing_waits_on_it(
+    kafka_server: KafkaServer,
+) -> None:
+    """The broker accepts and never answers (SIGSTOP): aiokafka times the requests out but
+    keeps the connection and each request in its queue, so every tick added to the pile and
+    the cluster looked reachable (review r1). Now the connection is closed, and the cluster
+    whose every connection timed out is a timeout as a whole (BrokerReachable False)."""
+    topic, group = _name("hung"), _name("hung")
+    kafka_server.create_topic(topic, 1)
+    kafka_server.produce(topic, 3)
+    kafka_server.commit(group, topic, {0: 1})
+    ref = GroupScope(group).ref(topic)
+    opened: list[AIOKafkaConnection] = []
+
+    async def connect(host: str, port: int, **options: Any) -> AIOKafkaConnection:
+        conn = await create_conn(host, port, **options)
+        opened.append(conn)
+        return conn
+
+    source = plain(kafka_server, timeout=1.0, connect=connect)
+    assert kafka_server.pid is not None
+    try:
+        assert (await sampled(source, ref)).ready == 2
+        os.kill(kafka_server.pid, signal.SIGSTOP)
+        try:
+            for _ in range(2):
+                with pytest.raises(SourceError) as failed:
+                    await source.sample([ref])
+                assert failed.value.kind is ErrorKind.TIMEOUT, failed.value
+                assert [len(conn._requests) for conn in opened if conn.connected()] == []
+        finally:
+            os.kill(kafka_server.pid, signal.SIGCONT)
+        assert (await until(lambda: _sample_or_none(source, ref), "the broker back")).ready == 2
+    finally:
+        await source.close()
+
+
+async def _sample_or_none(source: KafkaSource, ref: QueueRef) -> QueueSample | None:
+    try:
+        outcome = await one(source, ref)
+    except SourceError:
+        return None
+    return outcome if isinstance(outcome, QueueSample) else None
+
+
 # --- what the lag counts ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("reset", "ready"), [("earliest", 10), ("latest", 0)])
+async def test_a_commit_beyond_the_end_counts_as_the_reset_policy_would(
+    kafka_server: KafkaServer, reset: str, ready: int
+) -> None:
+    """Committed 1000 on a partition that ends at 10 (a truncated log, a recreated topic, an
+    offset set by hand): the consumer's fetch is out of range and it resets by its policy, so
+    the 10 messages are not stranded at zero replicas under earliest (review r1)."""
+    topic, group = _name("truncated"), _name("ahead")
+    kafka_server.create_topic(topic, 1)
+    kafka_server.produce(topic, 10)
+    kafka_server.commit(group, topic, {0: 1000})
+    source = plain(kafka_server)
+    try:
+        sample = await sampled(source, GroupScope(group, reset).ref(topic))
+    finally:
+        await source.close()
+    assert (sample.ready, sample.complete) == (ready, True)
+    assert sample.note is not None
+    assert f"committed offset beyond the end on 1 partition of topic {topic!r}" in sample.note
 
 
 async def test_a_missing_topic_is_queue_not_found_beside_a_good_one(

@@ -31,6 +31,12 @@ once every broker the round asked has gone; the credentials or the TLS handshake
 round out of time) raises SourceError when it is the only one sampled; a broker of it that
 fails alone fails the groups and partitions it serves, and the coordinators and leaders it was
 are looked up again at the next round.
+
+A broker that accepts and never answers (a GC stall, a hung disk): a request it leaves
+unanswered past the timeout closes its connection (aiokafka would keep it, and every request
+in its queue), it is not asked again within the round (what it serves fails at once), a
+Metadata refresh it failed leaves the cached partitions and leaders serving, and the next round
+asks another broker. Every connection timed out is the cluster's timeout as a whole.
 """
 
 from __future__ import annotations
@@ -210,6 +216,9 @@ class _Link:
     conn: Any
     host: str
     port: int
+    failed: SourceError | None = None
+    """Why it was closed (a request not answered in time): every request still waiting on it
+    fails with this, not with 'connection closed'."""
 
     @property
     def versions(self) -> Mapping[int, tuple[int, int]]:
@@ -218,7 +227,7 @@ class _Link:
         return found if isinstance(found, Mapping) else {}
 
     def alive(self) -> bool:
-        return bool(self.conn.connected())
+        return self.failed is None and bool(self.conn.connected())
 
     async def send(self, request: Any) -> Any:
         return await self.conn.send(_Prepared(request))
@@ -261,6 +270,10 @@ class _Cluster:
         self._ssl = _ssl_context(broker)
         self._links: dict[int, _Link] = {}
         self._bootstrap: _Link | None = None
+        self._down: dict[tuple[str, int], SourceError] = {}
+        """Brokers (host, port) that failed this round: not asked again until the next."""
+        self._unread: dict[str, SourceError] = {}
+        """Why a topic never read has no metadata (its Metadata request failed)."""
         self._nodes: dict[int, Node] = {}
         self._topics: dict[str, Topic] = {}
         self._topics_at: dict[str, float] = {}
@@ -302,23 +315,30 @@ class _Cluster:
         return _Link(conn, host, port)
 
     async def _any(self) -> _Link:
-        """A connection to some broker of the cluster: one already open, else the first
-        bootstrap server that answers. Raises SourceError when none does."""
+        """A connection to some broker of the cluster: one already open that has not failed
+        this round, else the first bootstrap server that answers (one that failed this round
+        is not tried again). Raises SourceError when none does."""
         async with self._connecting:
             for link in (*self._links.values(), self._bootstrap):
-                if link is not None and link.alive():
+                if link is not None and link.alive() and (link.host, link.port) not in self._down:
                     return link
             first: SourceError | None = None
             for server in self.servers:
                 host, port = address(server)
-                try:
-                    self._bootstrap = await self._open(host, port)
-                    return self._bootstrap
-                except Exception as error:  # the next server may answer
-                    found = failure(error, f"Kafka at {server}")
-                    if found.kind in (ErrorKind.AUTH, ErrorKind.TLS_FAILED):
-                        raise found from None  # the same credentials fail on every broker
-                    first = first or found
+                found = self._down.get((host, port))
+                if found is not None:  # told as the cluster's, in the words of the broker's
+                    said = found.message.partition(": ")[2] or found.message
+                    found = SourceError(found.kind, f"Kafka at {server}: {said}")
+                else:
+                    try:
+                        self._bootstrap = await self._open(host, port)
+                        return self._bootstrap
+                    except Exception as error:  # the next server may answer
+                        found = failure(error, f"Kafka at {server}")
+                        if found.kind in (ErrorKind.AUTH, ErrorKind.TLS_FAILED):
+                            raise found from None  # the same credentials fail on every broker
+                        self._down[host, port] = found
+                first = first or found
             assert first is not None
             raise first
 
@@ -330,6 +350,9 @@ class _Cluster:
         node = self._nodes.get(node_id)
         if node is None:
             raise _error(ErrorKind.BAD_RESPONSE, f"{self.where}: broker {node_id} is not known")
+        down = self._down.get((node.host, node.port))
+        if down is not None:
+            raise down  # failed this round: its other requests fail with it, at once
         async with self._connecting:
             link = self._links.get(node_id)
             if link is not None and link.alive():
@@ -343,8 +366,9 @@ class _Cluster:
                     link = await self._open(node.host, node.port)
                 except Exception as error:
                     self._forget(node_id)
-                    raise failure(error, f"Kafka broker {node_id} at {node.host}:{node.port}"
-                                  ) from None
+                    found = failure(error, f"Kafka broker {node_id} at {node.host}:{node.port}")
+                    self._down[node.host, node.port] = found
+                    raise found from None
             self._links[node_id] = link
             return link
 
@@ -358,15 +382,59 @@ class _Cluster:
             if node_id in topic.leaders.values():
                 self._topics_at.pop(name, None)
 
+    def _drop(self, link: _Link, error: SourceError) -> None:
+        """A connection that left a request unanswered: closed (aiokafka fails what waits on
+        it and forgets it, so nothing piles up in its queue), not used again this round, and
+        the broker's coordinators and leaderships looked up again, as Kafka's own client
+        disconnects a node on a request timeout. The next round connects afresh."""
+        if link.failed is None:
+            link.failed = error
+        link.close()
+        self._down.setdefault((link.host, link.port), error)
+        if self._bootstrap is link:
+            self._bootstrap = None
+        for node_id, held in list(self._links.items()):
+            if held is link:
+                del self._links[node_id]
+        for node_id, node in self._nodes.items():
+            if (node.host, node.port) == (link.host, link.port):
+                self._forget(node_id)
+
+    async def _send(self, link: _Link, request: Any) -> Any:
+        """One request's answer. Not answered within the timeout (aiokafka leaves the
+        connection open and the request in its queue), or abandoned by the round's bound: the
+        connection is dropped."""
+        if link.failed is not None:
+            raise link.failed
+        try:
+            return await link.send(request)
+        except (TimeoutError, kafka_errors.KafkaTimeoutError):
+            late = _error(ErrorKind.TIMEOUT, f"Kafka at {link.host}:{link.port}: no answer in time")
+            self._drop(link, late)
+            raise (link.failed or late) from None
+        except asyncio.CancelledError:
+            self._drop(link, _error(
+                ErrorKind.TIMEOUT, f"Kafka at {link.host}:{link.port}: no answer in time"))
+            raise
+        except Exception:
+            if link.failed is not None:  # closed because another request timed out
+                raise link.failed from None
+            raise
+
     async def _still_reachable(self) -> None:
         """After a round: when no connection to the cluster is alive any more (every broker it
         asked could not be reached), the bootstrap servers are tried, and none answering is the
         cluster gone as a whole (raises SourceError), not each group's and partition's failure.
-        A broker down beside others that answer fails only what it serves."""
+        A broker down beside others that answer fails only what it serves; every connection
+        dropped for not answering in time is the cluster's timeout."""
         if any(link.alive() for link in (*self._links.values(), self._bootstrap)
                if link is not None):
             return
         await self._any()
+
+    def _new_round(self) -> None:
+        self.used_at = time.monotonic()
+        self._down.clear()
 
     def _settle_bootstrap(self) -> None:
         """Once a broker's own connection is open, the bootstrap one (to a name that may be a
@@ -395,17 +463,25 @@ class _Cluster:
         }
         if not stale:
             return
-        link = await self._any()
+        link = await self._any()  # none: the cluster cannot be reached (raises)
         try:
             version = _version(link, METADATA, (4, 5), "Metadata")
-            answer = read_metadata(await link.send(metadata_request(stale, version)))
+            answer = read_metadata(await self._send(link, metadata_request(stale, version)))
         except Exception as error:
-            raise failure(error, self.where) from None
+            # What is cached still serves (a broker that hangs must not fail every group
+            # through the refresh), asked again next round, of another broker if this one hung;
+            # with nothing cached, nothing can be read.
+            problem = failure(error, f"Kafka at {link.host}:{link.port}")
+            if not any(name in self._topics for name in topics):
+                raise problem from None
+            self._unread.update((name, problem) for name in stale if name not in self._topics)
+            return
         self._nodes.update(answer.nodes)
         for name in stale:
             self._topics[name] = answer.topics.get(
                 name, Topic(name, {}, UNKNOWN_TOPIC_OR_PARTITION))
             self._topics_at[name] = now
+            self._unread.pop(name, None)
 
     async def _find(self, groups: Collection[str]) -> dict[str, int | SourceError]:
         """Each group's coordinator: cached, else asked (one request for all, on v4)."""
@@ -419,7 +495,7 @@ class _Cluster:
             link = await self._any()
             version = _version(link, FIND_COORDINATOR, (1, 4), "FindCoordinator")
             requests = find_coordinator_requests(unknown, version)
-            answers = await asyncio.gather(*(link.send(r) for r in requests))
+            answers = await asyncio.gather(*(self._send(link, r) for r in requests))
             if version >= 4:
                 coordinators = [c for answer in answers for c in read_coordinators(answer)]
             else:
@@ -459,9 +535,9 @@ class _Cluster:
             return dict.fromkeys(names, error), dict.fromkeys(names if describe else (), error)
         fetches = offset_fetch_requests(groups, fetch_version)
         asked = [names] if fetch_version >= 8 else [[name] for name in names]
-        sends = [link.send(r) for r in fetches]
+        sends = [self._send(link, r) for r in fetches]
         if describe:
-            sends.append(link.send(describe_groups_request(names, describe_version)))
+            sends.append(self._send(link, describe_groups_request(names, describe_version)))
         answers = await asyncio.gather(*sends, return_exceptions=True)
         committed: dict[str, Committed | SourceError] = {}
         described: dict[str, Group | SourceError] = {}
@@ -537,7 +613,8 @@ class _Cluster:
         except SourceError as error:
             return {stamp: dict.fromkeys(partitions, error) for stamp in timestamps}
         answers = await asyncio.gather(
-            *(link.send(list_offsets_request(partitions, stamp, version)) for stamp in timestamps),
+            *(self._send(link, list_offsets_request(partitions, stamp, version))
+              for stamp in timestamps),
             return_exceptions=True,
         )
         where = f"Kafka broker {node_id} at {link.host}:{link.port}"
@@ -593,7 +670,8 @@ class _Cluster:
         for name in topics:
             topic = self._topics.get(name)
             if topic is None:
-                found[name] = _error(ErrorKind.BAD_RESPONSE, f"topic {name!r}: no metadata")
+                found[name] = self._unread.get(name) or _error(
+                    ErrorKind.BAD_RESPONSE, f"topic {name!r}: no metadata")
             elif topic.error == UNKNOWN_TOPIC_OR_PARTITION:
                 found[name] = _error(ErrorKind.QUEUE_NOT_FOUND, f"topic {name!r} does not exist")
             elif topic.error:
@@ -606,7 +684,7 @@ class _Cluster:
     async def read(self, wanted: Mapping[str, Collection[str]]) -> Reading:
         """One round: every group's committed offsets and description, every partition's end
         and start offsets of the topics asked about (`wanted`: group -> topics)."""
-        self.used_at = time.monotonic()
+        self._new_round()
         topics = {topic for names in wanted.values() for topic in names}
         await self._metadata(topics)
         partitions = self._partitions(topics)
@@ -640,7 +718,7 @@ class _Cluster:
                dict[TopicPartition, int | SourceError]]:
         """The groups' members, committed offsets (on every partition they committed on) and
         the end offsets of their members' and commits' partitions."""
-        self.used_at = time.monotonic()
+        self._new_round()
         committed, described = await self._coordinators_round(
             dict.fromkeys(groups, None), describe=True)
         topics: set[str] = set()
