@@ -119,3 +119,31 @@ def test_members_matching_no_pod_hold_the_pool() -> None:
     made = plan(SPEC, Memory(current_replicas=4), Observations(
         now=NOW, answer={ref: sample}, current=4, workers=look), generation=1, name="qs")
     assert made.scale_to is None  # a busy member on no known pod could be any of them
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "core: a state with no history counts Kafka's unknown publish rate (counters need a "
+    "60 s span) as zero, and the stabilization window is empty, so the first tick at lag 0 "
+    "answers idle -> minReplicas; the fix belongs in core.decision (hold a shrink while the "
+    "sample has counters and the flow is unknown), which this change may not edit"))
+def test_a_new_queuescaler_does_not_shrink_before_the_rates_are_counted() -> None:
+    """Review r1 (D): a QueueScaler created over 6 replicas that keep pace with 40 msg/s, lag
+    0 at every poll. The full window `scaling_pauses` gives Kafka does not hold it: with no
+    stored history the window holds nothing, and the first tick takes the pool to zero."""
+    from queuescaler.core.decision import ScalerState, decide, next_state
+
+    spec = parse_spec({
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
+        "minReplicas": 0, "maxReplicas": 20, "pollingIntervalSeconds": 15,
+        "source": {"kafka": {"topic": "orders", "consumerGroup": "workers",
+                             "connectionSecretRef": {"name": "kafka"}}},
+    })
+    state, current, total = ScalerState(), 6, 100_000
+    for tick in range(1, 4):  # 15, 30 and 45 s: the counters span less than a minute
+        now, total = NOW + 15 * tick, total + 600
+        sample = QueueSample(ready=0, unacked=0, consumers=current, taken_at=now,
+                             published_total=total, acked_total=total, parallelism=20,
+                             backlog_parallelism=0, scaling_pauses=True)
+        decision = decide(spec, sample, current, state, now, busy_workers=0)
+        assert decision.replicas == 6, (tick, decision)
+        state = next_state(spec, state, sample, current, decision, now, scaled=False)
