@@ -384,8 +384,11 @@ class Cluster:
 
     def processes(self) -> dict[str, list[int]]:
         """Every process of the control plane whose CPU is sampled (the operators apart)."""
-        return {"kube-controller-manager": [self.pid("kube-controller-manager")],
-                "kube-apiserver": [self.pid("kube-apiserver")]}
+        found = {"kube-controller-manager": [self.pid("kube-controller-manager")],
+                 "kube-apiserver": [self.pid("kube-apiserver")]}
+        with contextlib.suppress(OSError, ValueError):  # the broker, for the count test
+            found["rabbitmq"] = [int((CACHE / f"run-{self.name}" / "rabbitmq.pid").read_text())]
+        return found
 
     def _kcm_metrics(self) -> str:
         config_text = (CACHE / f"run-{self.name}" / "kwokctl.yaml").read_text()
@@ -867,6 +870,7 @@ PROCESS_NOTES = {
     "kube-controller-manager": "all its controllers: the HPA (KEDA's scaling), deployments, "
                                "replica sets, ... for every pool",
     "kube-apiserver": "serves everyone",
+    "rabbitmq": "the broker (every pool's workers and publishers too)",
 }
 
 

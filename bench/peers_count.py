@@ -15,7 +15,7 @@ and the broker's counters belong to one engine), in a namespace of their own:
                10, minReplicaCount 1, KEDA's documented defaults (so the HPA's 15 s sync asks
                KEDA's metrics adapter for each one's metric, and KEDA asks the broker).
 Once every scaler is ready (a QueueScaler with a decision; a ScaledObject Ready and its HPA
-with a current metric) and a warm-up, measured over --minutes:
+with a current metric), every Deployment's pod made, and a warm-up, measured over --minutes:
   mgmt requests and connections opened per minute, counted by a loopback relay in front of the
   management API that only the namespace's Secret names; AMQP connections opened per minute
   and open at the end, likewise (queuescaler keeps one open for its fast path; KEDA's
@@ -23,7 +23,7 @@ with a current metric) and a warm-up, measured over --minutes:
   CPU seconds (per minute) and peak RSS of the queuescaler operator, of keda-operator +
   keda-adapter, of the kube-controller-manager (its HPA controller does KEDA's scaling; it
   runs in both phases, with the same N Deployments, so its difference is the HPA's share)
-  and of the kube-apiserver;
+  and of the kube-apiserver and the broker (RabbitMQ's VM);
   the apiserver's requests per minute (apiserver_request_total grown over the window: one
   engine runs at a time, so the growth is that engine's plus the cluster's background).
 Prints one Markdown table; the raw numbers go to ~/.cache/queuescaler/out/peers-count-<time>.json.
@@ -143,6 +143,12 @@ def ready_count(cluster: Cluster, engine: str, namespace: str) -> int:
     return sum(1 for line in out.stdout.splitlines() if line.strip())
 
 
+def pod_count(cluster: Cluster, namespace: str) -> int:
+    out = cluster.env.kubectl("get", "pods", "-n", namespace, "--no-headers", "-o", "name",
+                              check=False)
+    return len(out.stdout.split())
+
+
 class Sampler:
     """CPU and RSS of the named process groups every 2 s, in a thread."""
 
@@ -181,7 +187,7 @@ class Sampler:
 
 
 def run_phase(cluster: Cluster, engine: str, count: int, minutes: float,
-              out: Any) -> CountResult:
+              out: Any, settle: float = SETTLE_BOUND) -> CountResult:
     env = cluster.env
     result = CountResult(engine, count)
     namespace = f"peers-count-{engine}-{count}"
@@ -222,7 +228,11 @@ def run_phase(cluster: Cluster, engine: str, count: int, minutes: float,
         say(f"  {engine} x {count}: applied in {time.time() - began:.0f} s; waiting for "
             "every scaler ready")
         wait_until(lambda: ready_count(cluster, engine, namespace) >= count,
-                   timeout=SETTLE_BOUND, what=f"{count} {engine} scalers ready", every=5)
+                   timeout=settle, what=f"{count} {engine} scalers ready", every=5)
+        # The replica sets' pods (one per Deployment, kwok's) made before the window: the
+        # controller-manager creating them is not the engine's cost.
+        wait_until(lambda: pod_count(cluster, namespace) >= count, timeout=settle,
+                   what=f"{count} pods made", every=5)
         result.settle_seconds = time.time() - began
         say(f"  {engine} x {count}: ready in {result.settle_seconds:.0f} s; warm-up "
             f"{WARM_UP:.0f} s, then {minutes:g} min measured")
@@ -282,6 +292,7 @@ def table(results: list[CountResult]) -> list[str]:
              "AMQP connections opened /min (open)", "broker connections open",
              "operator CPU s/min (RSS MB)", "KEDA operator+adapter CPU s/min (RSS MB)",
              "kube-controller-manager CPU s/min (RSS MB)", "kube-apiserver CPU s/min",
+             "RabbitMQ CPU s/min",
              "apiserver requests /min (engine's resources / all)", "ready after (s)"]
     lines = ["| " + " | ".join(heads) + " |", "|---|" + "---:|" * (len(heads) - 1)]
     for r in results:
@@ -300,6 +311,7 @@ def table(results: list[CountResult]) -> list[str]:
             num(r.broker_connections_open, 0),
             cpu_cell(r, "queuescaler"), cpu_cell(r, "keda"),
             cpu_cell(r, "kube-controller-manager"), cpu_cell(r, "kube-apiserver").split(" ")[0],
+            cpu_cell(r, "rabbitmq").split(" ")[0],
             f"{mine / per_min:.0f} / {sum(apiserver.values()) / per_min:.0f}",
             num(r.settle_seconds, 0),
         ]) + " |")
@@ -312,6 +324,8 @@ def main() -> None:
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--minutes", type=float, default=3.0, help="each phase's window")
     parser.add_argument("--env", default=os.environ.get("QS_ENV") or "peers")
+    parser.add_argument("--settle", type=float, default=SETTLE_BOUND,
+                        help="seconds from the apply to every scaler ready, at most")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",") if c]
     engines = [e for e in args.engines.split(",") if e]
@@ -329,7 +343,7 @@ def main() -> None:
     for count in counts:
         for engine in engines:
             say(f"{engine} x {count} ({args.minutes:g} min window)")
-            results.append(run_phase(cluster, engine, count, args.minutes, out))
+            results.append(run_phase(cluster, engine, count, args.minutes, out, args.settle))
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     raw = out / f"peers-count-{stamp}.json"
     raw.write_text(json.dumps({"keda": keda_version(), "minutes": args.minutes,
