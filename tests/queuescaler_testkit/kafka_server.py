@@ -37,11 +37,8 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +52,13 @@ from aiokafka.errors import UnknownTopicOrPartitionError, for_code
 from aiokafka.structs import OffsetAndMetadata
 
 from queuescaler_testkit.env import CACHE, REPO
+from queuescaler_testkit.private_server import (
+    SessionShare,
+    listening,
+    started,
+    stop_leftover,
+    terminate,
+)
 from queuescaler_testkit.redis_server import make_ca, make_server_cert
 
 T = TypeVar("T")
@@ -162,12 +166,6 @@ def _cluster_id() -> str:
 def _password() -> str:
     """Letters, digits, '_' and '-' only: it goes into JAAS and --add-scram text unquoted."""
     return "qs-" + secrets.token_urlsafe(18)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -337,15 +335,9 @@ class KafkaServer:
 
     def _stop_leftover(self) -> None:
         """A server a killed test run left on our ports: ours by its pidfile and its command."""
-        with contextlib.suppress(OSError, ValueError):
-            pid = int((self._dir / "kafka.pid").read_text().strip())
-            command = Path(f"/proc/{pid}/cmdline").read_bytes()
-            config = str(self._dir / "server.properties").encode()
-            if b"kafka.Kafka" in command and config in command:
-                os.kill(pid, signal.SIGTERM)
-                if not _wait_gone(pid, STOP_TIMEOUT):
-                    os.kill(pid, signal.SIGKILL)
-                    _wait_gone(pid, 10.0)
+        config = str(self._dir / "server.properties").encode()
+        stop_leftover(self._dir / "kafka.pid", b"kafka.Kafka", config, timeout=STOP_TIMEOUT,
+                      kill=True)
 
     def _format(self) -> None:
         scram = [
@@ -370,7 +362,7 @@ class KafkaServer:
         self._dir.mkdir(parents=True, exist_ok=True)
         self._stop_leftover()
         for port in self.ports:
-            if _listening(port):
+            if listening(port):
                 raise KafkaServerError(f"127.0.0.1:{port} is taken by a process not ours")
         for old in self._dir.iterdir():
             if old.is_dir():
@@ -420,18 +412,15 @@ class KafkaServer:
             stdout.close()
         self.pid = self._process.pid
         (self._dir / "kafka.pid").write_text(f"{self.pid}\n")
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self.ready():
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise KafkaServerError(f"kafka did not start: {self.log_tail()}")
-            time.sleep(0.2)
+        if not started(self._process, self.ready, START_TIMEOUT, every=0.2):
+            self.stop()
+            raise KafkaServerError(f"kafka did not start: {self.log_tail()}")
         return self
 
     def ready(self) -> bool:
         """Whether the plain listener accepts a connection and answers a metadata request that
         names this broker (a broker is listed once its controller has unfenced it)."""
-        if not _listening(self.ports.plaintext):
+        if not listening(self.ports.plaintext):
             return False
 
         async def brokers() -> int:
@@ -460,13 +449,7 @@ class KafkaServer:
         """SIGTERM to our PID, SIGKILL if it is still there after STOP_TIMEOUT. Idempotent."""
         if self._process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            self._process.send_signal(signal.SIGTERM)
-        try:
-            self._process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(timeout=10)
+        terminate(self._process, STOP_TIMEOUT)
         self._process = None
         self.pid = None
 
@@ -628,30 +611,10 @@ class KafkaServer:
         return _run(fetch)
 
 
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not Path(f"/proc/{pid}").exists()
+_session = SessionShare(lambda: KafkaServer(ports=PORTS).start())
 
 
-_shared: KafkaServer | None = None
-_users = 0
-
-
-@contextlib.contextmanager
-def session_server() -> Iterator[KafkaServer]:
+def session_server() -> contextlib.AbstractContextManager[KafkaServer]:
     """The server on PORTS that every test of a session shares: started by its first user,
-    stopped by its last. The integration and the end-to-end tests each hold it with a session
-    fixture of their own, so one run of both starts it once."""
-    global _shared, _users
-    if _shared is None:
-        _shared = KafkaServer(ports=PORTS).start()
-    _users += 1
-    try:
-        yield _shared
-    finally:
-        _users -= 1
-        if _users == 0:
-            _shared.stop()
-            _shared = None
+    stopped by its last (see SessionShare)."""
+    return _session.hold()

@@ -17,17 +17,20 @@ Certificates are made with the `openssl` command (Debian's), into that directory
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
-import signal
 import socket
 import subprocess
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from queuescaler_testkit.env import CACHE
+from queuescaler_testkit.private_server import (
+    SessionShare,
+    listening,
+    started,
+    stop_leftover,
+    terminate,
+)
 
 REDIS_SERVER = "/usr/bin/redis-server"
 PORT = 24379
@@ -44,12 +47,6 @@ to 23 the end-to-end tests'."""
 
 class RedisServerError(RuntimeError):
     """The server could not be started; the message carries its log's tail."""
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -120,14 +117,9 @@ class RedisServer:
 
     def _stop_leftover(self) -> None:
         """A server a killed test run left on our port: ours by its pidfile and its command."""
-        pidfile = self._dir / "redis.pid"
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(pidfile.read_text().strip())
-            # redis-server retitles itself "redis-server 127.0.0.1:<port>".
-            command = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"redis-server" in command and f":{self.port}".encode() in command:
-                os.kill(pid, signal.SIGTERM)
-                _wait_gone(pid, 10.0)
+        # redis-server retitles itself "redis-server 127.0.0.1:<port>".
+        stop_leftover(self._dir / "redis.pid", b"redis-server", f":{self.port}".encode(),
+                      timeout=10.0)
 
     def _config(self) -> str:
         lines = [
@@ -160,7 +152,7 @@ class RedisServer:
         self._dir.mkdir(parents=True, exist_ok=True)
         self._stop_leftover()
         for port in (self.port, self.tls_port):
-            if port is not None and _listening(port):
+            if port is not None and listening(port):
                 raise RedisServerError(f"127.0.0.1:{port} is taken by a process not ours")
         for old in self._dir.iterdir():
             if old.is_file():
@@ -181,12 +173,9 @@ class RedisServer:
             start_new_session=True,  # a Ctrl-C of the test run is not delivered to it twice
         )
         self.pid = self._process.pid
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self.ping():
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RedisServerError(f"redis-server did not start: {self.log_tail()}")
-            time.sleep(0.05)
+        if not started(self._process, self.ping, START_TIMEOUT, every=0.05):
+            self.stop()
+            raise RedisServerError(f"redis-server did not start: {self.log_tail()}")
         return self
 
     def ping(self) -> bool:
@@ -214,13 +203,7 @@ class RedisServer:
         """SIGTERM to our PID, SIGKILL if it is still there after 10 s. Idempotent."""
         if self._process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            self._process.send_signal(signal.SIGTERM)
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(timeout=10)
+        terminate(self._process, 10.0)
         self._process = None
         self.pid = None
 
@@ -239,29 +222,10 @@ def _command(*parts: str) -> bytes:
     )
 
 
-def _wait_gone(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+_session = SessionShare(lambda: RedisServer(port=PORT, tls_port=TLS_PORT).start())
 
 
-_shared: RedisServer | None = None
-_users = 0
-
-
-@contextlib.contextmanager
-def session_server() -> Iterator[RedisServer]:
+def session_server() -> contextlib.AbstractContextManager[RedisServer]:
     """The server on PORT (and TLS_PORT) that every test of a session shares: started by its
-    first user, stopped by its last. The integration and the end-to-end tests each hold it
-    with a session fixture of their own, so one run of both starts it once."""
-    global _shared, _users
-    if _shared is None:
-        _shared = RedisServer(port=PORT, tls_port=TLS_PORT).start()
-    _users += 1
-    try:
-        yield _shared
-    finally:
-        _users -= 1
-        if _users == 0:
-            _shared.stop()
-            _shared = None
+    first user, stopped by its last (see SessionShare)."""
+    return _session.hold()
