@@ -8,7 +8,6 @@ without them decides as before.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -23,39 +22,9 @@ from queuescaler.core.decision import (
     decide,
 )
 from queuescaler.core.sample import QueueSample, combine
-from queuescaler.core.spec import QueueScalerSpec
-from queuescaler.sources.registry import parse_spec
+from support import LOOSE, NOW, make_spec
 
 pytestmark = pytest.mark.unit
-
-NOW = 10_000.0
-
-MINIMAL: dict[str, Any] = {
-    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
-    "maxReplicas": 100,
-    "source": {"rabbitmq": {"queue": "jobs", "connectionSecretRef": {"name": "creds"}}},
-}
-
-LOOSE: dict[str, Any] = {
-    "minReplicas": 0,
-    "behavior.tolerance": 0,
-    "behavior.scaleUp.cooldownSeconds": 0,
-    "behavior.scaleUp.maxStepReplicas": 1000,
-    "behavior.scaleDown.cooldownSeconds": 0,
-    "behavior.scaleDown.stabilizationSeconds": 0,
-    "behavior.scaleDown.maxStepReplicas": 1000,
-}
-
-
-def make_spec(settings: Mapping[str, Any]) -> QueueScalerSpec:
-    raw = copy.deepcopy(MINIMAL)
-    for path, value in {**LOOSE, **settings}.items():
-        node = raw
-        *parents, leaf = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return parse_spec(raw)
 
 
 def kafka(
@@ -82,7 +51,8 @@ def decided(
     queue: QueueSample, current: int, settings: Mapping[str, Any] | None = None,
     state: ScalerState | None = None,
 ) -> Decision:
-    return decide(make_spec(settings or {}), queue, current, state or ScalerState(), NOW)
+    spec = make_spec({**LOOSE, **(settings or {})})
+    return decide(spec, queue, current, state or ScalerState(), NOW)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@ shows one rule at work; the rows that need a damping switch it back on.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -24,41 +23,10 @@ from queuescaler.core.decision import (
     next_state,
 )
 from queuescaler.core.sample import QueueSample
-from queuescaler.core.spec import QueueScalerSpec
 from queuescaler.core.throughput import Reading
-from queuescaler.sources.registry import parse_spec
+from support import LOOSE, NOW, make_spec
 
 pytestmark = pytest.mark.unit
-
-NOW = 10_000.0
-
-MINIMAL: dict[str, Any] = {
-    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
-    "maxReplicas": 100,
-    "source": {"rabbitmq": {"queue": "jobs", "connectionSecretRef": {"name": "creds"}}},
-}
-
-LOOSE: dict[str, Any] = {
-    "minReplicas": 0,
-    "behavior.tolerance": 0,
-    "behavior.scaleUp.cooldownSeconds": 0,
-    "behavior.scaleUp.maxStepReplicas": 1000,
-    "behavior.scaleDown.cooldownSeconds": 0,
-    "behavior.scaleDown.stabilizationSeconds": 0,
-    "behavior.scaleDown.maxStepReplicas": 1000,
-}
-
-
-def make_spec(settings: Mapping[str, Any]) -> QueueScalerSpec:
-    """MINIMAL with dotted camelCase paths set, through the real parser."""
-    raw = copy.deepcopy(MINIMAL)
-    for path, value in settings.items():
-        node = raw
-        *parents, leaf = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return parse_spec(raw)
 
 
 def sample(
