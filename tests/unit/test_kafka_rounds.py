@@ -253,23 +253,31 @@ def refs_for(c: Cluster, scope: Callable[[str], GroupScope] = GroupScope) -> lis
     return [scope(name).ref(next(iter(group.commits))[0]) for name, group in c.groups.items()]
 
 
+async def two_ticks(c: Cluster) -> tuple[Counter[str], Counter[str]]:
+    """The requests of a first tick (every group read at a lag of 30) and of the next one."""
+    source = source_for(c)
+    refs = refs_for(c)
+    first = await source.sample(refs)
+    assert all(isinstance(s, QueueSample) and s.ready == 30 for s in first.values())
+    sent = c.count()
+    c.sent.clear()
+    await source.sample(refs)
+    then = c.count()
+    await source.close()
+    return sent, then
+
+
 # --- one round per tick -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("groups", [1, 10, 100])
 async def test_a_tick_costs_four_requests_on_one_broker_whatever_the_groups(groups: int) -> None:
     c = cluster_of(topics=10, groups=groups)
-    source = source_for(c)
-    refs = refs_for(c)
-    first = await source.sample(refs)
-    assert all(isinstance(s, QueueSample) and s.ready == 30 for s in first.values())
-    assert c.count() == {"Metadata": 1, "FindCoordinator": 1, "OffsetFetch": 1,
-                         "DescribeGroups": 1, "ListOffsets": 2}
-    c.sent.clear()
-    await source.sample(refs)
-    assert c.count() == {"OffsetFetch": 1, "DescribeGroups": 1, "ListOffsets": 2}
+    first, then = await two_ticks(c)
+    assert first == {"Metadata": 1, "FindCoordinator": 1, "OffsetFetch": 1,
+                     "DescribeGroups": 1, "ListOffsets": 2}
+    assert then == {"OffsetFetch": 1, "DescribeGroups": 1, "ListOffsets": 2}
     assert c.opened == [("127.0.0.1", 9091)]  # the bootstrap connection became broker 1's
-    await source.close()
 
 
 async def test_requests_grow_with_brokers_not_with_groups() -> None:
@@ -291,15 +299,10 @@ async def test_requests_grow_with_brokers_not_with_groups() -> None:
 
 async def test_brokers_before_kafka_3_get_one_fetch_per_group() -> None:
     c = cluster_of(topics=2, groups=5, versions=BEFORE_3)
-    source = source_for(c)
-    refs = refs_for(c)
-    samples = await source.sample(refs)
-    assert all(isinstance(s, QueueSample) and s.ready == 30 for s in samples.values())
-    assert c.count() == {"Metadata": 1, "FindCoordinator": 5, "OffsetFetch": 5,
-                         "DescribeGroups": 1, "ListOffsets": 2}
-    c.sent.clear()
-    await source.sample(refs)
-    assert c.count() == {"OffsetFetch": 5, "DescribeGroups": 1, "ListOffsets": 2}
+    first, then = await two_ticks(c)
+    assert first == {"Metadata": 1, "FindCoordinator": 5, "OffsetFetch": 5,
+                     "DescribeGroups": 1, "ListOffsets": 2}
+    assert then == {"OffsetFetch": 5, "DescribeGroups": 1, "ListOffsets": 2}
 
 
 async def test_metadata_is_read_again_once_old() -> None:

@@ -61,6 +61,16 @@ async def one(source: KafkaSource, ref: QueueRef) -> QueueSample | SourceError:
     return (await source.sample([ref]))[ref]
 
 
+async def refusal(source: KafkaSource, ref: QueueRef) -> SourceError:
+    """The SourceError a tick raises as a whole (the source closed afterwards)."""
+    try:
+        with pytest.raises(SourceError) as refused:
+            await source.sample([ref])
+    finally:
+        await source.close()
+    return refused.value
+
+
 async def sampled(source: KafkaSource, ref: QueueRef, timeout: float = 30.0) -> QueueSample:
     """The queue's sample, once there is one: on a fresh broker a group's first FindCoordinator
     answers COORDINATOR_NOT_AVAILABLE while the offsets topic is being created (the source
@@ -272,25 +282,17 @@ async def test_a_wrong_password_is_auth_and_never_told(
     source = KafkaSource(broker_from_secret({
         "bootstrapServers": kafka_server.sasl_bootstrap, "sasl": mechanism, "username": user,
         "password": wrong}))
-    try:
-        with pytest.raises(SourceError) as refused:
-            await source.sample([ref])
-    finally:
-        await source.close()
-    assert refused.value.kind is ErrorKind.AUTH
-    assert wrong not in str(refused.value)
+    refused = await refusal(source, ref)
+    assert refused.kind is ErrorKind.AUTH
+    assert wrong not in str(refused)
 
 
 async def test_a_plain_client_on_the_sasl_listener_is_refused(kafka_server: KafkaServer) -> None:
     ref = await _a_topic(kafka_server)
     source = KafkaSource(broker_from_secret({"bootstrapServers": kafka_server.sasl_bootstrap}),
                          timeout=2.0)
-    try:
-        with pytest.raises(SourceError) as refused:
-            await source.sample([ref])
-    finally:
-        await source.close()
-    assert refused.value.kind in (ErrorKind.UNREACHABLE, ErrorKind.TIMEOUT)
+    refused = await refusal(source, ref)
+    assert refused.kind in (ErrorKind.UNREACHABLE, ErrorKind.TIMEOUT)
 
 
 async def test_tls_with_the_clusters_ca(kafka_server: KafkaServer) -> None:
@@ -304,34 +306,34 @@ async def test_tls_with_the_clusters_ca(kafka_server: KafkaServer) -> None:
         await source.close()
 
 
-@pytest.mark.parametrize("which", ["another-ca", "system-cas"])
-async def test_tls_with_the_wrong_ca_is_tls_failed(kafka_server: KafkaServer, which: str) -> None:
+@pytest.mark.parametrize(
+    ("secret", "timeout", "said"),
+    [
+        pytest.param(
+            lambda server: {"bootstrapServers": server.ssl_bootstrap, "tls": "enable",
+                            "ca.crt": server.wrong_ca_cert},
+            5.0, "certificate verify failed", id="another-ca",
+        ),
+        pytest.param(
+            lambda server: {"bootstrapServers": server.ssl_bootstrap, "tls": "enable"},
+            5.0, "certificate verify failed", id="system-cas",
+        ),
+        pytest.param(
+            lambda server: {"bootstrapServers": server.bootstrap, "tls": "enable",
+                            "ca.crt": server.ca_cert},
+            2.0, "during the handshake", id="tls-on-the-plain-listener",
+        ),
+    ],
+)
+async def test_tls_refused_is_tls_failed(
+    kafka_server: KafkaServer, secret: Callable[[KafkaServer], dict[str, str]], timeout: float,
+    said: str,
+) -> None:
     ref = await _a_topic(kafka_server)
-    secret = {"bootstrapServers": kafka_server.ssl_bootstrap, "tls": "enable"}
-    if which == "another-ca":
-        secret["ca.crt"] = kafka_server.wrong_ca_cert
-    source = KafkaSource(broker_from_secret(secret))
-    try:
-        with pytest.raises(SourceError) as refused:
-            await source.sample([ref])
-    finally:
-        await source.close()
-    assert refused.value.kind is ErrorKind.TLS_FAILED
-    assert "certificate verify failed" in refused.value.message
-
-
-async def test_tls_on_the_plain_listener_is_tls_failed(kafka_server: KafkaServer) -> None:
-    ref = await _a_topic(kafka_server)
-    source = KafkaSource(broker_from_secret({
-        "bootstrapServers": kafka_server.bootstrap, "tls": "enable",
-        "ca.crt": kafka_server.ca_cert}), timeout=2.0)
-    try:
-        with pytest.raises(SourceError) as refused:
-            await source.sample([ref])
-    finally:
-        await source.close()
-    assert refused.value.kind is ErrorKind.TLS_FAILED
-    assert "during the handshake" in refused.value.message
+    source = KafkaSource(broker_from_secret(secret(kafka_server)), timeout=timeout)
+    refused = await refusal(source, ref)
+    assert refused.kind is ErrorKind.TLS_FAILED
+    assert said in refused.message
 
 
 async def test_nobody_listening_is_unreachable(kafka_server: KafkaServer) -> None:
