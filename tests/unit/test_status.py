@@ -108,8 +108,16 @@ def test_a_measured_speed_stays_measured_across_a_restart(stored: Any, measured:
 )
 def test_restore_from_damaged_status_starts_fresh(stored: dict[str, Any]) -> None:
     state = state_from_status(stored, now=T0)
-    assert replace(state, restored=False) == ScalerState()
+    assert replace(state, restored=False, probe_failed_at=None) == ScalerState()
     assert state.restored is bool(stored)  # a restart all the same: no shrinking until counted
+
+
+@pytest.mark.parametrize(("measured", "paused_at"), [(False, T0), (True, None)])
+def test_a_restart_pauses_probing_an_unmeasured_pool(measured: bool, paused_at: Any) -> None:
+    """Whether a probe failed lately is not in status: the restarted operator waits as if
+    one had, or it could shrink a pool the run that kept going held (property test)."""
+    state = state_from_status({"perReplicaRate": 3.5, "perReplicaRateMeasured": measured}, T0)
+    assert state.probe_failed_at == paused_at
 
 
 def test_a_decisions_time_is_the_time_of_its_sentence() -> None:

@@ -150,8 +150,10 @@ class ScalerState:
     """The spec.source the readings were taken of (see _readings); None only before the
     first."""
     probe_failed_at: float | None = None
-    """When a probe last failed (`PROBE_PAUSE_SECONDS`); kept in memory only: after a
-    restart a pool may probe once more."""
+    """When a probe last failed (`PROBE_PAUSE_SECONDS`); kept in memory only: a state
+    restored from status takes its restart as one (no probing for that long), so a restart
+    never shrinks a pool the run that kept going would have held (a property test found
+    the restarted run probing 2 -> 1 where the other had just seen a probe fail)."""
 
 
 @dataclass(frozen=True, slots=True)

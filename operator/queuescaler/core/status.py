@@ -136,6 +136,10 @@ def state_from_status(status: Mapping[str, Any] | None, now: float) -> ScalerSta
         per_replica_rate=per_replica_rate,
         rate_measured=measured,
         restored=True,
+        # Whether a probe failed lately is kept in memory only: a restarted operator does
+        # not know, so it waits as if one had (a probe is a deliberate shrink, and the run
+        # that kept going may have been told by a failed one not to).
+        probe_failed_at=None if measured else now,
     )
 
 
