@@ -44,7 +44,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -53,11 +53,11 @@ from aiokafka.structs import OffsetAndMetadata
 
 from queuescaler_testkit.env import CACHE, REPO
 from queuescaler_testkit.private_server import (
+    PrivateServer,
     SessionShare,
     listening,
     started,
     stop_leftover,
-    terminate,
 )
 from queuescaler_testkit.redis_server import make_ca, make_server_cert
 
@@ -176,8 +176,8 @@ def _run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 @dataclass
-class KafkaServer:
-    """One Kafka process of ours. Not thread-safe; start and stop from one thread."""
+class KafkaServer(PrivateServer):
+    """One Kafka process of ours."""
 
     ports: KafkaPorts = PORTS
     plain_password: str = field(default_factory=_password)
@@ -187,14 +187,7 @@ class KafkaServer:
     scram512_password: str = field(default_factory=_password)
     """SCRAM512_USER's password."""
     cluster_id: str = field(default_factory=_cluster_id)
-    directory: Path | None = None
-    """Where its files go; CACHE/kafka/<plain port> by default (emptied at start)."""
-    pid: int | None = None
-    ca_cert: str = ""
-    """The PEM text of the CA that signed the SSL listener's certificate."""
-    wrong_ca_cert: str = ""
-    """Another CA's PEM text, for the test that a client refuses the listener with it."""
-    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    stop_timeout: ClassVar[float] = STOP_TIMEOUT
 
     @property
     def bootstrap(self) -> str:
@@ -445,19 +438,9 @@ class KafkaServer:
                 tails.append(f"{path.name}:\n" + "\n".join(text))
         return "\n".join(tails) or "(no log)"
 
-    def stop(self) -> None:
-        """SIGTERM to our PID, SIGKILL if it is still there after STOP_TIMEOUT. Idempotent."""
-        if self._process is None:
-            return
-        terminate(self._process, STOP_TIMEOUT)
-        self._process = None
-        self.pid = None
-
     def __enter__(self) -> KafkaServer:
         return self.start()
 
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
     # -- what tests do with it (plain listener) -----------------------------------------------
 

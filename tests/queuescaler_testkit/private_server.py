@@ -12,8 +12,9 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 
 def listening(port: int) -> bool:
@@ -67,6 +68,36 @@ def terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
+
+
+@dataclass
+class PrivateServer:
+    """What every private server knows of its process and its certificates, and its stop.
+    Not thread-safe; start and stop from one thread."""
+
+    directory: Path | None = None
+    """Where its files go; a directory of the cache named after its port by default (emptied
+    at start)."""
+    pid: int | None = None
+    ca_cert: str = ""
+    """The PEM text of the CA that signed the TLS listener's certificate ('' without one)."""
+    wrong_ca_cert: str = ""
+    """Another CA's PEM text, for the test that a client refuses the listener with it."""
+    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    stop_timeout: ClassVar[float] = 10.0
+    """Seconds between SIGTERM and SIGKILL."""
+
+    def stop(self) -> None:
+        """SIGTERM to our PID, SIGKILL if it is still there after stop_timeout. Idempotent."""
+        if self._process is None:
+            return
+        terminate(self._process, self.stop_timeout)
+        self._process = None
+        self.pid = None
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
 
 class Stoppable(Protocol):

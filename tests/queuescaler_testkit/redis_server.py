@@ -25,11 +25,11 @@ from pathlib import Path
 
 from queuescaler_testkit.env import CACHE
 from queuescaler_testkit.private_server import (
+    PrivateServer,
     SessionShare,
     listening,
     started,
     stop_leftover,
-    terminate,
 )
 
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -78,22 +78,14 @@ def make_server_cert(directory: Path, ca: tuple[Path, Path]) -> tuple[Path, Path
 
 
 @dataclass
-class RedisServer:
-    """One redis-server process of ours. Not thread-safe; start and stop from one thread."""
+class RedisServer(PrivateServer):
+    """One redis-server process of ours."""
 
     port: int = PORT
     tls_port: int | None = None
     """A TLS listener beside the plain one (clients need not present certificates)."""
     password: str = field(default_factory=lambda: "qs-" + secrets.token_urlsafe(18))
     """`requirepass`: the default user's password. Long enough to be redacted anywhere."""
-    directory: Path | None = None
-    """Where its files go; CACHE/redis/<port> by default (emptied at start)."""
-    pid: int | None = None
-    ca_cert: str = ""
-    """The PEM text of the CA that signed the TLS certificate ('' without TLS)."""
-    wrong_ca_cert: str = ""
-    """Another CA's PEM text, for the test that a client refuses the listener with it."""
-    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -199,19 +191,9 @@ class RedisServer:
         except OSError:
             return "(no log)"
 
-    def stop(self) -> None:
-        """SIGTERM to our PID, SIGKILL if it is still there after 10 s. Idempotent."""
-        if self._process is None:
-            return
-        terminate(self._process, 10.0)
-        self._process = None
-        self.pid = None
-
     def __enter__(self) -> RedisServer:
         return self.start()
 
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
 
 def _command(*parts: str) -> bytes:
