@@ -1,4 +1,4 @@
-"""KEDA beside queuescaler: the same traffic on three pools of real pika workers (issue 20).
+"""KEDA beside queuescaler: the same traffic on five pools of real pika workers (issue 20).
 
     python bench/peers.py [--minutes 10] [--traces bursts,poisson,flood] [--env peers]
                           [--pools queuescaler,keda,keda-fast,queuescaler-0,keda-0] [--seed 7]
@@ -8,7 +8,7 @@
 (`QS_ENV=peers QS_PORT_OFFSET=600 hack/testenv.sh up && QS_ENV=peers QS_PORT_OFFSET=600
 hack/keda.sh up`).
 
-Per trace, three pools on the same broker and the same cluster, each a Deployment of real
+Per trace, five pools (--pools) on the same broker and the same cluster, each a Deployment of real
 pika workers (the test kit's journalling consumer, tracking_worker.py: prefetch 4, 0.5 s of
 work per message, so 2 messages/s per replica; the pod runner plays the kubelet for the kwok
 pods), its own namespace and its own queue, all fed the same trace at the same time by one
@@ -36,7 +36,7 @@ Same bounds for all: 1 (the -0 pools: 0) to 10 replicas; 10 messages per replica
 (queuescaler's default messagesPerReplica, KEDA's `value`). The kube-controller-manager's
 HPA controller does KEDA's 1 <-> N scaling at its default 15 s sync, as in a real cluster.
 
-Traces (each --minutes long, the same schedule for the three pools, seeded):
+Traces (each --minutes long, the same schedule for every pool, seeded):
   bursts   120 messages at once every max(45 s, length / 10), from 5 s in;
   poisson  a steady Poisson stream of 6 messages/s (3 busy replicas' worth);
   flood    idle for the first third, then 16 messages/s (8 replicas' worth) to the end.
