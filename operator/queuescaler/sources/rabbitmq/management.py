@@ -35,6 +35,12 @@ from queuescaler.sources.rabbitmq.listing import (
 
 PER_ITEM_SECONDS = 0.001
 """Time a listing may take per queue asked for, on top of the request timeout."""
+KEEPALIVE_SECONDS = 45.0
+"""How long an idle connection to the management API is kept: beyond the default 15 s
+polling interval (aiohttp's own 15 s closed it just before each poll, and KEDA beside us
+kept one connection the whole run while we opened 26 to 35 in 10 minutes), within the
+60 s after which the API's web server (cowboy) may close an idle one itself."""
+
 _QUEUE_QUERY = "columns=" + ",".join(QUEUE_COLUMNS)
 _VHOST_QUERY = "columns=name"
 _CONNECTION_QUERY = "columns=" + ",".join(CONNECTION_COLUMNS)
@@ -83,7 +89,9 @@ class ManagementClient:
     def _open_session(self) -> aiohttp.ClientSession:
         """Made on first use, inside the running loop, then kept: keep-alive across ticks."""
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self._tls() if self._https else False)
+            connector = aiohttp.TCPConnector(
+                ssl=self._tls() if self._https else False, keepalive_timeout=KEEPALIVE_SECONDS
+            )
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=self._timeout,
