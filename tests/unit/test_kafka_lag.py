@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 
 import pytest
 
-from queuescaler.core import throughput
 from queuescaler.core.decision import ScalerState, decide
 from queuescaler.core.sample import BrokerClient, ErrorKind, QueueRef, SourceError
 from queuescaler.sources.kafka.lag import (
@@ -181,12 +179,7 @@ def test_a_commit_beyond_the_end_counts_as_the_consumer_would_reset(
     assert sample.note is not None
     assert (f"committed offset beyond the end on 1 partition of topic 'orders': counted as "
             f"{reset} would reset") in sample.note, sample.note
-    # a minute of readings at rest: the publish rate is known (zero)
-    at_rest: tuple[throughput.Reading, ...] = ()
-    for seconds in (90, 60, 30):
-        earlier = dataclasses.replace(sample, taken_at=NOW - seconds)
-        at_rest = throughput.remember(at_rest, earlier, 4)
-    assert decide(spec, sample, 4, ScalerState(readings=at_rest), NOW).replicas == replicas
+    assert decide(spec, sample, 4, ScalerState(), NOW).replicas == replicas
     lags = {("orders", 0): partition_lag(10, 0, 1000, reset)}
     (client,) = busy_members(scope, scope.scope, stable(member("pod-a", {"orders": (0,)})),
                              Committed("workers", {("orders", 0): 1000}), lags)

@@ -355,7 +355,6 @@ def _decide_with_sample(
         lambda n: _incomplete(sample, n, current),
         lambda n: _rebalancing(sample, n, current),
         lambda n: _still_counting(restored, n, current),
-        lambda n: _rate_uncounted(sample, flow, n, current),
         lambda n: _bounds(spec, n),
     ]
     for stage in stages:
@@ -671,18 +670,6 @@ def _still_counting(restored: bool, replicas: int, current: int) -> _Change | No
     if not restored or replicas >= current:
         return None
     note = f"held at {current}: the rates are still being counted after a restart"
-    return current, Reason.INCOMPLETE_SAMPLE, note
-
-
-def _rate_uncounted(sample: QueueSample, flow: Flow, replicas: int, current: int) -> _Change | None:
-    """No shrinking while the publish rate is still being counted: a broker with counters
-    and no rate fields (a Kafka group's offsets, a Redis stream) needs a minute of readings
-    before its rate is known, and an unknown rate counts as zero. A new QueueScaler over a
-    pool keeping pace at lag 0 then read "nothing waiting, nothing published" and took the
-    pool to zero at its first tick (found by review). It may grow."""
-    if replicas >= current or flow.publish is not None or sample.published_total is None:
-        return None
-    note = f"held at {current}: the publish rate is still being counted (a minute of readings)"
     return current, Reason.INCOMPLETE_SAMPLE, note
 
 
