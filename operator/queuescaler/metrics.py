@@ -288,7 +288,7 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "scale_events": ("counter", "Scale patches applied to targets, by direction.",
                      ("direction",)),
     "last_scale_timestamp_seconds": (
-        "gauge", "When the target was last scaled (Unix time); cooldowns count from here.", ()),
+        "gauge", "When the target was last scaled (Unix time).", ()),
     "scaling_limited": (
         "gauge",
         "1 when a bound, step limit, cooldown or stabilization changed the last decision.", ()),

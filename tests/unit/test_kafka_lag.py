@@ -338,3 +338,15 @@ def test_busy_members_cannot_be_told_without_the_group() -> None:
         busy_members(SCOPE, TEXT, refused, Committed("workers", {}), {})
     with pytest.raises(SourceError):
         busy_members(SCOPE, TEXT, stable(), refused, {})
+
+
+@pytest.mark.parametrize("allow_idle", [False, True])
+def test_a_kafka_sample_is_never_a_shared_queue(allow_idle: bool) -> None:
+    """Review r2: allowIdleConsumers drops the partition cap (parallelism None), and the
+    core read 'no cap' as 'a queue every consumer shares', measuring a busy group's load as
+    its speed again. Whether a queue is shared is a fact of its own."""
+    scope = GroupScope("workers", "latest", "none" if allow_idle else "lag")
+    sample = topic_sample(scope, "orders", reading({0: (0, 100, 10), 1: (0, 100, 10)}, stable()))
+    assert not isinstance(sample, SourceError)
+    assert sample.shared is False
+    assert (sample.parallelism is None) is allow_idle

@@ -487,6 +487,39 @@ async def test_a_hung_broker_fails_only_what_it_serves_and_its_connection_goes()
     await source.close()
 
 
+async def test_a_hung_broker_is_connected_to_once_a_round_not_once_a_request() -> None:
+    """Review r2: a broker that accepts TCP and never answers the connection's first request
+    (ApiVersions): a coordinator's and a leader's request both queued for its connection,
+    the second connected again once the first had failed, two timeouts made the round's
+    bound, and the whole cluster failed every tick from the second on. Now a broker that
+    failed this round is not connected to again within it."""
+    c = cluster_of(brokers=2, groups=2, topics=2, partitions=1)
+    plain = Cluster.connect.__get__(c)
+    opened: list[int] = []
+
+    async def connect(host: str, port: int, **options: Any) -> Any:
+        node = c.node_at(host, port)
+        if node in c.stall:
+            opened.append(node)
+            await asyncio.sleep(options["request_timeout_ms"] / 1000)
+            raise TimeoutError
+        return await plain(host, port, **options)
+
+    c.connect = connect  # type: ignore[method-assign]
+    source = source_for(c, timeout=0.2)
+    refs = refs_for(c)
+    await source.sample(refs)
+    c.stall = {1}
+    for _ in range(3):
+        opened.clear()
+        samples = await source.sample(refs)
+        told = {ref.scope: s.kind if isinstance(s, SourceError) else s.ready
+                for ref, s in samples.items()}
+        assert told == {GroupScope("g0").scope: ErrorKind.TIMEOUT, GroupScope("g1").scope: 10}
+        assert len(opened) <= 1
+    await source.close()
+
+
 async def test_a_cluster_whose_brokers_all_hang_fails_as_a_whole() -> None:
     """Its one broker stops answering after a round (SIGSTOP on a real broker): every request
     times out, so the cluster is told unreachable in time as a whole (BrokerReachable False),

@@ -483,7 +483,7 @@ def test_lag_on_a_partitioned_queue_is_no_saturation() -> None:
     busy group "measured" the load per replica, and the rate floor held a pool at its
     flood-time size for as long as traffic lasted."""
     before = history(sample(ready=5, at=NOW - 15))
-    kafka = dataclasses.replace(sample(ready=5, ack=40.0), parallelism=20)
+    kafka = dataclasses.replace(sample(ready=5, ack=40.0), shared=False)
     assert saturated(before[-1], sample(ready=5), 4)
     assert not saturated(before[-1], kafka, 4)
     assert not measures(before, kafka, 4, Flow(40.0, 40.0))

@@ -117,6 +117,11 @@ class QueueSample:
     """Every change of the pool's size stops all its consumers for a while (a Kafka group
     rebalances on each member that joins or leaves): a scale-down waits the whole
     scaleDown.stabilizationSeconds window, never one shortened by the size of the drop."""
+    shared: bool = True
+    """Every consumer takes from this one queue (a RabbitMQ queue, a Redis list): messages
+    waiting mean no consumer had room. False for a partitioned one (a Kafka topic), where
+    work waits per partition, counts the messages in hand too, and says nothing of the
+    consumers of the other partitions: no speed is measured from it."""
 
     @property
     def backlog(self) -> int:
@@ -155,6 +160,7 @@ def combine(samples: Iterable[QueueSample]) -> QueueSample:
         backlog_parallelism=_sum_all(p.backlog_parallelism for p in parts),
         rebalancing=any(p.rebalancing for p in parts),
         scaling_pauses=any(p.scaling_pauses for p in parts),
+        shared=all(p.shared for p in parts),
     )
 
 

@@ -148,7 +148,7 @@ class ScaleUpSpec:
     """How fast the pool may grow."""
 
     cooldown_seconds: int = DEFAULTS["behavior.scaleUp.cooldownSeconds"]
-    """No scale-up within this time of the last scale event."""
+    """No scale-up within this time of the last scale-up (a scale-down starts none)."""
     max_step_replicas: int = DEFAULTS["behavior.scaleUp.maxStepReplicas"]
     max_step_percent: int = DEFAULTS["behavior.scaleUp.maxStepPercent"]
     """A step may add the larger of maxStepReplicas and this percent of current."""
@@ -161,7 +161,7 @@ class ScaleDownSpec:
     """How fast the pool may shrink."""
 
     cooldown_seconds: int = DEFAULTS["behavior.scaleDown.cooldownSeconds"]
-    """No scale-down within this time of the last scale event."""
+    """No scale-down within this time of the last scale-up."""
     stabilization_seconds: int = DEFAULTS["behavior.scaleDown.stabilizationSeconds"]
     """Shrink only to the highest recommendation of this window, divided by the square of
     the replicas the scale-down would remove beyond chance (one spare replica waits the

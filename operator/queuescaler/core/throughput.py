@@ -159,15 +159,15 @@ def saturated(previous: Reading | None, sample: QueueSample, current_replicas: i
     ready at both ends (the broker hands a ready message to any consumer with room, so none
     had room), with the same consumers throughout, at least one per replica.
 
-    Only a queue every consumer shares says that. A partitioned one (`parallelism` known:
-    a Kafka topic) counts as ready the messages in hand too, and lag on one partition says
-    nothing of the members that own the others: read as saturation, every poll of a busy
-    group "measured" the load per replica, and the rate floor held a pool at its peak for
-    as long as traffic lasted (found by review)."""
+    Only a queue every consumer shares says that (`QueueSample.shared`). A partitioned one
+    (a Kafka topic, whatever caps the spec sets) counts as ready the messages in hand too,
+    and lag on one partition says nothing of the members that own the others: read as
+    saturation, every poll of a busy group "measured" the load per replica, and the rate
+    floor held a pool at its peak for as long as traffic lasted (found by review)."""
     return (
         previous is not None
         and current_replicas > 0
-        and sample.parallelism is None
+        and sample.shared
         and previous.ready > 0
         and sample.ready > 0
         and previous.consumers == sample.consumers >= current_replicas
@@ -187,7 +187,7 @@ def outrun(readings: tuple[Reading, ...], sample: QueueSample, current_replicas:
     return (
         previous is not None
         and current_replicas > 0
-        and sample.parallelism is None
+        and sample.shared
         and previous.consumers >= sample.consumers >= current_replicas
         and previous.backlog >= previous.consumers > 0
         and falling_behind(readings, sample)

@@ -182,6 +182,12 @@ class Cluster:
             link = self._links.get(node_id)
             if link is not None and link.alive():
                 return link
+            down = self._down.get((node.host, node.port))
+            if down is not None:
+                # failed while this request waited for the lock (review r2: a coordinator's
+                # and a leader's request both queued on a hung broker connected twice, two
+                # timeouts, and the round's bound failed the whole cluster every tick)
+                raise down
             boot = self._bootstrap
             if boot is not None and boot.alive() and (boot.host, boot.port) == (node.host,
                                                                                   node.port):

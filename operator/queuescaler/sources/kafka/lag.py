@@ -196,6 +196,7 @@ def topic_sample(scope: GroupScope, topic: str, reading: Reading) -> QueueSample
         backlog_parallelism=waiting,
         rebalancing=described is not None and described.state in REBALANCING,
         scaling_pauses=True,
+        shared=False,
     )
 
 

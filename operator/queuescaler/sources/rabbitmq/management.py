@@ -36,10 +36,12 @@ from queuescaler.sources.rabbitmq.listing import (
 PER_ITEM_SECONDS = 0.001
 """Time a listing may take per queue asked for, on top of the request timeout."""
 KEEPALIVE_SECONDS = 45.0
-"""How long an idle connection to the management API is kept: beyond the default 15 s
-polling interval (aiohttp's own 15 s closed it just before each poll, and KEDA beside us
-kept one connection the whole run while we opened 26 to 35 in 10 minutes), within the
-60 s after which the API's web server (cowboy) may close an idle one itself."""
+"""How long an idle connection to the management API is kept on our side: beyond the
+default 15 s polling interval (aiohttp's own 15 s lapsed just before each poll). The API's
+web server (cowboy) closes an idle keep-alive connection after its request_timeout, 5 s by
+default (RabbitMQ's `management.tcp.request_timeout`): raise that above the polling
+interval for one connection across ticks. A connection the server closed is dropped by
+aiohttp, and a GET sent as it closes is retried once: no tick fails on either."""
 
 _QUEUE_QUERY = "columns=" + ",".join(QUEUE_COLUMNS)
 _VHOST_QUERY = "columns=name"
