@@ -575,7 +575,10 @@ def _until_listed(
         ready = (
             set(found) == WORKERS
             and found["pool-a-0"].unacked == 1
-            and all(c.consumers == len(c.queues or ()) for c in found.values() if c.queues)
+            # each connection tied to its queues: the consumer listing is refreshed with the
+            # statistics, and a connection it does not show yet has queues None (unknown)
+            and all(c.queues is not None and c.consumers == len(c.queues)
+                    for c in found.values())
         )
         return found if ready else None
 
