@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from queuescaler.core.decision import Decision, Reason, Recommendation, ScalerState
+from queuescaler.core.decision import (
+    PROBE_PAUSE_SECONDS,
+    Decision,
+    Reason,
+    Recommendation,
+    ScalerState,
+)
 from queuescaler.core.sample import QueueSample
 from queuescaler.core.status import (
     Condition,
@@ -108,16 +114,22 @@ def test_a_measured_speed_stays_measured_across_a_restart(stored: Any, measured:
 )
 def test_restore_from_damaged_status_starts_fresh(stored: dict[str, Any]) -> None:
     state = state_from_status(stored, now=T0)
-    assert replace(state, restored=False, probe_failed_at=None) == ScalerState()
+    assert replace(state, restored=False, probe_unknown_until=None) == ScalerState()
     assert state.restored is bool(stored)  # a restart all the same: no shrinking until counted
 
 
-@pytest.mark.parametrize(("measured", "paused_at"), [(False, T0), (True, None)])
-def test_a_restart_pauses_probing_an_unmeasured_pool(measured: bool, paused_at: Any) -> None:
-    """Whether a probe failed lately is not in status: the restarted operator waits as if
-    one had, or it could shrink a pool the run that kept going held (property test)."""
+@pytest.mark.parametrize(
+    ("measured", "unknown_until"), [(False, T0 + PROBE_PAUSE_SECONDS), (True, None)]
+)
+def test_a_restart_does_not_know_whether_a_probe_failed(
+    measured: bool, unknown_until: Any
+) -> None:
+    """Whether a probe failed lately is not in status: for that long the restarted operator
+    probes no further than both answers agree (property test: either guess alone moved a
+    pool the run that kept going held)."""
     state = state_from_status({"perReplicaRate": 3.5, "perReplicaRateMeasured": measured}, T0)
-    assert state.probe_failed_at == paused_at
+    assert state.probe_unknown_until == unknown_until
+    assert state.probe_failed_at is None
 
 
 def test_a_decisions_time_is_the_time_of_its_sentence() -> None:

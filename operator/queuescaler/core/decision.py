@@ -150,10 +150,12 @@ class ScalerState:
     """The spec.source the readings were taken of (see _readings); None only before the
     first."""
     probe_failed_at: float | None = None
-    """When a probe last failed (`PROBE_PAUSE_SECONDS`); kept in memory only: a state
-    restored from status takes its restart as one (no probing for that long), so a restart
-    never shrinks a pool the run that kept going would have held (a property test found
-    the restarted run probing 2 -> 1 where the other had just seen a probe fail)."""
+    """When a probe last failed (`PROBE_PAUSE_SECONDS`); kept in memory only."""
+    probe_unknown_until: float | None = None
+    """Set on a state restored from status: until then, whether a probe failed lately is
+    not known (the run that kept going may have been told by one not to probe, or may be
+    probing), so a probe moves the pool no further than both answers agree: a restart never
+    shrinks a pool the other run held, nor grows one it was probing down (property test)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,9 +208,10 @@ def decide(
             not measured and not falling_behind(readings, sample)
             and not _probe_failed_lately(state, now)
         )
+        unsure = state.probe_unknown_until is not None and now < state.probe_unknown_until
         decision = _decide_with_sample(
             spec, sample, flow, current_replicas, state, now, busy_workers, rate, busy_note,
-            probing=probing, measured=measured, restored=state.restored,
+            probing=probing, probe_unsure=unsure, measured=measured, restored=state.restored,
         )
     if spec.paused:
         return _paused(decision, current_replicas)
@@ -248,6 +251,7 @@ def next_state(
             readings_of=state.readings_of,
             restored=state.restored,
             probe_failed_at=state.probe_failed_at,
+            probe_unknown_until=state.probe_unknown_until,
         )
     history = (*state.recommendations, Recommendation(now, decision.recommendation))
     readings = _readings(spec, state)
@@ -268,6 +272,7 @@ def next_state(
         restored=state.restored and len(kept) < 2,
         probe_failed_at=now if _probe_failed(state, sample, current_replicas)
         else state.probe_failed_at,
+        probe_unknown_until=state.probe_unknown_until,
     )
 
 
@@ -325,11 +330,13 @@ def _decide_with_sample(
     busy_note: str | None = None,
     *,
     probing: bool = False,
+    probe_unsure: bool = False,
     measured: bool = True,
     restored: bool = False,
 ) -> Decision:
     recommendation, reason, message = _raw_recommendation(
-        spec, sample, flow, current, rate, probing=probing, measured=measured
+        spec, sample, flow, current, rate,
+        probing=probing, probe_unsure=probe_unsure, measured=measured,
     )
     raw_reason = reason
     changes: list[str] = []
@@ -380,6 +387,7 @@ def _raw_recommendation(
     current: int,
     per_replica_rate: float | None,
     probing: bool = False,
+    probe_unsure: bool = False,
     measured: bool = True,
 ) -> tuple[int, Reason, str]:
     """The policies' answer before any damping; the largest of them wins.
@@ -433,7 +441,7 @@ def _raw_recommendation(
             )
             floor = lift
         if probing:
-            floor, probe_note = _probe(floor)
+            floor, probe_note = _probe(floor, current, probe_unsure)
             floor_note += probe_note
         if floor > replicas:
             replicas, reason, winner = floor, Reason.RATE, "floor"
@@ -441,7 +449,7 @@ def _raw_recommendation(
         if drain_seconds is not None:
             drain = _replicas_for((publish + backlog / drain_seconds) / per_replica_rate)
             if probing:
-                drain, _ = _probe(drain)
+                drain, _ = _probe(drain, current, probe_unsure)
             if drain > replicas:
                 replicas, reason, winner = drain, Reason.RATE, "drain"
     if winner == "backlog":
@@ -476,12 +484,18 @@ def _raw_recommendation(
     return replicas, reason, message
 
 
-def _probe(replicas: int) -> tuple[int, str]:
-    """A rate answer on a speed never measured: half of it (see PROBE_DIVISOR)."""
+def _probe(replicas: int, current: int, unsure: bool) -> tuple[int, str]:
+    """A rate answer on a speed never measured: half of it (see PROBE_DIVISOR). `unsure`
+    (restarted, `ScalerState.probe_unknown_until`): the answer of the two, probing or not,
+    that moves the pool least."""
     spare = -(-replicas // PROBE_DIVISOR)
     if not spare:
         return replicas, ""
-    return replicas - spare, f", less {spare} to learn the replicas' speed (never seen saturated)"
+    probed = replicas - spare
+    if unsure and probed < current:
+        kept = min(current, replicas)
+        return kept, f", held at {kept} (restarted: whether a probe failed lately is not known)"
+    return probed, f", less {spare} to learn the replicas' speed (never seen saturated)"
 
 
 def backlog_of(spec: QueueScalerSpec, sample: QueueSample) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from queuescaler.core.decision import Decision, Recommendation, ScalerState
+from queuescaler.core.decision import PROBE_PAUSE_SECONDS, Decision, Recommendation, ScalerState
 from queuescaler.core.sample import QueueSample
 
 MAX_DECISION_MESSAGE = 1024
@@ -137,9 +137,9 @@ def state_from_status(status: Mapping[str, Any] | None, now: float) -> ScalerSta
         rate_measured=measured,
         restored=True,
         # Whether a probe failed lately is kept in memory only: a restarted operator does
-        # not know, so it waits as if one had (a probe is a deliberate shrink, and the run
-        # that kept going may have been told by a failed one not to).
-        probe_failed_at=None if measured else now,
+        # not know for that long (the run that kept going may have been told by a failed
+        # one not to probe), so a probe moves the pool no further than both answers agree.
+        probe_unknown_until=None if measured else now + PROBE_PAUSE_SECONDS,
     )
 
 
