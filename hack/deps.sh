@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need, idempotently: Debian packages, the Python
-# virtualenv (in the cache, outside the repo), the Go-built control plane and Kafka's jars.
-#   hack/deps.sh [apt|python|tools|image|kafka|all]
+# virtualenv (in the cache, outside the repo), the Go-built control plane, Kafka's jars and the
+# ActiveMQ brokers (Classic from Debian, Artemis from Maven Central).
+#   hack/deps.sh [apt|python|tools|image|kafka|activemq|all]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -74,12 +75,59 @@ kafka_jars() {
   echo "$key" >"$dir/libs.stamp"
 }
 
+# ActiveMQ for the activemq source's tests (tests/queuescaler_testkit/activemq_server.py runs
+# private instances of both; nothing here starts a broker):
+# - Classic from Debian's `activemq` package (5.17, in /usr/share/activemq). The package is
+#   "+dfsg" and ships no web console, so no Jolokia: its JVM agent comes from Maven Central
+#   (JOLOKIA_AGENT_VERSION) and is loaded with -javaagent. The package's own service runs the
+#   instances linked into /etc/activemq/instances-enabled (none); it is disabled all the same.
+# - Artemis' binary distribution (ARTEMIS_VERSION), unpacked by Maven into
+#   $cache/artemis/<version>/apache-artemis-<version>; the agent jar goes to
+#   $cache/jolokia/<version>. Both resolved again only when the POM or a version changes (a stamp
+#   holds their hash). Java 17 and Maven come from Debian when the machine has none.
+activemq() {
+  local ARTEMIS_VERSION JOLOKIA_AGENT_VERSION
+  ARTEMIS_VERSION=$(sed -n 's/^ARTEMIS_VERSION=\([^ #]*\).*/\1/p' "$here/versions.env")
+  JOLOKIA_AGENT_VERSION=$(sed -n 's/^JOLOKIA_AGENT_VERSION=\([^ #]*\).*/\1/p' "$here/versions.env")
+  local pom=$here/tools/artemis/pom.xml dir=$cache/artemis/$ARTEMIS_VERSION
+  local agent=$cache/jolokia/$JOLOKIA_AGENT_VERSION/jolokia-jvm-$JOLOKIA_AGENT_VERSION.jar
+  local missing=() sudo= key p; [ "$(id -u)" = 0 ] || sudo=sudo
+  for p in activemq; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+  command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null || missing+=(maven)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "activemq: installing ${missing[*]}"
+    $sudo mkdir -p /usr/share/man/man1  # a slim Debian has none; the JRE's postinst links a man page there
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  if ls /etc/rc[2-5].d/S[0-9][0-9]activemq >/dev/null 2>&1; then
+    log "activemq: disabling the package's own service (the tests run private instances)"
+    $sudo invoke-rc.d activemq stop >/dev/null 2>&1 || true
+    $sudo update-rc.d activemq disable >/dev/null 2>&1
+  fi
+  key=$({ cat "$pom"; echo "$ARTEMIS_VERSION $JOLOKIA_AGENT_VERSION"; } | sha256sum | cut -c1-16)
+  if [ "$(cat "$dir/.qs-stamp" 2>/dev/null)" = "$key" ] && [ -x "$dir/apache-artemis-$ARTEMIS_VERSION/bin/artemis" ] \
+     && [ -f "$agent" ]; then
+    log "activemq: Artemis $ARTEMIS_VERSION and the Jolokia agent $JOLOKIA_AGENT_VERSION cached"; return
+  fi
+  log "activemq: resolving Artemis $ARTEMIS_VERSION and the Jolokia agent $JOLOKIA_AGENT_VERSION from Maven Central"
+  rm -rf "$dir.new" "$(dirname "$agent").new"
+  mvn -B -q --no-transfer-progress -f "$pom" -Dartemis.version="$ARTEMIS_VERSION" \
+    -Djolokia.version="$JOLOKIA_AGENT_VERSION" -Dartemis.home="$dir.new" \
+    -Djolokia.dir="$(dirname "$agent").new" dependency:unpack@artemis dependency:copy@jolokia </dev/null
+  rm -rf "$dir" "$(dirname "$agent")"
+  mv "$dir.new" "$dir" && mv "$(dirname "$agent").new" "$(dirname "$agent")"
+  echo "$key" >"$dir/.qs-stamp"
+}
+
 case ${1:-all} in
   apt) apt_packages ;;
   python) python_env ;;
   tools) tools ;;
   image) bash "$here/image.sh" tools ;;
   kafka) kafka_jars ;;
-  all) apt_packages; python_env; tools; bash "$here/image.sh" tools; kafka_jars ;;
-  *) echo "usage: $0 [apt|python|tools|image|kafka|all]" >&2; exit 2 ;;
+  activemq) activemq ;;
+  all) apt_packages; python_env; tools; bash "$here/image.sh" tools; kafka_jars; activemq ;;
+  *) echo "usage: $0 [apt|python|tools|image|kafka|activemq|all]" >&2; exit 2 ;;
 esac
