@@ -22,7 +22,10 @@ import pytest
 from queuescaler_testkit.env import TestEnv, wait_until
 from queuescaler_testkit.kafka_pool import KafkaPool
 from queuescaler_testkit.kafka_server import KafkaServer
-from queuescaler_testkit.operator_process import OperatorProcess
+from queuescaler_testkit.operator_process import (
+    OperatorProcess,
+    rarely_refreshing,
+)
 from queuescaler_testkit.pool import FAST_BEHAVIOR
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -159,7 +162,6 @@ def test_a_group_that_never_committed_lags_as_its_reset_policy_says(
     assert pool.server.committed(pool.group) == {}  # the scaler committed nothing either
 
 
-LONG_REFRESH_SECONDS = 300
 LONG_REFRESH_PREFIX = "kr-"
 """The namespaces of this module's own operator (the session's watches t-*)."""
 
@@ -168,15 +170,8 @@ LONG_REFRESH_PREFIX = "kr-"
 def long_refresh_operator(
     testenv: TestEnv, crd: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    """An operator that refreshes Secrets every 300 s (as the chart does), on kr-* only: a
-    fixed Secret it reads within a minute was read again because the old one failed."""
-    log_path = tmp_path_factory.mktemp("operator-kafka-refresh") / "operator.log"
-    process = OperatorProcess(
-        testenv, log_path, "--secret-refresh-seconds", str(LONG_REFRESH_SECONDS),
-        "--namespace", f"{LONG_REFRESH_PREFIX}*",
-    ).start()
-    yield process
-    process.stop()
+    log_dir = tmp_path_factory.mktemp(f"operator-{LONG_REFRESH_PREFIX}")
+    yield from rarely_refreshing(testenv, log_dir, LONG_REFRESH_PREFIX)
 
 
 @pytest.fixture

@@ -30,7 +30,11 @@ import pytest
 import redis
 
 from queuescaler_testkit.env import TestEnv, wait_until
-from queuescaler_testkit.operator_process import OperatorProcess
+from queuescaler_testkit.operator_process import (
+    LONG_REFRESH_SECONDS,
+    OperatorProcess,
+    rarely_refreshing,
+)
 from queuescaler_testkit.pool import FAST_BEHAVIOR, Pool, deep_merge
 from queuescaler_testkit.redis_server import RedisServer, session_server
 
@@ -119,7 +123,6 @@ def pool(
         created.delete_queue()
 
 
-LONG_REFRESH_SECONDS = 300
 LONG_REFRESH_PREFIX = "rf-"
 """The namespaces of this module's own operator (the session's watches t-*)."""
 
@@ -128,14 +131,8 @@ LONG_REFRESH_PREFIX = "rf-"
 def long_refresh_operator(
     testenv: TestEnv, crd: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    """An operator that refreshes Secrets every 300 s, on namespaces rf-* only."""
-    log_path = tmp_path_factory.mktemp("operator-long-refresh") / "operator.log"
-    process = OperatorProcess(
-        testenv, log_path, "--secret-refresh-seconds", str(LONG_REFRESH_SECONDS),
-        "--namespace", f"{LONG_REFRESH_PREFIX}*",
-    ).start()
-    yield process
-    process.stop()
+    log_dir = tmp_path_factory.mktemp(f"operator-{LONG_REFRESH_PREFIX}")
+    yield from rarely_refreshing(testenv, log_dir, LONG_REFRESH_PREFIX)
 
 
 @pytest.fixture

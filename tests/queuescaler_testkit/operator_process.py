@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from queuescaler_testkit.env import REPO, TestEnv, wait_until
@@ -78,3 +79,22 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+LONG_REFRESH_SECONDS = 300
+"""How often `rarely_refreshing` operators reread Secrets (as the chart does): a fixed
+Secret read within a minute was read again because the old one failed."""
+
+
+def rarely_refreshing(testenv: TestEnv, log_dir: Path, prefix: str) -> Iterator[OperatorProcess]:
+    """A test module's own operator, rereading Secrets every LONG_REFRESH_SECONDS and
+    watching the namespaces `prefix`* only (the session's operator watches t-*); stopped
+    when the generator is closed (a fixture's `yield from`)."""
+    process = OperatorProcess(
+        testenv, log_dir / "operator.log", "--secret-refresh-seconds", str(LONG_REFRESH_SECONDS),
+        "--namespace", f"{prefix}*",
+    ).start()
+    try:
+        yield process
+    finally:
+        process.stop()
