@@ -220,6 +220,26 @@ def test_the_minimal_spec_is_accepted(testenv: Any, crd_namespace: str) -> None:
             },
             id="kafka-consumer-group",
         ),
+        pytest.param(
+            {
+                "source.rabbitmq": REMOVE,
+                "source.activemq": {
+                    "queues": ["orders", "weird.name:1"],
+                    "flavor": "artemis",
+                    "brokerName": "0.0.0.0",
+                    "address": "events",
+                    "routingType": "multicast",
+                    "includeUnacked": False,
+                    "connectionSecretRef": {"name": "artemis"},
+                },
+            },
+            id="artemis-subscription-queues",
+        ),
+        pytest.param(
+            {"source.rabbitmq": REMOVE, "source.activemq": {
+                "queue": "orders", "connectionSecretRef": {"name": "activemq"}}},
+            id="activemq-flavor-found-out",
+        ),
     ],
 )
 def test_a_valid_variant_is_accepted(
@@ -262,7 +282,7 @@ def test_a_valid_variant_is_accepted(
         # source is then {}: the exactly-one-broker rule on source refuses it, naming source.
         pytest.param({"source.rabbitmq": REMOVE}, "spec.source", id="rabbitmq-missing"),
         pytest.param(
-            {"source.rabbitmq": REMOVE, "source.activemq": {"queue": "work"}},
+            {"source.rabbitmq": REMOVE, "source.nats": {"queue": "work"}},
             "spec.source",
             id="only-an-unknown-broker",
         ),
@@ -301,6 +321,25 @@ def test_a_valid_variant_is_accepted(
             },
             "spec.source.redis",
             id="redis-queue-and-queues",
+        ),
+        pytest.param(
+            {"source.rabbitmq": REMOVE, "source.activemq": {
+                "queue": "a", "queues": ["b"], "connectionSecretRef": {"name": "a"}}},
+            "spec.source.activemq",
+            id="activemq-queue-and-queues",
+        ),
+        pytest.param(
+            {"source.rabbitmq": REMOVE, "source.activemq": {
+                "queue": "a", "flavor": "classic", "address": "x",
+                "connectionSecretRef": {"name": "a"}}},
+            "spec.source.activemq",
+            id="activemq-classic-with-an-artemis-address",
+        ),
+        pytest.param(
+            {"source.rabbitmq": REMOVE, "source.activemq": {
+                "queue": "a", "flavor": "hornetq", "connectionSecretRef": {"name": "a"}}},
+            "spec.source.activemq.flavor",
+            id="activemq-flavor-unknown",
         ),
         pytest.param(
             {"source.rabbitmq.connectionSecretRef.name": REMOVE},
@@ -424,7 +463,7 @@ def test_a_source_without_a_broker_is_refused_by_the_exactly_one_rule(
 
 @pytest.fixture(scope="module")
 def two_broker_kind(testenv: Any) -> Iterator[str]:
-    """This CRD as it will be once a fourth broker is added (a stand-in `activemq`): a sibling
+    """This CRD as it will be once a fifth broker is added (a stand-in `nats`): a sibling
     block under source and one more has() in the exactly-one rule, and nothing else changed.
 
     It is served under a group and kind of its own (no short name, no categories), so it
@@ -443,16 +482,16 @@ def two_broker_kind(testenv: Any) -> Iterator[str]:
     source = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
         "properties"
     ]["source"]
-    source["properties"]["activemq"] = {
+    source["properties"]["nats"] = {
         "type": "object",
-        "description": "A stand-in fourth broker.",
+        "description": "A stand-in fifth broker.",
         "properties": {"queue": {"type": "string", "description": "A list.", "maxLength": 255}},
     }
     (rule,) = source["x-kubernetes-validations"]
-    one = "[has(self.rabbitmq), has(self.redis), has(self.kafka)]"
+    one = "[has(self.rabbitmq), has(self.redis), has(self.kafka), has(self.activemq)]"
     assert one in rule["rule"], "the exactly-one rule changed shape: update this fixture"
-    rule["rule"] = rule["rule"].replace(one, one.replace("]", ", has(self.activemq)]"))
-    rule["message"] = f"{rule['message']}, activemq"
+    rule["rule"] = rule["rule"].replace(one, one.replace("]", ", has(self.nats)]"))
+    rule["message"] = f"{rule['message']}, nats"
     testenv.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(crd))
     name = crd["metadata"]["name"]
     testenv.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
@@ -470,8 +509,8 @@ def two_broker_kind(testenv: Any) -> Iterator[str]:
     ("brokers", "accepted"),
     [
         pytest.param(["rabbitmq"], True, id="rabbitmq-alone"),
-        pytest.param(["activemq"], True, id="activemq-alone"),
-        pytest.param(["rabbitmq", "activemq"], False, id="two-brokers"),
+        pytest.param(["nats"], True, id="nats-alone"),
+        pytest.param(["rabbitmq", "nats"], False, id="two-brokers"),
         pytest.param([], False, id="no-broker"),
     ],
 )
@@ -480,7 +519,7 @@ def test_a_second_broker_is_additive_and_two_are_refused(
 ) -> None:
     blocks = {
         "rabbitmq": minimal_spec()["source"]["rabbitmq"],
-        "activemq": {"queue": "work"},
+        "nats": {"queue": "work"},
     }
     spec = {**minimal_spec(), "source": {name: blocks[name] for name in brokers}}
     manifest = {
@@ -498,7 +537,7 @@ def test_a_second_broker_is_additive_and_two_are_refused(
     else:
         assert result.returncode != 0, output(result)
         assert "spec.source: Invalid value" in result.stderr, output(result)
-        assert "exactly one broker block, one of: rabbitmq, redis, kafka, activemq" in flat(
+        assert "exactly one broker block, one of: rabbitmq, redis, kafka, activemq, nats" in flat(
             result.stderr), output(result)
 
 
@@ -709,6 +748,13 @@ def test_get_shows_the_designed_columns(testenv: Any, crd_namespace: str, report
             ["bootstrapServers", "topic", "topics", "consumerGroup", "offsetResetPolicy",
              "allowIdleConsumers", "limitToPartitionsWithLag", "connectionSecretRef"],
             id="kafka",
+        ),
+        pytest.param(
+            "qs.spec.source.activemq",
+            "spec.source.activemq",
+            ["queue", "queues", "flavor", "brokerName", "address", "routingType",
+             "includeUnacked", "connectionSecretRef"],
+            id="activemq",
         ),
         pytest.param(
             "qs.status.lastDecision",

@@ -266,6 +266,7 @@ def test_the_designed_defaults_are_in_the_crd() -> None:
         "source.kafka.offsetResetPolicy": "latest",
         "source.kafka.allowIdleConsumers": False,
         "source.kafka.limitToPartitionsWithLag": True,
+        "source.activemq.includeUnacked": True,
         "target.messagesPerReplica": 10,
         "activation.messages": 1,
         "behavior.tolerance": 0.1,

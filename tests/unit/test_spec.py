@@ -214,7 +214,7 @@ _NO_QUEUE = _with("source.rabbitmq.queue", ...)
         pytest.param(
             _with("source.rabbitmq", ...),
             "spec.source",
-            "set exactly one of kafka or rabbitmq or redis",
+            "set exactly one of activemq or kafka or rabbitmq or redis",
             id="no-broker",
         ),
         pytest.param(

@@ -10,12 +10,13 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from queuescaler.core import spec as core_spec
+from queuescaler.sources.activemq import KIND as ACTIVEMQ
 from queuescaler.sources.kafka import KIND as KAFKA
 from queuescaler.sources.kind import SourceKind
 from queuescaler.sources.rabbitmq import KIND as RABBITMQ
 from queuescaler.sources.redis import KIND as REDIS
 
-KINDS: Final = (RABBITMQ, REDIS, KAFKA)
+KINDS: Final = (RABBITMQ, REDIS, KAFKA, ACTIVEMQ)
 """Every broker kind, in the order `kubectl explain` lists them."""
 SOURCES: Final[Mapping[str, SourceKind]] = MappingProxyType({kind.name: kind for kind in KINDS})
 
