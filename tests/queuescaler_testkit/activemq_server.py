@@ -27,7 +27,7 @@ Both STOMP listeners take `/queue/<name>` (Artemis' acceptors are given Classic'
 so a queue has the same name on both.
 
 Each broker lives in a fresh temporary directory (configuration, data, logs); stop() keeps the
-logs in the cache's activemq/ directory, named after the kind, and removes the rest. The
+logs in the cache's activemq/ directory, named after the kind and port, and removes the rest. The
 helpers are synchronous (stomp.py runs its own reader thread) and work from async tests too.
 """
 
@@ -259,10 +259,10 @@ class ActiveMQServer(PrivateServer):
 
     def stop(self) -> None:
         """SIGTERM to our PID (SIGKILL after stop_timeout); the logs go to the cache's
-        activemq/<kind>-last/, the temporary directory away. Idempotent."""
+        activemq/<kind>-<STOMP port>-last/, the temporary directory away. Idempotent."""
         self._halt()
         if self.directory is not None and self.directory.exists():
-            kept = CACHE / "activemq" / f"{self.kind}-last"
+            kept = CACHE / "activemq" / f"{self.kind}-{self.stomp_port}-last"
             shutil.rmtree(kept, ignore_errors=True)
             kept.mkdir(parents=True)
             for log in self._logs():
