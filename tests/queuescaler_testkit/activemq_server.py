@@ -483,8 +483,8 @@ class ClassicServer(ActiveMQServer):
 
     def _configure(self) -> None:
         conf, data = self._dir / "conf", self._dir / "data"
-        conf.mkdir()
-        data.mkdir()
+        conf.mkdir(exist_ok=True)  # a directory of the caller's: its data is reused
+        data.mkdir(exist_ok=True)
         files = {"activemq.xml": self._broker_xml(), "jolokia-access.xml": _CLASSIC_POLICY,
                  "log4j.properties": _CLASSIC_LOG4J.format(log=data / "activemq.log")}
         for name, text in files.items():
