@@ -121,16 +121,17 @@ def test_members_matching_no_pod_hold_the_pool() -> None:
     assert made.scale_to is None  # a busy member on no known pod could be any of them
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open: a state with no history counts Kafka's unknown publish rate (counters need a 60 s "
-    "span) as zero, and the stabilization window is empty, so the first tick at lag 0 answers "
-    "idle -> minReplicas. Holding every shrink until the rate is counted (tried in fd57be6) "
-    "also held each e2e pool's return to zero a minute past its burst; reverted for now"))
-def test_a_new_queuescaler_does_not_shrink_before_the_rates_are_counted() -> None:
-    """Review r1 (D): a QueueScaler created over 6 replicas that keep pace with 40 msg/s, lag
-    0 at every poll. The full window `scaling_pauses` gives Kafka does not hold it: with no
-    stored history the window holds nothing, and the first tick takes the pool to zero."""
+@pytest.mark.parametrize("restarted", [False, True])
+def test_a_new_queuescaler_does_not_shrink_before_it_watched_a_whole_window(
+    restarted: bool,
+) -> None:
+    """Review r1 (D): a QueueScaler created (or an operator restarted) over 6 replicas that
+    keep pace with 40 msg/s, lag 0 at every poll. Kafka's rate needs a minute of counters and
+    the window held nothing yet, so the first tick took the pool to zero: now a pool that
+    pauses on every resize waits one whole scale-down window (300 s) first, and then
+    shrinks."""
     from queuescaler.core.decision import ScalerState, decide, next_state
+    from queuescaler.core.status import state_from_status
 
     spec = parse_spec({
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
@@ -138,12 +139,16 @@ def test_a_new_queuescaler_does_not_shrink_before_the_rates_are_counted() -> Non
         "source": {"kafka": {"topic": "orders", "consumerGroup": "workers",
                              "connectionSecretRef": {"name": "kafka"}}},
     })
-    state, current, total = ScalerState(), 6, 100_000
-    for tick in range(1, 4):  # 15, 30 and 45 s: the counters span less than a minute
+    stored = {"lastScaleTime": "2027-01-15T07:00:00Z", "consecutiveFailures": 0}
+    state = state_from_status(stored, NOW) if restarted else ScalerState()
+    current, total, held = 6, 100_000, []
+    for tick in range(1, 24):  # every 15 s for 345 s, at 40 msg/s
         now, total = NOW + 15 * tick, total + 600
         sample = QueueSample(ready=0, unacked=0, consumers=current, taken_at=now,
                              published_total=total, acked_total=total, parallelism=20,
                              backlog_parallelism=0, scaling_pauses=True)
         decision = decide(spec, sample, current, state, now, busy_workers=0)
-        assert decision.replicas == 6, (tick, decision)
+        held.append(decision.replicas == 6)
         state = next_state(spec, state, sample, current, decision, now, scaled=False)
+    assert all(held[:19]), held  # 15 .. 285 s from the first tick
+    assert not all(held), held  # and then the lag decides

@@ -114,7 +114,9 @@ def test_a_measured_speed_stays_measured_across_a_restart(stored: Any, measured:
 )
 def test_restore_from_damaged_status_starts_fresh(stored: dict[str, Any]) -> None:
     state = state_from_status(stored, now=T0)
-    assert replace(state, restored=False, probe_unknown_until=None) == ScalerState()
+    assert replace(state, restored=False, probe_unknown_until=None, watching_since=None) == (
+        ScalerState()
+    )
     assert state.restored is bool(stored)  # a restart all the same: no shrinking until counted
 
 

@@ -151,6 +151,14 @@ class ScalerState:
     first."""
     probe_failed_at: float | None = None
     """When a probe last failed (`PROBE_PAUSE_SECONDS`); kept in memory only."""
+    watching_since: float | None = None
+    """When a brand-new QueueScaler (no history, not restored) first ticked; kept in memory
+    only. A pool that pauses on every resize (`QueueSample.scaling_pauses`: Kafka) waits a
+    whole scale-down window of evidence before its first shrink: at adoption nothing tells a
+    pool that keeps pace at lag 0 from an idle one (Kafka's rate needs a minute of
+    counters), and the window, empty, held nothing (review: a new QueueScaler over 6 busy
+    replicas took them to zero at its first tick). A restored state starts it at the
+    restart: when the QueueScaler was created is not in status."""
     probe_unknown_until: float | None = None
     """Set on a state restored from status: until then, whether a probe failed lately is
     not known (the run that kept going may have been told by one not to probe, or may be
@@ -239,6 +247,7 @@ def next_state(
     last_scale_time = now if scaled else state.last_scale_time
     grew = scaled and decision.replicas > current_replicas
     last_scale_up_time = now if grew else state.last_scale_up_time
+    watching_since = _watching_since(state, now)
     if sample is None:
         return ScalerState(
             last_scale_time=last_scale_time,
@@ -252,6 +261,7 @@ def next_state(
             restored=state.restored,
             probe_failed_at=state.probe_failed_at,
             probe_unknown_until=state.probe_unknown_until,
+            watching_since=watching_since,
         )
     history = (*state.recommendations, Recommendation(now, decision.recommendation))
     readings = _readings(spec, state)
@@ -273,6 +283,7 @@ def next_state(
         probe_failed_at=now if _probe_failed(state, sample, current_replicas)
         else state.probe_failed_at,
         probe_unknown_until=state.probe_unknown_until,
+        watching_since=watching_since,
     )
 
 
@@ -297,6 +308,16 @@ def _probe_failed(state: ScalerState, sample: QueueSample, current: int) -> bool
         not state.rate_measured and shrank and sample.complete and sample.ready > 0
         and current > 0 and sample.consumers >= current
     )
+
+
+def _watching_since(state: ScalerState, now: float) -> float | None:
+    """`ScalerState.watching_since`, starting now for a brand-new QueueScaler (a state
+    that has never ticked)."""
+    if state.watching_since is not None:
+        return state.watching_since
+    ticked = (state.restored or state.recommendations or state.readings
+              or state.consecutive_failures or state.last_scale_time is not None)
+    return None if ticked else now
 
 
 def _probe_failed_lately(state: ScalerState, now: float) -> bool:
@@ -353,7 +374,8 @@ def _decide_with_sample(
     stages: list[Callable[[int], _Change | None]] = [] if waking else [
         lambda n: _stabilization(spec, n, current, state.recommendations, now,
                                  rate_noise=_rate_noise(flow, current, raw_reason),
-                                 full_window=sample.scaling_pauses),
+                                 full_window=sample.scaling_pauses,
+                                 watching_since=_watching_since(state, now)),
         lambda n: _cooldown(spec, n, current, state, now),
     ]
     stages += [
@@ -544,6 +566,7 @@ def _stabilization(
     now: float,
     rate_noise: float | None = None,
     full_window: bool = False,
+    watching_since: float | None = None,
 ) -> _Change | None:
     """The HPA's stabilization: shrink no lower than the highest recommendation of the
     scale-down window, grow no higher than the lowest of the scale-up window; this
@@ -568,7 +591,8 @@ def _stabilization(
 
     `full_window` (the sample's `scaling_pauses`: every resize stops all the consumers, as a
     Kafka group's rebalance does) keeps the whole window for every scale-down: a drop that
-    is surely no noise still costs a pause of the whole pool, so it waits for the window.
+    is surely no noise still costs a pause of the whole pool, so it waits for the window,
+    and a new QueueScaler (`watching_since`) waits one whole window from its first tick.
     """
     behavior = spec.behavior
     up_window = behavior.scale_up.stabilization_seconds
@@ -590,10 +614,20 @@ def _stabilization(
             highest = past.replicas
         if past.at > up_cutoff and past.replicas < lowest:
             lowest = past.replicas
+    adopting = (full_window and watching_since is not None and recommendation < current
+                and now - watching_since < window)
+    if adopting:
+        highest = max(highest, current)
     stabilized = min(max(current, lowest), highest)
     if stabilized == recommendation:
         return None
-    if recommendation < current:
+    if adopting and watching_since is not None:
+        left = math.ceil(watching_since + window - now)
+        note = (
+            f"held at {stabilized} by scaleDown.stabilizationSeconds (a new QueueScaler over"
+            f" a pool that pauses on every resize watches one whole window first: {left}s left)"
+        )
+    elif recommendation < current:
         note = (
             f"held at {stabilized} by scaleDown.stabilizationSeconds"
             f" (highest recommendation of {_rate(down_window)}s)"

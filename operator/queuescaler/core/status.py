@@ -140,6 +140,9 @@ def state_from_status(status: Mapping[str, Any] | None, now: float) -> ScalerSta
         # not know for that long (the run that kept going may have been told by a failed
         # one not to probe), so a probe moves the pool no further than both answers agree.
         probe_unknown_until=None if measured else now + PROBE_PAUSE_SECONDS,
+        # When this QueueScaler started is not in status either: a pool that pauses on every
+        # resize (Kafka) waits one whole window from the restart, as from a creation.
+        watching_since=now,
     )
 
 
