@@ -9,6 +9,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from queuescaler.core.plan import Failure
 from queuescaler.core.redact import redact
@@ -39,6 +40,9 @@ SOURCE_IDLE_SECONDS = 600.0
 """A source no QueueScaler used for this long is closed (its connections with it)."""
 FAILED_SECRET_RETRY_SECONDS = 10.0
 """A missing or bad Secret is read again this soon: fixing it should show quickly."""
+ROUND_WAIT_SECONDS = 2.0
+"""How long a tick waits for a broker's round before it acts on the QueueScalers of the
+brokers that answered (`Brokers.sample`)."""
 PEEK_BACKOFF_SECONDS = 30.0
 """A broker whose peek failed is left to its regular samples this long: peeks run every
 tick, and an endpoint that times out would otherwise hold every tick up by its timeout."""
@@ -120,6 +124,14 @@ class ClientListings:
         return await asyncio.shield(listing)
 
 
+@dataclass(frozen=True)
+class _Round:
+    """One broker's sample in progress (or done, not yet used), and the queues it asks."""
+
+    queues: frozenset[QueueRef]
+    task: asyncio.Task[SampleResult | SourceError]
+
+
 class Brokers:
     """Every broker the operator samples, with one source each, kept across ticks."""
 
@@ -136,6 +148,12 @@ class Brokers:
         """When each source last served a tick: one idle for long is closed (a rotated
         Secret leaves its old address behind, with its connections)."""
         self._closing: set[asyncio.Task[None]] = set()
+        self._rounds: dict[Broker, _Round] = {}
+        """Rounds a tick stopped waiting for: they go on, bounded by their source's own
+        timeout, and a later tick uses their answer."""
+        self._late: set[Broker] = set()
+        """Brokers whose last round outlasted the wait: the next is not waited for at all
+        (a hung broker would otherwise hold every tick it starts a round in)."""
         self.secrets = SecretCache(kube, secret_refresh_seconds)
 
     def source(self, broker: Broker) -> QueueSource:
@@ -153,6 +171,10 @@ class Brokers:
             if used < idle:
                 del self._used[broker]
                 source = self._sources.pop(broker, None)
+                late = self._rounds.pop(broker, None)
+                if late is not None:
+                    late.task.cancel()
+                self._late.discard(broker)
                 if source is not None:
                     task = asyncio.ensure_future(_close(source))
                     self._closing.add(task)
@@ -173,9 +195,16 @@ class Brokers:
         return found
 
     async def sample(
-        self, scalers: Iterable[Scaler], reaches: Mapping[Key, Reach]
+        self, scalers: Iterable[Scaler], reaches: Mapping[Key, Reach],
+        wait: float = ROUND_WAIT_SECONDS,
     ) -> dict[Broker, SampleResult | SourceError]:
-        """One request per broker: every queue any of `scalers` on it watches."""
+        """One request per broker: every queue any of `scalers` on it watches.
+
+        Waits at most `wait` seconds for the rounds it starts; a broker still answering
+        then is absent from the result (its QueueScalers wait for a later tick, which uses
+        the round's answer once it came), so one slow or hung broker delays its own
+        QueueScalers only. A round still running is not started again.
+        """
         wanted = _wanted(scalers, reaches)
 
         async def one(broker: Broker, queues: set[QueueRef]) -> SampleResult | SourceError:
@@ -186,12 +215,32 @@ class Brokers:
                 result = error
             except Exception as error:  # a source bug must not look like a healthy broker
                 result = SourceError(ErrorKind.BAD_RESPONSE, redact(repr(error)))
-            self._metrics.sampled(time.perf_counter() - started, result)
+            took = time.perf_counter() - started
+            self._metrics.sampled(took, result)
+            if took > wait:
+                self._late.add(broker)
+            else:
+                self._late.discard(broker)
             return result
 
-        brokers = list(wanted)
-        results = await asyncio.gather(*(one(b, wanted[b]) for b in brokers))
-        return dict(zip(brokers, results, strict=True))
+        started: list[asyncio.Task[SampleResult | SourceError]] = []
+        for broker, queues in wanted.items():
+            going = self._rounds.get(broker)
+            if going is not None and (not going.task.done() or queues <= going.queues):
+                continue  # still answering, or its answer covers this tick's queues
+            task = asyncio.create_task(one(broker, queues))
+            self._rounds[broker] = _Round(frozenset(queues), task)
+            if broker not in self._late:
+                started.append(task)
+        if started:
+            await asyncio.wait(started, timeout=wait)
+        answers: dict[Broker, SampleResult | SourceError] = {}
+        for broker in wanted:
+            going = self._rounds[broker]
+            if going.task.done():
+                answers[broker] = going.task.result()
+                del self._rounds[broker]
+        return answers
 
     async def peek(self, scalers: Sequence[Scaler], now: float) -> dict[Key, QueueSample]:
         """Live counts (no statistics delay) of every queue of `scalers`, by QueueScaler,
@@ -240,6 +289,10 @@ class Brokers:
         return ClientListings(self.source, _wanted(scalers, reaches))
 
     async def close(self) -> None:
+        rounds, self._rounds = self._rounds, {}
+        for going in rounds.values():
+            going.task.cancel()
+        await asyncio.gather(*(going.task for going in rounds.values()), return_exceptions=True)
         sources, self._sources = self._sources, {}
         for source in sources.values():
             await _close(source)

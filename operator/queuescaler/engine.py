@@ -15,7 +15,15 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from queuescaler.brokers import Broker, Brokers, ClientListings, Reach, SourceFactory, connect
+from queuescaler.brokers import (
+    ROUND_WAIT_SECONDS,
+    Broker,
+    Brokers,
+    ClientListings,
+    Reach,
+    SourceFactory,
+    connect,
+)
 from queuescaler.core import plan as planner
 from queuescaler.core.plan import Event, Failure, Observations, Plan, WorkerLook
 from queuescaler.core.redact import redact
@@ -61,6 +69,9 @@ class EngineSettings:
     """Secrets are read again after this long (they are never watched: `get` by name only)."""
     concurrency: int = 32
     """QueueScalers acted on at once (each patch or write is one apiserver request)."""
+    round_wait_seconds: float = ROUND_WAIT_SECONDS
+    """How long a tick waits for a broker's answer before deciding for the brokers that
+    answered; a later tick decides for the one still answering (`Brokers.sample`)."""
 
 
 class Engine:
@@ -172,7 +183,12 @@ class Engine:
             # Early pools are decided on their live counts alone: no management request.
             early_keys = {s.key for s in early}
             reaches = await self.brokers.reaches([*due, *early], now)
-            answers = await self.brokers.sample(due, reaches) if due else {}
+            answers = (
+                await self.brokers.sample(due, reaches, self.settings.round_wait_seconds)
+                if due else {}
+            )
+            # A broker still answering: its QueueScalers stay due, for the tick it answers in.
+            due = [s for s in due if not _answer_pending(reaches.get(s.key), answers)]
             listings = self.brokers.listings(due, reaches)
             for scaler in due:
                 interval = scaler.spec.polling_interval_seconds if scaler.spec else 60
@@ -396,3 +412,7 @@ class Engine:
             await self.kube.emit_event(about, event_type, reason, message)
         except KubeError as error:
             log.warning("event not posted: %s", error.message)
+
+
+def _answer_pending(reach: Reach | None, answers: Mapping[Broker, object]) -> bool:
+    return isinstance(reach, tuple) and reach not in answers

@@ -236,3 +236,48 @@ async def test_defect_13_a_kube_reason_reaches_the_condition_as_it_is() -> None:
                      lambda broker: Source(), EngineSettings(fast_path=False), clock=lambda: NOW)
     await running.tick(NOW)
     assert ("Warning", "UnsupportedTarget") in kube.events
+
+
+async def test_a_hung_broker_delays_only_its_own_queuescalers() -> None:
+    """Two brokers, one of which answers nothing: the other's QueueScaler is decided at the
+    first tick, no tick after waits for the hung one again, and its QueueScaler is decided
+    at the first tick after its answer came (review: one slow cluster held every tick up
+    to its timeout)."""
+
+    class Hanging(Source):
+        def __init__(self) -> None:
+            super().__init__(ready=70)
+            self.answer = asyncio.Event()
+            self.rounds = 0
+
+        async def sample(self, queues: Collection[QueueRef]) -> SampleResult:
+            self.rounds += 1
+            await self.answer.wait()
+            return await super().sample(queues)
+
+    class TwoBrokers(Kube):
+        async def read_secret(self, namespace: str, name: str) -> dict[str, str]:
+            return {"amqpUrl": f"amqp://u:p@{namespace}/"}
+
+    kube, hung, fine = TwoBrokers(), Hanging(), Source(ready=50)
+    fleet, cache = Fleet(), ReplicaCache()
+    for namespace in ("hung", "fine"):
+        fleet.upsert(body(namespace), NOW)
+        cache.set(namespace, "worker", 1)
+    running = Engine(
+        kube, fleet, cache, Metrics(CollectorRegistry(), process=False),
+        lambda broker: hung if "hung" in str(broker) else fine,
+        EngineSettings(fast_path=False, round_wait_seconds=0.05), clock=lambda: NOW,
+    )
+    await asyncio.wait_for(running.tick(NOW), 1.0)
+    assert kube.scaled == [("fine", 5)]
+    scaler = running.fleet.get("hung", "qs")
+    assert scaler is not None and scaler.next_due <= NOW + 1  # still due
+    for second in range(1, 4):  # not waited for again, nor asked again while answering
+        await asyncio.wait_for(running.tick(NOW + second), 0.04)
+    assert hung.rounds == 1 and kube.scaled == [("fine", 5)]
+    hung.answer.set()
+    await asyncio.sleep(0)
+    await running.tick(NOW + 4)
+    assert kube.scaled == [("fine", 5), ("hung", 7)]
+    await running.brokers.close()
