@@ -123,7 +123,7 @@ def test_the_crd_is_installed_and_established(testenv: Any, crd: str) -> None:
 
 def test_every_example_directory_is_covered() -> None:
     names = {path.name for path in EXAMPLES}
-    assert {"celery-is-prime", "celery-redis", "kafka-consumer", "pika-worker",
+    assert {"activemq-stomp", "celery-is-prime", "celery-redis", "kafka-consumer", "pika-worker",
             "scale-to-zero"} <= names
 
 
@@ -154,6 +154,9 @@ def test_an_example_follows_the_conventions(example: Path) -> None:
         "rabbitmq": ({"amqpUrl", "managementUrl"}, "AMQP_URL", "amqpUrl"),
         "redis": ({"redisUrl"}, "REDIS_URL", "redisUrl"),
         "kafka": ({"bootstrapServers"}, "BOOTSTRAP_SERVERS", "bootstrapServers"),
+        # The operator reads Jolokia (jolokiaUrl and its login); the workers' STOMP address and
+        # login are one more key, which the operator does not read.
+        "activemq": ({"jolokiaUrl", "username", "password", "stompUrl"}, "STOMP_URL", "stompUrl"),
     }[next(iter(scalers[0]["spec"]["source"]))]
     for doc in documents:
         where = f"{example.name}: {doc['kind']} {doc['metadata']['name']}"
