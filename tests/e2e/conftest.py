@@ -1,5 +1,5 @@
 """Fixtures for end-to-end tests: pod runners that clean up after themselves, a processed log,
-the session's Kafka broker."""
+the session's Kafka broker and ActiveMQ brokers (Classic and Artemis)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from queuescaler_testkit.activemq_server import (
+    ActiveMQServerError,
+    ArtemisServer,
+    ClassicServer,
+    artemis_session,
+    classic_session,
+)
 from queuescaler_testkit.env import TestEnv
 from queuescaler_testkit.kafka_server import KafkaServer, KafkaServerError, session_server
 from queuescaler_testkit.podrunner import PodRunnerFactory
@@ -42,4 +49,25 @@ def kafka_server() -> Iterator[KafkaServer]:
         with session_server() as server:
             yield server
     except KafkaServerError as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def activemq_classic() -> Iterator[ClassicServer]:
+    """The session's ActiveMQ Classic (started by the first test that asks for it, shared with
+    the activemq integration tests' fixture, stopped by its PID at the end). Never skips."""
+    try:
+        with classic_session() as server:
+            yield server
+    except ActiveMQServerError as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def activemq_artemis() -> Iterator[ArtemisServer]:
+    """The session's ActiveMQ Artemis, shared the same way. Never skips."""
+    try:
+        with artemis_session() as server:
+            yield server
+    except ActiveMQServerError as error:
         pytest.fail(str(error), pytrace=False)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from queuescaler_testkit.activemq_server import (
 )
 from queuescaler_testkit.faultproxy import HOP_BY_HOP, FaultProxy
 from queuescaler_testkit.pool import FAST_BEHAVIOR, Pool, deep_merge, worker_deployment
-from queuescaler_testkit.workers.stomp_worker import stomp_worker_env
+from queuescaler_testkit.workers.stomp_worker import WORK_HEADER, stomp_worker_env
 
 SECRET = "activemq"
 STOMP_SECONDS = 15.0
@@ -143,12 +144,30 @@ class ActiveMQPool(Pool):
                 self._exec("destroyQueue(java.lang.String,boolean,boolean)",
                            [self.queue, True, True])
 
-    def send(self, n: int, *, tag: str = "m") -> list[str]:
-        """`n` persistent messages `<tag>-0`...; their ids (the bodies the worker logs), unique
-        within the pool for distinct tags."""
+    def send(self, n: int, *, tag: str = "m", work_seconds: float | None = None) -> list[str]:
+        """`n` persistent messages `<tag>-<random>-0`...; their ids (the bodies the worker
+        logs). `work_seconds`: how long the STOMP worker takes over each (its WORK_SECONDS
+        otherwise). Returns once the broker has receipted the last."""
         prefix = f"{tag}-{uuid.uuid4().hex[:6]}"
-        self.broker.send(self.queue, n, prefix=prefix)
-        return [f"{prefix}-{i}" for i in range(n)]
+        ids = [f"{prefix}-{i}" for i in range(n)]
+        headers = {"persistent": "true"}
+        if work_seconds is not None:
+            headers[WORK_HEADER] = str(work_seconds)
+        receipt = f"sent-{uuid.uuid4().hex[:8]}"
+        answered = _Receipt(receipt)
+        connection = self._connect()
+        connection.set_listener("receipt", answered)
+        try:
+            for i, body in enumerate(ids):
+                last = {"receipt": receipt} if i == n - 1 else {}
+                connection.send(f"/queue/{self.queue}", body, headers=headers | last)
+            # A receipt comes after every frame before it is processed.
+            if n and not answered.done.wait(STOMP_SECONDS):
+                raise AssertionError(f"no receipt for {n} messages to {self.queue}: "
+                                     f"{answered.errors}")
+        finally:
+            connection.disconnect()
+        return ids
 
     def stats(self) -> dict[str, Any] | None:
         """The queue's attributes as the broker has them now (None: no such queue)."""
@@ -217,6 +236,22 @@ class ActiveMQPool(Pool):
                  f"{object_name_quote(self.broker.broker_name)}")
         return _value(self._jolokia({"type": "exec", "mbean": mbean, "operation": operation,
                                      "arguments": arguments}))
+
+
+class _Receipt(stomp.ConnectionListener):  # type: ignore[misc]
+    """Waits for one RECEIPT frame; keeps the ERROR frames heard meanwhile."""
+
+    def __init__(self, receipt: str) -> None:
+        self.receipt = receipt
+        self.done = threading.Event()
+        self.errors: list[str] = []
+
+    def on_receipt(self, frame: Any) -> None:
+        if frame.headers.get("receipt-id") == self.receipt:
+            self.done.set()
+
+    def on_error(self, frame: Any) -> None:
+        self.errors.append(f"{frame.headers.get('message', '')} {frame.body}".strip())
 
 
 def _value(answer: Mapping[str, Any]) -> Any:

@@ -8,7 +8,8 @@ Environment:
   POD_NAME             the CONNECT frame's client-id, so the broker's consumers map to pods
   PREFETCH             messages it may hold unacknowledged (default 1): see below
   CONSUMER_WINDOW_SIZE Artemis' window in bytes (optional): see below
-  WORK_SECONDS         the "work": a sleep per message (default 0.05)
+  WORK_SECONDS         the "work": a sleep per message (default 0.05); a message's own
+                       `work-seconds` header, when it has one, says how long it takes instead
   PROCESSED_LOG        one line `<message id> <pod name>` per message done, written before its ack
   STARTED_LOG          optional: the same line per message started (what a stopped worker held)
 
@@ -54,6 +55,8 @@ import stomp  # type: ignore[import-untyped]
 from queuescaler_testkit.workers.pika_worker import append_record
 
 WORKER = Path(__file__)
+WORK_HEADER = "work-seconds"
+"""A message's own work time (both brokers pass custom STOMP headers through)."""
 CONNECT_SECONDS = 15.0
 POLL_SECONDS = 0.2
 """How long the main loop waits for a message before it looks at the stop flag again."""
@@ -167,7 +170,7 @@ class Worker:
         message_id = message_id_of(frame)
         if self.started_log:
             append_record(self.started_log, message_id, self.pod_name)
-        time.sleep(self.work_seconds)
+        time.sleep(float(frame.headers.get(WORK_HEADER, self.work_seconds)))
         append_record(self.processed_log, message_id, self.pod_name)
         # STOMP 1.2: the ACK names the frame's `ack` header (no transaction).
         connection.ack(frame.headers.get("ack") or frame.headers["message-id"])
