@@ -5,6 +5,9 @@ What is removed from any text:
   and of a bare `user:pw@host`;
 - the value after a password key (`password=...`, `"password": "..."`, `pwd: ...`,
   `RABBITMQ_DEFAULT_PASS=...`), registered or not;
+- the value of an echoed `Authorization` header (`Basic dXNlcjpwYXNz`): a server that
+  quotes the request's headers in an error page would otherwise show a password one base64
+  decode away;
 - every secret value registered with `register_secret`, in the forms it may take when a
   server or a library echoes it back: as is, percent-encoded (upper or lower hex, `+` for
   spaces), and escaped by `repr` or JSON. A long secret is removed wherever it appears; a
@@ -46,6 +49,14 @@ _BARE_USERINFO = re.compile(
 )
 """`user:pw@host` without a scheme (pika and some drivers print it so); the user goes too.
 Tried only where a run starts, and bounded: a long token without spaces stays linear."""
+
+_AUTH_HEADER = re.compile(
+    r"(?i)((?:proxy-)?authorization['\"]?[ \t]*[=:][ \t]*['\"]?)"
+    r"(?:([A-Za-z][\w-]{0,19})([ \t]+))?[^\s'\",;&]{1,4096}"
+)
+"""An echoed `Authorization` header's value (`Authorization: Basic dXNl...`, or as a JSON or
+repr key): the scheme stays, the token goes. A token echoed without its header is masked
+when its source registered it (`register_secret`)."""
 
 _KEY = r"(?<![\w.\-])[\w.\-]*?(?:passw(?:or)?d|pwd|_pass)(?!\w)"
 """A password's key: password, passwd, pwd, db_password, userPassword, RABBITMQ_DEFAULT_PASS."""
@@ -190,6 +201,8 @@ def redact(text: str) -> str:
     patterns = _patterns
     if patterns.anywhere is not None:
         text = patterns.anywhere.sub(MASK, text)
+    if "uthorization" in text or "UTHORIZATION" in text:
+        text = _AUTH_HEADER.sub(_masked_header, text)
     if "@" in text:
         # A short secret first, whole: the userinfo rules end at a space or a '/'.
         if patterns.as_userinfo is not None:
@@ -198,6 +211,11 @@ def redact(text: str) -> str:
             text = _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
         text = _BARE_USERINFO.sub(MASK + "@", text)
     return _mask_values(patterns.values, text)
+
+
+def _masked_header(match: re.Match[str]) -> str:
+    scheme = f"{match.group(2)}{match.group(3)}" if match.group(2) else ""
+    return f"{match.group(1)}{scheme}{MASK}"
 
 
 class RedactingFilter(logging.Filter):

@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Sequence
 import aiohttp
 import yarl
 
-from queuescaler.core.redact import redact
+from queuescaler.core.redact import redact, register_secret
 from queuescaler.core.sample import BrokerClient, ErrorKind, QueueRef, SampleResult, SourceError
 from queuescaler.sources.rabbitmq.listing import (
     CHANNEL_COLUMNS,
@@ -75,6 +75,7 @@ class ManagementClient:
             user = urllib.parse.unquote(parts.username)
             password = urllib.parse.unquote(parts.password or "")
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            register_secret(token)  # an error page may echo it without its header's name
             self._headers["Authorization"] = f"Basic {token}"
         host = parts.netloc.rpartition("@")[2]
         self._base = f"{parts.scheme}://{host}{parts.path.rstrip('/')}"
