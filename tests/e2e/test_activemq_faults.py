@@ -112,10 +112,12 @@ def test_a_broker_restart_is_told_holds_the_pool_and_is_read_again_once_back(
 
     pool.send(2 * PER_REPLICA, tag="after")  # 20 kept over the restart, 20 more
     _replicas(pool, 4, "40 messages read on the restarted broker")
+    told = [(e.get("reason"), e.get("message")) for e in pool.events()
+            if e.get("type") == "Warning"]
     print(f"activemq {pool.flavor} restart: {gone['reason']}: {gone['message']}\n"
           f"replicas while away: {held}; BrokerReachable True {recovered:.1f} s after the"
           f" broker was back (polling every {POLL_SECONDS} s)\n"
-          f"queue before: {before}\nqueue after: {after}\nstatus: {pool.status()}")
+          f"queue before: {before}\nqueue after: {after}\nWarning Events: {told}")
     assert gone["reason"] == "Unreachable", gone
     assert ready is not None and ready["status"] == "False", ready
     assert set(held) == {2}, f"the pool moved on missing data: {held}"

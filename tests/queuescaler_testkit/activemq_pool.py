@@ -139,6 +139,10 @@ class ActiveMQPool(Pool):
         assert self.stats() is not None, f"queue {self.queue} was not created"
 
     def delete_queue(self) -> None:
+        """The QueueScaler first (it would report the queue missing), then, on Artemis, the
+        queue."""
+        self.testenv.kubectl("delete", "qs", self.name, "-n", self.namespace,
+                             "--ignore-not-found", "--wait=false", check=False)
         if isinstance(self.broker, ArtemisServer):
             with contextlib.suppress(Exception):  # never created, or already gone
                 self._exec("destroyQueue(java.lang.String,boolean,boolean)",
