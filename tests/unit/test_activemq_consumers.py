@@ -102,6 +102,13 @@ def test_a_broker_without_consumers_lists_none() -> None:
     assert listing("classic").parse([PROBE_OK, NOT_FOUND, NOT_FOUND]) == []
 
 
+def test_a_slave_cannot_tell_its_masters_consumers() -> None:
+    standby = {"status": 200, "value": {"BrokerVersion": "5.17.2", "Slave": True}}
+    with pytest.raises(SourceError) as failed:
+        listing("classic").parse([standby, NOT_FOUND, NOT_FOUND])
+    assert failed.value.kind is ErrorKind.UNREACHABLE
+
+
 def test_a_broker_that_is_not_there_cannot_be_told() -> None:
     with pytest.raises(SourceError) as failed:
         listing("classic").parse([NOT_FOUND, NOT_FOUND, NOT_FOUND])

@@ -241,6 +241,26 @@ def test_classic_names_mangled_alike_are_not_mistaken_for_each_other() -> None:
     assert found.kind is ErrorKind.QUEUE_NOT_FOUND
 
 
+@pytest.mark.parametrize("queue", [
+    {"status": 404, "error_type": "javax.management.InstanceNotFoundException",
+     "error": "No MBean"},
+    {"status": 200, "value": {"QueueSize": 0, "InFlightCount": 0, "ConsumerCount": 0,
+                              "EnqueueCount": 0, "DequeueCount": 0, "Name": "q"}},
+], ids=["queue-not-loaded-yet", "queue-read-on-the-standby"])
+def test_a_classic_slave_is_unreachable_not_an_empty_or_missing_queue(
+    queue: dict[str, Any],
+) -> None:
+    """While a Classic broker starts (end to end: 0.3 s in which its MBean answered and a
+    queue holding messages did not exist yet) and on the standby of a master/slave pair,
+    `Slave` is true: its queues say nothing of the master's."""
+    ref = BrokerScope("classic", "b").ref("q")
+    probe = {"status": 200, "value": {"BrokerVersion": "5.17.2", "Slave": True}}
+    outcome = SamplePlan([ref]).parse([probe, queue], NOW)
+    failed = error(outcome.result[ref])
+    assert failed.kind is ErrorKind.UNREACHABLE and "slave" in failed.message
+    assert outcome.flavors == {"classic"}  # a Classic broker all the same
+
+
 def test_several_brokers_behind_one_agent_ask_for_a_broker_name() -> None:
     ref = BrokerScope("classic").ref("q")
     plan = SamplePlan([ref])

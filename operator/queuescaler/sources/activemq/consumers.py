@@ -126,7 +126,7 @@ class ListingPlan:
         self.scopes = list(scopes)
         self.broker_name = broker_name
         name = "*" if broker_name is None else classic_part(broker_name)
-        self.probe = Read(broker_mbean(flavor, broker_name), (PROBE_ATTRIBUTES[flavor],),
+        self.probe = Read(broker_mbean(flavor, broker_name), PROBE_ATTRIBUTES[flavor],
                           pattern=broker_name is None)
         self.consumers = Read(
             f"{CLASSIC_DOMAIN}:type=Broker,brokerName={name},destinationType=Queue,"
@@ -158,6 +158,9 @@ class ListingPlan:
         if seen is Probe.ABSENT:
             raise bad(ErrorKind.BAD_CONFIG, f"no {NAMES[self.flavor]} broker"
                       f"{named(self.broker_name)} answers behind the Jolokia URL")
+        if seen is Probe.STANDBY:  # its consumers are not its master's: none would be seen
+            raise bad(ErrorKind.UNREACHABLE, f"the {NAMES[self.flavor]} broker"
+                      f"{named(self.broker_name)} is a slave: its consumers are not listed")
         if self.flavor == CLASSIC:
             clients = self._classic(entries[1], entries[2])
         else:

@@ -160,15 +160,15 @@ class ActiveMQSource:
 
     async def _probe(self, flavors: Sequence[Flavor], broker_name: str | None) -> None:
         """One POST of broker probes, to learn the flavor or the broker's name."""
-        reads = [Read(broker_mbean(flavor, broker_name), (PROBE_ATTRIBUTES[flavor],),
+        reads = [Read(broker_mbean(flavor, broker_name), PROBE_ATTRIBUTES[flavor],
                       pattern=broker_name is None) for flavor in flavors]
         entries = answers(await self._post([read.request() for read in reads]), len(reads))
         found: list[Flavor] = []
         for flavor, read, entry in zip(flavors, reads, entries, strict=True):
             seen, name = probe(flavor, read, entry)
-            if seen in (Probe.FOUND, Probe.SEVERAL):
+            if seen in (Probe.FOUND, Probe.SEVERAL, Probe.STANDBY):
                 found.append(flavor)
-            if name is not None and broker_name is None and seen is Probe.FOUND:
+            if name is not None and broker_name is None and seen in (Probe.FOUND, Probe.STANDBY):
                 self._names[flavor] = name
         if len(found) == 1:
             self._detected = found[0]
