@@ -70,6 +70,8 @@ from queuescaler.engine import Engine, EngineSettings
 from queuescaler.fleet import Fleet, ReplicaCache
 from queuescaler.kube.client import HpaTarget, ObjectRef
 from queuescaler.metrics import Metrics
+from queuescaler.sources.activemq.secret import ActiveMQBroker
+from queuescaler.sources.activemq.source import ActiveMQSource
 from queuescaler.sources.kafka.secret import KafkaBroker
 from queuescaler.sources.kafka.source import KafkaSource
 from queuescaler.sources.rabbitmq.listing import QUEUE_COLUMNS, name_filter_query
@@ -77,6 +79,7 @@ from queuescaler.sources.rabbitmq.secret import broker_from_secret
 from queuescaler.sources.rabbitmq.source import RabbitMQSource
 from queuescaler.sources.redis.secret import RedisBroker
 from queuescaler.sources.redis.source import RedisSource
+from queuescaler_testkit.activemq_server import ActiveMQServer, ArtemisServer, ClassicServer
 from queuescaler_testkit.broker import BrokerAdmin
 from queuescaler_testkit.env import REPO, TestEnv, read_testenv
 from queuescaler_testkit.kafka_server import KafkaPorts, KafkaServer, kafka_version
@@ -721,9 +724,114 @@ def _kafka_rows() -> tuple[list[str], str]:
     return rows, kafka_version()
 
 
+# --- table 6: ActiveMQ, the real Engine and ActiveMQSource against private Classic and Artemis ---
+
+ACTIVEMQ_FLEETS = (10, 100, 1_000)
+"""QueueScalers (each its own queue) on one broker in table 6."""
+
+
+@dataclass(frozen=True)
+class JolokiaCost:
+    scalers: int
+    first_posts: int
+    first_ms: float
+    rounds: int
+    """Ticks after the first that sent any POST (sampling rounds)."""
+    posts_per_round: float
+    reads_per_post: float
+    """Jolokia requests inside one bulk POST (the probe and one read per queue), mean."""
+    per_tick: float
+    connections: int
+    """Connections opened over the ticks after the first."""
+    tick_ms: float
+    tick_max_ms: float
+
+
+async def _jolokia_cost(server: ActiveMQServer, scalers: int) -> JolokiaCost:
+    fleet, cache = _fleet(scalers, (1,), "activemq", lambda n, name: {"queue": f"bench-{name}"})
+    posts: list[int] = []
+    opened = 0
+
+    async def on_start(_: Any, __: Any, params: aiohttp.TraceRequestStartParams) -> None:
+        posts.append(0)
+
+    async def on_chunk(_: Any, __: Any, params: aiohttp.TraceRequestChunkSentParams) -> None:
+        if params.chunk.startswith(b"["):
+            posts[-1] = params.chunk.count(b'"type"')
+
+    async def on_connect(_: Any, __: Any, ___: Any) -> None:
+        nonlocal opened
+        opened += 1
+
+    tracing = aiohttp.TraceConfig()
+    tracing.on_request_start.append(on_start)
+    tracing.on_request_chunk_sent.append(on_chunk)
+    tracing.on_connection_create_end.append(on_connect)
+
+    def make_source(broker: tuple[str, Hashable]) -> ActiveMQSource:
+        address = broker[1]
+        assert isinstance(address, ActiveMQBroker)
+        return ActiveMQSource(address, timeout=30.0, trace_configs=[tracing])
+
+    secret = {"jolokiaUrl": server.jolokia_url, "username": server.user,
+              "password": server.password}
+    now = EPOCH
+    engine = Engine(QuietKube(secret), fleet, cache, Metrics(CollectorRegistry(), process=False),
+                    make_source, EngineSettings(), clock=lambda: now)
+    started = time.perf_counter()
+    await engine.tick(now)
+    first_ms = (time.perf_counter() - started) * 1e3
+    first_posts, posts[:], opened = len(posts), [], 0
+    rounds, walls, sizes, total = 0, [], [], 0
+    for _ in range(CYCLES * POLL_SECONDS):
+        now += 1.0
+        posts.clear()
+        started = time.perf_counter()
+        await engine.tick(now)
+        wall = time.perf_counter() - started
+        total += len(posts)
+        if posts:
+            rounds += 1
+            walls.append(wall)
+            sizes.extend(posts)
+    await engine.brokers.close()
+    return JolokiaCost(
+        scalers, first_posts, first_ms, rounds, total / max(1, rounds),
+        statistics.mean(sizes) if sizes else 0.0, total / (CYCLES * POLL_SECONDS), opened,
+        statistics.median(walls) * 1e3 if walls else 0.0, max(walls) * 1e3 if walls else 0.0,
+    )
+
+
+def _activemq_rows() -> list[str]:
+    """Table 6's rows: both flavors, on ports of their own (the tests' brokers may be up)."""
+    rows = [
+        "| broker | QueueScalers (queues) | first tick: POSTs | wall ms "
+        f"| sampling rounds in {CYCLES * POLL_SECONDS} ticks | POSTs per round "
+        "| reads per POST | POSTs per tick, mean | connections opened after the first tick "
+        "| engine tick wall on a round, median (ms) | max (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    servers: tuple[ActiveMQServer, ...] = (
+        ClassicServer(openwire_port=24636, classic_stomp_port=24633, http_port=24181),
+        ArtemisServer(acceptor_port=25636, artemis_stomp_port=25633, http_port=25181),
+    )
+    for server in servers:
+        with server:
+            server.send([f"bench-w{n:05d}" for n in range(max(ACTIVEMQ_FLEETS))], 1)
+            for scalers in ACTIVEMQ_FLEETS:
+                cost = asyncio.run(_jolokia_cost(server, scalers))
+                rows.append(
+                    f"| {server.kind} | {cost.scalers:,} | {cost.first_posts} "
+                    f"| {cost.first_ms:.0f} | {cost.rounds} | {cost.posts_per_round:g} "
+                    f"| {cost.reads_per_post:,.0f} | {cost.per_tick:.2f} | {cost.connections} "
+                    f"| {cost.tick_ms:.1f} | {cost.tick_max_ms:.1f} |"
+                )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--only", choices=("rabbitmq", "redis", "kafka"),
+    parser.add_argument("--only", choices=("rabbitmq", "redis", "kafka", "activemq"),
                         help="print only that broker's tables (default: all)")
     only = parser.parse_args().only
     started = time.perf_counter()
@@ -759,6 +867,24 @@ def main() -> None:
             "commands and connections are the server's own counts (INFO stats). Every "
             "QueueScaler is due on the first tick; the fast path then peeks the pools that "
             f"may grow. Computed in {time.perf_counter() - redis_started:.0f} s.\n"
+        )
+        print("\n".join(rows))
+    if only in (None, "activemq"):
+        activemq_started = time.perf_counter()
+        rows = _activemq_rows()
+        print(
+            "\n## ActiveMQ Classic and Artemis: Jolokia POSTs per tick, one broker, one queue "
+            f"per QueueScaler ({POLL_SECONDS} s polling, one-second ticks, {CYCLES} cycles)\n"
+        )
+        print(
+            "The real Engine, Brokers and ActiveMQSource against a private Classic (Debian's "
+            "5.17, Jolokia 1.7 JVM agent) and a private Artemis (2.40, its console's Jolokia "
+            "2.1) on loopback, one message in each queue (idle pools at minReplicas 1; the "
+            "apiserver an in-process stand-in). POSTs and connections as aiohttp's trace "
+            "sees them; reads per POST are the bulk request's entries (one probe of the "
+            "broker's MBean and one read per queue). Jolokia has no live peek, so QueueScalers "
+            "are only sampled when due. "
+            f"Computed in {time.perf_counter() - activemq_started:.0f} s.\n"
         )
         print("\n".join(rows))
     print(f"\n(bench ran in {time.perf_counter() - started:.1f} s)")

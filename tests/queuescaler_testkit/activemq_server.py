@@ -135,6 +135,9 @@ class _Receipts(stomp.ConnectionListener):  # type: ignore[misc]
         self.errors: list[str] = []
         self.messages: list[str] = []
         """message-id of every message received, in order."""
+        self.acks: list[str] = []
+        """Each message's `ack` header (STOMP 1.2 acks by it, not by message-id: Classic
+        counts no ack given a message-id), in the same order."""
         self.changed = threading.Condition()
 
     def on_receipt(self, frame: Any) -> None:
@@ -150,6 +153,7 @@ class _Receipts(stomp.ConnectionListener):  # type: ignore[misc]
     def on_message(self, frame: Any) -> None:
         with self.changed:
             self.messages.append(frame.headers.get("message-id", ""))
+            self.acks.append(frame.headers.get("ack", frame.headers.get("message-id", "")))
             self.changed.notify_all()
 
     def wait(self, ready: Any, timeout: float, what: str) -> None:
@@ -181,8 +185,10 @@ class Holder:
 
     def ack_all(self) -> None:
         """Ack every message received so far (client-individual: one ACK each)."""
-        for message_id in self.received:
-            self.connection.ack(message_id, self.subscription)
+        with self.listener.changed:
+            acks = list(self.listener.acks)
+        for ack in acks:
+            self.connection.ack(ack)
 
 
 @dataclass
@@ -409,19 +415,22 @@ class ActiveMQServer(PrivateServer):
         connection.connect(self.user, self.password, wait=True, headers=headers)
         return connection, listener
 
-    def send(self, queue: str, n: int, *, prefix: str = "m") -> None:
-        """`n` persistent messages `prefix-0`... to `queue` (created by the first send), over
-        one STOMP connection; returns once the broker has receipted the last of them (a
-        receipt comes after every frame before it is processed)."""
+    def send(self, queue: str | Sequence[str], n: int, *, prefix: str = "m") -> None:
+        """`n` persistent messages `prefix-0`... to `queue` (or to each of several queues),
+        created by the first send, over one STOMP connection; returns once the broker has
+        receipted the last of them (a receipt comes after every frame before it is
+        processed)."""
+        queues = [queue] if isinstance(queue, str) else list(queue)
+        frames = [(name, i) for name in queues for i in range(n)]
         connection, listener = self._connect()
         try:
             receipt = f"sent-{uuid.uuid4().hex[:8]}"
-            for i in range(n):
+            for number, (name, i) in enumerate(frames):
                 headers = {"persistent": "true"}
-                if i == n - 1:
+                if number == len(frames) - 1:
                     headers["receipt"] = receipt
-                connection.send(f"/queue/{queue}", f"{prefix}-{i}", headers=headers)
-            if n:
+                connection.send(f"/queue/{name}", f"{prefix}-{i}", headers=headers)
+            if frames:
                 listener.wait(lambda: receipt in listener.receipts, STOMP_TIMEOUT, "receipt")
         finally:
             connection.disconnect()

@@ -239,6 +239,22 @@ def test_messages_a_consumer_held_return_to_the_queue_when_it_goes(
     assert stats[_backlog(activemq)] == 3
 
 
+def test_a_holders_acks_are_counted(activemq: ActiveMQServer) -> None:
+    """Acked by each MESSAGE frame's `ack` header (STOMP 1.2): Classic counts no ack given
+    the message-id, and the kit's ack_all once acked nothing there."""
+    queue = _queue("acked")
+    activemq.send(queue, 2)
+    acked = "DequeueCount" if activemq.kind == "classic" else "MessagesAcknowledged"
+    with activemq.holding(queue, activemq.prefetch(None)) as held:
+        held.wait_for(2)
+        held.ack_all()
+        stats = wait_until(
+            lambda: (s := activemq.queue_stats(queue)) and s[acked] == 2 and s,
+            timeout=15, what="both acks counted",
+        )
+    assert stats[_in_flight(activemq)] == 0
+
+
 def test_a_restarted_broker_keeps_its_queues_and_messages(activemq: ActiveMQServer) -> None:
     queue = _queue("kept")
     activemq.send(queue, 4)
