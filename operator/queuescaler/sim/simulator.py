@@ -25,7 +25,7 @@ whose fields are as old as their source makes them (see `Sampling`).
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -108,6 +108,9 @@ class SimResult:
     only; the fluid world removes pods at once)."""
     grace_seconds: float = 0.0
     """Of `replica_seconds`, those paid for stopping pods finishing their tasks."""
+    backlog: tuple[float, ...] = ()
+    """Messages ready and unacknowledged at each second, as the broker counts them (for
+    pictures)."""
 
 
 class _World:
@@ -320,6 +323,7 @@ def simulate(
         left=world.queued + world.redelivery + world.in_flight,
         redelivered=world.redelivered,
         replicas=tuple(pool_sizes),
+        backlog=_backlog(world.history, trace.duration),
     )
 
 
@@ -366,6 +370,16 @@ def _simulate_messages(
         replicas=tuple(pool_sizes),
         cut_short=world.cut_short,
         grace_seconds=world.grace_seconds,
+        backlog=_backlog(world.history, trace.duration),
+    )
+
+
+def _backlog(history: History, duration: int) -> tuple[float, ...]:
+    """The broker's ready + unacked over the last `duration` records of a replay."""
+    start = max(0, len(history.ready) - duration)
+    return tuple(
+        ready + unacked
+        for ready, unacked in zip(history.ready[start:], history.unacked[start:], strict=True)
     )
 
 
@@ -491,6 +505,10 @@ class QueueScalerPolicy:
         self.initial_replicas = (
             self._spec.min_replicas if initial_replicas is None else initial_replicas
         )
+        self.reasons: Counter[str] = Counter()
+        """Every decision made (early ones included), by its reason."""
+        self.scale_reasons: Counter[str] = Counter()
+        """The decisions that resized the pool, by their reason."""
 
     def desired(self, sample: QueueSample, current: int, now: float) -> int:
         spec = self._spec
@@ -508,6 +526,9 @@ class QueueScalerPolicy:
             self._next_due = next_due(now, float(spec.polling_interval_seconds))
         decision = decide(spec, sample, current, self._state, now)
         applied = current if spec.dry_run else decision.replicas
+        self.reasons[decision.reason] += 1
+        if applied != current:
+            self.scale_reasons[decision.reason] += 1
         state = next_state(spec, self._state, sample, current, decision, now, applied != current)
         self._state = after_early(self._state, state) if early else state
         self._early_ready = sample.ready if early else None

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 _NORMAL_APPROXIMATION_ABOVE = 30.0
 """Poisson means above this are drawn from a normal law: exact enough, and O(1) a draw."""
@@ -68,6 +69,12 @@ def _draw(rates: Iterable[float], seed: int) -> tuple[int, ...]:
     """Poisson arrivals around a mean rate per second: real publishers are never metronomes."""
     rng = random.Random(seed)
     return tuple(_poisson(rng, rate) for rate in rates)
+
+
+def poisson_arrivals(rates: Iterable[float], *, seed: int) -> tuple[int, ...]:
+    """Messages published in each second around a mean rate per second (seeded): what a
+    recorded publish rate becomes for a replay (`sim.replay`)."""
+    return _draw(rates, seed)
 
 
 def steady(
@@ -206,3 +213,18 @@ STANDARD_TRACES: tuple[Callable[[], Trace], ...] = (
 def standard_traces() -> tuple[Trace, ...]:
     """Build the five standard traces with their default (seeded) parameters."""
     return tuple(build() for build in STANDARD_TRACES)
+
+
+NAMED: Mapping[str, Callable[[], Trace]] = MappingProxyType(
+    {
+        "steady": steady,
+        "diurnal": diurnal,
+        "bursts": bursts,
+        "slow-spikes": slow_spikes,
+        "idle-then-flood": idle_then_flood,
+        "low-rate": low_rate,
+        "keda-rate": keda_rate,
+    }
+)
+"""Every trace by the name it carries, with its default (seeded) parameters: what
+`queuescaler simulate --trace NAME` replays."""

@@ -1,0 +1,276 @@
+"""Replaying traffic against a spec, and the search for the cheapest setting: the pure half
+of `queuescaler simulate` and `queuescaler recommend` (sim/replay.py, sim/tuning.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from queuescaler.core.spec import SpecError
+from queuescaler.sim import replay as sim
+from queuescaler.sim.traces import NAMED, bursts, steady
+from queuescaler.sim.tuning import DRAIN, MESSAGES_PER_REPLICA, STABILIZATION, recommend
+
+pytestmark = pytest.mark.unit
+
+
+def spec(**overrides: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
+        "minReplicas": 0,
+        "maxReplicas": 40,
+        "source": {"rabbitmq": {"queue": "work", "connectionSecretRef": {"name": "rabbit"}}},
+        "target": {"messagesPerReplica": 20},
+    }
+    raw.update(overrides)
+    return raw
+
+
+SHORT_BURSTS = bursts(duration=900, first_at=120, every=450)
+"""Fifteen minutes, two bursts of a minute at 200 msg/s over 5 msg/s, 100 ms tasks."""
+
+
+def model(**given: Any) -> sim.ReplayModel:
+    return sim.estimate_model(sim.Given(**given), trace=SHORT_BURSTS)
+
+
+# --- traffic -----------------------------------------------------------------------------
+
+
+def test_a_csv_with_a_header_iso_times_and_service_seconds() -> None:
+    traffic = sim.traffic_from_csv(
+        "time,publish_rate,service_seconds\n"
+        "2026-01-01T00:00:00Z,10,0.5\n"
+        "2026-01-01T00:01:00Z,20,\n"
+        "2026-01-01T00:02:00+00:00,0,1.5\n",
+        "t.csv",
+    )
+    assert traffic.times[1] - traffic.times[0] == 60
+    assert traffic.publish_rates == (10.0, 20.0, 0.0)
+    assert traffic.service_seconds == (0.5, None, 1.5)
+    assert traffic.step == 60
+
+
+def test_a_csv_without_header_in_seconds_has_no_service_column() -> None:
+    traffic = sim.traffic_from_csv("# comment\n0,5\n\n15,7.5\n30,0\n", "t.csv")
+    assert traffic.times == (0.0, 15.0, 30.0)
+    assert traffic.service_seconds == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        pytest.param("0,1\n", "at least two", id="one-line"),
+        pytest.param("time,rate\n0,1\n1,1\n", "header must be", id="bad-header"),
+        pytest.param("0,1\n10,x\n", "line 2: publish_rate 'x' is not a number", id="bad-rate"),
+        pytest.param("0,1\n10,-3\n", "line 2: publish_rate '-3' must be >= 0", id="negative"),
+        pytest.param("0,1\nyesterday,1\n", "line 2: time 'yesterday' is neither", id="bad-time"),
+        pytest.param("0,1\n10,1,2,3\n", "line 2: expected time,publish_rate", id="four-cells"),
+        pytest.param("10,1\n0,1\n", "times must increase", id="backwards"),
+        pytest.param("0,1,0\n10,1,1\n", "service seconds 0.0 at 0 not > 0", id="zero-service"),
+    ],
+)
+def test_a_bad_csv_says_where(text: str, words: str) -> None:
+    with pytest.raises(sim.TrafficError, match=words):
+        sim.traffic_from_csv(text, "t.csv")
+
+
+def test_each_rate_holds_until_the_next_point_and_the_last_for_one_step() -> None:
+    traffic = sim.Traffic("t", (100.0, 160.0, 220.0), (0.0, 50.0, 0.0))
+    workload = sim.workload_from_traffic(traffic, seed=1)
+    assert workload.duration == 180
+    assert sum(workload.arrivals[:60]) == 0
+    assert 2_700 < sum(workload.arrivals[60:120]) < 3_300
+    assert sum(workload.arrivals[120:]) == 0
+    assert workload.start == 100.0
+
+
+def test_arrivals_are_drawn_once_per_seed() -> None:
+    traffic = sim.Traffic("t", (0.0, 600.0), (3.0, 3.0))
+    one = sim.workload_from_traffic(traffic, seed=1)
+    assert one == sim.workload_from_traffic(traffic, seed=1)
+    assert one.arrivals != sim.workload_from_traffic(traffic, seed=2).arrivals
+
+
+def test_the_recorded_backlog_at_the_start_is_published_first_and_gaps_are_told() -> None:
+    traffic = sim.Traffic(
+        "t", (0.0, 10.0, 20.0, 200.0), (0.0, 0.0, 0.0, 0.0),
+        backlog=(250.0, None, 0.0, 0.0), replicas=(2.0, 2.0, None, 1.0),
+    )
+    workload = sim.workload_from_traffic(traffic)
+    assert workload.arrivals[0] == 250 and workload.published == 250
+    assert workload.recorded_replicas[:10] == (2.0,) * 10
+    assert workload.recorded_replicas[25] is None
+    assert any("250 messages" in note for note in workload.notes)
+    assert any("180 s without a recorded point" in note for note in workload.notes)
+
+
+# --- the worker model --------------------------------------------------------------------------
+
+
+def test_given_values_win_and_say_so() -> None:
+    traffic = sim.Traffic("t", (0.0, 60.0), (1.0, 1.0), per_replica_rates=(4.0, 4.0))
+    made = sim.estimate_model(
+        sim.Given(service_seconds=2.0, concurrency=4, prefetch=0, pod_start_delay=30.0),
+        traffic=traffic,
+    )
+    assert (made.service_seconds, made.concurrency, made.prefetch, made.pod_start_delay) == (
+        2.0, 4, None, 30.0)
+    assert {made.origin(k) for k in ("service time", "concurrency", "prefetch",
+                                     "pod start delay")} == {"given"}
+    assert made.workers(seed=3).prefetch is None
+
+
+@pytest.mark.parametrize(
+    ("traffic", "concurrency", "seconds", "origin"),
+    [
+        pytest.param(
+            sim.Traffic("t", (0.0, 60.0, 120.0), (1.0, 3.0, 0.0),
+                        service_seconds=(1.0, 2.0, None),
+                        per_replica_rates=(10.0, 10.0, 10.0)),
+            None, 1.75, "mean of the traffic's service_seconds", id="service-column-weighted",
+        ),
+        pytest.param(
+            sim.Traffic("t", (0.0, 60.0, 120.0), (1.0, 1.0, 1.0),
+                        per_replica_rates=(2.0, None, 8.0)),
+            4, 0.5, "concurrency 4 / per-replica rate 8", id="per-replica-rate-latest",
+        ),
+        pytest.param(sim.Traffic("t", (0.0, 60.0), (1.0, 1.0)), None,
+                     sim.DEFAULT_SERVICE_SECONDS, "default", id="nothing-to-go-on"),
+    ],
+)
+def test_the_task_time_is_estimated_from_what_the_traffic_has(
+    traffic: sim.Traffic, concurrency: int | None, seconds: float, origin: str
+) -> None:
+    made = sim.estimate_model(sim.Given(concurrency=concurrency), traffic=traffic)
+    assert made.service_seconds == pytest.approx(seconds)
+    assert made.origin("service time").startswith(origin) or origin in made.origin("service time")
+    assert made.origin("prefetch") == "default"
+
+
+def test_a_synthetic_trace_brings_its_task_time() -> None:
+    made = model()
+    assert made.service_seconds == pytest.approx(0.1)
+    assert made.origin("service time") == "the trace's (bursts)"
+
+
+# --- replaying ---------------------------------------------------------------------------------
+
+
+def test_compare_replays_the_peer_and_the_oracle_on_the_same_work() -> None:
+    workload = sim.workload_from_trace(SHORT_BURSTS)
+    result = sim.replay(spec(), workload, model(), compare=True)
+    assert [run.policy for run in result.runs] == [sim.OURS, sim.KEDA, sim.ORACLE]
+    assert result.world == "messages" and result.published == SHORT_BURSTS.published
+    ours = result.run(sim.OURS)
+    assert sum(count for _, count in ours.scale_reasons) == ours.scale_events > 0
+    assert sum(count for _, count in ours.decisions) >= ours.scale_events
+    assert {reason for reason, _ in ours.scale_reasons} <= {
+        "backlog", "rate", "activation", "idle", "stabilization", "step-limit", "max-bound",
+        "min-bound", "cooldown", "busy-workers"}
+    for run in result.runs:
+        assert 0 <= run.p50_wait <= run.p95_wait
+        assert run.replica_hours >= sum(run.replicas) / 3600  # + stopping pods' grace
+        assert len(run.replicas) == len(run.backlog) == workload.duration
+    assert result.run(sim.ORACLE).p95_wait < ours.p95_wait
+    assert result.recorded is None
+
+
+def test_a_replay_is_deterministic() -> None:
+    workload = sim.workload_from_trace(SHORT_BURSTS)
+    assert sim.replay(spec(), workload, model()) == sim.replay(spec(), workload, model())
+
+
+def test_the_fluid_world_folds_concurrency_into_a_replicas_rate() -> None:
+    workload = sim.workload_from_trace(steady(rate=40.0, duration=600))
+    four_slow = sim.estimate_model(sim.Given(service_seconds=0.4, concurrency=4))
+    one_fast = sim.estimate_model(sim.Given(service_seconds=0.1, concurrency=1))
+    fluid = [sim.replay(spec(), workload, m, world="fluid").runs for m in (four_slow, one_fast)]
+    assert fluid[0] == fluid[1]
+    assert sim.choose_world(workload) == "messages"
+    assert sim.choose_world(sim.Workload("big", (sim.MESSAGE_LEVEL_LIMIT + 1,))) == "fluid"
+
+
+@pytest.mark.parametrize(
+    ("recorded", "minimum", "start"),
+    [
+        pytest.param((3.0, 4.0), 0, 3, id="the-recorded-pool"),
+        pytest.param((), 0, 2, id="what-the-first-minute-needs"),
+        pytest.param((), 5, 5, id="never-below-min"),
+        pytest.param((90.0,), 0, 40, id="never-above-max"),
+    ],
+)
+def test_every_pool_starts_where_the_recording_or_the_load_says(
+    recorded: tuple[float, ...], minimum: int, start: int
+) -> None:
+    workload = sim.Workload("w", (20,) * 120, recorded_replicas=recorded)
+    made = sim.estimate_model(sim.Given(service_seconds=0.1))  # 20 msg/s x 0.1 s = 2 busy
+    assert sim.initial_replicas(spec(minReplicas=minimum), workload, made) == start
+
+
+def test_the_recorded_pool_is_summed_for_comparison() -> None:
+    workload = sim.Workload("w", (0,) * 4, recorded_replicas=(2.0, 2.0, None, 3.0))
+    assert sim.recorded(workload) == sim.Recorded(replica_hours=7 / 3600, scale_events=1)
+
+
+def test_a_spec_the_operator_refuses_is_refused_with_its_words() -> None:
+    workload = sim.workload_from_trace(SHORT_BURSTS)
+    with pytest.raises(SpecError, match=r"spec.target.messagesPerReplica: must be >= 1"):
+        sim.replay(spec(target={"messagesPerReplica": 0}), workload, model())
+    with pytest.raises(SpecError, match=r"spec.maxReplicas: is required"):
+        recommend({k: v for k, v in spec().items() if k != "maxReplicas"}, workload, model(), 30)
+
+
+def test_every_named_trace_carries_its_name() -> None:
+    assert {name: build().name for name, build in NAMED.items()} == {n: n for n in NAMED}
+
+
+# --- the search ---------------------------------------------------------------------------------
+
+
+def test_recommend_finds_the_cheapest_setting_meeting_the_goal_and_patches_only_that() -> None:
+    workload = sim.workload_from_trace(SHORT_BURSTS)
+    tuning = recommend(spec(), workload, model(), p95_goal=60.0)
+    assert dict(tuning.given.values) == {MESSAGES_PER_REPLICA: 20, DRAIN: None,
+                                         STABILIZATION: 300}
+    assert len({trial.values for trial in tuning.tried}) == len(tuning.tried)
+    assert tuning.best is not None and tuning.best.meets
+    assert tuning.best.run.p95_wait <= 60.0
+    meeting = [t for t in tuning.tried if t.meets]
+    assert tuning.best.run.replica_hours == min(t.run.replica_hours for t in meeting)
+    assert tuning.best.run.replica_hours < tuning.given.run.replica_hours
+    expected: dict[str, Any] = {}
+    for path, value in tuning.best.values:
+        if value != dict(tuning.given.values)[path]:
+            node = expected.setdefault("spec", {})
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = value
+    assert tuning.patch == expected != {}
+    # the patch merged onto the spec, as kubectl applies it, replays as the setting chosen
+    merged = _merge(spec(), tuning.patch["spec"])
+    again = sim.replay_ours(merged, workload, model(), world=tuning.world,
+                            start=sim.initial_replicas(spec(), workload, model()))
+    assert again == tuning.best.run
+
+
+def test_a_goal_no_setting_meets_gives_no_patch_and_the_closest() -> None:
+    workload = sim.workload_from_trace(SHORT_BURSTS)
+    tuning = recommend(spec(maxReplicas=2), workload, model(), p95_goal=1.0)
+    assert tuning.best is None and tuning.patch == {}
+    assert tuning.closest.run.p95_wait == min(t.run.p95_wait for t in tuning.tried)
+
+
+def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch (RFC 7386), as `kubectl patch --type merge` applies it."""
+    merged = dict(base)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict):
+            merged[key] = _merge(dict(merged.get(key) or {}), value)
+        else:
+            merged[key] = value
+    return merged
+
