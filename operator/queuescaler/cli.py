@@ -21,6 +21,7 @@ from queuescaler.fleet import Fleet, ReplicaCache
 from queuescaler.kube.client import KubeClient
 from queuescaler.leader import Elector
 from queuescaler.metrics import Metrics
+from queuescaler.tune import COMMANDS as TUNE_COMMANDS
 
 MALLOC_ARENAS = 2
 M_ARENA_MAX = -8
@@ -61,6 +62,10 @@ def load_kube_credentials() -> None:
 @click.version_option(__version__, prog_name="queuescaler")
 def main() -> None:
     """queuescaler keeps pools of queue workers the right size."""
+
+
+for _command in TUNE_COMMANDS:  # `queuescaler simulate` and `queuescaler recommend`
+    main.add_command(_command)
 
 
 @main.command()

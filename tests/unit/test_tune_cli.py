@@ -1,0 +1,324 @@
+"""`queuescaler simulate` and `queuescaler recommend` as users run them: on a CSV, a named
+synthetic trace, and a stand-in Prometheus; their errors on bad input (tune.py)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import sys
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+
+from queuescaler import cli, tune
+
+pytestmark = pytest.mark.unit
+
+SPEC: dict[str, Any] = {
+    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "thumbnailer"},
+    "minReplicas": 0,
+    "maxReplicas": 20,
+    "source": {"rabbitmq": {"queue": "thumbnails", "connectionSecretRef": {"name": "rabbit"}}},
+    "target": {"messagesPerReplica": 20},
+}
+
+
+def manifest(spec: dict[str, Any] = SPEC, name: str = "thumbnails") -> dict[str, Any]:
+    return {"apiVersion": "queuescaler.io/v1alpha1", "kind": "QueueScaler",
+            "metadata": {"name": name, "namespace": "media"}, "spec": spec}
+
+
+@pytest.fixture
+def scaler_file(tmp_path: Path) -> Path:
+    path = tmp_path / "queuescaler.yaml"
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}}
+    path.write_text(yaml.safe_dump_all([deployment, manifest()]))
+    return path
+
+
+@pytest.fixture
+def csv_file(tmp_path: Path) -> Path:
+    """Twenty minutes a point a minute: 2 msg/s, a burst of 60 msg/s for three minutes."""
+    path = tmp_path / "traffic.csv"
+    rates = [2.0] * 8 + [60.0] * 3 + [2.0] * 9
+    path.write_text("time,publish_rate,service_seconds\n"
+                    + "".join(f"{60 * i},{rate},0.25\n" for i, rate in enumerate(rates)))
+    return path
+
+
+def invoke(*args: str | Path) -> Result:
+    return CliRunner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_simulate_a_csv_prints_the_table_the_origins_and_draws_the_picture(
+    scaler_file: Path, csv_file: Path, tmp_path: Path
+) -> None:
+    png = tmp_path / "out" / "picture.png"
+    result = invoke("simulate", "-f", scaler_file, "--csv", csv_file, "--compare",
+                    "--png", png, "--concurrency", "2")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "QueueScaler media/thumbnails from" in out
+    assert "service time     0.25 s  estimated: mean of the traffic's service_seconds" in out
+    assert "concurrency      2       given" in out
+    assert "prefetch         1       default" in out
+    assert "message by message" in out
+    header = next(line for line in out.splitlines() if line.startswith("| policy"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "policy", "p50 wait", "p95 wait", "replica-hours", "scale events", "redelivered",
+        "left at end"]
+    for policy in ("queuescaler", "keda-queue-length", "oracle"):
+        assert f"| {policy} " in out
+    assert "queuescaler's scale events by reason: " in out
+    assert f"picture: {png}" in out
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_simulate_a_named_trace_without_compare_replays_ours_alone(scaler_file: Path) -> None:
+    result = invoke("simulate", "-f", scaler_file, "--trace", "keda-rate", "--no-png")
+    assert result.exit_code == 0, result.output
+    assert 'synthetic trace "keda-rate"' in result.output
+    assert "service time     1 s   the trace's (keda-rate)" in result.output
+    assert "| queuescaler " in result.output and "keda-queue-length" not in result.output
+    assert "picture:" not in result.output
+
+
+def test_recommend_prints_the_trials_and_a_merge_patch(
+    scaler_file: Path, csv_file: Path
+) -> None:
+    result = invoke("recommend", "-f", scaler_file, "--csv", csv_file, "--p95-wait", "1m")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "goal: p95 wait <= 60.0 s" in out
+    assert "| 1 (as given) " in out
+    assert "<- cheapest meeting the goal" in out  # 20 messages a replica is not the cheapest
+    assert "patch (kubectl patch queuescaler thumbnails -n media --type merge" in out
+    patch = yaml.safe_load(out.split("--patch-file PATCH.yaml):", 1)[1])
+    assert set(patch) == {"spec"} and set(patch["spec"]) <= {"target", "behavior"}
+
+
+def test_recommend_exits_1_when_no_setting_meets_the_goal(
+    scaler_file: Path, csv_file: Path
+) -> None:
+    result = invoke("recommend", "-f", scaler_file, "--csv", csv_file, "--p95-wait", "1ms",
+                    "--service-seconds", "5", "--pod-start-delay", "60")
+    assert result.exit_code == 1, result.output
+    assert "no setting tried meets p95 <= 0.0 s; the closest:" in result.output
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        pytest.param({"maxReplicas": None}, "spec.maxReplicas: is required", id="required"),
+        pytest.param({"target": {"messagesPerReplica": 0}},
+                     "spec.target.messagesPerReplica: must be >= 1", id="range"),
+        pytest.param({"behavior": {"scaleDwn": {}}}, "spec.behavior.scaleDwn: unknown field",
+                     id="typo"),
+    ],
+)
+def test_a_spec_the_operator_refuses_is_refused_in_its_words(
+    tmp_path: Path, csv_file: Path, change: dict[str, Any], message: str
+) -> None:
+    spec = {k: v for k, v in {**SPEC, **change}.items() if v is not None}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(manifest(spec)))
+    result = invoke("simulate", "-f", path, "--csv", csv_file, "--no-png")
+    assert result.exit_code == 1
+    assert f"Error: invalid spec in {path}: {message}" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(("--no-png",), "exactly one of --csv, --trace or --prometheus (got none)",
+                     id="no-traffic"),
+        pytest.param(("--trace", "bursts", "--prometheus", "http://x"),
+                     "(got --trace, --prometheus)", id="two-traffics"),
+        pytest.param(("--trace", "nope"), "'nope' is not one of", id="unknown-trace"),
+        pytest.param(("--trace", "bursts", "--pod-start-delay", "soon"),
+                     "'soon' is not a duration", id="bad-duration"),
+    ],
+)
+def test_bad_options_are_refused(scaler_file: Path, args: tuple[str, ...], message: str) -> None:
+    result = invoke("simulate", "-f", scaler_file, *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_bad_csv_names_its_line(scaler_file: Path, tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("0,1\n60,lots\n")
+    result = invoke("simulate", "-f", scaler_file, "--csv", path)
+    assert result.exit_code == 1
+    assert "Error: bad.csv, line 2: publish_rate 'lots' is not a number" in result.output
+
+
+def test_a_file_of_several_queuescalers_needs_one_named(tmp_path: Path) -> None:
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump_all([manifest(name="a"), manifest(name="b")]))
+    result = invoke("simulate", "-f", path, "--trace", "bursts", "--no-png")
+    assert result.exit_code == 1 and "several QueueScalers (media/a, media/b)" in result.output
+    result = invoke("simulate", "-f", path, "--queuescaler", "media/b", "--trace", "keda-rate",
+                    "--no-png")
+    assert result.exit_code == 0 and "QueueScaler media/b from" in result.output
+
+
+def test_no_picture_without_matplotlib_says_how_to_get_it(
+    scaler_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    result = invoke("simulate", "-f", scaler_file, "--trace", "keda-rate")
+    assert result.exit_code == 0
+    assert "no picture: matplotlib is not installed (pip install 'queuescaler[tune]'" in (
+        result.output)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        pytest.param("30", 30.0, id="plain"),
+        pytest.param("30s", 30.0, id="seconds"),
+        pytest.param("1h30m", 5400.0, id="compound"),
+        pytest.param("7d", 604800.0, id="days"),
+        pytest.param("250ms", 0.25, id="milliseconds"),
+    ],
+)
+def test_durations_read_as_prometheus_writes_them(text: str, seconds: float) -> None:
+    assert tune.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "-5s", "5x", "5s junk", "s"])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        tune.parse_duration(text)
+
+
+# --- a stand-in Prometheus -----------------------------------------------------------------------
+
+
+class FakePrometheus(http.server.ThreadingHTTPServer):
+    mode = "series"
+    queries: list[str]
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server: FakePrometheus
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        params = dict(urllib.parse.parse_qsl(urllib.parse.urlparse(self.path).query))
+        self.server.queries.append(params["query"])
+        mode = self.server.mode
+        if mode == "refuse":
+            self.reply(400, json.dumps({"status": "error", "error": "parse error at char 3"}))
+            return
+        if mode == "garbage":
+            self.reply(200, "<html>not me</html>")
+            return
+        start, end, step = (float(params[k]) for k in ("start", "end", "step"))
+        times = [start + i * step for i in range(int((end - start) / step) + 1)]
+        query = params["query"]
+        if mode == "empty" or ("per_replica" in query and mode == "no-rate"):
+            values: list[tuple[float, float]] = []
+        elif "publish_rate" in query:
+            values = [(t, 40.0 if 5 <= i < 8 else 1.0) for i, t in enumerate(times)]
+        elif "backlog" in query:
+            values = [(t, 30.0 if i == 0 else 0.0) for i, t in enumerate(times)]
+        elif "per_replica_rate" in query:
+            values = [(t, 8.0) for t in times]
+        else:
+            values = [(t, 1.0 if i < 5 else 6.0) for i, t in enumerate(times)]
+        result = [{"metric": {}, "values": [[t, str(v)] for t, v in values]}] if values else []
+        self.reply(200, json.dumps(
+            {"status": "success", "data": {"resultType": "matrix", "result": result}}))
+
+    def reply(self, code: int, body: str) -> None:
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def prometheus() -> Iterator[FakePrometheus]:
+    server = FakePrometheus(("127.0.0.1", 0), Handler)
+    server.queries = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def url(server: FakePrometheus) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_simulate_from_prometheus_estimates_the_task_time_and_shows_the_recorded_pool(
+    scaler_file: Path, prometheus: FakePrometheus
+) -> None:
+    result = invoke("simulate", "-f", scaler_file, "--prometheus", url(prometheus),
+                    "--range", "10m", "--step", "30s", "--no-png")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "the operator's series of media/thumbnails over 600 s (21 points, one every 30 s)" in out
+    assert "service time     0.125 s  estimated: concurrency 1 / per-replica rate 8 msg/s" in out
+    assert "note: the backlog at the start (30 messages) is published in the first second" in out
+    assert "every pool starts at 1 replica" in out
+    assert "| recorded " in out
+    assert all('scaler_namespace="media", scaler="thumbnails"' in q for q in prometheus.queries)
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        pytest.param("empty", "has no queuescaler_publish_rate series for QueueScaler "
+                     "media/thumbnails over the last 600 s", id="no-series"),
+        pytest.param("refuse", "refused max(queuescaler_publish_rate", id="http-400"),
+        pytest.param("garbage", "answered something that is not JSON", id="not-prometheus"),
+    ],
+)
+def test_prometheus_errors_are_clear(
+    scaler_file: Path, prometheus: FakePrometheus, mode: str, message: str
+) -> None:
+    prometheus.mode = mode
+    result = invoke("simulate", "-f", scaler_file, "--prometheus", url(prometheus),
+                    "--range", "10m", "--no-png")
+    assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_a_prometheus_that_does_not_answer(scaler_file: Path) -> None:
+    server = FakePrometheus(("127.0.0.1", 0), Handler)
+    port = server.server_address[1]
+    server.server_close()  # nothing listens there now
+    result = invoke("simulate", "-f", scaler_file, "--prometheus", f"http://127.0.0.1:{port}",
+                    "--no-png")
+    assert result.exit_code == 1
+    assert f"Prometheus at http://127.0.0.1:{port} does not answer" in result.output
+
+
+def test_a_prometheus_too_slow_to_answer(
+    scaler_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()  # accepts the connection, never answers
+    monkeypatch.setattr(tune, "PROMETHEUS_TIMEOUT", 0.3)
+    try:
+        port = listener.getsockname()[1]
+        result = invoke("simulate", "-f", scaler_file, "--prometheus",
+                        f"http://127.0.0.1:{port}", "--no-png")
+    finally:
+        listener.close()
+    assert result.exit_code == 1
+    assert "did not answer within 0.3 s" in result.output, result.output
