@@ -7,7 +7,8 @@ so samples from here carry unacked=0 and no rates.
 
 pika's BlockingConnection is synchronous and not thread-safe: calls run in a worker thread
 (`asyncio.to_thread`), one at a time per peeker, over one connection and channel per vhost
-kept open between calls.
+kept open between calls. A call's declares are pipelined on the channel (all sent, then
+all answers read: `_pipeline`), not one round trip each.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any
 
 import pika
 import pika.exceptions
+import pika.frame
+import pika.spec
 from pika.adapters.utils.connection_workflow import AMQPConnectorStackTimeout
 
 from queuescaler.core.redact import redact
@@ -52,6 +55,10 @@ def _timed_out(error: BaseException) -> bool:
     inner = getattr(error, "exception", None)
     nested = [*error.args, *([inner] if isinstance(inner, BaseException) else [])]
     return any(isinstance(arg, BaseException) and _timed_out(arg) for arg in nested)
+
+
+def _nothing() -> None:
+    """A callback that only wakes the connection's event loop."""
 
 
 @dataclass
@@ -103,49 +110,125 @@ class AmqpPeeker:
         if not self._thread_lock.acquire(timeout=self._timeout):
             raise _error(ErrorKind.TIMEOUT, "AMQP broker: an earlier call is still waiting for it")
         try:
+            by_vhost: dict[str, list[QueueRef]] = {}
+            for ref in dict.fromkeys(refs):
+                by_vhost.setdefault(ref.scope, []).append(ref)
             result: dict[QueueRef, QueueSample | SourceError] = {}
-            missing_vhosts: set[str] = set()  # refused once: not asked again in this call
-            for ref in refs:
-                if ref.scope not in missing_vhosts:
-                    try:
-                        result[ref] = self._declare(ref)
-                        continue
-                    except _VhostMissing:
-                        missing_vhosts.add(ref.scope)
-                result[ref] = vhost_not_found(ref.scope)
+            for vhost, mine in by_vhost.items():
+                try:
+                    result.update(self._declare_all(vhost, mine))
+                except _VhostMissing:
+                    result.update((ref, vhost_not_found(vhost)) for ref in mine)
             return result
         finally:
             self._thread_lock.release()
 
-    def _declare(self, ref: QueueRef) -> QueueSample | SourceError:
-        """One passive declare; a lost connection is reopened and the declare tried once more."""
-        if not ref.name:
-            return queue_not_found(ref)  # a passive declare of "" would name another queue
-        for attempt in (1, 2):
+    def _declare_all(
+        self, vhost: str, refs: list[QueueRef]
+    ) -> dict[QueueRef, QueueSample | SourceError]:
+        """Passive declares of one vhost's queues, pipelined on its channel (`_pipeline`).
+
+        A missing queue makes the broker close the channel, and it ignores what was sent
+        after: that queue is reported, and the declares after it are sent again on a new
+        channel. A lost connection is reopened and the unanswered declares sent again; lost
+        again before any answer came, the broker is unreachable.
+        """
+        found: dict[QueueRef, QueueSample | SourceError] = {
+            ref: queue_not_found(ref)  # a passive declare of "" would name another queue
+            for ref in refs if not ref.name
+        }
+        pending = [ref for ref in refs if ref.name]
+        retried = False
+        while pending:
+            answers: dict[str, Any] = {}
+            refused: Any = None
             try:
-                link = self._link(ref.scope)
-                frame = link.channel.queue_declare(queue=ref.name, passive=True)
-            except pika.exceptions.ChannelClosedByBroker as closed:
-                link.channel = None
-                if closed.reply_code == NOT_FOUND:
-                    return queue_not_found(ref)
-                where = f"queue {ref.name!r} in vhost {ref.scope!r}"
-                return _error(ErrorKind.BAD_RESPONSE, f"{where}: {closed.reply_text}")
+                link = self._link(vhost)
+                refused = self._pipeline(link, [ref.name for ref in pending], answers)
+            except SourceError:
+                # Timed out (or could not connect): its late answers must not meet the next
+                # call, and a close would wait for a broker that does not answer; its
+                # heartbeat ends the connection on its side.
+                self._links.pop(vhost, None)
+                raise
             except (pika.exceptions.AMQPError, OSError) as lost:
-                self._drop(ref.scope)
-                if attempt == 2:
+                self._drop(vhost)
+                if retried and not answers:
                     raise _error(
                         ErrorKind.UNREACHABLE, f"AMQP broker: connection lost: {lost!r}"
                     ) from None
-                continue
-            return QueueSample(
-                ready=int(frame.method.message_count),
-                unacked=0,  # unknown on this path: a passive declare does not report it
-                complete=False,
-                consumers=int(frame.method.consumer_count),
-                taken_at=time.time(),
-            )
-        raise AssertionError("unreachable")  # pragma: no cover
+                retried = True
+            taken_at = time.time()
+            for ref in pending:
+                ok = answers.get(ref.name)
+                if ok is not None:
+                    found[ref] = QueueSample(
+                        ready=int(ok.message_count),
+                        unacked=0,  # unknown on this path: a passive declare does not report it
+                        complete=False,
+                        consumers=int(ok.consumer_count),
+                        taken_at=taken_at,
+                    )
+            pending = [ref for ref in pending if ref not in found]
+            if refused is not None and pending:
+                link.channel = None
+                ref = pending.pop(0)  # answers come in order: the first unanswered was refused
+                if refused.reply_code == NOT_FOUND:
+                    found[ref] = queue_not_found(ref)
+                else:
+                    where = f"queue {ref.name!r} in vhost {ref.scope!r}"
+                    found[ref] = _error(ErrorKind.BAD_RESPONSE, f"{where}: {refused.reply_text}")
+        return found
+
+    def _pipeline(self, link: _Link, names: list[str], answers: dict[str, Any]) -> Any:
+        """Send a passive declare of every queue in `names` at once on the link's channel,
+        then read the answers into `answers` (Queue.DeclareOk by queue name) until all came
+        or the broker closed the channel (its Channel.Close is returned; None otherwise).
+
+        pika's BlockingChannel.queue_declare waits for each answer before it sends the next
+        declare: a round trip, a send and a poll per queue, most of the fast path's CPU
+        here and in the broker (bench/fast_path_cost.py). AMQP lets a client pipeline them,
+        and the broker answers a channel's methods in order, so this goes one level down,
+        to the asynchronous connection the blocking one drives (`_impl`): it writes the
+        method frames itself, in one buffer, and watches the channel's DeclareOk and Close
+        frames through the connection's callback registry, beside the channel's own
+        handlers. `_impl`, `_output_marshaled_frames` and `callbacks` are pika 1.x
+        internals (pinned `<2`; tests/unit/test_amqp_pipeline.py checks they are there).
+        """
+        connection, channel = link.connection, link.channel
+        impl, number = connection._impl, channel.channel_number
+        closed: list[Any] = []
+
+        def answered(frame: Any) -> None:
+            answers[frame.method.queue] = frame.method
+            if len(answers) == len(names):
+                connection.add_callback_threadsafe(_nothing)  # ends process_data_events
+
+        def refused(frame: Any) -> None:
+            closed.append(frame.method)
+
+        impl.callbacks.add(number, pika.spec.Queue.DeclareOk, answered, one_shot=False)
+        impl.callbacks.add(number, pika.spec.Channel.Close, refused, one_shot=False)
+        try:
+            # One buffer for them all: pika would send each frame with a call of its own.
+            impl._output_marshaled_frames([b"".join(
+                pika.frame.Method(number, pika.spec.Queue.Declare(queue=name, passive=True))
+                .marshal() for name in names
+            )])
+            deadline = time.monotonic() + self._timeout + PER_QUEUE_BUDGET * len(names)
+            while len(answers) < len(names) and not closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _error(
+                        ErrorKind.TIMEOUT,
+                        f"AMQP broker: {len(names) - len(answers)} of {len(names)} passive "
+                        "declares unanswered",
+                    )
+                connection.process_data_events(time_limit=left)
+        finally:
+            impl.callbacks.remove(number, pika.spec.Queue.DeclareOk, answered)
+            impl.callbacks.remove(number, pika.spec.Channel.Close, refused)
+        return closed[0] if closed else None
 
     def _parameters(self, vhost: str) -> Any:
         try:
