@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 import time
 import urllib.error
@@ -142,16 +143,18 @@ def scaler_from_cluster(key: str, context: str | None) -> Scaler:
     from kubernetes.config.config_exception import ConfigException
 
     namespace, name = split_key(key)
+    # As `queuescaler run` chooses (cli.load_kube_credentials), with kubectl's --context:
+    # KUBECONFIG as it is now (the client library read its own copy at import).
+    paths = os.environ.get("KUBECONFIG") or "~/.kube/config"
     try:
-        k8s_config.load_kube_config(context=context)
-    except (ConfigException, OSError) as kubeconfig_error:
-        try:
+        if any(os.path.exists(os.path.expanduser(p)) for p in paths.split(os.pathsep) if p):
+            k8s_config.load_kube_config(config_file=paths, context=context)
+        else:
             k8s_config.load_incluster_config()
-        except ConfigException:
-            raise click.ClickException(
-                f"cannot reach the cluster to read QueueScaler {key}: {kubeconfig_error} "
-                "(or give the file with -f)"
-            ) from None
+    except (ConfigException, OSError) as error:
+        raise click.ClickException(
+            f"cannot read QueueScaler {key} from the cluster: {error} (or give its file with -f)"
+        ) from None
     api = k8s.CustomObjectsApi()
     try:
         body = api.get_namespaced_custom_object(
@@ -320,9 +323,9 @@ def shared_options(command: F) -> F:
         click.option("--prometheus", metavar="URL",
                      help="Traffic: the operator's series of the QueueScaler in this Prometheus."),
         click.option("--range", "range_seconds", default="7d", show_default=True,
-                     callback=_duration,
+                     callback=_duration, metavar="DURATION",
                      help="With --prometheus: how far back from now."),
-        click.option("--step", callback=_duration,
+        click.option("--step", callback=_duration, metavar="DURATION",
                      help="With --prometheus: seconds between points [default: range / "
                           f"{MAX_POINTS:,}, at least {MIN_STEP:g} s]."),
         click.option("--service-seconds", type=click.FloatRange(min=0, min_open=True),
@@ -333,7 +336,7 @@ def shared_options(command: F) -> F:
         click.option("--prefetch", type=click.IntRange(min=0),
                      help="Messages held per task slot (Celery's prefetch multiplier; 0: no "
                           f"limit) [default: {sim.DEFAULT_PREFETCH}]."),
-        click.option("--pod-start-delay", callback=_duration,
+        click.option("--pod-start-delay", callback=_duration, metavar="DURATION",
                      help=f"Seconds a new pod takes to consume [default: "
                           f"{sim.DEFAULT_POD_START_DELAY:g}]."),
         click.option("--world", type=click.Choice(["auto", "messages", "fluid"]), default="auto",
@@ -421,6 +424,13 @@ def _seconds(value: float) -> str:
     return f"{value:,.1f} s" if value < 600 else f"{value / 60:,.1f} min"
 
 
+def _hours(value: float) -> str:
+    """Replica-hours with about three significant digits (short replays have few)."""
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}" if value >= 1 else f"{value:.3f}"
+
+
 def _reasons(counted: Sequence[tuple[str, int]]) -> str:
     return ", ".join(f"{reason} {count:,}" for reason, count in counted) or "none"
 
@@ -431,13 +441,13 @@ def simulate_report(setup: Setup, result: sim.Replay) -> list[str]:
     lines.append(f"\nevery pool starts at {start} replica{'' if start == 1 else 's'}\n")
     rows = [
         [run.policy, _seconds(run.p50_wait),
-         _seconds(run.p95_wait), f"{run.replica_hours:,.2f}", f"{run.scale_events:,}",
+         _seconds(run.p95_wait), _hours(run.replica_hours), f"{run.scale_events:,}",
          f"{run.redelivered:,.0f}", f"{run.left:,.0f}"]
         for run in result.runs
     ]
     if result.recorded is not None:
         rows.append(["recorded", "-", "-",
-                     f"{result.recorded.replica_hours:,.2f}",
+                     _hours(result.recorded.replica_hours),
                      f"{result.recorded.scale_events:,}", "-", "-"])
     lines += table(
         ["policy", "p50 wait", "p95 wait", "replica-hours", "scale events", "redelivered",
@@ -469,7 +479,7 @@ def recommend_report(setup: Setup, tuning: Tuning) -> list[str]:
         rows.append([
             f"{number}{mark}",
             *("unset" if value is None else str(value) for _, value in trial.values),
-            _seconds(trial.run.p95_wait), f"{trial.run.replica_hours:,.2f}",
+            _seconds(trial.run.p95_wait), _hours(trial.run.replica_hours),
             f"{trial.run.scale_events:,}", "yes" if trial.meets else "no",
         ])
     lines += table(["#", *knobs, "p95 wait", "replica-hours", "scale events", "meets"], rows,
@@ -488,8 +498,8 @@ def recommend_report(setup: Setup, tuning: Tuning) -> list[str]:
     else:
         given, best = tuning.given.run, tuning.best.run
         lines += [
-            f"cheapest setting meeting the goal: {tuning.best.words} ({best.replica_hours:,.2f} "
-            f"replica-hours against {given.replica_hours:,.2f} as given; p95 "
+            f"cheapest setting meeting the goal: {tuning.best.words} ({_hours(best.replica_hours)} "
+            f"replica-hours against {_hours(given.replica_hours)} as given; p95 "
             f"{_seconds(best.p95_wait)} against {_seconds(given.p95_wait)})",
             f"patch (kubectl patch queuescaler {setup.scaler.name} -n "
             f"{setup.scaler.namespace} --type merge --patch-file PATCH.yaml):",
@@ -522,7 +532,8 @@ def simulate(compare: bool, png: Path | None, no_png: bool, **options: Any) -> N
 
 @click.command(name="recommend")
 @shared_options
-@click.option("--p95-wait", "p95_goal", default="30s", callback=_duration, show_default=True,
+@click.option("--p95-wait", "p95_goal", default="30s", callback=_duration, metavar="DURATION",
+              show_default=True,
               help="The goal: the p95 of the time from publish to the start of the task.")
 def recommend_command(p95_goal: float, **options: Any) -> None:
     """Search messagesPerReplica, drainSeconds and scaleDown.stabilizationSeconds for the
@@ -578,7 +589,7 @@ def draw(ready: Setup, result: sim.Replay, out: Path) -> str:
     for axis, values in ((backlog, workload.recorded_backlog),
                          (replicas, workload.recorded_replicas)):
         if values:
-            xs, ys = _downsample(values, PLOT_POINTS)
+            xs, ys = _downsample(values[workload.warm_up:], PLOT_POINTS)
             axis.step([x / scale for x in xs], ys, where="post", label="recorded",
                       color="tab:green", linestyle="--", linewidth=1.0)
     backlog.set_ylabel("backlog (ready + unacked)")

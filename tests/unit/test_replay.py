@@ -79,11 +79,23 @@ def test_a_bad_csv_says_where(text: str, words: str) -> None:
 def test_each_rate_holds_until_the_next_point_and_the_last_for_one_step() -> None:
     traffic = sim.Traffic("t", (100.0, 160.0, 220.0), (0.0, 50.0, 0.0))
     workload = sim.workload_from_traffic(traffic, seed=1)
-    assert workload.duration == 180
-    assert sum(workload.arrivals[:60]) == 0
-    assert 2_700 < sum(workload.arrivals[60:120]) < 3_300
-    assert sum(workload.arrivals[120:]) == 0
-    assert workload.start == 100.0
+    warm = sim.WARM_UP
+    assert workload.warm_up == warm and workload.duration == 180
+    counted = workload.arrivals[warm:]
+    assert sum(counted[:60]) == 0
+    assert 2_700 < sum(counted[60:120]) < 3_300
+    assert sum(counted[120:]) == 0
+    assert workload.start == 100.0 - warm
+
+
+def test_the_warm_up_replays_the_first_rate_uncounted() -> None:
+    traffic = sim.Traffic("t", (0.0, 60.0), (5.0, 0.0))
+    workload = sim.workload_from_traffic(traffic, seed=1)
+    assert 200 < sum(workload.arrivals[: sim.WARM_UP]) < 400  # 5 msg/s for a minute
+    assert workload.published == sum(workload.arrivals[sim.WARM_UP :])
+    made = sim.estimate_model(sim.Given(service_seconds=0.1))
+    run = sim.replay(spec(), workload, made).run(sim.OURS)
+    assert len(run.replicas) == len(run.backlog) == workload.duration == 120
 
 
 def test_arrivals_are_drawn_once_per_seed() -> None:
@@ -99,9 +111,11 @@ def test_the_recorded_backlog_at_the_start_is_published_first_and_gaps_are_told(
         backlog=(250.0, None, 0.0, 0.0), replicas=(2.0, 2.0, None, 1.0),
     )
     workload = sim.workload_from_traffic(traffic)
-    assert workload.arrivals[0] == 250 and workload.published == 250
-    assert workload.recorded_replicas[:10] == (2.0,) * 10
-    assert workload.recorded_replicas[25] is None
+    warm = sim.WARM_UP
+    assert workload.arrivals[warm - 1] == 250 and workload.published == 0
+    assert workload.recorded_replicas[:warm] == (None,) * warm
+    assert workload.recorded_replicas[warm : warm + 10] == (2.0,) * 10
+    assert workload.recorded_replicas[warm + 25] is None
     assert any("250 messages" in note for note in workload.notes)
     assert any("180 s without a recorded point" in note for note in workload.notes)
 

@@ -271,7 +271,8 @@ def test_simulate_from_prometheus_estimates_the_task_time_and_shows_the_recorded
     out = result.output
     assert "the operator's series of media/thumbnails over 600 s (21 points, one every 30 s)" in out
     assert "service time     0.125 s  estimated: concurrency 1 / per-replica rate 8 msg/s" in out
-    assert "note: the backlog at the start (30 messages) is published in the first second" in out
+    assert "note: the first 60 s are a warm-up at the first rate (1 msg/s)" in out
+    assert "note: the backlog at the start (30 messages) is published in the warm-up's last" in out
     assert "every pool starts at 1 replica" in out
     assert "| recorded " in out
     assert all('scaler_namespace="media", scaler="thumbnails"' in q for q in prometheus.queries)

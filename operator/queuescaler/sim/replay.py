@@ -17,12 +17,14 @@ import datetime
 import itertools
 import math
 import statistics
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
+from queuescaler.core.sample import QueueSample
 from queuescaler.sim.peers import MANAGEMENT_API_DELAY, KedaQueueLengthPolicy
-from queuescaler.sim.simulator import OraclePolicy, Policy, QueueScalerPolicy, SimResult, simulate
+from queuescaler.sim.simulator import OraclePolicy, Policy, QueueScalerPolicy, simulate
 from queuescaler.sim.traces import Trace, poisson_arrivals
 from queuescaler.sim.workers import WorkerModel
 from queuescaler.sources.registry import parse_spec
@@ -42,6 +44,11 @@ GAP_STEPS: Final = 3
 """A spacing of more than this many usual steps between two points is a gap (the series
 was not recorded); its seconds hold the last rate and the notes count them."""
 FIRST_MINUTE: Final = 60
+WARM_UP: Final = 60
+"""Seconds replayed before a recording starts, not counted: its first rate, then its first
+backlog. A policy's first look at a simulated broker finds nothing (the simulator records
+the broker's view from its first second on), and every policy would shrink the pool for it;
+bench/decide.py warms up for the same reason."""
 
 World = Literal["messages", "fluid"]
 Progress = Callable[[str], None]
@@ -180,6 +187,9 @@ class Workload:
     arrivals: tuple[int, ...]
     start: float = 0.0
     """The time of second 0 (Unix seconds for recorded traffic; 0 for a synthetic trace)."""
+    warm_up: int = 0
+    """Seconds at the start replayed but not counted (their waits, replica-seconds, scale
+    events and decisions)."""
     recorded_replicas: tuple[float | None, ...] = ()
     """The real pool's size in each second, when recorded."""
     recorded_backlog: tuple[float | None, ...] = ()
@@ -188,11 +198,13 @@ class Workload:
 
     @property
     def duration(self) -> int:
-        return len(self.arrivals)
+        """Seconds counted (the warm-up excluded)."""
+        return len(self.arrivals) - self.warm_up
 
     @property
     def published(self) -> int:
-        return sum(self.arrivals)
+        """Messages published in the seconds counted."""
+        return sum(self.arrivals[self.warm_up :])
 
 
 def workload_from_trace(trace: Trace) -> Workload:
@@ -201,17 +213,19 @@ def workload_from_trace(trace: Trace) -> Workload:
 
 
 def workload_from_traffic(traffic: Traffic, *, seed: int = 0) -> Workload:
-    """Each second of the recording, its rate drawn as Poisson arrivals (seeded). The last
-    point holds for one usual step; the backlog recorded at the start (if any) is published
-    in the first second, so that the replay does not start from an empty queue."""
+    """Each second of the recording, its rate drawn as Poisson arrivals (seeded); the last
+    point holds for one usual step. Before it, a `WARM_UP` at the first rate ending with the
+    backlog recorded at the start (if any), so that the queue the counted seconds begin with
+    is the recorded one and no policy starts from a broker it has never looked at."""
     step = traffic.step
     origin = traffic.times[0]
     ends = [*traffic.times[1:], traffic.times[-1] + step]
     duration = max(1, round(ends[-1] - origin))
-    per_second = _per_second(traffic.times, ends, origin, duration)
+    per_second = [0] * WARM_UP + _per_second(traffic.times, ends, origin, duration)
     rates = [traffic.publish_rates[i] for i in per_second]
     arrivals = list(poisson_arrivals(rates, seed=seed))
-    notes = []
+    notes = [f"the first {WARM_UP} s are a warm-up at the first rate "
+             f"({traffic.publish_rates[0]:.3g} msg/s), replayed and not counted"]
     gaps = sum(
         round(later - earlier)
         for earlier, later in itertools.pairwise(traffic.times)
@@ -221,19 +235,25 @@ def workload_from_traffic(traffic: Traffic, *, seed: int = 0) -> Workload:
         notes.append(f"{gaps:,} s without a recorded point held the rate before them")
     first_backlog = traffic.backlog[0] if traffic.backlog else None
     if first_backlog:
-        arrivals[0] += round(first_backlog)
+        arrivals[WARM_UP - 1] += round(first_backlog)
         notes.append(f"the backlog at the start ({round(first_backlog):,} messages) is "
-                     "published in the first second")
+                     "published in the warm-up's last second (their waits are not counted)")
     return Workload(
         traffic.name,
         tuple(arrivals),
-        start=origin,
-        recorded_replicas=tuple(traffic.replicas[i] for i in per_second) if traffic.replicas
-        else (),
-        recorded_backlog=tuple(traffic.backlog[i] for i in per_second) if traffic.backlog
-        else (),
+        start=origin - WARM_UP,
+        warm_up=WARM_UP,
+        recorded_replicas=_recorded(traffic.replicas, per_second),
+        recorded_backlog=_recorded(traffic.backlog, per_second),
         notes=tuple(notes),
     )
+
+
+def _recorded(series: tuple[float | None, ...], per_second: list[int]) -> tuple[float | None, ...]:
+    """A recorded series at each second of the replay (none during the warm-up)."""
+    if not series:
+        return ()
+    return (None,) * WARM_UP + tuple(series[i] for i in per_second[WARM_UP:])
 
 
 def _per_second(
@@ -450,14 +470,7 @@ def replay(
     for index, policy in enumerate(policies, start=1):
         if progress:
             progress(f"replaying {policy.name} ({index}/{len(policies)})")
-        result = simulate(
-            trace,
-            policy,
-            pod_start_delay=model.pod_start_delay,
-            initial_replicas=start,
-            workers=workers,
-        )
-        runs.append(_run(result, policy))
+        runs.append(_play(trace, policy, workload, model, workers, start))
     return Replay(
         workload=workload.name,
         duration=workload.duration,
@@ -477,17 +490,68 @@ def replay_ours(
     without the per-second series."""
     trace = _trace(workload, model, world)
     workers = model.workers(seed) if world == "messages" else None
-    policy = _ours(spec, start)
+    return _play(trace, _ours(spec, start), workload, model, workers, start).without_series()
+
+
+def _play(
+    trace: Trace, policy: Policy, workload: Workload, model: ReplayModel,
+    workers: WorkerModel | None, start: int,
+) -> Run:
+    counted = _Counted(policy, workload.warm_up) if isinstance(policy, QueueScalerPolicy) else None
     result = simulate(
-        trace, policy, pod_start_delay=model.pod_start_delay, initial_replicas=start,
+        trace,
+        counted or policy,
+        pod_start_delay=model.pod_start_delay,
+        initial_replicas=start,
         workers=workers,
+        measure_from=workload.warm_up,
     )
-    return _run(result, policy).without_series()
+    warm_up = workload.warm_up
+    return Run(
+        policy=policy.name,
+        p50_wait=result.p50_wait,
+        p95_wait=result.p95_wait,
+        replica_hours=result.replica_seconds / 3600,
+        scale_events=result.scale_events,
+        redelivered=result.redelivered,
+        left=result.left,
+        scale_reasons=counted.scale_reasons() if counted else (),
+        decisions=counted.decisions() if counted else (),
+        replicas=result.replicas[warm_up:],
+        backlog=result.backlog[warm_up:],
+    )
+
+
+class _Counted:
+    """queuescaler's policy, its decisions by reason counted after the warm-up only."""
+
+    def __init__(self, policy: QueueScalerPolicy, warm_up: int) -> None:
+        self.policy = policy
+        self.warm_up = warm_up
+        self.name = policy.name
+        self.sampling = policy.sampling
+        self.initial_replicas = policy.initial_replicas
+        self.removes_idle_first = policy.removes_idle_first
+        self._before: tuple[Counter[str], Counter[str]] = (Counter(), Counter())
+
+    def desired(self, sample: QueueSample, current: int, now: float) -> int:
+        if now < self.warm_up:
+            wanted = self.policy.desired(sample, current, now)
+            self._before = (Counter(self.policy.reasons), Counter(self.policy.scale_reasons))
+            return wanted
+        return self.policy.desired(sample, current, now)
+
+    def decisions(self) -> tuple[tuple[str, int], ...]:
+        return _counted(self.policy.reasons - self._before[0])
+
+    def scale_reasons(self) -> tuple[tuple[str, int], ...]:
+        return _counted(self.policy.scale_reasons - self._before[1])
 
 
 def initial_replicas(spec: Mapping[str, Any], workload: Workload, model: ReplayModel) -> int:
     """The recorded pool's first size; else what the first minute's load needs (so that no
-    policy is judged on a cold start the recording never had), within the spec's bounds."""
+    policy is judged on a cold start the recording never had), within the spec's bounds.
+    Every pool starts the replay (its warm-up included) at this size."""
     parsed = parse_spec(spec)
     first = next((r for r in workload.recorded_replicas if r is not None), None)
     if first is None:
@@ -539,19 +603,3 @@ def _keda(spec: Mapping[str, Any], start: int) -> KedaQueueLengthPolicy:
 def _counted(counter: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
     return tuple(sorted(((str(k), n) for k, n in counter.items()), key=lambda i: (-i[1], i[0])))
 
-
-def _run(result: SimResult, policy: Policy) -> Run:
-    ours = policy if isinstance(policy, QueueScalerPolicy) else None
-    return Run(
-        policy=policy.name,
-        p50_wait=result.p50_wait,
-        p95_wait=result.p95_wait,
-        replica_hours=result.replica_seconds / 3600,
-        scale_events=result.scale_events,
-        redelivered=result.redelivered,
-        left=result.left,
-        scale_reasons=_counted(ours.scale_reasons) if ours else (),
-        decisions=_counted(ours.reasons) if ours else (),
-        replicas=result.replicas,
-        backlog=result.backlog,
-    )
