@@ -337,6 +337,7 @@ def test_registering_a_short_secret_is_no_oracle(secret: str, parts: list[str | 
         ("{'Authorization': 'Basic YTpi'}", "{'Authorization': 'Basic ***'}"),
         ("?authorization=abc123&x=1", "?authorization=***&x=1"),
         ("Proxy-Authorization: Negotiate YIIB", "Proxy-Authorization: Negotiate ***"),
+        ("AUthorization: Basic dXNlcjpwYXNz", "AUthorization: Basic ***"),
         ("basic auth failed: Authorization required", "basic auth failed: Authorization required"),
     ],
 )

@@ -201,7 +201,7 @@ def redact(text: str) -> str:
     patterns = _patterns
     if patterns.anywhere is not None:
         text = patterns.anywhere.sub(MASK, text)
-    if "uthorization" in text or "UTHORIZATION" in text:
+    if "authorization" in text.lower():
         text = _AUTH_HEADER.sub(_masked_header, text)
     if "@" in text:
         # A short secret first, whole: the userinfo rules end at a space or a '/'.
@@ -211,6 +211,22 @@ def redact(text: str) -> str:
             text = _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
         text = _BARE_USERINFO.sub(MASK + "@", text)
     return _mask_values(patterns.values, text)
+
+
+EXCERPT_CHARS = 200
+"""How much of a server's answer an error message quotes."""
+_EXCERPT_READ = 65536
+"""How much of it is redacted first (the quote is its start)."""
+
+
+def excerpt(text: str | bytes, limit: int = EXCERPT_CHARS) -> str:
+    """A server's words quoted in an error: redacted whole, then cut to `limit` characters.
+    Cut first, a token at the cut would lose the end that makes it recognizable, and its
+    start would stay (a review decoded 'operator:correct-horse' from one)."""
+    if isinstance(text, bytes):
+        text = text[:_EXCERPT_READ].decode("utf-8", "replace")
+    cleaned = redact(text[:_EXCERPT_READ])
+    return cleaned if len(cleaned) <= limit else cleaned[:limit] + "..."
 
 
 def _masked_header(match: re.Match[str]) -> str:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
-from queuescaler.core.redact import redact
+from queuescaler.core.redact import excerpt, redact
 from queuescaler.core.sample import ErrorKind, QueueRef, QueueSample, SampleResult, SourceError
 from queuescaler.sources.activemq.spec import ARTEMIS, CLASSIC, BrokerScope, Flavor
 
@@ -168,7 +168,7 @@ class Answer:
 
     def problem(self, what: str) -> SourceError:
         """Why this entry has no value, in words that name no credential."""
-        detail = (self.error or self.error_type or "no detail")[:200]
+        detail = excerpt(self.error or self.error_type or "no detail")
         if self.status == 403 and "Origin" in detail:
             return bad(ErrorKind.AUTH, f"{what}: the Jolokia agent refuses the request's Origin "
                        f"({detail}): set the Secret's key 'origin' to one its policy allows")

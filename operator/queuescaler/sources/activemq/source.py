@@ -19,7 +19,7 @@ from typing import Any, Final
 import aiohttp
 import yarl
 
-from queuescaler.core.redact import redact, register_secret
+from queuescaler.core.redact import excerpt, redact, register_secret
 from queuescaler.core.sample import BrokerClient, ErrorKind, QueueRef, SampleResult, SourceError
 from queuescaler.sources.activemq.consumers import ListingPlan
 from queuescaler.sources.activemq.jolokia import (
@@ -35,6 +35,7 @@ from queuescaler.sources.activemq.jolokia import (
 )
 from queuescaler.sources.activemq.secret import CA_CERT, ActiveMQBroker
 from queuescaler.sources.activemq.spec import ARTEMIS, CLASSIC, BrokerScope, Flavor
+from queuescaler.sources.http import read_capped
 
 __all__ = ["ActiveMQSource"]
 
@@ -43,6 +44,11 @@ PER_READ_SECONDS: Final = 0.002
 1,000 queues' pattern read in 0.3 s)."""
 KEEPALIVE_SECONDS: Final = 45.0
 """How long an idle connection to the agent is kept: beyond the default 15 s polling interval."""
+MAX_BODY_BYTES: Final = 32 * 1024 * 1024
+"""The most an answer may hold, plus PER_READ_BYTES per read it answers: Artemis' consumer
+listing of 10,000 consumers fits, an endless stream from a URL a tenant's Secret names does
+not (`sources.http.read_capped`)."""
+PER_READ_BYTES: Final = 16 * 1024
 
 
 def _error(kind: ErrorKind, message: str) -> SourceError:
@@ -107,6 +113,7 @@ class ActiveMQSource:
     async def _post(self, body: list[dict[str, Any]]) -> Any:
         """The decoded answer to one bulk POST; SourceError for the agent as a whole."""
         limit = self._timeout + PER_READ_SECONDS * len(body)
+        cap = MAX_BODY_BYTES + PER_READ_BYTES * len(body)
         url = yarl.URL(f"{self._broker.url}/?{QUERY}", encoded=True)
         where = self._where
         try:
@@ -117,7 +124,7 @@ class ActiveMQSource:
                 allow_redirects=False,  # never follow with our credentials to another place
                 timeout=aiohttp.ClientTimeout(total=limit),
             ) as response:
-                status, text = response.status, await response.read()
+                status, text = response.status, await read_capped(response, cap)
         except TimeoutError:  # aiohttp's own timeouts subclass it too
             raise _error(ErrorKind.TIMEOUT, f"{where}: no answer within {limit:.1f}s") from None
         except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch) as error:
@@ -127,6 +134,8 @@ class ActiveMQSource:
         except aiohttp.ClientError as error:
             raise _error(ErrorKind.BAD_RESPONSE,
                          f"{where}: {type(error).__name__}: {error}") from None
+        if text is None:
+            raise _error(ErrorKind.BAD_RESPONSE, f"{where} answered more than {cap:,} bytes")
         if status in (401, 403):
             raise _error(ErrorKind.AUTH, f"{where} refused the credentials (HTTP {status})")
         if status == 404:
@@ -136,7 +145,7 @@ class ActiveMQSource:
             raise _error(ErrorKind.BAD_CONFIG, f"{where} redirects (HTTP {status}): set "
                          "jolokiaUrl to the agent's own address")
         if status != 200:
-            reason = text[:200].decode("utf-8", "replace")
+            reason = excerpt(text)
             raise _error(ErrorKind.BAD_RESPONSE, f"{where} answered HTTP {status}: {reason}")
         try:
             return json.loads(text)

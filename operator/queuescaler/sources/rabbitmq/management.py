@@ -18,8 +18,9 @@ from collections.abc import Callable, Collection, Sequence
 import aiohttp
 import yarl
 
-from queuescaler.core.redact import redact, register_secret
+from queuescaler.core.redact import excerpt, redact, register_secret
 from queuescaler.core.sample import BrokerClient, ErrorKind, QueueRef, SampleResult, SourceError
+from queuescaler.sources.http import read_capped
 from queuescaler.sources.rabbitmq.listing import (
     CHANNEL_COLUMNS,
     CONNECTION_COLUMNS,
@@ -35,6 +36,11 @@ from queuescaler.sources.rabbitmq.listing import (
 
 PER_ITEM_SECONDS = 0.001
 """Time a listing may take per queue asked for, on top of the request timeout."""
+MAX_BODY_BYTES = 64 * 1024 * 1024
+"""The most an answer may hold, plus PER_ITEM_BYTES per queue asked for: a broker-wide
+listing of 100,000 queues (its columns only) or of 20,000 consumers fits, an endless stream
+from a URL a tenant's Secret names does not (`sources.http.read_capped`)."""
+PER_ITEM_BYTES = 4096
 KEEPALIVE_SECONDS = 45.0
 """How long an idle connection to the management API is kept on our side: beyond the
 default 15 s polling interval (aiohttp's own 15 s lapsed just before each poll). The API's
@@ -112,6 +118,7 @@ class ManagementClient:
         url = yarl.URL(f"{self._base}{path}?{query}", encoded=True)
         where = f"management API at {self._base}"
         limit = (self._timeout.total or 0.0) + PER_ITEM_SECONDS * items
+        cap = MAX_BODY_BYTES + PER_ITEM_BYTES * items
         try:
             async with self._open_session().get(
                 url,
@@ -119,7 +126,7 @@ class ManagementClient:
                 headers=self._headers,
                 timeout=aiohttp.ClientTimeout(total=limit),
             ) as response:
-                status, body = response.status, await response.read()
+                status, read = response.status, await read_capped(response, cap)
         except TimeoutError:  # aiohttp's own timeouts subclass it too
             raise _error(ErrorKind.TIMEOUT, f"{where}: no answer within {limit:.1f}s") from None
         except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch) as error:
@@ -130,9 +137,12 @@ class ManagementClient:
             raise _error(
                 ErrorKind.BAD_RESPONSE, f"{where}: {type(error).__name__}: {error}"
             ) from None
+        if read is None:
+            raise _error(ErrorKind.BAD_RESPONSE, f"{where} answered more than {cap:,} bytes")
+        body = read
         if status in (200, 404):
             return status, body
-        reason = body[:200].decode("utf-8", "replace")
+        reason = excerpt(body)
         if status in (401, 403):
             raise _error(
                 ErrorKind.AUTH, f"{where} refused the credentials (HTTP {status}): {reason}"
