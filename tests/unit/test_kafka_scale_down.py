@@ -152,3 +152,49 @@ def test_a_new_queuescaler_does_not_shrink_before_it_watched_a_whole_window(
         state = next_state(spec, state, sample, current, decision, now, scaled=False)
     assert all(held[:19]), held  # 15 .. 285 s from the first tick
     assert not all(held), held  # and then the lag decides
+
+
+DEFAULT_WINDOW = parse_spec({
+    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
+    "minReplicas": 0, "maxReplicas": 20, "pollingIntervalSeconds": 15,
+    "source": {"kafka": {"topic": "orders", "consumerGroup": "workers",
+                         "connectionSecretRef": {"name": "kafka"}}},
+})
+"""Kafka's defaults: the 300 s scale-down window."""
+
+
+def kafka_tick(spec: QueueScalerSpec, state: Any, current: int, now: float, total: int) -> Any:
+    from queuescaler.core.decision import decide, next_state
+
+    sample = QueueSample(ready=0, unacked=0, consumers=current, taken_at=now,
+                         published_total=total, acked_total=total, parallelism=20,
+                         backlog_parallelism=0, scaling_pauses=True)
+    decision = decide(spec, sample, current, state, now, busy_workers=0)
+    return decision, next_state(spec, state, sample, current, decision, now, scaled=False)
+
+
+def test_failed_ticks_do_not_use_the_new_queuescalers_window_up() -> None:
+    """Review s9 M2: a Secret that arrives 5 minutes late; the first good tick is the first
+    the window counts from."""
+    from queuescaler.core.decision import ScalerState, decide, next_state
+
+    spec = DEFAULT_WINDOW
+    state, now = ScalerState(), NOW
+    for _ in range(21):  # 5 minutes of failed ticks
+        now += 15
+        failed = decide(spec, None, 6, state, now)
+        state = next_state(spec, state, None, 6, failed, now, scaled=False)
+    decision, state = kafka_tick(spec, state, 6, now + 15, 100_000)
+    assert decision.replicas == 6, decision
+
+
+def test_a_clock_that_steps_back_holds_one_window_from_the_step_not_more() -> None:
+    from queuescaler.core.decision import ScalerState
+
+    spec = DEFAULT_WINDOW
+    decision, state = kafka_tick(spec, ScalerState(), 6, NOW, 100_000)
+    assert decision.replicas == 6
+    stepped_back = NOW - 3600.0
+    decision, state = kafka_tick(spec, state, 6, stepped_back, 100_600)
+    assert decision.replicas == 6
+    assert "300s left" in decision.message or "299s left" in decision.message, decision.message

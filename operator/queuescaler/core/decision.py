@@ -261,7 +261,7 @@ def next_state(
             restored=state.restored,
             probe_failed_at=state.probe_failed_at,
             probe_unknown_until=state.probe_unknown_until,
-            watching_since=watching_since,
+            watching_since=state.watching_since,  # a failed tick has watched nothing
         )
     history = (*state.recommendations, Recommendation(now, decision.recommendation))
     readings = _readings(spec, state)
@@ -311,12 +311,14 @@ def _probe_failed(state: ScalerState, sample: QueueSample, current: int) -> bool
 
 
 def _watching_since(state: ScalerState, now: float) -> float | None:
-    """`ScalerState.watching_since`, starting now for a brand-new QueueScaler (a state
-    that has never ticked)."""
-    if state.watching_since is not None:
-        return state.watching_since
+    """`ScalerState.watching_since`, starting now for a brand-new QueueScaler (a state that
+    never had a sample: failed ticks watch nothing, so a Secret that arrives late does not
+    use the window up)."""
+    since = state.watching_since
+    if since is not None:
+        return min(since, now)  # a clock that stepped back starts the window again
     ticked = (state.restored or state.recommendations or state.readings
-              or state.consecutive_failures or state.last_scale_time is not None)
+              or state.last_scale_time is not None)
     return None if ticked else now
 
 
