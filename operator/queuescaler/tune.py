@@ -29,7 +29,7 @@ import yaml
 from queuescaler.core.spec import SpecError
 from queuescaler.sim import replay as sim
 from queuescaler.sim.traces import NAMED
-from queuescaler.sim.tuning import Tuning, recommend
+from queuescaler.sim.tuning import MIN_SAVING, Tuning, recommend
 from queuescaler.sources.registry import parse_spec
 
 PROMETHEUS_TIMEOUT = 30.0
@@ -475,7 +475,7 @@ def recommend_report(setup: Setup, tuning: Tuning) -> list[str]:
     rows = []
     for number, trial in enumerate(tuning.tried, start=1):
         mark = " (as given)" if number == 1 else ""
-        mark += " <- cheapest meeting the goal" if trial is tuning.best else ""
+        mark += " <- chosen" if trial is tuning.best and number > 1 else ""
         rows.append([
             f"{number}{mark}",
             *("unset" if value is None else str(value) for _, value in trial.values),
@@ -493,8 +493,12 @@ def recommend_report(setup: Setup, tuning: Tuning) -> list[str]:
             "maxReplicas, faster workers or a looser goal may be needed."
         )
     elif not tuning.patch:
-        lines.append("the spec as given is the cheapest setting tried that meets the goal: "
-                     "no patch")
+        cheapest = min((t for t in tuning.tried if t.meets), key=lambda t: t.run.replica_hours)
+        lines.append(
+            f"the spec as given meets the goal, and no setting tried is {MIN_SAVING:.0%} "
+            f"cheaper (the cheapest: {_hours(cheapest.run.replica_hours)} replica-hours "
+            f"against {_hours(tuning.given.run.replica_hours)}): no patch"
+        )
     else:
         given, best = tuning.given.run, tuning.best.run
         lines += [

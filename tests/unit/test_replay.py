@@ -9,6 +9,7 @@ import pytest
 
 from queuescaler.core.spec import SpecError
 from queuescaler.sim import replay as sim
+from queuescaler.sim import tuning
 from queuescaler.sim.traces import NAMED, bursts, steady
 from queuescaler.sim.tuning import DRAIN, MESSAGES_PER_REPLICA, STABILIZATION, recommend
 
@@ -245,35 +246,45 @@ def test_every_named_trace_carries_its_name() -> None:
 
 def test_recommend_finds_the_cheapest_setting_meeting_the_goal_and_patches_only_that() -> None:
     workload = sim.workload_from_trace(SHORT_BURSTS)
-    tuning = recommend(spec(), workload, model(), p95_goal=60.0)
-    assert dict(tuning.given.values) == {MESSAGES_PER_REPLICA: 20, DRAIN: None,
+    found = recommend(spec(), workload, model(), p95_goal=60.0)
+    assert dict(found.given.values) == {MESSAGES_PER_REPLICA: 20, DRAIN: None,
                                          STABILIZATION: 300}
-    assert len({trial.values for trial in tuning.tried}) == len(tuning.tried)
-    assert tuning.best is not None and tuning.best.meets
-    assert tuning.best.run.p95_wait <= 60.0
-    meeting = [t for t in tuning.tried if t.meets]
-    assert tuning.best.run.replica_hours == min(t.run.replica_hours for t in meeting)
-    assert tuning.best.run.replica_hours < tuning.given.run.replica_hours
+    assert len({trial.values for trial in found.tried}) == len(found.tried)
+    assert found.best is not None and found.best.meets
+    assert found.best.run.p95_wait <= 60.0
+    meeting = [t for t in found.tried if t.meets]
+    assert found.best.run.replica_hours == min(t.run.replica_hours for t in meeting)
+    assert found.best.run.replica_hours <= 0.95 * found.given.run.replica_hours
     expected: dict[str, Any] = {}
-    for path, value in tuning.best.values:
-        if value != dict(tuning.given.values)[path]:
+    for path, value in found.best.values:
+        if value != dict(found.given.values)[path]:
             node = expected.setdefault("spec", {})
             for key in path[:-1]:
                 node = node.setdefault(key, {})
             node[path[-1]] = value
-    assert tuning.patch == expected != {}
+    assert found.patch == expected != {}
     # the patch merged onto the spec, as kubectl applies it, replays as the setting chosen
-    merged = _merge(spec(), tuning.patch["spec"])
-    again = sim.replay_ours(merged, workload, model(), world=tuning.world,
+    merged = _merge(spec(), found.patch["spec"])
+    again = sim.replay_ours(merged, workload, model(), world=found.world,
                             start=sim.initial_replicas(spec(), workload, model()))
-    assert again == tuning.best.run
+    assert again == found.best.run
+
+
+def test_a_spec_meeting_the_goal_is_patched_only_for_a_real_saving(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tuning, "MIN_SAVING", 1.0)  # nothing is 100% cheaper
+    workload = sim.workload_from_trace(SHORT_BURSTS)
+    found = recommend(spec(), workload, model(), p95_goal=60.0)
+    assert found.given.meets and found.best is found.given and found.patch == {}
+    assert len(found.tried) > 1
 
 
 def test_a_goal_no_setting_meets_gives_no_patch_and_the_closest() -> None:
     workload = sim.workload_from_trace(SHORT_BURSTS)
-    tuning = recommend(spec(maxReplicas=2), workload, model(), p95_goal=1.0)
-    assert tuning.best is None and tuning.patch == {}
-    assert tuning.closest.run.p95_wait == min(t.run.p95_wait for t in tuning.tried)
+    found = recommend(spec(maxReplicas=2), workload, model(), p95_goal=1.0)
+    assert found.best is None and found.patch == {}
+    assert found.closest.run.p95_wait == min(t.run.p95_wait for t in found.tried)
 
 
 def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
