@@ -1060,7 +1060,8 @@ def fold(
             ScalerState(consecutive_failures=2),
             sample(ready=40),
             False,
-            ScalerState(recommendations=history((0, 4))),
+            # Only failures before: its first sample starts the watch (`watching_since`).
+            ScalerState(recommendations=history((0, 4)), watching_since=NOW),
             id="success-resets-failures",
         ),
         pytest.param(
