@@ -180,3 +180,19 @@ def test_a_classic_listing_refused_by_the_policy_fails() -> None:
     with pytest.raises(SourceError) as failed:
         listing("classic").parse([PROBE_OK, forbidden, NOT_FOUND])
     assert failed.value.kind is ErrorKind.AUTH
+
+
+@pytest.mark.parametrize("cut", [
+    "[org.apache.activemq.broker.jmx.ConsumerView@1a2b]",  # maxDepth: the object as a string
+    ["more"],
+], ids=["a-string", "a-list"])
+def test_a_consumer_listing_that_a_limit_cut_cannot_be_told(cut: Any) -> None:
+    """Review s9 M3: an entry the listing cannot read would have been skipped, and a pod
+    holding a message marked idle and removed first."""
+    consumers = {"status": 200, "value": {
+        "org.apache.activemq:brokerName=b,clientId=pod-1,consumerId=c1,destinationName=q,"
+        "destinationType=Queue,endpoint=Consumer,type=Broker": cut}}
+    with pytest.raises(SourceError) as failed:
+        listing("classic").parse([PROBE_OK, consumers, NOT_FOUND])
+    assert failed.value.kind is ErrorKind.BAD_RESPONSE
+    assert "could go unseen" in failed.value.message

@@ -173,11 +173,18 @@ class ListingPlan:
         ]
 
     def _classic(self, consumers: Answer, connections: Answer) -> Sequence[_Client]:
+        """Busy clients out of the consumer and connection MBeans read by pattern. Anything
+        in the listing it cannot read fails it: a consumer skipped would be an idle pod."""
         what = f"the consumers of {NAMES[CLASSIC]}"
         if not consumers.ok and not consumers.absent:
             raise consumers.problem(what)
         if not connections.ok and not connections.absent:
             raise connections.problem(what)
+        for listing in (consumers, connections):
+            if listing.ok and not _whole(listing):
+                raise bad(ErrorKind.BAD_RESPONSE, f"{what}: the listing holds an entry that is "
+                          "not an MBean's attributes (a Jolokia limit cut it?): a consumer "
+                          "could go unseen")
         peers: dict[str, str | None] = {}
         for _, attributes in matched(self.connections, connections) if connections.ok else ():
             client_id = _text(attributes.get("ClientId"))
@@ -225,3 +232,11 @@ class ListingPlan:
                       _held(entry.get("messagesInTransit")))
         return [grouped[key] for key in sorted(grouped)]
 
+
+def _whole(listing: Answer) -> bool:
+    """Whether a pattern read's answer is MBean names each with its attributes, and nothing
+    else (Jolokia writes what a limit cut as a string, not as attributes)."""
+    value = listing.value
+    return isinstance(value, dict) and all(
+        isinstance(name, str) and isinstance(attributes, dict)
+        for name, attributes in value.items())
