@@ -284,3 +284,62 @@ async def test_a_hung_broker_delays_only_its_own_queuescalers() -> None:
     await running.tick(NOW + 4)
     assert kube.scaled == [("fine", 5), ("hung", 7)]
     await running.brokers.close()
+
+
+async def test_a_cancelled_round_does_not_poison_later_ticks() -> None:
+    """Review s9 L3: a source whose sample was cancelled left a round whose result raised
+    CancelledError at every later tick, and the loop died."""
+
+    class Cancelled(Source):
+        calls = 0
+
+        async def sample(self, queues: Collection[QueueRef]) -> SampleResult:
+            Cancelled.calls += 1
+            if Cancelled.calls == 1:
+                raise asyncio.CancelledError
+            return await super().sample(queues)
+
+    kube = Kube()
+    running = engine(kube, Cancelled(ready=50), "a")
+    await running.tick(NOW)
+    scaler = running.fleet.get("a", "qs")
+    assert scaler is not None
+    for second in (1, 2):
+        scaler.next_due = 0
+        await running.tick(NOW + second)
+    assert kube.scaled == [("a", 5)]
+
+
+async def test_a_round_nobody_asks_for_any_more_is_dropped_not_served_later() -> None:
+    """Review s9 M1: a QueueScaler deleted while its broker answered, then applied again: the
+    old round's answer was served minutes later as if fresh."""
+    hold = asyncio.Event()
+
+    class Late(Source):
+        rounds = 0
+
+        async def sample(self, queues: Collection[QueueRef]) -> SampleResult:
+            self.rounds += 1
+            await hold.wait()
+            return await super().sample(queues)
+
+    kube, late = Kube(), Late(ready=70)
+    running = Engine(kube, Fleet(), ReplicaCache(), Metrics(CollectorRegistry(), process=False),
+                     lambda broker: late, EngineSettings(fast_path=False, round_wait_seconds=0.05),
+                     clock=lambda: NOW)
+    running.fleet.upsert(body("a"), NOW)
+    running.replicas.set("a", "worker", 1)
+    await running.tick(NOW)  # the round is late
+    running.fleet.remove("a", "qs")
+    hold.set()
+    await asyncio.sleep(0.05)  # it answers while nobody asks
+    (going,) = running.brokers._rounds.values()
+    going.finished[0] -= 3600  # ... and an hour goes by
+    running.fleet.upsert(body("a"), NOW + 3600)
+    await running.tick(NOW + 3600)  # applied again: asked afresh, not served the old answer
+    assert kube.scaled == []
+    await asyncio.sleep(0.05)
+    assert late.rounds == 2
+    await running.tick(NOW + 3601)  # the fresh answer
+    assert kube.scaled == [("a", 7)]
+    await running.brokers.close()
