@@ -43,6 +43,9 @@ FAILED_SECRET_RETRY_SECONDS = 10.0
 ROUND_WAIT_SECONDS = 2.0
 """How long a tick waits for a broker's round before it acts on the QueueScalers of the
 brokers that answered (`Brokers.sample`)."""
+ROUND_FRESH_SECONDS = 5.0
+"""A late round's answer is used by a tick this soon after it came, or not at all (the
+ticks that use it run every half second; one kept while nobody asked would be stale)."""
 PEEK_BACKOFF_SECONDS = 30.0
 """A broker whose peek failed is left to its regular samples this long: peeks run every
 tick, and an endpoint that times out would otherwise hold every tick up by its timeout."""
@@ -130,6 +133,8 @@ class _Round:
 
     queues: frozenset[QueueRef]
     task: asyncio.Task[SampleResult | SourceError]
+    finished: list[float]
+    """When it answered (time.monotonic()), once it has."""
 
 
 class Brokers:
@@ -207,7 +212,9 @@ class Brokers:
         """
         wanted = _wanted(scalers, reaches)
 
-        async def one(broker: Broker, queues: set[QueueRef]) -> SampleResult | SourceError:
+        async def one(
+            broker: Broker, queues: set[QueueRef], finished: list[float]
+        ) -> SampleResult | SourceError:
             started = time.perf_counter()
             try:
                 result: SampleResult | SourceError = await self.source(broker).sample(queues)
@@ -221,25 +228,37 @@ class Brokers:
                 self._late.add(broker)
             else:
                 self._late.discard(broker)
+            finished.append(time.monotonic())
             return result
 
+        # A round nobody asks for any more goes (a QueueScaler deleted or moved while its
+        # broker was answering): its answer, used later, would be a stale one.
+        for broker in [b for b in self._rounds if b not in wanted]:
+            self._rounds.pop(broker).task.cancel()
         started: list[asyncio.Task[SampleResult | SourceError]] = []
         for broker, queues in wanted.items():
             going = self._rounds.get(broker)
-            if going is not None and (not going.task.done() or queues <= going.queues):
-                continue  # still answering, or its answer covers this tick's queues
-            task = asyncio.create_task(one(broker, queues))
-            self._rounds[broker] = _Round(frozenset(queues), task)
+            if going is not None and not going.task.done():
+                continue  # still answering: not asked twice
+            if going is not None and _usable(going, queues):
+                continue  # answered since the last tick, for these queues
+            finished: list[float] = []
+            task = asyncio.create_task(one(broker, queues, finished))
+            self._rounds[broker] = _Round(frozenset(queues), task, finished)
             if broker not in self._late:
                 started.append(task)
         if started:
             await asyncio.wait(started, timeout=wait)
         answers: dict[Broker, SampleResult | SourceError] = {}
-        for broker in wanted:
+        for broker, queues in wanted.items():
             going = self._rounds[broker]
-            if going.task.done():
+            if not going.task.done():
+                continue
+            del self._rounds[broker]
+            # Cancelled, or begun before a queue was added (its answer would call the new
+            # queue missing): asked again next tick.
+            if _usable(going, queues):
                 answers[broker] = going.task.result()
-                del self._rounds[broker]
         return answers
 
     async def peek(self, scalers: Sequence[Scaler], now: float) -> dict[Key, QueueSample]:
@@ -297,6 +316,15 @@ class Brokers:
         for source in sources.values():
             await _close(source)
         await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def _usable(going: _Round, queues: set[QueueRef]) -> bool:
+    """Whether a finished round answers this tick: not cancelled, about every queue, and
+    lately (`ROUND_FRESH_SECONDS`)."""
+    return (
+        not going.task.cancelled() and queues <= going.queues and bool(going.finished)
+        and time.monotonic() - going.finished[0] <= ROUND_FRESH_SECONDS
+    )
 
 
 async def _close(source: QueueSource) -> None:
