@@ -4,6 +4,7 @@ request per broker per tick whatever the number of QueueScalers on it. I/O only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -186,7 +187,7 @@ class Brokers:
                     task.add_done_callback(self._closing.discard)
 
     def can_list_clients(self, broker: Broker) -> bool:
-        return isinstance(self.source(broker), ListingClients)
+        return _lists_clients(type(self.source(broker)))
 
     async def reaches(self, scalers: Iterable[Scaler], now: float) -> dict[Key, Reach]:
         """Each QueueScaler's broker (or why there is none), one Secret read each."""
@@ -285,22 +286,19 @@ class Brokers:
 
         brokers = list(wanted)
         results = await asyncio.gather(*(one(b, wanted[b]) for b in brokers))
-        peeked: dict[tuple[Broker, QueueRef], QueueSample] = {
-            (broker, ref): sample
-            for broker, result in zip(brokers, results, strict=True)
-            for ref, sample in result.items() if isinstance(sample, QueueSample)
-        }
+        peeked = dict(zip(brokers, results, strict=True))
         live: dict[Key, QueueSample] = {}
         for scaler in scalers:
             # Only through its own Secret's broker: a queue of the same name another
             # QueueScaler peeked (on another broker, or with credentials this one lacks)
             # is none of its business.
             reach = reaches.get(scaler.key)
-            if not isinstance(reach, tuple):
+            result = peeked.get(reach) if isinstance(reach, tuple) else None
+            if not result:
                 continue
-            parts = [peeked.get((reach, ref)) for ref in scaler.queues()]
-            if parts and all(p is not None for p in parts):
-                live[scaler.key] = combine(p for p in parts if p is not None)
+            parts = [result.get(ref) for ref in scaler.queues()]
+            if parts and all(isinstance(p, QueueSample) for p in parts):
+                live[scaler.key] = combine(p for p in parts if isinstance(p, QueueSample))
         return live
 
     def listings(self, scalers: Iterable[Scaler], reaches: Mapping[Key, Reach]) -> ClientListings:
@@ -332,6 +330,13 @@ async def _close(source: QueueSource) -> None:
         await source.close()
     except Exception:  # closing is best effort
         log.debug("closing a source failed", exc_info=True)
+
+
+@functools.cache
+def _lists_clients(kind: type) -> bool:
+    """Whether a source class can list clients (asked per QueueScaler per tick: a protocol's
+    isinstance check reads its methods every time)."""
+    return issubclass(kind, ListingClients)
 
 
 def _wanted(scalers: Iterable[Scaler], reaches: Mapping[Key, Reach]) -> dict[Broker, set[QueueRef]]:

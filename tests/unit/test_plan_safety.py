@@ -401,6 +401,11 @@ def test_notes_of_several_queues_are_said_once_each() -> None:
     assert combine([sample(), sample()]).note is None
 
 
+def test_one_queue_combined_is_its_own_sample() -> None:
+    one = QueueSample(3, 1, 2, NOW, publish_rate=1.0, note="no rates", complete=False)
+    assert combine([one]) is one
+
+
 def test_rates_a_broker_gives_no_field_for_are_shown_from_its_counters() -> None:
     # a Redis stream: entries-added and entries-read counters, no rate fields; status and
     # metrics show the rates the decision used (kubectl get qs had an empty ACK/S). Two

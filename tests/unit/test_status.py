@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import replace
 from typing import Any
 
@@ -56,6 +57,19 @@ def test_iso_round_trips_whole_seconds() -> None:
     assert parse_iso(iso(T0)) == T0
     assert parse_iso("not a time") is None
     assert parse_iso(None) is None
+
+
+@pytest.mark.parametrize("moment", [
+    pytest.param(T0, id="whole-second"),
+    pytest.param(T0 + 0.999, id="just-before-the-next-second"),
+    pytest.param(T0 - 0.001, id="just-before-this-second"),
+    pytest.param(0.5, id="the-epoch"),
+])
+def test_iso_truncates_to_the_second_as_strftime_does(moment: float) -> None:
+    """iso() remembers the seconds it formatted; what it says stays datetime's."""
+    expected = datetime.datetime.fromtimestamp(moment, datetime.UTC).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+    assert iso(moment) == iso(moment) == expected
 
 
 @pytest.mark.parametrize(

@@ -142,6 +142,8 @@ def combine(samples: Iterable[QueueSample]) -> QueueSample:
     parts = list(samples)
     if not parts:
         raise ValueError("combine() needs at least one sample")
+    if len(parts) == 1:
+        return parts[0]  # one queue, the usual case: the sum is the part (samples are frozen)
     utilisations = [p.consumer_utilisation for p in parts if p.consumer_utilisation is not None]
     return QueueSample(
         ready=sum(p.ready for p in parts),

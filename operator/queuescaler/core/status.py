@@ -8,6 +8,7 @@ one that kept running.
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,14 @@ MAX_RECOMMENDATIONS = 64
 
 def iso(moment: float) -> str:
     """An RFC 3339 timestamp (seconds precision, UTC) as Kubernetes writes them."""
-    when = datetime.datetime.fromtimestamp(moment, datetime.UTC)
+    return _iso_second(math.floor(moment))
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso_second(second: int) -> str:
+    """Remembered: every QueueScaler's status of a tick names the same few seconds (each
+    status about nine times: conditions, sample, decision)."""
+    when = datetime.datetime.fromtimestamp(second, datetime.UTC)
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

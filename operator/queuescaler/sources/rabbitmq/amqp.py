@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import ssl
 import threading
@@ -55,6 +56,15 @@ def _timed_out(error: BaseException) -> bool:
     inner = getattr(error, "exception", None)
     nested = [*error.args, *([inner] if isinstance(inner, BaseException) else [])]
     return any(isinstance(arg, BaseException) and _timed_out(arg) for arg in nested)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _declare_frame(channel: int, queue: str) -> bytes:
+    """A passive declare of `queue` on `channel`, marshaled (the same bytes every tick)."""
+    frame: bytes = pika.frame.Method(
+        channel, pika.spec.Queue.Declare(queue=queue, passive=True)
+    ).marshal()
+    return frame
 
 
 def _nothing() -> None:
@@ -159,17 +169,25 @@ class AmqpPeeker:
                     ) from None
                 retried = True
             taken_at = time.time()
+            samples: dict[tuple[int, int], QueueSample] = {}  # idle queues answer alike
+            unanswered = []
             for ref in pending:
                 ok = answers.get(ref.name)
-                if ok is not None:
-                    found[ref] = QueueSample(
-                        ready=int(ok.message_count),
+                if ok is None:
+                    unanswered.append(ref)
+                    continue
+                counts = (int(ok.message_count), int(ok.consumer_count))
+                sample = samples.get(counts)
+                if sample is None:
+                    sample = samples[counts] = QueueSample(
+                        ready=counts[0],
                         unacked=0,  # unknown on this path: a passive declare does not report it
                         complete=False,
-                        consumers=int(ok.consumer_count),
+                        consumers=counts[1],
                         taken_at=taken_at,
                     )
-            pending = [ref for ref in pending if ref not in found]
+                found[ref] = sample
+            pending = unanswered
             if refused is not None and pending:
                 link.channel = None
                 ref = pending.pop(0)  # answers come in order: the first unanswered was refused
@@ -211,10 +229,7 @@ class AmqpPeeker:
         impl.callbacks.add(number, pika.spec.Channel.Close, refused, one_shot=False)
         try:
             # One buffer for them all: pika would send each frame with a call of its own.
-            impl._output_marshaled_frames([b"".join(
-                pika.frame.Method(number, pika.spec.Queue.Declare(queue=name, passive=True))
-                .marshal() for name in names
-            )])
+            impl._output_marshaled_frames([b"".join(_declare_frame(number, n) for n in names)])
             deadline = time.monotonic() + self._timeout + PER_QUEUE_BUDGET * len(names)
             while len(answers) < len(names) and not closed:
                 left = deadline - time.monotonic()
