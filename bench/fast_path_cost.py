@@ -49,8 +49,8 @@ from queuescaler.core.sample import BrokerClient, QueueRef, SampleResult
 from queuescaler.engine import Engine, EngineSettings
 from queuescaler.fleet import Fleet, ReplicaCache
 from queuescaler.metrics import Metrics
-from queuescaler.sources.rabbitmq.listing import QUEUE_COLUMNS
 from queuescaler.sources.base import QueueSource
+from queuescaler.sources.rabbitmq.listing import QUEUE_COLUMNS
 from queuescaler_testkit.broker import BrokerAdmin
 from queuescaler_testkit.env import CACHE, TestEnv
 from sampling import EPOCH, QuietKube, _declare_queues, _environment

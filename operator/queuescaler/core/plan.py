@@ -304,8 +304,8 @@ def to_peek(
 def in_turn(watched: list[T], budget: int, turn: int) -> tuple[list[T], int]:
     """At most `budget` pools peeked this tick, taking turns; and the next turn.
 
-    A passive declare costs the broker about 0.2 ms; beyond the budget each pool is still
-    peeked every len/budget ticks, and sampled at its interval anyway.
+    A passive declare costs the broker about 0.03 ms of CPU (pipelined); beyond the budget
+    each pool is still peeked every len/budget ticks, and sampled at its interval anyway.
     """
     if len(watched) <= budget:
         return watched, turn
