@@ -35,7 +35,7 @@ from queuescaler.sources.activemq.jolokia import (
 )
 from queuescaler.sources.activemq.secret import CA_CERT, ActiveMQBroker
 from queuescaler.sources.activemq.spec import ARTEMIS, CLASSIC, BrokerScope, Flavor
-from queuescaler.sources.http import read_capped
+from queuescaler.sources.http import answer
 
 __all__ = ["ActiveMQSource"]
 
@@ -116,26 +116,13 @@ class ActiveMQSource:
         cap = MAX_BODY_BYTES + PER_READ_BYTES * len(body)
         url = yarl.URL(f"{self._broker.url}/?{QUERY}", encoded=True)
         where = self._where
-        try:
-            async with self._open_session().post(
-                url,
-                data=json.dumps(body),
-                headers=self._headers,
-                allow_redirects=False,  # never follow with our credentials to another place
-                timeout=aiohttp.ClientTimeout(total=limit),
-            ) as response:
-                status, text = response.status, await read_capped(response, cap)
-        except TimeoutError:  # aiohttp's own timeouts subclass it too
-            raise _error(ErrorKind.TIMEOUT, f"{where}: no answer within {limit:.1f}s") from None
-        except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch) as error:
-            raise _error(ErrorKind.TLS_FAILED, f"{where}: TLS failed: {error}") from None
-        except (aiohttp.ClientConnectionError, OSError) as error:
-            raise _error(ErrorKind.UNREACHABLE, f"{where}: {error}") from None
-        except aiohttp.ClientError as error:
-            raise _error(ErrorKind.BAD_RESPONSE,
-                         f"{where}: {type(error).__name__}: {error}") from None
-        if text is None:
-            raise _error(ErrorKind.BAD_RESPONSE, f"{where} answered more than {cap:,} bytes")
+        status, text = await answer(self._open_session().post(
+            url,
+            data=json.dumps(body),
+            headers=self._headers,
+            allow_redirects=False,  # never follow with our credentials to another place
+            timeout=aiohttp.ClientTimeout(total=limit),
+        ), where=where, limit=limit, cap=cap)
         if status in (401, 403):
             raise _error(ErrorKind.AUTH, f"{where} refused the credentials (HTTP {status})")
         if status == 404:

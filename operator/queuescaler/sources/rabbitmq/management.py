@@ -20,7 +20,7 @@ import yarl
 
 from queuescaler.core.redact import excerpt, redact, register_secret
 from queuescaler.core.sample import BrokerClient, ErrorKind, QueueRef, SampleResult, SourceError
-from queuescaler.sources.http import read_capped
+from queuescaler.sources.http import answer
 from queuescaler.sources.rabbitmq.listing import (
     CHANNEL_COLUMNS,
     CONNECTION_COLUMNS,
@@ -119,27 +119,12 @@ class ManagementClient:
         where = f"management API at {self._base}"
         limit = (self._timeout.total or 0.0) + PER_ITEM_SECONDS * items
         cap = MAX_BODY_BYTES + PER_ITEM_BYTES * items
-        try:
-            async with self._open_session().get(
-                url,
-                allow_redirects=False,  # never follow with our credentials to another place
-                headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=limit),
-            ) as response:
-                status, read = response.status, await read_capped(response, cap)
-        except TimeoutError:  # aiohttp's own timeouts subclass it too
-            raise _error(ErrorKind.TIMEOUT, f"{where}: no answer within {limit:.1f}s") from None
-        except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch) as error:
-            raise _error(ErrorKind.TLS_FAILED, f"{where}: TLS failed: {error}") from None
-        except (aiohttp.ClientConnectionError, OSError) as error:
-            raise _error(ErrorKind.UNREACHABLE, f"{where}: {error}") from None
-        except aiohttp.ClientError as error:
-            raise _error(
-                ErrorKind.BAD_RESPONSE, f"{where}: {type(error).__name__}: {error}"
-            ) from None
-        if read is None:
-            raise _error(ErrorKind.BAD_RESPONSE, f"{where} answered more than {cap:,} bytes")
-        body = read
+        status, body = await answer(self._open_session().get(
+            url,
+            allow_redirects=False,  # never follow with our credentials to another place
+            headers=self._headers,
+            timeout=aiohttp.ClientTimeout(total=limit),
+        ), where=where, limit=limit, cap=cap)
         if status in (200, 404):
             return status, body
         reason = excerpt(body)
