@@ -654,6 +654,75 @@ def test_cooldown_message_says_how_long() -> None:
     assert decision.recommendation == 10
 
 
+# --- a burst worked off ------------------------------------------------------------------
+
+BURST = {**COOLDOWNS, **DOWN_300}
+
+
+def after_burst(acked: int | None = 5000, **fields: Any) -> QueueSample:
+    """64 replicas, the burst gone: one message in flight, the ack counter at `acked`."""
+    queue = replace(sample(unacked=1, consumers=64), acked_total=acked)
+    return replace(queue, **fields)
+
+
+def grown_for(acks: int | None) -> ScalerState:
+    """Grown to 64 ten seconds ago for a backlog done once the ack counter reaches `acks`,
+    after recommendations that asked for 64 and then 27 while it drained."""
+    return ScalerState(last_scale_time=ago(10), last_scale_up_time=ago(10),
+                       recommendations=history((20, 64), (5, 27)), scaled_up_for_acks=acks)
+
+
+def test_a_burst_worked_off_goes_at_once_in_one_step() -> None:
+    # bursts of 200 msg/s on 100 ms tasks (worker models, issue 12): the pool waited 25 s
+    # at 64 with nothing left to do, then went 64 -> 27 -> 1 (a third of its cost)
+    decision = Tick(after_burst(), 64, BURST, grown_for(5000)).decide()
+    assert (decision.replicas, decision.reason) == (1, Reason.BACKLOG), decision.message
+
+
+@pytest.mark.parametrize(
+    ("queue", "state"),
+    [
+        pytest.param(after_burst(acked=4999), grown_for(5000), id="one-message-not-acked-yet"),
+        pytest.param(after_burst(acked=40), grown_for(5000), id="counter-reset"),
+        pytest.param(after_burst(acked=None), grown_for(5000), id="no-counters"),
+        pytest.param(after_burst(), grown_for(None), id="work-at-the-scale-up-unknown"),
+        pytest.param(after_burst(ready=1), grown_for(5000), id="a-message-waits"),
+        pytest.param(after_burst(complete=False), grown_for(5000), id="sample-may-miss-work"),
+        pytest.param(after_burst(scaling_pauses=True), grown_for(5000), id="pauses-on-resize"),
+    ],
+)
+def test_a_burst_not_known_to_be_worked_off_waits(queue: QueueSample, state: ScalerState) -> None:
+    decision = Tick(queue, 64, BURST, state).decide()
+    assert decision.replicas > 1, decision.message
+
+
+def test_a_worked_off_noise_dip_still_waits_the_window() -> None:
+    # 3 replicas of 10 messages each going to 2 is within chance: the window holds it even
+    # with the scale-up's work done
+    state = ScalerState(last_scale_up_time=ago(400), recommendations=history((20, 3)),
+                        scaled_up_for_acks=5000)
+    queue = replace(sample(unacked=15, consumers=3), acked_total=5000)
+    assert Tick(queue, 3, BURST, state).decide().reason is Reason.STABILIZATION
+
+
+def test_the_work_that_called_a_scale_up_is_counted_at_the_next_full_sample() -> None:
+    live = replace(sample(ready=900, consumers=2), complete=False)  # an early tick's peek
+    early = fold(ScalerState(), live, scaled_now=True, current=2, recommendation=64)
+    assert early.last_scale_up_time == NOW and early.scaled_up_for_acks is None
+    full = replace(sample(ready=700, unacked=64, consumers=64), acked_total=300)
+    counted = fold(early, full, current=64, recommendation=64)
+    assert counted.scaled_up_for_acks == 300 + 700 + 64
+    later = replace(full, ready=10, acked_total=1000)
+    assert fold(counted, later, current=64, recommendation=64).scaled_up_for_acks == 1064
+    assert fold(counted, None, current=64).scaled_up_for_acks == 1064
+    # one scale-down per scale-up skips the window: a flood's pool that went 9 -> 4 once its
+    # backlog was worked off went on 4 -> 2 (a probe) and back up 2 -> 7 (worker models)
+    grown_earlier = replace(counted, last_scale_time=ago(15), last_scale_up_time=ago(15))
+    shrunk = fold(grown_earlier, later, scaled_now=True, current=64, recommendation=4)
+    assert shrunk.scaled_up_for_acks is None
+    assert fold(shrunk, later, current=4, recommendation=4).scaled_up_for_acks is None
+
+
 # --- step limits ------------------------------------------------------------------------
 
 

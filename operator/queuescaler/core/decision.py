@@ -164,6 +164,11 @@ class ScalerState:
     not known (the run that kept going may have been told by one not to probe, or may be
     probing), so a probe moves the pool no further than both answers agree: a restart never
     shrinks a pool the other run held, nor grows one it was probing down (property test)."""
+    scaled_up_for_acks: int | None = None
+    """The ack count at which the work that called the last scale-up is done (`work_done_at`
+    of its sample, or of the first full sample after it); None once the pool has shrunk
+    since. Reached with nothing ready, the next sure scale-down skips the cooldown and the
+    window (`_worked_off`). Kept in memory only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,8 +267,17 @@ def next_state(
             probe_failed_at=state.probe_failed_at,
             probe_unknown_until=state.probe_unknown_until,
             watching_since=state.watching_since,  # a failed tick has watched nothing
+            scaled_up_for_acks=state.scaled_up_for_acks,
         )
     history = (*state.recommendations, Recommendation(now, decision.recommendation))
+    scaled_up_for_acks = state.scaled_up_for_acks
+    last_grew = state.last_scale_up_time is not None and (
+        state.last_scale_up_time == state.last_scale_time)
+    if grew or (scaled_up_for_acks is None and last_grew and not scaled):
+        # an early tick's live counts have no counters: the next full sample's then
+        scaled_up_for_acks = work_done_at(sample)
+    elif scaled:
+        scaled_up_for_acks = None  # one scale-down per scale-up skips the window
     readings = _readings(spec, state)
     poll = spec.polling_interval_seconds
     flow = flow_since(readings, sample, poll)
@@ -284,6 +298,29 @@ def next_state(
         else state.probe_failed_at,
         probe_unknown_until=state.probe_unknown_until,
         watching_since=watching_since,
+        scaled_up_for_acks=scaled_up_for_acks,
+    )
+
+
+def work_done_at(sample: QueueSample) -> int | None:
+    """The queue's ack count at which all the work this sample sees is done: acked + ready
+    + unacked. A message dead-lettered, expired or purged is never acked, so the count is
+    then never reached and nothing is worked off (fails closed). None without counters, or
+    for a sample that may miss work."""
+    if not sample.complete or sample.acked_total is None:
+        return None
+    return sample.acked_total + sample.ready + sample.unacked
+
+
+def _worked_off(state: ScalerState, sample: QueueSample) -> bool:
+    """Whether the work that called the last scale-up is done and nothing waits: the
+    sample's ack counter has reached `ScalerState.scaled_up_for_acks` with no message ready.
+    False when it cannot tell (no counters, a counter reset, a sample that may miss work),
+    and for a pool that pauses on every resize (it waits its whole window anyway)."""
+    called_for, acked = state.scaled_up_for_acks, sample.acked_total
+    return (
+        sample.complete and sample.ready == 0 and not sample.scaling_pauses
+        and called_for is not None and acked is not None and acked >= called_for
     )
 
 
@@ -373,12 +410,14 @@ def _decide_with_sample(
             message = f"{message}, {held}"
     # The HPA's pipeline: each stage sees the number the previous one left, and may change
     # it with a reason. Waking a pool from zero skips the damping (activation is apart).
+    worked_off = _worked_off(state, sample)
     stages: list[Callable[[int], _Change | None]] = [] if waking else [
         lambda n: _stabilization(spec, n, current, state.recommendations, now,
                                  rate_noise=_rate_noise(flow, current, raw_reason),
                                  full_window=sample.scaling_pauses,
-                                 watching_since=_watching_since(state, now)),
-        lambda n: _cooldown(spec, n, current, state, now),
+                                 watching_since=_watching_since(state, now),
+                                 worked_off=worked_off),
+        lambda n: _cooldown(spec, n, current, state, now, worked_off),
     ]
     stages += [
         lambda n: _step_limit(spec, n, current),
@@ -569,6 +608,7 @@ def _stabilization(
     rate_noise: float | None = None,
     full_window: bool = False,
     watching_since: float | None = None,
+    worked_off: bool = False,
 ) -> _Change | None:
     """The HPA's stabilization: shrink no lower than the highest recommendation of the
     scale-down window, grow no higher than the lowest of the scale-up window; this
@@ -610,6 +650,10 @@ def _stabilization(
         divisor *= max(1.0, drop - SURE_SIGMAS * chance)
     down_window = window if full_window else min(window, max(window / divisor, floor))
     down_cutoff = now - down_window
+    if worked_off and drop - SURE_SIGMAS * chance > 1.0:
+        # A sure drop once the backlog that grew the pool is worked off: the past
+        # recommendations asked for replicas to work off a backlog that is gone.
+        down_cutoff = now
     lowest = highest = recommendation
     for past in history:
         if past.at > down_cutoff and past.replicas > highest:
@@ -643,13 +687,22 @@ def _stabilization(
 
 
 def _cooldown(
-    spec: QueueScalerSpec, replicas: int, current: int, state: ScalerState, now: float
+    spec: QueueScalerSpec,
+    replicas: int,
+    current: int,
+    state: ScalerState,
+    now: float,
+    worked_off: bool = False,
 ) -> _Change | None:
     """No scale-up within scaleUp.cooldownSeconds of the last scale-up, no scale-down
     within scaleDown.cooldownSeconds of the last scale-up. A scale-down starts neither: it
     brings no pods to wait for, and a burst right after one was held 14 to 29 s by the
-    scale-up cooldown (4 of 9 bursts in the KEDA peers benchmark)."""
+    scale-up cooldown (4 of 9 bursts in the KEDA peers benchmark). The scale-down cooldown
+    is there for the new pods to work off the backlog that called them; it ends once the
+    counters show that work done and nothing waits (`worked_off`)."""
     if replicas == current:
+        return None
+    if replicas < current and worked_off:
         return None
     if replicas > current:
         cooldown, field = spec.behavior.scale_up.cooldown_seconds, "scaleUp.cooldownSeconds"
