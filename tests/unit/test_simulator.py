@@ -36,7 +36,7 @@ from queuescaler.sim.traces import (
     standard_traces,
     steady,
 )
-from queuescaler.sim.workers import ServiceKind, ServiceTimes, WorkerModel, messages
+from queuescaler.sim.workers import MessageWorld, ServiceKind, ServiceTimes, WorkerModel, messages
 
 pytestmark = pytest.mark.unit
 
@@ -802,3 +802,27 @@ def test_new_traces_have_their_rates() -> None:
     assert 1 / trickle.service_rate == 8.0
     assert metronome.arrivals[:4] == (5, 0, 5, 0)
     assert metronome.service_rate == 1.0
+
+
+def test_queuescaler_spares_busy_workers_as_its_protection_does() -> None:
+    # protectBusyWorkers (the default): the pods holding the fewest messages go first (the
+    # pod-deletion-cost it sets), and the pool never shrinks below the consumers the channel
+    # listing shows busy (the message-level world tells it, as old as the statistics)
+    blind_spec = queuescaler_spec(behavior={"scaleDown": {"protectBusyWorkers": False}})
+    assert QueueScalerPolicy(queuescaler_spec()).removes_idle_first
+    assert not QueueScalerPolicy(blind_spec).removes_idle_first
+    idle = QueueSample(ready=0, unacked=0, consumers=6, taken_at=0.0)
+    assert QueueScalerPolicy(queuescaler_spec()).desired(idle, 6, 0.0) == 0
+    assert QueueScalerPolicy(queuescaler_spec()).desired(idle, 6, 0.0, busy_workers=3) == 3
+    assert QueueScalerPolicy(blind_spec).desired(idle, 6, 0.0, busy_workers=3) == 0
+
+
+def test_the_busy_consumers_are_recorded_each_second() -> None:
+    trace = one_off(2, at=3, duration=30, service_rate=0.05)  # 20 s tasks
+    world = MessageWorld(trace, worker_model(), pod_start_delay=0.0, initial_replicas=4)
+    for now in range(10):
+        world.advance(now)
+        world.record()
+
+    assert [world.busy_seen(t) for t in (0, 3, 4, 9, 50)] == [0, 0, 2, 2, 2]
+    assert world.busy_seen(-5) == 0

@@ -70,7 +70,8 @@ class Policy(Protocol):
     @property
     def removes_idle_first(self) -> bool:
         """Whether its scale-downs spare busy replicas. Kubernetes picks pods blind to their
-        work, so only the oracle says yes (issue 08 may let queuescaler say yes one day)."""
+        work (the HPA, KEDA); the oracle, and queuescaler with protectBusyWorkers (the
+        pod-deletion-cost it sets), remove the replicas holding the fewest messages first."""
         ...
 
     def desired(self, sample: QueueSample, current: int, now: float) -> int:
@@ -347,7 +348,11 @@ def _simulate_messages(
         world.record()
         if now >= next_poll:
             sample = observe(world.history, now, sampling)
-            wanted = policy.desired(sample, world.pool, float(now))
+            if isinstance(policy, QueueScalerPolicy) and policy.removes_idle_first:
+                busy = world.busy_seen(now - sampling.stats_delay)
+                wanted = policy.desired(sample, world.pool, float(now), busy)
+            else:
+                wanted = policy.desired(sample, world.pool, float(now))
             scaled = world.resize(max(0, wanted), now, idle_first=policy.removes_idle_first)
             events += scaled and now >= measure_from
             next_poll += sampling.polling_interval
@@ -495,7 +500,9 @@ class QueueScalerPolicy:
         self._early_ready: int | None = None
         self._next_due = 0.0
         self.name = name
-        self.removes_idle_first = False
+        self.removes_idle_first = self._spec.behavior.scale_down.protect_busy_workers
+        """protectBusyWorkers: pods marked by what they hold go first (the message-level
+        world also tells `desired` the busy consumers, as the channel listing does)."""
         self.sampling = Sampling(
             polling_interval=peek_every or float(self._spec.polling_interval_seconds),
             count_delay=0.0,
@@ -510,7 +517,9 @@ class QueueScalerPolicy:
         self.scale_reasons: Counter[str] = Counter()
         """The decisions that resized the pool, by their reason."""
 
-    def desired(self, sample: QueueSample, current: int, now: float) -> int:
+    def desired(
+        self, sample: QueueSample, current: int, now: float, busy_workers: int | None = None
+    ) -> int:
         spec = self._spec
         early = False
         if now < self._next_due:
@@ -525,6 +534,9 @@ class QueueScalerPolicy:
         else:
             self._next_due = next_due(now, float(spec.polling_interval_seconds))
         decision = decide(spec, sample, current, self._state, now)
+        if decision.replicas < current and busy_workers is not None:
+            # the operator looks at its workers only before a scale-down (core.plan)
+            decision = decide(spec, sample, current, self._state, now, busy_workers)
         applied = current if spec.dry_run else decision.replicas
         self.reasons[decision.reason] += 1
         if applied != current:

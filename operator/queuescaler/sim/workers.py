@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from queuescaler.sim.sampling import History
+from queuescaler.sim.sampling import History, clamp_index
 from queuescaler.sim.traces import Trace
 
 
@@ -257,6 +257,8 @@ class MessageWorld:
         delivered - acked - redelivered."""
         self.grace_seconds = 0.0
         self.history = History()
+        self.busy: list[int] = []
+        """Consumers holding a message, at each recorded second."""
         for _ in range(initial_replicas):
             self._become_ready(_Replica(), 0.0)
 
@@ -342,6 +344,13 @@ class MessageWorld:
             self.acked,
             self.delivered,
         )
+        self.busy.append(sum(1 for r in self.ready if r.running or r.parked))
+
+    def busy_seen(self, time: float) -> int:
+        """Consumers holding a message at `time` (whole seconds, clamped to those
+        recorded): what the broker's channel listing, as old as its statistics, shows the
+        operator's busy-worker protection."""
+        return self.busy[clamp_index(time, len(self.busy))]
 
     # --- the broker and the workers -------------------------------------------------------
 
