@@ -16,7 +16,8 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from queuescaler import cli, tune
+from queuescaler import cli
+from queuescaler.tune import inputs as tune
 
 pytestmark = pytest.mark.unit
 
@@ -271,9 +272,9 @@ def test_simulate_from_prometheus_estimates_the_task_time_and_shows_the_recorded
     out = result.output
     assert "the operator's series of media/thumbnails over 600 s (21 points, one every 30 s)" in out
     assert "service time     0.125 s  estimated: concurrency 1 / per-replica rate 8 msg/s" in out
-    assert "note: the first 60 s are a warm-up at the first rate (1 msg/s)" in out
+    assert "note: the first 60 s are a warm-up at 1 msg/s, replayed and not counted" in out
     assert "note: the backlog at the start (30 messages) is published in the warm-up's last" in out
-    assert "every pool starts at 1 replica" in out
+    assert "every pool starts the 60 s warm-up at 1 replica" in out
     assert "| recorded " in out
     assert all('scaler_namespace="media", scaler="thumbnails"' in q for q in prometheus.queries)
 
@@ -323,3 +324,41 @@ def test_a_prometheus_too_slow_to_answer(
         listener.close()
     assert result.exit_code == 1
     assert "did not answer within 0.3 s" in result.output, result.output
+
+
+# --- progress -----------------------------------------------------------------------------------
+
+
+def test_progress_is_a_bar_redrawn_in_place_and_wiped_at_the_end() -> None:
+    import io
+
+    from queuescaler.tune.progress import Bar
+
+    clock = iter([0.0, 0.0, 0.05, 0.5, 1.0, 2.0])
+    stream = io.StringIO()
+    bar = Bar(stream, bar=True, clock=lambda: next(clock))
+    bar("replaying queuescaler (1/2)", 0.0)
+    bar("replaying queuescaler (1/2)", 0.25)  # 50 ms later: not redrawn
+    bar("replaying queuescaler (1/2)", 0.5)
+    bar("replaying oracle (2/2)", 1.0)
+    bar.close()
+    drawn = stream.getvalue().split("\r")[1:]
+    assert drawn[0].startswith("[------------------------]   0%  0 s  replaying queuescaler")
+    assert drawn[1].startswith("[############------------]  50%  0 s  replaying queuescaler")
+    assert drawn[2].startswith("[########################] 100%  1 s  replaying oracle (2/2)")
+    assert drawn[3].strip() == "" and drawn[-1] == ""  # wiped, the cursor at the line's start
+    assert "\n" not in stream.getvalue()
+
+
+def test_without_a_terminal_progress_is_one_line_per_step(
+    scaler_file: Path, csv_file: Path
+) -> None:
+    result = CliRunner().invoke(cli.main, ["simulate", "-f", str(scaler_file), "--csv",
+                                           str(csv_file), "--compare", "--no-png"])
+    assert result.exit_code == 0
+    steps = [line for line in result.stderr.splitlines() if line.startswith("... ")]
+    assert steps == ["... replaying queuescaler (1/3)", "... replaying keda-queue-length (2/3)",
+                     "... replaying oracle (3/3)", "... replayed 3 policies"]
+    forced = CliRunner().invoke(cli.main, ["recommend", "-f", str(scaler_file), "--csv",
+                                           str(csv_file), "--progress"])
+    assert "\r[" in forced.stderr and "] 100%" in forced.stderr and "trial 1: " in forced.stderr

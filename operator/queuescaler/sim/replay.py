@@ -13,27 +13,40 @@ prefetch, pod start delay, and where each value came from (given, estimated, def
 from __future__ import annotations
 
 import bisect
-import datetime
 import itertools
 import math
-import statistics
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
 from queuescaler.core.sample import QueueSample
+from queuescaler.sim.estimation import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_POD_START_DELAY,
+    DEFAULT_PREFETCH,
+    DEFAULT_SERVICE_SECONDS,
+    Given,
+    ReplayModel,
+    estimate_model,
+)
 from queuescaler.sim.peers import MANAGEMENT_API_DELAY, KedaQueueLengthPolicy
 from queuescaler.sim.simulator import OraclePolicy, Policy, QueueScalerPolicy, simulate
 from queuescaler.sim.traces import Trace, poisson_arrivals
+from queuescaler.sim.traffic import Traffic, TrafficError, traffic_from_csv
 from queuescaler.sim.workers import WorkerModel
 from queuescaler.sources.registry import parse_spec
 
-DEFAULT_SERVICE_SECONDS: Final = 1.0
-"""A task's mean duration when nothing tells it: a guess, and the output says so."""
-DEFAULT_CONCURRENCY: Final = 1
-DEFAULT_PREFETCH: Final = 1
-DEFAULT_POD_START_DELAY: Final = 10.0
+# The traffic and the worker model are re-exported: `queuescaler simulate` reads one module.
+__all__ = [
+    "DEFAULT_CONCURRENCY", "DEFAULT_POD_START_DELAY", "DEFAULT_PREFETCH",
+    "DEFAULT_SERVICE_SECONDS", "FIRST_MINUTE", "KEDA", "MESSAGE_LEVEL_LIMIT", "ORACLE", "OURS",
+    "POLICY_WORDS", "WARM_UP", "Given", "Likeness", "Progress", "Recorded", "Replay",
+    "ReplayModel", "Run", "Traffic", "TrafficError", "Workload", "World", "choose_world",
+    "estimate_model", "initial_replicas", "likeness", "recorded", "replay", "replay_ours",
+    "share_of", "traffic_from_csv", "workload_from_trace", "workload_from_traffic",
+]
+
 MESSAGE_LEVEL_LIMIT: Final = 2_000_000
 """Above this many messages the replay is fluid (`sim.simulator`): the message-level world
 costs a few microseconds a message and each policy replays the whole trace."""
@@ -51,129 +64,10 @@ the broker's view from its first second on), and every policy would shrink the p
 bench/decide.py warms up for the same reason."""
 
 World = Literal["messages", "fluid"]
-Progress = Callable[[str], None]
-
-
-class TrafficError(ValueError):
-    """Traffic that cannot be replayed; the message says where and why."""
-
-
-@dataclass(frozen=True, slots=True)
-class Traffic:
-    """Recorded traffic: a publish rate at each point in time, held until the next point.
-
-    The optional series have one value per point (None where the point has none) or are
-    empty (not recorded at all).
-    """
-
-    name: str
-    times: tuple[float, ...]
-    """Seconds (Unix time, or from any origin), strictly increasing."""
-    publish_rates: tuple[float, ...]
-    """Messages published per second from each point to the next."""
-    service_seconds: tuple[float | None, ...] = ()
-    """Mean task time at each point, when the recording has it."""
-    per_replica_rates: tuple[float | None, ...] = ()
-    """What one replica acknowledges per second (the operator's `per_replica_rate`)."""
-    backlog: tuple[float | None, ...] = ()
-    """Messages ready and unacknowledged, as the operator sampled them."""
-    replicas: tuple[float | None, ...] = ()
-    """The target's replica count, as the operator saw it."""
-
-    def __post_init__(self) -> None:
-        if len(self.times) < 2:
-            raise TrafficError(f"{self.name}: needs at least two points in time")
-        if len(self.publish_rates) != len(self.times):
-            raise TrafficError(f"{self.name}: one publish rate per point in time")
-        for label, series in (
-            ("service_seconds", self.service_seconds),
-            ("per_replica_rates", self.per_replica_rates),
-            ("backlog", self.backlog),
-            ("replicas", self.replicas),
-        ):
-            if series and len(series) != len(self.times):
-                raise TrafficError(f"{self.name}: {label} must have one value per point in time")
-        for earlier, later in itertools.pairwise(self.times):
-            if not later > earlier:
-                raise TrafficError(f"{self.name}: times must increase ({earlier:g}, {later:g})")
-        for time, rate in zip(self.times, self.publish_rates, strict=True):
-            if not (math.isfinite(rate) and rate >= 0):
-                raise TrafficError(f"{self.name}: publish rate {rate!r} at {time:g} is not >= 0")
-        for time, seconds in zip(self.times, self.service_seconds, strict=False):
-            if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
-                raise TrafficError(f"{self.name}: service seconds {seconds!r} at {time:g} not > 0")
-
-    @property
-    def step(self) -> float:
-        """The usual spacing of the points (their median)."""
-        return statistics.median(b - a for a, b in itertools.pairwise(self.times))
-
-
-_COLUMNS: Final = ("time", "publish_rate", "service_seconds")
-
-
-def traffic_from_csv(text: str, name: str) -> Traffic:
-    """Traffic from CSV text: `time,publish_rate[,service_seconds]` per line, an optional
-    header line naming those columns. `time` is seconds (Unix time or from any origin) or an
-    ISO 8601 timestamp (UTC unless it says otherwise); an empty service_seconds is None."""
-    times: list[float] = []
-    rates: list[float] = []
-    service: list[float | None] = []
-    columns: int | None = None
-    for number, line in enumerate(text.splitlines(), start=1):
-        cells = [cell.strip() for cell in line.split(",")]
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        if not times and columns is None and cells[0].lower() == "time":
-            if tuple(cell.lower() for cell in cells) not in (_COLUMNS[:2], _COLUMNS):
-                raise TrafficError(
-                    f"{name}, line {number}: the header must be time,publish_rate"
-                    f"[,service_seconds], not {line.strip()!r}"
-                )
-            columns = len(cells)
-            continue
-        if len(cells) not in (2, 3) or (columns is not None and len(cells) != columns):
-            raise TrafficError(
-                f"{name}, line {number}: expected time,publish_rate[,service_seconds], "
-                f"got {line.strip()!r}"
-            )
-        times.append(_csv_time(cells[0], name, number))
-        rates.append(_csv_number(cells[1], "publish_rate", name, number))
-        given = cells[2] if len(cells) == 3 else ""
-        service.append(_csv_number(given, "service_seconds", name, number) if given else None)
-    if len(times) < 2:
-        raise TrafficError(f"{name}: needs at least two lines of time,publish_rate")
-    with_service = tuple(service) if any(s is not None for s in service) else ()
-    try:
-        return Traffic(name, tuple(times), tuple(rates), service_seconds=with_service)
-    except TrafficError as error:
-        raise TrafficError(f"{error} (in the CSV)") from None
-
-
-def _csv_time(cell: str, name: str, number: int) -> float:
-    try:
-        return float(cell)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.datetime.fromisoformat(cell.replace("Z", "+00:00"))
-    except ValueError:
-        raise TrafficError(
-            f"{name}, line {number}: time {cell!r} is neither seconds nor an ISO 8601 timestamp"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return moment.timestamp()
-
-
-def _csv_number(cell: str, column: str, name: str, number: int) -> float:
-    try:
-        value = float(cell)
-    except ValueError:
-        raise TrafficError(f"{name}, line {number}: {column} {cell!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise TrafficError(f"{name}, line {number}: {column} {cell!r} must be >= 0")
-    return value
+Progress = Callable[[str, float], None]
+"""Hears what is being done and the share of it done so far (0 to 1)."""
+Share = Callable[[float], None]
+"""Hears the share of one replay done so far."""
 
 
 # --- what the simulator replays --------------------------------------------------------------
@@ -212,20 +106,30 @@ def workload_from_trace(trace: Trace) -> Workload:
     return Workload(trace.name, trace.arrivals)
 
 
-def workload_from_traffic(traffic: Traffic, *, seed: int = 0) -> Workload:
+def workload_from_traffic(
+    traffic: Traffic, *, seed: int = 0, capacity: float | None = None
+) -> Workload:
     """Each second of the recording, its rate drawn as Poisson arrivals (seeded); the last
-    point holds for one usual step. Before it, a `WARM_UP` at the first rate ending with the
-    backlog recorded at the start (if any), so that the queue the counted seconds begin with
-    is the recorded one and no policy starts from a broker it has never looked at."""
+    point holds for one usual step. Before it, a `WARM_UP` at the first rate (at most
+    `capacity`, what the starting pool serves a second, so that a recording beginning in a
+    burst does not pile up a queue of its own) ending with the backlog recorded at the start
+    (if any), so that the queue the counted seconds begin with is the recorded one and no
+    policy starts from a broker it has never looked at."""
     step = traffic.step
     origin = traffic.times[0]
     ends = [*traffic.times[1:], traffic.times[-1] + step]
     duration = max(1, round(ends[-1] - origin))
-    per_second = [0] * WARM_UP + _per_second(traffic.times, ends, origin, duration)
-    rates = [traffic.publish_rates[i] for i in per_second]
+    per_second = _per_second(traffic.times, ends, origin, duration)
+    first = traffic.publish_rates[0]
+    warm = first if capacity is None else min(first, capacity)
+    rates = [warm] * WARM_UP + [traffic.publish_rates[i] for i in per_second]
+    per_second = [0] * WARM_UP + per_second
     arrivals = list(poisson_arrivals(rates, seed=seed))
-    notes = [f"the first {WARM_UP} s are a warm-up at the first rate "
-             f"({traffic.publish_rates[0]:.3g} msg/s), replayed and not counted"]
+    notes = [*traffic.notes,
+             f"the first {WARM_UP} s are a warm-up at {warm:.3g} msg/s"
+             + ("" if warm == first else f" (the first rate, {first:.3g} msg/s, is more than "
+                "the starting pool serves)")
+             + ", replayed and not counted"]
     gaps = sum(
         round(later - earlier)
         for earlier, later in itertools.pairwise(traffic.times)
@@ -262,105 +166,6 @@ def _per_second(
     """For each second of the replay, the index of the point whose rate holds then."""
     starts = [time - origin for time in times]
     return [max(0, bisect.bisect_right(starts, second) - 1) for second in range(duration)]
-
-
-# --- the workers -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Given:
-    """What the user said about the workers (None: nothing said)."""
-
-    service_seconds: float | None = None
-    concurrency: int | None = None
-    prefetch: int | None = None
-    """Celery's `worker_prefetch_multiplier` (pika: prefetch_count / concurrency); 0 means
-    no limit, as in Celery."""
-    pod_start_delay: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayModel:
-    """How the replayed workers take the work, and where each value came from."""
-
-    service_seconds: float
-    concurrency: int
-    prefetch: int | None
-    """None: no limit."""
-    pod_start_delay: float
-    origins: tuple[tuple[str, str], ...] = ()
-    """(knob, where its value came from): `given`, `estimated: ...`, `default`..."""
-
-    def origin(self, knob: str) -> str:
-        return dict(self.origins).get(knob, "given")
-
-    def workers(self, seed: int) -> WorkerModel:
-        """The message-level world's workers (task times exponential around the mean)."""
-        return WorkerModel(prefetch=self.prefetch, concurrency=self.concurrency, seed=seed)
-
-    def describe(self) -> list[tuple[str, str, str]]:
-        """(knob, value, origin) rows for the output."""
-        prefetch = "unlimited" if self.prefetch is None else str(self.prefetch)
-        return [
-            ("service time", f"{self.service_seconds:.3g} s", self.origin("service time")),
-            ("concurrency", str(self.concurrency), self.origin("concurrency")),
-            ("prefetch", prefetch, self.origin("prefetch")),
-            ("pod start delay", f"{self.pod_start_delay:g} s", self.origin("pod start delay")),
-        ]
-
-
-def estimate_model(
-    given: Given, *, traffic: Traffic | None = None, trace: Trace | None = None
-) -> ReplayModel:
-    """The worker model from what the user gave, else what the traffic tells, else defaults.
-
-    The task time is the only value a recording tells: from a service_seconds column (its
-    mean, weighted by the publish rate), else from the operator's per-replica rate (a
-    replica of `concurrency` workers acking r messages a second takes concurrency / r
-    seconds a task; its latest value, the operator's best estimate), else a synthetic
-    trace's own. Concurrency, prefetch and the pod start delay are flags or defaults.
-    """
-    origins: dict[str, str] = {}
-
-    def pick(knob: str, value: Any, default: Any) -> Any:
-        origins[knob] = "given" if value is not None else "default"
-        return default if value is None else value
-
-    concurrency: int = pick("concurrency", given.concurrency, DEFAULT_CONCURRENCY)
-    prefetch: int | None = pick("prefetch", given.prefetch, DEFAULT_PREFETCH) or None
-    delay: float = pick("pod start delay", given.pod_start_delay, DEFAULT_POD_START_DELAY)
-    service, origin = _service_seconds(given, traffic, trace, concurrency)
-    origins["service time"] = origin
-    return ReplayModel(service, concurrency, prefetch, delay, tuple(origins.items()))
-
-
-def _service_seconds(
-    given: Given, traffic: Traffic | None, trace: Trace | None, concurrency: int
-) -> tuple[float, str]:
-    if given.service_seconds is not None:
-        return given.service_seconds, "given"
-    if traffic is not None and traffic.service_seconds:
-        pairs = [
-            (seconds, rate)
-            for seconds, rate in zip(traffic.service_seconds, traffic.publish_rates, strict=True)
-            if seconds is not None
-        ]
-        weight = sum(rate for _, rate in pairs)
-        if weight:
-            mean = sum(seconds * rate for seconds, rate in pairs) / weight
-        else:
-            mean = statistics.fmean(seconds for seconds, _ in pairs)
-        return mean, "estimated: mean of the traffic's service_seconds, weighted by publish rate"
-    known = [r for r in (traffic.per_replica_rates if traffic else ()) if r]
-    if known:
-        rate = known[-1]
-        return concurrency / rate, (
-            f"estimated: concurrency {concurrency} / per-replica rate {rate:.3g} msg/s "
-            "(the operator's latest)"
-        )
-    if trace is not None:
-        return 1.0 / trace.service_rate, f"the trace's ({trace.name})"
-    return DEFAULT_SERVICE_SECONDS, "default (nothing to estimate it from: give it)"
 
 
 # --- replaying ---------------------------------------------------------------------------------
@@ -415,6 +220,32 @@ class Recorded:
 
 
 @dataclass(frozen=True, slots=True)
+class Likeness:
+    """How close queuescaler's replay came to the recorded pool, second by second (over the
+    seconds with a recorded replica count)."""
+
+    mean_difference: float
+    """Mean of |replayed - recorded| replicas."""
+    within_one: float
+    """Share of the seconds whose replayed count was within one replica of the recorded."""
+    peaks: tuple[int, int]
+    """The highest count, replayed and recorded."""
+
+
+def likeness(replayed: Sequence[int], recorded: Sequence[float | None]) -> Likeness | None:
+    """`replayed` against `recorded`, both from the first counted second on."""
+    pairs = [(r, round(k)) for r, k in zip(replayed, recorded, strict=False) if k is not None]
+    if not pairs:
+        return None
+    differences = [abs(r - k) for r, k in pairs]
+    return Likeness(
+        mean_difference=sum(differences) / len(pairs),
+        within_one=sum(1 for d in differences if d <= 1) / len(pairs),
+        peaks=(max(r for r, _ in pairs), max(k for _, k in pairs)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Replay:
     """Every policy's run on one workload."""
 
@@ -425,6 +256,8 @@ class Replay:
     initial_replicas: int
     runs: tuple[Run, ...]
     recorded: Recorded | None = None
+    likeness: Likeness | None = None
+    """queuescaler's replayed pool against the recorded one, when there is one."""
 
     def run(self, policy: str) -> Run:
         return next(run for run in self.runs if run.policy == policy)
@@ -467,10 +300,12 @@ def replay(
             )
         )
     runs = []
-    for index, policy in enumerate(policies, start=1):
-        if progress:
-            progress(f"replaying {policy.name} ({index}/{len(policies)})")
-        runs.append(_play(trace, policy, workload, model, workers, start))
+    for index, policy in enumerate(policies):
+        said = f"replaying {policy.name} ({index + 1}/{len(policies)})"
+        share = share_of(progress, said, index, len(policies))
+        runs.append(_play(trace, policy, workload, model, workers, start, share))
+    if progress:
+        progress(f"replayed {len(policies)} polic{'y' if len(policies) == 1 else 'ies'}", 1.0)
     return Replay(
         workload=workload.name,
         duration=workload.duration,
@@ -479,33 +314,43 @@ def replay(
         initial_replicas=start,
         runs=tuple(runs),
         recorded=recorded(workload),
+        likeness=likeness(runs[0].replicas, workload.recorded_replicas[workload.warm_up :]),
     )
+
+
+def share_of(progress: Progress | None, said: str, index: int, count: int) -> Share | None:
+    """The progress of replay `index` of `count`, as a share of all of them."""
+    if progress is None:
+        return None
+    return lambda done: progress(said, (index + done) / count)
 
 
 def replay_ours(
     spec: Mapping[str, Any], workload: Workload, model: ReplayModel, *, world: World,
-    start: int, seed: int = 0,
+    start: int, seed: int = 0, share: Share | None = None,
 ) -> Run:
     """queuescaler alone on `spec`, in a given world from a given start (the search's unit),
-    without the per-second series."""
+    without the per-second series. `share` hears the share of the replay done."""
     trace = _trace(workload, model, world)
     workers = model.workers(seed) if world == "messages" else None
-    return _play(trace, _ours(spec, start), workload, model, workers, start).without_series()
+    return _play(trace, _ours(spec, start), workload, model, workers, start, share).without_series()
 
 
 def _play(
     trace: Trace, policy: Policy, workload: Workload, model: ReplayModel,
-    workers: WorkerModel | None, start: int,
+    workers: WorkerModel | None, start: int, share: Share | None = None,
 ) -> Run:
-    counted = _Counted(policy, workload.warm_up) if isinstance(policy, QueueScalerPolicy) else None
+    tracked = _Tracked(policy, workload.warm_up, len(workload.arrivals), share)
     result = simulate(
         trace,
-        counted or policy,
+        tracked,
         pod_start_delay=model.pod_start_delay,
         initial_replicas=start,
         workers=workers,
         measure_from=workload.warm_up,
     )
+    if share:
+        share(1.0)
     warm_up = workload.warm_up
     return Run(
         policy=policy.name,
@@ -515,37 +360,50 @@ def _play(
         scale_events=result.scale_events,
         redelivered=result.redelivered,
         left=result.left,
-        scale_reasons=counted.scale_reasons() if counted else (),
-        decisions=counted.decisions() if counted else (),
+        scale_reasons=tracked.scale_reasons(),
+        decisions=tracked.decisions(),
         replicas=result.replicas[warm_up:],
         backlog=result.backlog[warm_up:],
     )
 
 
-class _Counted:
-    """queuescaler's policy, its decisions by reason counted after the warm-up only."""
+PROGRESS_STEPS: Final = 200
+"""How often a replay says how far it got: every 0.5% of its seconds."""
 
-    def __init__(self, policy: QueueScalerPolicy, warm_up: int) -> None:
+
+class _Tracked:
+    """A policy as the simulator asks it, watched: queuescaler's decisions counted by reason
+    after the warm-up only, and the share of the replay done told to `share` (the simulator
+    asks the policy at each poll, with the second it is at)."""
+
+    def __init__(self, policy: Policy, warm_up: int, duration: int, share: Share | None) -> None:
         self.policy = policy
+        self.ours = policy if isinstance(policy, QueueScalerPolicy) else None
         self.warm_up = warm_up
         self.name = policy.name
         self.sampling = policy.sampling
         self.initial_replicas = policy.initial_replicas
         self.removes_idle_first = policy.removes_idle_first
         self._before: tuple[Counter[str], Counter[str]] = (Counter(), Counter())
+        self._share = share
+        self._every = max(1.0, duration / PROGRESS_STEPS)
+        self._duration = max(1, duration)
+        self._next = 0.0
 
     def desired(self, sample: QueueSample, current: int, now: float) -> int:
-        if now < self.warm_up:
-            wanted = self.policy.desired(sample, current, now)
-            self._before = (Counter(self.policy.reasons), Counter(self.policy.scale_reasons))
-            return wanted
-        return self.policy.desired(sample, current, now)
+        if self._share is not None and now >= self._next:
+            self._share(now / self._duration)
+            self._next = now + self._every
+        wanted = self.policy.desired(sample, current, now)
+        if self.ours is not None and now < self.warm_up:
+            self._before = (Counter(self.ours.reasons), Counter(self.ours.scale_reasons))
+        return wanted
 
     def decisions(self) -> tuple[tuple[str, int], ...]:
-        return _counted(self.policy.reasons - self._before[0])
+        return _counted(self.ours.reasons - self._before[0]) if self.ours else ()
 
     def scale_reasons(self) -> tuple[tuple[str, int], ...]:
-        return _counted(self.policy.scale_reasons - self._before[1])
+        return _counted(self.ours.scale_reasons - self._before[1]) if self.ours else ()
 
 
 def initial_replicas(spec: Mapping[str, Any], workload: Workload, model: ReplayModel) -> int:

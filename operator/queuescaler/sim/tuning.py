@@ -24,6 +24,7 @@ from queuescaler.sim.replay import (
     choose_world,
     initial_replicas,
     replay_ours,
+    share_of,
 )
 from queuescaler.sources.registry import parse_spec
 
@@ -141,6 +142,7 @@ def recommend(
     start = initial_replicas(spec, workload, model)
     grid = knob_values(spec)
     paths = tuple(grid)
+    most = 1 + sum(len(values) for values in grid.values())  # trials at most (some repeat)
     trials: dict[tuple[int | None, ...], Trial] = {}
     order: list[Trial] = []
 
@@ -148,9 +150,10 @@ def recommend(
         key = tuple(_effective(candidate, path) for path in paths)
         if key not in trials:
             values = tuple(zip(paths, key, strict=True))
-            if progress:
-                progress(f"replaying {_words(values)} ({len(order) + 1})")
-            run = replay_ours(candidate, workload, model, world=chosen, start=start, seed=seed)
+            share = share_of(progress, f"trial {len(order) + 1}: {_words(values)}", len(order),
+                           most)
+            run = replay_ours(candidate, workload, model, world=chosen, start=start, seed=seed,
+                              share=share)
             trials[key] = Trial(values, run, run.p95_wait <= p95_goal)
             order.append(trials[key])
         return trials[key]
@@ -163,6 +166,8 @@ def recommend(
             tried = trial(candidate)
             if _better(tried, best):
                 best, best_spec = tried, candidate
+    if progress:
+        progress(f"tried {len(order)} settings", 1.0)
     given = order[0]
     if given.meets and best.run.replica_hours > (1 - MIN_SAVING) * given.run.replica_hours:
         best, best_spec = given, dict(spec)

@@ -1,0 +1,175 @@
+"""Recorded traffic for `queuescaler simulate`: a publish rate at points in time, and what
+the operator saw meanwhile (backlog, replicas, consumers, per-replica rate). Pure: text in,
+a `Traffic` out; fetching it from Prometheus is the command line's job.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Final
+
+
+class TrafficError(ValueError):
+    """Traffic that cannot be replayed; the message says where and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """Recorded traffic: a publish rate at each point in time, held until the next point.
+
+    The optional series have one value per point (None where the point has none) or are
+    empty (not recorded at all).
+    """
+
+    name: str
+    times: tuple[float, ...]
+    """Seconds (Unix time, or from any origin), strictly increasing."""
+    publish_rates: tuple[float, ...]
+    """Messages published per second from each point to the next."""
+    service_seconds: tuple[float | None, ...] = ()
+    """Mean task time at each point, when the recording has it."""
+    per_replica_rates: tuple[float | None, ...] = ()
+    """What one replica acknowledges per second (the operator's `per_replica_rate`)."""
+    backlog: tuple[float | None, ...] = ()
+    """Messages ready and unacknowledged, as the operator sampled them."""
+    replicas: tuple[float | None, ...] = ()
+    """The target's replica count (its spec.replicas), as the operator saw it."""
+    unacked: tuple[float | None, ...] = ()
+    """Of the backlog, the messages delivered to consumers and not yet acknowledged."""
+    consumers: tuple[float | None, ...] = ()
+    """Consumers attached to the queue, as the operator sampled them."""
+    notes: tuple[str, ...] = ()
+    """What was assumed in making it, in words for the output."""
+
+    def __post_init__(self) -> None:
+        if len(self.times) < 2:
+            raise TrafficError(f"{self.name}: needs at least two points in time")
+        if len(self.publish_rates) != len(self.times):
+            raise TrafficError(f"{self.name}: one publish rate per point in time")
+        for label, series in (
+            ("service_seconds", self.service_seconds),
+            ("per_replica_rates", self.per_replica_rates),
+            ("backlog", self.backlog),
+            ("replicas", self.replicas),
+            ("unacked", self.unacked),
+            ("consumers", self.consumers),
+        ):
+            if series and len(series) != len(self.times):
+                raise TrafficError(f"{self.name}: {label} must have one value per point in time")
+        for earlier, later in itertools.pairwise(self.times):
+            if not later > earlier:
+                raise TrafficError(f"{self.name}: times must increase ({earlier:g}, {later:g})")
+        for time, rate in zip(self.times, self.publish_rates, strict=True):
+            if not (math.isfinite(rate) and rate >= 0):
+                raise TrafficError(f"{self.name}: publish rate {rate!r} at {time:g} is not >= 0")
+        for time, seconds in zip(self.times, self.service_seconds, strict=False):
+            if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+                raise TrafficError(f"{self.name}: service seconds {seconds!r} at {time:g} not > 0")
+
+    @property
+    def step(self) -> float:
+        """The usual spacing of the points (their median)."""
+        return statistics.median(b - a for a, b in itertools.pairwise(self.times))
+
+
+_COLUMNS: Final = ("time", "publish_rate", "service_seconds")
+
+
+def traffic_from_csv(text: str, name: str) -> Traffic:
+    """Traffic from CSV text: `time,publish_rate[,service_seconds]` per line, an optional
+    header line naming those columns. `time` is seconds (Unix time or from any origin) or an
+    ISO 8601 timestamp (UTC unless it says otherwise); an empty service_seconds is None."""
+    times: list[float] = []
+    rates: list[float] = []
+    service: list[float | None] = []
+    columns: int | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        cells = [cell.strip() for cell in line.split(",")]
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if not times and columns is None and cells[0].lower() == "time":
+            if tuple(cell.lower() for cell in cells) not in (_COLUMNS[:2], _COLUMNS):
+                raise TrafficError(
+                    f"{name}, line {number}: the header must be time,publish_rate"
+                    f"[,service_seconds], not {line.strip()!r}"
+                )
+            columns = len(cells)
+            continue
+        if len(cells) not in (2, 3) or (columns is not None and len(cells) != columns):
+            raise TrafficError(
+                f"{name}, line {number}: expected time,publish_rate[,service_seconds], "
+                f"got {line.strip()!r}"
+            )
+        times.append(_csv_time(cells[0], name, number))
+        rates.append(_csv_number(cells[1], "publish_rate", name, number))
+        given = cells[2] if len(cells) == 3 else ""
+        service.append(_csv_number(given, "service_seconds", name, number) if given else None)
+    if len(times) < 2:
+        raise TrafficError(f"{name}: needs at least two lines of time,publish_rate")
+    with_service = tuple(service) if any(s is not None for s in service) else ()
+    try:
+        return Traffic(name, tuple(times), tuple(rates), service_seconds=with_service)
+    except TrafficError as error:
+        raise TrafficError(f"{error} (in the CSV)") from None
+
+
+def _csv_time(cell: str, name: str, number: int) -> float:
+    try:
+        return float(cell)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(cell.replace("Z", "+00:00"))
+    except ValueError:
+        raise TrafficError(
+            f"{name}, line {number}: time {cell!r} is neither seconds nor an ISO 8601 timestamp"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+def _csv_number(cell: str, column: str, name: str, number: int) -> float:
+    try:
+        value = float(cell)
+    except ValueError:
+        raise TrafficError(f"{name}, line {number}: {column} {cell!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise TrafficError(f"{name}, line {number}: {column} {cell!r} must be >= 0")
+    return value
+
+
+def publish_rates_filled(
+    times: tuple[float, ...], rates: tuple[float | None, ...], backlog: tuple[float | None, ...]
+) -> tuple[tuple[float, ...], tuple[str, ...]]:
+    """A publish rate at every point, and what was assumed: the operator's series appear a
+    few seconds apart (RabbitMQ reports rates only after its first statistics interval, the
+    backlog at once), so a recording may begin without a rate. A point without one takes the
+    backlog's growth to the next point (a lower bound: what was consumed meanwhile is not
+    known), else the rate before it, else 0."""
+    filled: list[float] = []
+    grown = held = 0
+    for i, rate in enumerate(rates):
+        if rate is not None:
+            filled.append(rate)
+            continue
+        now, later = (backlog[i], backlog[i + 1]) if i + 1 < len(times) and backlog else (None,
+                                                                                          None)
+        if now is not None and later is not None:
+            filled.append(max(0.0, (later - now) / (times[i + 1] - times[i])))
+            grown += 1
+        else:
+            filled.append(filled[-1] if filled else 0.0)
+            held += 1
+    notes = []
+    if grown:
+        notes.append(f"{grown:,} point{'s' if grown > 1 else ''} without a recorded publish rate "
+                     "took the backlog's growth to the next point (a lower bound)")
+    if held:
+        notes.append(f"{held:,} point{'s' if held > 1 else ''} without a recorded publish rate "
+                     "or backlog held the rate before them")
+    return tuple(filled), tuple(notes)
