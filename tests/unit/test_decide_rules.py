@@ -15,6 +15,7 @@ import pytest
 
 from queuescaler.core.decision import (
     PROBE_PAUSE_SECONDS,
+    Burst,
     Decision,
     Reason,
     Recommendation,
@@ -23,6 +24,7 @@ from queuescaler.core.decision import (
     next_state,
 )
 from queuescaler.core.sample import QueueSample
+from queuescaler.core.status import iso, state_from_status
 from queuescaler.core.throughput import Reading
 from support import LOOSE, NOW, make_spec
 
@@ -654,25 +656,31 @@ def test_cooldown_message_says_how_long() -> None:
     assert decision.recommendation == 10
 
 
-# --- a burst worked off ------------------------------------------------------------------
+# --- a burst over ------------------------------------------------------------------------
 
 BURST = {**COOLDOWNS, **DOWN_300}
+SOURCE = make_spec({**LOOSE, **BURST}).source
 
 
-def after_burst(acked: int | None = 5000, **fields: Any) -> QueueSample:
-    """64 replicas, the burst gone: one message in flight, the ack counter at `acked`."""
-    queue = replace(sample(unacked=1, consumers=64), acked_total=acked)
+def after_burst(
+    acked: int | None = 5000, publish: float | None = 5.0, **fields: Any
+) -> QueueSample:
+    """64 replicas, the burst gone: one message in flight, 5 msg/s arriving, the ack
+    counter at `acked`."""
+    queue = replace(sample(unacked=1, consumers=64, publish=publish), acked_total=acked)
     return replace(queue, **fields)
 
 
-def grown_for(acks: int | None) -> ScalerState:
-    """Grown to 64 ten seconds ago for a backlog done once the ack counter reaches `acks`,
-    after recommendations that asked for 64 and then 27 while it drained."""
-    return ScalerState(last_scale_time=ago(10), last_scale_up_time=ago(10),
-                       recommendations=history((20, 64), (5, 27)), scaled_up_for_acks=acks)
+def grown_for(acks: int | None, publish: float | None = 200.0, **fields: Any) -> ScalerState:
+    """Grown to 64 ten seconds ago by a burst of `publish` msg/s whose work is done once the
+    ack counter reaches `acks`, after recommendations of 64 and then 27 while it drained."""
+    state = ScalerState(last_scale_time=ago(10), last_scale_up_time=ago(10),
+                        recommendations=history((20, 64), (5, 27)),
+                        burst=Burst(acks, publish), readings_of=SOURCE)
+    return replace(state, **fields)
 
 
-def test_a_burst_worked_off_goes_at_once_in_one_step() -> None:
+def test_a_burst_over_goes_at_once_in_one_step() -> None:
     # bursts of 200 msg/s on 100 ms tasks (worker models, issue 12): the pool waited 25 s
     # at 64 with nothing left to do, then went 64 -> 27 -> 1 (a third of its cost)
     decision = Tick(after_burst(), 64, BURST, grown_for(5000)).decide()
@@ -685,42 +693,88 @@ def test_a_burst_worked_off_goes_at_once_in_one_step() -> None:
         pytest.param(after_burst(acked=4999), grown_for(5000), id="one-message-not-acked-yet"),
         pytest.param(after_burst(acked=40), grown_for(5000), id="counter-reset"),
         pytest.param(after_burst(acked=None), grown_for(5000), id="no-counters"),
-        pytest.param(after_burst(), grown_for(None), id="work-at-the-scale-up-unknown"),
+        pytest.param(after_burst(), grown_for(None), id="work-at-the-scale-up-not-counted"),
+        pytest.param(after_burst(), grown_for(5000, publish=None), id="rate-then-unknown"),
+        pytest.param(after_burst(publish=None), grown_for(5000), id="rate-now-unknown"),
+        # review H1: a load that eases or keeps coming passes the ack count within seconds
+        pytest.param(after_burst(publish=51.0), grown_for(5000), id="load-only-eased"),
         pytest.param(after_burst(ready=1), grown_for(5000), id="a-message-waits"),
         pytest.param(after_burst(complete=False), grown_for(5000), id="sample-may-miss-work"),
         pytest.param(after_burst(scaling_pauses=True), grown_for(5000), id="pauses-on-resize"),
+        pytest.param(after_burst(), grown_for(5000, readings_of=None), id="no-readings-yet"),
+        pytest.param(after_burst(), ScalerState(last_scale_time=ago(10),
+                                                last_scale_up_time=ago(10),
+                                                recommendations=history((20, 64), (5, 27)),
+                                                readings_of=SOURCE),
+                     id="not-armed-in-this-run"),
     ],
 )
-def test_a_burst_not_known_to_be_worked_off_waits(queue: QueueSample, state: ScalerState) -> None:
+def test_a_burst_not_known_to_be_over_waits(queue: QueueSample, state: ScalerState) -> None:
     decision = Tick(queue, 64, BURST, state).decide()
     assert decision.replicas > 1, decision.message
 
 
-def test_a_worked_off_noise_dip_still_waits_the_window() -> None:
+def test_a_noise_dip_after_a_burst_still_waits_the_window_and_the_cooldown() -> None:
     # 3 replicas of 10 messages each going to 2 is within chance: the window holds it even
-    # with the scale-up's work done
-    state = ScalerState(last_scale_up_time=ago(400), recommendations=history((20, 3)),
-                        scaled_up_for_acks=5000)
-    queue = replace(sample(unacked=15, consumers=3), acked_total=5000)
+    # with the burst over; and so does the cooldown (review L1: it skipped any drop)
+    state = grown_for(5000, recommendations=history((20, 3)))
+    queue = replace(sample(unacked=15, consumers=3, publish=5.0), acked_total=5000)
     assert Tick(queue, 3, BURST, state).decide().reason is Reason.STABILIZATION
+    no_window = {**BURST, "behavior.scaleDown.stabilizationSeconds": 0}
+    assert Tick(queue, 3, no_window, state).decide().reason is Reason.COOLDOWN
 
 
-def test_the_work_that_called_a_scale_up_is_counted_at_the_next_full_sample() -> None:
+def test_the_burst_is_counted_at_the_next_full_sample_and_dropped_by_a_scale_down() -> None:
     live = replace(sample(ready=900, consumers=2), complete=False)  # an early tick's peek
-    early = fold(ScalerState(), live, scaled_now=True, current=2, recommendation=64)
-    assert early.last_scale_up_time == NOW and early.scaled_up_for_acks is None
-    full = replace(sample(ready=700, unacked=64, consumers=64), acked_total=300)
-    counted = fold(early, full, current=64, recommendation=64)
-    assert counted.scaled_up_for_acks == 300 + 700 + 64
-    later = replace(full, ready=10, acked_total=1000)
-    assert fold(counted, later, current=64, recommendation=64).scaled_up_for_acks == 1064
-    assert fold(counted, None, current=64).scaled_up_for_acks == 1064
-    # one scale-down per scale-up skips the window: a flood's pool that went 9 -> 4 once its
-    # backlog was worked off went on 4 -> 2 (a probe) and back up 2 -> 7 (worker models)
-    grown_earlier = replace(counted, last_scale_time=ago(15), last_scale_up_time=ago(15))
-    shrunk = fold(grown_earlier, later, scaled_now=True, current=64, recommendation=4)
-    assert shrunk.scaled_up_for_acks is None
-    assert fold(shrunk, later, current=4, recommendation=4).scaled_up_for_acks is None
+    early = fold(ScalerState(), live, scaled_now=True, current=2, recommendation=64,
+                 settings=BURST)
+    assert early.burst == Burst()
+    full = replace(sample(ready=700, unacked=64, consumers=64, publish=200.0), acked_total=300)
+    counted = fold(early, full, current=64, recommendation=64, settings=BURST)
+    assert counted.burst == Burst(300 + 700 + 64, 200.0)
+    later = replace(full, ready=10, acked_total=1000, publish_rate=5.0)
+    assert fold(counted, later, current=64, recommendation=64, settings=BURST).burst == Burst(
+        1064, 200.0)
+    assert fold(counted, None, current=64, settings=BURST).burst == counted.burst
+    # a scale-up by a full sample counts it at once
+    assert fold(ScalerState(), full, scaled_now=True, current=2, recommendation=64,
+                settings=BURST).burst == Burst(1064, 200.0)
+    # once per scale-up: a flood's pool that went 9 -> 4 once its backlog was worked off
+    # went on 4 -> 2 (a probe) and back up 2 -> 7 (worker models)
+    shrunk = fold(counted, later, scaled_now=True, current=64, recommendation=4, settings=BURST)
+    assert shrunk.burst is None
+    assert fold(shrunk, later, current=4, recommendation=4, settings=BURST).burst is None
+
+
+def test_a_burst_ends_at_once_no_more_than_once_per_window() -> None:
+    # 100 msg/s with a 10 msg/s lull every minute: following every lull flapped more than
+    # the window's hold (review H1's follow-up)
+    lately = grown_for(5000, burst_ended_at=ago(100))
+    assert Tick(after_burst(), 64, BURST, lately).decide().replicas > 1
+    stepped_back = grown_for(5000, burst_ended_at=NOW + 60)  # a clock that went back
+    assert Tick(after_burst(), 64, BURST, stepped_back).decide().replicas > 1
+    long_ago = grown_for(5000, burst_ended_at=ago(300))
+    assert Tick(after_burst(), 64, BURST, long_ago).decide().replicas == 1
+    ended = fold(grown_for(5000), after_burst(), scaled_now=True, current=64, recommendation=1,
+                 settings=BURST)
+    assert ended.burst_ended_at == NOW and ended.burst is None
+    plain = fold(grown_for(6000), after_burst(), scaled_now=True, current=64,
+                 recommendation=30, settings=BURST)
+    assert plain.burst_ended_at is None, "a scale-down the plain rules allowed is no burst's end"
+
+
+def test_a_burst_is_not_armed_by_a_restart_nor_kept_across_other_queues() -> None:
+    # review M1: status keeps one scale time, restored as both; the restored state must not
+    # arm (the last scale may have been a scale-down)
+    restored = state_from_status({"lastScaleTime": iso(ago(30))}, NOW)
+    full = replace(sample(unacked=36, consumers=9, publish=5.0), acked_total=10_000)
+    assert fold(restored, full, current=9, recommendation=9, settings=BURST).burst is None
+    # review M2: counted on one queue, compared with another's counter
+    counted = grown_for(700)
+    other = {**BURST, "source.rabbitmq.queue": "jobs-v2"}
+    moved = replace(sample(unacked=90, consumers=60, publish=5.0), acked_total=2_000_000)
+    assert fold(counted, moved, current=60, recommendation=60, settings=other).burst is None
+    assert Tick(moved, 60, other, counted).decide().replicas == 60
 
 
 # --- step limits ------------------------------------------------------------------------

@@ -62,6 +62,12 @@ SURE_SIGMAS: Final = 3.0
 by chance, against one in 40 at two): only then is the window divided again by the
 replicas it removes beyond it (`_stabilization`)."""
 
+BURST_OVER_FACTOR: Final = 4.0
+"""A burst is over once messages arrive at most a quarter as fast as when it grew the
+pool (and its work is acked, nothing ready): a load that halves every minute is a load,
+whose window holds the pool (review: 100 <-> 50 msg/s flapped 13 -> 6 -> 56 without it),
+while a burst's end drops its rate tenfold or more (200 -> 5 msg/s in the worker models)."""
+
 PROBE_PAUSE_SECONDS: Final = 600.0
 """After a probe failed (the pool shrank, then work waited with every pod consuming), no
 probing for this long: the probe has said what it could (a replica is slower than the
@@ -116,6 +122,18 @@ class Recommendation:
 
 
 @dataclass(frozen=True, slots=True)
+class Burst:
+    """The work that called a scale-up, counted at its sample or, when that was an early
+    tick's live counts (no counters, no rates), at the first full sample after it."""
+
+    done_at_acks: int | None = None
+    """The queue's ack count at which that work is all done (`work_done_at`); None until
+    counted."""
+    publish: float | None = None
+    """The publish rate then."""
+
+
+@dataclass(frozen=True, slots=True)
 class ScalerState:
     """Everything decide() remembers between ticks; the operator persists it in status."""
 
@@ -164,11 +182,13 @@ class ScalerState:
     not known (the run that kept going may have been told by one not to probe, or may be
     probing), so a probe moves the pool no further than both answers agree: a restart never
     shrinks a pool the other run held, nor grows one it was probing down (property test)."""
-    scaled_up_for_acks: int | None = None
-    """The ack count at which the work that called the last scale-up is done (`work_done_at`
-    of its sample, or of the first full sample after it); None once the pool has shrunk
-    since. Reached with nothing ready, the next sure scale-down skips the cooldown and the
-    window (`_worked_off`). Kept in memory only."""
+    burst: Burst | None = None
+    """What called the last scale-up this run made, until the pool shrinks or its queues
+    change (`_burst_over`); None after a restart, which never arms it. Kept in memory only."""
+    burst_ended_at: float | None = None
+    """When a scale-down last went at once because a burst was over: the next may not within
+    scaleDown.stabilizationSeconds (bursts that come back within the window are a load the
+    window holds). Kept in memory only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,17 +287,10 @@ def next_state(
             probe_failed_at=state.probe_failed_at,
             probe_unknown_until=state.probe_unknown_until,
             watching_since=state.watching_since,  # a failed tick has watched nothing
-            scaled_up_for_acks=state.scaled_up_for_acks,
+            burst=state.burst,
+            burst_ended_at=state.burst_ended_at,
         )
     history = (*state.recommendations, Recommendation(now, decision.recommendation))
-    scaled_up_for_acks = state.scaled_up_for_acks
-    last_grew = state.last_scale_up_time is not None and (
-        state.last_scale_up_time == state.last_scale_time)
-    if grew or (scaled_up_for_acks is None and last_grew and not scaled):
-        # an early tick's live counts have no counters: the next full sample's then
-        scaled_up_for_acks = work_done_at(sample)
-    elif scaled:
-        scaled_up_for_acks = None  # one scale-down per scale-up skips the window
     readings = _readings(spec, state)
     poll = spec.polling_interval_seconds
     flow = flow_since(readings, sample, poll)
@@ -298,30 +311,79 @@ def next_state(
         else state.probe_failed_at,
         probe_unknown_until=state.probe_unknown_until,
         watching_since=watching_since,
-        scaled_up_for_acks=scaled_up_for_acks,
+        burst=_burst_after(spec, state, sample, flow, grew=grew, scaled=scaled),
+        burst_ended_at=now if scaled and not grew and _burst_over(spec, state, sample, flow, now)
+        else state.burst_ended_at,
     )
 
 
 def work_done_at(sample: QueueSample) -> int | None:
     """The queue's ack count at which all the work this sample sees is done: acked + ready
-    + unacked. A message dead-lettered, expired or purged is never acked, so the count is
-    then never reached and nothing is worked off (fails closed). None without counters, or
-    for a sample that may miss work."""
+    + unacked. A message dead-lettered, expired or purged is never acked (on RabbitMQ), so
+    the count is reached only once later acks make up for it: later, never sooner. None
+    without counters, or for a sample that may miss work."""
     if not sample.complete or sample.acked_total is None:
         return None
     return sample.acked_total + sample.ready + sample.unacked
 
 
-def _worked_off(state: ScalerState, sample: QueueSample) -> bool:
-    """Whether the work that called the last scale-up is done and nothing waits: the
-    sample's ack counter has reached `ScalerState.scaled_up_for_acks` with no message ready.
-    False when it cannot tell (no counters, a counter reset, a sample that may miss work),
-    and for a pool that pauses on every resize (it waits its whole window anyway)."""
-    called_for, acked = state.scaled_up_for_acks, sample.acked_total
+def _burst_after(
+    spec: QueueScalerSpec, state: ScalerState, sample: QueueSample, flow: Flow,
+    *, grew: bool, scaled: bool,
+) -> Burst | None:
+    """`ScalerState.burst` after this tick: armed by a scale-up, counted at the first full
+    sample with counters and a rate, dropped by a scale-down (once per scale-up) or when
+    the spec names other queues (their counters are not these)."""
+    if grew:
+        burst: Burst | None = Burst()
+    elif scaled or (state.readings_of is not None and state.readings_of != spec.source):
+        return None
+    else:
+        burst = state.burst
+    if burst is None or burst.done_at_acks is not None:
+        return burst
+    done_at = work_done_at(sample)
+    if done_at is None or flow.publish is None:
+        return burst
+    return Burst(done_at, flow.publish)
+
+
+def _burst_over(
+    spec: QueueScalerSpec, state: ScalerState, sample: QueueSample, flow: Flow, now: float
+) -> bool:
+    """Whether the burst that called the last scale-up is over: the work seen then is all
+    acked, nothing is ready, and messages arrive at most a quarter as fast as they did
+    (`BURST_OVER_FACTOR`): a load that merely eases, or keeps coming, passes the ack count
+    within seconds too and is not a burst that ended. False when it cannot tell (no
+    counters or rate, a counter reset, a sample that may miss work, other queues), and for
+    a pool that pauses on every resize (it waits its whole window anyway). At most once per
+    scaleDown.stabilizationSeconds (`ScalerState.burst_ended_at`): on 100 msg/s with a
+    10 msg/s lull every minute, going down at each lull cost more scale events and more
+    replica-seconds (each return overshoots while pods start) than the window's hold."""
+    burst, acked, publish = state.burst, sample.acked_total, flow.publish
+    if burst is None or burst.done_at_acks is None or burst.publish is None:
+        return False
+    ended = state.burst_ended_at
+    window = spec.behavior.scale_down.stabilization_seconds
+    if ended is not None and not now - ended >= window:  # a clock stepped back: not yet
+        return False
     return (
         sample.complete and sample.ready == 0 and not sample.scaling_pauses
-        and called_for is not None and acked is not None and acked >= called_for
+        and state.readings_of == spec.source
+        and acked is not None and acked >= burst.done_at_acks
+        and publish is not None and publish * BURST_OVER_FACTOR <= burst.publish
     )
+
+
+def _sure_drop(
+    spec: QueueScalerSpec, recommendation: int, current: int, rate_noise: float | None
+) -> bool:
+    """A drop of more than one replica beyond `SURE_SIGMAS` of chance (see
+    `_stabilization`)."""
+    chance = math.sqrt(current / spec.target.messages_per_replica)
+    if rate_noise is not None:
+        chance = max(chance, rate_noise)
+    return current - recommendation - SURE_SIGMAS * chance > 1.0
 
 
 def _rate_noise(flow: Flow, current: int, reason: Reason) -> float | None:
@@ -410,14 +472,16 @@ def _decide_with_sample(
             message = f"{message}, {held}"
     # The HPA's pipeline: each stage sees the number the previous one left, and may change
     # it with a reason. Waking a pool from zero skips the damping (activation is apart).
-    worked_off = _worked_off(state, sample)
+    rate_noise = _rate_noise(flow, current, raw_reason)
+    burst_over = _burst_over(spec, state, sample, flow, now) and _sure_drop(
+        spec, recommendation, current, rate_noise)
     stages: list[Callable[[int], _Change | None]] = [] if waking else [
         lambda n: _stabilization(spec, n, current, state.recommendations, now,
-                                 rate_noise=_rate_noise(flow, current, raw_reason),
+                                 rate_noise=rate_noise,
                                  full_window=sample.scaling_pauses,
                                  watching_since=_watching_since(state, now),
-                                 worked_off=worked_off),
-        lambda n: _cooldown(spec, n, current, state, now, worked_off),
+                                 burst_over=burst_over),
+        lambda n: _cooldown(spec, n, current, state, now, burst_over),
     ]
     stages += [
         lambda n: _step_limit(spec, n, current),
@@ -608,7 +672,7 @@ def _stabilization(
     rate_noise: float | None = None,
     full_window: bool = False,
     watching_since: float | None = None,
-    worked_off: bool = False,
+    burst_over: bool = False,
 ) -> _Change | None:
     """The HPA's stabilization: shrink no lower than the highest recommendation of the
     scale-down window, grow no higher than the lowest of the scale-up window; this
@@ -650,8 +714,8 @@ def _stabilization(
         divisor *= max(1.0, drop - SURE_SIGMAS * chance)
     down_window = window if full_window else min(window, max(window / divisor, floor))
     down_cutoff = now - down_window
-    if worked_off and drop - SURE_SIGMAS * chance > 1.0:
-        # A sure drop once the backlog that grew the pool is worked off: the past
+    if burst_over:
+        # A sure drop once the burst that grew the pool is over (`_burst_over`): the past
         # recommendations asked for replicas to work off a backlog that is gone.
         down_cutoff = now
     lowest = highest = recommendation
@@ -692,17 +756,17 @@ def _cooldown(
     current: int,
     state: ScalerState,
     now: float,
-    worked_off: bool = False,
+    burst_over: bool = False,
 ) -> _Change | None:
     """No scale-up within scaleUp.cooldownSeconds of the last scale-up, no scale-down
     within scaleDown.cooldownSeconds of the last scale-up. A scale-down starts neither: it
     brings no pods to wait for, and a burst right after one was held 14 to 29 s by the
     scale-up cooldown (4 of 9 bursts in the KEDA peers benchmark). The scale-down cooldown
-    is there for the new pods to work off the backlog that called them; it ends once the
-    counters show that work done and nothing waits (`worked_off`)."""
+    is there for the new pods to work off the backlog that called them; a sure drop skips
+    it once that burst is over (`_burst_over`)."""
     if replicas == current:
         return None
-    if replicas < current and worked_off:
+    if replicas < current and burst_over:
         return None
     if replicas > current:
         cooldown, field = spec.behavior.scale_up.cooldown_seconds, "scaleUp.cooldownSeconds"
