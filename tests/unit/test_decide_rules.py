@@ -746,6 +746,25 @@ def test_the_burst_is_counted_at_the_next_full_sample_and_dropped_by_a_scale_dow
     assert fold(shrunk, later, current=4, recommendation=4, settings=BURST).burst is None
 
 
+def test_only_a_scale_up_that_doubles_the_pool_arms_a_burst() -> None:
+    # review: a step of one on a steady load armed it, and a 15 s producer pause then took
+    # the pool 6 -> 1 and back to 56 while pods started
+    steady = replace(sample(ready=20, unacked=50, consumers=5, publish=50.0), acked_total=9000)
+    step = fold(ScalerState(), steady, scaled_now=True, current=5, recommendation=6,
+                settings=BURST)
+    assert step.burst is None
+    doubled = fold(ScalerState(), steady, scaled_now=True, current=5, recommendation=10,
+                   settings=BURST)
+    assert doubled.burst == Burst(9070, 50.0)
+    from_one = fold(ScalerState(), steady, scaled_now=True, current=0, recommendation=1,
+                    settings=BURST)
+    assert from_one.burst is None, "waking to one replica is no burst"
+    # a further step while armed counts the work again (a flood's 1 -> 7 -> 9)
+    more = replace(steady, acked_total=9500)
+    again = fold(doubled, more, scaled_now=True, current=10, recommendation=11, settings=BURST)
+    assert again.burst == Burst(9570, 50.0)
+
+
 def test_a_burst_ends_at_once_no_more_than_once_per_window() -> None:
     # 100 msg/s with a 10 msg/s lull every minute: following every lull flapped more than
     # the window's hold (review H1's follow-up)

@@ -311,7 +311,8 @@ def next_state(
         else state.probe_failed_at,
         probe_unknown_until=state.probe_unknown_until,
         watching_since=watching_since,
-        burst=_burst_after(spec, state, sample, flow, grew=grew, scaled=scaled),
+        burst=_burst_after(spec, state, sample, flow, grew=grew, scaled=scaled,
+                           doubled=decision.replicas >= max(2, 2 * current_replicas)),
         burst_ended_at=now if scaled and not grew and _burst_over(spec, state, sample, flow, now)
         else state.burst_ended_at,
     )
@@ -329,13 +330,16 @@ def work_done_at(sample: QueueSample) -> int | None:
 
 def _burst_after(
     spec: QueueScalerSpec, state: ScalerState, sample: QueueSample, flow: Flow,
-    *, grew: bool, scaled: bool,
+    *, grew: bool, scaled: bool, doubled: bool,
 ) -> Burst | None:
-    """`ScalerState.burst` after this tick: armed by a scale-up, counted at the first full
-    sample with counters and a rate, dropped by a scale-down (once per scale-up) or when
-    the spec names other queues (their counters are not these)."""
+    """`ScalerState.burst` after this tick: armed by a scale-up that at least doubles the
+    pool (a burst; a step of one on a steady load is none: review, a 15 s producer pause
+    after 5 -> 6 at 50 msg/s took the pool to 1, then back to 56), counted again by any
+    scale-up while armed, counted at the first full sample with counters and a rate,
+    dropped by a scale-down (once per scale-up) or when the spec names other queues (their
+    counters are not these)."""
     if grew:
-        burst: Burst | None = Burst()
+        burst: Burst | None = Burst() if doubled or state.burst is not None else None
     elif scaled or (state.readings_of is not None and state.readings_of != spec.source):
         return None
     else:
