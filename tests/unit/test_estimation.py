@@ -104,3 +104,19 @@ def test_what_is_given_wins_and_what_nothing_tells_says_so() -> None:
     assert bare.pod_start_delay == DEFAULT_POD_START_DELAY
     assert bare.origin("pod start delay") == (
         "default (not estimated: no replicas and consumers series; give --pod-start-delay)")
+
+
+@pytest.mark.parametrize("rates", [(-2.0, -2.0), (0.0, None), (float("nan"), -1.0)],
+                         ids=["negative", "zero-and-missing", "nan-and-negative"])
+def test_a_per_replica_rate_not_above_0_tells_no_task_time(
+    rates: tuple[float | None, ...]
+) -> None:
+    recorded = Traffic("t", (0.0, 60.0), (1.0, 1.0), per_replica_rates=rates)
+    made = estimate_model(Given(), traffic=recorded)
+    assert made.service_seconds > 0
+    assert made.origin("service time").startswith("default")
+
+
+def test_the_latest_per_replica_rate_above_0_is_the_one_used() -> None:
+    recorded = Traffic("t", (0.0, 60.0, 120.0), (1.0,) * 3, per_replica_rates=(4.0, 8.0, -1.0))
+    assert estimate_model(Given(), traffic=recorded).service_seconds == 1 / 8

@@ -77,6 +77,47 @@ def test_a_bad_csv_says_where(text: str, words: str) -> None:
         sim.traffic_from_csv(text, "t.csv")
 
 
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        pytest.param("time,publish_rate\n1767225600000,5\n1767225615000,5\n",
+                     r"line 2: time '1767225600000' is not seconds .* milliseconds\? divide by "
+                     "1,000", id="milliseconds"),
+        pytest.param("0,5\n1e30,5\n", "line 2: time '1e30' is not seconds", id="huge"),
+        pytest.param("0,5\ninf,5\n", "line 2: time 'inf' is not seconds", id="infinite"),
+        pytest.param("2026-01-01T00:00:00Z,5\n2026-01-01T00:00:15Z,5\n2062-01-01T00:00:30Z,5\n",
+                     r"span 1,136,073,630 s \(2026-01-01T00:00:00Z to 2062-01-01T00:00:30Z\), "
+                     r"more than the 31 days \(2,678,400 s\) a replay covers: a typo in a date\?",
+                     id="typo-in-a-year"),
+    ],
+)
+def test_a_csv_spanning_more_than_a_replay_covers_is_refused_at_once(
+    text: str, words: str
+) -> None:
+    with pytest.raises(sim.TrafficError, match=words):
+        sim.traffic_from_csv(text, "t.csv")
+
+
+def test_traffic_spanning_more_than_31_days_is_refused_before_any_second_is_built() -> None:
+    from queuescaler.sim.traffic import MAX_REPLAY_SECONDS
+
+    sim.Traffic("t", (0.0, float(MAX_REPLAY_SECONDS)), (1.0, 1.0))  # 31 days: replayed
+    with pytest.raises(sim.TrafficError, match="more than the 31 days"):
+        sim.Traffic("t", (0.0, MAX_REPLAY_SECONDS + 1.0), (1.0, 1.0))
+
+
+def test_a_negative_backlog_at_the_start_publishes_nothing_in_the_warm_up() -> None:
+    traffic = sim.Traffic("t", (0.0, 60.0), (1.0, 1.0), backlog=(-50.0, 1.0))
+    workload = sim.workload_from_traffic(traffic)
+    assert min(workload.arrivals) >= 0
+    assert not any("the backlog at the start" in note for note in workload.notes)
+
+
+def test_a_csv_may_start_with_a_utf8_byte_order_mark() -> None:
+    traffic = sim.traffic_from_csv("\ufefftime,publish_rate\n0,5\n10,5\n", "t.csv")
+    assert traffic.times == (0.0, 10.0) and traffic.publish_rates == (5.0, 5.0)
+
+
 def test_each_rate_holds_until_the_next_point_and_the_last_for_one_step() -> None:
     traffic = sim.Traffic("t", (100.0, 160.0, 220.0), (0.0, 50.0, 0.0))
     workload = sim.workload_from_traffic(traffic, seed=1)

@@ -3,6 +3,7 @@ synthetic trace, and a stand-in Prometheus; their errors on bad input (tune.py).
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import sys
@@ -169,6 +170,78 @@ def test_a_file_of_several_queuescalers_needs_one_named(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "QueueScaler media/b from" in result.output
 
 
+def test_metadata_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "meta.yaml"
+    path.write_text("kind: QueueScaler\nmetadata: justastring\nspec: {}\n")
+    result = invoke("simulate", "-f", path, "--trace", "bursts", "--no-png")
+    assert result.exit_code == 1
+    assert result.output == ("Error: the QueueScaler's metadata is not a mapping (metadata: "
+                             "'justastring')\n")
+
+
+@pytest.mark.parametrize(
+    ("name", "picture"),
+    [
+        pytest.param("thumbnails", "thumbnails-simulate.png", id="plain"),
+        pytest.param("../../pwned/x", "x-simulate.png", id="parents"),
+        pytest.param("/etc/x", "x-simulate.png", id="absolute"),
+        pytest.param("..", "queuescaler-simulate.png", id="dot-dot"),
+        pytest.param("a b\\c", "c-simulate.png", id="backslash"),
+    ],
+)
+def test_the_default_picture_is_a_plain_file_in_the_current_folder(
+    name: str, picture: str
+) -> None:
+    from queuescaler.tune.commands import default_picture
+
+    assert default_picture(name) == Path(picture)
+
+
+def test_a_name_with_parents_draws_in_the_current_folder_only(
+    tmp_path: Path, csv_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "qs.yaml"
+    path.write_text(yaml.safe_dump(manifest(name="../../pwned/x")))
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    result = invoke("simulate", "-f", path, "--csv", csv_file)
+    assert result.exit_code == 0, result.output
+    assert "picture: x-simulate.png" in result.output
+    assert (work / "x-simulate.png").exists() and not (tmp_path / "pwned").exists()
+
+
+def test_a_picture_that_cannot_be_written_is_a_one_line_error(
+    scaler_file: Path, csv_file: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("matplotlib")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = invoke("simulate", "-f", scaler_file, "--csv", csv_file, "--png",
+                    blocker / "x.png")
+    assert result.exit_code == 1
+    assert "| queuescaler " in result.output  # the tables came first
+    assert result.output.splitlines()[-1].startswith(
+        f"Error: cannot write the picture to {blocker / 'x.png'}: ")
+
+
+def test_a_csv_with_a_byte_order_mark_replays(scaler_file: Path, tmp_path: Path) -> None:
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbftime,publish_rate\n0,5\n10,5\n")
+    result = invoke("simulate", "-f", scaler_file, "--csv", path, "--no-png")
+    assert result.exit_code == 0, result.output
+
+
+def test_a_csv_in_milliseconds_is_refused_with_a_hint(scaler_file: Path, tmp_path: Path) -> None:
+    path = tmp_path / "ms.csv"
+    path.write_text("time,publish_rate\n1767225600000,5\n1767225615000,5\n")
+    result = invoke("simulate", "-f", scaler_file, "--csv", path, "--no-png")
+    assert result.exit_code == 1
+    assert "ms.csv, line 2: time '1767225600000' is not seconds" in result.output
+    assert "milliseconds? divide by 1,000" in result.output
+
+
 def test_no_picture_without_matplotlib_says_how_to_get_it(
     scaler_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -205,6 +278,8 @@ def test_bad_durations_are_refused(text: str) -> None:
 class FakePrometheus(http.server.ThreadingHTTPServer):
     mode = "series"
     queries: list[str]
+    paths: list[str]
+    authorizations: list[str | None]
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -216,7 +291,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         params = dict(urllib.parse.parse_qsl(urllib.parse.urlparse(self.path).query))
         self.server.queries.append(params["query"])
+        self.server.paths.append(self.path)
+        self.server.authorizations.append(self.headers.get("Authorization"))
         mode = self.server.mode
+        broken = {
+            "data-null": {"status": "success", "data": None},
+            "data-list": {"status": "success", "data": []},
+            "vector": {"status": "success", "data": {"resultType": "vector", "result": [
+                {"metric": {}, "value": [1, "1"]}]}},
+            "not-a-number": {"status": "success", "data": {"resultType": "matrix", "result": [
+                {"metric": {}, "values": [[1, "abc"]]}]}},
+            "bad-pair": {"status": "success", "data": {"resultType": "matrix", "result": [
+                {"metric": {}, "values": [[1]]}]}},
+        }
+        if mode in broken:
+            self.reply(200, json.dumps(broken[mode]))
+            return
         if mode == "refuse":
             self.reply(400, json.dumps({"status": "error", "error": "parse error at char 3"}))
             return
@@ -228,6 +318,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         query = params["query"]
         if mode == "empty" or ("per_replica" in query and mode == "no-rate"):
             values: list[tuple[float, float]] = []
+        elif mode == "one-point":
+            values = [(times[-1], 1.0)]
+        elif mode == "negative-rates" and "publish_rate" in query:
+            values = [(t, -5.0) for t in times]
+        elif mode == "negative" and "unacked" not in query:
+            # A negative publish rate at one point, a negative backlog and per-replica rate at
+            # every point; and points outside the range asked (years away).
+            values = [(t, -1.0 if "backlog" in query or "per_replica" in query or i == 3
+                       else 2.0) for i, t in enumerate(times)]
+            values += [(end * 1000, 5.0), (0.0, 5.0)]
         elif "publish_rate" in query:
             values = [(t, 40.0 if 5 <= i < 8 else 1.0) for i, t in enumerate(times)]
         elif "backlog" in query:
@@ -251,7 +351,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def prometheus() -> Iterator[FakePrometheus]:
     server = FakePrometheus(("127.0.0.1", 0), Handler)
-    server.queries = []
+    server.queries, server.paths, server.authorizations = [], [], []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -286,6 +386,17 @@ def test_simulate_from_prometheus_estimates_the_task_time_and_shows_the_recorded
                      "media/thumbnails over the last 600 s", id="no-series"),
         pytest.param("refuse", "refused max(queuescaler_publish_rate", id="http-400"),
         pytest.param("garbage", "answered something that is not JSON", id="not-prometheus"),
+        pytest.param("data-null", "answered max(queuescaler_publish_rate{scaler_namespace="
+                     '"media", scaler="thumbnails"}) without a result list', id="data-null"),
+        pytest.param("data-list", "without a result list", id="data-list"),
+        pytest.param("vector", "with a vector without values over time, not a range",
+                     id="vector"),
+        pytest.param("not-a-number", "with a point that is not [time, number]: [1, 'abc']",
+                     id="not-a-number"),
+        pytest.param("bad-pair", "with a point that is not [time, number]: [1]", id="bad-pair"),
+        pytest.param("negative-rates", "answered queuescaler_publish_rate for QueueScaler "
+                     "media/thumbnails with 21 points that are negative, NaN, infinite or "
+                     "outside the 600 s asked, and 0 usable", id="negative-rates"),
     ],
 )
 def test_prometheus_errors_are_clear(
@@ -293,8 +404,93 @@ def test_prometheus_errors_are_clear(
 ) -> None:
     prometheus.mode = mode
     result = invoke("simulate", "-f", scaler_file, "--prometheus", url(prometheus),
-                    "--range", "10m", "--no-png")
+                    "--range", "10m", "--step", "30s", "--no-png")
     assert result.exit_code == 1 and message in result.output, result.output
+    said = [line for line in result.output.splitlines() if not line.startswith("... ")]
+    assert len(said) == 1 and said[0].startswith("Error: "), result.output
+
+
+def test_negative_values_and_points_outside_the_range_are_missing_points(
+    scaler_file: Path, prometheus: FakePrometheus
+) -> None:
+    prometheus.mode = "negative"
+    result = invoke("simulate", "-f", scaler_file, "--prometheus", url(prometheus),
+                    "--range", "10m", "--step", "30s", "--no-png")
+    assert result.exit_code == 0, result.output
+    # The point of a negative rate (and negative backlog) is left out, none years away.
+    assert "over 600 s (20 points, one every 30 s)" in result.output
+    assert "service time     1 s" in result.output  # no per-replica rate above 0: the default
+    assert "the backlog at the start" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(("--step", "30s"), "has 1 point of queuescaler_publish_rate for QueueScaler "
+                     "media/thumbnails over the last 600 s at 30 s steps, and a replay needs 2: "
+                     "try a finer --step", id="one-point"),
+        pytest.param(("--step", "10m"), "at 600 s steps, and a replay needs 2: try a finer "
+                     "--step", id="step-as-long-as-the-range"),
+    ],
+)
+def test_too_few_points_at_a_coarse_step_ask_for_a_finer_one(
+    scaler_file: Path, prometheus: FakePrometheus, args: tuple[str, ...], message: str
+) -> None:
+    prometheus.mode = "one-point"
+    result = invoke("simulate", "-f", scaler_file, "--prometheus", url(prometheus),
+                    "--range", "10m", *args, "--no-png")
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert "longer --range" not in result.output
+
+
+def test_a_range_longer_than_a_replay_covers_is_refused_before_asking(
+    scaler_file: Path, prometheus: FakePrometheus
+) -> None:
+    result = invoke("simulate", "-f", scaler_file, "--prometheus", url(prometheus),
+                    "--range", "32d", "--no-png")
+    assert result.exit_code == 2, result.output
+    assert "2.7648e+06 s is more than the 31 days (2,678,400 s) a replay covers: give a " \
+        "shorter --range" in result.output
+    assert prometheus.queries == []
+
+
+def test_credentials_in_the_url_are_sent_as_a_header_and_never_shown(
+    scaler_file: Path, prometheus: FakePrometheus
+) -> None:
+    port = prometheus.server_address[1]
+    given = f"http://me%40corp:s3cretpw@127.0.0.1:{port}/prom/?token=s3cretTok&org=1"
+    result = CliRunner().invoke(cli.main, [
+        "simulate", "-f", str(scaler_file), "--prometheus", given, "--range", "10m",
+        "--step", "30s", "--no-png", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "s3cret" not in result.stdout and "s3cret" not in result.stderr
+    shown = f"http://***@127.0.0.1:{port}/prom/?token=***&org=***"
+    assert f"traffic: Prometheus at {shown}, the operator's series" in result.stdout
+    assert f"from {shown} (600 s at 30 s steps)" in result.stderr
+    assert set(prometheus.authorizations) == {
+        "Basic " + base64.b64encode(b"me@corp:s3cretpw").decode()}
+    path = urllib.parse.urlsplit(prometheus.paths[0])
+    assert path.path == "/prom/api/v1/query_range"
+    params = urllib.parse.parse_qs(path.query)
+    assert params["token"] == ["s3cretTok"] and params["org"] == ["1"]
+    assert set(params) == {"token", "org", "query", "start", "end", "step"}
+
+
+def test_an_error_shows_the_url_masked(scaler_file: Path, prometheus: FakePrometheus) -> None:
+    prometheus.mode = "refuse"
+    port = prometheus.server_address[1]
+    result = CliRunner().invoke(cli.main, [
+        "simulate", "-f", str(scaler_file), "--prometheus",
+        f"http://u:s3cretpw@127.0.0.1:{port}?token=s3cretTok", "--no-png", "--no-progress"])
+    assert result.exit_code == 1
+    assert f"Prometheus at http://***@127.0.0.1:{port}?token=*** refused" in result.output
+    assert "s3cret" not in result.stdout and "s3cret" not in result.stderr
+
+
+@pytest.mark.parametrize("given", ["prometheus:9090", "ftp://x/", "http://x:port/"])
+def test_a_prometheus_url_that_is_not_http_is_refused(scaler_file: Path, given: str) -> None:
+    result = invoke("simulate", "-f", scaler_file, "--prometheus", given, "--no-png")
+    assert result.exit_code == 2 and "is not an http:// or https:// URL" in result.output
 
 
 def test_a_prometheus_that_does_not_answer(scaler_file: Path) -> None:

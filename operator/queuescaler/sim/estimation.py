@@ -5,6 +5,7 @@ estimated from what the recorded series honestly tell, or a default said to be o
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Any, Final
@@ -121,7 +122,8 @@ def _service_seconds(
         else:
             mean = statistics.fmean(seconds for seconds, _ in pairs)
         return mean, "estimated: mean of the traffic's service_seconds, weighted by publish rate"
-    known = [r for r in (traffic.per_replica_rates if traffic else ()) if r]
+    known = [r for r in (traffic.per_replica_rates if traffic else ())
+             if r is not None and math.isfinite(r) and r > 0]
     if known:
         rate = known[-1]
         return concurrency / rate, (

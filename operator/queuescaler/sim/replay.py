@@ -138,7 +138,7 @@ def workload_from_traffic(
     if gaps:
         notes.append(f"{gaps:,} s without a recorded point held the rate before them")
     first_backlog = traffic.backlog[0] if traffic.backlog else None
-    if first_backlog:
+    if first_backlog is not None and first_backlog >= 0.5:
         arrivals[WARM_UP - 1] += round(first_backlog)
         notes.append(f"the backlog at the start ({round(first_backlog):,} messages) is "
                      "published in the warm-up's last second (their waits are not counted)")

@@ -17,6 +17,17 @@ class TrafficError(ValueError):
     """Traffic that cannot be replayed; the message says where and why."""
 
 
+MAX_REPLAY_SECONDS: Final = 31 * 86400
+"""The longest recording replayed (31 days): the replay keeps a few numbers for each second,
+so a recording spanning years (a typo'd date, times in milliseconds) would not end."""
+MAX_SECONDS_TIME: Final = 1e11
+"""CSV times above this (after the year 5000) are not seconds: milliseconds, most likely."""
+
+
+def replay_limit_words() -> str:
+    return f"{MAX_REPLAY_SECONDS // 86400} days ({MAX_REPLAY_SECONDS:,} s)"
+
+
 @dataclass(frozen=True, slots=True)
 class Traffic:
     """Recorded traffic: a publish rate at each point in time, held until the next point.
@@ -69,6 +80,13 @@ class Traffic:
         for time, seconds in zip(self.times, self.service_seconds, strict=False):
             if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
                 raise TrafficError(f"{self.name}: service seconds {seconds!r} at {time:g} not > 0")
+        span = self.times[-1] - self.times[0]
+        if span > MAX_REPLAY_SECONDS:
+            raise TrafficError(
+                f"{self.name}: spans {span:,.0f} s (from {self.times[0]:g} to "
+                f"{self.times[-1]:g}), more than the {replay_limit_words()} a replay covers: "
+                "replay a shorter stretch"
+            )
 
     @property
     def step(self) -> float:
@@ -87,6 +105,7 @@ def traffic_from_csv(text: str, name: str) -> Traffic:
     rates: list[float] = []
     service: list[float | None] = []
     columns: int | None = None
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte order mark (spreadsheets write one)
     for number, line in enumerate(text.splitlines(), start=1):
         cells = [cell.strip() for cell in line.split(",")]
         if not line.strip() or line.lstrip().startswith("#"):
@@ -111,6 +130,12 @@ def traffic_from_csv(text: str, name: str) -> Traffic:
     if len(times) < 2:
         raise TrafficError(f"{name}: needs at least two lines of time,publish_rate")
     with_service = tuple(service) if any(s is not None for s in service) else ()
+    if times[-1] - times[0] > MAX_REPLAY_SECONDS:
+        raise TrafficError(
+            f"{name}: its times span {times[-1] - times[0]:,.0f} s ({_when(times[0])} to "
+            f"{_when(times[-1])}), more than the {replay_limit_words()} a replay covers: a "
+            "typo in a date? Else replay fewer lines"
+        )
     try:
         return Traffic(name, tuple(times), tuple(rates), service_seconds=with_service)
     except TrafficError as error:
@@ -119,9 +144,17 @@ def traffic_from_csv(text: str, name: str) -> Traffic:
 
 def _csv_time(cell: str, name: str, number: int) -> float:
     try:
-        return float(cell)
+        seconds = float(cell)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds) or abs(seconds) > MAX_SECONDS_TIME:
+            raise TrafficError(
+                f"{name}, line {number}: time {cell!r} is not seconds (more than "
+                f"{MAX_SECONDS_TIME:.0e} s is after the year 5000): milliseconds? divide by "
+                "1,000"
+            )
+        return seconds
     try:
         moment = datetime.datetime.fromisoformat(cell.replace("Z", "+00:00"))
     except ValueError:
@@ -131,6 +164,14 @@ def _csv_time(cell: str, name: str, number: int) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
     return moment.timestamp()
+
+
+def _when(seconds: float) -> str:
+    """A time as the CSV may have said it: ISO 8601 if it is a Unix time of this era."""
+    if 1e9 <= seconds <= MAX_SECONDS_TIME:
+        moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+        return moment.isoformat().replace("+00:00", "Z")
+    return f"{seconds:g} s"
 
 
 def _csv_number(cell: str, column: str, name: str, number: int) -> float:

@@ -8,6 +8,7 @@ a long run got.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -134,8 +135,15 @@ def simulate(compare: bool, png: Path | None, no_png: bool, **options: Any) -> N
         )
     click.echo("\n".join(simulate_report(ready, result)))
     if not no_png:
-        out = png or Path(f"{ready.scaler.name}-simulate.png")
-        click.echo(draw(ready, result, out))
+        out = png or default_picture(ready.scaler.name)
+        click.echo(draw(ready, result, out, make_parents=png is not None))
+
+
+def default_picture(name: str) -> Path:
+    """NAME-simulate.png in the current folder, NAME cut to a plain file name (the name
+    comes from a file: `../x` or `/etc/x` must not write elsewhere)."""
+    plain = re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("\\", "/").rpartition("/")[2])
+    return Path(f"{plain.lstrip('.') or 'queuescaler'}-simulate.png")
 
 
 @click.command(name="recommend")

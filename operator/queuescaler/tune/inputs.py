@@ -6,6 +6,7 @@ would refuse is refused here with the same words.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import math
@@ -27,7 +28,7 @@ from queuescaler.core.spec import SpecError
 from queuescaler.sim import replay as sim
 from queuescaler.sim.replay import Progress
 from queuescaler.sim.traces import NAMED
-from queuescaler.sim.traffic import publish_rates_filled
+from queuescaler.sim.traffic import MAX_REPLAY_SECONDS, publish_rates_filled, replay_limit_words
 from queuescaler.sources.registry import parse_spec
 
 PROMETHEUS_TIMEOUT = 30.0
@@ -117,6 +118,9 @@ def scaler_from_file(path: Path, key: str | None) -> Scaler:
 
 def _metadata(document: Mapping[str, Any]) -> tuple[str, str]:
     metadata = document.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise click.ClickException(
+            f"the QueueScaler's metadata is not a mapping (metadata: {metadata!r:.60})")
     return str(metadata.get("namespace") or "default"), str(metadata.get("name") or "unnamed")
 
 
@@ -198,18 +202,71 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def query_range(url: str, promql: str, start: float, end: float, step: float) -> list[
-    tuple[float, float]
-]:
-    """One range query's points (of its first series; empty when none), or a clear error."""
-    params = urllib.parse.urlencode(
-        {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
-    )
+@dataclass(frozen=True, slots=True)
+class PrometheusURL:
+    """A Prometheus base URL as given (`http://user:pass@host:9090/prefix?token=x`): its
+    user information goes in an Authorization header, its query parameters into every API
+    call, and it is shown with both masked."""
+
+    given: str
+    base: urllib.parse.SplitResult
+    """Without user information or fragment."""
+    authorization: str | None
+    shown: str
+
+    @classmethod
+    def parse(cls, text: str) -> PrometheusURL:
+        parts = urllib.parse.urlsplit(text.strip())
+        try:
+            host = parts.hostname
+            _ = parts.port  # a port that is not a number raises
+        except ValueError:
+            host = None
+        host_part = parts.netloc.rpartition("@")[2]
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        shown_query = "&".join(f"{urllib.parse.quote(k)}=***" for k, _ in query)
+        shown = urllib.parse.urlunsplit((
+            parts.scheme, ("***@" if "@" in parts.netloc else "") + host_part, parts.path,
+            shown_query, "",
+        ))
+        if parts.scheme not in ("http", "https") or not host:
+            raise click.BadParameter(f"{shown!r} is not an http:// or https:// URL",
+                                     param_hint="'--prometheus'")
+        authorization = None
+        if "@" in parts.netloc:
+            user = urllib.parse.unquote(parts.username or "")
+            password = urllib.parse.unquote(parts.password or "")
+            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            authorization = f"Basic {token}"
+        base = parts._replace(netloc=host_part, fragment="")
+        return cls(text, base, authorization, shown)
+
+    def api(self, path: str, params: Mapping[str, str]) -> str:
+        """The URL of an API call: the base's path, then `path`; its query, then `params`."""
+        query = [*urllib.parse.parse_qsl(self.base.query, keep_blank_values=True),
+                 *params.items()]
+        return urllib.parse.urlunsplit(self.base._replace(
+            path=self.base.path.rstrip("/") + path, query=urllib.parse.urlencode(query)))
+
+    def __str__(self) -> str:
+        return self.shown
+
+
+def query_range(url: PrometheusURL | str, promql: str, start: float, end: float,
+                step: float) -> tuple[list[tuple[float, float]], int]:
+    """One range query's points (of its first series; empty when none) and how many were
+    left out, or a clear error. Points outside [start, end], not finite or negative (none of
+    the operator's series can be) are left out: missing, as a point Prometheus has not."""
+    if isinstance(url, str):
+        url = PrometheusURL.parse(url)
+    params = {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
     where = f"Prometheus at {url}"
+    request = urllib.request.Request(url.api("/api/v1/query_range", params))
+    if url.authorization:
+        # Not sent on to where a redirect points.
+        request.add_unredirected_header("Authorization", url.authorization)
     try:
-        with urllib.request.urlopen(
-            f"{url.rstrip('/')}/api/v1/query_range?{params}", timeout=PROMETHEUS_TIMEOUT
-        ) as response:
+        with urllib.request.urlopen(request, timeout=PROMETHEUS_TIMEOUT) as response:
             body = json.load(response)
     except urllib.error.HTTPError as error:
         detail = error.read().decode(errors="replace")
@@ -218,6 +275,8 @@ def query_range(url: str, promql: str, start: float, end: float, step: float) ->
         raise click.ClickException(f"{where} refused {promql}: {error.code} {detail}") from None
     except (TimeoutError, OSError) as error:
         reason = getattr(error, "reason", error)
+        if isinstance(reason, str):  # urllib's own words may quote the URL
+            reason = reason.replace(url.given, str(url))
         if isinstance(reason, TimeoutError) or isinstance(error, TimeoutError):
             raise click.ClickException(
                 f"{where} did not answer within {PROMETHEUS_TIMEOUT:g} s") from None
@@ -227,27 +286,68 @@ def query_range(url: str, promql: str, start: float, end: float, step: float) ->
                                    "Prometheus?") from None
     if not isinstance(body, dict) or body.get("status") != "success":
         error_text = body.get("error") if isinstance(body, dict) else body
-        raise click.ClickException(f"{where} failed {promql}: {error_text}")
-    result = body.get("data", {}).get("result") or []
+        raise click.ClickException(f"{where} failed {promql}: {error_text!s:.200}")
+    data = body.get("data")
+    result = data.get("result") if isinstance(data, dict) else None
+    if not isinstance(result, list):
+        raise click.ClickException(f"{where} answered {promql} without a result list: is it "
+                                   "Prometheus' HTTP API?")
     if not result:
-        return []
-    return [(float(t), float(v)) for t, v in result[0]["values"] if math.isfinite(float(v))]
+        return [], 0
+    values = result[0].get("values") if isinstance(result[0], dict) else None
+    if not isinstance(values, list):
+        kind = data.get("resultType") if isinstance(data, dict) else None
+        raise click.ClickException(f"{where} answered {promql} with a {kind or 'result'} "
+                                   "without values over time, not a range (a matrix)")
+    points = []
+    for pair in values:
+        try:
+            time_, value = (float(cell) for cell in pair)
+        except (TypeError, ValueError):
+            raise click.ClickException(f"{where} answered {promql} with a point that is not "
+                                       f"[time, number]: {pair!r:.80}") from None
+        if start - 0.001 <= time_ <= end + 0.001 and math.isfinite(value) and value >= 0:
+            points.append((time_, value))
+    return points, len(values) - len(points)
 
 
 def traffic_from_prometheus(
-    url: str, scaler: Scaler, seconds: float, step: float | None, *, now: float,
+    url: PrometheusURL, scaler: Scaler, seconds: float, step: float | None, *, now: float,
     progress: Progress,
 ) -> sim.Traffic:
+    if seconds > MAX_REPLAY_SECONDS:
+        raise click.BadParameter(
+            f"{seconds:g} s is more than the {replay_limit_words()} a replay covers: give a "
+            "shorter --range", param_hint="'--range'")
+    given_step = step
     step = step or max(MIN_STEP, math.ceil(seconds / MAX_POINTS))
-    start, end = now - seconds, now
+    # Rounded as the query says them (to the millisecond).
+    start, end = round(now - seconds, 3), round(now, 3)
     found: dict[str, dict[float, float]] = {}
+    left_out: dict[str, int] = {}
     queries = _queries(scaler.namespace, scaler.name)
     for index, (key, promql) in enumerate(queries.items()):
         progress(f"fetching {key} of {scaler.key} from {url} ({seconds:g} s at {step:g} s steps)",
                  index / len(queries))
-        found[key] = dict(query_range(url, promql, start, end, step))
+        points, left_out[key] = query_range(url, promql, start, end, step)
+        found[key] = dict(points)
     publish = found["publish_rate"]
+    if len(publish) < 2 and left_out["publish_rate"]:
+        raise click.ClickException(
+            f"Prometheus at {url} answered queuescaler_publish_rate for QueueScaler "
+            f"{scaler.key} with {left_out['publish_rate']:,} points that are negative, NaN, "
+            f"infinite or outside the {seconds:g} s asked, and {len(publish)} usable: nothing "
+            "to replay")
     if len(publish) < 2:
+        if publish or 2 * step > seconds:
+            # The series is there, or the range holds at most two steps: the step is coarse.
+            finer = ("a finer --step" if given_step else
+                     f"a finer --step, or a shorter --range (the default step is range / "
+                     f"{MAX_POINTS:,})")
+            raise click.ClickException(
+                f"Prometheus at {url} has {len(publish)} point{'' if len(publish) == 1 else 's'} "
+                f"of queuescaler_publish_rate for QueueScaler {scaler.key} over the last "
+                f"{seconds:g} s at {step:g} s steps, and a replay needs 2: try {finer}")
         raise click.ClickException(
             f"Prometheus at {url} has no queuescaler_publish_rate series for QueueScaler "
             f"{scaler.key} over the last {seconds:g} s: is the operator scraped there, is the "
@@ -263,17 +363,20 @@ def traffic_from_prometheus(
 
     backlog = aligned("backlog")
     rates, notes = publish_rates_filled(times, aligned("publish_rate"), backlog)
-    return sim.Traffic(
-        name=scaler.key,
-        times=times,
-        publish_rates=rates,
-        notes=notes,
-        per_replica_rates=aligned("per_replica_rate"),
-        backlog=backlog,
-        replicas=aligned("replicas"),
-        unacked=aligned("unacked"),
-        consumers=aligned("consumers"),
-    )
+    try:
+        return sim.Traffic(
+            name=scaler.key,
+            times=times,
+            publish_rates=rates,
+            notes=notes,
+            per_replica_rates=aligned("per_replica_rate"),
+            backlog=backlog,
+            replicas=aligned("replicas"),
+            unacked=aligned("unacked"),
+            consumers=aligned("consumers"),
+        )
+    except sim.TrafficError as error:
+        raise click.ClickException(f"Prometheus at {url}: {error}") from None
 
 
 def load_traffic(
@@ -292,7 +395,7 @@ def load_traffic(
                     f'synthetic trace "{trace}" (seeded; `queuescaler.sim.traces`)')
     if csv is not None:
         try:
-            traffic = sim.traffic_from_csv(csv.read_text(), csv.name)
+            traffic = sim.traffic_from_csv(csv.read_text(encoding="utf-8-sig"), csv.name)
         except OSError as error:
             raise click.ClickException(f"cannot read {csv}: {error}") from None
         except sim.TrafficError as error:
@@ -300,9 +403,10 @@ def load_traffic(
         words = f"{csv} ({len(traffic.times):,} points, one every {traffic.step:g} s)"
     else:
         assert prometheus is not None
-        traffic = traffic_from_prometheus(prometheus, scaler, range_seconds, step,
+        url = PrometheusURL.parse(prometheus)
+        traffic = traffic_from_prometheus(url, scaler, range_seconds, step,
                                           now=time.time(), progress=progress)
-        words = (f"Prometheus at {prometheus}, the operator's series of {scaler.key} over "
+        words = (f"Prometheus at {url}, the operator's series of {scaler.key} over "
                  f"{range_seconds:g} s ({len(traffic.times):,} points, one every "
                  f"{traffic.step:g} s)")
     model = sim.estimate_model(given, traffic=traffic)

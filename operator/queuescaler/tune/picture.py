@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import click
+
 from queuescaler.sim import replay as sim
 from queuescaler.tune.inputs import Setup
 
@@ -27,8 +29,10 @@ def _downsample(values: Sequence[float | None], points: int) -> tuple[list[float
     return xs, ys
 
 
-def draw(ready: Setup, result: sim.Replay, out: Path) -> str:
-    """Backlog over replicas against time, one line per policy (and the recorded pool)."""
+def draw(ready: Setup, result: sim.Replay, out: Path, *, make_parents: bool = True) -> str:
+    """Backlog over replicas against time, one line per policy (and the recorded pool);
+    `make_parents` creates the folders `out` is in (for a path given, never for the
+    default one)."""
     try:
         import matplotlib
     except ImportError:
@@ -65,7 +69,14 @@ def draw(ready: Setup, result: sim.Replay, out: Path) -> str:
         axis.grid(True, alpha=0.3)
         axis.legend(loc="upper right")
     figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, format="png")
-    plt.close(figure)
+    try:
+        if make_parents:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(out, format="png")
+    except OSError as error:
+        raise click.ClickException(
+            f"cannot write the picture to {out}: {error.strerror or error} (--png PATH, or "
+            "--no-png)") from None
+    finally:
+        plt.close(figure)
     return f"picture: {out} (backlog and replicas over time)"
