@@ -127,7 +127,7 @@ class Burst:
     tick's live counts (no counters, no rates), at the first full sample after it."""
 
     done_at_acks: int | None = None
-    """The queue's ack count at which that work is all done (`work_done_at`); None until
+    """The queue's ack count at which that work is all done (`_work_done_at`); None until
     counted."""
     publish: float | None = None
     """The publish rate then."""
@@ -318,7 +318,7 @@ def next_state(
     )
 
 
-def work_done_at(sample: QueueSample) -> int | None:
+def _work_done_at(sample: QueueSample) -> int | None:
     """The queue's ack count at which all the work this sample sees is done: acked + ready
     + unacked. A message dead-lettered, expired or purged is never acked (on RabbitMQ), so
     the count is reached only once later acks make up for it: later, never sooner. None
@@ -346,7 +346,7 @@ def _burst_after(
         burst = state.burst
     if burst is None or burst.done_at_acks is not None:
         return burst
-    done_at = work_done_at(sample)
+    done_at = _work_done_at(sample)
     if done_at is None or flow.publish is None:
         return burst
     return Burst(done_at, flow.publish)
@@ -384,10 +384,15 @@ def _sure_drop(
 ) -> bool:
     """A drop of more than one replica beyond `SURE_SIGMAS` of chance (see
     `_stabilization`)."""
+    return current - recommendation - SURE_SIGMAS * _chance(spec, current, rate_noise) > 1.0
+
+
+def _chance(spec: QueueScalerSpec, current: int, rate_noise: float | None) -> float:
+    """One standard deviation of the replicas chance moves a pool this size by: its
+    backlog's (about current x messagesPerReplica messages), or its publish rate's when the
+    rate policy decided (`_rate_noise`), whichever is larger."""
     chance = math.sqrt(current / spec.target.messages_per_replica)
-    if rate_noise is not None:
-        chance = max(chance, rate_noise)
-    return current - recommendation - SURE_SIGMAS * chance > 1.0
+    return chance if rate_noise is None else max(chance, rate_noise)
 
 
 def _rate_noise(flow: Flow, current: int, reason: Reason) -> float | None:
@@ -709,10 +714,7 @@ def _stabilization(
     up_cutoff = now - up_window
     window = behavior.scale_down.stabilization_seconds
     floor = max(MIN_POLLS_IN_WINDOW * spec.polling_interval_seconds, MIN_WINDOW_SECONDS)
-    per_replica = spec.target.messages_per_replica
-    drop, chance = current - recommendation, math.sqrt(current / per_replica)
-    if rate_noise is not None:
-        chance = max(chance, rate_noise)
+    drop, chance = current - recommendation, _chance(spec, current, rate_noise)
     divisor = max(1.0, drop - NOISE_SIGMAS * chance)
     if rate_noise is None:
         divisor *= max(1.0, drop - SURE_SIGMAS * chance)
