@@ -106,8 +106,10 @@ def test_what_is_given_wins_and_what_nothing_tells_says_so() -> None:
         "default (not estimated: no replicas and consumers series; give --pod-start-delay)")
 
 
-@pytest.mark.parametrize("rates", [(-2.0, -2.0), (0.0, None), (float("nan"), -1.0)],
-                         ids=["negative", "zero-and-missing", "nan-and-negative"])
+@pytest.mark.parametrize("rates", [(-2.0, -2.0), (0.0, None), (float("nan"), -1.0),
+                                   (float("inf"), 1e-300), (1e-5, 1e-300)],
+                         ids=["negative", "zero-and-missing", "nan-and-negative",
+                              "infinite-and-near-zero", "task-times-over-a-day"])
 def test_a_per_replica_rate_not_above_0_tells_no_task_time(
     rates: tuple[float | None, ...]
 ) -> None:

@@ -70,6 +70,8 @@ def test_a_csv_without_header_in_seconds_has_no_service_column() -> None:
         pytest.param("0,1\n10,1,2,3\n", "line 2: expected time,publish_rate", id="four-cells"),
         pytest.param("10,1\n0,1\n", "times must increase", id="backwards"),
         pytest.param("0,1,0\n10,1,1\n", "service seconds 0.0 at 0 not > 0", id="zero-service"),
+        pytest.param("0,1,1\n10,1,1e6\n", r"service seconds 1000000.0 at 10 not > 0 and at "
+                     r"most 86,400 \(a day\)", id="service-over-a-day"),
     ],
 )
 def test_a_bad_csv_says_where(text: str, words: str) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from queuescaler.sim.traces import Trace
-from queuescaler.sim.traffic import Traffic
+from queuescaler.sim.traffic import MAX_SERVICE_SECONDS, Traffic
 from queuescaler.sim.workers import WorkerModel
 
 DEFAULT_SERVICE_SECONDS: Final = 1.0
@@ -122,8 +122,10 @@ def _service_seconds(
         else:
             mean = statistics.fmean(seconds for seconds, _ in pairs)
         return mean, "estimated: mean of the traffic's service_seconds, weighted by publish rate"
+    # A rate giving a task time over a day is one read near zero, not a worker's speed.
     known = [r for r in (traffic.per_replica_rates if traffic else ())
-             if r is not None and math.isfinite(r) and r > 0]
+             if r is not None and math.isfinite(r) and r > 0
+             and concurrency / r <= MAX_SERVICE_SECONDS]
     if known:
         rate = known[-1]
         return concurrency / rate, (

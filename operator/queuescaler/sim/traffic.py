@@ -20,6 +20,9 @@ class TrafficError(ValueError):
 MAX_REPLAY_SECONDS: Final = 31 * 86400
 """The longest recording replayed (31 days): the replay keeps a few numbers for each second,
 so a recording spanning years (a typo'd date, times in milliseconds) would not end."""
+MAX_SERVICE_SECONDS: Final = 86400.0
+"""The longest mean task time a replay takes (a day): a longer one is a unit slip or a
+per-replica rate read near zero, and would replay as workers that never finish."""
 MAX_SECONDS_TIME: Final = 1e11
 """CSV times above this (after the year 5000) are not seconds: milliseconds, most likely."""
 
@@ -78,8 +81,9 @@ class Traffic:
             if not (math.isfinite(rate) and rate >= 0):
                 raise TrafficError(f"{self.name}: publish rate {rate!r} at {time:g} is not >= 0")
         for time, seconds in zip(self.times, self.service_seconds, strict=False):
-            if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
-                raise TrafficError(f"{self.name}: service seconds {seconds!r} at {time:g} not > 0")
+            if seconds is not None and not (0 < seconds <= MAX_SERVICE_SECONDS):
+                raise TrafficError(f"{self.name}: service seconds {seconds!r} at {time:g} not > 0"
+                                   f" and at most {MAX_SERVICE_SECONDS:,.0f} (a day)")
         span = self.times[-1] - self.times[0]
         if span > MAX_REPLAY_SECONDS:
             raise TrafficError(
