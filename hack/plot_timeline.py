@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import matplotlib
+
+from queuescaler.tune import inputs
 
 matplotlib.use("Agg")  # files only, no display
 
@@ -73,25 +72,14 @@ def queries(namespace: str, scaler: str, job: str | None) -> dict[str, str]:
 def query_range(
     prometheus: str, promql: str, start: float, end: float, step: float
 ) -> list[tuple[float, float]]:
-    """The points of a single-series range query (empty when there is no data)."""
-    params = urllib.parse.urlencode(
-        {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
-    )
-    url = f"{prometheus.rstrip('/')}/api/v1/query_range?{params}"
+    """The points of a single-series range query (empty when there is no data), asked as
+    `queuescaler simulate` asks: user information in the URL goes in an Authorization
+    header, its query into every call, and errors show the URL masked."""
     try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            body = json.load(response)
-    except urllib.error.HTTPError as error:
-        detail = error.read().decode(errors="replace")
-        raise SystemExit(f"Prometheus refused {promql!r}: {error.code} {detail}") from error
-    except urllib.error.URLError as error:
-        raise SystemExit(f"cannot reach Prometheus at {prometheus}: {error.reason}") from error
-    if body.get("status") != "success":
-        raise SystemExit(f"Prometheus failed {promql!r}: {body.get('error')}")
-    result = body["data"]["result"]
-    if not result:
-        return []
-    return [(float(t), float(v)) for t, v in result[0]["values"]]
+        points, _ = inputs.query_range(prometheus, promql, start, end, step)
+    except click.ClickException as error:
+        raise SystemExit(error.format_message()) from None
+    return points
 
 
 def fetch(
@@ -166,11 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.minutes <= 0:
         parser.error("--minutes must be positive")
+    try:
+        shown = str(inputs.PrometheusURL.parse(args.prometheus))
+    except click.ClickException as error:
+        parser.error(error.format_message())
 
     series = fetch(args.prometheus, args.namespace, args.scaler, args.minutes, args.job)
     if not any(s.values for s in series):
         print(f"no data for QueueScaler {args.namespace}/{args.scaler} in the last "
-              f"{args.minutes:g} minutes at {args.prometheus}", file=sys.stderr)
+              f"{args.minutes:g} minutes at {shown}", file=sys.stderr)
         return 1
     title = (f"QueueScaler {args.namespace}/{args.scaler}: backlog and replicas "
              f"(last {args.minutes:g} min)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import subprocess
 import sys
 import threading
 import urllib.parse
@@ -485,6 +486,32 @@ def test_an_error_shows_the_url_masked(scaler_file: Path, prometheus: FakePromet
     assert result.exit_code == 1
     assert f"Prometheus at http://***@127.0.0.1:{port}?token=*** refused" in result.output
     assert "s3cret" not in result.stdout and "s3cret" not in result.stderr
+
+
+def test_the_timeline_script_asks_and_masks_as_simulate_does(
+    prometheus: FakePrometheus, tmp_path: Path
+) -> None:
+    """hack/plot_timeline.py (make demo's picture) reads the same series the same way."""
+    script = Path(__file__).resolve().parents[2] / "hack" / "plot_timeline.py"
+    port = prometheus.server_address[1]
+    given = f"http://me:s3cretpw@127.0.0.1:{port}/?token=s3cretTok"
+    run = [sys.executable, str(script), "--prometheus", given, "--namespace", "media",
+           "--scaler", "thumbnails", "--minutes", "1"]
+    drawn = subprocess.run([*run, "--out", str(tmp_path / "x.png")], capture_output=True,
+                           text=True, timeout=60, check=False)
+    assert drawn.returncode == 0, drawn.stderr
+    assert (tmp_path / "x.png").read_bytes().startswith(b"\x89PNG")
+    assert prometheus.queries and set(prometheus.authorizations) == {
+        "Basic " + base64.b64encode(b"me:s3cretpw").decode()}
+    assert all(urllib.parse.parse_qs(urllib.parse.urlsplit(p).query)["token"] == ["s3cretTok"]
+               for p in prometheus.paths)
+    prometheus.mode = "refuse"
+    refused = subprocess.run([*run, "--out", str(tmp_path / "y.png")], capture_output=True,
+                             text=True, timeout=60, check=False)
+    assert refused.returncode == 1
+    assert f"Prometheus at http://***@127.0.0.1:{port}/?token=*** refused" in refused.stderr
+    for result in (drawn, refused):
+        assert "s3cret" not in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("given", ["prometheus:9090", "ftp://x/", "http://x:port/"])
