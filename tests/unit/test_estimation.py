@@ -107,10 +107,11 @@ def test_what_is_given_wins_and_what_nothing_tells_says_so() -> None:
 
 
 @pytest.mark.parametrize("rates", [(-2.0, -2.0), (0.0, None), (float("nan"), -1.0),
-                                   (float("inf"), 1e-300), (1e-5, 1e-300)],
+                                   (float("inf"), 1e-300), (1e-5, 1e-300), (1.7e308, None)],
                          ids=["negative", "zero-and-missing", "nan-and-negative",
-                              "infinite-and-near-zero", "task-times-over-a-day"])
-def test_a_per_replica_rate_not_above_0_tells_no_task_time(
+                              "infinite-and-near-zero", "task-times-over-a-day",
+                              "task-time-under-a-microsecond"])
+def test_a_per_replica_rate_that_tells_no_plausible_task_time_is_passed_over(
     rates: tuple[float | None, ...]
 ) -> None:
     recorded = Traffic("t", (0.0, 60.0), (1.0, 1.0), per_replica_rates=rates)
@@ -122,3 +123,14 @@ def test_a_per_replica_rate_not_above_0_tells_no_task_time(
 def test_the_latest_per_replica_rate_above_0_is_the_one_used() -> None:
     recorded = Traffic("t", (0.0, 60.0, 120.0), (1.0,) * 3, per_replica_rates=(4.0, 8.0, -1.0))
     assert estimate_model(Given(), traffic=recorded).service_seconds == 1 / 8
+
+
+def test_implausible_rates_say_so_and_the_latest_plausible_one_is_named() -> None:
+    glitch = Traffic("t", (0.0, 60.0), (1.0, 1.0), per_replica_rates=(2.0, 1e-300))
+    made = estimate_model(Given(), traffic=glitch)
+    assert made.service_seconds == 0.5
+    assert made.origin("service time").endswith("(the operator's latest plausible one)")
+    near_zero = Traffic("t", (0.0, 60.0), (1.0, 1.0), per_replica_rates=(1e-300, 1e-300))
+    assert estimate_model(Given(), traffic=near_zero).origin("service time") == (
+        "default (the per-replica rates recorded give task times outside 1e-06 to "
+        "86,400 s (a day): give --service-seconds)")

@@ -69,9 +69,16 @@ def test_a_csv_without_header_in_seconds_has_no_service_column() -> None:
         pytest.param("0,1\nyesterday,1\n", "line 2: time 'yesterday' is neither", id="bad-time"),
         pytest.param("0,1\n10,1,2,3\n", "line 2: expected time,publish_rate", id="four-cells"),
         pytest.param("10,1\n0,1\n", "times must increase", id="backwards"),
-        pytest.param("0,1,0\n10,1,1\n", "service seconds 0.0 at 0 not > 0", id="zero-service"),
-        pytest.param("0,1,1\n10,1,1e6\n", r"service seconds 1000000.0 at 10 not > 0 and at "
-                     r"most 86,400 \(a day\)", id="service-over-a-day"),
+        pytest.param("0,1,0\n10,1,1\n", "line 1: service_seconds '0' must be from",
+                     id="zero-service"),
+        pytest.param("0,1,1\n10,1,1e6\n", r"line 2: service_seconds '1e6' must be from 1e-06 "
+                     r"to 86,400 s \(a day\)", id="service-over-a-day"),
+        pytest.param("0,1,1e-320\n10,1,1\n", "line 1: service_seconds '1e-320' must be from",
+                     id="service-under-a-microsecond"),
+        pytest.param("0,1,1\n10,1,inf\n", "line 2: service_seconds 'inf' is not a finite number",
+                     id="infinite-service"),
+        pytest.param("0,1,1\n10,1,nan\n", "line 2: service_seconds 'nan' is not a finite number",
+                     id="nan-service"),
     ],
 )
 def test_a_bad_csv_says_where(text: str, words: str) -> None:

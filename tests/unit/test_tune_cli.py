@@ -4,11 +4,13 @@ synthetic trace, and a stand-in Prometheus; their errors on bad input (tune.py).
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import json
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -314,6 +316,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if mode == "garbage":
             self.reply(200, "<html>not me</html>")
             return
+        if mode == "echo-404":  # a proxy's error page quoting the request
+            self.reply(404, f"404 page not found: {self.path}")
+            return
+        if mode == "drip":  # a byte at a time, each well within the socket timeout
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for _ in range(40):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            return
         start, end, step = (float(params[k]) for k in ("start", "end", "step"))
         times = [start + i * step for i in range(int((end - start) / step) + 1)]
         query = params["query"]
@@ -510,11 +525,87 @@ def test_the_timeline_script_asks_and_masks_as_simulate_does(
                              text=True, timeout=60, check=False)
     assert refused.returncode == 1
     assert f"Prometheus at http://***@127.0.0.1:{port}/?token=*** refused" in refused.stderr
-    for result in (drawn, refused):
+    prometheus.mode = "empty"
+    empty = subprocess.run([*run, "--out", str(tmp_path / "z.png")], capture_output=True,
+                           text=True, timeout=60, check=False)
+    assert empty.returncode == 1
+    assert f"minutes at http://***@127.0.0.1:{port}/?token=***" in empty.stderr
+    not_http = subprocess.run([*run[:3], "ftp://me:s3cretpw@h/", *run[4:], "--out", "w.png"],
+                              capture_output=True, text=True, timeout=60, check=False)
+    assert not_http.returncode == 2 and "is not an http:// or https:// URL" in not_http.stderr
+    for result in (drawn, refused, empty, not_http):
         assert "s3cret" not in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("given", ["prometheus:9090", "ftp://x/", "http://x:port/"])
+@pytest.mark.parametrize("value", ["nan", "1e-320", "0", "-1", "1e9"])
+def test_a_task_time_a_replay_cannot_take_is_refused(scaler_file: Path, value: str) -> None:
+    result = invoke("simulate", "-f", scaler_file, "--trace", "bursts", "--no-png",
+                    "--service-seconds", value)
+    assert result.exit_code == 2
+    assert "is not from 1e-06 to 86,400 s (a day)" in result.output
+
+
+def test_a_path_with_spaces_is_asked_encoded(scaler_file: Path,
+                                            prometheus: FakePrometheus) -> None:
+    given = f"{url(prometheus)}/pro metheus/?token=s3cretTok"
+    result = invoke("simulate", "-f", scaler_file, "--prometheus", given, "--range", "10m",
+                    "--step", "30s", "--no-png", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert urllib.parse.urlsplit(prometheus.paths[0]).path == "/pro%20metheus/api/v1/query_range"
+    assert "s3cret" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        pytest.param("/?s3cretBareToken", "?***", id="a-bare-query-key"),
+        pytest.param("/?token=s3cretTok", "?token=***", id="a-query-value"),
+    ],
+)
+def test_an_error_page_echoing_the_request_is_masked(
+    scaler_file: Path, prometheus: FakePrometheus, given: str, shown: str
+) -> None:
+    prometheus.mode = "echo-404"
+    result = CliRunner().invoke(cli.main, [
+        "simulate", "-f", str(scaler_file), "--prometheus",
+        f"http://user:s3cretPw@127.0.0.1:{prometheus.server_address[1]}{given}", "--no-png",
+        "--no-progress"])
+    assert result.exit_code == 1
+    assert f"{shown} refused" in result.output and "404 page not found: /api/v1" in result.output
+    assert "s3cret" not in result.output
+
+
+def test_an_answer_that_never_ends_is_given_up(
+    scaler_file: Path, prometheus: FakePrometheus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tune, "PROMETHEUS_ANSWER_SECONDS", 0.5)
+    prometheus.mode = "drip"
+    result = CliRunner().invoke(cli.main, [
+        "simulate", "-f", str(scaler_file), "--prometheus", url(prometheus), "--no-png",
+        "--no-progress"])
+    assert result.exit_code == 1
+    assert "took more than 0.5 s to send its answer" in result.output
+
+
+@pytest.mark.parametrize(
+    ("given", "words"),
+    [
+        pytest.param("http://me:pw@[::1/", "is not a URL (an unclosed '[' in its host?)",
+                     id="unclosed-ipv6"),
+        pytest.param("http://me:pw@127.0.0.1:99999/", "'http://***@127.0.0.1:99999/' has a port "
+                     "that is not a number from 0 to 65535", id="port-out-of-range"),
+        pytest.param("http://x:port/", "has a port that is not a number", id="port-not-a-number"),
+    ],
+)
+def test_a_malformed_prometheus_url_is_a_usage_error(
+    scaler_file: Path, given: str, words: str
+) -> None:
+    result = invoke("simulate", "-f", scaler_file, "--prometheus", given, "--no-png")
+    assert result.exit_code == 2 and words in result.output
+    assert "pw@" not in result.output
+
+
+@pytest.mark.parametrize("given", ["prometheus:9090", "ftp://x/"])
 def test_a_prometheus_url_that_is_not_http_is_refused(scaler_file: Path, given: str) -> None:
     result = invoke("simulate", "-f", scaler_file, "--prometheus", given, "--no-png")
     assert result.exit_code == 2 and "is not an http:// or https:// URL" in result.output

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from queuescaler.sim.traces import Trace
-from queuescaler.sim.traffic import MAX_SERVICE_SECONDS, Traffic
+from queuescaler.sim.traffic import Traffic, plausible_service, service_bounds_words
 from queuescaler.sim.workers import WorkerModel
 
 DEFAULT_SERVICE_SECONDS: Final = 1.0
@@ -122,15 +122,22 @@ def _service_seconds(
         else:
             mean = statistics.fmean(seconds for seconds, _ in pairs)
         return mean, "estimated: mean of the traffic's service_seconds, weighted by publish rate"
-    # A rate giving a task time over a day is one read near zero, not a worker's speed.
-    known = [r for r in (traffic.per_replica_rates if traffic else ())
-             if r is not None and math.isfinite(r) and r > 0
-             and concurrency / r <= MAX_SERVICE_SECONDS]
+    recorded = [r for r in (traffic.per_replica_rates if traffic else ())
+                if r is not None and math.isfinite(r) and r > 0]
+    # A rate giving a task time beyond a day or under a microsecond is one read near zero
+    # or a glitch, not a worker's speed.
+    known = [r for r in recorded if plausible_service(concurrency / r)]
     if known:
         rate = known[-1]
+        which = "the operator's latest" if rate == recorded[-1] else (
+            "the operator's latest plausible one")
         return concurrency / rate, (
-            f"estimated: concurrency {concurrency} / per-replica rate {rate:.3g} msg/s "
-            "(the operator's latest)"
+            f"estimated: concurrency {concurrency} / per-replica rate {rate:.3g} msg/s ({which})"
+        )
+    if recorded:
+        return DEFAULT_SERVICE_SECONDS, (
+            f"default (the per-replica rates recorded give task times outside "
+            f"{service_bounds_words()}: give --service-seconds)"
         )
     if trace is not None:
         return 1.0 / trace.service_rate, f"the trace's ({trace.name})"

@@ -20,9 +20,20 @@ class TrafficError(ValueError):
 MAX_REPLAY_SECONDS: Final = 31 * 86400
 """The longest recording replayed (31 days): the replay keeps a few numbers for each second,
 so a recording spanning years (a typo'd date, times in milliseconds) would not end."""
+MIN_SERVICE_SECONDS: Final = 1e-6
 MAX_SERVICE_SECONDS: Final = 86400.0
-"""The longest mean task time a replay takes (a day): a longer one is a unit slip or a
-per-replica rate read near zero, and would replay as workers that never finish."""
+"""The task times a replay takes, a microsecond to a day: beyond them is a unit slip or a
+per-replica rate read near zero or near infinity; workers would never finish, or finish
+everything at once (a division by nothing)."""
+
+
+def service_bounds_words() -> str:
+    return f"{MIN_SERVICE_SECONDS:g} to {MAX_SERVICE_SECONDS:,.0f} s (a day)"
+
+
+def plausible_service(seconds: float) -> bool:
+    """A task time a replay takes (NaN is not)."""
+    return MIN_SERVICE_SECONDS <= seconds <= MAX_SERVICE_SECONDS
 MAX_SECONDS_TIME: Final = 1e11
 """CSV times above this (after the year 5000) are not seconds: milliseconds, most likely."""
 
@@ -81,9 +92,9 @@ class Traffic:
             if not (math.isfinite(rate) and rate >= 0):
                 raise TrafficError(f"{self.name}: publish rate {rate!r} at {time:g} is not >= 0")
         for time, seconds in zip(self.times, self.service_seconds, strict=False):
-            if seconds is not None and not (0 < seconds <= MAX_SERVICE_SECONDS):
-                raise TrafficError(f"{self.name}: service seconds {seconds!r} at {time:g} not > 0"
-                                   f" and at most {MAX_SERVICE_SECONDS:,.0f} (a day)")
+            if seconds is not None and not plausible_service(seconds):
+                raise TrafficError(f"{self.name}: service seconds {seconds!r} at {time:g} must"
+                                   f" be from {service_bounds_words()}")
         span = self.times[-1] - self.times[0]
         if span > MAX_REPLAY_SECONDS:
             raise TrafficError(
@@ -130,7 +141,11 @@ def traffic_from_csv(text: str, name: str) -> Traffic:
         times.append(_csv_time(cells[0], name, number))
         rates.append(_csv_number(cells[1], "publish_rate", name, number))
         given = cells[2] if len(cells) == 3 else ""
-        service.append(_csv_number(given, "service_seconds", name, number) if given else None)
+        seconds = _csv_number(given, "service_seconds", name, number) if given else None
+        if seconds is not None and not plausible_service(seconds):
+            raise TrafficError(f"{name}, line {number}: service_seconds {given!r} must be from "
+                               f"{service_bounds_words()}")
+        service.append(seconds)
     if len(times) < 2:
         raise TrafficError(f"{name}: needs at least two lines of time,publish_rate")
     with_service = tuple(service) if any(s is not None for s in service) else ()
@@ -183,7 +198,9 @@ def _csv_number(cell: str, column: str, name: str, number: int) -> float:
         value = float(cell)
     except ValueError:
         raise TrafficError(f"{name}, line {number}: {column} {cell!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
+    if not math.isfinite(value):
+        raise TrafficError(f"{name}, line {number}: {column} {cell!r} is not a finite number")
+    if value < 0:
         raise TrafficError(f"{name}, line {number}: {column} {cell!r} must be >= 0")
     return value
 

@@ -18,7 +18,6 @@ import click
 
 from queuescaler.sim import replay as sim
 from queuescaler.sim.traces import NAMED
-from queuescaler.sim.traffic import MAX_SERVICE_SECONDS
 from queuescaler.sim.tuning import recommend
 from queuescaler.tune.inputs import (
     MAX_POINTS,
@@ -28,6 +27,7 @@ from queuescaler.tune.inputs import (
     load_traffic,
     scaler_from_cluster,
     scaler_from_file,
+    service_option,
 )
 from queuescaler.tune.picture import draw
 from queuescaler.tune.progress import Bar
@@ -57,8 +57,7 @@ def shared_options(command: F) -> F:
         click.option("--step", callback=duration_option, metavar="DURATION",
                      help="With --prometheus: seconds between points [default: range / "
                           f"{MAX_POINTS:,}, at least {MIN_STEP:g} s]."),
-        click.option("--service-seconds",
-                     type=click.FloatRange(min=0, min_open=True, max=MAX_SERVICE_SECONDS),
+        click.option("--service-seconds", type=float, callback=service_option,
                      help="Mean task time [default: estimated from the traffic]."),
         click.option("--concurrency", type=click.IntRange(min=1),
                      help=f"Tasks in progress at once per replica [default: "

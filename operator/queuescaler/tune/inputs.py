@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import math
 import os
@@ -28,10 +29,19 @@ from queuescaler.core.spec import SpecError
 from queuescaler.sim import replay as sim
 from queuescaler.sim.replay import Progress
 from queuescaler.sim.traces import NAMED
-from queuescaler.sim.traffic import MAX_REPLAY_SECONDS, publish_rates_filled, replay_limit_words
+from queuescaler.sim.traffic import (
+    MAX_REPLAY_SECONDS,
+    plausible_service,
+    publish_rates_filled,
+    replay_limit_words,
+    service_bounds_words,
+)
 from queuescaler.sources.registry import parse_spec
 
 PROMETHEUS_TIMEOUT = 30.0
+PROMETHEUS_ANSWER_SECONDS = 120.0
+"""The most one answer may take to arrive in full (a long range at a fine step is tens of
+megabytes; a server sending a byte at a time is refused after it)."""
 """Seconds one Prometheus query may take before the command gives up."""
 MAX_POINTS = 10_000
 """Points per series at most (Prometheus refuses more than 11,000)."""
@@ -66,6 +76,13 @@ def duration_option(ctx: click.Context, param: click.Parameter, value: str | Non
         return parse_duration(value)
     except ValueError as error:
         raise click.BadParameter(str(error), ctx, param) from None
+
+
+def service_option(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A click callback: a task time a replay takes (`sim.traffic.plausible_service`)."""
+    if value is not None and not plausible_service(value):
+        raise click.BadParameter(f"{value:g} is not from {service_bounds_words()}", ctx, param)
+    return value
 
 
 # --- the QueueScaler ----------------------------------------------------------------------------
@@ -216,22 +233,31 @@ class PrometheusURL:
 
     @classmethod
     def parse(cls, text: str) -> PrometheusURL:
-        parts = urllib.parse.urlsplit(text.strip())
+        hint = "'--prometheus'"
         try:
-            host = parts.hostname
-            _ = parts.port  # a port that is not a number raises
-        except ValueError:
-            host = None
+            parts = urllib.parse.urlsplit(text.strip())
+        except ValueError:  # an unclosed [IPv6 address
+            raise click.BadParameter("is not a URL (an unclosed '[' in its host?)",
+                                     param_hint=hint) from None
+        # Spaces and non-ASCII in the path would make every request fail (and http.client's
+        # error quotes the query): sent percent-encoded, as a browser would.
+        parts = parts._replace(path=urllib.parse.quote(parts.path, safe="/%:@!$&'()*+,;=~"))
         host_part = parts.netloc.rpartition("@")[2]
         query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        shown_query = "&".join(f"{urllib.parse.quote(k)}=***" for k, _ in query)
+        shown_query = "&".join(f"{urllib.parse.quote(k)}=***" if v else "***" for k, v in query)
         shown = urllib.parse.urlunsplit((
             parts.scheme, ("***@" if "@" in parts.netloc else "") + host_part, parts.path,
             shown_query, "",
         ))
+        try:
+            host = parts.hostname
+            _ = parts.port  # a port that is not a number, or above 65535, raises
+        except ValueError:
+            raise click.BadParameter(f"{shown!r} has a port that is not a number from 0 to "
+                                     "65535", param_hint=hint) from None
         if parts.scheme not in ("http", "https") or not host:
             raise click.BadParameter(f"{shown!r} is not an http:// or https:// URL",
-                                     param_hint="'--prometheus'")
+                                     param_hint=hint)
         authorization = None
         if "@" in parts.netloc:
             user = urllib.parse.unquote(parts.username or "")
@@ -248,8 +274,37 @@ class PrometheusURL:
         return urllib.parse.urlunsplit(self.base._replace(
             path=self.base.path.rstrip("/") + path, query=urllib.parse.urlencode(query)))
 
+    def masked(self, text: str) -> str:
+        """`text` with the URL's query values and user information replaced by ***: a
+        server's error page may echo the request. (Values under 4 characters are left: an
+        `org=1` would turn every 1 of the message into ***.)"""
+        secrets = [v for _, v in urllib.parse.parse_qsl(self.base.query, keep_blank_values=True)]
+        secrets += [k for k, v in urllib.parse.parse_qsl(self.base.query,
+                                                         keep_blank_values=True) if not v]
+        given = urllib.parse.urlsplit(self.given.strip())
+        secrets += [given.username or "", given.password or ""]
+        for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
+            for form in {secret, urllib.parse.quote(secret), urllib.parse.quote_plus(secret)}:
+                text = text.replace(form, "***")
+        return text
+
     def __str__(self) -> str:
         return self.shown
+
+
+class _SlowAnswer(Exception):
+    """The answer did not arrive within PROMETHEUS_ANSWER_SECONDS."""
+
+
+def _read_within(response: http.client.HTTPResponse, deadline: float) -> bytes:
+    """The whole body, or _SlowAnswer: the socket timeout bounds each read only, so a
+    server sending a byte at a time would otherwise hold the command for ever."""
+    chunks = []
+    while chunk := response.read1(64 * 1024):
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise _SlowAnswer
+    return b"".join(chunks)
 
 
 def query_range(url: PrometheusURL | str, promql: str, start: float, end: float,
@@ -267,20 +322,27 @@ def query_range(url: PrometheusURL | str, promql: str, start: float, end: float,
         request.add_unredirected_header("Authorization", url.authorization)
     try:
         with urllib.request.urlopen(request, timeout=PROMETHEUS_TIMEOUT) as response:
-            body = json.load(response)
+            text = _read_within(response, time.monotonic() + PROMETHEUS_ANSWER_SECONDS)
     except urllib.error.HTTPError as error:
-        detail = error.read().decode(errors="replace")
+        detail = error.read(64 * 1024).decode(errors="replace")
         with contextlib.suppress(ValueError, AttributeError):
             detail = json.loads(detail).get("error", detail)
-        raise click.ClickException(f"{where} refused {promql}: {error.code} {detail}") from None
+        raise click.ClickException(
+            f"{where} refused {promql}: {error.code} {url.masked(str(detail))[:500]}") from None
     except (TimeoutError, OSError) as error:
         reason = getattr(error, "reason", error)
-        if isinstance(reason, str):  # urllib's own words may quote the URL
-            reason = reason.replace(url.given, str(url))
         if isinstance(reason, TimeoutError) or isinstance(error, TimeoutError):
             raise click.ClickException(
                 f"{where} did not answer within {PROMETHEUS_TIMEOUT:g} s") from None
-        raise click.ClickException(f"{where} does not answer: {reason}") from None
+        # urllib's own words may quote the URL
+        raise click.ClickException(f"{where} does not answer: {url.masked(str(reason))}") from None
+    except _SlowAnswer:
+        raise click.ClickException(f"{where} took more than {PROMETHEUS_ANSWER_SECONDS:g} s to "
+                                   "send its answer") from None
+    except (http.client.HTTPException, UnicodeError) as error:
+        raise click.ClickException(f"{where} cannot be asked: {url.masked(str(error))}") from None
+    try:
+        body = json.loads(text)
     except ValueError:
         raise click.ClickException(f"{where} answered something that is not JSON: is it "
                                    "Prometheus?") from None
