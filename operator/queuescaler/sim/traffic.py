@@ -25,17 +25,18 @@ MAX_SERVICE_SECONDS: Final = 86400.0
 """The task times a replay takes, a microsecond to a day: beyond them is a unit slip or a
 per-replica rate read near zero or near infinity; workers would never finish, or finish
 everything at once (a division by nothing)."""
-
-
-def service_bounds_words() -> str:
-    return f"{MIN_SERVICE_SECONDS:g} to {MAX_SERVICE_SECONDS:,.0f} s (a day)"
+MAX_SECONDS_TIME: Final = 1e11
+"""CSV times above this (after the year 5000) are not seconds: milliseconds, most likely."""
 
 
 def plausible_service(seconds: float) -> bool:
     """A task time a replay takes (NaN is not)."""
     return MIN_SERVICE_SECONDS <= seconds <= MAX_SERVICE_SECONDS
-MAX_SECONDS_TIME: Final = 1e11
-"""CSV times above this (after the year 5000) are not seconds: milliseconds, most likely."""
+
+
+def service_bounds_words() -> str:
+    """The task times a replay takes, for messages."""
+    return f"{MIN_SERVICE_SECONDS:g} to {MAX_SERVICE_SECONDS:,.0f} s (a day)"
 
 
 def replay_limit_words() -> str:

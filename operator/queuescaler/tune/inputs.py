@@ -39,10 +39,10 @@ from queuescaler.sim.traffic import (
 from queuescaler.sources.registry import parse_spec
 
 PROMETHEUS_TIMEOUT = 30.0
+"""Seconds one Prometheus query may take before the command gives up."""
 PROMETHEUS_ANSWER_SECONDS = 120.0
 """The most one answer may take to arrive in full (a long range at a fine step is tens of
 megabytes; a server sending a byte at a time is refused after it)."""
-"""Seconds one Prometheus query may take before the command gives up."""
 MAX_POINTS = 10_000
 """Points per series at most (Prometheus refuses more than 11,000)."""
 MIN_STEP = 1.0
@@ -278,9 +278,8 @@ class PrometheusURL:
         """`text` with the URL's query values and user information replaced by ***: a
         server's error page may echo the request. (Values under 4 characters are left: an
         `org=1` would turn every 1 of the message into ***.)"""
-        secrets = [v for _, v in urllib.parse.parse_qsl(self.base.query, keep_blank_values=True)]
-        secrets += [k for k, v in urllib.parse.parse_qsl(self.base.query,
-                                                         keep_blank_values=True) if not v]
+        query = urllib.parse.parse_qsl(self.base.query, keep_blank_values=True)
+        secrets = [value or key for key, value in query]  # a bare key is the secret itself
         given = urllib.parse.urlsplit(self.given.strip())
         secrets += [given.username or "", given.password or ""]
         for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
