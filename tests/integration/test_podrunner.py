@@ -270,6 +270,10 @@ def test_stopping_the_runner_stops_its_workers(
     runner = runners(namespace, selector, pika_worker_command, env)
     _scale(apps, namespace, "kept", 2)
     pods = _wait_for_pool(runner, core, namespace, selector, 2)
+    # Consuming, so past installing their SIGTERM handler: a process told to stop while
+    # still importing pika dies of the signal itself (on a loaded machine, seconds in).
+    wait_until(lambda: set(pods) <= _connection_names(testenv), timeout=60,
+               what="both workers connected to the broker")
 
     runner.stop()
     runner.stop()  # idempotent
@@ -277,4 +281,5 @@ def test_stopping_the_runner_stops_its_workers(
     assert not runner.running()
     records = runner.records()
     assert set(records) == set(pods)
-    assert all(r.stop_reason == "runner-stopped" and r.graceful for r in records.values())
+    assert all(r.stop_reason == "runner-stopped" and r.graceful for r in records.values()), (
+        records)
