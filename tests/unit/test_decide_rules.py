@@ -170,16 +170,31 @@ DRAIN_60 = {"target.drainSeconds": 60, "target.messagesPerReplica": 100}
             id="drain-falls-back-to-backlog-while-throughput-unknown",
         ),
         pytest.param(
-            # this tick's acks are used at once: 4 msg/s over 2 saturated replicas = 2 each
+            # this tick's acks are used at once: 4 msg/s over 2 saturated replicas = 2 each;
+            # saturated once before in this run, so this second poll measures the speed
+            Tick(
+                sample(ready=60, unacked=2, consumers=2, publish=10, ack=4),
+                2,
+                DRAIN_60,
+                ScalerState(readings=(Reading(NOW - 15, 50, 2, 2, 52, None, None),),
+                            saturated_polls=1),
+            ),
+            6,
+            Reason.RATE,
+            id="drain-uses-this-ticks-throughput",
+        ),
+        pytest.param(
+            # the run's first saturated poll: its speed is used, not yet trusted in full
+            # (a few seconds of acks may read low): the drain policy asks half
             Tick(
                 sample(ready=60, unacked=2, consumers=2, publish=10, ack=4),
                 2,
                 DRAIN_60,
                 ScalerState(readings=(Reading(NOW - 15, 50, 2, 2, 52, None, None),)),
             ),
-            6,
+            3,
             Reason.RATE,
-            id="drain-uses-this-ticks-throughput",
+            id="drain-probes-on-the-runs-first-saturated-poll",
         ),
         pytest.param(
             Tick(sample(ready=0, publish=0), 3, DRAIN_60, ScalerState(per_replica_rate=2.0)),
@@ -1256,6 +1271,25 @@ def test_next_state_remembers_the_counts_the_next_tick_differences_against() -> 
     after = fold(ScalerState(), queue)
     assert after.readings == (Reading(NOW, 5, 4, 1, 5, 100, 90),)
     assert fold(after, None).readings == after.readings  # a failed tick keeps them
+
+
+def test_the_speed_counts_as_measured_from_the_runs_second_saturated_poll() -> None:
+    # review of issue 12's worker models: one poll's few acks read a replica at 0.6x its
+    # speed, and the pool that speed held never saturated again to correct it
+    saturated = sample(ready=40, unacked=4, consumers=4, ack=8.0)
+    before = ScalerState(readings=(Reading(NOW - 15, 30, 4, 4, 34, None, None),))
+    once = fold(before, saturated)
+    assert once.per_replica_rate == 2.0  # followed at once ...
+    assert not once.rate_measured and once.saturated_polls == 1  # ... not trusted yet
+    assert fold(once, None).saturated_polls == 1  # a failed tick forgets nothing
+    again = replace(once, readings=before.readings)
+    twice = fold(again, saturated)
+    assert twice.rate_measured and twice.saturated_polls == 2
+    assert fold(twice, saturated).saturated_polls == 2  # counted up to where it matters
+    idle = fold(replace(before, readings=()), sample(ready=0, consumers=4))
+    assert not idle.rate_measured and idle.saturated_polls == 0
+    # a restart keeps what status says: measured stays measured
+    assert fold(ScalerState(rate_measured=True), sample()).rate_measured
 
 
 def test_history_kept_for_the_longer_window() -> None:

@@ -14,6 +14,7 @@ from queuescaler.core.plan import (
     Observations,
     Plan,
     WorkerLook,
+    after_early,
     at_rest_at_zero,
     next_due,
     plan,
@@ -280,3 +281,14 @@ def test_the_schedule_rules() -> None:
     assert not at_rest_at_zero(spec(minReplicas=1), 0)
     assert watched_target(ScaleTargetRef("apps/v1", "Deployment", "w"))
     assert not watched_target(ScaleTargetRef("apps/v1", "StatefulSet", "w"))
+
+
+def test_an_early_ticks_sample_measures_nothing() -> None:
+    """Live counts a second after a poll are no span: the speed, whether it is trusted and
+    the saturated polls that trust it stay as the last full sample left them."""
+    before = ScalerState(per_replica_rate=2.0, rate_measured=False, saturated_polls=1)
+    after = ScalerState(per_replica_rate=9.0, rate_measured=True, saturated_polls=2,
+                        last_scale_time=5.0)
+    kept = after_early(before, after)
+    assert (kept.per_replica_rate, kept.rate_measured, kept.saturated_polls) == (2.0, False, 1)
+    assert kept.last_scale_time == 5.0  # its decision counts

@@ -68,6 +68,15 @@ pool (and its work is acked, nothing ready): a load that halves every minute is 
 whose window holds the pool (review: 100 <-> 50 msg/s flapped 13 -> 6 -> 56 without it),
 while a burst's end drops its rate tenfold or more (200 -> 5 msg/s in the worker models)."""
 
+MEASURED_AFTER: Final = 2
+"""Saturated polls before the speed counts as measured (the floor holds in full and may
+lift the pool, the probe stops). One is a few seconds of acks, and may read low: a pod
+that started inside the statistics' window read a replica of concurrency 4 at 2.4 msg/s
+against 4, and the pool of 2 that speed held never saturated again to correct it (issue
+12's worker models, keda-rate, seeds 5 and 10: 1,800 replica-s against 950). Until the
+second, the estimate still follows every saturated poll; the pool probes as for a speed
+never measured (`PROBE_DIVISOR`)."""
+
 PROBE_PAUSE_SECONDS: Final = 600.0
 """After a probe failed (the pool shrank, then work waited with every pod consuming), no
 probing for this long: the probe has said what it could (a replica is slower than the
@@ -152,10 +161,13 @@ class ScalerState:
     measured on a saturated pool, else the highest lower bound seen; None until acks rest
     on enough messages to say anything."""
     rate_measured: bool = False
-    """Whether per_replica_rate was measured on a saturated pool (kept in status as
-    perReplicaRateMeasured); until then it is a lower bound, and the rate floor and the
-    drain policy ask for half as many replicas (`PROBE_DIVISOR`) so an over-provisioned
-    pool can shrink until it saturates once."""
+    """Whether per_replica_rate was measured on a saturated pool, at `MEASURED_AFTER` polls
+    (kept in status as perReplicaRateMeasured); until then it is a lower bound, and the rate
+    floor and the drain policy ask for half as many replicas (`PROBE_DIVISOR`) so an
+    over-provisioned pool can shrink until it saturates."""
+    saturated_polls: int = 0
+    """Polls of this run that measured the speed (`core.throughput.measures`), up to
+    `MEASURED_AFTER`. Kept in memory only: status keeps rate_measured."""
     readings: tuple[Reading, ...] = ()
     """The last samples' counts, oldest first, which the next tick's rates difference
     against (kept in memory only: after a restart the first tick reads the broker's rate
@@ -236,7 +248,7 @@ def decide(
         rate = per_replica_rate(
             state.per_replica_rate, readings, sample, current_replicas, flow, poll
         )
-        measured = state.rate_measured or measures(readings, sample, current_replicas, flow)
+        measured = _measured(state, measures(readings, sample, current_replicas, flow))
         probing = (
             not measured and not falling_behind(readings, sample)
             and not _probe_failed_lately(state, now)
@@ -281,6 +293,7 @@ def next_state(
             consecutive_failures=state.consecutive_failures + 1,
             per_replica_rate=state.per_replica_rate,
             rate_measured=state.rate_measured,
+            saturated_polls=state.saturated_polls,
             readings=state.readings,
             readings_of=state.readings_of,
             restored=state.restored,
@@ -302,8 +315,9 @@ def next_state(
         per_replica_rate=per_replica_rate(
             state.per_replica_rate, readings, sample, current_replicas, flow, poll
         ),
-        rate_measured=state.rate_measured
-        or measures(readings, sample, current_replicas, flow),
+        rate_measured=_measured(state, saturated := measures(readings, sample,
+                                                             current_replicas, flow)),
+        saturated_polls=min(MEASURED_AFTER, state.saturated_polls + saturated),
         readings=(kept := remember(readings, sample, current_replicas)),
         readings_of=spec.source,
         restored=state.restored and len(kept) < 2,
@@ -316,6 +330,12 @@ def next_state(
         burst_ended_at=now if scaled and not grew and _burst_over(spec, state, sample, flow, now)
         else state.burst_ended_at,
     )
+
+
+def _measured(state: ScalerState, saturated: bool) -> bool:
+    """Whether the speed counts as measured after this poll: restored so, or saturated at
+    `MEASURED_AFTER` polls of this run."""
+    return state.rate_measured or state.saturated_polls + saturated >= MEASURED_AFTER
 
 
 def _work_done_at(sample: QueueSample) -> int | None:

@@ -681,6 +681,7 @@ def after_early(before: ScalerState, after: ScalerState) -> ScalerState:
     return dataclasses.replace(
         after, readings=before.readings, readings_of=before.readings_of,
         per_replica_rate=before.per_replica_rate, rate_measured=before.rate_measured,
+        saturated_polls=before.saturated_polls,
         restored=before.restored, consecutive_failures=before.consecutive_failures,
     )
 
