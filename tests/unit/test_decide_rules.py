@@ -184,17 +184,17 @@ DRAIN_60 = {"target.drainSeconds": 60, "target.messagesPerReplica": 100}
             id="drain-uses-this-ticks-throughput",
         ),
         pytest.param(
-            # the run's first saturated poll: its speed is used, not yet trusted in full
-            # (a few seconds of acks may read low): the drain policy asks half
+            # the run's first saturated poll: the pool is short now, so no probe (its
+            # speed is trusted from the second saturated poll on, see below)
             Tick(
                 sample(ready=60, unacked=2, consumers=2, publish=10, ack=4),
                 2,
                 DRAIN_60,
                 ScalerState(readings=(Reading(NOW - 15, 50, 2, 2, 52, None, None),)),
             ),
-            3,
+            6,
             Reason.RATE,
-            id="drain-probes-on-the-runs-first-saturated-poll",
+            id="drain-never-probes-on-a-saturated-poll",
         ),
         pytest.param(
             Tick(sample(ready=0, publish=0), 3, DRAIN_60, ScalerState(per_replica_rate=2.0)),
@@ -1290,6 +1290,12 @@ def test_the_speed_counts_as_measured_from_the_runs_second_saturated_poll() -> N
     assert not idle.rate_measured and idle.saturated_polls == 0
     # a restart keeps what status says: measured stays measured
     assert fold(ScalerState(rate_measured=True), sample()).rate_measured
+    # between the two, a pool keeping up probes: one poll's speed may have read low
+    keeping_up = sample(unacked=4, consumers=4, publish=16.0)
+    probed = Tick(keeping_up, 8, state=replace(once, readings=())).decide()
+    assert probed.replicas == 4 and "(not measured yet)" in probed.message, probed.message
+    trusted = Tick(keeping_up, 8, state=replace(twice, readings=())).decide()
+    assert trusted.replicas == 8, trusted.message
 
 
 def test_history_kept_for_the_longer_window() -> None:

@@ -73,9 +73,10 @@ MEASURED_AFTER: Final = 2
 lift the pool, the probe stops). One is a few seconds of acks, and may read low: a pod
 that started inside the statistics' window read a replica of concurrency 4 at 2.4 msg/s
 against 4, and the pool of 2 that speed held never saturated again to correct it (issue
-12's worker models, keda-rate, seeds 5 and 10: 1,800 replica-s against 950). Until the
-second, the estimate still follows every saturated poll; the pool probes as for a speed
-never measured (`PROBE_DIVISOR`)."""
+12's worker models, keda-rate, seed 10: 1,577 replica-s against 947). Until the second,
+the estimate follows every saturated poll, and between them the pool probes as for a
+speed never measured (`PROBE_DIVISOR`); a saturated poll itself never probes. Counted per
+run: a restart between the two starts over (status keeps only whether it was measured)."""
 
 PROBE_PAUSE_SECONDS: Final = 600.0
 """After a probe failed (the pool shrank, then work waited with every pod consuming), no
@@ -86,11 +87,12 @@ see work waiting, so the speed is never measured: a pool probing forever flaps e
 few polls)."""
 
 PROBE_DIVISOR: Final = 2
-"""Until the pool has been seen saturated, its per-replica rate is a lower bound (a
-Celery worker at concurrency 4 holding one message acks a quarter of what it can), and
-a rate floor on it would hold an over-provisioned pool forever. The floor then asks for
-half of what it would (rounded down): the pool shrinks until work waits at two polls, or
-its held pile grows, which measures the real speed once. Half, not a quarter: after a
+"""Until the pool has been seen saturated (`MEASURED_AFTER` times), its per-replica rate
+is a lower bound (a Celery worker at concurrency 4 holding one message acks a quarter of
+what it can) or rests on a few seconds of acks, and a rate floor on it would hold an
+over-provisioned pool forever. The floor then asks for half of what it would (rounded
+down): the pool shrinks until it saturates (work waiting at two polls in a row, or a
+held pile growing), which measures the real speed. Half, not a quarter: after a
 flood a pool whose pods were still starting while work waited (so never saturated) held
 2 to 3 times its need for minutes at a quarter a step (worker models: 56 -> 46 of 112
 rows missed, none worse)."""
@@ -248,7 +250,10 @@ def decide(
         rate = per_replica_rate(
             state.per_replica_rate, readings, sample, current_replicas, flow, poll
         )
-        measured = _measured(state, measures(readings, sample, current_replicas, flow))
+        saturated = measures(readings, sample, current_replicas, flow)
+        # A saturated poll is trusted for itself (the pool is short now: no probe, and
+        # the floor may lift it); the speed it reads is trusted from the second on.
+        measured = _measured(state, saturated) or saturated
         probing = (
             not measured and not falling_behind(readings, sample)
             and not _probe_failed_lately(state, now)
@@ -651,7 +656,7 @@ def _probe(replicas: int, current: int, unsure: bool) -> tuple[int, str]:
     if unsure and probed < current:
         kept = min(current, replicas)
         return kept, f", held at {kept} (restarted: whether a probe failed lately is not known)"
-    return probed, f", less {spare} to learn the replicas' speed (never seen saturated)"
+    return probed, f", less {spare} to learn the replicas' speed (not measured yet)"
 
 
 def backlog_of(spec: QueueScalerSpec, sample: QueueSample) -> int:
