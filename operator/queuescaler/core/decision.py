@@ -70,13 +70,15 @@ while a burst's end drops its rate tenfold or more (200 -> 5 msg/s in the worker
 
 MEASURED_AFTER: Final = 2
 """Saturated polls before the speed counts as measured (the floor holds in full and may
-lift the pool, the probe stops). One is a few seconds of acks, and may read low: a pod
-that started inside the statistics' window read a replica of concurrency 4 at 2.4 msg/s
-against 4, and the pool of 2 that speed held never saturated again to correct it (issue
-12's worker models, keda-rate, seed 10: 1,577 replica-s against 947). Until the second,
-the estimate follows every saturated poll, and between them the pool probes as for a
-speed never measured (`PROBE_DIVISOR`); a saturated poll itself never probes. Counted per
-run: a restart between the two starts over (status keeps only whether it was measured)."""
+lift the pool, the probe stops). One poll may read the load as the speed: one replica of
+concurrency 4 keeping up with clumps of 5 messages every 2 s showed a message ready at two
+polls in a row, its acks / replicas (2.27 msg/s, the arrival rate, against a speed of 4)
+made the floor hold a second replica, and a pool of 2 never saturated again to correct it
+(issue 12's worker models, keda-rate, seed 10: 1,577 replica-s against 947). Until the
+second, the estimate follows every saturated poll, and between them the pool probes as
+for a speed never measured (`PROBE_DIVISOR`); a saturated poll itself never probes.
+Counted per run: a restart between the two starts over (status keeps only whether it was
+measured)."""
 
 PROBE_PAUSE_SECONDS: Final = 600.0
 """After a probe failed (the pool shrank, then work waited with every pod consuming), no
