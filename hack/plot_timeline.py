@@ -70,7 +70,7 @@ def queries(namespace: str, scaler: str, job: str | None) -> dict[str, str]:
 
 
 def query_range(
-    prometheus: str, promql: str, start: float, end: float, step: float
+    prometheus: inputs.PrometheusURL | str, promql: str, start: float, end: float, step: float
 ) -> list[tuple[float, float]]:
     """The points of a single-series range query (empty when there is no data), asked as
     `queuescaler simulate` asks: user information in the URL goes in an Authorization
@@ -90,8 +90,12 @@ def fetch(
     start = end - minutes * 60
     step = max(1.0, round(minutes * 60 / MAX_POINTS, 1))
     found: list[Series] = []
+    try:
+        url = inputs.PrometheusURL.parse(prometheus)  # once, not once per line
+    except click.ClickException as error:
+        raise SystemExit(error.format_message()) from None
     for label, promql in queries(namespace, scaler, job).items():
-        points = query_range(prometheus, promql, start, end, step)
+        points = query_range(url, promql, start, end, step)
         found.append(
             Series(
                 label,
