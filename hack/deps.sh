@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need, idempotently: Debian packages, the Python
-# virtualenv (in the cache, outside the repo), the Go-built control plane, Kafka's jars and the
-# ActiveMQ brokers (Classic from Debian, Artemis from Maven Central).
+# virtualenv (in the cache, outside the repo), the Go-built control plane, Kafka's jars, the
+# ActiveMQ brokers (Classic from Debian, Artemis from Maven Central) and, with `all`, the
+# operator image (hack/image.sh).
 #   hack/deps.sh [apt|python|tools|image|kafka|activemq|all]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -43,6 +44,13 @@ python_env() {
 tools() {
   command -v go >/dev/null || { log "ERROR: Go 1.26 is needed to build the control plane (go not on PATH)"; exit 1; }
   bash "$here/build-tools.sh"
+}
+
+# The operator image (the demo and the e2e tests run it), built ahead so neither waits for
+# it. A machine that cannot build one is told so here and again, with the build's own words,
+# by the demo (which then runs the operator as a local process) and by the tests.
+operator_image() {
+  bash "$here/image.sh" build >/dev/null || log "image: not built here (the lines marked [image] say why)"
 }
 
 # Apache Kafka's broker for the kafka source's tests: its jars from Maven Central
@@ -128,6 +136,10 @@ case ${1:-all} in
   image) bash "$here/image.sh" tools ;;
   kafka) kafka_jars ;;
   activemq) activemq ;;
-  all) apt_packages; python_env; tools; bash "$here/image.sh" tools; kafka_jars; activemq ;;
+  # The Go builds (CPU) and the image run beside the downloads and the other installs
+  # (network, dpkg); a failed job fails the whole, once every job has ended.
+  all) apt_packages; tools & go_tools=$!
+       python_env; bash "$here/image.sh" tools; operator_image & image=$!
+       kafka_jars; activemq; wait "$go_tools"; wait "$image" ;;
   *) echo "usage: $0 [apt|python|tools|image|kafka|activemq|all]" >&2; exit 2 ;;
 esac
