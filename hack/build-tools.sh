@@ -50,7 +50,8 @@ go_install() {
 }
 
 # The small tools build beside Kubernetes: its link steps leave a core idle for minutes
-# (cold, on 2 cores: 11.7 min one after the other). Each job's failure fails the script.
+# (cold, on 2 cores: 11.7 min one after the other). Either one's failure fails the script,
+# once both have ended (the trap).
 small_tools() {
   build_etcd
   go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
@@ -58,6 +59,7 @@ small_tools() {
   go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
   go_install kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION"
 }
+trap wait EXIT
 small_tools & small=$!
 build_kube
 wait "$small"

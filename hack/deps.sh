@@ -137,9 +137,11 @@ case ${1:-all} in
   kafka) kafka_jars ;;
   activemq) activemq ;;
   # The Go builds (CPU) and the image run beside the downloads and the other installs
-  # (network, dpkg); a failed job fails the whole, once every job has ended.
-  all) apt_packages; tools & go_tools=$!
-       python_env; bash "$here/image.sh" tools; operator_image & image=$!
-       kafka_jars; activemq; wait "$go_tools"; wait "$image" ;;
+  # (network, dpkg). Any failure fails the whole, and only once every job has ended (the
+  # trap), so nothing is left building behind a failed run.
+  all) trap wait EXIT
+       apt_packages; tools & go_tools=$!
+       python_env; bash "$here/image.sh" tools; operator_image &
+       kafka_jars; activemq; wait "$go_tools" ;;
   *) echo "usage: $0 [apt|python|tools|image|kafka|activemq|all]" >&2; exit 2 ;;
 esac
