@@ -44,8 +44,9 @@ POLL = 2
 """pollingIntervalSeconds of every pool here (FAST_BEHAVIOR's)."""
 LOAD: dict[str, Any] = {"maxReplicas": 4, "target": {"messagesPerReplica": 20}}
 HOLD: dict[str, Any] = {**LOAD, "minReplicas": 0, "fallback": {"afterFailures": 2}}
+FALLBACK_REPLICAS = 2
 FALLBACK: dict[str, Any] = {
-    **LOAD, "minReplicas": 1, "fallback": {"afterFailures": 2, "replicas": 2},
+    **LOAD, "minReplicas": 1, "fallback": {"afterFailures": 2, "replicas": FALLBACK_REPLICAS},
     # A fallback below the current count needs the protection off: while the broker cannot
     # be sampled, busy workers cannot be told apart, and protection fails closed (holds).
     "behavior": {"scaleDown": {"protectBusyWorkers": False}},
@@ -75,45 +76,47 @@ def _loaded(runs: tuple[Run, ...], messages: int) -> None:
                    what=f"{run.pool.name} scaling up under load")
 
 
-def _through_fault(run: Run, reason: str, *, fallback: int | None, failed_ticks: int = 3) -> int:
-    """While the fault lasts: the condition, the Warning Event, and a hold (or the fallback).
+def _through_fault(runs: tuple[Run, Run], reason: str, *, failed_ticks: int = 3) -> int:
+    """While the fault lasts, for both pools at once: the condition, the Warning Event, and
+    a hold (`hold`) or the fallback count (`fallback`).
 
-    Returns the replica count the pool kept.
+    Returns the replica count `hold` kept.
     """
-    pool = run.pool
-    pool.wait_condition("BrokerReachable", "False", reason=reason, timeout=90)
-    pool.wait_condition("Ready", "False", reason=reason, timeout=30)
-    if fallback is not None:
-        wait_until(
-            lambda: pool.replicas() == fallback
-            and pool.status()["lastDecision"]["reason"] == "fallback",
-            timeout=60, what=f"{pool.name} at its fallback count {fallback}",
-        )
-        kept = fallback
-    else:
-        kept = pool.replicas()
-        assert kept > 0, "a pool went to zero because the broker could not be sampled"
-    failures = pool.status()["consecutiveFailures"]
-    seen: set[int] = set()
+    hold, fallback = (run.pool for run in runs)
+    for pool in (hold, fallback):
+        pool.wait_condition("BrokerReachable", "False", reason=reason, timeout=90)
+        pool.wait_condition("Ready", "False", reason=reason, timeout=30)
+    wait_until(
+        lambda: fallback.replicas() == FALLBACK_REPLICAS
+        and fallback.status()["lastDecision"]["reason"] == "fallback",
+        timeout=60, what=f"{fallback.name} at its fallback count {FALLBACK_REPLICAS}",
+    )
+    kept = {hold.name: hold.replicas(), fallback.name: FALLBACK_REPLICAS}
+    assert kept[hold.name] > 0, "a pool went to zero because the broker could not be sampled"
+    failures = {pool.name: pool.status()["consecutiveFailures"] for pool in (hold, fallback)}
+    seen: dict[str, set[int]] = {pool.name: set() for pool in (hold, fallback)}
 
     def more_failed_ticks() -> bool:
-        seen.add(pool.replicas())
-        status = pool.status()
-        return bool(status["consecutiveFailures"] >= failures + failed_ticks)
+        for pool in (hold, fallback):
+            seen[pool.name].add(pool.replicas())
+        return all(pool.status()["consecutiveFailures"] >= failures[pool.name] + failed_ticks
+                   for pool in (hold, fallback))
 
     try:
         wait_until(more_failed_ticks, timeout=90, what=f"{failed_ticks} more failed ticks")
     except AssertionError as error:
         # The count is a slow field, rewritten every 30 s while nothing else changes.
-        raise AssertionError(f"{error} (consecutiveFailures was {failures}){describe(pool)}") \
-            from None
-    assert seen == {kept}, f"{pool.name} changed from {kept} to {seen} while blind"
-    decision = pool.status()["lastDecision"]
-    assert decision["reason"] in ({"fallback"} if fallback is not None else {"no-data"}), decision
-    wait_until(lambda: reason in warning_reasons(pool), timeout=30,
-               what=f"a Warning Event {reason} on {pool.name} "
-                    f"(Warnings seen: {sorted(warning_reasons(pool))})")
-    return kept
+        raise AssertionError(f"{error} (consecutiveFailures was {failures})"
+                             f"{describe(hold)}{describe(fallback)}") from None
+    for pool, expected in ((hold, {"no-data"}), (fallback, {"fallback"})):
+        assert seen[pool.name] == {kept[pool.name]}, (
+            f"{pool.name} changed from {kept[pool.name]} to {seen[pool.name]} while blind")
+        decision = pool.status()["lastDecision"]
+        assert decision["reason"] in expected, decision
+        wait_until(lambda p=pool: reason in warning_reasons(p), timeout=30,  # type: ignore[misc]
+                   what=f"a Warning Event {reason} on {pool.name} "
+                        f"(Warnings seen: {sorted(warning_reasons(pool))})")
+    return kept[hold.name]
 
 
 def _recovery_seconds(runs: tuple[Run, ...], ended: float) -> float:
@@ -154,8 +157,7 @@ def test_broker_stopped_and_restarted_holds_or_falls_back_then_recovers_losing_n
     hold, fallback = _two_pools(faultenv, fault_namespace, broker_user, pod_runners, tmp_path)
     try:
         faultenv_sh("down", "rabbitmq")
-        kept = _through_fault(hold, "Unreachable", fallback=None)
-        _through_fault(fallback, "Unreachable", fallback=2)
+        kept = _through_fault((hold, fallback), "Unreachable")
     finally:
         faultenv_sh("up", "rabbitmq")  # returns once the management API answers
     recovered = _recovery_seconds((hold, fallback), time.monotonic())
@@ -184,8 +186,7 @@ def test_slow_and_failing_management_api_gives_timeout_then_bad_response_and_rec
             wait_until(lambda n=answered_without: proxy.count(Mode.NO_STATS) > n,  # type: ignore[misc]
                        timeout=30, what="the operator to sample the queues without statistics")
             proxy.mode = mode
-            _through_fault(runs[0], reason, fallback=None, failed_ticks=ticks)
-            _through_fault(runs[1], reason, fallback=2, failed_ticks=ticks)
+            _through_fault(runs, reason, failed_ticks=ticks)
             proxy.mode = Mode.PASS
             recoveries[reason] = _recovery_seconds(runs, time.monotonic())
         answered = {mode.value: proxy.count(mode) for mode in Mode}
