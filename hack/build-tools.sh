@@ -17,13 +17,15 @@ fresh() { [ -x "$bin/$1" ] && [ "$(cat "$stamps/$1" 2>/dev/null)" = "$2" ]; }
 stamp() { printf '%s' "$2" > "$stamps/$1"; }
 key_of() { cat "$@" | sha256sum | cut -c1-16; }
 log() { printf '[build-tools] %s\n' "$*" >&2; }
+# shellcheck source=jobs.sh
+. "$here/jobs.sh"
 
 build_kube() {
   local key; key=$(key_of "$here/tools/kube/go.mod" "$here/tools/kube/go.sum")
   local tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl) missing=0 t
   for t in "${tools[@]}"; do fresh "$t" "$key" || missing=1; done
   [ "$missing" = 0 ] && { log "kubernetes $KUBERNETES_VERSION: cached"; return; }
-  log "kubernetes $KUBERNETES_VERSION: building ${tools[*]} (first time: about 20 minutes on 2 cores)"
+  log "kubernetes $KUBERNETES_VERSION: building ${tools[*]} (first time: about 12 minutes on 2 cores)"
   local v=${KUBERNETES_VERSION#v} pkg=k8s.io/component-base/version
   local ld="-s -w -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=${v%%.*}"
   ld+=" -X $pkg.gitMinor=$(cut -d. -f2 <<<"$v") -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
@@ -50,8 +52,8 @@ go_install() {
 }
 
 # The small tools build beside Kubernetes: its link steps leave a core idle for minutes
-# (cold, on 2 cores: 11.7 min one after the other). Either one's failure fails the script,
-# once both have ended (the trap).
+# (cold, on 2 cores: 11.7 min one after the other). A failure, Ctrl-C or SIGTERM stops the
+# other (hack/jobs.sh).
 small_tools() {
   build_etcd
   go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
@@ -59,8 +61,8 @@ small_tools() {
   go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
   go_install kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION"
 }
-trap wait EXIT
-small_tools & small=$!
+jobs_traps
+background small_tools; small=$last_job
 build_kube
-wait "$small"
+job_wait "$small"
 log "all tools in $bin"

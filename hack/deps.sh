@@ -10,6 +10,8 @@ repo=$(dirname "$here")
 cache=${QS_CACHE:-$HOME/.cache/queuescaler}
 venv=$cache/venv
 log() { printf '[deps] %s\n' "$*" >&2; }
+# shellcheck source=jobs.sh
+. "$here/jobs.sh"
 
 # Debian's packages: RabbitMQ, Redis (redis-server: the redis source's tests) and Prometheus
 # (promtool comes with it), curl for probes, Python 3.11 with venv when the machine has no
@@ -41,8 +43,12 @@ python_env() {
   echo "$key:$repo" >"$venv/.qs-stamp"
 }
 
-tools() {
+need_go() {
   command -v go >/dev/null || { log "ERROR: Go 1.26 is needed to build the control plane (go not on PATH)"; exit 1; }
+}
+
+tools() {
+  need_go
   bash "$here/build-tools.sh"
 }
 
@@ -137,11 +143,10 @@ case ${1:-all} in
   kafka) kafka_jars ;;
   activemq) activemq ;;
   # The Go builds (CPU) and the image run beside the downloads and the other installs
-  # (network, dpkg). Any failure fails the whole, and only once every job has ended (the
-  # trap), so nothing is left building behind a failed run.
-  all) trap wait EXIT
-       apt_packages; tools & go_tools=$!
-       python_env; bash "$here/image.sh" tools; operator_image &
-       kafka_jars; activemq; wait "$go_tools" ;;
+  # (network, dpkg). A failure, Ctrl-C or SIGTERM stops the jobs still running (hack/jobs.sh).
+  all) jobs_traps
+       apt_packages; need_go; background tools; go_tools=$last_job
+       python_env; bash "$here/image.sh" tools; background operator_image; image=$last_job
+       kafka_jars; activemq; job_wait "$go_tools"; job_wait "$image" ;;
   *) echo "usage: $0 [apt|python|tools|image|kafka|activemq|all]" >&2; exit 2 ;;
 esac
