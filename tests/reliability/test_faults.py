@@ -83,18 +83,23 @@ def _through_fault(runs: tuple[Run, Run], reason: str, *, failed_ticks: int = 3)
     Returns the replica count `hold` kept.
     """
     hold, fallback = (run.pool for run in runs)
-    for pool in (hold, fallback):
-        pool.wait_condition("BrokerReachable", "False", reason=reason, timeout=90)
-        pool.wait_condition("Ready", "False", reason=reason, timeout=30)
-    wait_until(
-        lambda: fallback.replicas() == FALLBACK_REPLICAS
-        and fallback.status()["lastDecision"]["reason"] == "fallback",
-        timeout=60, what=f"{fallback.name} at its fallback count {FALLBACK_REPLICAS}",
-    )
+    hold.wait_condition("BrokerReachable", "False", reason=reason, timeout=90)
+    hold.wait_condition("Ready", "False", reason=reason, timeout=30)
+    # Read at hold's first failed tick: from then on its count must not move.
     kept = {hold.name: hold.replicas(), fallback.name: FALLBACK_REPLICAS}
     assert kept[hold.name] > 0, "a pool went to zero because the broker could not be sampled"
+    seen: dict[str, set[int]] = {hold.name: set(), fallback.name: set()}
+    fallback.wait_condition("BrokerReachable", "False", reason=reason, timeout=90)
+    fallback.wait_condition("Ready", "False", reason=reason, timeout=30)
+
+    def at_fallback() -> bool:
+        seen[hold.name].add(hold.replicas())
+        return bool(fallback.replicas() == FALLBACK_REPLICAS
+                    and fallback.status()["lastDecision"]["reason"] == "fallback")
+
+    wait_until(at_fallback, timeout=60,
+               what=f"{fallback.name} at its fallback count {FALLBACK_REPLICAS}")
     failures = {pool.name: pool.status()["consecutiveFailures"] for pool in (hold, fallback)}
-    seen: dict[str, set[int]] = {pool.name: set() for pool in (hold, fallback)}
 
     def more_failed_ticks() -> bool:
         for pool in (hold, fallback):
@@ -112,7 +117,7 @@ def _through_fault(runs: tuple[Run, Run], reason: str, *, failed_ticks: int = 3)
         assert seen[pool.name] == {kept[pool.name]}, (
             f"{pool.name} changed from {kept[pool.name]} to {seen[pool.name]} while blind")
         decision = pool.status()["lastDecision"]
-        assert decision["reason"] in expected, decision
+        assert decision["reason"] in expected, f"{pool.name}: {decision}"
         wait_until(lambda p=pool: reason in warning_reasons(p), timeout=30,  # type: ignore[misc]
                    what=f"a Warning Event {reason} on {pool.name} "
                         f"(Warnings seen: {sorted(warning_reasons(pool))})")
