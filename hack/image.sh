@@ -162,17 +162,19 @@ build() {
   [ -z "$(git -C "$repo" status --porcelain -- Dockerfile pyproject.toml README.md operator \
     2>/dev/null)" ] || revision="$revision-dirty"
   log "build: $IMAGE from $repo/Dockerfile on $BASE_IMAGE"
+  local build=(build -q --layers -f "$repo/Dockerfile" --build-arg "BASE=$BASE_IMAGE"
+    ${CA_MOUNTS[@]+"${CA_MOUNTS[@]}"})
+  : >"$dir/build.log"
   # The build stage is named, so the prune below keeps its layers (the pip install) for the
   # next build: untagged, it would be removed, and every build would install again.
-  podman_ build -q --layers -f "$repo/Dockerfile" --build-arg "BASE=$BASE_IMAGE" ${CA_MOUNTS[@]+"${CA_MOUNTS[@]}"} \
-    --target build -t "$BUILD_STAGE" "$repo" >"$dir/build.log" 2>&1 || { tail -30 "$dir/build.log" >&2; exit 1; }
   # Labels go on the image's configuration only: a new revision reuses every cached layer.
-  podman_ build -q --layers -f "$repo/Dockerfile" --build-arg "BASE=$BASE_IMAGE" ${CA_MOUNTS[@]+"${CA_MOUNTS[@]}"} \
-    --label "org.opencontainers.image.revision=$revision" \
-    --label "org.opencontainers.image.version=${IMAGE##*:}" \
-    --label "org.opencontainers.image.title=queuescaler" \
-    --label "org.opencontainers.image.base.name=$BASE_IMAGE" \
-    -t "$IMAGE" "$repo" >>"$dir/build.log" 2>&1 || { tail -30 "$dir/build.log" >&2; exit 1; }
+  { podman_ "${build[@]}" --target build -t "$BUILD_STAGE" "$repo" \
+    && podman_ "${build[@]}" \
+      --label "org.opencontainers.image.revision=$revision" \
+      --label "org.opencontainers.image.version=${IMAGE##*:}" \
+      --label "org.opencontainers.image.title=queuescaler" \
+      --label "org.opencontainers.image.base.name=$BASE_IMAGE" \
+      -t "$IMAGE" "$repo"; } >>"$dir/build.log" 2>&1 || { tail -30 "$dir/build.log" >&2; exit 1; }
   log "build: done in $((SECONDS - started))s"
   podman_ image prune --force >/dev/null  # earlier builds' layers, in this store only
   facts >&2

@@ -3,7 +3,7 @@
 # group of its own, and an interrupt, CI's SIGTERM or a failure stops every group still running.
 #   background CMD...   start CMD as a job (redirections on the call apply to it); $last_job
 #   job_wait PID        wait for that job: its exit code (a failure under set -e stops the rest)
-#   jobs_traps [CMD]    INT/TERM exit 130/143; on any exit the jobs left are stopped, then CMD
+#   jobs_traps          INT/TERM exit 130/143; on any exit the jobs left are stopped
 running_jobs=()
 
 background() {
@@ -30,8 +30,7 @@ stop_jobs() {
 }
 
 jobs_traps() {
-  # shellcheck disable=SC2064  # CMD is meant to be expanded now
-  trap "stop_jobs; ${1:-:}" EXIT
+  trap stop_jobs EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
 }
