@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from queuescaler.core.decision import (
+    PARKED_FLOOR_FACTOR,
     PROBE_PAUSE_SECONDS,
     Burst,
     Decision,
@@ -320,6 +321,88 @@ def test_capped_floor_message_shows_the_cap() -> None:
 
     assert tick.decide().message == (
         "publish 200/s at 5/s per replica -> 40, capped at 10 (current 8 + ready 15 / 10)"
+    )
+
+
+# --- messages parked in prefetch buffers --------------------------------------------------
+# Messages in flight ask for at most PARKED_FLOOR_FACTOR x the rate floor once the speed is
+# measured: beyond what the workers are working on they are parked, and no new replica can
+# take them. messagesPerReplica is 10 below; 5 msg/s at 10 msg/s a replica needs 1.
+
+
+@pytest.mark.parametrize(
+    ("tick", "replicas"),
+    [
+        pytest.param(
+            # 400 parked in 2 workers would ask for 40; the arrivals need 1, so 2 at most
+            Tick(sample(unacked=400, consumers=2, publish=5), 2, state=measured(10.0)),
+            PARKED_FLOOR_FACTOR * 1,
+            id="parked-piles-ask-for-twice-the-floor",
+        ),
+        pytest.param(
+            # the ready messages can go to new replicas: ceil(100 / 10) on top
+            Tick(sample(ready=100, unacked=400, consumers=2, publish=5), 2,
+                 state=measured(10.0)),
+            10 + PARKED_FLOOR_FACTOR * 1,
+            id="ready-messages-count-in-full",
+        ),
+        pytest.param(
+            # nothing arrives: one replica at least while messages are in flight
+            Tick(sample(unacked=400, consumers=8, publish=0.0), 8, state=measured(10.0)),
+            1,
+            id="no-arrivals-one-replica",
+        ),
+        pytest.param(
+            # a speed not measured yet may be a lower bound: in flight counts in full
+            Tick(sample(unacked=400, consumers=2, publish=5), 2,
+                 state=ScalerState(per_replica_rate=10.0)),
+            40,
+            id="unmeasured-speed-counts-in-full",
+        ),
+        pytest.param(
+            # the AMQP path knows no rates: in flight counts in full
+            Tick(sample(unacked=400, consumers=2, publish=None), 2, state=measured(10.0)),
+            40,
+            id="unknown-publish-rate-counts-in-full",
+        ),
+        pytest.param(
+            Tick(sample(unacked=400, consumers=2, publish=5), 2),
+            40,
+            id="no-speed-counts-in-full",
+        ),
+        pytest.param(
+            # 200 msg/s need 20 replicas: a cap of 40 is above the 8 the backlog asks for
+            Tick(sample(unacked=80, consumers=8, publish=200), 8, state=measured(10.0)),
+            8,
+            id="a-cap-above-the-backlog-changes-nothing",
+        ),
+        pytest.param(
+            # counted only when the source block counts in-flight messages at all
+            Tick(sample(ready=30, unacked=400, consumers=2, publish=5), 2,
+                 settings={"source.rabbitmq.includeUnacked": False}, state=measured(10.0)),
+            3,
+            id="ready-only-backlog-unchanged",
+        ),
+    ],
+)
+def test_parked_messages_ask_for_at_most_twice_the_floor(tick: Tick, replicas: int) -> None:
+    assert tick.decide().replicas == replicas
+
+
+@pytest.mark.parametrize("publish", [-5.0, float("nan"), float("inf")])
+def test_an_absurd_publish_rate_leaves_in_flight_counted_in_full(publish: float) -> None:
+    tick = Tick(sample(unacked=400, consumers=2, publish=publish), 2, state=measured(10.0))
+
+    assert tick.decide().replicas >= 40
+
+
+def test_parked_cap_message_names_what_was_counted() -> None:
+    tick = Tick(sample(ready=100, unacked=400, consumers=2, publish=5), 2,
+                state=measured(10.0))
+
+    assert tick.decide().message == (
+        "backlog 500 / 10 per replica -> 12 (400 in flight counted as 2 replicas at most:"
+        " 2x the publish rate's need, parked messages cannot move)"
     )
 
 
