@@ -401,9 +401,19 @@ def test_parked_cap_message_names_what_was_counted() -> None:
                 state=measured(10.0))
 
     assert tick.decide().message == (
-        "backlog 500 / 10 per replica -> 12 (400 in flight counted as 2 replicas at most:"
-        " 2x the publish rate's need, parked messages cannot move)"
+        "backlog 500 / 10 per replica -> 12 (ready 100 in full, 400 in flight as 2 at most:"
+        " 2 x ceil(publish 5/s / 10/s per replica), prefetched messages cannot move)"
     )
+
+
+def test_without_busy_worker_protection_in_flight_counts_in_full() -> None:
+    # the cap cannot tell tasks in progress from parked messages: only the protection
+    # keeps the pods of the first, so without it 40 running tasks count as 40 / 10
+    queue = sample(unacked=40, consumers=40, publish=0.0)
+    protected = Tick(queue, 40, state=measured(10.0))
+    unprotected = replace(protected, settings={"behavior.scaleDown.protectBusyWorkers": False})
+
+    assert (protected.decide().replicas, unprotected.decide().replicas) == (1, 4)
 
 
 # The per-replica throughput estimate: tests/unit/test_throughput.py.

@@ -110,7 +110,11 @@ piles (a burst parked in one worker of a pool with unlimited prefetch held 69 re
 while it drained); issue 12's worker models: 38 -> 36 rows missed, slow spikes and bursts
 with unlimited prefetch at half the replica-seconds for 1-4% longer p95 waits, no row
 worse. Three times: no row won; once: 42 missed (a pool sized to its floor lets piles
-grow)."""
+grow). Only under `protectBusyWorkers` (review 15: with the protection off, a publish rate
+reading 0 after a batch let the cap stop workers running ten-minute tasks, again and
+again). Left open: a speed read too high keeps a pool with unlimited prefetch short until
+the growing piles measure it again (review 15: tasks 10x slower, p95 +43%); not applying
+the cap while the piles grow took back every row it won."""
 
 _HUGE: Final = 1_000_000_000
 """A recommendation no pool reaches: caps a rate policy whose throughput is near zero
@@ -598,13 +602,15 @@ def _raw_recommendation(
     per_replica = spec.target.messages_per_replica
     uncapped = replicas = -(-backlog // per_replica)
     cap_note = ""
-    parked_cap = _parked_cap(backlog - sample.ready, flow, per_replica_rate, measured,
-                             per_replica)
+    in_flight = backlog - sample.ready
+    parked_cap = (_parked_cap(in_flight, flow, per_replica_rate, measured, per_replica)
+                  if spec.behavior.scale_down.protect_busy_workers else None)
     if parked_cap is not None:
         uncapped = replicas = -(-sample.ready // per_replica) + parked_cap
         cap_note = (
-            f" ({backlog - sample.ready} in flight counted as {parked_cap} replicas at most:"
-            f" {PARKED_FLOOR_FACTOR}x the publish rate's need, parked messages cannot move)"
+            f" (ready {sample.ready} in full, {in_flight} in flight as {parked_cap} at most:"
+            f" {PARKED_FLOOR_FACTOR} x ceil(publish {_rate(flow.publish)}/s"
+            f" / {_rate(per_replica_rate)}/s per replica), prefetched messages cannot move)"
         )
     waiting = sample.backlog_parallelism
     if waiting is not None and replicas > max(waiting, 1):
@@ -681,7 +687,10 @@ def _parked_cap(
 ) -> int | None:
     """The replicas the in-flight part of the backlog may ask for when fewer than it
     would (`PARKED_FLOOR_FACTOR`), else None. Only on a measured speed and a known,
-    non-negative publish rate: otherwise the in-flight part counts in full, as before."""
+    non-negative publish rate: otherwise the in-flight part counts in full, as before.
+    The caller applies it only under `protectBusyWorkers`: the in-flight part holds tasks
+    in progress too, which the cap does not tell from parked ones, and the protection keeps
+    their pods."""
     publish = flow.publish
     if (in_flight <= 0 or not measured or per_replica_rate is None
             or not per_replica_rate > 0.0 or publish is None or not publish >= 0.0):
