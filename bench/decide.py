@@ -579,11 +579,12 @@ def _events(value: float) -> str:
     return f"{value:.1f}" if value < 10 else f"{value:.0f}"
 
 
-def worker_models_table(
-    jobs: int, seeds: Sequence[int] = WORKER_SEEDS
-) -> tuple[list[str], list[str], float]:
-    """The table's lines, a summary of the rows that miss, and the seconds it took."""
-    started = time.perf_counter()
+ModelKey = tuple[str, int, int | None, str]
+"""(trace, concurrency, prefetch, tasks): one row of the worker-model table."""
+
+
+def replay_rows(jobs: int, seeds: Sequence[int]) -> dict[ModelKey, list[Replay]]:
+    """Every trace, task law, worker model and seed replayed on `jobs` processes, by row."""
     work = [
         (index, seed, service)
         for index in range(len(worker_traces(1)))
@@ -592,10 +593,19 @@ def worker_models_table(
     ]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         replays = [r for batch in pool.map(replay_worker_models, work) for r in batch]
-    rows: dict[tuple[str, int, int | None, str], list[Replay]] = {}
+    rows: dict[ModelKey, list[Replay]] = {}
     for replay in replays:
         key = (replay.trace, replay.concurrency, replay.prefetch, replay.service)
         rows.setdefault(key, []).append(replay)
+    return rows
+
+
+def worker_models_table(
+    jobs: int, seeds: Sequence[int] = WORKER_SEEDS
+) -> tuple[list[str], list[str], float]:
+    """The table's lines, a summary of the rows that miss, and the seconds it took."""
+    started = time.perf_counter()
+    rows = replay_rows(jobs, seeds)
     lines = [
         "| trace | prefetch | conc. | tasks | p95 wait (s) ours / KEDA / oracle "
         "| replica-s ours / KEDA / oracle | scale events ours / KEDA / oracle "
@@ -632,7 +642,7 @@ def worker_models_table(
     return lines, summary, time.perf_counter() - started
 
 
-def _model_order(key: tuple[str, int, int | None, str]) -> tuple[int, int, int]:
+def _model_order(key: ModelKey) -> tuple[int, int, int]:
     _, concurrency, prefetch, service = key
     prefetch_rank = PREFETCHES.index(prefetch)
     service_rank = [s.label for s in SERVICES].index(service)

@@ -34,22 +34,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from decide import (
-    CONCURRENCIES,
     MAX_REPLICAS,
     PEEK_EVERY,
-    PREFETCHES,
     SERVICES,
     START_DELAY,
     WARM_UP,
     WORKER_ORACLE_RATIO_LIMIT,
     WORKER_SEEDS,
     Outcome,
-    Replay,
     _mean,
+    _model_order,
     _outcome,
     misses,
     queuescaler_spec,
-    replay_worker_models,
+    replay_rows,
     worker_target,
     worker_traces,
 )
@@ -262,37 +260,18 @@ def frontier(rows: Sequence[Row], seeds: Sequence[int], jobs: int) -> list[str]:
 
 
 def missing_rows(seeds: Sequence[int], jobs: int) -> list[Row]:
-    """The rows where queuescaler's defaults miss the target, as the table finds them."""
-    work = [
-        (index, seed, service)
-        for index in range(len(worker_traces(1)))
-        for service in SERVICES
-        for seed in seeds
-    ]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        replays = [r for batch in pool.map(replay_worker_models, work) for r in batch]
-    groups: dict[Row, list[Replay]] = {}
-    for r in replays:
-        groups.setdefault((r.trace, r.prefetch, r.concurrency, r.service), []).append(r)
+    """The rows where queuescaler's defaults miss the target, in the table's order."""
+    rows = replay_rows(jobs, seeds)
     order = [t.name for t in worker_traces(1)]
-    missing = [
-        row
-        for row, group in groups.items()
-        if misses(
-            _mean([g.ours for g in group]),
-            _mean([g.keda for g in group]),
-            _mean([g.oracle for g in group]),
-        )
-    ]
-    return sorted(
-        missing,
-        key=lambda r: (
-            order.index(r[0]),
-            CONCURRENCIES.index(r[2]),
-            PREFETCHES.index(r[1]),
-            [s.label for s in SERVICES].index(r[3]),
-        ),
-    )
+    missing = []
+    for key in sorted(rows, key=lambda k: (order.index(k[0]), *_model_order(k))):
+        group = rows[key]
+        ours, keda, oracle = (_mean([r.ours for r in group]), _mean([r.keda for r in group]),
+                              _mean([r.oracle for r in group]))
+        if misses(ours, keda, oracle):
+            name, concurrency, prefetch, tasks = key
+            missing.append((name, prefetch, concurrency, tasks))
+    return missing
 
 
 def _parse_row(text: str) -> Row:
