@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from queuescaler.core.decision import (
+    PARKED_BOUND_FACTOR,
     PARKED_FLOOR_FACTOR,
     PROBE_PAUSE_SECONDS,
     Burst,
@@ -326,8 +327,9 @@ def test_capped_floor_message_shows_the_cap() -> None:
 
 # --- messages parked in prefetch buffers --------------------------------------------------
 # Messages in flight ask for at most PARKED_FLOOR_FACTOR x the rate floor once the speed is
-# measured: beyond what the workers are working on they are parked, and no new replica can
-# take them. messagesPerReplica is 10 below; 5 msg/s at 10 msg/s a replica needs 1.
+# measured (PARKED_BOUND_FACTOR x while it is a lower bound): beyond what the workers are
+# working on they are parked, and no new replica can take them. messagesPerReplica is 10
+# below; 5 msg/s at 10 msg/s a replica needs 1.
 
 
 @pytest.mark.parametrize(
@@ -353,11 +355,20 @@ def test_capped_floor_message_shows_the_cap() -> None:
             id="no-arrivals-one-replica",
         ),
         pytest.param(
-            # a speed not measured yet may be a lower bound: in flight counts in full
+            # a speed not measured yet is a lower bound: its floor is at most the need, and
+            # the cap one floor wider
             Tick(sample(unacked=400, consumers=2, publish=5), 2,
                  state=ScalerState(per_replica_rate=10.0)),
-            40,
-            id="unmeasured-speed-counts-in-full",
+            PARKED_BOUND_FACTOR * 1,
+            id="unmeasured-speed-asks-for-three-times-the-floor",
+        ),
+        pytest.param(
+            # a bound far below the speed (a worker of concurrency 4 holding one message
+            # acks a quarter of what it can) only loosens the cap: 5 / 0.5 needs 10, so 30
+            Tick(sample(unacked=400, consumers=2, publish=5), 2,
+                 state=ScalerState(per_replica_rate=0.5)),
+            30,
+            id="a-low-bound-loosens-the-cap",
         ),
         pytest.param(
             # the AMQP path knows no rates: in flight counts in full
@@ -403,6 +414,17 @@ def test_parked_cap_message_names_what_was_counted() -> None:
     assert tick.decide().message == (
         "backlog 500 / 10 per replica -> 12 (ready 100 in full, 400 in flight as 2 at most:"
         " 2 x ceil(publish 5/s / 10/s per replica), prefetched messages cannot move)"
+    )
+
+
+def test_parked_cap_message_says_when_the_speed_is_a_lower_bound() -> None:
+    tick = Tick(sample(unacked=400, consumers=2, publish=5), 2,
+                state=ScalerState(per_replica_rate=10.0))
+
+    assert tick.decide().message.startswith(
+        "backlog 400 / 10 per replica -> 3 (ready 0 in full, 400 in flight as 3 at most:"
+        " 3 x ceil(publish 5/s / 10/s per replica, a lower bound), prefetched messages"
+        " cannot move)"
     )
 
 
