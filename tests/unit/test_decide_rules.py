@@ -327,9 +327,9 @@ def test_capped_floor_message_shows_the_cap() -> None:
 
 # --- messages parked in prefetch buffers --------------------------------------------------
 # Messages in flight ask for at most PARKED_FLOOR_FACTOR x the rate floor once the speed is
-# measured (PARKED_BOUND_FACTOR x while it is a lower bound): beyond what the workers are
-# working on they are parked, and no new replica can take them. messagesPerReplica is 10
-# below; 5 msg/s at 10 msg/s a replica needs 1.
+# measured (PARKED_BOUND_FACTOR x while it is not, at a speed the acks per consumer show
+# now): beyond what the workers are working on they are parked, and no new replica can take
+# them. messagesPerReplica is 10 below; 5 msg/s at 10 msg/s a replica needs 1.
 
 
 @pytest.mark.parametrize(
@@ -355,20 +355,35 @@ def test_capped_floor_message_shows_the_cap() -> None:
             id="no-arrivals-one-replica",
         ),
         pytest.param(
-            # a speed not measured yet is a lower bound: its floor is at most the need, and
-            # the cap one floor wider
-            Tick(sample(unacked=400, consumers=2, publish=5), 2,
+            # not measured: 10 acks/s over 2 consumers show at least 5 a replica now, the
+            # estimate 10; the lower of the two, 5 msg/s needs 1, one floor wider
+            Tick(sample(unacked=400, consumers=2, publish=5, ack=10), 2,
                  state=ScalerState(per_replica_rate=10.0)),
             PARKED_BOUND_FACTOR * 1,
             id="unmeasured-speed-asks-for-three-times-the-floor",
         ),
         pytest.param(
-            # a bound far below the speed (a worker of concurrency 4 holding one message
-            # acks a quarter of what it can) only loosens the cap: 5 / 0.5 needs 10, so 30
-            Tick(sample(unacked=400, consumers=2, publish=5), 2,
+            # an estimate far above the speed (tasks got slower, a restored or edited
+            # status: review 16) caps nothing the acks do not confirm: 20 / 5 needs 4
+            Tick(sample(unacked=400, consumers=2, publish=20, ack=10), 2,
+                 state=ScalerState(per_replica_rate=100.0)),
+            PARKED_BOUND_FACTOR * 4,
+            id="an-estimate-above-the-acks-is-not-trusted",
+        ),
+        pytest.param(
+            # a low speed only loosens the cap: 10 acks/s over 20 consumers, 0.5 a replica;
+            # 5 / 0.5 needs 10, so 30
+            Tick(sample(unacked=400, consumers=20, publish=5, ack=10), 20,
                  state=ScalerState(per_replica_rate=0.5)),
             30,
-            id="a-low-bound-loosens-the-cap",
+            id="a-low-estimate-loosens-the-cap",
+        ),
+        pytest.param(
+            # acks too few to say anything now (3/s: 15 in the 5 s field): in full
+            Tick(sample(unacked=400, consumers=2, publish=5, ack=3), 2,
+                 state=ScalerState(per_replica_rate=10.0)),
+            40,
+            id="unmeasured-without-acks-now-counts-in-full",
         ),
         pytest.param(
             # the AMQP path knows no rates: in flight counts in full
@@ -417,14 +432,14 @@ def test_parked_cap_message_names_what_was_counted() -> None:
     )
 
 
-def test_parked_cap_message_says_when_the_speed_is_a_lower_bound() -> None:
-    tick = Tick(sample(unacked=400, consumers=2, publish=5), 2,
-                state=ScalerState(per_replica_rate=10.0))
+def test_parked_cap_message_says_when_the_speed_is_not_measured() -> None:
+    tick = Tick(sample(unacked=400, consumers=2, publish=20, ack=10), 2,
+                state=ScalerState(per_replica_rate=100.0))
 
     assert tick.decide().message.startswith(
-        "backlog 400 / 10 per replica -> 3 (ready 0 in full, 400 in flight as 3 at most:"
-        " 3 x ceil(publish 5/s / 10/s per replica, a lower bound), prefetched messages"
-        " cannot move)"
+        "backlog 400 / 10 per replica -> 12 (ready 0 in full, 400 in flight as 12 at most:"
+        " 3 x ceil(publish 20/s / 5/s per replica), speed not measured: acks per consumer"
+        " now, prefetched messages cannot move)"
     )
 
 

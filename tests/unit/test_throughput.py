@@ -29,6 +29,7 @@ from queuescaler.core.throughput import (
     RATE_SMOOTHING,
     Flow,
     Reading,
+    acked_per_consumer,
     falling_behind,
     flow_since,
     measures,
@@ -243,6 +244,28 @@ def test_a_lower_bound_never_lowers_the_estimate() -> None:
     # which says nothing of the 3 idle slots: a measured 10/s must stay.
     light = sample(unacked=4, ack=20.0)
     assert per_replica_rate(10.0, history(sample(unacked=4, at=NOW - 15)), light, 4) == 10.0
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "ack", "current", "bound"),
+    [
+        pytest.param(4, 4, 20.0, 4, 5.0, id="acks-over-the-consumers"),
+        pytest.param(8, 4, 20.0, 4, 2.5, id="the-most-consumers-at-either-end"),
+        pytest.param(2, 2, 20.0, 5, 4.0, id="replicas-not-yet-consuming-count"),
+        pytest.param(4, 4, 3.0, 4, None, id="too-few-acks-in-the-field"),
+        pytest.param(4, 4, None, 4, None, id="no-field"),
+        pytest.param(4, 4, -20.0, 4, None, id="negative-field"),
+        pytest.param(4, 4, math.nan, 4, None, id="nan-field"),
+        pytest.param(4, 4, math.inf, 4, None, id="infinite-field"),
+    ],
+)
+def test_acks_per_consumer_bound_the_speed_now(
+    before: int, now: int, ack: float | None, current: int, bound: float | None
+) -> None:
+    # what the parked cap divides by while the speed is not measured: never above what
+    # the busiest consumer could have done since the last poll
+    readings = history(sample(consumers=before, at=NOW - 15))
+    assert acked_per_consumer(readings, sample(consumers=now, ack=ack), current) == bound
 
 
 def test_a_lower_bound_above_the_estimate_raises_it() -> None:

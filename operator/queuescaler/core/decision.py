@@ -31,6 +31,7 @@ from queuescaler.core.throughput import (
     STATS_WINDOW,
     Flow,
     Reading,
+    acked_per_consumer,
     falling_behind,
     flow_since,
     measures,
@@ -117,17 +118,20 @@ the growing piles measure it again (review 15: tasks 10x slower, p95 +43%); not 
 the cap while the piles grow took back every row it won."""
 
 PARKED_BOUND_FACTOR: Final = 3
-"""`PARKED_FLOOR_FACTOR` for a speed not measured yet, known only as a lower bound (acks per
-consumer, or Little's law over a minute): the floor it gives is at most the need, never
-below it, so the cap holds at least as many replicas as a measured speed's would. One more
-floor's worth, as the bound may be far below the speed or rest on tasks faster than
-today's. Without it a pool that was never saturated counted its piles in full: with
-unlimited prefetch the piles parked on the first pods of a flood held 57 replicas for
-minutes while one pod drained them (the pool never fell behind, so the speed was never
-measured). Issue 12's worker models, whole table, 10 seeds: 36 -> 34 rows missed
-(slow spikes, prefetch 16, concurrency 1), the floods with unlimited prefetch at 30-33%
-fewer replica-seconds and slow spikes with prefetch 16 at 12-19% fewer. Twice and four
-times: 35 and 36 (a diurnal row whose p95 sits within 0.1 s of KEDA's flips either way)."""
+"""`PARKED_FLOOR_FACTOR` while the speed is not measured yet. The cap then divides by the
+lower of the estimate and this poll's acks per consumer (`acked_per_consumer`), and not
+at all without the latter. The estimate alone may sit above the speed: while unmeasured it
+is only ever raised, so it keeps a speed from before tasks got slower, one restored from
+status, or one lifted by noise (review 16: tasks 20x slower, p95 45 -> 819 s; a restored
+speed 100x too high, 439 -> 1,740 s). No consumer acks more than a replica can, so that
+speed is at most today's and the floor from it at least the need. One floor wider than
+measured: fewer rows changed (twice: 35 rows missed, steady loads with unlimited prefetch
+up to 10% longer p95; four times: 36). Without any cap, a pool never saturated counted its
+piles in full: with unlimited prefetch the piles parked on the first pods of a flood held
+57 replicas for minutes while one pod drained them. Issue 12's worker models, 10 seeds:
+36 -> 35 rows missed (slow spikes, prefetch 16, concurrency 1, met), floods with unlimited
+prefetch at concurrency 1 29% fewer replica-seconds, p95 at most 5% longer (no row met
+lost); review 16's scenarios as before the rule."""
 
 _HUGE: Final = 1_000_000_000
 """A recommendation no pool reaches: caps a rate policy whose throughput is near zero
@@ -286,6 +290,10 @@ def decide(
         # A saturated poll is trusted for itself (the pool is short now: no probe, and
         # the floor may lift it); the speed it reads is trusted from the second on.
         measured = _measured(state, saturated) or saturated
+        parked_speed = rate
+        if rate is not None and not measured:
+            now_at_least = acked_per_consumer(readings, sample, current_replicas)
+            parked_speed = None if now_at_least is None else min(rate, now_at_least)
         probing = (
             not measured and not falling_behind(readings, sample)
             and not _probe_failed_lately(state, now)
@@ -294,6 +302,7 @@ def decide(
         decision = _decide_with_sample(
             spec, sample, flow, current_replicas, state, now, busy_workers, rate, busy_note,
             probing=probing, probe_unsure=unsure, measured=measured, restored=state.restored,
+            parked_speed=parked_speed,
         )
     if spec.paused:
         return _paused(decision, current_replicas)
@@ -521,10 +530,12 @@ def _decide_with_sample(
     probe_unsure: bool = False,
     measured: bool = True,
     restored: bool = False,
+    parked_speed: float | None = None,
 ) -> Decision:
     recommendation, reason, message = _raw_recommendation(
         spec, sample, flow, current, rate,
         probing=probing, probe_unsure=probe_unsure, measured=measured,
+        parked_speed=parked_speed,
     )
     raw_reason = reason
     changes: list[str] = []
@@ -582,6 +593,7 @@ def _raw_recommendation(
     probing: bool = False,
     probe_unsure: bool = False,
     measured: bool = True,
+    parked_speed: float | None = None,
 ) -> tuple[int, Reason, str]:
     """The policies' answer before any damping; the largest of them wins.
 
@@ -592,9 +604,9 @@ def _raw_recommendation(
     messages one window, 7 the next) would otherwise add replicas on noise alone.
 
     Messages in flight count in the backlog up to `PARKED_FLOOR_FACTOR` times the rate
-    floor (`PARKED_BOUND_FACTOR` while the speed is only a lower bound): beyond what
-    workers are working on they are parked in their prefetch buffers, and no new replica
-    can take them.
+    floor at `parked_speed` (`PARKED_BOUND_FACTOR` times while the speed is not measured;
+    the caller passes a speed the acks show now, or None): beyond what workers are working
+    on they are parked in their prefetch buffers, and no new replica can take them.
 
     At zero replicas only a backlog of `activation.messages` or more gives a non-zero
     answer. Zero itself is answered only when nothing is ready, in flight or published
@@ -617,15 +629,16 @@ def _raw_recommendation(
     uncapped = replicas = -(-backlog // per_replica)
     cap_note = ""
     in_flight = backlog - sample.ready
-    parked_cap = (_parked_cap(in_flight, flow, per_replica_rate, measured, per_replica)
+    parked_cap = (_parked_cap(in_flight, flow, parked_speed, measured, per_replica)
                   if spec.behavior.scale_down.protect_busy_workers else None)
     if parked_cap is not None:
         uncapped = replicas = -(-sample.ready // per_replica) + parked_cap
         cap_note = (
             f" (ready {sample.ready} in full, {in_flight} in flight as {parked_cap} at most:"
             f" {PARKED_FLOOR_FACTOR if measured else PARKED_BOUND_FACTOR}"
-            f" x ceil(publish {_rate(flow.publish)}/s / {_rate(per_replica_rate)}/s per replica"
-            f"{'' if measured else ', a lower bound'}), prefetched messages cannot move)"
+            f" x ceil(publish {_rate(flow.publish)}/s / {_rate(parked_speed)}/s per replica)"
+            f"{'' if measured else ', speed not measured: acks per consumer now'},"
+            " prefetched messages cannot move)"
         )
     waiting = sample.backlog_parallelism
     if waiting is not None and replicas > max(waiting, 1):

@@ -232,21 +232,30 @@ def _lower_bound(
     """The better of the two lower bounds (module docstring), None when neither says
     anything yet."""
     previous = readings[-1] if readings else None
-    field = _sane(sample.ack_rate)
-    per_consumer = None
-    if field and field * STATS_WINDOW >= MIN_COUNTED:
-        # acks per consumer, the most there were at either end: no consumer does more
-        # than a replica can, whatever happened between the polls
-        before = previous.consumers if previous else 0
-        per_consumer = field / max(1, before, sample.consumers, current_replicas)
-        if previous and previous.ready and sample.ready:
-            return per_consumer  # work waited throughout: every consumer was busy
+    per_consumer = acked_per_consumer(readings, sample, current_replicas)
+    if per_consumer is not None and previous and previous.ready and sample.ready:
+        return per_consumer  # work waited throughout: every consumer was busy
     if not readings:
         return per_consumer
     counted = _counted_bound(readings, sample, current_replicas, poll_seconds)
     if counted is None or (per_consumer is not None and per_consumer > counted):
         return per_consumer
     return counted
+
+
+def acked_per_consumer(
+    readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int
+) -> float | None:
+    """The ack rate field over the most consumers there were at either end, when it rests
+    on `MIN_COUNTED` messages, else None: a lower bound of one replica's speed *now* (no
+    consumer does more than a replica can, whatever happened between the polls), where
+    the estimate is the highest bound ever seen. Early acks can lift it for a window: a
+    Celery pod starting acks its first `concurrency` tasks at once."""
+    field = _sane(sample.ack_rate)
+    if not field or field * STATS_WINDOW < MIN_COUNTED:
+        return None
+    before = readings[-1].consumers if readings else 0
+    return field / max(1, before, sample.consumers, current_replicas)
 
 
 def _counted_bound(
