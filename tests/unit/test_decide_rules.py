@@ -371,6 +371,14 @@ def test_capped_floor_message_shows_the_cap() -> None:
             id="an-estimate-above-the-acks-is-not-trusted",
         ),
         pytest.param(
+            # the estimate, lower than the acks now (5 a consumer), is the one divided by:
+            # this poll raises 2 to 2.6 (RATE_SMOOTHING), 5 / 2.6 needs 2, so 6 (not 3)
+            Tick(sample(unacked=400, consumers=2, publish=5, ack=10), 2,
+                 state=ScalerState(per_replica_rate=2.0)),
+            PARKED_BOUND_FACTOR * 2,
+            id="the-lower-of-estimate-and-acks",
+        ),
+        pytest.param(
             # a low speed only loosens the cap: 10 acks/s over 20 consumers, 0.5 a replica;
             # 5 / 0.5 needs 10, so 30
             Tick(sample(unacked=400, consumers=20, publish=5, ack=10), 20,
@@ -438,8 +446,8 @@ def test_parked_cap_message_says_when_the_speed_is_not_measured() -> None:
 
     assert tick.decide().message.startswith(
         "backlog 400 / 10 per replica -> 12 (ready 0 in full, 400 in flight as 12 at most:"
-        " 3 x ceil(publish 20/s / 5/s per replica), speed not measured: acks per consumer"
-        " now, prefetched messages cannot move)"
+        " 3 x ceil(publish 20/s / 5/s per replica), speed not measured: the lower of its"
+        " estimate 100/s and 5/s acked per consumer now, prefetched messages cannot move)"
     )
 
 

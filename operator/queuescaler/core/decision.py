@@ -124,7 +124,9 @@ at all without the latter. The estimate alone may sit above the speed: while unm
 is only ever raised, so it keeps a speed from before tasks got slower, one restored from
 status, or one lifted by noise (review 16: tasks 20x slower, p95 45 -> 819 s; a restored
 speed 100x too high, 439 -> 1,740 s). No consumer acks more than a replica can, so that
-speed is at most today's and the floor from it at least the need. One floor wider than
+speed is at most today's, but for brief or small excesses (review 17: early acks as a pod
+starts, pods in warm shutdown acking without a consumer, a counter reset, statistics
+older than the poll: about 2x at most, or one window) the factor absorbs. One floor wider than
 measured: fewer rows changed (twice: 35 rows missed, steady loads with unlimited prefetch
 up to 10% longer p95; four times: 36). Without any cap, a pool never saturated counted its
 piles in full: with unlimited prefetch the piles parked on the first pods of a flood held
@@ -290,10 +292,8 @@ def decide(
         # A saturated poll is trusted for itself (the pool is short now: no probe, and
         # the floor may lift it); the speed it reads is trusted from the second on.
         measured = _measured(state, saturated) or saturated
-        parked_speed = rate
-        if rate is not None and not measured:
-            now_at_least = acked_per_consumer(readings, sample, current_replicas)
-            parked_speed = None if now_at_least is None else min(rate, now_at_least)
+        acked_now = (None if measured
+                     else acked_per_consumer(readings, sample, current_replicas))
         probing = (
             not measured and not falling_behind(readings, sample)
             and not _probe_failed_lately(state, now)
@@ -302,7 +302,7 @@ def decide(
         decision = _decide_with_sample(
             spec, sample, flow, current_replicas, state, now, busy_workers, rate, busy_note,
             probing=probing, probe_unsure=unsure, measured=measured, restored=state.restored,
-            parked_speed=parked_speed,
+            acked_now=acked_now,
         )
     if spec.paused:
         return _paused(decision, current_replicas)
@@ -530,12 +530,12 @@ def _decide_with_sample(
     probe_unsure: bool = False,
     measured: bool = True,
     restored: bool = False,
-    parked_speed: float | None = None,
+    acked_now: float | None = None,
 ) -> Decision:
     recommendation, reason, message = _raw_recommendation(
         spec, sample, flow, current, rate,
         probing=probing, probe_unsure=probe_unsure, measured=measured,
-        parked_speed=parked_speed,
+        acked_now=acked_now,
     )
     raw_reason = reason
     changes: list[str] = []
@@ -593,7 +593,7 @@ def _raw_recommendation(
     probing: bool = False,
     probe_unsure: bool = False,
     measured: bool = True,
-    parked_speed: float | None = None,
+    acked_now: float | None = None,
 ) -> tuple[int, Reason, str]:
     """The policies' answer before any damping; the largest of them wins.
 
@@ -604,9 +604,10 @@ def _raw_recommendation(
     messages one window, 7 the next) would otherwise add replicas on noise alone.
 
     Messages in flight count in the backlog up to `PARKED_FLOOR_FACTOR` times the rate
-    floor at `parked_speed` (`PARKED_BOUND_FACTOR` times while the speed is not measured;
-    the caller passes a speed the acks show now, or None): beyond what workers are working
-    on they are parked in their prefetch buffers, and no new replica can take them.
+    floor once the speed is measured: beyond what workers are working on they are parked in
+    their prefetch buffers, and no new replica can take them. While it is not,
+    `PARKED_BOUND_FACTOR` times the floor at the lower of the estimate and `acked_now`
+    (`throughput.acked_per_consumer`), and no cap without the latter.
 
     At zero replicas only a backlog of `activation.messages` or more gives a non-zero
     answer. Zero itself is answered only when nothing is ready, in flight or published
@@ -629,16 +630,23 @@ def _raw_recommendation(
     uncapped = replicas = -(-backlog // per_replica)
     cap_note = ""
     in_flight = backlog - sample.ready
-    parked_cap = (_parked_cap(in_flight, flow, parked_speed, measured, per_replica)
+    cap_speed = per_replica_rate
+    speed_note = ""
+    if not measured:
+        cap_speed = (None if per_replica_rate is None or acked_now is None
+                     else min(per_replica_rate, acked_now))
+        speed_note = (f", speed not measured: the lower of its estimate"
+                      f" {_rate(per_replica_rate)}/s and {_rate(acked_now)}/s"
+                      " acked per consumer now")
+    parked_cap = (_parked_cap(in_flight, flow, cap_speed, measured, per_replica)
                   if spec.behavior.scale_down.protect_busy_workers else None)
     if parked_cap is not None:
         uncapped = replicas = -(-sample.ready // per_replica) + parked_cap
         cap_note = (
             f" (ready {sample.ready} in full, {in_flight} in flight as {parked_cap} at most:"
             f" {PARKED_FLOOR_FACTOR if measured else PARKED_BOUND_FACTOR}"
-            f" x ceil(publish {_rate(flow.publish)}/s / {_rate(parked_speed)}/s per replica)"
-            f"{'' if measured else ', speed not measured: acks per consumer now'},"
-            " prefetched messages cannot move)"
+            f" x ceil(publish {_rate(flow.publish)}/s / {_rate(cap_speed)}/s per replica)"
+            f"{speed_note}, prefetched messages cannot move)"
         )
     waiting = sample.backlog_parallelism
     if waiting is not None and replicas > max(waiting, 1):

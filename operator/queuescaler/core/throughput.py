@@ -246,11 +246,13 @@ def _lower_bound(
 def acked_per_consumer(
     readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int
 ) -> float | None:
-    """The ack rate field over the most consumers there were at either end, when it rests
-    on `MIN_COUNTED` messages, else None: a lower bound of one replica's speed *now* (no
-    consumer does more than a replica can, whatever happened between the polls), where
-    the estimate is the highest bound ever seen. Early acks can lift it for a window: a
-    Celery pod starting acks its first `concurrency` tasks at once."""
+    """The ack rate field over the most consumers (or replicas) there were at either end,
+    when it rests on `MIN_COUNTED` messages, else None: a lower bound of one replica's
+    speed *now* (no consumer does more than a replica can), where the estimate is the
+    highest bound ever seen. Not a strict one: early acks as a pod starts (its first
+    `concurrency` tasks at once), pods in warm shutdown acking without a consumer, a
+    counter reset, or statistics older than the poll lift it, for a window or by about 2x
+    at most. A worker consuming k queues of one QueueScaler counts k times: lower."""
     field = _sane(sample.ack_rate)
     if not field or field * STATS_WINDOW < MIN_COUNTED:
         return None
