@@ -55,6 +55,12 @@ def measured(rate: float) -> ScalerState:
     return ScalerState(per_replica_rate=rate, rate_measured=True)
 
 
+def unmeasured(rate: float) -> ScalerState:
+    """A per-replica rate only ever raised by lower bounds (never seen saturated), as a
+    status restored after a restart also gives it."""
+    return ScalerState(per_replica_rate=rate)
+
+
 @dataclass(frozen=True)
 class Tick:
     """One call of decide(): the spec as settings over LOOSE (or over the defaults)."""
@@ -357,39 +363,34 @@ def test_capped_floor_message_shows_the_cap() -> None:
         pytest.param(
             # not measured: 10 acks/s over 2 consumers show at least 5 a replica now, the
             # estimate 10; the lower of the two, 5 msg/s needs 1, one floor wider
-            Tick(sample(unacked=400, consumers=2, publish=5, ack=10), 2,
-                 state=ScalerState(per_replica_rate=10.0)),
+            Tick(sample(unacked=400, consumers=2, publish=5, ack=10), 2, state=unmeasured(10.0)),
             PARKED_BOUND_FACTOR * 1,
             id="unmeasured-speed-asks-for-three-times-the-floor",
         ),
         pytest.param(
             # an estimate far above the speed (tasks got slower, a restored or edited
             # status: review 16) caps nothing the acks do not confirm: 20 / 5 needs 4
-            Tick(sample(unacked=400, consumers=2, publish=20, ack=10), 2,
-                 state=ScalerState(per_replica_rate=100.0)),
+            Tick(sample(unacked=400, consumers=2, publish=20, ack=10), 2, state=unmeasured(100.0)),
             PARKED_BOUND_FACTOR * 4,
             id="an-estimate-above-the-acks-is-not-trusted",
         ),
         pytest.param(
             # the estimate, lower than the acks now (5 a consumer), is the one divided by:
             # this poll raises 2 to 2.6 (RATE_SMOOTHING), 5 / 2.6 needs 2, so 6 (not 3)
-            Tick(sample(unacked=400, consumers=2, publish=5, ack=10), 2,
-                 state=ScalerState(per_replica_rate=2.0)),
+            Tick(sample(unacked=400, consumers=2, publish=5, ack=10), 2, state=unmeasured(2.0)),
             PARKED_BOUND_FACTOR * 2,
             id="the-lower-of-estimate-and-acks",
         ),
         pytest.param(
             # a low speed only loosens the cap: 10 acks/s over 20 consumers, 0.5 a replica;
             # 5 / 0.5 needs 10, so 30
-            Tick(sample(unacked=400, consumers=20, publish=5, ack=10), 20,
-                 state=ScalerState(per_replica_rate=0.5)),
+            Tick(sample(unacked=400, consumers=20, publish=5, ack=10), 20, state=unmeasured(0.5)),
             30,
             id="a-low-estimate-loosens-the-cap",
         ),
         pytest.param(
             # acks too few to say anything now (3/s: 15 in the 5 s field): in full
-            Tick(sample(unacked=400, consumers=2, publish=5, ack=3), 2,
-                 state=ScalerState(per_replica_rate=10.0)),
+            Tick(sample(unacked=400, consumers=2, publish=5, ack=3), 2, state=unmeasured(10.0)),
             40,
             id="unmeasured-without-acks-now-counts-in-full",
         ),
@@ -442,7 +443,7 @@ def test_parked_cap_message_names_what_was_counted() -> None:
 
 def test_parked_cap_message_says_when_the_speed_is_not_measured() -> None:
     tick = Tick(sample(unacked=400, consumers=2, publish=20, ack=10), 2,
-                state=ScalerState(per_replica_rate=100.0))
+                state=unmeasured(100.0))
 
     assert tick.decide().message.startswith(
         "backlog 400 / 10 per replica -> 12 (ready 0 in full, 400 in flight as 12 at most:"
@@ -662,7 +663,7 @@ def test_the_window_never_shrinks_below_two_statistics_intervals() -> None:
 def test_an_unmeasured_rate_floor_holds_half() -> None:
     # A Celery pool at concurrency 4, lightly loaded, never saturated: its rate is a lower
     # bound, so the floor lets the pool shrink until work waits and the speed is measured.
-    tick = Tick(sample(unacked=8, publish=40), 8, state=ScalerState(per_replica_rate=5.0))
+    tick = Tick(sample(unacked=8, publish=40), 8, state=unmeasured(5.0))
     decision = tick.decide()
     assert decision.recommendation == 4
     assert "less 4 to learn the replicas' speed" in decision.message
