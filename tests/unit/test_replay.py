@@ -3,6 +3,7 @@ of `queuescaler simulate` and `queuescaler recommend` (sim/replay.py, sim/tuning
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from queuescaler.core.spec import SpecError
 from queuescaler.sim import replay as sim
 from queuescaler.sim import tuning
 from queuescaler.sim.traces import NAMED, bursts, steady
+from queuescaler.sim.traffic import MOVE_HORIZON, publish_rates_timed_by_backlog
 from queuescaler.sim.tuning import DRAIN, MESSAGES_PER_REPLICA, STABILIZATION, recommend
 
 pytestmark = pytest.mark.unit
@@ -354,5 +356,128 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_replayed_pool_is_set_against_the_recorded_one_second_by_second() -> None:
     like = sim.likeness((1, 2, 4, 4, 1), (1.0, None, 2.0, 4.0, 1.0))
-    assert like == sim.Likeness(mean_difference=0.5, within_one=0.75, peaks=(4, 4))
+    assert like == sim.Likeness(mean_difference=0.5, within_one=0.75, late_by=0,
+                                within_one_late=0.75, peaks=(4, 4))
     assert sim.likeness((1, 2), (None, None)) is None
+
+
+STEP_UP_AND_DOWN = (0.0,) * 10 + (5.0,) * 10 + (0.0,) * 20
+
+
+@pytest.mark.parametrize(
+    ("late", "late_by", "share"),
+    [
+        pytest.param(3, 3, 1.0, id="late by 3 s: matched 3 s earlier"),
+        pytest.param(sim.LIKENESS_LAG, sim.LIKENESS_LAG, 1.0, id="late by the most it may be"),
+        pytest.param(sim.LIKENESS_LAG + 3, sim.LIKENESS_LAG, 34 / 40, id="later than that"),
+        pytest.param(-3, 0, 34 / 40, id="early: not forgiven"),
+    ],
+)
+def test_a_replayed_pool_late_by_a_statistics_interval_matches_taken_that_much_earlier(
+    late: int, late_by: int, share: float
+) -> None:
+    """The replayed arrivals come from a publish rate that is late: the pool that scales the
+    same way a few seconds later matches once taken that much earlier."""
+    replayed = ((0,) * (10 + late) + (5,) * 10 + (0,) * 30)[:40]
+    like = sim.likeness(replayed, STEP_UP_AND_DOWN)
+    assert like is not None
+    assert like.within_one == (40 - 2 * abs(late)) / 40
+    assert (like.late_by, like.within_one_late) == (late_by, share)
+
+
+def test_a_flapping_pool_does_not_match_at_any_lag() -> None:
+    """One lag for the whole recording: a pool that swings through the recorded count does
+    not match because it passes near it every few seconds."""
+    recorded = tuple(float(2 + 6 * (second // 10 % 2)) for second in range(60))
+    flapping = tuple(second % 11 for second in range(60))
+    like = sim.likeness(flapping, recorded)
+    assert like is not None
+    assert like.within_one_late < 0.4
+
+
+TIMES = tuple(2.0 * point for point in range(12))
+
+
+def messages(rates: tuple[float, ...], times: tuple[float, ...] = TIMES) -> float:
+    spans = [b - a for a, b in itertools.pairwise(times)]
+    return sum(rate * span for rate, span in zip(rates, [*spans, spans[-1]], strict=True))
+
+
+def test_a_burst_the_backlog_saw_first_is_moved_back_to_it_from_the_late_rate() -> None:
+    """As recorded on the integration test's run: 200 messages land at once, the rate reads
+    0 for three more points, then 40/s for 6 s (240 counted: RabbitMQ's rate overshoots)."""
+    rates = (0.0,) * 5 + (40.0,) * 3 + (0.0,) * 4
+    backlog = (0.0, 0.0, 200.0, 170.0, 131.0, 91.0, 45.0, 5.0, 0.0, 0.0, 0.0, 0.0)
+    timed, notes = publish_rates_timed_by_backlog(TIMES, rates, backlog)
+    assert timed == (0.0, 100.0, 0.0, 0.0, 0.0, 0.0, 0.0, 20.0, 0.0, 0.0, 0.0, 0.0)
+    assert messages(timed) == messages(rates)
+    assert notes == (f"200 messages moved up to {MOVE_HORIZON:g} s earlier, to where the "
+                     "backlog grew (a publish rate is measured over time already past)",)
+
+
+def test_a_burst_on_top_of_steady_traffic_moves_only_the_rates_rise() -> None:
+    rates = (10.0,) * 4 + (60.0,) * 2 + (10.0,) * 6
+    backlog = (0.0, 0.0, 100.0, 80.0, 60.0, 40.0, 20.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    timed, _ = publish_rates_timed_by_backlog(TIMES, rates, backlog)
+    assert timed == (10.0, 50.0, 10.0, 10.0, 20.0, 60.0) + (10.0,) * 6
+    assert messages(timed) == messages(rates)
+
+
+@pytest.mark.parametrize(
+    "backlog",
+    [
+        pytest.param((), id="no backlog series"),
+        pytest.param((None,) * 12, id="no backlog points"),
+        pytest.param((5.0,) * 12, id="flat: the pool keeps up"),
+        pytest.param(tuple(100.0 - 8 * point for point in range(12)), id="draining"),
+        pytest.param((0.0, 8.0, None, 30.0) + (0.0,) * 8, id="growth the rate already counts"),
+        pytest.param((0.0, 500.0) + (0.0,) * 10, id="a burst in the first interval"),
+        pytest.param((5e4,) * 5 + (1e3,) + (5e4,) * 6, id="one queue did not answer, then did"),
+        pytest.param((10.0,) * 5 + (1e12,) + (10.0,) * 6, id="one absurd reading"),
+    ],
+)
+def test_rates_the_backlog_does_not_contradict_are_kept_exactly(
+    backlog: tuple[float | None, ...]
+) -> None:
+    """Steady traffic has no rise to move: a dip that recovers, or an absurd reading, moves
+    nothing; the first interval's rate seeds the warm-up and is not raised."""
+    rates = (10.0,) * 6 + tuple(10.0 - point / 3 for point in range(6))
+    assert publish_rates_timed_by_backlog(TIMES, rates, backlog) == (rates, ())
+
+
+def test_what_the_rate_never_counted_is_not_made_up() -> None:
+    rates = (0.0,) * 12
+    assert publish_rates_timed_by_backlog(TIMES, rates, (0.0,) * 3 + (600.0,) * 9) == (rates, ())
+
+
+def test_messages_move_only_from_intervals_ending_within_the_horizon() -> None:
+    """A rate that rises 20 s after the growth is not this burst."""
+    rates = (0.0,) * 10 + (50.0,) * 2
+    backlog = (0.0, 0.0, 100.0) + (100.0,) * 9
+    assert publish_rates_timed_by_backlog(TIMES, rates, backlog) == (rates, ())
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        pytest.param((0.0, 15.0, 30.0, 45.0, 60.0, 75.0), id="steps as long as the horizon"),
+        pytest.param((0.0, 2.0, 4.0, 3604.0, 3606.0, 3608.0), id="an hour's gap"),
+    ],
+)
+def test_nothing_moves_across_gaps_or_coarse_steps(times: tuple[float, ...]) -> None:
+    rates = (0.0, 0.0, 0.0, 40.0, 40.0, 0.0)
+    backlog = (0.0, 0.0, 300.0, 300.0, 0.0, 0.0)
+    assert publish_rates_timed_by_backlog(times, rates, backlog) == (rates, ())
+
+
+def test_rounding_moves_nothing_and_says_nothing() -> None:
+    """Prometheus' millisecond times and rates filled from the backlog's growth."""
+    times = tuple(round(1_700_000_000.123 + 7 * point, 3) for point in range(12))
+    backlog = tuple(float(3 * point) for point in range(12))
+    rates = tuple(3 / 7 for _ in range(12))
+    assert publish_rates_timed_by_backlog(times, rates, backlog) == (rates, ())
+
+
+def test_an_absurd_rate_is_left_as_recorded() -> None:
+    rates = (0.0, 0.0, 1e308, 0.0)
+    assert publish_rates_timed_by_backlog(TIMES[:4], rates, (0.0, 0.0, 9.0, 0.0)) == (rates, ())

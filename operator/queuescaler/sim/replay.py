@@ -33,16 +33,16 @@ from queuescaler.sim.estimation import (
 from queuescaler.sim.peers import MANAGEMENT_API_DELAY, KedaQueueLengthPolicy
 from queuescaler.sim.simulator import OraclePolicy, Policy, QueueScalerPolicy, simulate
 from queuescaler.sim.traces import Trace, poisson_arrivals
-from queuescaler.sim.traffic import Traffic, TrafficError, traffic_from_csv
+from queuescaler.sim.traffic import GAP_STEPS, Traffic, TrafficError, traffic_from_csv
 from queuescaler.sim.workers import WorkerModel
 from queuescaler.sources.registry import parse_spec
 
 # The traffic and the worker model are re-exported: `queuescaler simulate` reads one module.
 __all__ = [
     "DEFAULT_CONCURRENCY", "DEFAULT_POD_START_DELAY", "DEFAULT_PREFETCH",
-    "DEFAULT_SERVICE_SECONDS", "FIRST_MINUTE", "KEDA", "MESSAGE_LEVEL_LIMIT", "ORACLE", "OURS",
-    "POLICY_WORDS", "WARM_UP", "Given", "Likeness", "Progress", "Recorded", "Replay",
-    "ReplayModel", "Run", "Traffic", "TrafficError", "Workload", "World", "choose_world",
+    "DEFAULT_SERVICE_SECONDS", "FIRST_MINUTE", "KEDA", "LIKENESS_LAG", "MESSAGE_LEVEL_LIMIT",
+    "ORACLE", "OURS", "POLICY_WORDS", "WARM_UP", "Given", "Likeness", "Progress", "Recorded",
+    "Replay", "ReplayModel", "Run", "Traffic", "TrafficError", "Workload", "World", "choose_world",
     "estimate_model", "initial_replicas", "likeness", "recorded", "replay", "replay_ours",
     "share_of", "traffic_from_csv", "workload_from_trace", "workload_from_traffic",
 ]
@@ -53,10 +53,12 @@ costs a few microseconds a message and each policy replays the whole trace."""
 PEEK_EVERY: Final = 1.0
 """The operator's fast path (on by default) looks at live counts between samples; the
 simulator steps whole seconds."""
-GAP_STEPS: Final = 3
-"""A spacing of more than this many usual steps between two points is a gap (the series
-was not recorded); its seconds hold the last rate and the notes count them."""
 FIRST_MINUTE: Final = 60
+LIKENESS_LAG: Final = 5
+"""The most seconds the replayed pool is taken earlier when set against the recorded one: its
+arrivals come from a publish rate that is late (RabbitMQ's by a statistics interval, 5 s by
+default), moved back only where the backlog showed a burst, so it may follow the real pool
+by up to about that much."""
 WARM_UP: Final = 60
 """Seconds replayed before a recording starts, not counted: its first rate, then its first
 backlog. A policy's first look at a simulated broker finds nothing (the simulator records
@@ -228,20 +230,39 @@ class Likeness:
     """Mean of |replayed - recorded| replicas."""
     within_one: float
     """Share of the seconds whose replayed count was within one replica of the recorded."""
+    late_by: int
+    """The lag, 0 to `LIKENESS_LAG` s, at which the replayed pool taken that much earlier is
+    within one replica of the recorded in the most seconds (the smallest on a tie): one lag for
+    the whole recording, so a pool that merely passes near the recorded one does not match."""
+    within_one_late: float
+    """`within_one` at that lag."""
     peaks: tuple[int, int]
     """The highest count, replayed and recorded."""
 
 
 def likeness(replayed: Sequence[int], recorded: Sequence[float | None]) -> Likeness | None:
     """`replayed` against `recorded`, both from the first counted second on."""
-    pairs = [(r, round(k)) for r, k in zip(replayed, recorded, strict=False) if k is not None]
+    pairs = [(second, r, round(k))
+             for second, (r, k) in enumerate(zip(replayed, recorded, strict=False))
+             if k is not None]
     if not pairs:
         return None
-    differences = [abs(r - k) for r, k in pairs]
+    differences = [abs(r - k) for _, r, k in pairs]
+    last = len(replayed) - 1
+
+    def within_one_at(lag: int) -> float:
+        """The replayed count `lag` s later (the last one past the end) against each recorded."""
+        return sum(1 for second, _, k in pairs
+                   if abs(replayed[min(second + lag, last)] - k) <= 1) / len(pairs)
+
+    shares = [within_one_at(lag) for lag in range(LIKENESS_LAG + 1)]
+    late_by = shares.index(max(shares))
     return Likeness(
         mean_difference=sum(differences) / len(pairs),
-        within_one=sum(1 for d in differences if d <= 1) / len(pairs),
-        peaks=(max(r for r, _ in pairs), max(k for _, k in pairs)),
+        within_one=shares[0],
+        late_by=late_by,
+        within_one_late=shares[late_by],
+        peaks=(max(r for _, r, _ in pairs), max(k for _, _, k in pairs)),
     )
 
 

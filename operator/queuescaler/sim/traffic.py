@@ -236,3 +236,62 @@ def publish_rates_filled(
         notes.append(f"{held:,} point{'s' if held > 1 else ''} without a recorded publish rate "
                      "or backlog held the rate before them")
     return tuple(filled), tuple(notes)
+
+
+
+GAP_STEPS: Final = 3
+"""A spacing of more than this many usual steps between two points is a gap (the series
+was not recorded); its seconds hold the last rate and the notes count them."""
+MOVE_HORIZON: Final = 15.0
+"""How far back a recorded publish rate's messages may be moved to the point where the
+backlog grew: RabbitMQ's rate is a statistics interval (5 s) late and held over the next one,
+and the operator's series are a poll and a scrape behind that (measured on the integration
+test's runs: 6 to 12 s)."""
+MOVE_AT_LEAST: Final = 0.5
+"""Shortfalls below half a message are rounding, not a burst."""
+
+
+def publish_rates_timed_by_backlog(
+    times: tuple[float, ...], rates: tuple[float, ...], backlog: tuple[float | None, ...]
+) -> tuple[tuple[float, ...], tuple[str, ...]]:
+    """The recorded messages, moved earlier where the backlog grew before the publish rate
+    counted them. A rate is measured over time already past, so a burst shows in the backlog
+    first (ready + unacked grow only by publishes) and in the rate seconds later. Where the
+    backlog grew between two points by more than the rate counted, the rise of the rate over
+    the next `MOVE_HORIZON` s above its level then moves back, up to the growth: a shift in
+    time only, never a message added or lost, and steady traffic has no rise to move (a dip
+    in the backlog that recovers moves nothing). Not across gaps, not with steps longer than
+    the horizon, not into the first interval (its rate seeds the replay's warm-up); points
+    untouched keep their rate exactly."""
+    if not backlog or len(times) < 2:
+        return rates, ()
+    spans = [b - a for a, b in itertools.pairwise(times)]
+    usual = statistics.median(spans)
+    spans.append(usual)  # the last point holds one usual step, as replayed
+    counted = [rate * span for rate, span in zip(rates, spans, strict=True)]
+    if not all(math.isfinite(c) for c in counted):
+        return rates, ()
+    movable = [span <= GAP_STEPS * usual for span in spans]
+    touched: set[int] = set()
+    moved = 0.0
+    for i, (now, after) in enumerate(itertools.pairwise(backlog)):
+        if i == 0 or now is None or after is None or not movable[i]:
+            continue
+        missing = after - now - counted[i]
+        later = i + 1
+        while (missing > MOVE_AT_LEAST and later < len(times) and movable[later]
+               and times[later] + spans[later] <= times[i + 1] + MOVE_HORIZON):
+            taken = min(missing, counted[later] - rates[i] * spans[later])
+            if taken > 0:
+                counted[later] -= taken
+                counted[i] += taken
+                missing -= taken
+                moved += taken
+                touched.update((i, later))
+            later += 1
+    if round(moved) == 0:
+        return rates, ()
+    timed = tuple(counted[i] / spans[i] if i in touched else rate for i, rate in enumerate(rates))
+    return timed, (f"{moved:,.0f} message{'' if round(moved) == 1 else 's'} moved up to "
+                   f"{MOVE_HORIZON:g} s earlier, to where the backlog grew (a publish rate is "
+                   "measured over time already past)",)

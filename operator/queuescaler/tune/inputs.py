@@ -33,6 +33,7 @@ from queuescaler.sim.traffic import (
     MAX_REPLAY_SECONDS,
     plausible_service,
     publish_rates_filled,
+    publish_rates_timed_by_backlog,
     replay_limit_words,
     service_bounds_words,
 )
@@ -424,6 +425,8 @@ def traffic_from_prometheus(
 
     backlog = aligned("backlog")
     rates, notes = publish_rates_filled(times, aligned("publish_rate"), backlog)
+    rates, moved = publish_rates_timed_by_backlog(times, rates, backlog)
+    notes += moved
     try:
         return sim.Traffic(
             name=scaler.key,

@@ -148,6 +148,7 @@ def _likeness(result: sim.Replay) -> list[str]:
         return []
     return [
         f"queuescaler replayed against the recorded pool: {like.within_one:.0%} of the seconds "
-        f"within one replica, {like.mean_difference:.2f} replicas apart on average, peak "
-        f"{like.peaks[0]} replayed against {like.peaks[1]} recorded",
+        f"within one replica ({like.within_one_late:.0%} taken {like.late_by} s earlier, the "
+        f"best of 0 to {sim.LIKENESS_LAG} s), {like.mean_difference:.2f} replicas apart on "
+        f"average, peak {like.peaks[0]} replayed against {like.peaks[1]} recorded",
     ]
