@@ -238,7 +238,6 @@ def publish_rates_filled(
     return tuple(filled), tuple(notes)
 
 
-
 GAP_STEPS: Final = 3
 """A spacing of more than this many usual steps between two points is a gap (the series
 was not recorded); its seconds hold the last rate and the notes count them."""
