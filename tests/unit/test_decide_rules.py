@@ -652,6 +652,21 @@ def test_a_drained_burst_goes_within_two_polls_a_noise_dip_waits() -> None:
     assert decision.replicas == 40, decision.message
 
 
+def test_a_backlog_that_outbids_the_rate_floor_keeps_the_floors_window() -> None:
+    # A property test found it: on an empty queue the rate floor (0.5 msg/s: its reading
+    # rests on few messages, 10 / sqrt(20) = 2.2 replicas of chance) held 10 replicas for
+    # the 10 s-old recommendation; 10 messages ready outbid the floor by one replica and,
+    # with the backlog's smaller chance, shortened the window past it: 2 replicas. More
+    # backlog must never give fewer replicas; the rate's chance counts whenever it has a
+    # reading.
+    settings = {"pollingIntervalSeconds": 5, "target.messagesPerReplica": 5,
+                "behavior.scaleDown.stabilizationSeconds": 60}
+    state = dataclasses.replace(measured(0.5), recommendations=history((10, 10)))
+    empty = Tick(sample(publish=0.5, consumers=10), 10, settings, state).decide()
+    waiting = Tick(sample(ready=10, publish=0.5, consumers=10), 10, settings, state).decide()
+    assert (empty.replicas, waiting.replicas) == (10, 10), (empty.message, waiting.message)
+
+
 def test_the_window_never_shrinks_below_two_statistics_intervals() -> None:
     # polls a second apart read one 5 s snapshot of unacked several times: two polls are
     # not two observations (review): the floor is 10 s, not 2

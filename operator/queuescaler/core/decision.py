@@ -466,8 +466,10 @@ def _rate_noise(flow: Flow, current: int, reason: Reason) -> float | None:
     size: its publish rate rests on about publish x 5 s messages (at least `MIN_COUNTED`,
     as core.throughput reads it), one standard deviation of which is 1 / sqrt of that. None
     when the rate policy did not decide."""
-    if reason is not Reason.RATE:
-        return None
+    return _publish_noise(flow, current) if reason is Reason.RATE else None
+
+
+def _publish_noise(flow: Flow, current: int) -> float:
     counted = max(float(MIN_COUNTED), (flow.publish or 0.0) * STATS_WINDOW)
     return current / math.sqrt(counted)
 
@@ -532,7 +534,7 @@ def _decide_with_sample(
     restored: bool = False,
     acked_now: float | None = None,
 ) -> Decision:
-    recommendation, reason, message = _raw_recommendation(
+    recommendation, reason, message, rate_answer = _raw_recommendation(
         spec, sample, flow, current, rate,
         probing=probing, probe_unsure=probe_unsure, measured=measured,
         acked_now=acked_now,
@@ -550,6 +552,8 @@ def _decide_with_sample(
     # The HPA's pipeline: each stage sees the number the previous one left, and may change
     # it with a reason. Waking a pool from zero skips the damping (activation is apart).
     rate_noise = _rate_noise(flow, current, raw_reason)
+    outbid = (None if raw_reason is Reason.RATE or rate_answer is None
+              else (rate_answer, _publish_noise(flow, current)))
     burst_over = _burst_over(spec, state, sample, flow, now) and _sure_drop(
         spec, recommendation, current, rate_noise)
     stages: list[Callable[[int], _Change | None]] = [] if waking else [
@@ -557,7 +561,7 @@ def _decide_with_sample(
                                  rate_noise=rate_noise,
                                  full_window=sample.scaling_pauses,
                                  watching_since=_watching_since(state, now),
-                                 burst_over=burst_over),
+                                 burst_over=burst_over, outbid_rate=outbid),
         lambda n: _cooldown(spec, n, current, state, now, burst_over),
     ]
     stages += [
@@ -594,8 +598,10 @@ def _raw_recommendation(
     probe_unsure: bool = False,
     measured: bool = True,
     acked_now: float | None = None,
-) -> tuple[int, Reason, str]:
-    """The policies' answer before any damping; the largest of them wins.
+) -> tuple[int, Reason, str, int | None]:
+    """The policies' answer before any damping; the largest of them wins. Also the rate
+    policy's own answer (None without a speed or a publish rate), which
+    `_stabilization` insures even when another policy asked for more.
 
     The rate floor `ceil(publish / perReplicaRate)` keeps a pool that keeps pace from
     shrinking, but lifts a pool only as far as the messages waiting justify: at most
@@ -625,7 +631,7 @@ def _raw_recommendation(
     activation = spec.activation.messages
     if current == 0 and not activates(spec, sample):
         message = f"backlog {backlog} below activation {activation}: staying at zero"
-        return 0, Reason.IDLE, message
+        return 0, Reason.IDLE, message, None
     per_replica = spec.target.messages_per_replica
     uncapped = replicas = -(-backlog // per_replica)
     cap_note = ""
@@ -659,6 +665,7 @@ def _raw_recommendation(
     publish = flow.publish or 0.0  # unknown counts as zero (the AMQP path knows no rates)
     winner = "backlog"
     floor_note = ""
+    rate_answer = None
     if per_replica_rate is not None and per_replica_rate > 0.0:
         floor = _replicas_for(publish / per_replica_rate)
         # A speed only known as a lower bound makes the floor an upper bound of the need:
@@ -682,6 +689,9 @@ def _raw_recommendation(
                 drain, _ = _probe(drain, current, probe_unsure)
             if drain > replicas:
                 replicas, reason, winner = drain, Reason.RATE, "drain"
+            floor = max(floor, drain)
+        if flow.publish is not None:
+            rate_answer = floor
     if winner == "backlog":
         message = f"backlog {backlog} / {per_replica} per replica -> {uncapped}{cap_note}"
     elif winner == "floor":
@@ -707,11 +717,11 @@ def _raw_recommendation(
             replicas = 1
             message += ", kept at 1 while messages are in flight or arriving"
         else:
-            return 0, Reason.IDLE, "queue idle (nothing ready, in flight or published) -> 0"
+            return 0, Reason.IDLE, "queue idle (nothing ready, in flight or published) -> 0", None
     if current == 0:
         message = f"backlog {backlog} >= activation {activation}: waking, {message}"
-        return replicas, Reason.ACTIVATION, message
-    return replicas, reason, message
+        return replicas, Reason.ACTIVATION, message, rate_answer
+    return replicas, reason, message, rate_answer
 
 
 def _parked_cap(
@@ -789,6 +799,19 @@ def _tolerance(spec: QueueScalerSpec, recommendation: int, current: int) -> str 
     return f"within tolerance {spec.behavior.tolerance:g} of current {current}: holding"
 
 
+def _down_window(
+    spec: QueueScalerSpec, current: int, recommendation: int, rate_noise: float | None
+) -> float:
+    """The scale-down window for this drop (see `_stabilization`)."""
+    window = spec.behavior.scale_down.stabilization_seconds
+    floor = max(MIN_POLLS_IN_WINDOW * spec.polling_interval_seconds, MIN_WINDOW_SECONDS)
+    drop, chance = current - recommendation, _chance(spec, current, rate_noise)
+    divisor = max(1.0, drop - NOISE_SIGMAS * chance)
+    if rate_noise is None:
+        divisor *= max(1.0, drop - SURE_SIGMAS * chance)
+    return min(window, max(window / divisor, floor))
+
+
 def _stabilization(
     spec: QueueScalerSpec,
     recommendation: int,
@@ -799,6 +822,7 @@ def _stabilization(
     full_window: bool = False,
     watching_since: float | None = None,
     burst_over: bool = False,
+    outbid_rate: tuple[int, float] | None = None,
 ) -> _Change | None:
     """The HPA's stabilization: shrink no lower than the highest recommendation of the
     scale-down window, grow no higher than the lowest of the scale-up window; this
@@ -825,17 +849,21 @@ def _stabilization(
     Kafka group's rebalance does) keeps the whole window for every scale-down: a drop that
     is surely no noise still costs a pause of the whole pool, so it waits for the window,
     and a new QueueScaler (`watching_since`) waits one whole window from its first tick.
+
+    `outbid_rate` (the rate policy's answer and its publish rate's noise, when another
+    policy asked for more): the window is at least the one that answer would have had. More
+    backlog must never give fewer replicas (a property test found 10 replicas held on an
+    empty queue by the rate floor's window, 2 kept with 10 messages ready: the backlog's
+    answer one replica above the floor, with a shorter window).
     """
     behavior = spec.behavior
     up_window = behavior.scale_up.stabilization_seconds
     up_cutoff = now - up_window
     window = behavior.scale_down.stabilization_seconds
-    floor = max(MIN_POLLS_IN_WINDOW * spec.polling_interval_seconds, MIN_WINDOW_SECONDS)
-    drop, chance = current - recommendation, _chance(spec, current, rate_noise)
-    divisor = max(1.0, drop - NOISE_SIGMAS * chance)
-    if rate_noise is None:
-        divisor *= max(1.0, drop - SURE_SIGMAS * chance)
-    down_window = window if full_window else min(window, max(window / divisor, floor))
+    down_window = window if full_window else _down_window(spec, current, recommendation,
+                                                          rate_noise)
+    if outbid_rate is not None:
+        down_window = max(down_window, _down_window(spec, current, *outbid_rate))
     down_cutoff = now - down_window
     if burst_over:
         # A sure drop once the burst that grew the pool is over (`_burst_over`): the past
