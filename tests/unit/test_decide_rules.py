@@ -667,6 +667,36 @@ def test_a_backlog_that_outbids_the_rate_floor_keeps_the_floors_window() -> None
     assert (empty.replicas, waiting.replicas) == (10, 10), (empty.message, waiting.message)
 
 
+def test_a_burst_end_goes_at_once_only_if_the_rate_floor_would_go_too() -> None:
+    # Review: the burst of 100 msg/s is acked and nothing is ready; at 3 msg/s the rate
+    # floor's drop 10 -> 3 is no sure drop against its noise, so it keeps its window; 11
+    # messages in flight tied the floor and, sure against the backlog's smaller chance,
+    # went to 3 at once: the window and the cooldown skipped for more work.
+    settings = {"behavior.scaleDown.stabilizationSeconds": 300, "target.messagesPerReplica": 5,
+                "behavior.scaleDown.cooldownSeconds": 300}
+    spec_source = make_spec({**LOOSE, **settings}).source
+    state = ScalerState(per_replica_rate=1.0, rate_measured=True,
+                        recommendations=history((100, 10)), last_scale_time=ago(100),
+                        last_scale_up_time=ago(100), burst=Burst(1000, 100.0),
+                        readings=(Reading(NOW - 15, 0, 10, 1, 0, 1000, 1000),),
+                        readings_of=spec_source)
+    done = replace(sample(consumers=10, publish=3.0, ack=3.0), published_total=1100,
+                   acked_total=1100)
+    for unacked in (0, 11, 16):
+        decision = Tick(replace(done, unacked=unacked), 10, settings, state).decide()
+        assert decision.replicas == 10, (unacked, decision.message)
+
+
+def test_a_rate_answer_of_zero_insures_nothing() -> None:
+    # publish 0.0 with a known speed: the floor asks for nothing, so no window of its own
+    # (it held 20 replicas 54 s, against the backlog's 30 s)
+    settings = {"target.messagesPerReplica": 100, "behavior.scaleDown.stabilizationSeconds": 600}
+    state = replace(measured(1.0), recommendations=history((40, 20)))
+    quiet = Tick(sample(ready=100, consumers=20, publish=0.0), 20, settings, state).decide()
+    unknown = Tick(sample(ready=100, consumers=20), 20, settings, state).decide()
+    assert quiet.replicas == unknown.replicas == 1, (quiet.message, unknown.message)
+
+
 def test_the_window_never_shrinks_below_two_statistics_intervals() -> None:
     # polls a second apart read one 5 s snapshot of unacked several times: two polls are
     # not two observations (review): the floor is 10 s, not 2

@@ -456,7 +456,8 @@ def _sure_drop(
 def _chance(spec: QueueScalerSpec, current: int, rate_noise: float | None) -> float:
     """One standard deviation of the replicas chance moves a pool this size by: its
     backlog's (about current x messagesPerReplica messages), or its publish rate's when the
-    rate policy decided (`_rate_noise`), whichever is larger."""
+    rate policy's answer is the one damped (`_rate_noise`, `_publish_noise`), whichever is
+    larger."""
     chance = math.sqrt(current / spec.target.messages_per_replica)
     return chance if rate_noise is None else max(chance, rate_noise)
 
@@ -470,6 +471,7 @@ def _rate_noise(flow: Flow, current: int, reason: Reason) -> float | None:
 
 
 def _publish_noise(flow: Flow, current: int) -> float:
+    """`_rate_noise`'s figure, whichever policy decided."""
     counted = max(float(MIN_COUNTED), (flow.publish or 0.0) * STATS_WINDOW)
     return current / math.sqrt(counted)
 
@@ -552,10 +554,13 @@ def _decide_with_sample(
     # The HPA's pipeline: each stage sees the number the previous one left, and may change
     # it with a reason. Waking a pool from zero skips the damping (activation is apart).
     rate_noise = _rate_noise(flow, current, raw_reason)
-    outbid = (None if raw_reason is Reason.RATE or rate_answer is None
+    outbid = (None if raw_reason is Reason.RATE or not rate_answer
               else (rate_answer, _publish_noise(flow, current)))
-    burst_over = _burst_over(spec, state, sample, flow, now) and _sure_drop(
-        spec, recommendation, current, rate_noise)
+    burst_over = (
+        _burst_over(spec, state, sample, flow, now)
+        and _sure_drop(spec, recommendation, current, rate_noise)
+        and (outbid is None or _sure_drop(spec, outbid[0], current, outbid[1]))
+    )
     stages: list[Callable[[int], _Change | None]] = [] if waking else [
         lambda n: _stabilization(spec, n, current, state.recommendations, now,
                                  rate_noise=rate_noise,
@@ -600,8 +605,9 @@ def _raw_recommendation(
     acked_now: float | None = None,
 ) -> tuple[int, Reason, str, int | None]:
     """The policies' answer before any damping; the largest of them wins. Also the rate
-    policy's own answer (None without a speed or a publish rate), which
-    `_stabilization` insures even when another policy asked for more.
+    policy's own answer (the larger of the floor and the drain, capped as the answer is;
+    None without a speed or a publish rate, 0 on a publish rate of 0), whose scale-down
+    window `_stabilization` keeps when another policy ties or outbids it.
 
     The rate floor `ceil(publish / perReplicaRate)` keeps a pool that keeps pace from
     shrinking, but lifts a pool only as far as the messages waiting justify: at most
@@ -706,6 +712,8 @@ def _raw_recommendation(
             f" at {_rate(per_replica_rate)}/s per replica -> {replicas}"
         )
     limit = sample.parallelism
+    if limit is not None and rate_answer is not None:
+        rate_answer = min(rate_answer, max(limit, 1))
     if limit is not None and replicas > max(limit, 1):
         replicas = max(limit, 1)
         message += (
@@ -850,11 +858,13 @@ def _stabilization(
     is surely no noise still costs a pause of the whole pool, so it waits for the window,
     and a new QueueScaler (`watching_since`) waits one whole window from its first tick.
 
-    `outbid_rate` (the rate policy's answer and its publish rate's noise, when another
-    policy asked for more): the window is at least the one that answer would have had. More
-    backlog must never give fewer replicas (a property test found 10 replicas held on an
-    empty queue by the rate floor's window, 2 kept with 10 messages ready: the backlog's
-    answer one replica above the floor, with a shorter window).
+    `outbid_rate` (the rate policy's answer of at least one replica and its publish rate's
+    noise, when another policy tied or outbid it): the window is at least the one that
+    answer would have had, so that, for one speed estimate, more backlog does not give fewer
+    replicas (a property test found 10 replicas held on an empty queue by the rate floor's
+    window, 2 kept with 10 messages ready: the backlog's answer one replica above the
+    floor, with a shorter window). A burst's end then goes at once only if the drop is sure
+    for that answer too.
     """
     behavior = spec.behavior
     up_window = behavior.scale_up.stabilization_seconds
@@ -862,8 +872,10 @@ def _stabilization(
     window = behavior.scale_down.stabilization_seconds
     down_window = window if full_window else _down_window(spec, current, recommendation,
                                                           rate_noise)
-    if outbid_rate is not None:
-        down_window = max(down_window, _down_window(spec, current, *outbid_rate))
+    floors_window = ""
+    if outbid_rate is not None and _down_window(spec, current, *outbid_rate) > down_window:
+        down_window = _down_window(spec, current, *outbid_rate)
+        floors_window = f", the rate's answer of {outbid_rate[0]}"
     down_cutoff = now - down_window
     if burst_over:
         # A sure drop once the burst that grew the pool is over (`_burst_over`): the past
@@ -891,7 +903,7 @@ def _stabilization(
     elif recommendation < current:
         note = (
             f"held at {stabilized} by scaleDown.stabilizationSeconds"
-            f" (highest recommendation of {_rate(down_window)}s)"
+            f" (highest recommendation of {_rate(down_window)}s{floors_window})"
         )
     else:
         note = (
