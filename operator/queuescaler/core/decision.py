@@ -688,6 +688,7 @@ def _raw_recommendation(
             floor_note += probe_note
         if floor > replicas:
             replicas, reason, winner = floor, Reason.RATE, "floor"
+        answer = floor
         drain_seconds = spec.target.drain_seconds
         if drain_seconds is not None:
             drain = _replicas_for((publish + backlog / drain_seconds) / per_replica_rate)
@@ -695,9 +696,9 @@ def _raw_recommendation(
                 drain, _ = _probe(drain, current, probe_unsure)
             if drain > replicas:
                 replicas, reason, winner = drain, Reason.RATE, "drain"
-            floor = max(floor, drain)
+            answer = max(answer, drain)
         if flow.publish is not None:
-            rate_answer = floor
+            rate_answer = answer
     if winner == "backlog":
         message = f"backlog {backlog} / {per_replica} per replica -> {uncapped}{cap_note}"
     elif winner == "floor":
@@ -873,9 +874,11 @@ def _stabilization(
     down_window = window if full_window else _down_window(spec, current, recommendation,
                                                           rate_noise)
     floors_window = ""
-    if outbid_rate is not None and _down_window(spec, current, *outbid_rate) > down_window:
-        down_window = _down_window(spec, current, *outbid_rate)
-        floors_window = f", the rate's answer of {outbid_rate[0]}"
+    if outbid_rate is not None:
+        rates_window = _down_window(spec, current, *outbid_rate)
+        if rates_window > down_window:
+            down_window = rates_window
+            floors_window = f", the rate's answer of {outbid_rate[0]}"
     down_cutoff = now - down_window
     if burst_over:
         # A sure drop once the burst that grew the pool is over (`_burst_over`): the past
