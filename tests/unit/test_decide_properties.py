@@ -11,10 +11,18 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from queuescaler.core.decision import Decision, Recommendation, ScalerState, decide, next_state
+from queuescaler.core.decision import (
+    Burst,
+    Decision,
+    Recommendation,
+    ScalerState,
+    decide,
+    next_state,
+)
 from queuescaler.core.sample import QueueSample
 from queuescaler.core.spec import QueueScalerSpec
 from queuescaler.core.status import TickOutcome, build_status, state_from_status
+from queuescaler.core.throughput import Reading
 from queuescaler.sources.registry import parse_spec
 
 pytestmark = pytest.mark.unit
@@ -99,6 +107,47 @@ def states(draw: st.DrawFn) -> ScalerState:
         ),
         consecutive_failures=draw(st.integers(0, 6)),
         per_replica_rate=draw(st.none() | st.floats(0.01, 100.0)),
+    )
+
+
+@st.composite
+def rich_samples(draw: st.DrawFn) -> QueueSample:
+    """`samples` with what the other brokers and the counters add: partitions, a pool
+    that pauses on resizes, cumulative counts."""
+    return replace(
+        draw(samples()),
+        parallelism=draw(st.none() | st.integers(0, 20)),
+        backlog_parallelism=draw(st.none() | st.integers(0, 20)),
+        scaling_pauses=draw(st.booleans()),
+        published_total=1100,
+        acked_total=draw(st.sampled_from([None, 950, 1100])),
+    )
+
+
+@st.composite
+def rich_states(draw: st.DrawFn, spec: QueueScalerSpec) -> ScalerState:
+    """`states` with what a run learns: a speed measured or not, kept readings, a
+    burst, a probe that failed. The readings show nothing ready: a poll after one with
+    work ready may measure the speed, new knowledge that can lower the rate floor (a
+    faster pool needs fewer replicas), which the monotone property is not about."""
+    count = draw(st.integers(0, 3))
+    readings = tuple(
+        Reading(NOW - 15.0 * (count - index), 0, draw(st.integers(1, 20)),
+                draw(st.integers(1, 20)), draw(counts(60)), 1000 + 10 * index,
+                1000 + 10 * index)
+        for index in range(count)
+    )
+    return replace(
+        draw(states()),
+        rate_measured=draw(st.booleans()),
+        saturated_polls=draw(st.integers(0, 1)),
+        readings=readings,
+        readings_of=spec.source,
+        probe_failed_at=draw(st.none() | st.just(NOW - 10.0)),
+        last_scale_up_time=draw(st.none() | st.floats(0.0, 1000.0).map(lambda age: NOW - age)),
+        burst=draw(st.none() | st.builds(Burst, st.integers(900, 1100), st.floats(0.0, 200.0))),
+        burst_ended_at=draw(st.none() | st.just(NOW - 1000.0)),
+        watching_since=draw(st.none() | st.just(NOW - 5.0)),
     )
 
 
@@ -195,6 +244,41 @@ def test_no_scale_within_a_cooldown(
     st.integers(0, 200),
 )
 def test_more_backlog_never_gives_fewer_replicas(
+    spec: QueueScalerSpec,
+    queue: QueueSample,
+    current: int,
+    state: ScalerState,
+    busy: int | None,
+    more_ready: int,
+    more_unacked: int,
+) -> None:
+    assert_more_backlog_never_fewer(spec, queue, current, state, busy, more_ready, more_unacked)
+
+
+@PROPERTY
+@given(
+    st.data(),
+    specs(),
+    rich_samples(),
+    replica_counts,
+    busy_counts,
+    st.integers(0, 3) | st.integers(0, 1000),
+    st.integers(0, 3) | st.integers(0, 200),
+)
+def test_more_backlog_never_gives_fewer_replicas_whatever_the_run_learnt(
+    data: st.DataObject,
+    spec: QueueScalerSpec,
+    queue: QueueSample,
+    current: int,
+    busy: int | None,
+    more_ready: int,
+    more_unacked: int,
+) -> None:
+    state = data.draw(rich_states(spec))
+    assert_more_backlog_never_fewer(spec, queue, current, state, busy, more_ready, more_unacked)
+
+
+def assert_more_backlog_never_fewer(
     spec: QueueScalerSpec,
     queue: QueueSample,
     current: int,

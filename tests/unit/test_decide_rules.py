@@ -240,6 +240,18 @@ def test_a_pool_falling_behind_does_not_probe() -> None:
     assert keeping.recommendation == 6  # the pile shrank: probing may go on (8 - 2)
 
 
+def test_work_waiting_beside_a_growing_pile_does_not_turn_the_probe_on() -> None:
+    # review 18: nothing ready, the pile grew 10 -> 40 and the floor held 10; one message
+    # ready as well turned the probe on and took the pool to 5 (more work, fewer replicas)
+    grew_from = Reading(NOW - 15, 0, 10, 10, 10, None, None)
+    state = ScalerState(per_replica_rate=1.0, readings=(grew_from,))
+    big = {"target.messagesPerReplica": 100}
+    for ready in (0, 1, 30):
+        queue = QueueSample(ready, 40, 10, NOW, publish_rate=10.0, ack_rate=10.0)
+        decision = Tick(queue, 10, big, state).decide()
+        assert decision.replicas == 10 and "to learn" not in decision.message, decision.message
+
+
 # --- rate floor -----------------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ from queuescaler.core.throughput import (
     per_replica_rate,
     remember,
     saturated,
+    work_piling_up,
 )
 
 pytestmark = pytest.mark.unit
@@ -468,6 +469,18 @@ def test_falling_behind_is_a_backlog_growing_beyond_chance() -> None:
     assert not falling_behind((), sample(unacked=5900))
     few = history(sample(unacked=2, at=NOW - 15))
     assert not falling_behind(few, sample(unacked=12))  # a light pool's noise
+
+
+def test_work_piling_up_counts_the_messages_ready_now_as_held() -> None:
+    """falling_behind asks for nothing ready now (outrun measures the speed on it); the
+    probe's question counts ready work too, so more of it never turns the probe on."""
+    before = history(sample(unacked=6000, at=NOW - 150), sample(unacked=6050, at=NOW - 15))
+    assert not falling_behind(before, sample(ready=1, unacked=6200))
+    assert work_piling_up(before, sample(ready=1, unacked=6200))
+    assert work_piling_up(before, sample(ready=150, unacked=6050))
+    assert not work_piling_up(before, sample(ready=50, unacked=6050))  # within 2 sigma
+    waited = history(sample(ready=3, unacked=6000, at=NOW - 15))
+    assert not work_piling_up(waited, sample(ready=300, unacked=6000))  # saturated's to tell
 
 
 def test_a_pile_growing_with_nothing_ready_measures_the_speed() -> None:

@@ -32,11 +32,11 @@ from queuescaler.core.throughput import (
     Flow,
     Reading,
     acked_per_consumer,
-    falling_behind,
     flow_since,
     measures,
     per_replica_rate,
     remember,
+    work_piling_up,
 )
 
 _EPSILON: Final = 1e-9
@@ -295,7 +295,7 @@ def decide(
         acked_now = (None if measured
                      else acked_per_consumer(readings, sample, current_replicas))
         probing = (
-            not measured and not falling_behind(readings, sample)
+            not measured and not work_piling_up(readings, sample)
             and not _probe_failed_lately(state, now)
         )
         unsure = state.probe_unknown_until is not None and now < state.probe_unknown_until

@@ -313,18 +313,31 @@ def measures(
 
 
 def falling_behind(readings: tuple[Reading, ...], sample: QueueSample) -> bool:
-    """Whether, with nothing ready at any kept reading, the messages held per consumer grew
-    over them by more than chance (at least `MIN_COUNTED` messages in all, and two standard
-    deviations of a count that size): a pool that may not shrink to learn its speed. With
+    """Whether, with nothing ready now or at any kept reading, the messages held per
+    consumer grew over the readings by more than chance (`_grew_beyond_chance`). With
     unlimited prefetch nothing stays ready, and a growing pile of unacknowledged messages
-    is all that shows it is short."""
-    if not readings or sample.ready or any(r.ready or not r.consumers for r in readings):
+    is all that shows a pool working flat out (`outrun` measures its speed then)."""
+    return not sample.ready and _grew_beyond_chance(readings, sample.unacked, sample.consumers)
+
+
+def work_piling_up(readings: tuple[Reading, ...], sample: QueueSample) -> bool:
+    """`falling_behind` with the messages ready now counted as held: a pool that may not
+    shrink to learn its speed. Work waiting now never makes a pool look less short
+    (review 18: one ready message beside a pile that had grown by 30 turned the probe on,
+    and the floor of 10 replicas that an empty queue held went to 5)."""
+    return _grew_beyond_chance(readings, sample.ready + sample.unacked, sample.consumers)
+
+
+def _grew_beyond_chance(readings: tuple[Reading, ...], held: int, consumers: int) -> bool:
+    """Whether `held` messages across `consumers` grew over the kept readings, all with
+    nothing ready, by at least `MIN_COUNTED` in all and two standard deviations of a count
+    that size."""
+    if not readings or any(r.ready or not r.consumers for r in readings):
         return False  # work waiting in the queue (the backlog policy sees it), or a start
     first = readings[0]
-    consumers = max(1, sample.consumers)
     # per consumer: a pool that grew holds more prefetched messages without falling behind
-    before = first.backlog * consumers / max(1, first.consumers)
-    grown = sample.unacked - before
+    before = first.backlog * max(1, consumers) / max(1, first.consumers)
+    grown = held - before
     return grown >= MIN_COUNTED and grown > 2.0 * math.sqrt(before)
 
 
