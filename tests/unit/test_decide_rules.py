@@ -465,7 +465,7 @@ def test_parked_cap_message_says_when_the_speed_is_not_measured() -> None:
 
 
 PILES = {"target.messagesPerReplica": 40}
-"""At 2 msg/s a replica, a consumer's pile drains within 6 x 40 / 2 = 120 s."""
+"""At 2 msg/s a replica, a consumer's pile drains within 5 x 40 / 2 = 100 s."""
 
 
 @pytest.mark.parametrize(
@@ -473,8 +473,8 @@ PILES = {"target.messagesPerReplica": 40}
     [
         pytest.param(
             # 20 msg/s at 2 each: floor 10, the backlog 310 / 40 asks 8; piles of 30
-            # beyond the task each runs drain within 120 s at 2 - 30/120 = 1.75 spare a
-            # replica: 20 / 1.75 -> 12
+            # beyond the task each runs drain within 100 s at 2 - 30/100 = 1.7 spare a
+            # replica: 20 / 1.7 -> 12
             Tick(sample(unacked=310, consumers=10, publish=20), 10, PILES, measured(2.0)),
             12,
             id="piles-drain-within-their-time",
@@ -531,12 +531,56 @@ def test_piles_on_a_speed_not_measured_are_left_to_the_other_policies() -> None:
     assert "piles of" not in tick.decide().message
 
 
+def test_piles_wait_for_a_speed_measured_before_this_poll() -> None:
+    # review 19: this poll's own saturation (a pile growing with nothing ready) hangs on one
+    # ready message; had it switched the rule on, one more message gave fewer replicas
+    growing = (Reading(NOW - 30, 0, 10, 10, 100, None, None),
+               Reading(NOW - 15, 0, 10, 10, 200, None, None))
+    once = replace(unmeasured(2.0), saturated_polls=1, readings=growing)
+    for ready in (0, 1):
+        queue = sample(ready=ready, unacked=310, consumers=10, publish=20, ack=20)
+        decision = Tick(queue, 10, PILES, once).decide()
+        assert "piles of" not in decision.message, decision.message
+
+
+def test_piles_wait_for_this_run_after_a_restart() -> None:
+    # review 19: a restarted run reads the thin 5 s rate field, the run that kept going
+    # counted it; the rule, unlike the floor, grows a pool with nothing ready
+    restored = replace(measured(2.0), restored=True)
+    tick = Tick(sample(unacked=310, consumers=10, publish=20), 10, PILES, restored)
+
+    assert tick.decide().replicas == 10
+
+
+@pytest.mark.parametrize(
+    ("unacked", "consumers", "publish"),
+    [
+        (29, 10, 20),  # 19 parked in all: a few messages between polls
+        (16, 2, 4),  # 8 tasks running on each of 2 prefork workers, none parked
+        (11, 10, 19),  # a pile that asks no more than the floor's own 10
+    ],
+)
+def test_small_piles_leave_the_floor_to_decide(
+    unacked: int, consumers: int, publish: float
+) -> None:
+    tick = Tick(sample(unacked=unacked, consumers=consumers, publish=publish), 10, PILES,
+                measured(2.0))
+
+    assert "piles of" not in tick.decide().message
+
+
+def test_piles_message_says_when_twice_the_floor_caps_it() -> None:
+    tick = Tick(sample(unacked=402, consumers=2, publish=20), 10, PILES, measured(2.0))
+
+    assert ", capped at 20 (publish 20/s" in tick.decide().message
+
+
 def test_piles_message_says_how_long_and_how_many() -> None:
     tick = Tick(sample(unacked=310, consumers=10, publish=20), 10, PILES, measured(2.0))
 
     assert tick.decide().message == (
         "backlog 310 / 40 per replica -> 8, piles of 30.0 a consumer (310 in flight on 10)"
-        " drain within 120s at 12 (publish 20/s, 2/s per replica; at most 2 x the rate floor)"
+        " drain within 100s at 12 (publish 20/s, 2/s per replica; at most 2 x the rate floor)"
     )
 
 
