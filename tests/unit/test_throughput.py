@@ -134,6 +134,16 @@ def test_counters_that_cannot_be_differenced_leave_the_rate_fields(
     assert flow_since(history(before), now) == Flow(2.0, 1.0), why
 
 
+def test_a_publish_rate_is_firm_on_enough_messages_or_a_minute_of_counters() -> None:
+    """Review 20: a run that restarted, or whose queues changed, has no minute of readings:
+    its publish rate is the thin 5 s field, which the pile rule must not act on."""
+    assert flow_since((), sample(publish=4.0)).publish_firm  # 20 messages in 5 s
+    assert not flow_since((), sample(publish=1.6)).publish_firm
+    now = sample(publish=1.6, published=1000, acked=1000)
+    assert flow_since(quiet(3, 8), now).publish_firm  # counted over 2 minutes
+    assert not flow_since(quiet(3, 2), now).publish_firm  # 30 s of readings: the field
+
+
 def test_a_partial_sample_now_keeps_the_rate_fields() -> None:
     # review: queue B missing for a tick drops its counter out of the sum
     now = sample(publish=0.4, ack=0.4, published=300, acked=300, complete=False)

@@ -800,11 +800,14 @@ def _pile_drain(
     spare speed would read low and ask too much), and on one queue every consumer takes
     from (a partition's lag is not a pile). Fewer than `MIN_COUNTED` messages parked in all
     are left alone: a few messages between polls are noise, and a worker running several
-    tasks at once (Celery prefork, gevent) holds them as if parked."""
+    tasks at once (Celery prefork, gevent) holds them as if parked. Nor on a publish rate
+    that rests on a thin rate field alone (`Flow.publish_firm`: review 20, a run restarted a
+    minute before, or whose queue was renamed, read 1.6/s where the counters said 1/s and
+    grew 8 -> 10 where the run that kept going held 8)."""
     publish = flow.publish
     if (in_flight <= 0 or not sample.shared or sample.consumers <= 0
             or per_replica_rate is None or not 0.0 < per_replica_rate < math.inf
-            or publish is None or not publish > 0.0):
+            or publish is None or not publish > 0.0 or not flow.publish_firm):
         return None
     floor = _replicas_for(publish / per_replica_rate)
     parked = in_flight - sample.consumers  # beyond the message each one works on
@@ -819,7 +822,7 @@ def _pile_drain(
     if needed <= floor:
         return None  # the floor's own answer: it decides, and says so
     answer = (f"at {needed}" if needed == wanted
-              else f"at {_rate(wanted) if wanted < _HUGE else 'no size'}, capped at {needed}")
+              else f"at {wanted if wanted < _HUGE else 'no size'}, capped at {needed}")
     note = (
         f", piles of {pile:.1f} a consumer ({in_flight} in flight on {sample.consumers})"
         f" drain within {seconds:g}s {answer} (publish {_rate(publish)}/s,"

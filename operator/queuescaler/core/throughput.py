@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Final
 
@@ -101,6 +101,10 @@ class Flow:
 
     publish: float | None
     ack: float | None
+    publish_firm: bool = field(default=False, compare=False)
+    """Whether `publish` rests on `MIN_COUNTED` messages or on counters over `MIN_SPAN` or
+    more, not on a thin rate field alone: what a run that just restarted, or whose queues
+    just changed, has until its readings span a minute (`flow_since`)."""
 
 
 def reading_of(sample: QueueSample, current_replicas: int) -> Reading:
@@ -140,14 +144,15 @@ def flow_since(
     reach across a gap between readings far longer than the polls (`_gap_limit`): a clock
     that stepped forward, or an outage, is no span to divide by."""
     publish, ack = _sane(sample.publish_rate), _sane(sample.ack_rate)
+    firm = publish is not None and publish * STATS_WINDOW >= MIN_COUNTED
     if sample.complete and readings:
         limit = _gap_limit(poll_seconds)
-        if publish is None or publish * STATS_WINDOW < MIN_COUNTED:
-            publish = _counted(publish, readings, sample, sample.published_total, _PUBLISHED,
-                               limit)
+        if not firm:
+            publish, firm = _counted(publish, readings, sample, sample.published_total,
+                                     _PUBLISHED, limit)
         if ack is None or ack * STATS_WINDOW < MIN_COUNTED:
-            ack = _counted(ack, readings, sample, sample.acked_total, _ACKED, limit)
-    return Flow(publish, ack)
+            ack, _ = _counted(ack, readings, sample, sample.acked_total, _ACKED, limit)
+    return Flow(publish, ack, firm)
 
 
 _PUBLISHED: Final = attrgetter("published_total")
@@ -348,13 +353,15 @@ def _counted(
     after: int | None,
     total: Callable[[Reading], int | None],
     gap_limit: float,
-) -> float | None:
+) -> tuple[float | None, bool]:
     """A rate field thin on messages replaced by its counter over a span (see flow_since);
     a rate with no field at all (a Redis stream's: counters only) is the counter's over
-    the shortest span of a minute or more."""
+    the shortest span of a minute or more. Also whether it is the counter's (a span of
+    `MIN_SPAN` or more) rather than the thin field's."""
     if after is None:
-        return field
+        return field, False
     best, counted, later = field, -1, sample.taken_at
+    spanned = False
     for reading in reversed(readings):
         before, seconds = total(reading), sample.taken_at - reading.taken_at
         gap, later = later - reading.taken_at, reading.taken_at
@@ -369,10 +376,10 @@ def _counted(
             break  # a thin field, and an older tick busy on its own: another load
         counted = span
         if seconds >= MIN_SPAN:
-            best = span / seconds
+            best, spanned = span / seconds, True
             if span >= MIN_COUNTED:
                 break
-    return best
+    return best, spanned
 
 
 def _gap_limit(poll_seconds: float) -> float:
