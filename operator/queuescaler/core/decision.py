@@ -686,9 +686,8 @@ def _raw_recommendation(
         )
     piles = (None if parked_cap is not None or not drain_piles
              else _pile_drain(in_flight, sample, flow, per_replica_rate, per_replica, current))
-    winner = "backlog"
     if piles is not None and piles[0] > replicas:
-        replicas, winner = piles[0], "piles"
+        replicas, cap_note = piles
     waiting = sample.backlog_parallelism
     if waiting is not None and replicas > max(waiting, 1):
         replicas = max(waiting, 1)
@@ -698,6 +697,7 @@ def _raw_recommendation(
         )
     reason = Reason.BACKLOG
     publish = flow.publish or 0.0  # unknown counts as zero (the AMQP path knows no rates)
+    winner = "backlog"
     floor_note = ""
     rate_answer = None
     if per_replica_rate is not None and per_replica_rate > 0.0:
@@ -729,8 +729,6 @@ def _raw_recommendation(
             rate_answer = answer
     if winner == "backlog":
         message = f"backlog {backlog} / {per_replica} per replica -> {uncapped}{cap_note}"
-    elif winner == "piles" and piles is not None:
-        message = f"backlog {backlog} / {per_replica} per replica -> {uncapped}{piles[1]}"
     elif winner == "floor":
         needed = _replicas_for(publish / (per_replica_rate or 1.0))
         message = (
