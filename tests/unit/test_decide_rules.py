@@ -524,6 +524,13 @@ def test_an_absurd_publish_rate_drains_no_piles(publish: float) -> None:
     assert "piles of" not in tick.decide().message
 
 
+def test_piles_with_no_consumer_left_are_no_piles() -> None:
+    # every pod gone or reconnecting: in flight with no consumer is being handed back
+    tick = Tick(sample(unacked=310, consumers=0, publish=20), 10, PILES, measured(2.0))
+
+    assert "piles of" not in tick.decide().message
+
+
 def test_piles_on_a_speed_not_measured_are_left_to_the_other_policies() -> None:
     # a lower bound on the speed would read the spare speed low and ask too much
     tick = Tick(sample(unacked=310, consumers=10, publish=20), 10, PILES, unmeasured(2.0))
