@@ -464,7 +464,9 @@ async def test_a_hung_broker_fails_only_what_it_serves_and_its_connection_goes()
     cached metadata serves, the next refresh goes to broker 2, and only broker 1's group
     fails."""
     c = cluster_of(brokers=2, groups=2, topics=2, partitions=1)
-    source = source_for(c, timeout=0.2, metadata_max_age=0.0)
+    # A round here takes one timeout (the hung broker's); the round's bound is two. A wide
+    # timeout keeps a busy CI machine's pause out of that margin (0.2 s once failed there).
+    source = source_for(c, timeout=0.5, metadata_max_age=0.0)
     refs = refs_for(c)
     await source.sample(refs)
     c.stall = {1}
@@ -506,7 +508,7 @@ async def test_a_hung_broker_is_connected_to_once_a_round_not_once_a_request() -
         return await plain(host, port, **options)
 
     c.connect = connect  # type: ignore[method-assign]
-    source = source_for(c, timeout=0.2)
+    source = source_for(c, timeout=0.5)  # a round is one timeout, its bound two (as above)
     refs = refs_for(c)
     await source.sample(refs)
     c.stall = {1}
