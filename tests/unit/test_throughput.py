@@ -195,7 +195,7 @@ def test_saturated_means_ready_at_both_ends_with_every_replica_consuming() -> No
     assert not saturated(history(sample(ready=0, at=NOW - 15))[-1], sample(ready=5), 4)
     assert not saturated(before[-1], sample(ready=0), 4)
     assert not saturated(history(sample(5, consumers=2, at=NOW - 15))[-1], sample(5), 4)
-    assert not saturated(before[-1], sample(ready=5), 6)  # pods still starting
+    assert saturated(before[-1], sample(ready=5), 6)  # 2 pods still starting: 4 flat out
     assert not saturated(history(sample(5, consumers=0))[-1], sample(5, consumers=0), 0)
     # review: workers consuming both queues of a QueueScaler count twice
     assert saturated(history(sample(5, consumers=8, at=NOW - 15))[-1], sample(5, consumers=8), 4)
@@ -216,6 +216,22 @@ def test_a_saturated_pool_measures_a_replica_whatever_it_prefetches(
     before = history(sample(ready=50, unacked=unacked, at=NOW - 15))
     after = sample(ready=50, unacked=unacked, ack=40.0)
     assert per_replica_rate(None, before, after, 4) == pytest.approx(10.0), worker
+
+
+def test_pods_still_starting_leave_the_speed_to_the_replicas_consuming() -> None:
+    """A prefetch-20 pool of 2 short of the load: its piles overflow (messages ready) just
+    when the backlog policy asks a third pod, so the polls that show it flat out all come
+    with a pod starting. They measure the 2 consuming, 5 msg/s each, not 10 / 3; before, the
+    speed stayed unmeasured and the probe and the backlog policy took turns at 2 and 3."""
+    before = history(sample(ready=6, unacked=40, consumers=2, at=NOW - 15))
+    now = sample(ready=11, unacked=40, consumers=2, ack=10.0)
+    assert per_replica_rate(None, before, now, 3) == pytest.approx(5.0)
+    assert measures(before, now, 3, Flow(12.0, 10.0))
+    piling = history(sample(unacked=20, consumers=2, at=NOW - 30),
+                     sample(unacked=32, consumers=2, at=NOW - 15))
+    assert outrun(piling, sample(unacked=44, consumers=2, ack=10.0), 3)
+    assert per_replica_rate(None, piling, sample(unacked=44, consumers=2, ack=10.0), 3) == (
+        pytest.approx(5.0))
 
 
 def acking(per_second: float, *, unacked: int, consumers: int = 4, ticks: int = 4,
@@ -506,9 +522,12 @@ def test_a_pile_growing_with_nothing_ready_measures_the_speed() -> None:
     assert per_replica_rate(4.0, piling, now, 4) == pytest.approx(4.0 + RATE_SMOOTHING * -2.0)
 
 
-def test_a_pile_is_no_measure_when_some_replica_was_not_consuming_or_nothing_was_held() -> None:
+def test_a_pile_is_no_measure_when_no_replica_was_consuming_or_nothing_was_held() -> None:
     piling = history(sample(unacked=120, at=NOW - 60), sample(unacked=150, at=NOW - 15))
-    assert not outrun(piling, sample(unacked=200, ack=8.0, consumers=3), 4)  # one pod starting
+    # one pod gone or starting: the 3 consuming are measured, not 4
+    restarting = sample(unacked=200, ack=9.0, consumers=3)
+    assert per_replica_rate(None, piling, restarting, 4) == pytest.approx(3.0)
+    assert not outrun(piling, sample(unacked=200, consumers=0), 4)
     assert not outrun((), sample(unacked=200), 4)
     assert not outrun(piling, sample(unacked=200), 0)
     # a burst into an idle pool: nothing was held at the previous reading, so the 5 s ack

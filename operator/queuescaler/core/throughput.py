@@ -14,11 +14,14 @@ Two things make the broker's own figures a poor guide (issue 12):
   what it can do.
 
 So one replica's throughput is *measured* only while the pool is saturated: messages were
-ready at two polls in a row with the same consumers, every replica among them, so every
-consumer's buffer stayed full and every replica worked at its full concurrency the whole
-time, whatever its prefetch; or, where nothing ever stays ready (unlimited prefetch), while
-the pile held per consumer grew beyond chance with every replica consuming (`outrun`).
-Then acks / replicas is what a replica does, and the estimate follows it either way. At
+ready at two polls in a row with the same consumers, so every consumer's buffer stayed full
+and every replica consuming worked at its full concurrency the whole time, whatever its
+prefetch; or, where nothing ever stays ready (unlimited prefetch), while the pile held per
+consumer grew beyond chance (`outrun`). Then acks / replicas consuming (`working`) is what
+a replica does, and the estimate follows it either way. Pods still starting do not count:
+a pool short of replicas is saturated just when the backlog policy grows it, and waiting for
+every new pod to consume left a prefetch-20 pool unmeasured for good (its piles overflow
+only then), its probe and backlog taking turns at 2 and 3 replicas. At
 any other time only *lower bounds* are known, which may set an unknown estimate or raise
 one, never lower it: acks per consumer (none does more than a
 replica can), and acks per replica holding a message over a minute of polls where nothing
@@ -160,9 +163,9 @@ _ACKED: Final = attrgetter("acked_total")
 
 
 def saturated(previous: Reading | None, sample: QueueSample, current_replicas: int) -> bool:
-    """Whether every replica worked flat out since the previous reading: messages were
-    ready at both ends (the broker hands a ready message to any consumer with room, so none
-    had room), with the same consumers throughout, at least one per replica.
+    """Whether every replica consuming worked flat out since the previous reading: messages
+    were ready at both ends (the broker hands a ready message to any consumer with room, so
+    none had room), with the same consumers throughout.
 
     Only a queue every consumer shares says that (`QueueSample.shared`). A partitioned one
     (a Kafka topic, whatever caps the spec sets) counts as ready the messages in hand too,
@@ -175,14 +178,22 @@ def saturated(previous: Reading | None, sample: QueueSample, current_replicas: i
         and sample.shared
         and previous.ready > 0
         and sample.ready > 0
-        and previous.consumers == sample.consumers >= current_replicas
+        and previous.consumers == sample.consumers > 0
     )
+
+
+def working(sample: QueueSample, current_replicas: int) -> int:
+    """The replicas a saturated poll's acks came from: all of them, or, while some are still
+    starting, those consuming, one consumer each. Workers with several consumers (two queues
+    of one QueueScaler, say) then read low by up to that factor while pods start (the
+    floor asks more replicas, not fewer), until polls with every pod up measure them right."""
+    return max(1, min(current_replicas, sample.consumers))
 
 
 def outrun(readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int) -> bool:
     """Whether the pool worked flat out with nothing ready: the messages held per consumer
-    grew beyond chance (`falling_behind`), every replica consuming, and each consumer could
-    hold one at the previous reading too. With unlimited prefetch nothing ever stays ready,
+    grew beyond chance (`falling_behind`), and each consumer could hold one at the previous
+    reading too. With unlimited prefetch nothing ever stays ready,
     so `saturated` never holds and the speed would stay unmeasured for ever: a probe below
     the pool's need then strands messages in the piles of the consumers that stay. No
     consumer joined since the previous reading (it would not have worked the whole span, and
@@ -193,7 +204,7 @@ def outrun(readings: tuple[Reading, ...], sample: QueueSample, current_replicas:
         previous is not None
         and current_replicas > 0
         and sample.shared
-        and previous.consumers >= sample.consumers >= current_replicas
+        and previous.consumers >= sample.consumers > 0
         and previous.backlog >= previous.consumers > 0
         and falling_behind(readings, sample)
     )
@@ -217,7 +228,7 @@ def per_replica_rate(
         outrun(readings, sample, current_replicas))
     if measured:  # the rate field covers seconds that were saturated; counters may not
         ack = _sane(sample.ack_rate) or (flow or flow_since(readings, sample, poll_seconds)).ack
-        observed = None if ack is None else ack / current_replicas
+        observed = None if ack is None else ack / working(sample, current_replicas)
     else:
         observed = _lower_bound(readings, sample, current_replicas, poll_seconds)
     if observed is None or not observed > 0.0:
