@@ -464,6 +464,32 @@ def test_parked_cap_message_says_when_the_speed_is_not_measured() -> None:
     )
 
 
+def held_before(held: int, ready: int = 0, seconds: float = 15.0) -> ScalerState:
+    """A run that has not learnt the speed, whose previous poll saw `held` in flight."""
+    return ScalerState(readings=(Reading(NOW - seconds, ready, 42, 42, ready + held, None,
+                                         None),))
+
+
+def test_fewer_held_with_nothing_ready_never_grows_the_pool() -> None:
+    """Slow spikes at prefetch 16 (worker models): the parked cap took a pool of 100 to
+    42; at the next poll the acks were too few for the cap, and the 105 messages held,
+    146 a poll before, asked for 53. None of them could move to a new pod."""
+    slow = {"target.messagesPerReplica": 2}
+    queue = sample(unacked=105, consumers=42, publish=0.5, ack=2.0)
+    decision = Tick(queue, 42, slow, held_before(146)).decide()
+    assert (decision.replicas, decision.reason) == (42, Reason.BACKLOG)
+    assert decision.message == (
+        "backlog 105 / 2 per replica -> 53, held at current 42: nothing ready, 105 in flight"
+        " down from 146 (held messages cannot move to new replicas)"
+    )
+    assert Tick(queue, 60, slow, held_before(146)).decide().replicas == 53  # shrinks as ever
+    for growing in (held_before(90), held_before(146, ready=1)):
+        assert Tick(queue, 42, slow, growing).decide().replicas == 53
+    waiting = sample(ready=1, unacked=105, consumers=42, publish=0.5, ack=2.0)
+    assert Tick(waiting, 42, slow, held_before(146)).decide().replicas == 53
+    assert Tick(queue, 0, slow, held_before(146)).decide().replicas == 53  # waking
+
+
 PILES = {"target.messagesPerReplica": 40}
 """At 2 msg/s a replica, a consumer's pile drains within 5 x 40 / 2 = 100 s."""
 

@@ -30,6 +30,7 @@ from queuescaler.core.throughput import (
     Flow,
     Reading,
     acked_per_consumer,
+    draining,
     falling_behind,
     flow_since,
     measures,
@@ -562,6 +563,23 @@ def test_a_pile_is_no_measure_when_consumers_joined_between_the_readings() -> No
     assert not outrun(piling, sample(unacked=200, consumers=4, ack=8.0), 4)
     steady = history(sample(unacked=120, at=NOW - 60), sample(unacked=150, at=NOW - 15))
     assert outrun(steady, sample(unacked=200, ack=8.0), 4)
+
+
+def test_fewer_held_with_nothing_ready_is_a_pool_draining_its_own() -> None:
+    before = history(sample(unacked=146, consumers=42, at=NOW - 15))
+    assert draining(before, sample(unacked=105, consumers=42)) == 146
+    assert draining(before, sample(unacked=146, consumers=42)) is None  # not fewer
+    assert draining(before, sample(unacked=200, consumers=42)) is None
+    assert draining(before, sample(ready=1, unacked=105, consumers=42)) is None  # work waits
+    waited = history(sample(ready=3, unacked=146, consumers=42, at=NOW - 15))
+    assert draining(waited, sample(unacked=105, consumers=42)) is None
+    assert draining((), sample(unacked=105)) is None
+    assert draining(before, sample(unacked=105, complete=False)) is None  # a queue missing
+    lag = QueueSample(0, 105, 42, NOW, shared=False)  # a partition's lag is no pile
+    assert draining(before, lag) is None
+    # not across an outage or a clock step: the previous poll is no yardstick then
+    assert draining(history(sample(unacked=146, at=NOW - 600)), sample(unacked=105)) is None
+    assert draining(history(sample(unacked=146, at=NOW + 15)), sample(unacked=105)) is None
 
 
 def test_a_pool_that_grew_or_just_woke_is_not_falling_behind() -> None:

@@ -336,6 +336,23 @@ def falling_behind(readings: tuple[Reading, ...], sample: QueueSample) -> bool:
     return not sample.ready and _grew_beyond_chance(readings, sample.unacked, sample.consumers)
 
 
+def draining(
+    readings: tuple[Reading, ...], sample: QueueSample, poll_seconds: float = KEPT_EVERY
+) -> int | None:
+    """The messages held at the previous poll when fewer are held now and nothing was ready
+    then or now, on one queue every consumer takes from; else None. The pool works off
+    what its consumers hold faster than it arrives, and none of it can move to a new
+    replica: it is no reason to grow (`decision._raw_recommendation`). Not across a gap
+    far longer than the polls (an outage, a clock step), nor from a partial sample."""
+    if not readings or not sample.shared or sample.ready or not sample.complete:
+        return None
+    previous = readings[-1]
+    if (previous.ready or not 0.0 < sample.taken_at - previous.taken_at <= _gap_limit(
+            poll_seconds) or sample.unacked >= previous.backlog):
+        return None
+    return previous.backlog
+
+
 def work_piling_up(readings: tuple[Reading, ...], sample: QueueSample) -> bool:
     """`falling_behind` with the messages ready now counted as held: a pool that may not
     shrink to learn its speed. Work waiting now never makes a pool look less short
