@@ -360,10 +360,13 @@ def run(
     schedule: list[tuple[QueueSample | None, float, int | None]],
     restart_at: int | None = None,
 ) -> list[Decision]:
-    """Tick through `schedule` like the operator does, applying every decision."""
+    """Tick through `schedule` like the operator does, applying every decision; each sample
+    is taken at its tick (review 21: samples all taken at NOW never looked a poll apart, so
+    no rule comparing a poll with the previous one ever applied)."""
     state, now, decisions = ScalerState(), NOW, []
     for index, (queue, step, busy) in enumerate(schedule):
         now += step
+        queue = None if queue is None else replace(queue, taken_at=now)
         if index == restart_at:
             state = restarted(state, now)
         decision = decide(spec, queue, current, state, now, busy)

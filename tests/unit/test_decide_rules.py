@@ -490,6 +490,30 @@ def test_fewer_held_with_nothing_ready_never_grows_the_pool() -> None:
     assert Tick(queue, 0, slow, held_before(146)).decide().replicas == 53  # waking
 
 
+def test_held_messages_falling_leave_the_parked_cap_its_say() -> None:
+    """Review 21: the cap's twice the floor takes arrivals away from the piles, the one way
+    they drain faster; holding at the pool's size overrode it (4 replicas, where 8 drain
+    1,000 held in about 8 minutes and 4 in hours)."""
+    queue = sample(unacked=900, consumers=4, publish=3.9, ack=4.0)
+    state = replace(measured(1.0), readings=(Reading(NOW - 15, 0, 4, 4, 1000, None, None),))
+    decision = Tick(queue, 4, {}, state).decide()
+    assert decision.replicas == 8 and "held at current" not in decision.message, decision.message
+
+
+def test_a_run_just_restarted_does_not_grow_on_held_messages_it_cannot_follow_yet() -> None:
+    """Review 21: the run that kept going saw 146 held fall to 105 and held 42; the one
+    restarted between those polls had no poll of its own and grew to 53."""
+    slow = {"target.messagesPerReplica": 2}
+    queue = sample(unacked=105, consumers=42, publish=0.5, ack=2.0)
+    decision = Tick(queue, 42, slow, ScalerState(restored=True)).decide()
+    assert decision.replicas == 42
+    assert decision.message.endswith(
+        "held at current 42: nothing ready, 105 in flight and no poll since the restart to"
+        " tell whether that falls (held messages cannot move to new replicas)")
+    waiting = sample(ready=10, unacked=105, consumers=42, publish=0.5, ack=2.0)
+    assert Tick(waiting, 42, slow, ScalerState(restored=True)).decide().replicas == 58
+
+
 PILES = {"target.messagesPerReplica": 40}
 """At 2 msg/s a replica, a consumer's pile drains within 5 x 40 / 2 = 100 s."""
 

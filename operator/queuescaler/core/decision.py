@@ -323,7 +323,7 @@ def decide(
             # measured before this poll (this poll's own saturation hangs on one ready
             # message: review 19), and by this run (a restart rests on a thin rate field)
             drain_piles=_measured(state, False) and not state.restored,
-            draining=draining(readings, sample, poll),
+            held_back=_held_back(readings, sample, poll, state.restored),
         )
     if spec.paused:
         return _paused(decision, current_replicas)
@@ -540,6 +540,21 @@ def _readings(spec: QueueScalerSpec, state: ScalerState) -> tuple[Reading, ...]:
     return ()
 
 
+def _held_back(
+    readings: tuple[Reading, ...], sample: QueueSample, poll: float, restored: bool
+) -> str | None:
+    """Why messages held by the consumers may not grow the pool now, else None: fewer are
+    held than at the previous poll, nothing ready (`throughput.draining`); or a run just
+    restarted, nothing ready, has no poll of its own yet to tell (review 21: the run that
+    kept going held 42 where the restarted one grew to 53)."""
+    before = draining(readings, sample, poll)
+    if before is not None:
+        return f"down from {before}"
+    if restored and not readings and sample.shared and sample.complete and not sample.ready:
+        return "and no poll since the restart to tell whether that falls"
+    return None
+
+
 def _decide_with_sample(
     spec: QueueScalerSpec,
     sample: QueueSample,
@@ -557,12 +572,12 @@ def _decide_with_sample(
     restored: bool = False,
     acked_now: float | None = None,
     drain_piles: bool = False,
-    draining: int | None = None,
+    held_back: str | None = None,
 ) -> Decision:
     recommendation, reason, message, rate_answer = _raw_recommendation(
         spec, sample, flow, current, rate,
         probing=probing, probe_unsure=probe_unsure, measured=measured,
-        acked_now=acked_now, drain_piles=drain_piles, draining=draining,
+        acked_now=acked_now, drain_piles=drain_piles, held_back=held_back,
     )
     raw_reason = reason
     changes: list[str] = []
@@ -627,7 +642,7 @@ def _raw_recommendation(
     measured: bool = True,
     acked_now: float | None = None,
     drain_piles: bool = False,
-    draining: int | None = None,
+    held_back: str | None = None,
 ) -> tuple[int, Reason, str, int | None]:
     """The policies' answer before any damping; the largest of them wins. Also the rate
     policy's own answer (the larger of the floor and the drain, capped as the answer is;
@@ -647,16 +662,14 @@ def _raw_recommendation(
     (`throughput.acked_per_consumer`), and no cap without the latter. Where the cap does not
     bind and `drain_piles` (the speed measured before this poll, by this run), the piles
     beyond the message each consumer works on ask for the replicas that drain them in time
-    (`_pile_drain`, `PILE_DRAIN_FACTOR`). Before that, `draining` (`throughput.draining`:
-    the messages held at the previous poll, nothing ready then or now, fewer held now)
-    holds the backlog policy at `current`: held messages are the consumers' own, no new
-    replica could take one, and the pool works them off faster than they come (slow
-    spikes at prefetch 16: the cap took a pool of 100 to 42, the next poll's acks were too
-    few for it, and 105 held, 146 a poll before, asked for 53). Issue 12's worker models,
-    10 seeds: 36 -> 35 rows missed, bursts and slow spikes at unlimited prefetch 5-11% fewer
-    replica-seconds (prefetch 16: 0.4% and 2%); one miss (slow spikes, unlimited prefetch,
-    concurrency 4, lognormal) waits 6% longer at p95, a seed whose pool stood at 1, not 2,
-    when a spike came.
+    (`_pile_drain`, `PILE_DRAIN_FACTOR`). Before that, where no cap applies, `held_back`
+    (`_held_back`: fewer held than at the previous poll beyond chance, nothing ready then
+    or now, or a run just restarted that cannot tell yet) holds the backlog policy at
+    `current`: held messages are the consumers' own, no new replica could take one, and
+    the pool works them off faster than they come (slow spikes at prefetch 16: the cap took
+    a pool of 100 to 42, the next poll's acks were too few for it, and 105 held, 146 a poll
+    before, asked for 53). Issue 12's worker models, 10 seeds: that row met (17,647
+    replica-seconds against a box of 17,651), no row lost.
 
     At zero replicas only a backlog of `activation.messages` or more gives a non-zero
     answer. Zero itself is answered only when nothing is ready, in flight or published
@@ -697,12 +710,12 @@ def _raw_recommendation(
             f" x ceil(publish {_rate(flow.publish)}/s / {_rate(cap_speed)}/s per replica)"
             f"{speed_note}, prefetched messages cannot move)"
         )
-    if draining is not None and replicas > current > 0:
+    if held_back is not None and parked_cap is None and replicas > current > 0:
         # Held messages are the consumers' own: a new replica could take none of them, and
         # fewer held than at the last poll, with nothing ready, is a pool keeping up.
         replicas = current
         cap_note += (f", held at current {current}: nothing ready, {in_flight} in flight"
-                     f" down from {draining} (held messages cannot move to new replicas)")
+                     f" {held_back} (held messages cannot move to new replicas)")
     piles = (None if parked_cap is not None or not drain_piles
              else _pile_drain(in_flight, sample, flow, per_replica_rate, per_replica, current))
     if piles is not None and piles[0] > replicas:

@@ -17,11 +17,15 @@ So one replica's throughput is *measured* only while the pool is saturated: mess
 ready at two polls in a row with the same consumers, so every consumer's buffer stayed full
 and every replica consuming worked at its full concurrency the whole time, whatever its
 prefetch; or, where nothing ever stays ready (unlimited prefetch), while the pile held per
-consumer grew beyond chance (`outrun`). Then acks / replicas consuming (`working`) is what
-a replica does, and the estimate follows it either way. Pods still starting do not count:
-a pool short of replicas is saturated just when the backlog policy grows it, and waiting for
-every new pod to consume left a prefetch-20 pool unmeasured for good (its piles overflow
-only then), its probe and backlog taking turns at 2 and 3 replicas. At
+consumer grew beyond chance (`outrun`). Then acks / replicas is what a replica does, and
+the estimate follows it either way. With pods still starting (fewer consumers than
+replicas) such a poll still counts as saturated, but acks / replicas is then only a lower
+bound, which raises the estimate and never lowers it: a pool short of replicas is saturated
+just when the backlog policy grows it, and waiting for every new pod to consume left a
+prefetch-20 pool unmeasured for good (its piles overflow only then), its probe and backlog
+taking turns at 2 and 3 replicas. Dividing by the consumers instead would read high
+wherever fewer consumers are counted than pods ack (pods sharing one Redis consumer name,
+pods polling with basic.get, counters spanning a crash loop: review 21). At
 any other time only *lower bounds* are known, which may set an unknown estimate or raise
 one, never lower it: acks per consumer (none does more than a
 replica can), and acks per replica holding a message over a minute of polls where nothing
@@ -182,14 +186,6 @@ def saturated(previous: Reading | None, sample: QueueSample, current_replicas: i
     )
 
 
-def working(sample: QueueSample, current_replicas: int) -> int:
-    """The replicas a saturated poll's acks came from: all of them, or, while some are still
-    starting, those consuming, one consumer each. Workers with several consumers (two queues
-    of one QueueScaler, say) then read low by up to that factor while pods start (the
-    floor asks more replicas, not fewer), until polls with every pod up measure them right."""
-    return max(1, min(current_replicas, sample.consumers))
-
-
 def outrun(readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int) -> bool:
     """Whether the pool worked flat out with nothing ready: the messages held per consumer
     grew beyond chance (`falling_behind`), and each consumer could hold one at the previous
@@ -228,7 +224,7 @@ def per_replica_rate(
         outrun(readings, sample, current_replicas))
     if measured:  # the rate field covers seconds that were saturated; counters may not
         ack = _sane(sample.ack_rate) or (flow or flow_since(readings, sample, poll_seconds)).ack
-        observed = None if ack is None else ack / working(sample, current_replicas)
+        observed = None if ack is None else ack / current_replicas
     else:
         observed = _lower_bound(readings, sample, current_replicas, poll_seconds)
     if observed is None or not observed > 0.0:
@@ -236,7 +232,10 @@ def per_replica_rate(
     if estimate is None:
         return observed
     observed = min(max(observed, estimate / RATE_OUTLIER_FACTOR), estimate * RATE_OUTLIER_FACTOR)
-    if not measured and observed <= estimate:
+    # with pods still starting, acks / replicas is only a lower bound: it may raise the
+    # estimate, never lower it
+    bound_only = not measured or sample.consumers < current_replicas
+    if bound_only and observed <= estimate:
         return estimate
     return estimate + RATE_SMOOTHING * (observed - estimate)
 
@@ -339,16 +338,20 @@ def falling_behind(readings: tuple[Reading, ...], sample: QueueSample) -> bool:
 def draining(
     readings: tuple[Reading, ...], sample: QueueSample, poll_seconds: float = KEPT_EVERY
 ) -> int | None:
-    """The messages held at the previous poll when fewer are held now and nothing was ready
-    then or now, on one queue every consumer takes from; else None. The pool works off
-    what its consumers hold faster than it arrives, and none of it can move to a new
-    replica: it is no reason to grow (`decision._raw_recommendation`). Not across a gap
-    far longer than the polls (an outage, a clock step), nor from a partial sample."""
+    """The messages held at the previous poll when fewer are held now, by more than chance
+    (`_beyond_chance`), and nothing was ready then or now, on one queue every consumer
+    takes from; else None. The pool works off what its consumers hold faster than it
+    arrives, and none of it can move to a new replica: it is no reason to grow
+    (`decision._raw_recommendation`). A pile that barely shrinks is no such sign (review
+    21: 1,000 held falling to 998 on 4 replicas would take hours; replicas that take new
+    arrivals away from the piles drain them). Not across a gap far longer than the polls
+    (an outage, a clock step), nor from a partial sample."""
     if not readings or not sample.shared or sample.ready or not sample.complete:
         return None
     previous = readings[-1]
     if (previous.ready or not 0.0 < sample.taken_at - previous.taken_at <= _gap_limit(
-            poll_seconds) or sample.unacked >= previous.backlog):
+            poll_seconds) or not _beyond_chance(previous.backlog - sample.unacked,
+                                                previous.backlog)):
         return None
     return previous.backlog
 
@@ -370,8 +373,13 @@ def _grew_beyond_chance(readings: tuple[Reading, ...], held: int, consumers: int
     first = readings[0]
     # per consumer: a pool that grew holds more prefetched messages without falling behind
     before = first.backlog * max(1, consumers) / max(1, first.consumers)
-    grown = held - before
-    return grown >= MIN_COUNTED and grown > 2.0 * math.sqrt(before)
+    return _beyond_chance(held - before, before)
+
+
+def _beyond_chance(change: float, before: float) -> bool:
+    """Whether a count moved from `before` by `change` (either way) beyond what chance
+    moves it: at least `MIN_COUNTED` messages and two standard deviations of that count."""
+    return change >= MIN_COUNTED and change > 2.0 * math.sqrt(before)
 
 
 def _counted(
