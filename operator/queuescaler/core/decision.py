@@ -712,7 +712,8 @@ def _raw_recommendation(
         )
     if held_back is not None and parked_cap is None and replicas > current > 0:
         # Held messages are the consumers' own: a new replica could take none of them, and
-        # fewer held than at the last poll, with nothing ready, is a pool keeping up.
+        # fewer held than at the last poll, with nothing ready, is a pool keeping up (a run
+        # just restarted cannot tell yet, and holds too).
         replicas = current
         cap_note += (f", held at current {current}: nothing ready, {in_flight} in flight"
                      f" {held_back} (held messages cannot move to new replicas)")

@@ -189,8 +189,8 @@ def saturated(previous: Reading | None, sample: QueueSample, current_replicas: i
 def outrun(readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int) -> bool:
     """Whether the pool worked flat out with nothing ready: the messages held per consumer
     grew beyond chance (`falling_behind`), and each consumer could hold one at the previous
-    reading too. With unlimited prefetch nothing ever stays ready,
-    so `saturated` never holds and the speed would stay unmeasured for ever: a probe below
+    reading too. With unlimited prefetch nothing ever stays ready, so `saturated` never
+    holds and the speed would stay unmeasured for ever: a probe below
     the pool's need then strands messages in the piles of the consumers that stay. No
     consumer joined since the previous reading (it would not have worked the whole span, and
     the speed would read low); one that left is no harm, the rate covering the last seconds
@@ -377,8 +377,8 @@ def _grew_beyond_chance(readings: tuple[Reading, ...], held: int, consumers: int
 
 
 def _beyond_chance(change: float, before: float) -> bool:
-    """Whether a count moved from `before` by `change` (either way) beyond what chance
-    moves it: at least `MIN_COUNTED` messages and two standard deviations of that count."""
+    """Whether a count of `before` that grew (or fell, as the caller measures) by `change`
+    moved beyond chance: by at least `MIN_COUNTED` messages and two standard deviations."""
     return change >= MIN_COUNTED and change > 2.0 * math.sqrt(before)
 
 
