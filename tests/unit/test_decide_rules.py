@@ -490,6 +490,15 @@ def test_fewer_held_with_nothing_ready_never_grows_the_pool() -> None:
     assert Tick(queue, 0, slow, held_before(146)).decide().replicas == 53  # waking
 
 
+def test_more_published_never_turns_the_hold_on() -> None:
+    """Review 22: the hold applied only where the cap did not bind, so a publish rate high
+    enough to lift the cap above the in-flight count took 12 replicas down to 4."""
+    state = replace(measured(1.0), readings=(Reading(NOW - 15, 0, 4, 4, 152, None, None),))
+    answers = [Tick(sample(unacked=124, consumers=4, publish=publish, ack=4.0), 4, {}, state)
+               .decide().replicas for publish in (2.0, 4.0, 6.0, 6.5, 8.0, 20.0)]
+    assert answers == sorted(answers) and answers[-1] == 13, answers
+
+
 def test_held_messages_falling_leave_the_parked_cap_its_say() -> None:
     """Review 21: the cap's twice the floor takes arrivals away from the piles, the one way
     they drain faster; holding at the pool's size overrode it (4 replicas, where 8 drain
@@ -506,10 +515,12 @@ def test_a_run_just_restarted_does_not_grow_on_held_messages_it_cannot_follow_ye
     slow = {"target.messagesPerReplica": 2}
     queue = sample(unacked=105, consumers=42, publish=0.5, ack=2.0)
     decision = Tick(queue, 42, slow, ScalerState(restored=True)).decide()
-    assert decision.replicas == 42
-    assert decision.message.endswith(
-        "held at current 42: nothing ready, 105 in flight and no poll since the restart to"
-        " tell whether that falls (held messages cannot move to new replicas)")
+    assert (decision.replicas, decision.reason) == (42, Reason.INCOMPLETE_SAMPLE)
+    assert decision.message == (
+        "backlog 105 / 2 per replica -> 53, held at 42: nothing ready, and no poll since the"
+        " restart to tell whether the messages held are falling")
+    # a stage, not the recommendation: no scale-up window remembers the hold (review 22)
+    assert decision.recommendation == 53
     waiting = sample(ready=10, unacked=105, consumers=42, publish=0.5, ack=2.0)
     assert Tick(waiting, 42, slow, ScalerState(restored=True)).decide().replicas == 58
 

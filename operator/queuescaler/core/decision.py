@@ -37,6 +37,7 @@ from queuescaler.core.throughput import (
     measures,
     per_replica_rate,
     remember,
+    short_while_starting,
     work_piling_up,
 )
 
@@ -313,6 +314,7 @@ def decide(
                      else acked_per_consumer(readings, sample, current_replicas))
         probing = (
             not measured and not work_piling_up(readings, sample)
+            and not short_while_starting(readings, sample, current_replicas, flow)
             and not _probe_failed_lately(state, now)
         )
         unsure = state.probe_unknown_until is not None and now < state.probe_unknown_until
@@ -323,7 +325,9 @@ def decide(
             # measured before this poll (this poll's own saturation hangs on one ready
             # message: review 19), and by this run (a restart rests on a thin rate field)
             drain_piles=_measured(state, False) and not state.restored,
-            held_back=_held_back(readings, sample, poll, state.restored),
+            held_back=_held_back(readings, sample, poll),
+            unseen_after_restart=(state.restored and not readings and sample.shared
+                                  and sample.complete and not sample.ready),
         )
     if spec.paused:
         return _paused(decision, current_replicas)
@@ -388,7 +392,9 @@ def next_state(
         readings=(kept := remember(readings, sample, current_replicas)),
         readings_of=spec.source,
         restored=state.restored and len(kept) < 2,
+        # a pool short while pods start is as good as a failed probe: no probe for a while
         probe_failed_at=now if _probe_failed(state, sample, current_replicas)
+        or short_while_starting(readings, sample, current_replicas, flow)
         else state.probe_failed_at,
         probe_unknown_until=state.probe_unknown_until,
         watching_since=watching_since,
@@ -540,19 +546,11 @@ def _readings(spec: QueueScalerSpec, state: ScalerState) -> tuple[Reading, ...]:
     return ()
 
 
-def _held_back(
-    readings: tuple[Reading, ...], sample: QueueSample, poll: float, restored: bool
-) -> str | None:
+def _held_back(readings: tuple[Reading, ...], sample: QueueSample, poll: float) -> str | None:
     """Why messages held by the consumers may not grow the pool now, else None: fewer are
-    held than at the previous poll, nothing ready (`throughput.draining`); or a run just
-    restarted, nothing ready, has no poll of its own yet to tell (review 21: the run that
-    kept going held 42 where the restarted one grew to 53)."""
+    held than at the previous poll beyond chance, nothing ready (`throughput.draining`)."""
     before = draining(readings, sample, poll)
-    if before is not None:
-        return f"down from {before}"
-    if restored and not readings and sample.shared and sample.complete and not sample.ready:
-        return "and no poll since the restart to tell whether that falls"
-    return None
+    return None if before is None else f"down from {before}"
 
 
 def _decide_with_sample(
@@ -573,6 +571,7 @@ def _decide_with_sample(
     acked_now: float | None = None,
     drain_piles: bool = False,
     held_back: str | None = None,
+    unseen_after_restart: bool = False,
 ) -> Decision:
     recommendation, reason, message, rate_answer = _raw_recommendation(
         spec, sample, flow, current, rate,
@@ -613,6 +612,7 @@ def _decide_with_sample(
         lambda n: _incomplete(sample, n, current),
         lambda n: _rebalancing(sample, n, current),
         lambda n: _still_counting(restored, n, current),
+        lambda n: _unseen_after_restart(unseen_after_restart, n, current),
         lambda n: _bounds(spec, n),
     ]
     for stage in stages:
@@ -662,14 +662,13 @@ def _raw_recommendation(
     (`throughput.acked_per_consumer`), and no cap without the latter. Where the cap does not
     bind and `drain_piles` (the speed measured before this poll, by this run), the piles
     beyond the message each consumer works on ask for the replicas that drain them in time
-    (`_pile_drain`, `PILE_DRAIN_FACTOR`). Before that, where no cap applies, `held_back`
-    (`_held_back`: fewer held than at the previous poll beyond chance, nothing ready then
-    or now, or a run just restarted that cannot tell yet) holds the backlog policy at
-    `current`: held messages are the consumers' own, no new replica could take one, and
-    the pool works them off faster than they come (slow spikes at prefetch 16: the cap took
-    a pool of 100 to 42, the next poll's acks were too few for it, and 105 held, 146 a poll
-    before, asked for 53). Issue 12's worker models, 10 seeds: that row met (17,647
-    replica-seconds against a box of 17,651), no row lost.
+    (`_pile_drain`, `PILE_DRAIN_FACTOR`). Before that, where no cap can be had,
+    `held_back` (`_held_back`: fewer held than at the previous poll beyond chance, nothing
+    ready then or now) holds the backlog policy at `current`: held messages are the
+    consumers' own, no new replica could take one, and the pool works them off faster than
+    they come (slow spikes at prefetch 16: the cap took a pool of 100 to 42, the next poll's
+    acks were too few for it, and 105 held, 146 a poll before, asked for 53). Issue 12's
+    worker models, 10 seeds: that row met (17,647 replica-seconds against a box of 17,651).
 
     At zero replicas only a backlog of `activation.messages` or more gives a non-zero
     answer. Zero itself is answered only when nothing is ready, in flight or published
@@ -700,8 +699,9 @@ def _raw_recommendation(
         speed_note = (f", speed not measured: the lower of its estimate"
                       f" {_rate(per_replica_rate)}/s and {_rate(acked_now)}/s"
                       " acked per consumer now")
-    parked_cap = (_parked_cap(in_flight, flow, cap_speed, measured, per_replica)
-                  if spec.behavior.scale_down.protect_busy_workers else None)
+    cap = (_parked_cap(in_flight, flow, cap_speed, measured)
+           if spec.behavior.scale_down.protect_busy_workers else None)
+    parked_cap = cap if cap is not None and cap < -(-in_flight // per_replica) else None
     if parked_cap is not None:
         uncapped = replicas = -(-sample.ready // per_replica) + parked_cap
         cap_note = (
@@ -710,10 +710,11 @@ def _raw_recommendation(
             f" x ceil(publish {_rate(flow.publish)}/s / {_rate(cap_speed)}/s per replica)"
             f"{speed_note}, prefetched messages cannot move)"
         )
-    if held_back is not None and parked_cap is None and replicas > current > 0:
+    if held_back is not None and cap is None and replicas > current > 0:
         # Held messages are the consumers' own: a new replica could take none of them, and
-        # fewer held than at the last poll, with nothing ready, is a pool keeping up (a run
-        # just restarted cannot tell yet, and holds too).
+        # fewer held than at the last poll, with nothing ready, is a pool keeping up. Not
+        # where a cap can be had (review 22: the cap binding or not made more published
+        # give fewer replicas); the cap answers that case.
         replicas = current
         cap_note += (f", held at current {current}: nothing ready, {in_flight} in flight"
                      f" {held_back} (held messages cannot move to new replicas)")
@@ -799,11 +800,10 @@ def _parked_cap(
     flow: Flow,
     per_replica_rate: float | None,
     measured: bool,
-    per_replica: int,
 ) -> int | None:
-    """The replicas the in-flight part of the backlog may ask for when fewer than it
-    would (`PARKED_FLOOR_FACTOR`, or `PARKED_BOUND_FACTOR` on a speed not measured yet),
-    else None. Only on a known speed and a known, non-negative publish rate: otherwise the
+    """The most replicas the in-flight part of the backlog may ask for
+    (`PARKED_FLOOR_FACTOR`, or `PARKED_BOUND_FACTOR` on a speed not measured yet), else
+    None. Only on a known speed and a known, non-negative publish rate: otherwise the
     in-flight part counts in full.
     The caller applies it only under `protectBusyWorkers`: the in-flight part holds tasks
     in progress too, which the cap does not tell from parked ones, and the protection keeps
@@ -813,8 +813,7 @@ def _parked_cap(
             or not per_replica_rate > 0.0 or publish is None or not publish >= 0.0):
         return None
     factor = PARKED_FLOOR_FACTOR if measured else PARKED_BOUND_FACTOR
-    cap = max(1, factor * _replicas_for(publish / per_replica_rate))
-    return cap if cap < -(-in_flight // per_replica) else None
+    return max(1, factor * _replicas_for(publish / per_replica_rate))
 
 
 def _pile_drain(
@@ -1109,6 +1108,18 @@ def _still_counting(restored: bool, replicas: int, current: int) -> _Change | No
     if not restored or replicas >= current:
         return None
     note = f"held at {current}: the rates are still being counted after a restart"
+    return current, Reason.INCOMPLETE_SAMPLE, note
+
+
+def _unseen_after_restart(unseen: bool, replicas: int, current: int) -> _Change | None:
+    """No growth on messages held with nothing ready at a restored run's first poll: the run
+    that kept going may see them falling (`throughput.draining`) and hold, and this one has
+    no poll of its own to tell (review 21: 42 held there, 53 here). A stage, not part of the
+    recommendation, so no scale-up window remembers it (review 22)."""
+    if not unseen or replicas <= current or current <= 0:
+        return None
+    note = (f"held at {current}: nothing ready, and no poll since the restart to tell whether"
+            " the messages held are falling")
     return current, Reason.INCOMPLETE_SAMPLE, note
 
 

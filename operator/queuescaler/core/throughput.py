@@ -19,13 +19,14 @@ and every replica consuming worked at its full concurrency the whole time, whate
 prefetch; or, where nothing ever stays ready (unlimited prefetch), while the pile held per
 consumer grew beyond chance (`outrun`). Then acks / replicas is what a replica does, and
 the estimate follows it either way. With pods still starting (fewer consumers than
-replicas) such a poll still counts as saturated, but acks / replicas is then only a lower
-bound, which raises the estimate and never lowers it: a pool short of replicas is saturated
-just when the backlog policy grows it, and waiting for every new pod to consume left a
-prefetch-20 pool unmeasured for good (its piles overflow only then), its probe and backlog
-taking turns at 2 and 3 replicas. Dividing by the consumers instead would read high
-wherever fewer consumers are counted than pods ack (pods sharing one Redis consumer name,
-pods polling with basic.get, counters spanning a crash loop: review 21). At
+replicas, `short_while_starting`) acks / replicas is only a lower bound, which raises the
+estimate and never lowers it, and no measure; but the pool is short now, so such a poll
+pauses the probe (`decision.PROBE_PAUSE_SECONDS`). A pool short of replicas is saturated
+just when the backlog policy grows it: ignoring those polls left a prefetch-20 pool's speed
+unknown for good (its piles overflow only then), its probe and backlog taking turns at 2
+and 3 replicas. Dividing by the consumers instead would read high wherever fewer consumers
+are counted than pods ack (pods sharing one Redis consumer name, pods polling with
+basic.get, counters spanning a crash loop: review 21). At
 any other time only *lower bounds* are known, which may set an unknown estimate or raise
 one, never lower it: acks per consumer (none does more than a
 replica can), and acks per replica holding a message over a minute of polls where nothing
@@ -318,7 +319,27 @@ def _counted_bound(
 def measures(
     readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int, flow: Flow
 ) -> bool:
-    """Whether this sample measures a replica's speed (saturated, with acks to divide)."""
+    """Whether this sample measures a replica's speed: saturated, with acks to divide, and
+    every replica consuming (`short_while_starting` is the same with pods still starting)."""
+    return (_saturated_with_acks(readings, sample, current_replicas, flow)
+            and sample.consumers >= current_replicas)
+
+
+def short_while_starting(
+    readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int, flow: Flow
+) -> bool:
+    """Whether the pods consuming are saturated while others still start: the pool is short
+    now (no probe), but its acks over every replica are only a lower bound of the speed,
+    which is no measure (review 22: taken as one, two such polls fixed a speed 12x too low
+    as measured, and a pool held twice its need for hours; or one 20x too high, and p95
+    waits 2-4x longer)."""
+    return (_saturated_with_acks(readings, sample, current_replicas, flow)
+            and sample.consumers < current_replicas)
+
+
+def _saturated_with_acks(
+    readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int, flow: Flow
+) -> bool:
     return (
         flow.ack is not None
         and flow.ack > 0.0
