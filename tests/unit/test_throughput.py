@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from queuescaler.core.sample import QueueSample
 from queuescaler.core.throughput import (
+    HOLDING_SIGMAS,
     KEPT_EVERY,
     MAX_RATE,
     MAX_SPAN,
@@ -270,6 +271,23 @@ def test_keeping_up_gives_a_lower_bound_that_sets_an_unknown_estimate() -> None:
     assert per_replica_rate(None, readings, now, 10) == pytest.approx(4.0)
 
 
+def test_a_few_polls_that_saw_little_held_do_not_read_the_speed_high() -> None:
+    # pika at prefetch 20: 3 replicas of 2.5 msg/s keep up with 6 msg/s, 2.4 busy on
+    # average; five polls happened to see 1, 3, 1, 1 and 1 held. Their mean (1.4) read the
+    # speed as 4.3/s, and a bound that only raises the estimate kept such lucky reads (the
+    # rate floor then let the pool shrink to 2 and regrow, every minute)
+    held = (1, 3, 1, 1)
+    readings = history(*(
+        sample(unacked=count, consumers=3, at=NOW - 15 * k, acked=1000 - 90 * k)
+        for k, count in zip(range(4, 0, -1), held, strict=True)
+    ), current=3)
+    now = sample(unacked=1, consumers=3, ack=6.0, acked=1000)
+    spread = math.sqrt(sum((h - 1.4) ** 2 for h in (*held, 1)) / 4)
+    assert per_replica_rate(None, readings, now, 3) == pytest.approx(
+        6.0 / (1.4 + HOLDING_SIGMAS * spread / math.sqrt(5)))
+    assert per_replica_rate(None, readings, now, 3) < 6.0 / 2.0  # under what 2 would need
+
+
 def test_a_lower_bound_needs_a_minute_of_counted_acks() -> None:
     # 45 s: too short for Little's law; what stays is the weak bound per consumer, 8 / 10
     readings, now = acking(8.0, unacked=2, consumers=10, ticks=3, current=10)
@@ -312,6 +330,14 @@ def test_acks_per_consumer_bound_the_speed_now(
     # the busiest consumer could have done since the last poll
     readings = history(sample(consumers=before, at=NOW - 15))
     assert acked_per_consumer(readings, sample(consumers=now, ack=ack), current) == bound
+
+
+def test_acks_per_consumer_count_every_consumer_the_kept_readings_saw() -> None:
+    # review: statistics a minute old still held the acks of 78 replicas draining a burst
+    # when the pool was down to 12; over 12 they read each replica 3x as fast as it is
+    readings = history(sample(consumers=78, at=NOW - 45), sample(consumers=12, at=NOW - 30),
+                       sample(consumers=12, at=NOW - 15), current=12)
+    assert acked_per_consumer(readings, sample(consumers=12, ack=390.0), 12) == 5.0
 
 
 def test_a_lower_bound_above_the_estimate_raises_it() -> None:

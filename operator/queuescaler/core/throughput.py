@@ -78,6 +78,11 @@ MAX_RATE: Final = 10_000_000.0
 """Messages per second beyond which a counter difference is a glitch (the listing drops
 rate fields above the same bound)."""
 
+HOLDING_SIGMAS: Final = 2.0
+"""Standard errors above their mean the replicas seen holding messages are taken at, in
+Little's-law bound of the speed (`_most_held`): one in 40 bounds then reads high by
+chance, against one in two."""
+
 KEPT_EVERY: Final = 15.0
 """Seconds between two kept readings: polls closer than this replace the newest one, so
 the history spans minutes at any polling interval."""
@@ -262,17 +267,21 @@ def _lower_bound(
 def acked_per_consumer(
     readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int
 ) -> float | None:
-    """The ack rate field over the most consumers (or replicas) there were at either end,
-    when it rests on `MIN_COUNTED` messages, else None: a lower bound of one replica's
-    speed *now* (no consumer does more than a replica can), where the estimate is the
-    highest bound ever seen. Not a strict one: early acks as a pod starts (its first
-    `concurrency` tasks at once), pods in warm shutdown acking without a consumer, a
-    counter reset, or statistics older than the poll lift it, for a window or by about 2x
-    at most. A worker consuming k queues of one QueueScaler counts k times: lower."""
+    """The ack rate field over the most consumers (or replicas) there were now or at any
+    kept reading, when it rests on `MIN_COUNTED` messages, else None: a lower bound of one
+    replica's speed *now* (no consumer does more than a replica can), where the estimate is
+    the highest bound ever seen. The kept readings, not only the last: statistics may be a
+    minute old (a busy broker's), and 78 replicas' acks draining a burst, read after the
+    pool went down to 12, made each of the 12 three times as fast as it was (the rate
+    floor then took turns with the backlog policy, 9 <-> 20, for the rest of the hour).
+    Not a strict bound still: early acks as a pod starts (its first `concurrency` tasks at
+    once), pods in warm shutdown acking without a consumer, or a counter reset lift it,
+    for a window or by about 2x at most. A worker consuming k queues of one QueueScaler
+    counts k times: lower."""
     field = _sane(sample.ack_rate)
     if not field or field * STATS_WINDOW < MIN_COUNTED:
         return None
-    before = readings[-1].consumers if readings else 0
+    before = max((r.consumers for r in readings), default=0)
     return field / max(1, before, sample.consumers, current_replicas)
 
 
@@ -294,7 +303,7 @@ def _counted_bound(
     limit = _gap_limit(poll_seconds)
     if not sample.unacked:
         return None  # acks while nothing is held: early acks hide the running tasks
-    holding, polls = min(current_replicas, sample.unacked), 1
+    holding = [min(current_replicas, sample.unacked)]
     later = now
     for reading in reversed(readings):
         before, taken_at = reading.acked_total, reading.taken_at
@@ -306,14 +315,27 @@ def _counted_bound(
         if not reading.backlog:
             return None  # acks while nothing was held: early acks hide the running tasks
         later = taken_at
-        holding += reading.holding
-        polls += 1
+        holding.append(reading.holding)
         counted = after - before
         if counted > MAX_RATE * seconds:
             return None  # a glitch, and beyond what a float division may take
         if seconds >= MIN_SPAN and counted >= MIN_COUNTED:
-            return counted / seconds / (holding / polls)
+            return counted / seconds / _most_held(holding)
     return None
+
+
+def _most_held(holding: list[int]) -> float:
+    """The mean replicas holding a message, from a few polls' counts, as high as chance
+    lets it be (`HOLDING_SIGMAS` standard errors above their mean): a handful of counts of
+    2.4 busy pods on average read 1.8 as often as 3, and a bound that only ever raises the
+    estimate kept the lucky low ones (a prefetch-20 pool's speed read 3.24 msg/s against a
+    true 2.5, so the rate floor let it shrink below its need, again and again). Pools that
+    hold a message in every replica (Celery's prefetch) count the same at every poll and
+    lose nothing."""
+    polls = len(holding)
+    mean = sum(holding) / polls
+    spread = math.sqrt(sum((h - mean) ** 2 for h in holding) / (polls - 1)) if polls > 1 else 0.0
+    return mean + HOLDING_SIGMAS * spread / math.sqrt(polls)
 
 
 def measures(
