@@ -16,6 +16,7 @@ import pytest
 from queuescaler.core.decision import (
     PARKED_BOUND_FACTOR,
     PARKED_FLOOR_FACTOR,
+    PROBE_PAUSE_LONGEST,
     PROBE_PAUSE_SECONDS,
     Burst,
     Decision,
@@ -953,6 +954,36 @@ def test_a_failed_probe_stops_probing_for_a_while() -> None:
     later = dataclasses.replace(after, probe_failed_at=ago(PROBE_PAUSE_SECONDS))
     probing = Tick(sample(unacked=10, consumers=10, publish=100.0), 10, state=later).decide()
     assert probing.replicas == 5, "after the pause it may probe again"
+
+
+def test_each_probe_that_fails_again_rests_twice_as_long() -> None:
+    # review: an estimate right but never measured (statistics a minute old) failed every
+    # probe alike, 11 -> 5 -> 78 replicas every 10 minutes for ever
+    shrunk = ScalerState(per_replica_rate=10.0, last_scale_time=ago(15),
+                         last_scale_up_time=ago(300))
+    waiting = sample(ready=430, unacked=7, consumers=7, publish=100.0)
+    first = fold(shrunk, waiting, current=7, recommendation=50)
+    assert first.probe_failures == 1
+    again = fold(first, waiting, current=7, recommendation=50)
+    assert again.probe_failures == 1, "one failure per pause, however many polls show it"
+    quiet = sample(unacked=10, consumers=10, publish=100.0)
+
+    def probes_after(failures: int, rested: float) -> bool:
+        state = dataclasses.replace(first, probe_failures=failures,
+                                    probe_failed_at=ago(rested))
+        return "to learn the replicas' speed" in Tick(quiet, 10, state=state).decide().message
+
+    assert probes_after(1, PROBE_PAUSE_SECONDS)
+    assert not probes_after(2, PROBE_PAUSE_SECONDS)
+    assert probes_after(2, 2 * PROBE_PAUSE_SECONDS)
+    assert not probes_after(9, PROBE_PAUSE_LONGEST - 1)
+    assert probes_after(9, PROBE_PAUSE_LONGEST), "a pool whose speed changed is probed again"
+    failed_twice = fold(dataclasses.replace(first, probe_failed_at=ago(PROBE_PAUSE_SECONDS)),
+                        waiting, current=7, recommendation=50)
+    assert (failed_twice.probe_failures, failed_twice.probe_failed_at) == (2, NOW)
+    measured_since = fold(dataclasses.replace(failed_twice, rate_measured=True), quiet,
+                          current=10)
+    assert measured_since.probe_failures == 0, "a measured speed starts the count again"
 
 
 def test_waiting_work_after_a_scale_up_is_no_failed_probe() -> None:

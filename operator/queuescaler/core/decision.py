@@ -91,6 +91,10 @@ shrunken pool needed), and probing again would only repeat the flood that follow
 see work waiting, so the speed is never measured: a pool probing forever flaps every
 few polls)."""
 
+PROBE_PAUSE_LONGEST: Final = 8 * PROBE_PAUSE_SECONDS
+"""The longest rest after probes failed again and again (`_probe_pause`): a pool whose
+speed changed is probed again within the hour and a half."""
+
 PROBE_DIVISOR: Final = 2
 """Until the pool has been seen saturated (`MEASURED_AFTER` times), its per-replica rate
 is a lower bound (a Celery worker at concurrency 4 holding one message acks a quarter of
@@ -239,6 +243,9 @@ class ScalerState:
     first."""
     probe_failed_at: float | None = None
     """When a probe last failed (`PROBE_PAUSE_SECONDS`); kept in memory only."""
+    probe_failures: int = 0
+    """Probes failed since the speed was last unmeasured or measured, one per pause; each
+    doubles the next pause (`_probe_pause`). Kept in memory only."""
     watching_since: float | None = None
     """When a brand-new QueueScaler (no history, not restored) first ticked; kept in memory
     only. A pool that pauses on every resize (`QueueSample.scaling_pauses`: Kafka) waits a
@@ -369,6 +376,7 @@ def next_state(
             readings_of=state.readings_of,
             restored=state.restored,
             probe_failed_at=state.probe_failed_at,
+            probe_failures=state.probe_failures,
             probe_unknown_until=state.probe_unknown_until,
             watching_since=state.watching_since,  # a failed tick has watched nothing
             burst=state.burst,
@@ -378,6 +386,11 @@ def next_state(
     readings = _readings(spec, state)
     poll = spec.polling_interval_seconds
     flow = flow_since(readings, sample, poll)
+    saturated = measures(readings, sample, current_replicas, flow)
+    measured = _measured(state, saturated)
+    # a pool short while pods start is as good as a failed probe: no probe for a while
+    failed = (_probe_failed(state, sample, current_replicas)
+              or short_while_starting(readings, sample, current_replicas, flow))
     return ScalerState(
         last_scale_time=last_scale_time,
         last_scale_up_time=last_scale_up_time,
@@ -386,16 +399,14 @@ def next_state(
         per_replica_rate=per_replica_rate(
             state.per_replica_rate, readings, sample, current_replicas, flow, poll
         ),
-        rate_measured=_measured(state, saturated := measures(readings, sample,
-                                                             current_replicas, flow)),
+        rate_measured=measured,
         saturated_polls=min(MEASURED_AFTER, state.saturated_polls + saturated),
         readings=(kept := remember(readings, sample, current_replicas)),
         readings_of=spec.source,
         restored=state.restored and len(kept) < 2,
-        # a pool short while pods start is as good as a failed probe: no probe for a while
-        probe_failed_at=now if _probe_failed(state, sample, current_replicas)
-        or short_while_starting(readings, sample, current_replicas, flow)
-        else state.probe_failed_at,
+        probe_failed_at=now if failed else state.probe_failed_at,
+        probe_failures=0 if measured else state.probe_failures + (
+            failed and not _probe_failed_lately(state, now)),
         probe_unknown_until=state.probe_unknown_until,
         watching_since=watching_since,
         burst=_burst_after(spec, state, sample, flow, grew=grew, scaled=scaled,
@@ -529,7 +540,17 @@ def _watching_since(state: ScalerState, now: float) -> float | None:
 
 def _probe_failed_lately(state: ScalerState, now: float) -> bool:
     failed = state.probe_failed_at
-    return failed is not None and 0.0 <= now - failed < PROBE_PAUSE_SECONDS
+    return failed is not None and 0.0 <= now - failed < _probe_pause(state.probe_failures)
+
+
+def _probe_pause(failures: int) -> float:
+    """How long the probe rests after the latest of `failures` failed probes:
+    `PROBE_PAUSE_SECONDS`, doubled for each failure after the first, up to
+    `PROBE_PAUSE_LONGEST`. A pool whose estimate is right but unmeasured (its piles never
+    let two polls see work waiting) fails every probe alike: at a fixed pause it fell short
+    and scaled up again every 10 minutes for ever (11 -> 5 -> 78 replicas, three scale
+    events each time, at 100 msg/s and statistics a minute old)."""
+    return min(PROBE_PAUSE_LONGEST, PROBE_PAUSE_SECONDS * 2.0 ** max(0, failures - 1))
 
 
 def flow_of(spec: QueueScalerSpec, state: ScalerState, sample: QueueSample) -> Flow:
