@@ -16,6 +16,7 @@ import pytest
 from queuescaler.core.decision import (
     PARKED_BOUND_FACTOR,
     PARKED_FLOOR_FACTOR,
+    PROBE_FAILURES_COUNTED,
     PROBE_PAUSE_LONGEST,
     PROBE_PAUSE_SECONDS,
     Burst,
@@ -984,6 +985,20 @@ def test_each_probe_that_fails_again_rests_twice_as_long() -> None:
     measured_since = fold(dataclasses.replace(failed_twice, rate_measured=True), quiet,
                           current=10)
     assert measured_since.probe_failures == 0, "a measured speed starts the count again"
+    counted = fold(dataclasses.replace(first, probe_failures=PROBE_FAILURES_COUNTED,
+                                       probe_failed_at=ago(PROBE_PAUSE_LONGEST)),
+                   waiting, current=7, recommendation=50)
+    assert counted.probe_failures == PROBE_FAILURES_COUNTED, "the count stops at the longest"
+
+
+def test_a_pool_short_while_pods_start_pauses_the_probe_but_counts_no_failure() -> None:
+    # review 25: a pool that only ever grew (6 -> 10 at each load step) climbed to an
+    # 80-minute pause without ever having probed
+    grown = ScalerState(per_replica_rate=10.0, last_scale_time=ago(15),
+                        last_scale_up_time=ago(15),
+                        readings=(Reading(NOW - 15, 40, 6, 6, 46, None, None),))
+    after = fold(grown, sample(ready=60, unacked=6, consumers=6, ack=60.0), current=10)
+    assert after.probe_failed_at == NOW and after.probe_failures == 0
 
 
 def test_waiting_work_after_a_scale_up_is_no_failed_probe() -> None:

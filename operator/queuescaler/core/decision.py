@@ -91,9 +91,15 @@ shrunken pool needed), and probing again would only repeat the flood that follow
 see work waiting, so the speed is never measured: a pool probing forever flaps every
 few polls)."""
 
-PROBE_PAUSE_LONGEST: Final = 8 * PROBE_PAUSE_SECONDS
-"""The longest rest after probes failed again and again (`_probe_pause`): a pool whose
-speed changed is probed again within the hour and a half."""
+PROBE_FAILURES_COUNTED: Final = 4
+"""Failed probes counted in a row (`ScalerState.probe_failures`): the fourth and later rest
+`PROBE_PAUSE_LONGEST`."""
+
+PROBE_PAUSE_LONGEST: Final = PROBE_PAUSE_SECONDS * 2 ** (PROBE_FAILURES_COUNTED - 1)
+"""The longest rest after probes failed again and again (`_probe_pause`), 80 minutes: a
+pool whose speed changed is probed again within the hour and a half of its last failure
+(a pool short at every burst, bursts closer than that, is not: each failed poll starts
+the rest again, as at a single failure)."""
 
 PROBE_DIVISOR: Final = 2
 """Until the pool has been seen saturated (`MEASURED_AFTER` times), its per-replica rate
@@ -244,8 +250,11 @@ class ScalerState:
     probe_failed_at: float | None = None
     """When a probe last failed (`PROBE_PAUSE_SECONDS`); kept in memory only."""
     probe_failures: int = 0
-    """Probes failed since the speed was last unmeasured or measured, one per pause; each
-    doubles the next pause (`_probe_pause`). Kept in memory only."""
+    """Probes that failed (`_probe_failed`: shrank, then work waited) one after another, one
+    per pause, up to `PROBE_FAILURES_COUNTED`; each doubles the next pause (`_probe_pause`).
+    Back to 0 once the speed counts as measured. A pool short while pods start pauses the
+    probe too, but counts no failure: a pool that only ever grows has probed nothing.
+    Kept in memory only."""
     watching_since: float | None = None
     """When a brand-new QueueScaler (no history, not restored) first ticked; kept in memory
     only. A pool that pauses on every resize (`QueueSample.scaling_pauses`: Kafka) waits a
@@ -311,7 +320,8 @@ def decide(
         poll = spec.polling_interval_seconds
         flow = flow_since(readings, sample, poll)
         rate = per_replica_rate(
-            state.per_replica_rate, readings, sample, current_replicas, flow, poll
+            state.per_replica_rate, readings, sample, current_replicas, flow, poll,
+            _measured(state, False),
         )
         saturated = measures(readings, sample, current_replicas, flow)
         # A saturated poll is trusted for itself (the pool is short now: no probe, and
@@ -388,25 +398,26 @@ def next_state(
     flow = flow_since(readings, sample, poll)
     saturated = measures(readings, sample, current_replicas, flow)
     measured = _measured(state, saturated)
+    probe_failed = _probe_failed(state, sample, current_replicas)
     # a pool short while pods start is as good as a failed probe: no probe for a while
-    failed = (_probe_failed(state, sample, current_replicas)
-              or short_while_starting(readings, sample, current_replicas, flow))
+    paused = probe_failed or short_while_starting(readings, sample, current_replicas, flow)
     return ScalerState(
         last_scale_time=last_scale_time,
         last_scale_up_time=last_scale_up_time,
         recommendations=_compact(spec, history, now),
         consecutive_failures=0,
         per_replica_rate=per_replica_rate(
-            state.per_replica_rate, readings, sample, current_replicas, flow, poll
+            state.per_replica_rate, readings, sample, current_replicas, flow, poll,
+            _measured(state, False),
         ),
         rate_measured=measured,
         saturated_polls=min(MEASURED_AFTER, state.saturated_polls + saturated),
         readings=(kept := remember(readings, sample, current_replicas)),
         readings_of=spec.source,
         restored=state.restored and len(kept) < 2,
-        probe_failed_at=now if failed else state.probe_failed_at,
-        probe_failures=0 if measured else state.probe_failures + (
-            failed and not _probe_failed_lately(state, now)),
+        probe_failed_at=now if paused else state.probe_failed_at,
+        probe_failures=0 if measured else min(PROBE_FAILURES_COUNTED, state.probe_failures + (
+            probe_failed and not _probe_failed_lately(state, now))),
         probe_unknown_until=state.probe_unknown_until,
         watching_since=watching_since,
         burst=_burst_after(spec, state, sample, flow, grew=grew, scaled=scaled,
@@ -550,7 +561,8 @@ def _probe_pause(failures: int) -> float:
     let two polls see work waiting) fails every probe alike: at a fixed pause it fell short
     and scaled up again every 10 minutes for ever (11 -> 5 -> 78 replicas, three scale
     events each time, at 100 msg/s and statistics a minute old)."""
-    return min(PROBE_PAUSE_LONGEST, PROBE_PAUSE_SECONDS * 2.0 ** max(0, failures - 1))
+    doublings = min(PROBE_FAILURES_COUNTED, max(1, failures)) - 1
+    return PROBE_PAUSE_SECONDS * (1 << doublings)
 
 
 def flow_of(spec: QueueScalerSpec, state: ScalerState, sample: QueueSample) -> Flow:

@@ -78,10 +78,13 @@ MAX_RATE: Final = 10_000_000.0
 """Messages per second beyond which a counter difference is a glitch (the listing drops
 rate fields above the same bound)."""
 
-HOLDING_SIGMAS: Final = 2.0
+HOLDING_SIGMAS: Final = 1.0
 """Standard errors above their mean the replicas seen holding messages are taken at, in
-Little's-law bound of the speed (`_most_held`): one in 40 bounds then reads high by
-chance, against one in two."""
+Little's-law bound of a speed already measured (`_most_held`): with the five or so polls
+of a minute, about one bound in five then reads high by chance, against one in two. Two
+would make it one in ten, and cost the worker models two rows (slow tasks at prefetch 16
+and unlimited, 1.31x and 1.32x the oracle against a target of 1.3x) for a few more scale
+events saved (pika prefetch 20 in the simulator, 10 seeds: 59 against 63; 102 with none)."""
 
 KEPT_EVERY: Final = 15.0
 """Seconds between two kept readings: polls closer than this replace the newest one, so
@@ -219,9 +222,13 @@ def per_replica_rate(
     current_replicas: int,
     flow: Flow | None = None,
     poll_seconds: float = KEPT_EVERY,
+    measured_before: bool = False,
 ) -> float | None:
     """The per-replica throughput estimate after this sample (see the module docstring);
-    `flow` is flow_since(readings, sample, poll_seconds) when the caller has it already."""
+    `flow` is flow_since(readings, sample, poll_seconds) when the caller has it already.
+    `measured_before`: the estimate was measured, so a lower bound raises it only beyond
+    chance (`_most_held`); an unmeasured one takes the bound as it reads, since a pool
+    that then shrinks too far saturates, which measures it."""
     if estimate is not None and not 0.0 < estimate < math.inf:
         estimate = None  # a corrupt value (restored from a hand-edited status, say)
     if current_replicas <= 0 or sample.consumers <= 0:
@@ -232,7 +239,8 @@ def per_replica_rate(
         ack = _sane(sample.ack_rate) or (flow or flow_since(readings, sample, poll_seconds)).ack
         observed = None if ack is None else ack / current_replicas
     else:
-        observed = _lower_bound(readings, sample, current_replicas, poll_seconds)
+        observed = _lower_bound(readings, sample, current_replicas, poll_seconds,
+                                HOLDING_SIGMAS if measured_before else 0.0)
     if observed is None or not observed > 0.0:
         return estimate
     if estimate is None:
@@ -248,7 +256,7 @@ def per_replica_rate(
 
 def _lower_bound(
     readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int,
-    poll_seconds: float,
+    poll_seconds: float, sigmas: float,
 ) -> float | None:
     """The better of the two lower bounds (module docstring), None when neither says
     anything yet."""
@@ -258,7 +266,7 @@ def _lower_bound(
         return per_consumer  # work waited throughout: every consumer was busy
     if not readings:
         return per_consumer
-    counted = _counted_bound(readings, sample, current_replicas, poll_seconds)
+    counted = _counted_bound(readings, sample, current_replicas, poll_seconds, sigmas)
     if counted is None or (per_consumer is not None and per_consumer > counted):
         return per_consumer
     return counted
@@ -270,7 +278,9 @@ def acked_per_consumer(
     """The ack rate field over the most consumers (or replicas) there were now or at any
     kept reading, when it rests on `MIN_COUNTED` messages, else None: a lower bound of one
     replica's speed *now* (no consumer does more than a replica can), where the estimate is
-    the highest bound ever seen. The kept readings, not only the last: statistics may be a
+    the highest bound ever seen, and the speed the parked cap divides by while the speed is
+    unmeasured (`decision`: up to 2.5 minutes after a scale-down the cap is then looser,
+    more replicas, not fewer). The kept readings, not only the last: statistics may be a
     minute old (a busy broker's), and 78 replicas' acks draining a burst, read after the
     pool went down to 12, made each of the 12 three times as fast as it was (the rate
     floor then took turns with the backlog policy, 9 <-> 20, for the rest of the hour).
@@ -287,7 +297,7 @@ def acked_per_consumer(
 
 def _counted_bound(
     readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int,
-    poll_seconds: float,
+    poll_seconds: float, sigmas: float,
 ) -> float | None:
     """Little's law over the kept readings: acks over a minute or more and 20 or more,
     against the mean of the replicas holding messages at each poll of the span, while
@@ -320,22 +330,23 @@ def _counted_bound(
         if counted > MAX_RATE * seconds:
             return None  # a glitch, and beyond what a float division may take
         if seconds >= MIN_SPAN and counted >= MIN_COUNTED:
-            return counted / seconds / _most_held(holding)
+            return counted / seconds / _most_held(holding, sigmas)
     return None
 
 
-def _most_held(holding: list[int]) -> float:
-    """The mean replicas holding a message, from a few polls' counts, as high as chance
-    lets it be (`HOLDING_SIGMAS` standard errors above their mean): a handful of counts of
-    2.4 busy pods on average read 1.8 as often as 3, and a bound that only ever raises the
-    estimate kept the lucky low ones (a prefetch-20 pool's speed read 3.24 msg/s against a
-    true 2.5, so the rate floor let it shrink below its need, again and again). Pools that
-    hold a message in every replica (Celery's prefetch) count the same at every poll and
-    lose nothing."""
+def _most_held(holding: list[int], sigmas: float) -> float:
+    """The mean replicas holding a message, from a few polls' counts, `sigmas` standard
+    errors higher: a handful of counts of 2.4 busy pods on average read 1.8 as often as 3,
+    and a bound that only ever raises the estimate kept the lucky low ones (a prefetch-20
+    pool's measured 2.5 msg/s crept to 3.24, and since its piles never let two polls see
+    work waiting, nothing measured it again: the rate floor let it shrink below its need
+    every minute). Pools that hold a message in every replica (Celery's prefetch) count
+    the same at every poll and lose nothing; so do counts equally lucky at every poll,
+    which the spread cannot show."""
     polls = len(holding)
     mean = sum(holding) / polls
     spread = math.sqrt(sum((h - mean) ** 2 for h in holding) / (polls - 1)) if polls > 1 else 0.0
-    return mean + HOLDING_SIGMAS * spread / math.sqrt(polls)
+    return mean + sigmas * spread / math.sqrt(polls)
 
 
 def measures(
