@@ -16,12 +16,13 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 from kubernetes import client, config, watch
 
 from queuescaler.core.workers import DELETION_COST, MARKED_BY
+from queuescaler.kube.client import GROUP, PLURAL, VERSION
 from queuescaler_testkit.broker import BrokerAdmin
 from queuescaler_testkit.env import CACHE, TestEnv, wait_until
 from queuescaler_testkit.operator_process import OperatorProcess
@@ -45,30 +46,56 @@ GRACE_SECONDS = 25
 """Longer than a task: a busy worker told to stop still finishes (and acks) its message."""
 
 
-class PodMarks:
-    """Every pod-deletion-cost each pod carried, in order, from a watch (polling would miss
-    the marks of pods deleted right after they were set)."""
+class _Watched:
+    """Every version of some objects of the pool's namespace, from a watch on a thread
+    (polling would miss what lasts a moment: the marks of pods deleted right after they were
+    set, a status the next tick rewrites within a second)."""
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
-        self.costs: dict[str, list[str]] = {}
-        """Pod -> the costs it carried, in order (repeats collapsed)."""
-        self.cost_when_deleted: dict[str, str | None] = {}
         self._stop = threading.Event()
         self._api = config.new_client_from_config(config_file=str(pool.testenv.kubeconfig))
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
+    def _stream(self) -> Iterator[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _see(self, obj: Any) -> None:
+        raise NotImplementedError
+
     def _watch(self) -> None:
-        core = client.CoreV1Api(self._api)
         while not self._stop.is_set():
             try:
-                for event in watch.Watch().stream(
-                    core.list_namespaced_pod, self.pool.namespace,
-                    label_selector=f"app={self.pool.name}", timeout_seconds=2,
-                ):
+                for event in self._stream():
                     self._see(event["object"])
             except Exception:  # a dropped watch: the next one lists again
                 self._stop.wait(0.2)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._api.close()
+
+
+class PodMarks(_Watched):
+    """Every pod-deletion-cost each pod carried, in order."""
+
+    def __init__(self, pool: Pool) -> None:
+        super().__init__(pool)
+        self.costs: dict[str, list[str]] = {}
+        """Pod -> the costs it carried, in order (repeats collapsed)."""
+        self.cost_when_deleted: dict[str, str | None] = {}
+
+    def _stream(self) -> Iterator[dict[str, Any]]:
+        core = client.CoreV1Api(self._api)
+        return watch.Watch().stream(  # type: ignore[no-any-return]
+            core.list_namespaced_pod, self.pool.namespace,
+            label_selector=f"app={self.pool.name}", timeout_seconds=2,
+        )
 
     def _see(self, pod: Any) -> None:
         name = pod.metadata.name
@@ -79,14 +106,25 @@ class PodMarks:
         if pod.metadata.deletion_timestamp is not None:
             self.cost_when_deleted.setdefault(name, cost)
 
-    def __enter__(self) -> PodMarks:
-        self._thread.start()
-        return self
 
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._api.close()
+class WorkersSeen(_Watched):
+    """Every `status.workers` the QueueScaler carried, in order (repeats collapsed)."""
+
+    def __init__(self, pool: Pool) -> None:
+        super().__init__(pool)
+        self.seen: list[dict[str, Any]] = []
+
+    def _stream(self) -> Iterator[dict[str, Any]]:
+        custom = client.CustomObjectsApi(self._api)
+        return watch.Watch().stream(  # type: ignore[no-any-return]
+            custom.list_namespaced_custom_object, GROUP, VERSION, self.pool.namespace, PLURAL,
+            field_selector=f"metadata.name={self.pool.name}", timeout_seconds=2,
+        )
+
+    def _see(self, scaler: Any) -> None:
+        workers = (scaler.get("status") or {}).get("workers")
+        if workers and (not self.seen or self.seen[-1] != workers):
+            self.seen.append(workers)
 
 
 @dataclass
@@ -139,13 +177,11 @@ def scale_down_with_busy_workers(
                timeout=30, what="the busy workers in the broker's channel statistics")
 
     outcome = Outcome([], [], 0, busy=busy)
-    with FirstSeen(processed_log) as processed, PodMarks(pool) as marks:
+    with (FirstSeen(processed_log) as processed, PodMarks(pool) as marks,
+          WorkersSeen(pool) as workers_seen):
         pool.apply_scaler(minReplicas=1, maxReplicas=WORKERS, target=target, behavior=behavior)
 
         def settled() -> bool:
-            workers = pool.status().get("workers")
-            if workers and workers not in outcome.workers_seen:
-                outcome.workers_seen.append(workers)
             return (
                 pool.replicas() == 1
                 and len(runner.serving()) == 1
@@ -165,6 +201,7 @@ def scale_down_with_busy_workers(
             unfinished = [r for r in held if done_at.get(r, float("inf")) > record.sigterm_at]
             if unfinished:
                 outcome.busy_terminated.append(pod)
+    outcome.workers_seen = workers_seen.seen
     outcome.costs = marks.costs
     outcome.cost_when_deleted = marks.cost_when_deleted
     outcome.redeliveries = sum(1 for count in read_processed(processed_log).values() if count > 1)
