@@ -49,15 +49,20 @@ GRACE_SECONDS = 25
 class _Watched:
     """Every version of some objects of the pool's namespace, from a watch on a thread
     (polling would miss what lasts a moment: the marks of pods deleted right after they were
-    set, a status the next tick rewrites within a second)."""
+    set, a status the next tick rewrites within a second). Each 2 s watch resumes from the
+    last version seen, so nothing written between two of them is lost; `error` keeps the
+    last failure, for a test that saw nothing to say why."""
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
+        self.error: Exception | None = None
+        self._version: str | None = None
+        self._started = threading.Event()
         self._stop = threading.Event()
         self._api = config.new_client_from_config(config_file=str(pool.testenv.kubeconfig))
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def _stream(self) -> Iterator[dict[str, Any]]:
+    def _stream(self, since: str | None) -> Iterator[dict[str, Any]]:
         raise NotImplementedError
 
     def _see(self, obj: Any) -> None:
@@ -66,19 +71,35 @@ class _Watched:
     def _watch(self) -> None:
         while not self._stop.is_set():
             try:
-                for event in self._stream():
-                    self._see(event["object"])
-            except Exception:  # a dropped watch: the next one lists again
+                for event in self._stream(self._version):
+                    obj = event["object"]
+                    self._see(obj)
+                    self._version = _version_of(obj) or self._version
+                    self._started.set()
+            except Exception as error:  # a dropped watch: the next one resumes
+                self.error = error
+                if isinstance(error, client.ApiException) and error.status == 410:
+                    self._version = None  # too old to resume from: list again
                 self._stop.wait(0.2)
 
     def __enter__(self) -> Self:
         self._thread.start()
+        # the objects exist: their first versions arrive at once, before the test acts
+        if not self._started.wait(timeout=10):
+            raise AssertionError(f"the watch saw nothing in 10 s: {self.error!r}")
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
         self._api.close()
+
+
+def _version_of(obj: Any) -> str | None:
+    """An object's resourceVersion, from a typed model (pods) or a plain dict (custom)."""
+    metadata = obj.get("metadata", {}) if isinstance(obj, dict) else obj.metadata
+    return metadata.get("resourceVersion") if isinstance(metadata, dict) else (
+        metadata.resource_version)
 
 
 class PodMarks(_Watched):
@@ -90,10 +111,10 @@ class PodMarks(_Watched):
         """Pod -> the costs it carried, in order (repeats collapsed)."""
         self.cost_when_deleted: dict[str, str | None] = {}
 
-    def _stream(self) -> Iterator[dict[str, Any]]:
+    def _stream(self, since: str | None) -> Iterator[dict[str, Any]]:
         core = client.CoreV1Api(self._api)
         return watch.Watch().stream(  # type: ignore[no-any-return]
-            core.list_namespaced_pod, self.pool.namespace,
+            core.list_namespaced_pod, self.pool.namespace, resource_version=since,
             label_selector=f"app={self.pool.name}", timeout_seconds=2,
         )
 
@@ -114,11 +135,12 @@ class WorkersSeen(_Watched):
         super().__init__(pool)
         self.seen: list[dict[str, Any]] = []
 
-    def _stream(self) -> Iterator[dict[str, Any]]:
+    def _stream(self, since: str | None) -> Iterator[dict[str, Any]]:
         custom = client.CustomObjectsApi(self._api)
         return watch.Watch().stream(  # type: ignore[no-any-return]
             custom.list_namespaced_custom_object, GROUP, VERSION, self.pool.namespace, PLURAL,
-            field_selector=f"metadata.name={self.pool.name}", timeout_seconds=2,
+            resource_version=since, field_selector=f"metadata.name={self.pool.name}",
+            timeout_seconds=2,
         )
 
     def _see(self, scaler: Any) -> None:
@@ -139,6 +161,8 @@ class Outcome:
     busy: set[str] = field(default_factory=set)
     """Pods holding a message when the pool could shrink."""
     workers_seen: list[dict[str, Any]] = field(default_factory=list)
+    watch_error: Exception | None = None
+    """The status watch's last failure, if any (a reconnect, or why nothing was seen)."""
     costs: dict[str, list[str]] = field(default_factory=dict)
     """Pod -> the pod-deletion-cost values it carried, in order."""
     cost_when_deleted: dict[str, str | None] = field(default_factory=dict)
@@ -202,6 +226,7 @@ def scale_down_with_busy_workers(
             if unfinished:
                 outcome.busy_terminated.append(pod)
     outcome.workers_seen = workers_seen.seen
+    outcome.watch_error = workers_seen.error
     outcome.costs = marks.costs
     outcome.cost_when_deleted = marks.cost_when_deleted
     outcome.redeliveries = sum(1 for count in read_processed(processed_log).values() if count > 1)
@@ -259,7 +284,8 @@ def test_protected_scale_down_removes_idle_workers_and_keeps_the_busy_ones(
     assert any("busy-workers" in reason and f"to {MESSAGES}" in reason
                for reason in outcome.reasons), outcome.reasons
     seen = outcome.workers_seen
-    assert {"matched": WORKERS, "busy": MESSAGES, "unmatched": 0} in seen, seen
+    assert {"matched": WORKERS, "busy": MESSAGES, "unmatched": 0} in seen, (
+        seen, outcome.watch_error)
     # The marks chose the pods: each busy pod was marked dear (it holds one message), and
     # every pod removed was marked idle when it went.
     assert all(outcome.costs.get(pod, [None])[0] == "1" for pod in outcome.busy), outcome.costs

@@ -80,11 +80,12 @@ rate fields above the same bound)."""
 
 HOLDING_SIGMAS: Final = 1.0
 """Standard errors above their mean the replicas seen holding messages are taken at, in
-Little's-law bound of a speed already measured (`_most_held`): with the five or so polls
-of a minute, about one bound in five then reads high by chance, against one in two. Two
-would make it one in ten, and cost the worker models two rows (slow tasks at prefetch 16
-and unlimited, 1.31x and 1.32x the oracle against a target of 1.3x) for a few more scale
-events saved (pika prefetch 20 in the simulator, 10 seeds: 59 against 63; 102 with none)."""
+Little's-law bound of a speed already measured (`_most_held`). Over five polls of 3
+replicas with 2.4 busy on average, a bound then reads high by chance about one time in
+nine, against more than one in two at none (review 26, counted exactly). Two would make it
+one in 35, and cost the worker models two rows (slow tasks at prefetch 16 and unlimited,
+1.31x and 1.32x the oracle against a target of 1.3x) for a few more scale events saved
+(pika prefetch 20 in the simulator, 10 seeds: 59 against 63; 102 with none)."""
 
 KEPT_EVERY: Final = 15.0
 """Seconds between two kept readings: polls closer than this replace the newest one, so
@@ -227,8 +228,11 @@ def per_replica_rate(
     """The per-replica throughput estimate after this sample (see the module docstring);
     `flow` is flow_since(readings, sample, poll_seconds) when the caller has it already.
     `measured_before`: the estimate was measured, so a lower bound raises it only beyond
-    chance (`_most_held`); an unmeasured one takes the bound as it reads, since a pool
-    that then shrinks too far saturates, which measures it."""
+    chance (`_most_held`). An unmeasured one takes the bound as it reads: the probe halves
+    what it asks, and an estimate read high costs no more than the probe would, while a
+    correction there left steady pools unmeasured and probing (review 25). Not every pool
+    that shrinks too far saturates and is measured: a prefetch-20 pool's piles take the
+    shortfall, and its estimate may still read high until the backlog policy regrows it."""
     if estimate is not None and not 0.0 < estimate < math.inf:
         estimate = None  # a corrupt value (restored from a hand-edited status, say)
     if current_replicas <= 0 or sample.consumers <= 0:
