@@ -319,9 +319,10 @@ def decide(
         readings = _readings(spec, state)
         poll = spec.polling_interval_seconds
         flow = flow_since(readings, sample, poll)
+        measured_before = _measured(state, False)
         rate = per_replica_rate(
             state.per_replica_rate, readings, sample, current_replicas, flow, poll,
-            _measured(state, False),
+            measured_before,
         )
         saturated = measures(readings, sample, current_replicas, flow)
         # A saturated poll is trusted for itself (the pool is short now: no probe, and
@@ -341,7 +342,7 @@ def decide(
             acked_now=acked_now,
             # measured before this poll (this poll's own saturation hangs on one ready
             # message: review 19), and by this run (a restart rests on a thin rate field)
-            drain_piles=_measured(state, False) and not state.restored,
+            drain_piles=measured_before and not state.restored,
             held_back=_held_back(readings, sample, poll),
             unseen_after_restart=(state.restored and not readings and sample.shared
                                   and sample.complete and not sample.ready),
