@@ -991,6 +991,20 @@ def test_each_probe_that_fails_again_rests_twice_as_long() -> None:
     assert counted.probe_failures == PROBE_FAILURES_COUNTED, "the count stops at the longest"
 
 
+def test_a_clock_stepped_back_counts_one_failure_and_rests_from_now() -> None:
+    # the last failure an hour "in the future": the pause it set cannot be trusted, the
+    # failure now starts it again, and counts once however many polls show it
+    shrunk = ScalerState(per_replica_rate=10.0, last_scale_time=ago(15),
+                         last_scale_up_time=ago(300), probe_failures=2,
+                         probe_failed_at=NOW + 3600)
+    waiting = sample(ready=430, unacked=7, consumers=7, publish=100.0)
+    after = fold(shrunk, waiting, current=7, recommendation=50)
+    assert (after.probe_failures, after.probe_failed_at) == (3, NOW)
+    assert fold(after, waiting, current=7, recommendation=50).probe_failures == 3
+    quiet = Tick(sample(unacked=10, consumers=10, publish=100.0), 10, state=after).decide()
+    assert "to learn the replicas' speed" not in quiet.message, quiet.message
+
+
 def test_a_pool_short_while_pods_start_pauses_the_probe_but_counts_no_failure() -> None:
     # review 25: a pool that only ever grew (6 -> 10 at each load step) climbed to an
     # 80-minute pause without ever having probed
