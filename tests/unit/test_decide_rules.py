@@ -7,6 +7,7 @@ shows one rule at work; the rows that need a damping switch it back on.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -954,7 +955,42 @@ def test_a_failed_probe_stops_probing_for_a_while() -> None:
     assert steady.replicas == 10
     later = dataclasses.replace(after, probe_failed_at=ago(PROBE_PAUSE_SECONDS))
     probing = Tick(sample(unacked=10, consumers=10, publish=100.0), 10, state=later).decide()
-    assert probing.replicas == 5, "after the pause it may probe again"
+    assert "to learn the replicas' speed" in probing.message, "after the pause it probes again"
+    assert probing.replicas == 8, "not down to the 7 that fell short at this load"
+
+
+def test_a_probe_never_asks_again_for_a_size_that_fell_short_at_its_load() -> None:
+    # a rest over, the probe went back to the size that had failed (5 of 10), fell short
+    # and grew again: 7 that left 430 waiting at 100/s say a replica does under 100/7
+    shrunk = ScalerState(per_replica_rate=10.0, last_scale_time=ago(15),
+                         last_scale_up_time=ago(300))
+    failed = fold(shrunk, sample(ready=430, unacked=7, consumers=7, publish=100.0),
+                  current=7, recommendation=50)
+    assert failed.probe_short == (7, 100.0)
+    rested = dataclasses.replace(failed, probe_failed_at=ago(10 * PROBE_PAUSE_LONGEST))
+
+    def probe(publish: float | None, current: int = 20, state: ScalerState = rested) -> int:
+        quiet = sample(unacked=current, consumers=current, publish=publish)
+        return Tick(quiet, current, state=state).decide().replicas
+
+    assert probe(100.0, 10) == 8
+    limited = Tick(sample(unacked=10, consumers=10, publish=100.0), 10, state=rested).decide()
+    assert "no fewer: a probe left fewer short at this load" in limited.message
+    assert probe(200.0) == 15, "in proportion to the load: 14 would fall short at 200/s"
+    assert probe(40.0, 4) == 3, "a lighter load may go lower: 2 replicas, 1 more"
+    assert probe(100.0, 10, shrunk) == 5, "no failure, no limit"
+    for absurd in (math.inf, math.nan, -5.0):
+        # no known publish rate now: the probe's own answer, which has nothing to scale
+        assert probe(absurd, 10) == Tick(sample(unacked=10, consumers=10, publish=absurd), 10,
+                                         state=shrunk).decide().replicas
+    no_rate = fold(shrunk, sample(ready=430, unacked=7, consumers=7, publish=None),
+                   current=7, recommendation=50)
+    assert no_rate.probe_short is None, "a failure at an unknown load limits nothing"
+    outage = fold(failed, None, current=7, recommendation=50)
+    assert outage.probe_short == (7, 100.0), "a failed tick forgets nothing"
+    measured = fold(dataclasses.replace(failed, rate_measured=True),
+                    sample(unacked=10, consumers=10, publish=100.0), current=10)
+    assert measured.probe_short is None, "a measured speed needs no limit"
 
 
 def test_each_probe_that_fails_again_rests_twice_as_long() -> None:

@@ -263,6 +263,12 @@ class ScalerState:
     counters), and the window, empty, held nothing (review: a new QueueScaler over 6 busy
     replicas took them to zero at its first tick). A restored state starts it at the
     restart: when the QueueScaler was created is not in status."""
+    probe_short: tuple[int, float] | None = None
+    """The pool size a probe left short (`_probe_failed`) and the publish rate then; kept in
+    memory only, dropped once the speed is measured. A replica works slower than that rate
+    over that size, so no later probe asks for as few replicas for the load of its time
+    (`_probe_least`): a rest over, the probe went back to the size that had failed, and the
+    pool fell short and grew again."""
     probe_unknown_until: float | None = None
     """Set on a state restored from status: until then, whether a probe failed lately is
     not known (the run that kept going may have been told by one not to probe, or may be
@@ -339,7 +345,7 @@ def decide(
         decision = _decide_with_sample(
             spec, sample, flow, current_replicas, state, now, busy_workers, rate, busy_note,
             probing=probing, probe_unsure=unsure, measured=measured, restored=state.restored,
-            acked_now=acked_now,
+            probe_least=_probe_least(state.probe_short, flow), acked_now=acked_now,
             # measured before this poll (this poll's own saturation hangs on one ready
             # message: review 19), and by this run (a restart rests on a thin rate field)
             drain_piles=measured_before and not state.restored,
@@ -388,6 +394,7 @@ def next_state(
             restored=state.restored,
             probe_failed_at=state.probe_failed_at,
             probe_failures=state.probe_failures,
+            probe_short=state.probe_short,
             probe_unknown_until=state.probe_unknown_until,
             watching_since=state.watching_since,  # a failed tick has watched nothing
             burst=state.burst,
@@ -419,6 +426,8 @@ def next_state(
         probe_failed_at=now if paused else state.probe_failed_at,
         probe_failures=0 if measured else min(PROBE_FAILURES_COUNTED, state.probe_failures + (
             probe_failed and not _probe_failed_lately(state, now))),
+        probe_short=None if measured else _probe_short(state, flow, current_replicas,
+                                                       probe_failed),
         probe_unknown_until=state.probe_unknown_until,
         watching_since=watching_since,
         burst=_burst_after(spec, state, sample, flow, grew=grew, scaled=scaled,
@@ -550,6 +559,28 @@ def _watching_since(state: ScalerState, now: float) -> float | None:
     return None if ticked else now
 
 
+def _probe_short(
+    state: ScalerState, flow: Flow, current: int, failed: bool
+) -> tuple[int, float] | None:
+    """`ScalerState.probe_short` after this tick: this size and the publish rate when a
+    probe failed now and the rate is known, else what it was."""
+    publish = flow.publish
+    if failed and current > 0 and publish is not None and 0.0 < publish < math.inf:
+        return current, publish
+    return state.probe_short
+
+
+def _probe_least(short: tuple[int, float] | None, flow: Flow) -> int:
+    """The fewest replicas a probe may ask for after one left `short` = (size, publish
+    rate) too few: one more than that size, in proportion to the publish rate now. No limit
+    without a publish rate now."""
+    publish = flow.publish
+    if short is None or publish is None or not 0.0 < publish < math.inf:
+        return 0
+    size, rate = short
+    return math.floor(publish * size / rate) + 1
+
+
 def _probe_failed_lately(state: ScalerState, now: float) -> bool:
     failed = state.probe_failed_at
     return failed is not None and 0.0 <= now - failed < _probe_pause(state.probe_failures)
@@ -602,6 +633,7 @@ def _decide_with_sample(
     probe_unsure: bool = False,
     measured: bool = True,
     restored: bool = False,
+    probe_least: int = 0,
     acked_now: float | None = None,
     drain_piles: bool = False,
     held_back: str | None = None,
@@ -609,8 +641,8 @@ def _decide_with_sample(
 ) -> Decision:
     recommendation, reason, message, rate_answer = _raw_recommendation(
         spec, sample, flow, current, rate,
-        probing=probing, probe_unsure=probe_unsure, measured=measured,
-        acked_now=acked_now, drain_piles=drain_piles, held_back=held_back,
+        probing=probing, probe_unsure=probe_unsure, probe_least=probe_least,
+        measured=measured, acked_now=acked_now, drain_piles=drain_piles, held_back=held_back,
     )
     raw_reason = reason
     changes: list[str] = []
@@ -673,6 +705,7 @@ def _raw_recommendation(
     per_replica_rate: float | None,
     probing: bool = False,
     probe_unsure: bool = False,
+    probe_least: int = 0,
     measured: bool = True,
     acked_now: float | None = None,
     drain_piles: bool = False,
@@ -780,7 +813,7 @@ def _raw_recommendation(
             )
             floor = lift
         if probing:
-            floor, probe_note = _probe(floor, current, probe_unsure)
+            floor, probe_note = _probe(floor, current, probe_unsure, probe_least)
             floor_note += probe_note
         if floor > replicas:
             replicas, reason, winner = floor, Reason.RATE, "floor"
@@ -789,7 +822,7 @@ def _raw_recommendation(
         if drain_seconds is not None:
             drain = _replicas_for((publish + backlog / drain_seconds) / per_replica_rate)
             if probing:
-                drain, _ = _probe(drain, current, probe_unsure)
+                drain, _ = _probe(drain, current, probe_unsure, probe_least)
             if drain > replicas:
                 replicas, reason, winner = drain, Reason.RATE, "drain"
             answer = max(answer, drain)
@@ -895,18 +928,20 @@ def _pile_drain(
     return needed, note
 
 
-def _probe(replicas: int, current: int, unsure: bool) -> tuple[int, str]:
-    """A rate answer on a speed never measured: half of it (see PROBE_DIVISOR). `unsure`
-    (restarted, `ScalerState.probe_unknown_until`): the answer of the two, probing or not,
-    that moves the pool least."""
-    spare = -(-replicas // PROBE_DIVISOR)
+def _probe(replicas: int, current: int, unsure: bool, least: int = 0) -> tuple[int, str]:
+    """A rate answer on a speed never measured: half of it (see PROBE_DIVISOR), and not
+    below `least` (`_probe_least`). `unsure` (restarted, `ScalerState.probe_unknown_until`):
+    the answer of the two, probing or not, that moves the pool least."""
+    probed = max(replicas - -(-replicas // PROBE_DIVISOR), min(least, replicas))
+    spare = replicas - probed
     if not spare:
         return replicas, ""
-    probed = replicas - spare
     if unsure and probed < current:
         kept = min(current, replicas)
         return kept, f", held at {kept} (restarted: whether a probe failed lately is not known)"
-    return probed, f", less {spare} to learn the replicas' speed (not measured yet)"
+    limit = ("; no fewer: a probe left fewer short at this load"
+             if probed == least else "")
+    return probed, f", less {spare} to learn the replicas' speed (not measured yet{limit})"
 
 
 def backlog_of(spec: QueueScalerSpec, sample: QueueSample) -> int:
