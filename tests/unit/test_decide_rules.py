@@ -959,6 +959,33 @@ def test_a_failed_probe_stops_probing_for_a_while() -> None:
     assert probing.replicas == 8, "not down to the 7 that fell short at this load"
 
 
+def test_piles_that_grow_after_a_probe_with_nothing_ready_fail_it() -> None:
+    # the real-worker bench's pika pool at prefetch 20 (6 msg/s, 0.4 s tasks): the probe let
+    # 3 replicas go to 2, nothing was ever ready, the piles took it back to 3, every minute
+    # for as long as the load lasted
+    def after_shrink(held_then: int, consumers_then: int, held_now: int) -> ScalerState:
+        state = ScalerState(per_replica_rate=3.0, last_scale_time=NOW - 20,
+                            last_scale_up_time=NOW - 300,
+                            readings=(Reading(NOW - 60, 0, 3, 1, 1, None, None),
+                                      Reading(NOW - 15, 0, consumers_then, 2, held_then,
+                                              None, None)))
+        return fold(state, sample(unacked=held_now, consumers=2, publish=6.0), current=2,
+                    recommendation=3)
+
+    failed = after_shrink(1, 2, 24)
+    assert (failed.probe_failed_at, failed.probe_failures, failed.probe_short) == (
+        NOW, 1, (2, 6.0))
+    assert after_shrink(1, 2, 8).probe_failed_at is None, "a few more held is chance"
+    # a pool still working off a flood when it shrank holds piles that grow on the slow
+    # tasks of a few consumers (unlimited prefetch, heavy-tailed tasks): not a failed probe
+    assert after_shrink(60, 2, 90).probe_failed_at is None
+    before_only = ScalerState(per_replica_rate=3.0, last_scale_time=NOW - 5,
+                              last_scale_up_time=NOW - 300,
+                              readings=(Reading(NOW - 15, 0, 3, 1, 1, None, None),))
+    assert fold(before_only, sample(unacked=24, consumers=2, publish=6.0), current=2,
+                recommendation=3).probe_failed_at is None, "no reading since the shrink"
+
+
 def test_a_probe_never_asks_again_for_a_size_that_fell_short_at_its_load() -> None:
     # a rest over, the probe went back to the size that had failed (5 of 10), fell short
     # and grew again: 7 that left 430 waiting at 100/s say a replica does under 100/7
