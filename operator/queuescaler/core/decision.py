@@ -211,6 +211,15 @@ class Burst:
 
 
 @dataclass(frozen=True, slots=True)
+class ShortProbe:
+    """A probe that left the pool short: the size, the publish rate then, and when."""
+
+    replicas: int
+    publish: float
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class ScalerState:
     """Everything decide() remembers between ticks; the operator persists it in status."""
 
@@ -263,10 +272,11 @@ class ScalerState:
     counters), and the window, empty, held nothing (review: a new QueueScaler over 6 busy
     replicas took them to zero at its first tick). A restored state starts it at the
     restart: when the QueueScaler was created is not in status."""
-    probe_short: tuple[int, float] | None = None
-    """The pool size a probe left short (`_probe_failed`) and the publish rate then; kept in
-    memory only, dropped once the speed is measured. A replica works slower than that rate
-    over that size, so no later probe asks for as few replicas for the load of its time
+    probe_short: ShortProbe | None = None
+    """The last probe that left the pool short on a publish rate its estimated speed could
+    not carry (`_probe_short`); kept in memory only, dropped once the speed is measured and
+    unused after `PROBE_PAUSE_LONGEST`. A replica then worked slower than that rate over
+    that size, so no later probe asks for as few replicas for the load of its time
     (`_probe_least`): a rest over, the probe went back to the size that had failed, and the
     pool fell short and grew again."""
     probe_unknown_until: float | None = None
@@ -345,7 +355,7 @@ def decide(
         decision = _decide_with_sample(
             spec, sample, flow, current_replicas, state, now, busy_workers, rate, busy_note,
             probing=probing, probe_unsure=unsure, measured=measured, restored=state.restored,
-            probe_least=_probe_least(state.probe_short, flow), acked_now=acked_now,
+            probe_least=_probe_least(state.probe_short, flow, now), acked_now=acked_now,
             # measured before this poll (this poll's own saturation hangs on one ready
             # message: review 19), and by this run (a restart rests on a thin rate field)
             drain_piles=measured_before and not state.restored,
@@ -426,8 +436,8 @@ def next_state(
         probe_failed_at=now if paused else state.probe_failed_at,
         probe_failures=0 if measured else min(PROBE_FAILURES_COUNTED, state.probe_failures + (
             probe_failed and not _probe_failed_lately(state, now))),
-        probe_short=None if measured else _probe_short(state, flow, current_replicas,
-                                                       probe_failed),
+        probe_short=None if measured else _probe_short(state, sample, flow, current_replicas,
+                                                       probe_failed, now),
         probe_unknown_until=state.probe_unknown_until,
         watching_since=watching_since,
         burst=_burst_after(spec, state, sample, flow, grew=grew, scaled=scaled,
@@ -573,25 +583,32 @@ def _watching_since(state: ScalerState, now: float) -> float | None:
 
 
 def _probe_short(
-    state: ScalerState, flow: Flow, current: int, failed: bool
-) -> tuple[int, float] | None:
-    """`ScalerState.probe_short` after this tick: this size and the publish rate when a
-    probe failed now and the rate is known, else what it was."""
-    publish = flow.publish
-    if failed and current > 0 and publish is not None and 0.0 < publish < math.inf:
-        return current, publish
+    state: ScalerState, sample: QueueSample, flow: Flow, current: int, failed: bool,
+    now: float,
+) -> ShortProbe | None:
+    """`ScalerState.probe_short` after this tick: this one when a probe failed now on a
+    publish rate the pool could not carry at its estimated speed (counted, not a thin rate
+    field), on one queue every consumer takes from; else what it was. A message caught
+    between publish and delivery, or requeued by a stopped pod, fails a probe too (a rest
+    of minutes), but says nothing of the speed: a limit recorded from it would hold every
+    later probe off (review 26). Nor a partition's lag, which always waits."""
+    publish, estimate = flow.publish, state.per_replica_rate
+    if (failed and sample.shared and flow.publish_firm and estimate is not None
+            and publish is not None and current * estimate < publish < math.inf):
+        return ShortProbe(current, publish, now)
     return state.probe_short
 
 
-def _probe_least(short: tuple[int, float] | None, flow: Flow) -> int:
-    """The fewest replicas a probe may ask for after one left `short` = (size, publish
-    rate) too few: one more than that size, in proportion to the publish rate now. No limit
-    without a publish rate now."""
+def _probe_least(short: ShortProbe | None, flow: Flow, now: float) -> int:
+    """The fewest replicas a probe may ask for after one left the pool `short`: one more
+    than that size, in proportion to the publish rate now. No limit without a publish rate
+    now, or after `PROBE_PAUSE_LONGEST` (the workers may have got faster)."""
     publish = flow.publish
-    if short is None or publish is None or not 0.0 < publish < math.inf:
+    if (short is None or publish is None or not 0.0 < publish < math.inf
+            or not 0.0 <= now - short.at < PROBE_PAUSE_LONGEST):
         return 0
-    size, rate = short
-    return math.floor(publish * size / rate) + 1
+    needed = publish * short.replicas / short.publish
+    return _HUGE if not needed < _HUGE else math.floor(needed) + 1
 
 
 def _probe_failed_lately(state: ScalerState, now: float) -> bool:
@@ -942,18 +959,20 @@ def _pile_drain(
 
 
 def _probe(replicas: int, current: int, unsure: bool, least: int = 0) -> tuple[int, str]:
-    """A rate answer on a speed never measured: half of it (see PROBE_DIVISOR), and not
-    below `least` (`_probe_least`). `unsure` (restarted, `ScalerState.probe_unknown_until`):
-    the answer of the two, probing or not, that moves the pool least."""
-    probed = max(replicas - -(-replicas // PROBE_DIVISOR), min(least, replicas))
+    """A rate answer on a speed never measured: half of it (see PROBE_DIVISOR), raised to
+    `least` (`_probe_least`) up to the answer itself. `unsure` (restarted,
+    `ScalerState.probe_unknown_until`): the answer of the two, probing or not, that moves
+    the pool least."""
+    half = replicas - -(-replicas // PROBE_DIVISOR)
+    probed = max(half, min(least, replicas))
+    limited = "a probe left fewer short at this load" if probed > half else ""
     spare = replicas - probed
     if not spare:
-        return replicas, ""
+        return replicas, f", not probed ({limited})" if limited else ""
     if unsure and probed < current:
         kept = min(current, replicas)
         return kept, f", held at {kept} (restarted: whether a probe failed lately is not known)"
-    limit = ("; no fewer: a probe left fewer short at this load"
-             if probed == least else "")
+    limit = f"; no fewer: {limited}" if limited else ""
     return probed, f", less {spare} to learn the replicas' speed (not measured yet{limit})"
 
 
