@@ -35,8 +35,10 @@ from queuescaler.core.throughput import (
     falling_behind,
     flow_since,
     measures,
+    outgrown,
     outrun,
     per_replica_rate,
+    reading_of,
     remember,
     saturated,
     short_while_starting,
@@ -557,6 +559,25 @@ def test_work_piling_up_counts_the_messages_ready_now_as_held() -> None:
     assert not work_piling_up(before, sample(ready=50, unacked=6050))  # within 2 sigma
     waited = history(sample(ready=3, unacked=6000, at=NOW - 15))
     assert not work_piling_up(waited, sample(ready=300, unacked=6000))  # saturated's to tell
+
+
+def test_piles_outgrown_from_a_poll_that_kept_up() -> None:
+    """The real-worker bench's pika pool at prefetch 20, after a probe took it 3 -> 2: 3
+    held at the shrink's poll, 10 at a poll kept as well, then 21 (where its backlog policy
+    regrew it). From the lowest poll that kept up, whichever the kept polls are."""
+    shrink = reading_of(sample(unacked=3, consumers=3, at=NOW - 18), 3)
+    later = reading_of(sample(unacked=10, consumers=2, at=NOW - 6), 2)
+    assert outgrown((shrink, later), sample(unacked=21, consumers=2))  # 2 a pod before: +19
+    assert outgrown((later, shrink), sample(unacked=21, consumers=2)), "not only the first"
+    assert not outgrown((later,), sample(unacked=21, consumers=2)), "10 on 2 never kept up"
+    assert not outgrown((shrink,), sample(unacked=14, consumers=2)), "+12: chance"
+    assert not outgrown((shrink,), sample(ready=1, unacked=21, consumers=2)), "ready: the rest"
+    assert not outgrown((), sample(unacked=21, consumers=2))
+    assert not outgrown((shrink,), sample(unacked=21, consumers=0))
+    waited = reading_of(sample(ready=2, unacked=3, consumers=3, at=NOW - 18), 3)
+    assert not outgrown((waited,), sample(unacked=21, consumers=2))
+    flood = reading_of(sample(unacked=600, consumers=30, at=NOW - 18), 30)  # working off piles
+    assert not outgrown((flood,), sample(unacked=900, consumers=30))
 
 
 def test_a_pile_growing_with_nothing_ready_measures_the_speed() -> None:

@@ -35,6 +35,7 @@ from queuescaler.core.throughput import (
     draining,
     flow_since,
     measures,
+    outgrown,
     per_replica_rate,
     remember,
     short_while_starting,
@@ -549,12 +550,11 @@ def _probe_failed(
     state: ScalerState, readings: tuple[Reading, ...], sample: QueueSample, current: int
 ) -> bool:
     """Whether this sample shows a probe that failed: the speed still unmeasured, the last
-    scale a scale-down, and now, with every pod consuming, work waits, or the consumers'
-    piles grew beyond chance since (`work_piling_up`) on a pool that had kept up (each
-    consumer held at most one message at the first reading after the shrink). Workers
-    that prefetch many keep nothing ready while they fall behind: the real-worker bench's
-    pika pool at prefetch 20 went 3 -> 2 -> 3 every minute, the piles growing it back each
-    time. A pool still working off a flood when it shrank is left out: with unlimited
+    scale a scale-down, and now, with every pod consuming, work waits or the consumers'
+    piles outgrew those of a poll since the shrink that kept up (`outgrown`). Workers that
+    prefetch many keep nothing ready while they fall behind: the real-worker bench's pika
+    pool at prefetch 20 went 3 -> 2 -> 3 every minute, its piles growing it back each time.
+    A pool still working off a flood at every poll since is left out: with unlimited
     prefetch and heavy-tailed tasks a few slow consumers' piles grow while the rest idle
     (the worker models' steady trace: counted as failures, 1.29x -> 1.37x the oracle)."""
     shrank_at = state.last_scale_time
@@ -562,11 +562,10 @@ def _probe_failed(
                              and state.last_scale_up_time >= shrank_at):
         return False
     since = tuple(r for r in readings if r.taken_at >= shrank_at)
-    kept_up = bool(since) and since[0].backlog <= since[0].consumers
     return (
         not state.rate_measured and sample.complete
         and current > 0 and sample.consumers >= current
-        and (sample.ready > 0 or (kept_up and work_piling_up(since, sample)))
+        and (sample.ready > 0 or outgrown(since, sample))
     )
 
 

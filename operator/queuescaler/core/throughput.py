@@ -66,6 +66,15 @@ MIN_COUNTED: Final = 20
 """Messages a rate must rest on to be more than noise: a rate field above
 MIN_COUNTED / STATS_WINDOW (4/s) is used as it is; below it, counters over a span."""
 
+PILES_OUTGROWN: Final = 15
+"""Messages by which the consumers' piles must grow, nothing ready, from a poll where each
+held one at most, for a pool to have fallen behind (`outgrown`), beside two standard
+deviations. Below `MIN_COUNTED`: the real-worker bench's pika pool at prefetch 20 went from
+2 or 3 held to 21, where its backlog policy (10 messages per replica) regrew it, and at 20
+its probes' failures went unseen (3 -> 2 -> 3 every minute). At 10, one consumer of
+concurrency 4 running heavy-tailed tasks at 0.2 msg/s held that many more by chance, and
+three of issue 12's worker models missed on its pauses; at 15 none changed."""
+
 MIN_SPAN: Final = 60.0
 """Shortest span counters are differenced over: the broker refreshes them every statistics
 interval (5 s by default, up to 60 s on large clusters), so over a shorter span one
@@ -421,6 +430,24 @@ def work_piling_up(readings: tuple[Reading, ...], sample: QueueSample) -> bool:
     (review 18: one ready message beside a pile that had grown by 30 turned the probe on,
     and the floor of 10 replicas that an empty queue held went to 5)."""
     return _grew_beyond_chance(readings, sample.ready + sample.unacked, sample.consumers)
+
+
+def outgrown(readings: tuple[Reading, ...], sample: QueueSample) -> bool:
+    """Whether the consumers' piles, nothing ready now or at any of `readings`, grew beyond
+    chance (`PILES_OUTGROWN` messages and two standard deviations) from the lowest of
+    `readings`, per consumer, where each consumer held one message at most: a pool that
+    kept up and then fell behind. One still working off piles at every reading is left
+    out: with unlimited prefetch a few consumers' piles grow on their slow tasks while the
+    rest idle."""
+    if sample.ready or not sample.consumers or any(r.ready or not r.consumers
+                                                   for r in readings):
+        return False
+    low = min(readings, key=lambda r: r.backlog / r.consumers, default=None)
+    if low is None or low.backlog > low.consumers:
+        return False
+    before = low.backlog * sample.consumers / low.consumers
+    change = sample.unacked - before
+    return change >= PILES_OUTGROWN and change > 2.0 * math.sqrt(before)
 
 
 def _grew_beyond_chance(readings: tuple[Reading, ...], held: int, consumers: int) -> bool:
