@@ -69,13 +69,11 @@ MIN_COUNTED / STATS_WINDOW (4/s) is used as it is; below it, counters over a spa
 PILES_OUTGROWN: Final = 15
 """Messages by which the consumers' piles must grow, nothing ready, from a poll where each
 held one at most, for a pool to have fallen behind (`outgrown`), beside two standard
-deviations: a probe that failed, and a poll that measures the speed (`outrun`; issue 12's
-worker models: 32 -> 31 rows missed, scale events 1% fewer, none lost). Below
-`MIN_COUNTED`: the real-worker bench's pika pool at prefetch 20 went from 2 or 3 held to
-21, where its backlog policy (10 messages per replica) regrew it, and at 20 its probes'
-failures went unseen (3 -> 2 -> 3 every minute). At 10, one consumer of concurrency 4
-running heavy-tailed tasks at 0.2 msg/s held that many more by chance, and three of the
-worker models missed on its pauses; at 15 none changed."""
+deviations. Below `MIN_COUNTED`: the real-worker bench's pika pool at prefetch 20 went from
+2 or 3 held to 21, where its backlog policy (10 messages per replica) regrew it, and at 20
+its probes' failures went unseen (3 -> 2 -> 3 every minute). At 10, one consumer of
+concurrency 4 running heavy-tailed tasks at 0.2 msg/s held that many more by chance, and
+three of issue 12's worker models missed on its pauses; at 15 none changed."""
 
 MIN_SPAN: Final = 60.0
 """Shortest span counters are differenced over: the broker refreshes them every statistics
@@ -209,9 +207,7 @@ def saturated(previous: Reading | None, sample: QueueSample, current_replicas: i
 
 def outrun(readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int) -> bool:
     """Whether the pool worked flat out with nothing ready: the messages held per consumer
-    grew beyond chance (`falling_behind`), or outgrew those of a poll that kept up
-    (`outgrown`: a prefetch-20 pool a probe left short, whose first kept reading held
-    bigger piles of a busier time), and each consumer could hold one at the previous
+    grew beyond chance (`falling_behind`), and each consumer could hold one at the previous
     reading too. With unlimited prefetch nothing ever stays ready, so `saturated` never
     holds and the speed would stay unmeasured for ever: a probe below
     the pool's need then strands messages in the piles of the consumers that stay. No
@@ -225,7 +221,7 @@ def outrun(readings: tuple[Reading, ...], sample: QueueSample, current_replicas:
         and sample.shared
         and previous.consumers >= sample.consumers > 0
         and previous.backlog >= previous.consumers > 0
-        and (falling_behind(readings, sample) or outgrown(readings, sample))
+        and falling_behind(readings, sample)
     )
 
 
