@@ -578,6 +578,12 @@ def test_piles_outgrown_from_a_poll_that_kept_up() -> None:
     assert not outgrown((waited,), sample(unacked=21, consumers=2))
     flood = reading_of(sample(unacked=600, consumers=30, at=NOW - 18), 30)  # working off piles
     assert not outgrown((flood,), sample(unacked=900, consumers=30))
+    # review 27: a queue missing from one poll (10 held on its 10 consumers, the other
+    # queue's 2 consumers holding 10 each unseen) showed a pool that never kept up as one
+    partial = reading_of(sample(unacked=10, consumers=10, at=NOW - 18, complete=False), 12)
+    whole = reading_of(sample(unacked=30, consumers=12, at=NOW - 33), 12)
+    assert not outgrown((whole, partial), sample(unacked=30, consumers=12))
+    assert outgrown((whole, shrink), sample(unacked=30, consumers=12)), "a complete one does"
 
 
 def test_a_pile_growing_with_nothing_ready_measures_the_speed() -> None:

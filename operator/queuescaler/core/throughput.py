@@ -119,6 +119,9 @@ class Reading:
     """None when unknown, or when the sample was partial (a missing queue's counter
     would make the sum drop and come back as if it were a reset and a flood)."""
     acked_total: int | None
+    complete: bool = True
+    """False for a partial sample (`QueueSample.complete`): its counts may miss a queue's
+    piles, so it shows no pool keeping up (`outgrown`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,7 @@ def reading_of(sample: QueueSample, current_replicas: int) -> Reading:
         sample.ready + sample.unacked,
         sample.published_total if counted else None,
         sample.acked_total if counted else None,
+        counted,
     )
 
 
@@ -442,7 +446,8 @@ def outgrown(readings: tuple[Reading, ...], sample: QueueSample) -> bool:
     if sample.ready or not sample.consumers or any(r.ready or not r.consumers
                                                    for r in readings):
         return False
-    low = min(readings, key=lambda r: r.backlog / r.consumers, default=None)
+    low = min((r for r in readings if r.complete), key=lambda r: r.backlog / r.consumers,
+              default=None)
     if low is None or low.backlog > low.consumers:
         return False
     before = low.backlog * sample.consumers / low.consumers
