@@ -451,8 +451,7 @@ def outgrown(readings: tuple[Reading, ...], sample: QueueSample) -> bool:
     if low is None or low.backlog > low.consumers:
         return False
     before = low.backlog * sample.consumers / low.consumers
-    change = sample.unacked - before
-    return change >= PILES_OUTGROWN and change > 2.0 * math.sqrt(before)
+    return _beyond_chance(sample.unacked - before, before, PILES_OUTGROWN)
 
 
 def _grew_beyond_chance(readings: tuple[Reading, ...], held: int, consumers: int) -> bool:
@@ -467,10 +466,10 @@ def _grew_beyond_chance(readings: tuple[Reading, ...], held: int, consumers: int
     return _beyond_chance(held - before, before)
 
 
-def _beyond_chance(change: float, before: float) -> bool:
+def _beyond_chance(change: float, before: float, least: int = MIN_COUNTED) -> bool:
     """Whether a count of `before` that grew (or fell, as the caller measures) by `change`
-    moved beyond chance: by at least `MIN_COUNTED` messages and two standard deviations."""
-    return change >= MIN_COUNTED and change > 2.0 * math.sqrt(before)
+    moved beyond chance: by at least `least` messages and two standard deviations."""
+    return change >= least and change > 2.0 * math.sqrt(before)
 
 
 def _counted(
