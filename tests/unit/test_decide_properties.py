@@ -22,7 +22,7 @@ from queuescaler.core.decision import (
 from queuescaler.core.sample import QueueSample
 from queuescaler.core.spec import QueueScalerSpec
 from queuescaler.core.status import TickOutcome, build_status, state_from_status
-from queuescaler.core.throughput import Reading
+from queuescaler.core.throughput import Reading, outrun
 from queuescaler.sources.registry import parse_spec
 
 pytestmark = pytest.mark.unit
@@ -113,18 +113,11 @@ def states(draw: st.DrawFn) -> ScalerState:
 @st.composite
 def rich_samples(draw: st.DrawFn) -> QueueSample:
     """`samples` with what the other brokers and the counters add: partitions, a pool
-    that pauses on resizes, cumulative counts. Partitions come only on a queue its
-    consumers do not share (a Kafka topic, the one source that counts them): a shared
-    queue with partitions waiting is no broker's sample, and one drawn anyway (0 of them
-    waiting on a RabbitMQ queue with a pile grown by 20) broke this file's monotony for
-    a reason no pool meets."""
-    partitioned = draw(st.booleans())
-    partitions = st.none() | st.integers(0, 20) if partitioned else st.none()
+    that pauses on resizes, cumulative counts."""
     return replace(
         draw(samples()),
-        parallelism=draw(partitions),
-        backlog_parallelism=draw(partitions),
-        shared=not partitioned,
+        parallelism=draw(st.none() | st.integers(0, 20)),
+        backlog_parallelism=draw(st.none() | st.integers(0, 20)),
         scaling_pauses=draw(st.booleans()),
         published_total=1100,
         acked_total=draw(st.sampled_from([None, 950, 1100])),
@@ -282,6 +275,13 @@ def test_more_backlog_never_gives_fewer_replicas_whatever_the_run_learnt(
     more_unacked: int,
 ) -> None:
     state = data.draw(rich_states(spec))
+    bigger = replace(queue, ready=queue.ready + more_ready, unacked=queue.unacked + more_unacked)
+    # A pile grown beyond chance measures the speed (`outrun`), and the same pile with a
+    # message ready, or a smaller one, does not: new knowledge that can lower the rate
+    # floor and the parked cap (a faster pool needs fewer replicas), as after work ready
+    # (`rich_states`). Hypothesis found it (review 28: 12 held on 4 consumers ask for 12,
+    # 32 held measure 2/s a replica and ask for 8).
+    assume(outrun(state.readings, bigger, current) == outrun(state.readings, queue, current))
     assert_more_backlog_never_fewer(spec, queue, current, state, busy, more_ready, more_unacked)
 
 
