@@ -356,7 +356,8 @@ def decide(
         decision = _decide_with_sample(
             spec, sample, flow, current_replicas, state, now, busy_workers, rate, busy_note,
             probing=probing, probe_unsure=unsure, measured=measured, restored=state.restored,
-            probe_least=_probe_least(state.probe_short, flow, now), acked_now=acked_now,
+            probe_least=_probe_least(state.probe_short, flow, now) if probing else 0,
+            acked_now=acked_now,
             # measured before this poll (this poll's own saturation hangs on one ready
             # message: review 19), and by this run (a restart rests on a thin rate field)
             drain_piles=measured_before and not state.restored,
@@ -558,15 +559,12 @@ def _probe_failed(
     prefetch and heavy-tailed tasks a few slow consumers' piles grow while the rest idle
     (the worker models' steady trace: counted as failures, 1.29x -> 1.37x the oracle)."""
     shrank_at = state.last_scale_time
-    if shrank_at is None or (state.last_scale_up_time is not None
-                             and state.last_scale_up_time >= shrank_at):
+    if (shrank_at is None or state.rate_measured or not sample.complete
+            or not 0 < current <= sample.consumers
+            or (state.last_scale_up_time is not None and state.last_scale_up_time >= shrank_at)):
         return False
-    since = tuple(r for r in readings if r.taken_at >= shrank_at)
-    return (
-        not state.rate_measured and sample.complete
-        and current > 0 and sample.consumers >= current
-        and (sample.ready > 0 or outgrown(since, sample))
-    )
+    return sample.ready > 0 or outgrown(
+        tuple(r for r in readings if r.taken_at >= shrank_at), sample)
 
 
 def _watching_since(state: ScalerState, now: float) -> float | None:

@@ -443,8 +443,7 @@ def outgrown(readings: tuple[Reading, ...], sample: QueueSample) -> bool:
     kept up and then fell behind. One still working off piles at every reading is left
     out: with unlimited prefetch a few consumers' piles grow on their slow tasks while the
     rest idle."""
-    if sample.ready or not sample.consumers or any(r.ready or not r.consumers
-                                                   for r in readings):
+    if sample.ready or not sample.consumers or not _quiet(readings):
         return False
     low = min((r for r in readings if r.complete), key=lambda r: r.backlog / r.consumers,
               default=None)
@@ -458,12 +457,17 @@ def _grew_beyond_chance(readings: tuple[Reading, ...], held: int, consumers: int
     """Whether `held` messages across `consumers` grew over the kept readings, all with
     nothing ready, by at least `MIN_COUNTED` in all and two standard deviations of a count
     that size."""
-    if not readings or any(r.ready or not r.consumers for r in readings):
+    if not readings or not _quiet(readings):
         return False  # work waiting in the queue (the backlog policy sees it), or a start
     first = readings[0]
     # per consumer: a pool that grew holds more prefetched messages without falling behind
     before = first.backlog * max(1, consumers) / max(1, first.consumers)
     return _beyond_chance(held - before, before)
+
+
+def _quiet(readings: tuple[Reading, ...]) -> bool:
+    """Whether every reading had consumers and nothing ready (true of none at all)."""
+    return not any(r.ready or not r.consumers for r in readings)
 
 
 def _beyond_chance(change: float, before: float, least: int = MIN_COUNTED) -> bool:
