@@ -20,19 +20,19 @@ prefetch; or, where nothing ever stays ready (unlimited prefetch), while the pil
 consumer grew beyond chance (`outrun`). Then acks / replicas is what a replica does, and
 the estimate follows it either way. With pods still starting (fewer consumers than
 replicas, `short_while_starting`) acks / replicas is only a lower bound, which raises the
-estimate and never lowers it, and no measure; the pool is short now, so that poll does not
-probe (the next ones may: it was short of a backlog, not of the load). A pool short of
-replicas is saturated just when the backlog policy grows it: ignoring those polls left a
-prefetch-20 pool's speed unknown for good (its piles overflow only then), its probe and
-backlog taking turns at 2 and 3 replicas. Dividing by the consumers instead would read high
-wherever fewer consumers are counted than pods ack (pods sharing one Redis consumer name,
-pods polling with basic.get, counters spanning a crash loop: review 21). At any other time
-only *lower bounds* are known, which may set an unknown estimate or raise one, never lower
-it: acks per consumer (none does more than a replica can), and acks per replica holding a
-message over a minute of polls where nothing waited (Little's law: each holds at least one
-task, at most its concurrency). A 5 s rate field against the unacked count of one instant
-is no bound: a backlog drained between two polls leaves the whole pool's acks in the
-window and little held at either end.
+estimate and never lowers it, and no measure; but the pool is short now, so such a poll
+pauses the probe (`decision.PROBE_PAUSE_SECONDS`). A pool short of replicas is saturated
+just when the backlog policy grows it: ignoring those polls left a prefetch-20 pool's speed
+unknown for good (its piles overflow only then), its probe and backlog taking turns at 2
+and 3 replicas. Dividing by the consumers instead would read high wherever fewer consumers
+are counted than pods ack (pods sharing one Redis consumer name, pods polling with
+basic.get, counters spanning a crash loop: review 21). At
+any other time only *lower bounds* are known, which may set an unknown estimate or raise
+one, never lower it: acks per consumer (none does more than a
+replica can), and acks per replica holding a message over a minute of polls where nothing
+waited (Little's law: each holds at least one task, at most its concurrency). A 5 s rate
+field against the unacked count of one instant is no bound: a backlog drained between
+two polls leaves the whole pool's acks in the window and little held at either end.
 Being high costs the rate floor its hold (the backlog policy still sizes the pool, as
 KEDA's would); being low costs replicas, and `decision.PROBE_DIVISOR` lets a pool whose
 speed was never measured shrink until it is.
@@ -380,8 +380,8 @@ def short_while_starting(
     readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int, flow: Flow
 ) -> bool:
     """Whether the pods consuming are saturated while others still start: the pool is short
-    now (no probe this poll), but its acks over every replica are only a lower bound of the
-    speed, which is no measure (review 22: taken as one, two such polls fixed a speed 12x too low
+    now (no probe), but its acks over every replica are only a lower bound of the speed,
+    which is no measure (review 22: taken as one, two such polls fixed a speed 12x too low
     as measured, and a pool held twice its need for hours; or one 20x too high, and p95
     waits 2-4x longer)."""
     return (_saturated_with_acks(readings, sample, current_replicas, flow)
