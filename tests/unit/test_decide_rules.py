@@ -965,9 +965,10 @@ def test_piles_that_grow_after_a_probe_with_nothing_ready_fail_it() -> None:
     # 3 replicas go to 2, nothing was ever ready, the piles took it back to 3, every minute
     # for as long as the load lasted
     def after_shrink(held_then: int, consumers_then: int, held_now: int) -> ScalerState:
+        # the poll the shrink was decided on: 3 consumers still working off 60 held
         state = ScalerState(per_replica_rate=2.5, last_scale_time=NOW - 20,
                             last_scale_up_time=NOW - 300,
-                            readings=(Reading(NOW - 60, 0, 3, 1, 1, None, None),
+                            readings=(Reading(NOW - 60, 0, 3, 3, 60, None, None),
                                       Reading(NOW - 15, 0, consumers_then, 2, held_then,
                                               None, None)))
         return fold(state, sample(unacked=held_now, consumers=2, publish=6.0), current=2,
@@ -980,11 +981,19 @@ def test_piles_that_grow_after_a_probe_with_nothing_ready_fail_it() -> None:
     # a pool still working off a flood when it shrank holds piles that grow on the slow
     # tasks of a few consumers (unlimited prefetch, heavy-tailed tasks): not a failed probe
     assert after_shrink(60, 2, 90).probe_failed_at is None
-    before_only = ScalerState(per_replica_rate=3.0, last_scale_time=NOW - 5,
-                              last_scale_up_time=NOW - 300,
-                              readings=(Reading(NOW - 15, 0, 3, 1, 1, None, None),))
-    assert fold(before_only, sample(unacked=24, consumers=2, publish=6.0), current=2,
-                recommendation=3).probe_failed_at is None, "no reading since the shrink"
+    # The poll the shrink was decided on counts (review 29's rerun of the real bench: 2 held
+    # on 3 consumers there, and no poll after it held one a consumer before the piles took
+    # the pool back to 3: the probe came back within a minute, again and again).
+    decided_on = ScalerState(per_replica_rate=3.0, last_scale_time=NOW - 5,
+                             last_scale_up_time=NOW - 300,
+                             readings=(Reading(NOW - 15, 0, 3, 2, 2, None, None),))
+    assert fold(decided_on, sample(unacked=24, consumers=2, publish=6.0), current=2,
+                recommendation=3).probe_failed_at == NOW
+    # only the last poll before the shrink: an older one that kept up is no baseline
+    since = dataclasses.replace(decided_on, readings=(
+        Reading(NOW - 30, 0, 3, 2, 2, None, None), Reading(NOW - 15, 0, 3, 3, 40, None, None)))
+    assert fold(since, sample(unacked=24, consumers=2, publish=6.0), current=2,
+                recommendation=3).probe_failed_at is None
 
 
 def test_a_probe_never_asks_again_for_a_size_that_fell_short_at_its_load() -> None:
