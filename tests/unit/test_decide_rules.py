@@ -17,6 +17,7 @@ import pytest
 from queuescaler.core.decision import (
     PARKED_BOUND_FACTOR,
     PARKED_FLOOR_FACTOR,
+    PODS_START_WITHIN,
     PROBE_FAILURES_COUNTED,
     PROBE_PAUSE_LONGEST,
     PROBE_PAUSE_SECONDS,
@@ -981,19 +982,39 @@ def test_piles_that_grow_after_a_probe_with_nothing_ready_fail_it() -> None:
     # a pool still working off a flood when it shrank holds piles that grow on the slow
     # tasks of a few consumers (unlimited prefetch, heavy-tailed tasks): not a failed probe
     assert after_shrink(60, 2, 90).probe_failed_at is None
-    # The poll the shrink was decided on counts (review 29's rerun of the real bench: 2 held
-    # on 3 consumers there, and no poll after it held one a consumer before the piles took
-    # the pool back to 3: the probe came back within a minute, again and again).
-    decided_on = ScalerState(per_replica_rate=3.0, last_scale_time=NOW - 5,
+    # The poll the shrink was decided on counts (session 21's rerun of the real bench: 2 held
+    # on 3 consumers there, and no kept poll after it held one a consumer before the piles
+    # took the pool back to 3: the probe came back within a minute, again and again). Its
+    # sample is as new as the tick (or newer); the next 5 s poll replaced it in the readings.
+    decided_on = ScalerState(per_replica_rate=3.0, last_scale_time=NOW - 10,
                              last_scale_up_time=NOW - 300,
-                             readings=(Reading(NOW - 15, 0, 3, 2, 2, None, None),))
-    assert fold(decided_on, sample(unacked=24, consumers=2, publish=6.0), current=2,
-                recommendation=3).probe_failed_at == NOW
-    # only the last poll before the shrink: an older one that kept up is no baseline
-    since = dataclasses.replace(decided_on, readings=(
-        Reading(NOW - 30, 0, 3, 2, 2, None, None), Reading(NOW - 15, 0, 3, 3, 40, None, None)))
-    assert fold(since, sample(unacked=24, consumers=2, publish=6.0), current=2,
-                recommendation=3).probe_failed_at is None
+                             readings=(Reading(NOW - 5, 0, 2, 2, 9, None, None),),
+                             shrunk_on=Reading(NOW - 10, 0, 3, 2, 2, None, None))
+    growing = sample(unacked=24, consumers=2, publish=6.0)
+    assert fold(decided_on, growing, current=2, recommendation=3).probe_failed_at == NOW
+    # an older poll that kept up is no baseline: the shrink was decided on 40 held
+    older = dataclasses.replace(decided_on, readings=(
+        Reading(NOW - 30, 0, 3, 2, 2, None, None), Reading(NOW - 5, 0, 2, 2, 30, None, None)),
+        shrunk_on=Reading(NOW - 10, 0, 3, 3, 40, None, None))
+    assert fold(older, growing, current=2, recommendation=3).probe_failed_at is None
+    # nor a shrink's poll from before an outage, nor one a clock stepped back past
+    stale = dataclasses.replace(decided_on, last_scale_time=NOW - 1000, readings=(),
+                                shrunk_on=Reading(NOW - 1000, 0, 3, 2, 2, None, None))
+    assert fold(stale, growing, current=2, recommendation=3).probe_failed_at is None
+    stepped = dataclasses.replace(decided_on, last_scale_time=NOW + 60, readings=(),
+                                  shrunk_on=Reading(NOW + 60, 0, 3, 2, 2, None, None))
+    assert fold(stepped, growing, current=2, recommendation=3).probe_failed_at is None
+
+
+def test_a_scale_down_keeps_the_reading_it_was_decided_on() -> None:
+    state = ScalerState(per_replica_rate=3.0, shrunk_on=Reading(NOW - 99, 0, 1, 1, 1, None,
+                                                                None))
+    shrink = sample(unacked=2, consumers=3)
+    down = fold(state, shrink, scaled_now=True, current=3, recommendation=2)
+    assert down.shrunk_on == Reading(NOW, 0, 3, 2, 2, None, None)
+    assert fold(down, shrink, current=2).shrunk_on == down.shrunk_on, "kept while it holds"
+    assert fold(down, shrink, scaled_now=True, current=2,
+                recommendation=3).shrunk_on is None, "a scale-up ends it"
 
 
 def test_a_probe_never_asks_again_for_a_size_that_fell_short_at_its_load() -> None:
@@ -1131,10 +1152,17 @@ def test_no_probe_while_pods_start() -> None:
     # review 29: pods starting in 60-120 s; a pool of 32 with 20 consuming read its acks
     # over all 32 (0.25 msg/s a replica against 2), probed to 18, cancelling the pods it
     # waited for, and climbed back to 58. Nothing was ready: no saturated poll paused it.
-    state = unmeasured(2.0)
+    state = replace(unmeasured(2.0), last_scale_up_time=ago(90))
     starting = Tick(sample(unacked=20, consumers=20, publish=40.0), 32, state=state).decide()
     assert "to learn the replicas' speed" not in starting.message, starting.message
+    assert "not probed (20 of 32 replicas consume)" in starting.message, starting.message
     assert starting.replicas == 20  # the floor as it reads, not halved
+    # review 30: not for good. Long after the scale-up, fewer consumers than replicas is the
+    # pool's shape (a pod that never consumes, pods sharing one Redis consumer name): a
+    # probe held off for it held such pools at 2-2.5x their need for as long as they ran
+    settled = replace(state, last_scale_up_time=ago(PODS_START_WITHIN))
+    shaped = Tick(sample(unacked=20, consumers=20, publish=40.0), 32, state=settled).decide()
+    assert "to learn the replicas' speed" in shaped.message, shaped.message
     up = Tick(sample(unacked=32, consumers=32, publish=40.0), 32, state=state).decide()
     assert "to learn the replicas' speed" in up.message, "every pod consuming: it probes"
     assert up.replicas == 10

@@ -27,6 +27,7 @@ from typing import Final
 from queuescaler.core.sample import QueueSample
 from queuescaler.core.spec import QueueScalerSpec
 from queuescaler.core.throughput import (
+    MAX_SPAN,
     MIN_COUNTED,
     STATS_WINDOW,
     Flow,
@@ -37,6 +38,7 @@ from queuescaler.core.throughput import (
     measures,
     outgrown,
     per_replica_rate,
+    reading_of,
     remember,
     short_while_starting,
     work_piling_up,
@@ -91,6 +93,13 @@ shrunken pool needed), and probing again would only repeat the flood that follow
 (the backlog policy scales back up at once and the drain never lets two polls in a row
 see work waiting, so the speed is never measured: a pool probing forever flaps every
 few polls)."""
+
+PODS_START_WITHIN: Final = PROBE_PAUSE_SECONDS
+"""Fewer consumers than replicas count as pods still starting (`_starting`: no probe) this
+long after the last scale-up, no longer: a consumer count below the replicas for good is a
+pool's shape (a pod that never consumes, pods sharing one Redis consumer name), and a
+probe held off for it held such pools at 2-2.5x their need for as long as they ran
+(review 30). Ten minutes covers pods slow to pull and start."""
 
 PROBE_FAILURES_COUNTED: Final = 4
 """Failed probes counted in a row (`ScalerState.probe_failures`): the fourth and later rest
@@ -280,6 +289,12 @@ class ScalerState:
     that size, so no later probe asks for as few replicas for the load of its time
     (`_probe_least`): a rest over, the probe went back to the size that had failed, and the
     pool fell short and grew again."""
+    shrunk_on: Reading | None = None
+    """The reading of the sample the last scale-down was decided on: a failed probe's piles
+    are compared from it (`_probe_failed`). The kept readings are one per `KEPT_EVERY`, and
+    at 5 s polls the next poll replaced it: the real bench's prefetch-20 pool held 2 on 3
+    consumers there, 21 on 2 at the regrowth, no kept poll between held one a consumer, so
+    the failure went unseen and the probe came back every minute. Kept in memory only."""
     probe_unknown_until: float | None = None
     """Set on a state restored from status: until then, whether a probe failed lately is
     not known (the run that kept going may have been told by one not to probe, or may be
@@ -347,9 +362,9 @@ def decide(
         measured = _measured(state, saturated) or saturated
         acked_now = (None if measured
                      else acked_per_consumer(readings, sample, current_replicas))
+        starting = _starting(sample, current_replicas, state, now)
         probing = (
-            not measured and not work_piling_up(readings, sample)
-            and not _starting(sample, current_replicas)
+            not measured and not work_piling_up(readings, sample) and not starting
             and not short_while_starting(readings, sample, current_replicas, flow)
             and not _probe_failed_lately(state, now)
         )
@@ -358,6 +373,8 @@ def decide(
             spec, sample, flow, current_replicas, state, now, busy_workers, rate, busy_note,
             probing=probing, probe_unsure=unsure, measured=measured, restored=state.restored,
             probe_least=_probe_least(state.probe_short, flow, now) if probing else 0,
+            not_probed=(f"{sample.consumers} of {current_replicas} replicas consume"
+                        if starting and not measured else ""),
             acked_now=acked_now,
             # measured before this poll (this poll's own saturation hangs on one ready
             # message: review 19), and by this run (a restart rests on a thin rate field)
@@ -408,6 +425,7 @@ def next_state(
             probe_failed_at=state.probe_failed_at,
             probe_failures=state.probe_failures,
             probe_short=state.probe_short,
+            shrunk_on=None if scaled else state.shrunk_on,  # a shrink on no sample
             probe_unknown_until=state.probe_unknown_until,
             watching_since=state.watching_since,  # a failed tick has watched nothing
             burst=state.burst,
@@ -441,6 +459,9 @@ def next_state(
             probe_failed and not _probe_failed_lately(state, now))),
         probe_short=None if measured else _probe_short(state, sample, flow, current_replicas,
                                                        probe_failed, now),
+        shrunk_on=(reading_of(sample, current_replicas)
+                   if scaled and decision.replicas < current_replicas
+                   else None if grew else state.shrunk_on),
         probe_unknown_until=state.probe_unknown_until,
         watching_since=watching_since,
         burst=_burst_after(spec, state, sample, flow, grew=grew, scaled=scaled,
@@ -553,29 +574,26 @@ def _probe_failed(
 ) -> bool:
     """Whether this sample shows a probe that failed: the speed still unmeasured, the last
     scale a scale-down, and now, with every pod consuming, work waits or the consumers'
-    piles outgrew those of a poll since the shrink that kept up (`outgrown`). Workers that
+    piles outgrew those of a poll that kept up, the shrink's or one since (`outgrown`). Workers that
     prefetch many keep nothing ready while they fall behind: the real-worker bench's pika
     pool at prefetch 20 went 3 -> 2 -> 3 every minute, its piles growing it back each time.
     A pool still working off a flood at every poll since is left out: with unlimited
     prefetch and heavy-tailed tasks a few slow consumers' piles grow while the rest idle
     (the worker models' steady trace: counted as failures, 1.29x -> 1.37x the oracle).
-    The piles are compared from the poll the shrink was decided on (`_since`): the real
-    bench's prefetch-20 pool had held 2 on 3 consumers there, 21 on 2 twenty-five seconds
-    later, and no poll in between held one a consumer, so no failure was ever seen and the
-    probe came back within a minute."""
+    The poll the shrink was decided on counts as one since it (`ScalerState.shrunk_on`), for
+    `MAX_SPAN` at most; a clock that stepped back past the shrink shows no failure."""
     shrank_at = state.last_scale_time
     if (shrank_at is None or state.rate_measured or not sample.complete
-            or not 0 < current <= sample.consumers
+            or not 0 < current <= sample.consumers or sample.taken_at < shrank_at
             or (state.last_scale_up_time is not None and state.last_scale_up_time >= shrank_at)):
         return False
-    return sample.ready > 0 or outgrown(_since(readings, shrank_at), sample)
-
-
-def _since(readings: tuple[Reading, ...], at: float) -> tuple[Reading, ...]:
-    """The readings from the one a decision at `at` was made on: the last taken before it
-    (a sample is older than the tick it decides, by the statistics' age), and all after."""
-    before = [i for i, r in enumerate(readings) if r.taken_at < at]
-    return readings[before[-1] if before else 0:]
+    if sample.ready > 0:
+        return True
+    since = tuple(r for r in readings if r.taken_at >= shrank_at)
+    shrunk_on = state.shrunk_on
+    if shrunk_on is not None and 0.0 <= sample.taken_at - shrunk_on.taken_at <= MAX_SPAN:
+        since = (shrunk_on, *since)
+    return outgrown(since, sample)
 
 
 def _watching_since(state: ScalerState, now: float) -> float | None:
@@ -619,13 +637,16 @@ def _probe_least(short: ShortProbe | None, flow: Flow, now: float) -> int:
     return _HUGE if not needed < _HUGE else math.floor(needed) + 1
 
 
-def _starting(sample: QueueSample, current: int) -> bool:
-    """Whether some pods of a pool on a shared queue do not consume yet: its acks over
-    every replica then read the speed low, and a probe on them cancels the pods the pool
-    is waiting for (review 29: pods starting in 60-120 s, a pool of 32 with 20 consuming
-    read 0.25 msg/s a replica against 2, probed to 18 and climbed back to 58). No consumer
-    counted at all is not this: a Redis list cannot count them."""
-    return sample.shared and 0 < sample.consumers < current
+def _starting(sample: QueueSample, current: int, state: ScalerState, now: float) -> bool:
+    """Whether some pods of a pool on a shared queue do not consume yet, within
+    `PODS_START_WITHIN` of the scale-up that asked for them: its acks over every replica
+    then read the speed low, and a probe on them cancels the pods the pool is waiting for
+    (review 29: pods starting in 60-120 s, a pool of 32 with 20 consuming read 0.25 msg/s a
+    replica against 2, probed to 18 and climbed back to 58). No consumer counted at all is
+    not this: a Redis list cannot count them."""
+    grew_at = state.last_scale_up_time
+    return (sample.shared and 0 < sample.consumers < current and grew_at is not None
+            and 0.0 <= now - grew_at < PODS_START_WITHIN)
 
 
 def _probe_failed_lately(state: ScalerState, now: float) -> bool:
@@ -681,6 +702,7 @@ def _decide_with_sample(
     measured: bool = True,
     restored: bool = False,
     probe_least: int = 0,
+    not_probed: str = "",
     acked_now: float | None = None,
     drain_piles: bool = False,
     held_back: str | None = None,
@@ -689,6 +711,7 @@ def _decide_with_sample(
     recommendation, reason, message, rate_answer = _raw_recommendation(
         spec, sample, flow, current, rate,
         probing=probing, probe_unsure=probe_unsure, probe_least=probe_least,
+        not_probed=not_probed,
         measured=measured, acked_now=acked_now, drain_piles=drain_piles, held_back=held_back,
     )
     raw_reason = reason
@@ -757,6 +780,7 @@ def _raw_recommendation(
     acked_now: float | None = None,
     drain_piles: bool = False,
     held_back: str | None = None,
+    not_probed: str = "",
 ) -> tuple[int, Reason, str, int | None]:
     """The policies' answer before any damping; the largest of them wins. Also the rate
     policy's own answer (the larger of the floor and the drain, capped as the answer is;
@@ -862,6 +886,8 @@ def _raw_recommendation(
         if probing:
             floor, probe_note = _probe(floor, current, probe_unsure, probe_least)
             floor_note += probe_note
+        elif not_probed:
+            floor_note += f", not probed ({not_probed})"
         if floor > replicas:
             replicas, reason, winner = floor, Reason.RATE, "floor"
         answer = floor
