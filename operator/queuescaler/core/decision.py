@@ -94,7 +94,7 @@ shrunken pool needed), and probing again would only repeat the flood that follow
 see work waiting, so the speed is never measured: a pool probing forever flaps every
 few polls)."""
 
-PODS_START_WITHIN: Final = PROBE_PAUSE_SECONDS
+PODS_START_WITHIN: Final = 600.0
 """Fewer consumers than replicas count as pods still starting (`_starting`: no probe) this
 long after the last scale-up, no longer: a consumer count below the replicas for good is a
 pool's shape (a pod that never consumes, pods sharing one Redis consumer name), and a
@@ -363,18 +363,20 @@ def decide(
         acked_now = (None if measured
                      else acked_per_consumer(readings, sample, current_replicas))
         starting = _starting(sample, current_replicas, state, now)
-        probing = (
-            not measured and not work_piling_up(readings, sample) and not starting
+        # whether the probe would run but for pods still starting
+        otherwise = (
+            not measured and not work_piling_up(readings, sample)
             and not short_while_starting(readings, sample, current_replicas, flow)
             and not _probe_failed_lately(state, now)
         )
+        probing = otherwise and not starting
         unsure = state.probe_unknown_until is not None and now < state.probe_unknown_until
         decision = _decide_with_sample(
             spec, sample, flow, current_replicas, state, now, busy_workers, rate, busy_note,
             probing=probing, probe_unsure=unsure, measured=measured, restored=state.restored,
             probe_least=_probe_least(state.probe_short, flow, now) if probing else 0,
             not_probed=(f"{sample.consumers} of {current_replicas} replicas consume"
-                        if starting and not measured else ""),
+                        if starting and otherwise else ""),
             acked_now=acked_now,
             # measured before this poll (this poll's own saturation hangs on one ready
             # message: review 19), and by this run (a restart rests on a thin rate field)
@@ -437,7 +439,8 @@ def next_state(
     flow = flow_since(readings, sample, poll)
     saturated = measures(readings, sample, current_replicas, flow)
     measured = _measured(state, saturated)
-    probe_failed = _probe_failed(state, readings, sample, current_replicas)
+    probe_failed = _probe_failed(state, readings, sample, current_replicas,
+                                 _shrunk_on(spec, state))
     # a pool short while pods start is as good as a failed probe: no probe for a while
     paused = probe_failed or short_while_starting(readings, sample, current_replicas, flow)
     return ScalerState(
@@ -570,18 +573,21 @@ def _publish_noise(flow: Flow, current: int) -> float:
 
 
 def _probe_failed(
-    state: ScalerState, readings: tuple[Reading, ...], sample: QueueSample, current: int
+    state: ScalerState, readings: tuple[Reading, ...], sample: QueueSample, current: int,
+    shrunk_on: Reading | None = None,
 ) -> bool:
     """Whether this sample shows a probe that failed: the speed still unmeasured, the last
     scale a scale-down, and now, with every pod consuming, work waits or the consumers'
-    piles outgrew those of a poll that kept up, the shrink's or one since (`outgrown`). Workers that
-    prefetch many keep nothing ready while they fall behind: the real-worker bench's pika
-    pool at prefetch 20 went 3 -> 2 -> 3 every minute, its piles growing it back each time.
+    piles outgrew those of a poll that kept up, the shrink's or one since (`outgrown`).
+    Workers that prefetch many keep nothing ready while they fall behind: the real-worker
+    bench's pika pool at prefetch 20 went 3 -> 2 -> 3 every minute, its piles growing it back
+    each time.
     A pool still working off a flood at every poll since is left out: with unlimited
     prefetch and heavy-tailed tasks a few slow consumers' piles grow while the rest idle
     (the worker models' steady trace: counted as failures, 1.29x -> 1.37x the oracle).
-    The poll the shrink was decided on counts as one since it (`ScalerState.shrunk_on`), for
-    `MAX_SPAN` at most; a clock that stepped back past the shrink shows no failure."""
+    The poll the shrink was decided on (`shrunk_on`, of the queues the spec names now)
+    counts as one since it, for `MAX_SPAN` at most; a clock that stepped back past the
+    shrink shows no failure."""
     shrank_at = state.last_scale_time
     if (shrank_at is None or state.rate_measured or not sample.complete
             or not 0 < current <= sample.consumers or sample.taken_at < shrank_at
@@ -590,7 +596,6 @@ def _probe_failed(
     if sample.ready > 0:
         return True
     since = tuple(r for r in readings if r.taken_at >= shrank_at)
-    shrunk_on = state.shrunk_on
     if shrunk_on is not None and 0.0 <= sample.taken_at - shrunk_on.taken_at <= MAX_SPAN:
         since = (shrunk_on, *since)
     return outgrown(since, sample)
@@ -674,9 +679,17 @@ def _readings(spec: QueueScalerSpec, state: ScalerState) -> tuple[Reading, ...]:
     """The kept readings, if they were taken of the queues the spec names now: a queue
     added to the list (or a vhost or broker changed) would read its whole past as one
     span's messages."""
-    if state.readings_of is None or state.readings_of == spec.source:
-        return state.readings
-    return ()
+    return state.readings if _same_source(spec, state) else ()
+
+
+def _shrunk_on(spec: QueueScalerSpec, state: ScalerState) -> Reading | None:
+    """`ScalerState.shrunk_on`, if it was taken of the queues the spec names now (as
+    `_readings`: the piles of other queues are no baseline for these)."""
+    return state.shrunk_on if _same_source(spec, state) else None
+
+
+def _same_source(spec: QueueScalerSpec, state: ScalerState) -> bool:
+    return state.readings_of is None or state.readings_of == spec.source
 
 
 def _held_back(readings: tuple[Reading, ...], sample: QueueSample, poll: float) -> str | None:
