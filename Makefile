@@ -47,7 +47,7 @@ demo: deps
 image:
 	@bash hack/image.sh build
 
-BENCHES := decide frontier sampling reaction fast_path_cost safe_scale_down scale real_workers
+BENCHES := decide pauses frontier sampling reaction fast_path_cost safe_scale_down scale real_workers
 
 # Each benchmark prints its table; bench/RESULTS.md keeps the latest ones. PEERS=1 adds
 # bench-peers (KEDA is built only then, never by plain `make bench`, `make test` or CI).

@@ -1432,6 +1432,53 @@ def test_a_burst_is_not_armed_by_a_restart_nor_kept_across_other_queues() -> Non
     assert Tick(moved, 60, other, counted).decide().replicas == 60
 
 
+# --- an idle queue: a pause or an end ----------------------------------------------------
+
+IDLE_60 = {**DOWN_300, "behavior.scaleDown.idleSeconds": 60}
+PAUSED = sample(consumers=22, publish=0.0)
+"""22 consumers with nothing ready, in flight or published: a producer's pause, or the end."""
+
+
+def standing(*entries: tuple[float, int]) -> ScalerState:
+    return ScalerState(per_replica_rate=2.0, rate_measured=True, recommendations=history(*entries))
+
+
+def test_an_idle_queue_waits_idle_seconds_however_sure_the_drop() -> None:
+    # review 29: with the default 0, a 22-pod pool (44 msg/s, 500 ms tasks) went to zero 30 s
+    # into a producer's pause, and the backlog piled while pods started regrew it to 60
+    pause = standing((40, 22), (31, 22))
+    assert Tick(PAUSED, 22, DOWN_300, pause).decide().replicas == 0
+    held = Tick(PAUSED, 22, IDLE_60, pause).decide()
+    assert (held.replicas, held.reason) == (22, Reason.STABILIZATION), held.message
+    assert held.message.endswith("held at 22 by scaleDown.idleSeconds (idle for less than 60s)")
+    # idle for the whole of it: the pool goes, at once
+    gone = Tick(PAUSED, 22, IDLE_60, standing((61, 22), (31, 0))).decide()
+    assert (gone.replicas, gone.reason) == (0, Reason.IDLE), gone.message
+
+
+def test_idle_seconds_holds_a_burst_over_too_and_only_an_idle_queue() -> None:
+    idle_after = after_burst(unacked=0, publish=0.0)
+    ended = Tick(idle_after, 64, {**BURST, "behavior.scaleDown.idleSeconds": 60},
+                 grown_for(5000)).decide()
+    assert ended.replicas == 64, ended.message
+    # a base load after the burst is no pause: the drained burst goes as before
+    eased = Tick(after_burst(), 64, {**BURST, "behavior.scaleDown.idleSeconds": 60},
+                 grown_for(5000)).decide()
+    assert eased.replicas == 1, eased.message
+
+
+def test_idle_seconds_longer_than_the_window_keeps_the_history_it_needs() -> None:
+    settings = {"behavior.scaleDown.stabilizationSeconds": 0, "behavior.scaleDown.idleSeconds": 60}
+    spec = make_spec({**LOOSE, **settings})
+    state = ScalerState()
+    for at, queue in ((NOW - 50, sample(ready=40, consumers=4)), (NOW - 20, PAUSED)):
+        decision = decide(spec, replace(queue, taken_at=at), 4, state, at)
+        state = next_state(spec, state, replace(queue, taken_at=at), 4, decision, at, False)
+    assert Recommendation(NOW - 50, 4) in state.recommendations
+    assert decide(spec, PAUSED, 4, state, NOW).replicas == 4
+    assert decide(spec, PAUSED, 4, state, NOW + 11).replicas == 0
+
+
 # --- step limits ------------------------------------------------------------------------
 
 

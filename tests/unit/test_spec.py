@@ -356,6 +356,12 @@ _NO_QUEUE = _with("source.rabbitmq.queue", ...)
             id="scale-down-stabilization-negative",
         ),
         pytest.param(
+            _with("behavior.scaleDown.idleSeconds", 3601),
+            "spec.behavior.scaleDown.idleSeconds",
+            "must be <= 3600",
+            id="scale-down-idle-over-an-hour",
+        ),
+        pytest.param(
             _with("behavior.scaleDown.maxStepPercent", 101),
             "spec.behavior.scaleDown.maxStepPercent",
             "must be <= 100",
