@@ -1,11 +1,11 @@
-"""A producer that pauses: what `behavior.scaleDown.idleSeconds` buys (`python bench/pauses.py`).
+"""A producer that pauses: what `scaleDown.minStabilizationSeconds` buys (`python bench/pauses.py`).
 
-A steady load (44 msg/s on 500 ms tasks: 22 workers' worth) stops for PAUSE seconds at
-the end of every 3 minutes, replayed on the message-level simulator with the worker table's
-settings (prefetch 1, concurrency 1, pods starting in 10-30 s, 10 seeds, 1,200 s measured
-after a 300 s warm-up). Nothing at the moment a queue goes idle tells a pause from a load's
-end, so each row is a pause length and an idleSeconds, beside KEDA QueueLength under the
-HPA's defaults and the oracle. Figures are means over the seeds.
+A steady load (44 msg/s on 500 ms tasks: 22 workers' worth) slows to a trickle, or stops,
+for the last PAUSE seconds of every 3 minutes, replayed on the message-level simulator with
+the worker table's settings (prefetch 1, concurrency 1, pods starting in 10-30 s, 10 seeds,
+1,200 s measured after a 300 s warm-up). Nothing at the moment a queue goes quiet tells a
+pause from a load's end, so each row is a pause and a minStabilizationSeconds, beside KEDA
+QueueLength under the HPA's defaults and the oracle. Figures are means over the seeds.
 """
 
 from __future__ import annotations
@@ -28,32 +28,35 @@ SERVICE_RATE = 2.0
 EVERY = 180
 MEASURED = 1200
 START_WITH = 22
-CASES = (  # (pause seconds, minReplicas, idleSeconds)
-    (30, 0, 0),
-    (30, 0, 60),
-    (30, 0, 120),
-    (30, 1, 0),
-    (30, 1, 60),
-    (90, 0, 0),
-    (90, 0, 120),
+CASES = (  # (pause seconds, msg/s during it, minReplicas, minStabilizationSeconds)
+    (30, 0.0, 0, 0),
+    (30, 0.0, 0, 60),
+    (30, 0.0, 0, 120),
+    (30, 0.1, 0, 0),
+    (30, 0.1, 0, 60),
+    (30, 0.0, 1, 0),
+    (30, 0.0, 1, 60),
+    (90, 0.0, 0, 0),
+    (90, 0.0, 0, 120),
+    (90, 0.1, 0, 120),
 )
 
 
-def paused_trace(pause: int, seed: int) -> Trace:
-    """RATE msg/s, nothing for the last `pause` seconds of every EVERY after the warm-up."""
+def paused_trace(pause: int, trickle: float, seed: int) -> Trace:
+    """RATE msg/s, `trickle` for the last `pause` seconds of every EVERY after the warm-up."""
     warm = table.WARM_UP
 
     def rate(second: int) -> float:
         quiet = second >= warm and (second - warm) % EVERY >= EVERY - pause
-        return 0.0 if quiet else RATE
+        return trickle if quiet else RATE
 
     arrivals = poisson_arrivals((rate(s) for s in range(warm + MEASURED)), seed=seed)
     return Trace("pauses", arrivals, SERVICE_RATE)
 
 
-def replay(job: tuple[int, int, int, int]) -> tuple[tuple[float, float, float], ...]:
-    pause, min_replicas, idle_seconds, seed = job
-    trace = paused_trace(pause, seed)
+def replay(job: tuple[int, float, int, int, int]) -> tuple[tuple[float, float, float], ...]:
+    pause, trickle, min_replicas, shortest, seed = job
+    trace = paused_trace(pause, trickle, seed)
     model = WorkerModel(
         prefetch=1, concurrency=1, service=LIGHT, start_delay=table.START_DELAY, seed=seed
     )
@@ -62,7 +65,7 @@ def replay(job: tuple[int, int, int, int]) -> tuple[tuple[float, float, float], 
         trace,
         target={"messagesPerReplica": per_replica},
         minReplicas=min_replicas,
-        behavior={"scaleDown": {"idleSeconds": idle_seconds}},
+        behavior={"scaleDown": {"minStabilizationSeconds": shortest}},
     )
     policies = (
         QueueScalerPolicy(spec, stats_delay=MANAGEMENT_API_DELAY, peek_every=table.PEEK_EVERY),
@@ -96,16 +99,17 @@ def main() -> None:
     )
     print()
     print(
-        "| pause | minReplicas | idleSeconds | p95 wait (s) ours / KEDA / oracle"
+        "| pause | msg/s in it | minReplicas | minStabilizationSeconds"
+        " | p95 wait (s) ours / KEDA / oracle"
         " | replica-s ours / KEDA / oracle | scale events ours / KEDA / oracle |"
     )
-    print("|---:|---:|---:|---|---|---|")
-    for index, (pause, min_replicas, idle_seconds) in enumerate(CASES):
+    print("|---:|---:|---:|---:|---|---|---|")
+    for index, (pause, trickle, min_replicas, shortest) in enumerate(CASES):
         rows = outcomes[index * len(seeds) : (index + 1) * len(seeds)]
         means = [[sum(row[p][k] for row in rows) / len(rows) for k in range(3)] for p in range(3)]
         p95, cost, events = ([means[p][k] for p in range(3)] for k in range(3))
         print(
-            f"| {pause} s | {min_replicas} | {idle_seconds} | "
+            f"| {pause} s | {trickle:g} | {min_replicas} | {shortest} | "
             + " / ".join(f"{v:.1f}" for v in p95)
             + " | "
             + " / ".join(f"{v:,.0f}" for v in cost)

@@ -1008,6 +1008,13 @@ def test_piles_that_grow_after_a_probe_with_nothing_ready_fail_it() -> None:
     # review 31: nor the shrink's poll of other queues (the spec's list changed since)
     elsewhere = dataclasses.replace(decided_on, readings=(), readings_of="other queues")
     assert fold(elsewhere, growing, current=2, recommendation=3).probe_failed_at is None
+    # review 32: nor at the tick after, when the readings are of these queues again
+    spec = make_spec({**LOOSE, **DOWN_300})
+    decision = Decision(3, Reason.BACKLOG, "", 3, False)
+    first = next_state(spec, elsewhere, replace(growing, taken_at=NOW - 5), 2, decision,
+                       NOW - 5, False)
+    assert first.shrunk_on is None
+    assert next_state(spec, first, growing, 2, decision, NOW, False).probe_failed_at is None
 
 
 def test_a_scale_down_keeps_the_reading_it_was_decided_on() -> None:
@@ -1432,9 +1439,9 @@ def test_a_burst_is_not_armed_by_a_restart_nor_kept_across_other_queues() -> Non
     assert Tick(moved, 60, other, counted).decide().replicas == 60
 
 
-# --- an idle queue: a pause or an end ----------------------------------------------------
+# --- a pause or an end: the shortest window -------------------------------------------
 
-IDLE_60 = {**DOWN_300, "behavior.scaleDown.idleSeconds": 60}
+SHORTEST_60 = {**DOWN_300, "behavior.scaleDown.minStabilizationSeconds": 60}
 PAUSED = sample(consumers=22, publish=0.0)
 """22 consumers with nothing ready, in flight or published: a producer's pause, or the end."""
 
@@ -1443,32 +1450,50 @@ def standing(*entries: tuple[float, int]) -> ScalerState:
     return ScalerState(per_replica_rate=2.0, rate_measured=True, recommendations=history(*entries))
 
 
-def test_an_idle_queue_waits_idle_seconds_however_sure_the_drop() -> None:
+def test_the_shortest_window_holds_a_pause_however_sure_the_drop() -> None:
     # review 29: with the default 0, a 22-pod pool (44 msg/s, 500 ms tasks) went to zero 30 s
     # into a producer's pause, and the backlog piled while pods started regrew it to 60
     pause = standing((40, 22), (31, 22))
     assert Tick(PAUSED, 22, DOWN_300, pause).decide().replicas == 0
-    held = Tick(PAUSED, 22, IDLE_60, pause).decide()
+    held = Tick(PAUSED, 22, SHORTEST_60, pause).decide()
     assert (held.replicas, held.reason) == (22, Reason.STABILIZATION), held.message
-    assert held.message.endswith("held at 22 by scaleDown.idleSeconds (idle for less than 60s)")
-    # idle for the whole of it: the pool goes, at once
-    gone = Tick(PAUSED, 22, IDLE_60, standing((61, 22), (31, 0))).decide()
+    assert held.message.endswith(
+        "held at 22 by scaleDown.minStabilizationSeconds (highest recommendation of 60s)"
+    )
+    # quiet for the whole of it: the pool goes, at once
+    gone = Tick(PAUSED, 22, SHORTEST_60, standing((61, 22), (31, 0))).decide()
     assert (gone.replicas, gone.reason) == (0, Reason.IDLE), gone.message
 
 
-def test_idle_seconds_holds_a_burst_over_too_and_only_an_idle_queue() -> None:
-    idle_after = after_burst(unacked=0, publish=0.0)
-    ended = Tick(idle_after, 64, {**BURST, "behavior.scaleDown.idleSeconds": 60},
-                 grown_for(5000)).decide()
-    assert ended.replicas == 64, ended.message
-    # a base load after the burst is no pause: the drained burst goes as before
-    eased = Tick(after_burst(), 64, {**BURST, "behavior.scaleDown.idleSeconds": 60},
-                 grown_for(5000)).decide()
-    assert eased.replicas == 1, eased.message
+@pytest.mark.parametrize(
+    "trickle",
+    [
+        pytest.param(sample(unacked=1, consumers=22, publish=0.0), id="one-in-flight"),
+        pytest.param(sample(ready=1, consumers=22, publish=0.0), id="one-ready"),
+        pytest.param(sample(consumers=22, publish=0.1), id="a-trickle-published"),
+    ],
+)
+def test_a_message_in_the_pause_keeps_the_hold(trickle: QueueSample) -> None:
+    # review 32: held on an idle queue only, one message took the pool 22 -> 1 (more work,
+    # fewer replicas): the shortest window holds every scale-down
+    decision = Tick(trickle, 22, SHORTEST_60, standing((40, 22), (31, 22))).decide()
+    assert decision.replicas == 22, decision.message
 
 
-def test_idle_seconds_longer_than_the_window_keeps_the_history_it_needs() -> None:
-    settings = {"behavior.scaleDown.stabilizationSeconds": 0, "behavior.scaleDown.idleSeconds": 60}
+def test_the_shortest_window_holds_a_burst_over_too() -> None:
+    settings = {**BURST, "behavior.scaleDown.minStabilizationSeconds": 60}
+    for queue in (after_burst(unacked=0, publish=0.0), after_burst()):
+        decision = Tick(queue, 64, settings, grown_for(5000)).decide()
+        assert decision.replicas == 64, decision.message
+    # the note names the window that held: the divided one, when it held as much
+    recent = Tick(PAUSED, 22, SHORTEST_60, standing((5, 22))).decide()
+    assert recent.replicas == 22, recent.message
+    assert "by scaleDown.stabilizationSeconds" in recent.message, recent.message
+
+
+def test_a_shortest_window_longer_than_the_window_keeps_the_history_it_needs() -> None:
+    settings = {"behavior.scaleDown.stabilizationSeconds": 0,
+                "behavior.scaleDown.minStabilizationSeconds": 60}
     spec = make_spec({**LOOSE, **settings})
     state = ScalerState()
     for at, queue in ((NOW - 50, sample(ready=40, consumers=4)), (NOW - 20, PAUSED)):

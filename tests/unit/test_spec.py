@@ -356,10 +356,10 @@ _NO_QUEUE = _with("source.rabbitmq.queue", ...)
             id="scale-down-stabilization-negative",
         ),
         pytest.param(
-            _with("behavior.scaleDown.idleSeconds", 3601),
-            "spec.behavior.scaleDown.idleSeconds",
+            _with("behavior.scaleDown.minStabilizationSeconds", 3601),
+            "spec.behavior.scaleDown.minStabilizationSeconds",
             "must be <= 3600",
-            id="scale-down-idle-over-an-hour",
+            id="scale-down-min-stabilization-over-an-hour",
         ),
         pytest.param(
             _with("behavior.scaleDown.maxStepPercent", 101),

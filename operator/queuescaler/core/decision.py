@@ -464,7 +464,7 @@ def next_state(
                                                        probe_failed, now),
         shrunk_on=(reading_of(sample, current_replicas)
                    if scaled and decision.replicas < current_replicas
-                   else None if grew else state.shrunk_on),
+                   else None if grew else _shrunk_on(spec, state)),
         probe_unknown_until=state.probe_unknown_until,
         watching_since=watching_since,
         burst=_burst_after(spec, state, sample, flow, grew=grew, scaled=scaled,
@@ -752,8 +752,7 @@ def _decide_with_sample(
                                  rate_noise=rate_noise,
                                  full_window=sample.scaling_pauses,
                                  watching_since=_watching_since(state, now),
-                                 burst_over=burst_over, outbid_rate=outbid,
-                                 idle=raw_reason is Reason.IDLE),
+                                 burst_over=burst_over, outbid_rate=outbid),
         lambda n: _cooldown(spec, n, current, state, now, burst_over),
     ]
     stages += [
@@ -1095,7 +1094,6 @@ def _stabilization(
     watching_since: float | None = None,
     burst_over: bool = False,
     outbid_rate: tuple[int, float] | None = None,
-    idle: bool = False,
 ) -> _Change | None:
     """The HPA's stabilization: shrink no lower than the highest recommendation of the
     scale-down window, grow no higher than the lowest of the scale-up window; this
@@ -1134,11 +1132,12 @@ def _stabilization(
     floor, with a shorter window). A burst's end then goes at once only if the drop is sure
     for that answer too.
 
-    `idle` (the queue idle: nothing ready, in flight or published): the window is at least
-    `scaleDown.idleSeconds`, however sure the drop and even once a burst is over. Nothing
-    tells a producer's pause from a load's end; with 0 (the default) a 22-pod pool went to
-    zero on a 30 s pause and regrew to about 60 every 3 minutes (review 29), and with 60,
-    four of issue 12's floods at concurrency 1 kept their pools past 1.3x the oracle.
+    The window, divided or skipped, is never shorter than
+    `scaleDown.minStabilizationSeconds`. Nothing tells a producer's pause from a load's end:
+    with 0 (the default) a 22-pod pool went to zero on each 30 s pause and regrew to about 60
+    (review 29). Held only on an idle queue, one message in a pause undid it (review 32);
+    60 s by default, four of issue 12's floods at concurrency 1 kept their pools past 1.3x
+    the oracle.
     """
     behavior = spec.behavior
     up_window = behavior.scale_up.stabilization_seconds
@@ -1157,14 +1156,14 @@ def _stabilization(
         # A sure drop once the burst that grew the pool is over (`_burst_over`): the past
         # recommendations asked for replicas to work off a backlog that is gone.
         down_cutoff = now
-    idle_window = behavior.scale_down.idle_seconds if idle else 0
-    idle_holds = now - idle_window < down_cutoff
-    if idle_holds:
-        down_cutoff = now - idle_window
-    lowest = highest = recommendation
+    shortest = behavior.scale_down.min_stabilization_seconds
+    shortest_cutoff = min(down_cutoff, now - shortest)
+    lowest = highest = divided = recommendation
     for past in history:
-        if past.at > down_cutoff and past.replicas > highest:
+        if past.at > shortest_cutoff and past.replicas > highest:
             highest = past.replicas
+        if past.at > down_cutoff and past.replicas > divided:
+            divided = past.replicas
         if past.at > up_cutoff and past.replicas < lowest:
             lowest = past.replicas
     adopting = (full_window and watching_since is not None and recommendation < current
@@ -1180,8 +1179,11 @@ def _stabilization(
             f"held at {stabilized} by scaleDown.stabilizationSeconds (a new QueueScaler over"
             f" a pool that pauses on every resize watches one whole window first: {left}s left)"
         )
-    elif recommendation < current and idle_holds:
-        note = f"held at {stabilized} by scaleDown.idleSeconds (idle for less than {idle_window}s)"
+    elif recommendation < current and stabilized > divided:
+        note = (
+            f"held at {stabilized} by scaleDown.minStabilizationSeconds"
+            f" (highest recommendation of {shortest}s)"
+        )
     elif recommendation < current:
         note = (
             f"held at {stabilized} by scaleDown.stabilizationSeconds"
@@ -1381,7 +1383,7 @@ def _compact(
         return history
     up_cutoff = now - spec.behavior.scale_up.stabilization_seconds
     down = spec.behavior.scale_down
-    down_cutoff = now - max(down.stabilization_seconds, down.idle_seconds)
+    down_cutoff = now - max(down.stabilization_seconds, down.min_stabilization_seconds)
     ordered = sorted(history, key=attrgetter("at"))
     kept: list[Recommendation] = []
     newer_highest = -1

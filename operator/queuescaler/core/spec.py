@@ -27,7 +27,7 @@ DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
         "behavior.scaleUp.stabilizationSeconds": 0,
         "behavior.scaleDown.cooldownSeconds": 45,
         "behavior.scaleDown.stabilizationSeconds": 300,
-        "behavior.scaleDown.idleSeconds": 0,
+        "behavior.scaleDown.minStabilizationSeconds": 0,
         "behavior.scaleDown.maxStepPercent": 100,
         "behavior.scaleDown.maxStepReplicas": 1,
         "behavior.scaleDown.protectBusyWorkers": True,
@@ -167,9 +167,9 @@ class ScaleDownSpec:
     """Shrink only to the highest recommendation of this window, divided by the square of
     the replicas the scale-down would remove beyond chance (one spare replica waits the
     whole window)."""
-    idle_seconds: int = DEFAULTS["behavior.scaleDown.idleSeconds"]
-    """An idle queue shrinks the pool only to the highest recommendation of this window,
-    however sure the drop: a producer's pause shorter than it is not a burst's end."""
+    min_stabilization_seconds: int = DEFAULTS["behavior.scaleDown.minStabilizationSeconds"]
+    """The shortest the divided window gets, a burst's end included: a producer's pause
+    shorter than it keeps the pool."""
     max_step_percent: int = DEFAULTS["behavior.scaleDown.maxStepPercent"]
     max_step_replicas: int = DEFAULTS["behavior.scaleDown.maxStepReplicas"]
     """A step may remove the larger of maxStepReplicas and maxStepPercent of current."""
@@ -432,7 +432,9 @@ def _parse_behavior(fields: Fields) -> BehaviorSpec:
     scale_down = ScaleDownSpec(
         cooldown_seconds=down.integer("cooldownSeconds", minimum=0),
         stabilization_seconds=down.integer("stabilizationSeconds", minimum=0, maximum=3600),
-        idle_seconds=down.integer("idleSeconds", minimum=0, maximum=3600),
+        min_stabilization_seconds=down.integer(
+            "minStabilizationSeconds", minimum=0, maximum=3600
+        ),
         max_step_percent=down.integer("maxStepPercent", minimum=1, maximum=100),
         max_step_replicas=down.integer("maxStepReplicas", minimum=1),
         protect_busy_workers=down.flag("protectBusyWorkers"),
