@@ -569,7 +569,6 @@ DESIGNED_DEFAULTS = {
     "behavior.scaleUp.stabilizationSeconds": 0,
     "behavior.scaleDown.cooldownSeconds": 45,
     "behavior.scaleDown.stabilizationSeconds": 300,
-    "behavior.scaleDown.minStabilizationSeconds": 0,
     "behavior.scaleDown.maxStepPercent": 100,
     "behavior.scaleDown.maxStepReplicas": 1,
     "behavior.scaleDown.protectBusyWorkers": True,

@@ -276,7 +276,6 @@ def test_the_designed_defaults_are_in_the_crd() -> None:
         "behavior.scaleUp.stabilizationSeconds": 0,
         "behavior.scaleDown.cooldownSeconds": 45,
         "behavior.scaleDown.stabilizationSeconds": 300,
-        "behavior.scaleDown.minStabilizationSeconds": 0,
         "behavior.scaleDown.maxStepPercent": 100,
         "behavior.scaleDown.maxStepReplicas": 1,
         "behavior.scaleDown.protectBusyWorkers": True,

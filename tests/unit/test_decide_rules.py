@@ -1491,6 +1491,37 @@ def test_the_shortest_window_holds_a_burst_over_too() -> None:
     assert "by scaleDown.stabilizationSeconds" in recent.message, recent.message
 
 
+def test_a_burst_held_part_way_by_the_shortest_window_is_not_over_yet() -> None:
+    # review 33: the partial shrink was booked as the burst's end, so the rest of the drain
+    # waited out the cooldown (300 s here) instead of going once the 60 s had passed
+    settings = {**BURST, "behavior.scaleDown.minStabilizationSeconds": 60}
+    spec = make_spec({**LOOSE, **settings})
+    state = grown_for(5000, recommendations=history((70, 64), (30, 27)))
+    part = decide(spec, after_burst(), 64, state, NOW)
+    assert (part.replicas, part.reason) == (27, Reason.STABILIZATION), part.message
+    after = next_state(spec, state, after_burst(), 64, part, NOW, True)
+    assert (after.burst, after.burst_ended_at) == (state.burst, None)
+    later = replace(after_burst(), taken_at=NOW + 31)
+    rest = decide(spec, later, 27, after, NOW + 31)
+    assert (rest.replicas, rest.reason) == (1, Reason.BACKLOG), rest.message
+
+
+def test_a_new_queuescaler_watches_the_shortest_window_first() -> None:
+    # review 33: with no history, a new QueueScaler over a pool in a pause took it 22 -> 0
+    spec = make_spec({**LOOSE, **SHORTEST_60})
+    first = decide(spec, PAUSED, 22, ScalerState(), NOW)
+    assert first.replicas == 22, first.message
+    assert first.message.endswith(
+        "held at 22 by scaleDown.minStabilizationSeconds"
+        " (a new QueueScaler watches 60s before its first scale-down: 60s left)"
+    )
+    state = next_state(spec, ScalerState(), PAUSED, 22, first, NOW, False)
+    later = replace(PAUSED, taken_at=NOW + 60)
+    assert decide(spec, later, 22, state, NOW + 60).replicas == 0
+    # unset, nothing changes: the setting's default is no hold
+    assert decide(make_spec({**LOOSE, **DOWN_300}), PAUSED, 22, ScalerState(), NOW).replicas == 0
+
+
 def test_a_shortest_window_longer_than_the_window_keeps_the_history_it_needs() -> None:
     settings = {"behavior.scaleDown.stabilizationSeconds": 0,
                 "behavior.scaleDown.minStabilizationSeconds": 60}

@@ -443,6 +443,11 @@ def next_state(
                                  _shrunk_on(spec, state))
     # a pool short while pods start is as good as a failed probe: no probe for a while
     paused = probe_failed or short_while_starting(readings, sample, current_replicas, flow)
+    over = _burst_over(spec, state, sample, flow, now)
+    # A burst over skips the window, so only minStabilizationSeconds holds such a drop: a
+    # shrink it held part way is no burst's end, and the burst stays armed (review 33: the
+    # rest of the drain waited out the cooldown, 240 s x 27 replicas).
+    held = over and decision.reason is Reason.STABILIZATION
     return ScalerState(
         last_scale_time=last_scale_time,
         last_scale_up_time=last_scale_up_time,
@@ -467,9 +472,9 @@ def next_state(
                    else None if grew else _shrunk_on(spec, state)),
         probe_unknown_until=state.probe_unknown_until,
         watching_since=watching_since,
-        burst=_burst_after(spec, state, sample, flow, grew=grew, scaled=scaled,
+        burst=_burst_after(spec, state, sample, flow, grew=grew, scaled=scaled and not held,
                            doubled=decision.replicas >= max(2, 2 * current_replicas)),
-        burst_ended_at=now if scaled and not grew and _burst_over(spec, state, sample, flow, now)
+        burst_ended_at=now if scaled and not grew and over and not held
         else state.burst_ended_at,
     )
 
@@ -1117,7 +1122,8 @@ def _stabilization(
     by a replica or two and stays damped for the whole window, while a burst that has been
     drained (the recommendation a small fraction of the pool) is let go within a tick or
     two instead of being paid for over the full window. The window only ever shortens,
-    never lengthens, so the history kept for the full window still serves every decision.
+    never lengthens (but to `scaleDown.minStabilizationSeconds`, for which `_compact` keeps
+    history too), so the history kept still serves every decision.
 
     `full_window` (the sample's `scaling_pauses`: every resize stops all the consumers, as a
     Kafka group's rebalance does) keeps the whole window for every scale-down: a drop that
@@ -1133,11 +1139,12 @@ def _stabilization(
     for that answer too.
 
     The window, divided or skipped, is never shorter than
-    `scaleDown.minStabilizationSeconds`. Nothing tells a producer's pause from a load's end:
-    with 0 (the default) a 22-pod pool went to zero on each 30 s pause and regrew to about 60
-    (review 29). Held only on an idle queue, one message in a pause undid it (review 32);
-    60 s by default, four of issue 12's floods at concurrency 1 kept their pools past 1.3x
-    the oracle.
+    `scaleDown.minStabilizationSeconds`, and a new QueueScaler (or a restarted operator)
+    watches that long before its first scale-down. Nothing tells a producer's pause from a
+    load's end: with 0 (the default) a 22-pod pool went to zero on each 30 s pause and
+    regrew to about 60 (review 29). Held only on an idle queue, one message in a pause undid
+    it (review 32); at 60 by default, 59 of issue 12's 112 worker-model rows missed instead
+    of 32, every drained burst paying a minute.
     """
     behavior = spec.behavior
     up_window = behavior.scale_up.stabilization_seconds
@@ -1166,18 +1173,22 @@ def _stabilization(
             divided = past.replicas
         if past.at > up_cutoff and past.replicas < lowest:
             lowest = past.replicas
-    adopting = (full_window and watching_since is not None and recommendation < current
-                and now - watching_since < window)
+    watch = max(window, shortest) if full_window else shortest
+    watched = math.inf if watching_since is None else now - watching_since
+    adopting = recommendation < current and watched < watch
     if adopting:
         highest = max(highest, current)
     stabilized = min(max(current, lowest), highest)
     if stabilized == recommendation:
         return None
-    if adopting and watching_since is not None:
-        left = math.ceil(watching_since + window - now)
+    if adopting and stabilized > divided:
+        left = math.ceil(watch - watched)
         note = (
             f"held at {stabilized} by scaleDown.stabilizationSeconds (a new QueueScaler over"
             f" a pool that pauses on every resize watches one whole window first: {left}s left)"
+            if full_window and window >= shortest else
+            f"held at {stabilized} by scaleDown.minStabilizationSeconds (a new QueueScaler"
+            f" watches {watch}s before its first scale-down: {left}s left)"
         )
     elif recommendation < current and stabilized > divided:
         note = (

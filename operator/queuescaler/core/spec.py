@@ -27,7 +27,6 @@ DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
         "behavior.scaleUp.stabilizationSeconds": 0,
         "behavior.scaleDown.cooldownSeconds": 45,
         "behavior.scaleDown.stabilizationSeconds": 300,
-        "behavior.scaleDown.minStabilizationSeconds": 0,
         "behavior.scaleDown.maxStepPercent": 100,
         "behavior.scaleDown.maxStepReplicas": 1,
         "behavior.scaleDown.protectBusyWorkers": True,
@@ -39,7 +38,9 @@ DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
 """Defaults of optional fields, keyed by their camelCase path under `spec`.
 
 The CRD declares the same defaults; a test compares the two. Optional fields whose
-absence means something (`target.drainSeconds`, `fallback.replicas`) have no entry.
+absence means something (`target.drainSeconds`, `fallback.replicas`) have no entry, nor
+fields added since whose CRD default an older operator would refuse as unknown after a
+rollback (`behavior.scaleDown.minStabilizationSeconds`: the parser defaults them).
 Each broker's block keeps its own defaults beside its parser (`sources/<broker>/spec.py`).
 
 The damping defaults were chosen on the simulator's standard traces (bench/decide.py,
@@ -167,7 +168,7 @@ class ScaleDownSpec:
     """Shrink only to the highest recommendation of this window, divided by the square of
     the replicas the scale-down would remove beyond chance (one spare replica waits the
     whole window)."""
-    min_stabilization_seconds: int = DEFAULTS["behavior.scaleDown.minStabilizationSeconds"]
+    min_stabilization_seconds: int = 0
     """The shortest the divided window gets, a burst's end included: a producer's pause
     shorter than it keeps the pool."""
     max_step_percent: int = DEFAULTS["behavior.scaleDown.maxStepPercent"]
@@ -432,9 +433,10 @@ def _parse_behavior(fields: Fields) -> BehaviorSpec:
     scale_down = ScaleDownSpec(
         cooldown_seconds=down.integer("cooldownSeconds", minimum=0),
         stabilization_seconds=down.integer("stabilizationSeconds", minimum=0, maximum=3600),
-        min_stabilization_seconds=down.integer(
+        min_stabilization_seconds=down.optional_integer(
             "minStabilizationSeconds", minimum=0, maximum=3600
-        ),
+        )
+        or 0,
         max_step_percent=down.integer("maxStepPercent", minimum=1, maximum=100),
         max_step_replicas=down.integer("maxStepReplicas", minimum=1),
         protect_busy_workers=down.flag("protectBusyWorkers"),
