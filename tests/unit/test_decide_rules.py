@@ -1506,6 +1506,28 @@ def test_a_burst_held_part_way_by_the_shortest_window_is_not_over_yet() -> None:
     assert (rest.replicas, rest.reason) == (1, Reason.BACKLOG), rest.message
 
 
+def test_a_burst_over_held_by_the_window_itself_is_over() -> None:
+    # review 34: a burst over whose drop is not sure enough to skip the window (20 -> 10 on
+    # 8 messages in flight) is held by the window as before: the shrink ends the burst, and
+    # the next tick waits the window instead of going 15 -> 0 at once
+    settings = {"target.messagesPerReplica": 1, "behavior.scaleDown.stabilizationSeconds": 300,
+                "behavior.scaleDown.cooldownSeconds": 45}
+    spec = make_spec({**LOOSE, **settings})
+    state = ScalerState(last_scale_time=ago(120), last_scale_up_time=ago(120),
+                        recommendations=history((30, 15)), per_replica_rate=4.0,
+                        rate_measured=True, readings_of=spec.source, burst=Burst(1100, 200.0),
+                        watching_since=ago(130))
+    first = replace(sample(unacked=8, consumers=20, publish=40.0, ack=40.0),
+                    published_total=1100, acked_total=1100)
+    part = decide(spec, first, 20, state, NOW)
+    assert (part.replicas, part.reason, part.burst_skip) == (15, Reason.STABILIZATION, False)
+    after = next_state(spec, state, first, 20, part, NOW, True)
+    assert (after.burst, after.burst_ended_at) == (None, NOW)
+    quiet = replace(first, unacked=0, taken_at=NOW + 15, acked_total=1108, publish_rate=0.0,
+                    ack_rate=0.0)
+    assert decide(spec, quiet, 15, after, NOW + 15).replicas == 10
+
+
 def test_a_new_queuescaler_watches_the_shortest_window_first() -> None:
     # review 33: with no history, a new QueueScaler over a pool in a pause took it 22 -> 0
     spec = make_spec({**LOOSE, **SHORTEST_60})

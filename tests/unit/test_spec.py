@@ -89,6 +89,7 @@ def test_minimal_spec_takes_every_default() -> None:
         assert _attribute(spec, path) == default, path
     assert spec.target.drain_seconds is None
     assert spec.fallback.replicas is None
+    assert spec.behavior.scale_down.min_stabilization_seconds == 0  # no CRD default: rollback
     assert spec.scale_target_ref == ScaleTargetRef("apps/v1", "Deployment", "thumbnail-worker")
     assert spec.max_replicas == 20
 
@@ -141,6 +142,7 @@ def test_queue_forms(raw: Mapping[str, Any], queue_names: tuple[str, ...]) -> No
         pytest.param("maxReplicas", 20.0, 20, id="integral-float-is-an-integer"),
         pytest.param("minReplicas", 20, 20, id="min-equal-to-max"),
         pytest.param("fallback.replicas", 0, 0, id="fallback-to-zero-with-min-zero"),
+        pytest.param("behavior.scaleDown.minStabilizationSeconds", 0, 0, id="shortest-window-0"),
     ],
 )
 def test_accepted_edges(path: str, value: Any, parsed: Any) -> None:

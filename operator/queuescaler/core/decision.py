@@ -321,6 +321,9 @@ class Decision:
     """The recommendation before stabilization, cooldowns and limits (after the dead-band)."""
     limited: bool
     """True when a limit (bound, step, cooldown, stabilization, busy workers) changed it."""
+    burst_skip: bool = False
+    """The burst that grew the pool was over and the drop sure: the window was skipped
+    (`_burst_over`, `_sure_drop`), down to `scaleDown.minStabilizationSeconds`."""
 
 
 _Change = tuple[int, Reason, str]
@@ -444,10 +447,11 @@ def next_state(
     # a pool short while pods start is as good as a failed probe: no probe for a while
     paused = probe_failed or short_while_starting(readings, sample, current_replicas, flow)
     over = _burst_over(spec, state, sample, flow, now)
-    # A burst over skips the window, so only minStabilizationSeconds holds such a drop: a
-    # shrink it held part way is no burst's end, and the burst stays armed (review 33: the
-    # rest of the drain waited out the cooldown, 240 s x 27 replicas).
-    held = over and decision.reason is Reason.STABILIZATION
+    # A skipped window leaves minStabilizationSeconds alone to hold a drop: a shrink it held
+    # part way is no burst's end, and the burst stays armed (review 33: the rest of the
+    # drain waited out the cooldown, 240 s x 27 replicas). Only the skip says so: a drop
+    # not sure enough to skip is held by the window as before (review 34).
+    held = decision.burst_skip and decision.reason is Reason.STABILIZATION
     return ScalerState(
         last_scale_time=last_scale_time,
         last_scale_up_time=last_scale_up_time,
@@ -503,8 +507,9 @@ def _burst_after(
     pool (a burst; a step of one on a steady load is none: review, a 15 s producer pause
     after 5 -> 6 at 50 msg/s took the pool to 1, then back to 56), counted again by any
     scale-up while armed, counted at the first full sample with counters and a rate,
-    dropped by a scale-down (once per scale-up) or when the spec names other queues (their
-    counters are not these)."""
+    dropped by a scale-down (once per scale-up; not by one minStabilizationSeconds held part
+    way after the window was skipped) or when the spec names other queues (their counters
+    are not these)."""
     if grew:
         burst: Burst | None = Burst() if doubled or state.burst is not None else None
     elif scaled or (state.readings_of is not None and state.readings_of != spec.source):
@@ -782,7 +787,7 @@ def _decide_with_sample(
         reason = Reason.ACTIVATION  # a limited wake-up is still the wake-up users look for
     if changes:
         message = ", ".join((message, *changes))
-    return Decision(replicas, reason, message, recommendation, bool(changes))
+    return Decision(replicas, reason, message, recommendation, bool(changes), burst_over)
 
 
 def _raw_recommendation(
