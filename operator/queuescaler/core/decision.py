@@ -446,7 +446,6 @@ def next_state(
                                  _shrunk_on(spec, state))
     # a pool short while pods start is as good as a failed probe: no probe for a while
     paused = probe_failed or short_while_starting(readings, sample, current_replicas, flow)
-    over = _burst_over(spec, state, sample, flow, now)
     # A skipped window leaves minStabilizationSeconds alone to hold a drop: a shrink it held
     # part way is no burst's end, and the burst stays armed (review 33: the rest of the
     # drain waited out the cooldown, 240 s x 27 replicas). Only the skip says so: a drop
@@ -478,8 +477,8 @@ def next_state(
         watching_since=watching_since,
         burst=_burst_after(spec, state, sample, flow, grew=grew, scaled=scaled and not held,
                            doubled=decision.replicas >= max(2, 2 * current_replicas)),
-        burst_ended_at=now if scaled and not grew and over and not held
-        else state.burst_ended_at,
+        burst_ended_at=now if scaled and not grew and not held
+        and _burst_over(spec, state, sample, flow, now) else state.burst_ended_at,
     )
 
 
