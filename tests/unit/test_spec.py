@@ -364,6 +364,12 @@ _NO_QUEUE = _with("source.rabbitmq.queue", ...)
             id="scale-down-min-stabilization-over-an-hour",
         ),
         pytest.param(
+            _with("behavior.scaleDown.minStabilizationSeconds", -1),
+            "spec.behavior.scaleDown.minStabilizationSeconds",
+            "must be >= 0",
+            id="scale-down-min-stabilization-negative",
+        ),
+        pytest.param(
             _with("behavior.scaleDown.maxStepPercent", 101),
             "spec.behavior.scaleDown.maxStepPercent",
             "must be <= 100",
