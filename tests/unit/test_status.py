@@ -17,6 +17,7 @@ from queuescaler.core.decision import (
 )
 from queuescaler.core.sample import QueueSample
 from queuescaler.core.status import (
+    MAX_RECOMMENDATIONS,
     Condition,
     TickOutcome,
     build_status,
@@ -190,6 +191,28 @@ def test_status_is_written_only_when_it_matters(
     base: dict[str, Any] = {"recommendations": (Recommendation(T0, 2),)}
     new, _ = build_status(written, outcome(**{**base, **change}), T0 + 15)
     assert needs_write(written, new, stale=stale) is write
+
+
+def test_a_history_longer_than_status_holds_keeps_its_highest_across_a_restart() -> None:
+    """A falling load under an hour's scale-down window keeps a staircase of 120 ever lower
+    recommendations; status holds 64. Left open in session 22: the newest 64 were written, so the
+    restored operator's highest was 64 where the running one's was 120, and it shrank the
+    pool at once. Every later tick, the restored window's highest is at least the running
+    one's."""
+    window = 3600.0
+    running = tuple(Recommendation(T0 + 30 * i, 120 - i) for i in range(120))
+    written, _ = build_status({}, outcome(recommendations=running), T0 + 3570)
+    assert len(written["recommendations"]) == MAX_RECOMMENDATIONS
+    assert written["recommendations"][0]["replicas"] == 120
+    ats = [parse_iso(r["at"]) for r in written["recommendations"]]
+    assert ats == sorted(ats)
+    restored = state_from_status(written, now=T0 + 3570).recommendations
+
+    def highest(history: tuple[Recommendation, ...], now: float) -> int:
+        return max((r.replicas for r in history if r.at > now - window), default=0)
+
+    for now in range(int(T0) + 3570, int(T0) + 3570 + 2 * int(window), 30):
+        assert highest(restored, now) >= highest(running, now)
 
 
 def test_a_failed_sample_drops_the_numbers_it_could_not_renew() -> None:

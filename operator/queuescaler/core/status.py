@@ -243,7 +243,7 @@ def build_status(
     status["consecutiveFailures"] = state.consecutive_failures
     status["recommendations"] = [
         {"at": iso(r.at), "replicas": r.replicas}
-        for r in state.recommendations[-MAX_RECOMMENDATIONS:]
+        for r in stored_history(state.recommendations)
     ]
     rate = state.per_replica_rate
     if rate is not None and 0 < rate < math.inf:
@@ -254,6 +254,23 @@ def build_status(
     )
     status["conditions"] = conditions
     return status, flipped
+
+
+def stored_history(history: Sequence[Recommendation]) -> Sequence[Recommendation]:
+    """The history as status can hold it: at most `MAX_RECOMMENDATIONS` entries.
+
+    A long scale-down window over a falling load keeps a staircase of ever lower entries,
+    more than the CRD allows. Dropping the oldest would drop the highest, and a restarted
+    operator would shrink the pool earlier than the running one; instead the oldest are
+    folded into one entry as high as the highest of them and as new as the newest, which
+    holds a window at least as long.
+    """
+    if len(history) <= MAX_RECOMMENDATIONS:
+        return history
+    cut = len(history) - MAX_RECOMMENDATIONS + 1
+    folded = history[:cut]
+    highest = max(r.replicas for r in folded)
+    return (Recommendation(max(r.at for r in folded), highest), *history[cut:])
 
 
 SLOW_FIELDS = (
