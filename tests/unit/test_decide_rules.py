@@ -1153,6 +1153,33 @@ def test_a_clock_stepped_back_counts_one_failure_and_rests_from_now() -> None:
     assert "to learn the replicas' speed" not in quiet.message, quiet.message
 
 
+def test_a_clock_stepped_back_holds_one_cooldown_or_window_from_the_step_not_the_step() -> None:
+    """Scaled and recommended 30 minutes "from now" (the clock then stepped back): a
+    recommendation in the future sat in a scale-up window of 0 s and held a backlog of
+    5,000 at 2 replicas; a cooldown or a scale-down window held for the step's 30 minutes.
+    Each now counts from the step, and the state kept says so."""
+    step = 1800.0
+    ahead = ScalerState(last_scale_time=NOW + step, last_scale_up_time=NOW + step,
+                        recommendations=(Recommendation(NOW + step, 2),))
+    piled = sample(ready=5000, unacked=10, consumers=2, publish=10.0, ack=10.0)
+    check(Tick(piled, 2, state=ahead, loose=False), 2, Reason.COOLDOWN)  # 15 s, not 1,815
+    cooled = replace(ahead, last_scale_time=ago(60), last_scale_up_time=ago(60))
+    check(Tick(piled, 2, {"behavior.scaleUp.cooldownSeconds": 0}, cooled), 100,
+          Reason.MAX_BOUND)
+    high = ScalerState(last_scale_time=ago(3000), last_scale_up_time=ago(3000),
+                       recommendations=(Recommendation(NOW + step, 20),))
+    idle = sample(consumers=20, publish=0.0, ack=0.0)
+    check(Tick(idle, 20, DOWN_300, high), 20, Reason.STABILIZATION)  # a window from now
+    kept = fold(high, idle, current=20, recommendation=0)
+    assert max(r.at for r in kept.recommendations) == NOW
+    assert kept.last_scale_time == ago(3000)
+    later = replace(high, recommendations=kept.recommendations)
+    assert Tick(idle, 20, DOWN_300, later).decide().replicas == 20
+    gone = replace(later, recommendations=tuple(
+        Recommendation(r.at - 301, r.replicas) for r in later.recommendations))
+    assert Tick(idle, 20, DOWN_300, gone).decide().replicas < 20, "one window, not 30 min"
+
+
 def test_a_pool_short_while_pods_start_pauses_the_probe_but_counts_no_failure() -> None:
     # review 25: a pool that only ever grew (6 -> 10 at each load step) climbed to an
     # 80-minute pause without ever having probed

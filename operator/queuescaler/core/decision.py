@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Final
 
@@ -346,6 +346,7 @@ def decide(
     says why, when that number is a stand-in for an unknown one). `dryRun` is
     not considered here: the caller decides whether to apply the result.
     """
+    state = _present(state, now)
     if sample is None:
         decision = _decide_without_sample(
             spec, current_replicas, state, now, busy_workers, busy_note
@@ -411,6 +412,7 @@ def next_state(
     window it can still fall into, so the decisions stay exactly those of the full
     history while a steady pool keeps a single entry, even at one tick per second.
     """
+    state = _present(state, now)
     last_scale_time = now if scaled else state.last_scale_time
     grew = scaled and decision.replicas > current_replicas
     last_scale_up_time = now if grew else state.last_scale_up_time
@@ -682,6 +684,35 @@ def _probe_pause(failures: int) -> float:
 def flow_of(spec: QueueScalerSpec, state: ScalerState, sample: QueueSample) -> Flow:
     """The rates this sample gives the decision, over the readings `state` kept."""
     return flow_since(_readings(spec, state), sample, spec.polling_interval_seconds)
+
+
+FETCH_SLACK: Final = 60.0
+"""Seconds a sample's stamp may lie past a later tick's `now` without a clock step: ticks
+take `now` as they start and samples are stamped as they arrive, one fetch later."""
+
+
+def _present(state: ScalerState, now: float) -> ScalerState:
+    """The state with no scale or recommendation later than `now`, as a restore from status
+    has it. A clock that stepped back (an NTP step, a restored VM) left them in the future:
+    a recommendation "made" after now is in every window, so a scale-up window of 0 s held a
+    backlog of 5,000 at 2 replicas, and a cooldown counted from a future scale held as long
+    as the step. Taken as made now, each holds one window or cooldown from the step, no
+    longer. Readings from beyond `FETCH_SLACK` ahead measure nothing and are dropped."""
+    history, readings, shrunk_on = state.recommendations, state.readings, state.shrunk_on
+    last, grew = state.last_scale_time, state.last_scale_up_time
+    ahead = now + FETCH_SLACK
+    if not ((history and history[-1].at > now) or (last is not None and last > now)
+            or (grew is not None and grew > now) or (readings and readings[-1].taken_at > ahead)
+            or (shrunk_on is not None and shrunk_on.taken_at > ahead)):
+        return state
+    return replace(
+        state,
+        last_scale_time=None if last is None else min(last, now),
+        last_scale_up_time=None if grew is None else min(grew, now),
+        recommendations=tuple(Recommendation(min(r.at, now), r.replicas) for r in history),
+        readings=tuple(r for r in readings if r.taken_at <= ahead),
+        shrunk_on=None if shrunk_on is None or shrunk_on.taken_at > ahead else shrunk_on,
+    )
 
 
 def _readings(spec: QueueScalerSpec, state: ScalerState) -> tuple[Reading, ...]:
