@@ -1067,7 +1067,9 @@ def test_a_probe_never_asks_again_for_a_size_that_fell_short_at_its_load() -> No
     stale = dataclasses.replace(rested, probe_short=ShortProbe(7, 100.0, ago(PROBE_PAUSE_LONGEST)))
     assert probe(100.0, 10, stale) == 5, "unused after the longest rest: workers may be faster"
     ahead = dataclasses.replace(rested, probe_short=ShortProbe(7, 100.0, NOW + 60))
-    assert probe(100.0, 10, ahead) == 5, "a clock stepped back drops the limit"
+    # a clock stepped back: the limit counts from the step (review 35: dropped, a pool that
+    # fell short a minute before the step was probed to below that size again at once)
+    assert probe(100.0, 10, ahead) == 8, "a clock stepped back keeps the limit"
     for short in (ShortProbe(7, 1e-310, NOW), ShortProbe(10**6, 100.0, NOW)):
         absurd = dataclasses.replace(rested, probe_short=short)
         assert probe(1e308, 10, absurd) == 10, "no overflow: the answer unprobed"
@@ -1162,7 +1164,12 @@ def test_a_clock_stepped_back_holds_one_cooldown_or_window_from_the_step_not_the
     ahead = ScalerState(last_scale_time=NOW + step, last_scale_up_time=NOW + step,
                         recommendations=(Recommendation(NOW + step, 2),))
     piled = sample(ready=5000, unacked=10, consumers=2, publish=10.0, ack=10.0)
-    check(Tick(piled, 2, state=ahead, loose=False), 2, Reason.COOLDOWN)  # 15 s, not 1,815
+    held = check(Tick(piled, 2, state=ahead, loose=False), 2, Reason.COOLDOWN)
+    assert "(15s left)" in held.message, held.message  # not 1,815
+    grown = replace(ahead, last_scale_time=ago(3000), recommendations=())
+    shrink = check(Tick(sample(consumers=2, publish=0.0, ack=0.0), 2, state=grown, loose=False),
+                   2, Reason.COOLDOWN)
+    assert "scaleDown.cooldownSeconds (45s left)" in shrink.message, shrink.message
     cooled = replace(ahead, last_scale_time=ago(60), last_scale_up_time=ago(60))
     check(Tick(piled, 2, {"behavior.scaleUp.cooldownSeconds": 0}, cooled), 100,
           Reason.MAX_BOUND)
@@ -1178,6 +1185,27 @@ def test_a_clock_stepped_back_holds_one_cooldown_or_window_from_the_step_not_the
     gone = replace(later, recommendations=tuple(
         Recommendation(r.at - 301, r.replicas) for r in later.recommendations))
     assert Tick(idle, 20, DOWN_300, gone).decide().replicas < 20, "one window, not 30 min"
+
+
+def test_a_clock_stepped_back_pauses_a_failed_probe_from_the_step() -> None:
+    """Review 35: a probe that failed a minute before a 30-minute step back went again at
+    once (its pause stamped in the future read as over), below the size that had fallen
+    short; and a shrink 30 s "ahead" with a reading after it read growing piles as a
+    failed probe."""
+    quiet = sample(unacked=10, consumers=10, publish=100.0)
+    failed = ScalerState(per_replica_rate=10.0, last_scale_time=ago(900),
+                         last_scale_up_time=ago(900), probe_failures=1,
+                         probe_failed_at=NOW + 1740, probe_short=ShortProbe(8, 100.0, NOW + 1740))
+    decision = Tick(quiet, 10, state=failed).decide()
+    assert decision.replicas == 10 and "to learn" not in decision.message, decision.message
+    later = fold(failed, quiet, current=10, recommendation=10)
+    assert later.probe_failed_at == NOW and later.probe_short == ShortProbe(8, 100.0, NOW)
+    shrunk = ScalerState(per_replica_rate=3.0, last_scale_time=NOW + 30,
+                         last_scale_up_time=ago(300),
+                         readings=(Reading(NOW + 35, 0, 2, 2, 2, None, None),),
+                         shrunk_on=Reading(NOW + 30, 0, 3, 2, 2, None, None))
+    growing = sample(unacked=24, consumers=2, publish=6.0)
+    assert fold(shrunk, growing, current=2, recommendation=3).probe_failed_at is None
 
 
 def test_a_pool_short_while_pods_start_pauses_the_probe_but_counts_no_failure() -> None:

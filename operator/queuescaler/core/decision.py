@@ -412,6 +412,8 @@ def next_state(
     window it can still fall into, so the decisions stay exactly those of the full
     history while a steady pool keeps a single entry, even at one tick per second.
     """
+    # a pause stamped after now is no pause this failure falls in: it counts (review 30)
+    paused_before = _probe_failed_lately(state, now)
     state = _present(state, now)
     last_scale_time = now if scaled else state.last_scale_time
     grew = scaled and decision.replicas > current_replicas
@@ -469,7 +471,7 @@ def next_state(
         restored=state.restored and len(kept) < 2,
         probe_failed_at=now if paused else state.probe_failed_at,
         probe_failures=0 if measured else min(PROBE_FAILURES_COUNTED, state.probe_failures + (
-            probe_failed and not _probe_failed_lately(state, now))),
+            probe_failed and not paused_before)),
         probe_short=None if measured else _probe_short(state, sample, flow, current_replicas,
                                                        probe_failed, now),
         shrunk_on=(reading_of(sample, current_replicas)
@@ -686,33 +688,54 @@ def flow_of(spec: QueueScalerSpec, state: ScalerState, sample: QueueSample) -> F
     return flow_since(_readings(spec, state), sample, spec.polling_interval_seconds)
 
 
-FETCH_SLACK: Final = 60.0
-"""Seconds a sample's stamp may lie past a later tick's `now` without a clock step: ticks
-take `now` as they start and samples are stamped as they arrive, one fetch later."""
-
-
 def _present(state: ScalerState, now: float) -> ScalerState:
-    """The state with no scale or recommendation later than `now`, as a restore from status
-    has it. A clock that stepped back (an NTP step, a restored VM) left them in the future:
-    a recommendation "made" after now is in every window, so a scale-up window of 0 s held a
-    backlog of 5,000 at 2 replicas, and a cooldown counted from a future scale held as long
-    as the step. Taken as made now, each holds one window or cooldown from the step, no
-    longer. Readings from beyond `FETCH_SLACK` ahead measure nothing and are dropped."""
-    history, readings, shrunk_on = state.recommendations, state.readings, state.shrunk_on
-    last, grew = state.last_scale_time, state.last_scale_up_time
-    ahead = now + FETCH_SLACK
-    if not ((history and history[-1].at > now) or (last is not None and last > now)
-            or (grew is not None and grew > now) or (readings and readings[-1].taken_at > ahead)
-            or (shrunk_on is not None and shrunk_on.taken_at > ahead)):
+    """The state with nothing stamped later than `now`, as a restore from status has it.
+
+    A clock that stepped back (an NTP step, a restored VM) left stamps in the future: a
+    recommendation "made" after now sat in every window (a scale-up window of 0 s held a
+    backlog of 5,000 at 2 replicas), and a cooldown, a probe's pause or a burst's spacing
+    counted from a future moment held for the step's length too, or, read as no pause at
+    all, let a failed probe go again at once. Each is taken as made now: it holds one
+    window, cooldown or pause from the step, no longer and no shorter. Readings from the
+    future measure nothing and are dropped (every reading is stamped before the next tick
+    takes its `now`: ticks run one after another, on this process's clock)."""
+    if not _stamped_ahead(state, now):
         return state
+    short = state.probe_short
     return replace(
         state,
-        last_scale_time=None if last is None else min(last, now),
-        last_scale_up_time=None if grew is None else min(grew, now),
-        recommendations=tuple(Recommendation(min(r.at, now), r.replicas) for r in history),
-        readings=tuple(r for r in readings if r.taken_at <= ahead),
-        shrunk_on=None if shrunk_on is None or shrunk_on.taken_at > ahead else shrunk_on,
+        last_scale_time=_until(state.last_scale_time, now),
+        last_scale_up_time=_until(state.last_scale_up_time, now),
+        recommendations=tuple(
+            Recommendation(min(r.at, now), r.replicas) for r in state.recommendations),
+        readings=tuple(r for r in state.readings if r.taken_at <= now),
+        shrunk_on=None if state.shrunk_on is None or state.shrunk_on.taken_at > now
+        else state.shrunk_on,
+        probe_failed_at=_until(state.probe_failed_at, now),
+        probe_short=None if short is None else replace(short, at=min(short.at, now)),
+        burst_ended_at=_until(state.burst_ended_at, now),
     )
+
+
+def _stamped_ahead(state: ScalerState, now: float) -> bool:
+    """Whether anything in `state` is stamped after `now` (each list is oldest first).
+    Written out: it runs twice a tick for every QueueScaler."""
+    history, readings, shrunk_on, short = (
+        state.recommendations, state.readings, state.shrunk_on, state.probe_short)
+    last, grew = state.last_scale_time, state.last_scale_up_time
+    failed, ended = state.probe_failed_at, state.burst_ended_at
+    return bool(
+        (history and history[-1].at > now)
+        or (readings and readings[-1].taken_at > now)
+        or (last is not None and last > now) or (grew is not None and grew > now)
+        or (failed is not None and failed > now) or (ended is not None and ended > now)
+        or (shrunk_on is not None and shrunk_on.taken_at > now)
+        or (short is not None and short.at > now)
+    )
+
+
+def _until(stamp: float | None, now: float) -> float | None:
+    return None if stamp is None else min(stamp, now)
 
 
 def _readings(spec: QueueScalerSpec, state: ScalerState) -> tuple[Reading, ...]:

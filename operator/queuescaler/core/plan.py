@@ -283,7 +283,8 @@ def calls_now(spec: QueueScalerSpec, live: QueueSample, memory: Memory, now: flo
         return False
     wanted = -(-live.ready // per_replica)
     state = memory.state
-    last = max(state.recommendations, key=lambda r: r.at).replicas if state.recommendations else 0
+    # the newest by place: a clock that stepped back leaves several stamped alike
+    last = state.recommendations[-1].replicas if state.recommendations else 0
     starting = live.consumers < current
     return (wanted > max(current, last) and outside_tolerance(spec, wanted, current)
             and (not starting or wanted >= EARLY_GROWTH * current))
