@@ -412,8 +412,6 @@ def next_state(
     window it can still fall into, so the decisions stay exactly those of the full
     history while a steady pool keeps a single entry, even at one tick per second.
     """
-    # a pause stamped after now is no pause this failure falls in: it counts (review 30)
-    paused_before = _probe_failed_lately(state, now)
     state = _present(state, now)
     last_scale_time = now if scaled else state.last_scale_time
     grew = scaled and decision.replicas > current_replicas
@@ -471,7 +469,7 @@ def next_state(
         restored=state.restored and len(kept) < 2,
         probe_failed_at=now if paused else state.probe_failed_at,
         probe_failures=0 if measured else min(PROBE_FAILURES_COUNTED, state.probe_failures + (
-            probe_failed and not paused_before)),
+            probe_failed and not _probe_failed_lately(state, now))),
         probe_short=None if measured else _probe_short(state, sample, flow, current_replicas,
                                                        probe_failed, now),
         shrunk_on=(reading_of(sample, current_replicas)
@@ -698,22 +696,31 @@ def _present(state: ScalerState, now: float) -> ScalerState:
     all, let a failed probe go again at once. Each is taken as made now: it holds one
     window, cooldown or pause from the step, no longer and no shorter. Readings from the
     future measure nothing and are dropped (every reading is stamped before the next tick
-    takes its `now`: ticks run one after another, on this process's clock)."""
+    takes its `now`: ticks run one after another, on this process's clock); with them goes
+    what would have shown a probe failing (piles growing since a shrink), so for
+    `PROBE_PAUSE_SECONDS` a probe goes no further than both answers agree, as after a
+    restart (review 36: a pool whose shrink had just fallen short was probed lower)."""
     if not _stamped_ahead(state, now):
         return state
-    short = state.probe_short
+    short, readings = state.probe_short, tuple(r for r in state.readings if r.taken_at <= now)
+    dropped = len(readings) < len(state.readings) or (
+        state.shrunk_on is not None and state.shrunk_on.taken_at > now)
+    unknown = state.probe_unknown_until
+    if dropped:
+        unknown = max(unknown or now, now + PROBE_PAUSE_SECONDS)
     return replace(
         state,
         last_scale_time=_until(state.last_scale_time, now),
         last_scale_up_time=_until(state.last_scale_up_time, now),
         recommendations=tuple(
             Recommendation(min(r.at, now), r.replicas) for r in state.recommendations),
-        readings=tuple(r for r in state.readings if r.taken_at <= now),
+        readings=readings,
         shrunk_on=None if state.shrunk_on is None or state.shrunk_on.taken_at > now
         else state.shrunk_on,
         probe_failed_at=_until(state.probe_failed_at, now),
         probe_short=None if short is None else replace(short, at=min(short.at, now)),
         burst_ended_at=_until(state.burst_ended_at, now),
+        probe_unknown_until=unknown,
     )
 
 
@@ -1079,9 +1086,9 @@ def _pile_drain(
 
 def _probe(replicas: int, current: int, unsure: bool, least: int = 0) -> tuple[int, str]:
     """A rate answer on a speed never measured: half of it (see PROBE_DIVISOR), raised to
-    `least` (`_probe_least`) up to the answer itself. `unsure` (restarted,
-    `ScalerState.probe_unknown_until`): the answer of the two, probing or not, that moves
-    the pool least."""
+    `least` (`_probe_least`) up to the answer itself. `unsure` (restarted, or readings
+    dropped by a clock that stepped back: `ScalerState.probe_unknown_until`): the answer of
+    the two, probing or not, that moves the pool least."""
     half = replicas - -(-replicas // PROBE_DIVISOR)
     probed = max(half, min(least, replicas))
     limited = "a probe left fewer short at this load" if probed > half else ""
@@ -1090,7 +1097,8 @@ def _probe(replicas: int, current: int, unsure: bool, least: int = 0) -> tuple[i
         return replicas, f", not probed ({limited})" if limited else ""
     if unsure and probed < current:
         kept = min(current, replicas)
-        return kept, f", held at {kept} (restarted: whether a probe failed lately is not known)"
+        return kept, (f", held at {kept} (restarted, or the clock stepped back: whether a probe"
+                      " failed lately is not known)")
     limit = f"; no fewer: {limited}" if limited else ""
     return probed, f", less {spare} to learn the replicas' speed (not measured yet{limit})"
 

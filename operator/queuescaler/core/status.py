@@ -262,20 +262,20 @@ def stored_history(history: Sequence[Recommendation]) -> Sequence[Recommendation
     A long scale-down window over a falling load keeps a staircase of ever lower entries,
     more than the CRD allows. Dropping the oldest would drop the highest, and a restarted
     operator would shrink the pool earlier than the running one. Instead all but the
-    newest are folded in runs of equal length, each run into one entry as high as the
-    highest of it and as new as the newest: a window then holds each run's highest at most
-    one run's span longer (review 35: folding all the oldest into one entry held a peak of
-    120 for half an hour, 14 replica-hours, where runs of two cost 1.5).
+    newest are folded into runs as even as the slots allow, each run into one entry as high
+    as the highest of it and as new as the newest: a window then holds each run's highest
+    at most one run's span longer (review 35: folding all the oldest into one entry held a
+    peak of 120 for half an hour, 14 replica-hours, where runs of two cost 1.5).
     """
     if len(history) <= MAX_RECOMMENDATIONS:
         return history
     *older, newest = history
-    run = -(-len(older) // (MAX_RECOMMENDATIONS - 1))
-    folded = [
-        Recommendation(older[min(i + run, len(older)) - 1].at,
-                       max(r.replicas for r in older[i:i + run]))
-        for i in range(0, len(older), run)
-    ]
+    runs, longer = divmod(len(older), MAX_RECOMMENDATIONS - 1)
+    folded, start = [], 0
+    for index in range(MAX_RECOMMENDATIONS - 1):
+        run = older[start:start + runs + (index < longer)]
+        start += len(run)
+        folded.append(Recommendation(max(r.at for r in run), max(r.replicas for r in run)))
     return (*folded, newest)
 
 
