@@ -270,7 +270,8 @@ class Brokers:
         reaches = await self.reaches(scalers, now)
         wanted = {
             broker: queues for broker, queues in _wanted(scalers, reaches).items()
-            if self._peek_resumes.get(broker, -math.inf) <= now
+            # a back-off stamped past its own length ahead is a clock that stepped back
+            if not now < self._peek_resumes.get(broker, -math.inf) <= now + PEEK_BACKOFF_SECONDS
         }
 
         async def one(broker: Broker, queues: set[QueueRef]) -> SampleResult:

@@ -156,6 +156,8 @@ class Engine:
     async def tick(self, now: float) -> None:
         started = time.perf_counter()
         scalers = list(self.fleet)
+        for scaler in scalers:
+            scaler.next_due = planner.rescheduled(scaler.next_due, now, _interval(scaler))
         due = [s for s in scalers if s.next_due <= now]
         live: dict[tuple[str, str], QueueSample] = {}
         early: list[Scaler] = []
@@ -191,8 +193,7 @@ class Engine:
             due = [s for s in due if not _answer_pending(reaches.get(s.key), answers)]
             listings = self.brokers.listings(due, reaches)
             for scaler in due:
-                interval = scaler.spec.polling_interval_seconds if scaler.spec else 60
-                scaler.next_due = planner.next_due(now, interval)
+                scaler.next_due = planner.next_due(now, _interval(scaler))
             hpas = await self.autoscalers.around((s.namespace for s in (*due, *early)), now)
             owners = planner.conflicts(
                 [(s.namespace, s.name, s.spec.scale_target_ref) for s in scalers if s.spec],
@@ -412,6 +413,11 @@ class Engine:
             await self.kube.emit_event(about, event_type, reason, message)
         except KubeError as error:
             log.warning("event not posted: %s", error.message)
+
+
+def _interval(scaler: Scaler) -> float:
+    """Seconds between a QueueScaler's full samples (a minute while its spec is invalid)."""
+    return scaler.spec.polling_interval_seconds if scaler.spec else 60
 
 
 def _answer_pending(reach: Reach | None, answers: Mapping[Broker, object]) -> bool:

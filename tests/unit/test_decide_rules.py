@@ -1214,6 +1214,9 @@ def test_a_clock_stepped_back_pauses_a_failed_probe_from_the_step() -> None:
     held = Tick(sample(unacked=3, consumers=3, publish=6.0), 3,
                 state=replace(stepped, readings=())).decide()
     assert held.replicas == 2 and "clock stepped back" in held.message, held.message  # not 1
+    # review 37: a restore's pause stamped before a step back runs from the step, not longer
+    restored = ScalerState(probe_unknown_until=NOW + 3600 + PROBE_PAUSE_SECONDS)
+    assert fold(restored, growing, current=2).probe_unknown_until == NOW + PROBE_PAUSE_SECONDS
 
 
 def test_a_pool_short_while_pods_start_pauses_the_probe_but_counts_no_failure() -> None:
@@ -1478,6 +1481,10 @@ def test_a_burst_ends_at_once_no_more_than_once_per_window() -> None:
     assert Tick(after_burst(), 64, BURST, lately).decide().replicas > 1
     stepped_back = grown_for(5000, burst_ended_at=NOW + 60)  # a clock that went back
     assert Tick(after_burst(), 64, BURST, stepped_back).decide().replicas > 1
+    # ... holds one window from the step, not the step's length too (review 37)
+    kept = fold(grown_for(5000, burst_ended_at=NOW + 1498), after_burst(), current=64,
+                recommendation=64, settings=BURST)
+    assert kept.burst_ended_at == NOW
     long_ago = grown_for(5000, burst_ended_at=ago(300))
     assert Tick(after_burst(), 64, BURST, long_ago).decide().replicas == 1
     ended = fold(grown_for(5000), after_burst(), scaled_now=True, current=64, recommendation=1,

@@ -343,3 +343,18 @@ async def test_a_round_nobody_asks_for_any_more_is_dropped_not_served_later() ->
     await running.tick(NOW + 3601)  # the fresh answer
     assert kube.scaled == [("a", 7)]
     await running.brokers.close()
+
+
+async def test_a_clock_stepped_back_delays_the_next_sample_one_interval_not_the_step() -> None:
+    """Review 37: the schedule stayed on the clock as it was, so after a 30-minute step back
+    no pool was sampled or decided for 30 minutes, and a flood held at 2 replicas."""
+    kube, source = Kube(), Source(ready=20)
+    running = engine(kube, source, "a")
+    for second in range(0, 301, 15):
+        await running.tick(NOW + second)
+    assert kube.scaled == [("a", 2)]
+    source.ready = 500
+    stepped = NOW + 300 - 1800
+    for second in range(15, 91, 15):
+        await running.tick(stepped + second)
+    assert kube.scaled[-1] == ("a", 10)  # within a cooldown and an interval, not 1,800 s

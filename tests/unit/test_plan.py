@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from queuescaler.core.decision import ScalerState
+from queuescaler.core.decision import Recommendation, ScalerState
 from queuescaler.core.plan import (
     Failure,
     Memory,
@@ -16,6 +16,7 @@ from queuescaler.core.plan import (
     WorkerLook,
     after_early,
     at_rest_at_zero,
+    calls_now,
     next_due,
     plan,
     wakes,
@@ -255,6 +256,21 @@ def test_an_unchanged_status_is_not_written_until_stale() -> None:
     old = dataclasses.replace(memory, status_written_at=NOW - 3600)
     changed_backlog = tick(seen({QUEUE: sample(21)}), old)
     assert changed_backlog.status is not None
+    # review 37: a write stamped after now (a clock that stepped back) is stale too, not
+    # fresh for the step's length
+    ahead = dataclasses.replace(memory, status_written_at=NOW + 1800)
+    assert tick(seen({QUEUE: sample(21)}), ahead).status is not None
+
+
+def test_the_fast_path_reads_the_newest_recommendation_by_place() -> None:
+    """Review 35: after a clock stepped back, the clamped entries and the tick's own share a
+    stamp, and the newest by time was the first of them (an old 20, not this tick's 2): a
+    burst of 15 replicas' worth then called no early decision."""
+    stamped_alike = ScalerState(last_scale_time=NOW - 3000, last_scale_up_time=NOW - 3000,
+                                recommendations=(Recommendation(NOW, 20), Recommendation(NOW, 2)))
+    burst = QueueSample(ready=150, unacked=0, consumers=2, taken_at=NOW + 5)
+    loose = spec(target={"messagesPerReplica": 10})
+    assert calls_now(loose, burst, Memory(state=stamped_alike, current_replicas=2), NOW + 5)
 
 
 # --- the schedule ---

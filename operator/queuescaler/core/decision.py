@@ -706,6 +706,8 @@ def _present(state: ScalerState, now: float) -> ScalerState:
     dropped = len(readings) < len(state.readings) or (
         state.shrunk_on is not None and state.shrunk_on.taken_at > now)
     unknown = state.probe_unknown_until
+    if unknown is not None:  # set by a restore before the step: a pause from the step
+        unknown = min(unknown, now + PROBE_PAUSE_SECONDS)
     if dropped:
         unknown = max(unknown or now, now + PROBE_PAUSE_SECONDS)
     return replace(
@@ -731,6 +733,7 @@ def _stamped_ahead(state: ScalerState, now: float) -> bool:
         state.recommendations, state.readings, state.shrunk_on, state.probe_short)
     last, grew = state.last_scale_time, state.last_scale_up_time
     failed, ended = state.probe_failed_at, state.burst_ended_at
+    unknown = state.probe_unknown_until
     return bool(
         (history and history[-1].at > now)
         or (readings and readings[-1].taken_at > now)
@@ -738,6 +741,7 @@ def _stamped_ahead(state: ScalerState, now: float) -> bool:
         or (failed is not None and failed > now) or (ended is not None and ended > now)
         or (shrunk_on is not None and shrunk_on.taken_at > now)
         or (short is not None and short.at > now)
+        or (unknown is not None and unknown > now + PROBE_PAUSE_SECONDS)
     )
 
 

@@ -228,6 +228,14 @@ def next_due(now: float, interval: float) -> float:
     return (math.floor(now / interval) + 1) * interval
 
 
+def rescheduled(scheduled: float, now: float, interval: float) -> float:
+    """When a QueueScaler is sampled next: as scheduled, or at the next aligned sample after
+    `now` if that comes first. A clock that stepped back left the schedule in the future
+    (review 37: after a 30-minute step no pool was sampled or decided for 30 minutes, a
+    flood of 500 held at 2 replicas)."""
+    return min(scheduled, next_due(now, interval))
+
+
 def at_rest_at_zero(spec: QueueScalerSpec | None, current: int | None) -> bool:
     """A pool at zero that may wake: peeked every tick so a burst wakes it at once."""
     return spec is not None and current == 0 and spec.min_replicas == 0 and not spec.paused
@@ -781,7 +789,8 @@ def _status(
         workers, early,
     )
     status, flipped = build_status(written, outcome, now)
-    stale = now - memory.status_written_at >= settings.status_refresh_seconds
+    # a write stamped after now (a clock that stepped back) is as stale as an old one
+    stale = not 0.0 <= now - memory.status_written_at < settings.status_refresh_seconds
     if not needs_write(written, status, stale=stale):
         return None, [], []
     before = {
