@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from queuescaler.core.plan import Failure
+from queuescaler.core.plan import Failure, expired
 from queuescaler.core.redact import redact
 from queuescaler.core.sample import (
     BrokerClient,
@@ -70,7 +70,7 @@ class SecretCache:
         """The broker the Secret describes, or why it gives none (redacted)."""
         key = (namespace, name, kind)
         entry = self._entries.get(key)
-        if entry is None or now >= entry[0]:
+        if entry is None or expired(entry[0], now, self._refresh):
             reach: Reach
             try:
                 data = await self._kube.read_secret(namespace, name)
@@ -268,10 +268,13 @@ class Brokers:
         if not scalers:
             return {}
         reaches = await self.reaches(scalers, now)
+        for broker, resumes in self._peek_resumes.items():
+            # a clock that stepped back: one back-off from the step (ending it at once let a
+            # clock stepping back and forth peek a failing broker at every step: review 38)
+            self._peek_resumes[broker] = min(resumes, now + PEEK_BACKOFF_SECONDS)
         wanted = {
             broker: queues for broker, queues in _wanted(scalers, reaches).items()
-            # a back-off stamped past its own length ahead is a clock that stepped back
-            if not now < self._peek_resumes.get(broker, -math.inf) <= now + PEEK_BACKOFF_SECONDS
+            if self._peek_resumes.get(broker, -math.inf) <= now
         }
 
         async def one(broker: Broker, queues: set[QueueRef]) -> SampleResult:

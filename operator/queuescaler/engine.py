@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -106,6 +107,8 @@ class Engine:
         self.ticks = 0
         """Ticks completed: the operator is ready once the first one ran."""
         self._looped_at = time.monotonic()
+        self._last_tick = -math.inf
+        """The previous tick's `now` (wall clock): one later than this one is a step back."""
 
     def alive(self) -> bool:
         """Whether the loop still goes round (the liveness probe): a hung call past every
@@ -156,8 +159,10 @@ class Engine:
     async def tick(self, now: float) -> None:
         started = time.perf_counter()
         scalers = list(self.fleet)
-        for scaler in scalers:
-            scaler.next_due = planner.rescheduled(scaler.next_due, now, _interval(scaler))
+        if now < self._last_tick:  # the clock stepped back: so did every schedule
+            for scaler in scalers:
+                scaler.next_due = planner.rescheduled(scaler.next_due, now, _interval(scaler))
+        self._last_tick = now
         due = [s for s in scalers if s.next_due <= now]
         live: dict[tuple[str, str], QueueSample] = {}
         early: list[Scaler] = []

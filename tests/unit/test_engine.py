@@ -358,3 +358,35 @@ async def test_a_clock_stepped_back_delays_the_next_sample_one_interval_not_the_
     for second in range(15, 91, 15):
         await running.tick(stepped + second)
     assert kube.scaled[-1] == ("a", 10)  # within a cooldown and an interval, not 1,800 s
+
+
+class Hpas(Kube):
+    """An HPA (KEDA's, say) on the target until `hpa` turns False."""
+
+    hpa = True
+
+    async def list_hpas(self, namespace: str) -> list[HpaTarget]:
+        target = ScaleTargetRef("apps/v1", "Deployment", "worker")
+        return [HpaTarget("keda-hpa-worker", target)] if self.hpa else []
+
+
+@pytest.mark.parametrize("case", ["hpa-deleted", "secret-created"])
+async def test_caches_kept_before_a_clock_stepped_back_expire_within_their_length(
+    case: str,
+) -> None:
+    """Review 38: the HPA and Secret caches expired on the clock as it was, so an HPA
+    deleted (or a Secret created) after a 30-minute step back went unseen for 30 minutes,
+    the pool "not acting" while 500 messages waited."""
+    kube = Hpas(secret=NotFound("NotFound", 'secrets "s" not found') if case != "hpa-deleted"
+                else None)
+    kube.hpa = case == "hpa-deleted"
+    namespace = "a" if case == "hpa-deleted" else "broken"
+    running = engine(kube, Source(ready=500), namespace, replicas=2)
+    for second in range(0, 300, 15):
+        await running.tick(NOW + second)
+    assert not kube.scaled
+    kube.hpa, kube.secret_error = False, None
+    stepped = NOW + 300 - 1800
+    for second in range(0, 121, 15):
+        await running.tick(stepped + second)
+    assert kube.scaled, "still held by a cache stamped before the step"

@@ -348,9 +348,13 @@ async def test_a_broker_whose_peek_failed_is_not_peeked_again_for_a_while() -> N
     assert len(source.peeked) == 1, f"peeked {len(source.peeked)} times in 20 s"
     await running.tick(NOW + 31)
     assert len(source.peeked) == 2, "peeks resume after the backoff"
-    # review 37: a clock that stepped back 30 minutes does not hold the back-off that long
-    await running.tick(NOW + 31 - 1800)
-    assert len(source.peeked) == 3, "a back-off stamped past its length ahead is over"
+    # review 37: a clock that stepped back 30 minutes does not hold the back-off that long,
+    # and (review 38) does not end it either: one back-off from the step
+    stepped = NOW + 31 - 1800
+    await running.tick(stepped)
+    assert len(source.peeked) == 2, "a clock stepping back and forth would peek at each step"
+    await running.tick(stepped + 31)
+    assert len(source.peeked) == 3, "one back-off from the step, not 30 minutes"
 
 
 def test_live_counts_below_the_statistics_never_undercount_a_pool_at_work() -> None:

@@ -228,6 +228,13 @@ def next_due(now: float, interval: float) -> float:
     return (math.floor(now / interval) + 1) * interval
 
 
+def expired(expires: float, now: float, length: float) -> bool:
+    """Whether something kept until `expires` (for `length` seconds) is due again: its time
+    has come, or it lies more than `length` ahead, which only a clock that stepped back
+    leaves (review 38: caches of HPAs and Secrets held for the step's length too)."""
+    return not now < expires <= now + length
+
+
 def rescheduled(scheduled: float, now: float, interval: float) -> float:
     """When a QueueScaler is sampled next: as scheduled, or at the next aligned sample after
     `now` if that comes first. A clock that stepped back left the schedule in the future

@@ -8,6 +8,7 @@ import builtins
 import logging
 from collections.abc import Iterable, Mapping
 
+from queuescaler.core.plan import expired
 from queuescaler.core.spec import ScaleTargetRef
 from queuescaler.core.workers import DELETION_COST, Marks, Pod
 from queuescaler.kube.api import KubeApi
@@ -36,7 +37,7 @@ class Autoscalers:
         listed keeps what was last seen there."""
         for namespace in set(namespaces):
             cached = self._found.get(namespace)
-            if cached is None or now >= cached[0]:
+            if cached is None or expired(cached[0], now, HPA_REFRESH_SECONDS):
                 try:
                     found = await self._kube.list_hpas(namespace)
                 except KubeError as error:
@@ -60,7 +61,7 @@ class Pods:
         """The target's pods; raises KubeError."""
         key = (namespace, target.api_version, target.kind, target.name)
         cached = self._selectors.get(key)
-        if cached is None or now >= cached[0]:
+        if cached is None or expired(cached[0], now, SELECTOR_REFRESH_SECONDS):
             selector = await self._kube.read_selector(namespace, target)
             cached = self._selectors[key] = (now + SELECTOR_REFRESH_SECONDS, selector)
         return await self._kube.list_pods(namespace, cached[1])
