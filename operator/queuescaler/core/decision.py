@@ -703,8 +703,10 @@ def _present(state: ScalerState, now: float) -> ScalerState:
     if not _stamped_ahead(state, now):
         return state
     short, readings = state.probe_short, tuple(r for r in state.readings if r.taken_at <= now)
-    dropped = len(readings) < len(state.readings) or (
-        state.shrunk_on is not None and state.shrunk_on.taken_at > now)
+    shrunk_on = state.shrunk_on
+    if shrunk_on is not None and shrunk_on.taken_at > now:
+        shrunk_on = None
+    dropped = len(readings) < len(state.readings) or shrunk_on is not state.shrunk_on
     unknown = state.probe_unknown_until
     if unknown is not None:  # set by a restore before the step: a pause from the step
         unknown = min(unknown, now + PROBE_PAUSE_SECONDS)
@@ -717,8 +719,7 @@ def _present(state: ScalerState, now: float) -> ScalerState:
         recommendations=tuple(
             Recommendation(min(r.at, now), r.replicas) for r in state.recommendations),
         readings=readings,
-        shrunk_on=None if state.shrunk_on is None or state.shrunk_on.taken_at > now
-        else state.shrunk_on,
+        shrunk_on=shrunk_on,
         probe_failed_at=_until(state.probe_failed_at, now),
         probe_short=None if short is None else replace(short, at=min(short.at, now)),
         burst_ended_at=_until(state.burst_ended_at, now),

@@ -796,8 +796,8 @@ def _status(
         workers, early,
     )
     status, flipped = build_status(written, outcome, now)
-    # a write stamped after now (a clock that stepped back) is as stale as an old one
-    stale = not 0.0 <= now - memory.status_written_at < settings.status_refresh_seconds
+    refresh = settings.status_refresh_seconds
+    stale = expired(memory.status_written_at + refresh, now, refresh)
     if not needs_write(written, status, stale=stale):
         return None, [], []
     before = {
