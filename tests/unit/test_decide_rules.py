@@ -1141,6 +1141,22 @@ def test_each_probe_that_fails_again_rests_twice_as_long() -> None:
     assert counted.probe_failures == PROBE_FAILURES_COUNTED, "the count stops at the longest"
 
 
+def test_a_restart_keeps_the_rest_of_probes_that_failed_again_and_again() -> None:
+    """Four probes failed in a row, the last 20 minutes ago: the pool rests 80 minutes.
+    Restarted with the count in memory only, the operator probed it again once the 10
+    minutes it could not know about were over, and fell short again (a wrong scale at
+    every rollout)."""
+    quiet = sample(unacked=10, consumers=10, publish=100.0)
+    failed_at = ago(PROBE_PAUSE_SECONDS + 1200)
+    stored = {"perReplicaRate": 10.0, "perReplicaRateMeasured": False,
+              "probeFailedAt": iso(failed_at), "probeFailures": PROBE_FAILURES_COUNTED}
+    restored = state_from_status(stored, now=ago(PROBE_PAUSE_SECONDS))
+    kept = replace(restored, restored=False)  # two readings later, as a run that went on
+    assert "to learn the replicas' speed" not in Tick(quiet, 10, state=kept).decide().message
+    rested = replace(kept, probe_failed_at=ago(PROBE_PAUSE_LONGEST))
+    assert "to learn the replicas' speed" in Tick(quiet, 10, state=rested).decide().message
+
+
 def test_a_clock_stepped_back_takes_a_failure_as_now_and_rests_from_it() -> None:
     # the last failure an hour "in the future" is taken as made now (review 36: counted
     # again, a failure seen on both sides of a 60 s step doubled the pause): its pause runs

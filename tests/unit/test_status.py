@@ -141,12 +141,69 @@ def test_restore_from_damaged_status_starts_fresh(stored: dict[str, Any]) -> Non
 def test_a_restart_does_not_know_whether_a_probe_failed(
     measured: bool, unknown_until: Any
 ) -> None:
-    """Whether a probe failed lately is not in status: for that long the restarted operator
-    probes no further than both answers agree (property test: either guess alone moved a
-    pool the run that kept going held)."""
+    """Whether a probe failed since the last status write is not known: for that long the
+    restarted operator probes no further than both answers agree (property test: either
+    guess alone moved a pool the run that kept going held)."""
     state = state_from_status({"perReplicaRate": 3.5, "perReplicaRateMeasured": measured}, T0)
     assert state.probe_unknown_until == unknown_until
     assert state.probe_failed_at is None
+
+
+def test_a_probes_rest_is_written_and_read_back() -> None:
+    """A pool resting 80 minutes after its fourth failed probe rested 10 after a restart
+    (the count was kept in memory only): status keeps when and how often."""
+    state = ScalerState(per_replica_rate=3.5, probe_failed_at=T0 - 1200.4, probe_failures=4)
+    written, _ = build_status({}, replace(outcome(), state=state), T0)
+    assert (written["probeFailedAt"], written["probeFailures"]) == (iso(T0 - 1201), 4)
+    restored = state_from_status(written, T0)
+    assert restored.probe_failures == 4
+    assert restored.probe_failed_at == T0 - 1200  # the stored second, rounded up: never earlier
+    assert restored.probe_unknown_until == T0 + PROBE_PAUSE_SECONDS  # since the write: unknown
+    paused = replace(state, probe_failures=0)  # pods starting paused it: no failure counted
+    written, _ = build_status(written, replace(outcome(), state=paused), T0)
+    assert "probeFailures" not in written and "probeFailedAt" in written
+    measured = replace(state, rate_measured=True, probe_failures=0)
+    written, _ = build_status(written, replace(outcome(), state=measured), T0)
+    assert "probeFailedAt" not in written and "probeFailures" not in written
+
+
+@pytest.mark.parametrize(
+    ("stored", "failed_at", "failures"),
+    [
+        pytest.param({"probeFailedAt": iso(T0 + 3600), "probeFailures": 2}, T0, 2,
+                     id="written-by-a-clock-ahead-is-taken-as-now"),
+        pytest.param({"probeFailedAt": iso(T0 - 60), "probeFailures": 99}, T0 - 59, 4,
+                     id="count-beyond-the-most-counted"),
+        pytest.param({"probeFailedAt": iso(T0 - 60), "probeFailures": True}, T0 - 59, 0,
+                     id="a-boolean-is-no-count"),
+        pytest.param({"probeFailedAt": iso(T0 - 60), "probeFailures": -2}, T0 - 59, 0,
+                     id="negative-count"),
+        pytest.param({"probeFailedAt": "lately", "probeFailures": 3}, None, 0,
+                     id="no-time-no-count"),
+        pytest.param({"probeFailedAt": iso(T0 - 60), "probeFailures": 3,
+                      "perReplicaRateMeasured": True}, None, 0, id="measured-since"),
+    ],
+)
+def test_a_damaged_probe_record_errs_on_resting(
+    stored: dict[str, Any], failed_at: float | None, failures: int
+) -> None:
+    state = state_from_status({"perReplicaRate": 3.5, **stored}, T0)
+    assert (state.probe_failed_at, state.probe_failures) == (failed_at, failures)
+
+
+def test_a_probes_time_renewed_alone_is_no_write_and_a_new_failure_is() -> None:
+    """Pods still starting renew the pause's time at every poll: written with the next
+    write, not each poll. A failed probe changes the count: written at once."""
+    first = replace(outcome(), state=ScalerState(per_replica_rate=3.5, probe_failed_at=T0))
+    written, _ = build_status({}, first, T0)
+    renewed = replace(outcome(), state=ScalerState(per_replica_rate=3.5,
+                                                   probe_failed_at=T0 + 15))
+    new, _ = build_status(written, renewed, T0 + 15)
+    assert not needs_write(written, new, stale=True)
+    failed = replace(outcome(), state=ScalerState(per_replica_rate=3.5, probe_failed_at=T0 + 15,
+                                                  probe_failures=1))
+    new, _ = build_status(written, failed, T0 + 15)
+    assert needs_write(written, new, stale=False)
 
 
 def test_a_decisions_time_is_the_time_of_its_sentence() -> None:

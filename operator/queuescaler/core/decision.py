@@ -267,13 +267,14 @@ class ScalerState:
     """The spec.source the readings were taken of (see _readings); None only before the
     first."""
     probe_failed_at: float | None = None
-    """When a probe last failed (`PROBE_PAUSE_SECONDS`); kept in memory only."""
+    """When a probe last failed, or a pool short while pods started paused it
+    (`PROBE_PAUSE_SECONDS`); kept in status as probeFailedAt while the speed is unmeasured."""
     probe_failures: int = 0
     """Probes that failed (`_probe_failed`: shrank, then work waited) one after another, one
     per pause, up to `PROBE_FAILURES_COUNTED`; each doubles the next pause (`_probe_pause`).
     Back to 0 once the speed counts as measured. A pool short while pods start pauses the
     probe too, but counts no failure: a pool that only ever grows has probed nothing.
-    Kept in memory only."""
+    Kept in status as probeFailures."""
     watching_since: float | None = None
     """When a brand-new QueueScaler (no history, not restored) first ticked; kept in memory
     only. A pool that pauses on every resize (`QueueSample.scaling_pauses`: Kafka) waits a

@@ -14,7 +14,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from queuescaler.core.decision import PROBE_PAUSE_SECONDS, Decision, Recommendation, ScalerState
+from queuescaler.core.decision import (
+    PROBE_FAILURES_COUNTED,
+    PROBE_PAUSE_SECONDS,
+    Decision,
+    Recommendation,
+    ScalerState,
+)
 from queuescaler.core.sample import QueueSample
 
 MAX_DECISION_MESSAGE = 1024
@@ -135,6 +141,7 @@ def state_from_status(status: Mapping[str, Any] | None, now: float) -> ScalerSta
     # otherwise every rollout would probe (shrink) every pool again.
     measured = per_replica_rate is not None and status.get("perReplicaRateMeasured") is True
     last_scale = _rounded_up(parse_iso(status.get("lastScaleTime")))
+    probe_failed_at, probe_failures = (None, 0) if measured else _probe_record(status, now)
     return ScalerState(
         last_scale_time=None if last_scale is None else min(last_scale, now),
         # Status keeps one time: taken as a scale-up, the longer wait of the two.
@@ -144,9 +151,14 @@ def state_from_status(status: Mapping[str, Any] | None, now: float) -> ScalerSta
         per_replica_rate=per_replica_rate,
         rate_measured=measured,
         restored=True,
-        # Whether a probe failed lately is kept in memory only: a restarted operator does
-        # not know for that long (the run that kept going may have been told by a failed
-        # one not to probe), so a probe moves the pool no further than both answers agree.
+        # The probe's rest as last written (probeFailedAt, probeFailures) holds after a
+        # restart as it would have: an operator rolled every day no longer probed a pool
+        # resting 80 minutes after its fourth failure again 10 minutes later. What happened
+        # since the last write is not known (the run that kept going may have been told
+        # by a failed probe not to probe), so for a while a probe moves the pool no further
+        # than both answers agree.
+        probe_failed_at=probe_failed_at,
+        probe_failures=probe_failures,
         probe_unknown_until=None if measured else now + PROBE_PAUSE_SECONDS,
         # When this QueueScaler started is not in status either: a pool that pauses on every
         # resize (Kafka) waits one whole window from the restart, as from a creation.
@@ -158,6 +170,19 @@ def _bounded(text: str, limit: int) -> str:
     """`text` cut to `limit` characters: the CRD refuses a longer one, and with it every
     later status write."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _probe_record(status: Mapping[str, Any], now: float) -> tuple[float | None, int]:
+    """When the probe last failed or paused, and the failures in a row, as written; a
+    time ahead of `now` (a writer whose clock ran fast) is taken as now, a count beyond
+    what the decision counts as its most, and anything else as none."""
+    failed_at = _rounded_up(parse_iso(status.get("probeFailedAt")))
+    count = status.get("probeFailures")
+    failures = (min(count, PROBE_FAILURES_COUNTED)
+                if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0)
+    if failed_at is None:
+        return None, 0
+    return min(failed_at, now), failures
 
 
 def _rounded_up(moment: float | None) -> float | None:
@@ -249,6 +274,12 @@ def build_status(
     if rate is not None and 0 < rate < math.inf:
         status["perReplicaRate"] = rate  # whole: a restart must size as the running one did
         status["perReplicaRateMeasured"] = state.rate_measured
+    status.pop("probeFailedAt", None)
+    status.pop("probeFailures", None)
+    if state.probe_failed_at is not None and not state.rate_measured:
+        status["probeFailedAt"] = iso(state.probe_failed_at)
+        if state.probe_failures:
+            status["probeFailures"] = state.probe_failures
     conditions, flipped = merge_conditions(
         previous.get("conditions") or (), outcome.conditions, now, outcome.generation
     )
@@ -281,12 +312,14 @@ def stored_history(history: Sequence[Recommendation]) -> Sequence[Recommendation
 
 SLOW_FIELDS = (
     "backlog", "rates", "perReplicaRate", "perReplicaRateMeasured", "recommendations",
-    "consecutiveFailures", "lastSampleTime",
+    "consecutiveFailures", "lastSampleTime", "probeFailedAt",
 )
 """Fields that change with every sample under load: written with the others, or when stale.
 
 So does the failure count during an outage; its start and end are written at once (the
-conditions flip). After a restart a lower stored count only delays a fallback.
+conditions flip). After a restart a lower stored count only delays a fallback. A probe's
+pause renews its time at every poll of pods still starting; a failed probe changes
+probeFailures, which is written at once, and its time with it.
 """
 
 
@@ -321,7 +354,8 @@ def needs_write(
         # Timestamps that only renew (the history's, the decision's) are not news: a
         # restart renews the newest recommendation to its own `now` anyway.
         kept = {
-            k: status.get(k) for k in SLOW_FIELDS if k not in ("recommendations", "lastSampleTime")
+            k: status.get(k) for k in SLOW_FIELDS
+            if k not in ("recommendations", "lastSampleTime", "probeFailedAt")
         }
         decision = status.get("lastDecision")
         kept["lastDecision"] = decision.get("message") if isinstance(decision, Mapping) else None
