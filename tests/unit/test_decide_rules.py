@@ -1490,6 +1490,57 @@ def test_only_a_scale_up_that_doubles_the_pool_arms_a_burst() -> None:
     assert again.burst == Burst(9570, 50.0)
 
 
+def flood_worked_off(**fields: Any) -> ScalerState:
+    """A flood of 150 msg/s woke the pool and grew it to 9 while a backlog of 3,000 waited;
+    the backlog is worked off, the flood keeps coming, the speed (31 msg/s a replica) is
+    only known as a lower bound, and the probe rests (pods were starting)."""
+    return grown_for(5000, publish=150.0, **{
+        "per_replica_rate": 31.0, "recommendations": history((30, 9), (15, 9)),
+        "probe_failed_at": ago(60), **fields})
+
+
+def test_a_floods_backlog_worked_off_while_it_keeps_coming_goes_at_once_to_the_floor() -> None:
+    """The wake-up asked for 9 replicas to work off the backlog; the load alone needs 5 on
+    a speed that is a lower bound (so 5 is at least what it needs). The window held 9 for
+    90 s and more (issue 12's worker models: 1.41x the oracle's replica-seconds on three
+    flood rows), now the drop goes at once, once."""
+    flowing = replace(sample(unacked=11, consumers=9, publish=145.0, ack=145.0),
+                      acked_total=5000)
+    check(Tick(flowing, 9, BURST, flood_worked_off()), 5, Reason.RATE)
+    # a measured speed may read high on noise: the window holds as for any load
+    check(Tick(flowing, 9, BURST, flood_worked_off(rate_measured=True)), 9,
+          Reason.STABILIZATION)
+    # probing (the floor halved to learn the speed) is no answer to drop to at once
+    probing = check(Tick(flowing, 9, BURST, flood_worked_off(probe_failed_at=None)), 9,
+                    Reason.STABILIZATION)
+    assert "the rate's answer of 2" in probing.message, probing.message  # 5 halved
+    # work still waiting: the backlog is not worked off
+    check(Tick(replace(flowing, ready=40), 9, BURST, flood_worked_off()), 9,
+          Reason.STABILIZATION)
+
+
+def test_a_bursts_end_drops_the_recommendations_that_answered_it() -> None:
+    """Kept, the next poll's window held the pool at the burst's highest again (the skip
+    is one tick's), and a drop the busy workers held part way (9 -> 7 of 5) stood for the
+    whole window."""
+    flowing = replace(sample(unacked=11, consumers=9, publish=145.0, ack=145.0),
+                      acked_total=5000)
+    spec = make_spec({**LOOSE, **DOWN_300})  # no cooldown: the window alone
+    state = flood_worked_off()
+    decision = decide(spec, flowing, 9, state, NOW, busy_workers=7)
+    assert (decision.replicas, decision.reason, decision.burst_skip) == (
+        7, Reason.BUSY_WORKERS, True), decision.message
+    after = next_state(spec, state, flowing, 9, decision, NOW, True)
+    assert after.recommendations == (Recommendation(NOW, decision.recommendation),)
+    assert after.burst_ended_at == NOW and after.burst is None
+    later = replace(flowing, taken_at=NOW + 15)
+    assert decide(spec, later, 7, after, NOW + 15, busy_workers=5).replicas == 5
+    # a drop held part way by the window is no burst's end: the history stays
+    held = Decision(7, Reason.STABILIZATION, "", 5, True, True)
+    kept = next_state(spec, state, flowing, 9, held, NOW, True)
+    assert len(kept.recommendations) > 1 and kept.burst_ended_at is None
+
+
 def test_a_burst_ends_at_once_no_more_than_once_per_window() -> None:
     # 100 msg/s with a 10 msg/s lull every minute: following every lull flapped more than
     # the window's hold (review H1's follow-up)

@@ -242,10 +242,12 @@ def test_pods_still_starting_show_a_short_pool_and_a_lower_bound_not_a_measure()
     assert outrun(piling, sample(unacked=44, consumers=2, ack=10.0), 3)
     assert per_replica_rate(None, piling, sample(unacked=44, consumers=2, ack=10.0), 3) == (
         pytest.approx(10.0 / 3))
-    # a lower bound only: a speed known already is raised by it, never lowered
+    # a lower bound only: a speed known already is raised by it, never lowered; with work
+    # waiting before, at once (over every replica still: the pods starting count)
     assert per_replica_rate(5.0, before, now, 3) == 5.0
-    assert per_replica_rate(2.0, before, now, 3) == pytest.approx(2.0 + RATE_SMOOTHING * (
-        10.0 / 3 - 2.0))
+    assert per_replica_rate(2.0, before, now, 3) == pytest.approx(10.0 / 3)
+    assert per_replica_rate(2.0, before, now, 3, measured_before=True) == pytest.approx(
+        2.0 + RATE_SMOOTHING * (10.0 / 3 - 2.0))
 
 
 def test_fewer_consumers_than_pods_acking_never_read_the_speed_high() -> None:
@@ -293,6 +295,27 @@ def test_a_few_polls_that_saw_little_held_raise_a_measured_speed_less() -> None:
     # an estimate not measured yet takes the bound as it reads: a pool that then shrinks
     # too far saturates, which measures it (the probe relies on it)
     assert per_replica_rate(None, readings, now, 3) == pytest.approx(6.0 / 1.4)
+
+
+def test_a_bound_read_as_a_backlog_ran_out_is_taken_at_once() -> None:
+    """A flood's wake-up: work ready at the previous poll, none now, every consumer acking
+    flat out until it ran out. Smoothed, that bound moved an unmeasured estimate by a third
+    of the gap a poll (6 -> 8 -> 10 -> 13 -> 15 msg/s over a minute against a speed of 40),
+    and the rate floor held 9 replicas where 5 carried the load. It now moves it at once,
+    as far as `RATE_OUTLIER_FACTOR` lets one poll: a glitch still moves it no further."""
+    before = history(sample(ready=1300, unacked=28, consumers=9, at=NOW - 15), current=9)
+    drained = sample(unacked=11, consumers=9, ack=280.0)
+    assert per_replica_rate(20.0, before, drained, 9) == pytest.approx(280.0 / 9)
+    assert per_replica_rate(6.0, before, drained, 9) == 6.0 * RATE_OUTLIER_FACTOR
+    # a measured speed moves by the EWMA only: one poll's bound does not override it
+    assert per_replica_rate(20.0, before, drained, 9, measured_before=True) == pytest.approx(
+        20.0 + RATE_SMOOTHING * (280.0 / 9 - 20.0))
+    # nothing ready before: acks per consumer may be the load each carries, smoothed
+    idle_before = history(sample(unacked=28, consumers=9, at=NOW - 15), current=9)
+    assert per_replica_rate(20.0, idle_before, drained, 9) == pytest.approx(
+        20.0 + RATE_SMOOTHING * (280.0 / 9 - 20.0))
+    # a bound below the estimate never lowers it
+    assert per_replica_rate(40.0, before, drained, 9) == 40.0
 
 
 def test_a_lower_bound_needs_a_minute_of_counted_acks() -> None:

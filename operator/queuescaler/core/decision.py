@@ -454,6 +454,14 @@ def next_state(
     # drain waited out the cooldown, 240 s x 27 replicas). Only the skip says so: a drop
     # not sure enough to skip is held by the window as before (review 34).
     held = decision.burst_skip and decision.reason is Reason.STABILIZATION
+    ended = scaled and not grew and not held and (
+        decision.burst_skip or _burst_over(spec, state, sample, flow, now))
+    if ended:
+        # The recommendations before answered the burst's backlog, now worked off: kept,
+        # the next poll's window held the pool at the burst's highest again (the skip is
+        # one tick's, once a window), and a drop the busy workers held part way stood for
+        # the whole window.
+        history = (Recommendation(now, decision.recommendation),)
     return ScalerState(
         last_scale_time=last_scale_time,
         last_scale_up_time=last_scale_up_time,
@@ -480,8 +488,7 @@ def next_state(
         watching_since=watching_since,
         burst=_burst_after(spec, state, sample, flow, grew=grew, scaled=scaled and not held,
                            doubled=decision.replicas >= max(2, 2 * current_replicas)),
-        burst_ended_at=now if scaled and not grew and not held
-        and _burst_over(spec, state, sample, flow, now) else state.burst_ended_at,
+        burst_ended_at=now if ended else state.burst_ended_at,
     )
 
 
@@ -527,12 +534,18 @@ def _burst_after(
 
 
 def _burst_over(
-    spec: QueueScalerSpec, state: ScalerState, sample: QueueSample, flow: Flow, now: float
+    spec: QueueScalerSpec, state: ScalerState, sample: QueueSample, flow: Flow, now: float,
+    load_carried: bool = False,
 ) -> bool:
     """Whether the burst that called the last scale-up is over: the work seen then is all
     acked, nothing is ready, and messages arrive at most a quarter as fast as they did
     (`BURST_OVER_FACTOR`): a load that merely eases, or keeps coming, passes the ack count
-    within seconds too and is not a burst that ended. False when it cannot tell (no
+    within seconds too and is not a burst that ended. Unless `load_carried`: the answer is
+    the rate floor on a speed known only as a lower bound, not probing, so it asks for at
+    least what the load that keeps coming needs, and the replicas beyond it answered a
+    backlog now worked off (a flood's wake-up: 9 replicas held by the window for 90 s and
+    more where the floor asked for 5; issue 12's worker models, three flood rows met with
+    the bound taken at once, `throughput.per_replica_rate`). False when it cannot tell (no
     counters or rate, a counter reset, a sample that may miss work, other queues), and for
     a pool that pauses on every resize (it waits its whole window anyway). At most once per
     scaleDown.stabilizationSeconds (`ScalerState.burst_ended_at`): on 100 msg/s with a
@@ -549,7 +562,8 @@ def _burst_over(
         sample.complete and sample.ready == 0 and not sample.scaling_pauses
         and state.readings_of == spec.source
         and acked is not None and acked >= burst.done_at_acks
-        and publish is not None and publish * BURST_OVER_FACTOR <= burst.publish
+        and publish is not None
+        and (load_carried or publish * BURST_OVER_FACTOR <= burst.publish)
     )
 
 
@@ -818,8 +832,9 @@ def _decide_with_sample(
     rate_noise = _rate_noise(flow, current, raw_reason)
     outbid = (None if raw_reason is Reason.RATE or not rate_answer
               else (rate_answer, _publish_noise(flow, current)))
+    carried = raw_reason is Reason.RATE and not measured and not probing
     burst_over = (
-        _burst_over(spec, state, sample, flow, now)
+        _burst_over(spec, state, sample, flow, now, carried)
         and _sure_drop(spec, recommendation, current, rate_noise)
         and (outbid is None or _sure_drop(spec, outbid[0], current, outbid[1]))
     )
