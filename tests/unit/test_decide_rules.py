@@ -1541,6 +1541,35 @@ def test_a_bursts_end_drops_the_recommendations_that_answered_it() -> None:
     assert len(kept.recommendations) > 1 and kept.burst_ended_at is None
 
 
+def test_a_drop_the_window_limits_after_a_burst_keeps_the_history() -> None:
+    """Review 39: the burst over, a drop within chance was held part way by the window
+    (12 -> 10 of 8), and the history was replaced all the same: the next poll went to 8 at
+    once. Only a skipped window drops the recommendations that answered the burst."""
+    spec = make_spec({**LOOSE, **DOWN_300})
+    state = ScalerState(last_scale_time=ago(400), last_scale_up_time=ago(400),
+                        recommendations=history((290, 12), (100, 10), (50, 9)),
+                        burst=Burst(5000, 200.0), readings_of=spec.source)
+    first = replace(sample(unacked=80, consumers=12, publish=5.0, ack=5.0), acked_total=6000)
+    decision = decide(spec, first, 12, state, NOW)
+    assert (decision.replicas, decision.reason, decision.burst_skip) == (
+        10, Reason.STABILIZATION, False), decision.message
+    after = next_state(spec, state, first, 12, decision, NOW, True)
+    assert after.burst_ended_at == NOW, "the burst is over all the same"
+    assert max(r.replicas for r in after.recommendations) == 12
+    later = replace(first, taken_at=NOW + 15, acked_total=6075)
+    assert decide(spec, later, 10, after, NOW + 15).replicas == 10
+
+
+def test_a_load_still_rising_is_no_burst_carried_to_its_end() -> None:
+    """Review 39: a load rising 2.5 msg/s a poll after a flood dropped to the floor of the
+    moment and regrew twice. A load arriving faster than when it grew the pool keeps the
+    window."""
+    rising = replace(sample(unacked=11, consumers=9, publish=155.0, ack=155.0),
+                     acked_total=5000)
+    held = check(Tick(rising, 9, BURST, flood_worked_off()), 9, Reason.STABILIZATION)
+    assert "publish 155/s" in held.message, held.message
+
+
 def test_a_burst_ends_at_once_no_more_than_once_per_window() -> None:
     # 100 msg/s with a 10 msg/s lull every minute: following every lull flapped more than
     # the window's hold (review H1's follow-up)

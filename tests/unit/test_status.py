@@ -184,7 +184,7 @@ def test_a_probes_rest_is_written_and_read_back() -> None:
                       "perReplicaRateMeasured": True}, None, 0, id="measured-since"),
     ],
 )
-def test_a_damaged_probe_record_errs_on_resting(
+def test_a_damaged_probe_record_is_read_safely(
     stored: dict[str, Any], failed_at: float | None, failures: int
 ) -> None:
     state = state_from_status({"perReplicaRate": 3.5, **stored}, T0)
@@ -203,6 +203,14 @@ def test_a_probes_time_renewed_alone_is_no_write_and_a_new_failure_is() -> None:
     failed = replace(outcome(), state=ScalerState(per_replica_rate=3.5, probe_failed_at=T0 + 15,
                                                   probe_failures=1))
     new, _ = build_status(written, failed, T0 + 15)
+    assert needs_write(written, new, stale=False)
+    # review 39: past the fourth failure in a row only the time moves; written at once too
+    fourth = replace(outcome(), state=ScalerState(per_replica_rate=3.5, probe_failed_at=T0,
+                                                  probe_failures=4))
+    written, _ = build_status({}, fourth, T0)
+    fifth = replace(outcome(), state=ScalerState(per_replica_rate=3.5,
+                                                 probe_failed_at=T0 + 3600, probe_failures=4))
+    new, _ = build_status(written, fifth, T0 + 3600)
     assert needs_write(written, new, stale=False)
 
 

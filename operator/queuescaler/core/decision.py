@@ -454,14 +454,15 @@ def next_state(
     # drain waited out the cooldown, 240 s x 27 replicas). Only the skip says so: a drop
     # not sure enough to skip is held by the window as before (review 34).
     held = decision.burst_skip and decision.reason is Reason.STABILIZATION
-    ended = scaled and not grew and not held and (
-        decision.burst_skip or _burst_over(spec, state, sample, flow, now))
-    if ended:
-        # The recommendations before answered the burst's backlog, now worked off: kept,
-        # the next poll's window held the pool at the burst's highest again (the skip is
-        # one tick's, once a window), and a drop the busy workers held part way stood for
-        # the whole window.
+    let_go = scaled and not grew and not held
+    if let_go and decision.burst_skip:
+        # The window was skipped for a burst's end: the recommendations before answered the
+        # burst's backlog, now worked off. Kept, the next poll's window held the pool at
+        # the burst's highest again (the skip is one tick's, once a window), and a drop the
+        # busy workers held part way stood for the whole window. A drop the window limited
+        # keeps them (review 39: the next poll went to the low answer at once).
         history = (Recommendation(now, decision.recommendation),)
+    ended = let_go and (decision.burst_skip or _burst_over(spec, state, sample, flow, now))
     return ScalerState(
         last_scale_time=last_scale_time,
         last_scale_up_time=last_scale_up_time,
@@ -540,8 +541,10 @@ def _burst_over(
     """Whether the burst that called the last scale-up is over: the work seen then is all
     acked, nothing is ready, and messages arrive at most a quarter as fast as they did
     (`BURST_OVER_FACTOR`): a load that merely eases, or keeps coming, passes the ack count
-    within seconds too and is not a burst that ended. Unless `load_carried`: the answer is
-    the rate floor on a speed known only as a lower bound, not probing, so it asks for at
+    within seconds too and is not a burst that ended. Unless `load_carried` and the load
+    is not rising (no faster than when it grew the pool: review 39, a load rising 2.5
+    msg/s a poll dropped to the floor of the moment and regrew twice): the answer is the
+    rate floor on a speed known only as a lower bound, not probing, so it asks for at
     least what the load that keeps coming needs, and the replicas beyond it answered a
     backlog now worked off (a flood's wake-up: 9 replicas held by the window for 90 s and
     more where the floor asked for 5; issue 12's worker models, three flood rows met with
@@ -563,7 +566,8 @@ def _burst_over(
         and state.readings_of == spec.source
         and acked is not None and acked >= burst.done_at_acks
         and publish is not None
-        and (load_carried or publish * BURST_OVER_FACTOR <= burst.publish)
+        and (publish * BURST_OVER_FACTOR <= burst.publish
+             or (load_carried and publish <= burst.publish))
     )
 
 

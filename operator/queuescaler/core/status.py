@@ -318,8 +318,9 @@ SLOW_FIELDS = (
 
 So does the failure count during an outage; its start and end are written at once (the
 conditions flip). After a restart a lower stored count only delays a fallback. A probe's
-pause renews its time at every poll of pods still starting; a failed probe changes
-probeFailures, which is written at once, and its time with it.
+pause renews its time at every poll of pods still starting: written with the next write.
+A failed probe's time is written at once, with its count (review 39: past the fourth
+failure in a row only the time moves, and a restart saw the 80-minute rest as over).
 """
 
 
@@ -337,6 +338,8 @@ def needs_write(
 
     def fast(status: Mapping[str, Any]) -> dict[str, Any]:
         kept = {k: v for k, v in status.items() if k not in SLOW_FIELDS}
+        if status.get("probeFailures"):  # a failure counted 4 times moves only its time
+            kept["probeFailedAt"] = status.get("probeFailedAt")
         decision = kept.get("lastDecision")
         if isinstance(decision, Mapping):
             kept["lastDecision"] = (decision.get("replicas"), decision.get("reason"))

@@ -58,7 +58,9 @@ RATE_OUTLIER_FACTOR: Final = 2.0
 """One observation may move the throughput estimate as if it were at most this many times
 the estimate (or this fraction of it): a lasting change still arrives in a few ticks, one
 glitch (RabbitMQ has reported absurd ack rates after a counter reset) cannot cut the rate
-floor to a fraction for minutes."""
+floor to a fraction for minutes. A bound taken at once (`per_replica_rate`) is also held
+to what the ack counter confirms over the poll, so a lifted rate field is smoothed as
+before."""
 
 STATS_WINDOW: Final = 5.0
 """Seconds RabbitMQ's rate fields average over (its default statistics interval)."""
@@ -275,9 +277,28 @@ def per_replica_rate(
         # near a replica's speed, not the load it carries. Smoothed, a flood's wake-up
         # crept 6 -> 8 -> 10 -> 13 -> 15 msg/s over a minute against a speed of 40, and
         # the rate floor held 9 replicas where 5 carried the load. A measured speed is
-        # raised only by the EWMA, beyond chance (`_most_held`).
-        return observed
+        # raised only by the EWMA, beyond chance (`_most_held`). As far as the ack counter
+        # over the poll confirms it: a rate field lifted by a glitch is not.
+        confirmed = _acked_over_poll(readings, sample, current_replicas)
+        if confirmed is not None:
+            smoothed = estimate + RATE_SMOOTHING * (observed - estimate)
+            return max(smoothed, min(observed, confirmed))
     return estimate + RATE_SMOOTHING * (observed - estimate)
+
+
+def _acked_over_poll(
+    readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int
+) -> float | None:
+    """The ack counter's rate since the previous reading, over the most consumers (or
+    replicas) there were, as `acked_per_consumer` divides; None without counters at both
+    ends, across a reset, or over no time."""
+    previous = readings[-1]
+    before, after = previous.acked_total, sample.acked_total if sample.complete else None
+    seconds = sample.taken_at - previous.taken_at
+    if before is None or after is None or after < before or not seconds > 0.0:
+        return None
+    most = max(max(r.consumers for r in readings), sample.consumers, current_replicas, 1)
+    return (after - before) / seconds / most
 
 
 def _lower_bound(
