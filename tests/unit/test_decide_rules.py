@@ -1560,6 +1560,23 @@ def test_a_drop_the_window_limits_after_a_burst_keeps_the_history() -> None:
     assert decide(spec, later, 10, after, NOW + 15).replicas == 10
 
 
+def test_a_bursts_end_keeps_what_the_shortest_window_still_holds() -> None:
+    """Review 40: minStabilizationSeconds held a burst's end at 27, busy workers then kept
+    40, and the history was dropped all the same: the next poll went to 2 where the
+    shortest window still held 27 for 15 s."""
+    settings = {**DOWN_300, "behavior.scaleDown.minStabilizationSeconds": 60}
+    spec = make_spec({**LOOSE, **settings})
+    state = grown_for(5000, recommendations=history((70, 64), (30, 27)))
+    decision = decide(spec, after_burst(), 64, state, NOW, busy_workers=40)
+    assert (decision.replicas, decision.reason, decision.burst_skip) == (
+        40, Reason.BUSY_WORKERS, True), decision.message
+    assert "held at 27 by scaleDown.minStabilizationSeconds" in decision.message
+    after = next_state(spec, state, after_burst(), 64, decision, NOW, True)
+    assert [r.replicas for r in after.recommendations] == [27, decision.recommendation]
+    later = replace(after_burst(), taken_at=NOW + 15)
+    assert decide(spec, later, 40, after, NOW + 15, busy_workers=2).replicas == 27
+
+
 def test_a_load_still_rising_is_no_burst_carried_to_its_end() -> None:
     """Review 39: a load rising 2.5 msg/s a poll after a flood dropped to the floor of the
     moment and regrew twice. A load arriving faster than when it grew the pool keeps the

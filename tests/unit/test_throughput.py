@@ -314,8 +314,8 @@ def test_a_bound_read_as_a_backlog_ran_out_is_taken_at_once() -> None:
     drained = sample(unacked=11, consumers=9, ack=280.0, acked=10_000 + 15 * 280)
     assert per_replica_rate(20.0, before, drained, 9) == pytest.approx(280.0 / 9)
     assert per_replica_rate(6.0, before, drained, 9) == 6.0 * RATE_OUTLIER_FACTOR
-    # review 39: a rate field lifted 2x (a counter reset, statistics older than the poll,
-    # early acks) is held to what the counter confirms; the rest of the gap is smoothed
+    # review 39: a rate field lifted 2x (a counter reset, early acks) is held to what the
+    # counter confirms; the rest of the gap is smoothed
     lifted = dataclasses.replace(drained, ack_rate=560.0)
     assert per_replica_rate(20.0, before, lifted, 9) == pytest.approx(280.0 / 9)
     half = dataclasses.replace(drained, acked_total=10_000 + 15 * 140)
@@ -325,6 +325,13 @@ def test_a_bound_read_as_a_backlog_ran_out_is_taken_at_once() -> None:
     assert per_replica_rate(20.0, before, no_counter, 9) == pytest.approx(smoothed)
     reset = dataclasses.replace(drained, acked_total=40)
     assert per_replica_rate(20.0, before, reset, 9) == pytest.approx(smoothed)
+    # review 40: at 5 s polls a counter differenced over one statistics interval reads 0
+    # or twice the rate: only a reading 15 s old or more confirms
+    close = history(sample(ready=1300, unacked=28, consumers=9, at=NOW - 5, acked=10_000),
+                    current=9)
+    doubled = dataclasses.replace(lifted, acked_total=10_000 + 5 * 560)
+    assert per_replica_rate(20.0, close, doubled, 9) == pytest.approx(
+        20.0 + RATE_SMOOTHING * (20.0 * RATE_OUTLIER_FACTOR - 20.0))
     # a measured speed moves by the EWMA only: one poll's bound does not override it
     assert per_replica_rate(20.0, before, drained, 9, measured_before=True) == pytest.approx(
         20.0 + RATE_SMOOTHING * (280.0 / 9 - 20.0))

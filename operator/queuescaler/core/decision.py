@@ -460,8 +460,11 @@ def next_state(
         # burst's backlog, now worked off. Kept, the next poll's window held the pool at
         # the burst's highest again (the skip is one tick's, once a window), and a drop the
         # busy workers held part way stood for the whole window. A drop the window limited
-        # keeps them (review 39: the next poll went to the low answer at once).
-        history = (Recommendation(now, decision.recommendation),)
+        # keeps them (review 39: the next poll went to the low answer at once), and so does
+        # scaleDown.minStabilizationSeconds, whatever stage spoke last (review 40: held by
+        # it, then kept by busy workers, the next poll went below its hold).
+        shortest = now - spec.behavior.scale_down.min_stabilization_seconds
+        history = (*(r for r in history[:-1] if r.at > shortest), history[-1])
     ended = let_go and (decision.burst_skip or _burst_over(spec, state, sample, flow, now))
     return ScalerState(
         last_scale_time=last_scale_time,

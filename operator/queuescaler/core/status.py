@@ -317,10 +317,14 @@ SLOW_FIELDS = (
 """Fields that change with every sample under load: written with the others, or when stale.
 
 So does the failure count during an outage; its start and end are written at once (the
-conditions flip). After a restart a lower stored count only delays a fallback. A probe's
-pause renews its time at every poll of pods still starting: written with the next write.
-A failed probe's time is written at once, with its count (review 39: past the fourth
-failure in a row only the time moves, and a restart saw the 80-minute rest as over).
+conditions flip). After a restart a lower stored count only delays a fallback. A failed
+probe changes probeFailures, written at once with its time. The time alone moves at every
+poll of pods still starting, at every failure past the fourth in a row, and at every poll
+of a partitioned queue (Kafka: a lag always waits, read as a failed probe): written with
+the next write, or once the stored one is stale (review 39: past the fourth failure a
+restart saw the 80-minute rest as over; review 40: written at once, each such Kafka pool
+wrote its status at every poll), at most one refresh interval late against rests of 10
+to 80 minutes.
 """
 
 
@@ -338,8 +342,6 @@ def needs_write(
 
     def fast(status: Mapping[str, Any]) -> dict[str, Any]:
         kept = {k: v for k, v in status.items() if k not in SLOW_FIELDS}
-        if status.get("probeFailures"):  # a failure counted 4 times moves only its time
-            kept["probeFailedAt"] = status.get("probeFailedAt")
         decision = kept.get("lastDecision")
         if isinstance(decision, Mapping):
             kept["lastDecision"] = (decision.get("replicas"), decision.get("reason"))
@@ -355,10 +357,11 @@ def needs_write(
 
     def slow(status: Mapping[str, Any]) -> dict[str, Any]:
         # Timestamps that only renew (the history's, the decision's) are not news: a
-        # restart renews the newest recommendation to its own `now` anyway.
+        # restart renews the newest recommendation to its own `now` anyway. A probe's
+        # rest is: a restart does not renew it.
         kept = {
             k: status.get(k) for k in SLOW_FIELDS
-            if k not in ("recommendations", "lastSampleTime", "probeFailedAt")
+            if k not in ("recommendations", "lastSampleTime")
         }
         decision = status.get("lastDecision")
         kept["lastDecision"] = decision.get("message") if isinstance(decision, Mapping) else None

@@ -59,8 +59,8 @@ RATE_OUTLIER_FACTOR: Final = 2.0
 the estimate (or this fraction of it): a lasting change still arrives in a few ticks, one
 glitch (RabbitMQ has reported absurd ack rates after a counter reset) cannot cut the rate
 floor to a fraction for minutes. A bound taken at once (`per_replica_rate`) is also held
-to what the ack counter confirms over the poll, so a lifted rate field is smoothed as
-before."""
+to what the ack counter confirms over the last 15 s or more, so a lifted rate field is
+smoothed as before."""
 
 STATS_WINDOW: Final = 5.0
 """Seconds RabbitMQ's rate fields average over (its default statistics interval)."""
@@ -278,7 +278,7 @@ def per_replica_rate(
         # crept 6 -> 8 -> 10 -> 13 -> 15 msg/s over a minute against a speed of 40, and
         # the rate floor held 9 replicas where 5 carried the load. A measured speed is
         # raised only by the EWMA, beyond chance (`_most_held`). As far as the ack counter
-        # over the poll confirms it: a rate field lifted by a glitch is not.
+        # confirms it: a rate field lifted by a glitch (a reset, early acks) is not.
         confirmed = _acked_over_poll(readings, sample, current_replicas)
         if confirmed is not None:
             smoothed = estimate + RATE_SMOOTHING * (observed - estimate)
@@ -289,16 +289,24 @@ def per_replica_rate(
 def _acked_over_poll(
     readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int
 ) -> float | None:
-    """The ack counter's rate since the previous reading, over the most consumers (or
-    replicas) there were, as `acked_per_consumer` divides; None without counters at both
-    ends, across a reset, or over no time."""
-    previous = readings[-1]
-    before, after = previous.acked_total, sample.acked_total if sample.complete else None
-    seconds = sample.taken_at - previous.taken_at
-    if before is None or after is None or after < before or not seconds > 0.0:
+    """The ack counter's rate since the newest reading at least `KEPT_EVERY` older (three
+    statistics intervals: a counter refreshed every 5 s, differenced over one, read 0 or
+    twice the rate; review 40), over the most consumers (or replicas) there were, as
+    `acked_per_consumer` divides; None without counters at both ends, across a reset, or
+    over a gap no poll makes (a clock step, an outage)."""
+    after = sample.acked_total if sample.complete else None
+    if after is None:
         return None
-    most = max(max(r.consumers for r in readings), sample.consumers, current_replicas, 1)
-    return (after - before) / seconds / most
+    for reading in reversed(readings):
+        seconds = sample.taken_at - reading.taken_at
+        if seconds < KEPT_EVERY:
+            continue
+        before = reading.acked_total
+        if before is None or after < before or seconds > 2.0 * _gap_limit(KEPT_EVERY):
+            return None
+        most = max(max(r.consumers for r in readings), sample.consumers, current_replicas, 1)
+        return (after - before) / seconds / most
+    return None
 
 
 def _lower_bound(
