@@ -177,12 +177,12 @@ def _probe_record(status: Mapping[str, Any], now: float) -> tuple[float | None, 
     time ahead of `now` (a writer whose clock ran fast) is taken as now, a count beyond
     what the decision counts as its most, and anything else as none."""
     failed_at = _rounded_up(parse_iso(status.get("probeFailedAt")))
-    count = status.get("probeFailures")
-    failures = (min(count, PROBE_FAILURES_COUNTED)
-                if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0)
     if failed_at is None:
         return None, 0
-    return min(failed_at, now), failures
+    count = status.get("probeFailures")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        count = 0
+    return min(failed_at, now), min(count, PROBE_FAILURES_COUNTED)
 
 
 def _rounded_up(moment: float | None) -> float | None:
@@ -358,7 +358,7 @@ def needs_write(
     def slow(status: Mapping[str, Any]) -> dict[str, Any]:
         # Timestamps that only renew (the history's, the decision's) are not news: a
         # restart renews the newest recommendation to its own `now` anyway. A probe's
-        # rest is: a restart does not renew it.
+        # time is news: a restart rests from the stored one.
         kept = {
             k: status.get(k) for k in SLOW_FIELDS
             if k not in ("recommendations", "lastSampleTime")

@@ -279,21 +279,20 @@ def per_replica_rate(
         # the rate floor held 9 replicas where 5 carried the load. A measured speed is
         # raised only by the EWMA, beyond chance (`_most_held`). As far as the ack counter
         # confirms it: a rate field lifted by a glitch (a reset, early acks) is not.
-        confirmed = _acked_over_poll(readings, sample, current_replicas)
+        confirmed = _acked_since_kept(readings, sample, current_replicas)
         if confirmed is not None:
             smoothed = estimate + RATE_SMOOTHING * (observed - estimate)
             return max(smoothed, min(observed, confirmed))
     return estimate + RATE_SMOOTHING * (observed - estimate)
 
 
-def _acked_over_poll(
+def _acked_since_kept(
     readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int
 ) -> float | None:
     """The ack counter's rate since the newest reading at least `KEPT_EVERY` older (three
     statistics intervals: a counter refreshed every 5 s, differenced over one, read 0 or
-    twice the rate; review 40), over the most consumers (or replicas) there were, as
-    `acked_per_consumer` divides; None without counters at both ends, across a reset, or
-    over a gap no poll makes (a clock step, an outage)."""
+    twice the rate; review 40), over `_most_consumers`; None without counters at both
+    ends, across a reset, or over a gap no poll makes (a clock step, an outage)."""
     after = sample.acked_total if sample.complete else None
     if after is None:
         return None
@@ -304,8 +303,7 @@ def _acked_over_poll(
         before = reading.acked_total
         if before is None or after < before or seconds > 2.0 * _gap_limit(KEPT_EVERY):
             return None
-        most = max(max(r.consumers for r in readings), sample.consumers, current_replicas, 1)
-        return (after - before) / seconds / most
+        return (after - before) / seconds / _most_consumers(readings, sample, current_replicas)
     return None
 
 
@@ -346,8 +344,16 @@ def acked_per_consumer(
     field = _sane(sample.ack_rate)
     if not field or field * STATS_WINDOW < MIN_COUNTED:
         return None
+    return field / _most_consumers(readings, sample, current_replicas)
+
+
+def _most_consumers(
+    readings: tuple[Reading, ...], sample: QueueSample, current_replicas: int
+) -> int:
+    """What acks are divided by for a lower bound: the most consumers there were now or at
+    any kept reading, or the replicas if more, at least 1 (`acked_per_consumer`)."""
     before = max((r.consumers for r in readings), default=0)
-    return field / max(1, before, sample.consumers, current_replicas)
+    return max(1, before, sample.consumers, current_replicas)
 
 
 def _counted_bound(
