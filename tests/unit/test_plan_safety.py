@@ -154,6 +154,24 @@ def test_work_in_flight_on_no_listed_client_holds_the_unmatched_pods() -> None:
     assert made.decision is not None and made.decision.replicas == 1  # the busy one stays
 
 
+def test_work_on_no_pod_holds_the_replicas_the_listing_does_not_show() -> None:
+    """Found by the property below: 5 replicas, 4 pods listed (the fifth created since, or
+    a listing behind the scale), one busy client on none of them: the pool went to 4, and
+    the client may be the fifth."""
+    stranger = WorkerLook(PODS, (BrokerClient("/", "stranger", None, 1, 1),))
+    made = tick({Q1: sample(), Q2: sample()}, current=5, workers=stranger,
+                memory=Memory(current_replicas=5))
+    assert made.decision is not None and made.decision.replicas == 5, made.decision.message
+    unseen = WorkerLook(PODS, ())
+    made = tick({Q1: sample(unacked=5), Q2: sample()}, current=5, workers=unseen,
+                memory=Memory(current_replicas=5))
+    assert made.decision is not None and made.decision.replicas == 5, made.decision.message
+    idle = WorkerLook(PODS, (BrokerClient("/", "worker-0", None, 1, 0),))
+    made = tick({Q1: sample(), Q2: sample()}, current=5, workers=idle,
+                memory=Memory(current_replicas=5))
+    assert made.decision is not None and made.decision.replicas == 0, "no work: all may go"
+
+
 def test_defect_3_no_broker_no_scale_down_when_protected() -> None:
     made = tick(None, current=4, broker=Failure("SecretNotFound", "gone"),
                 the_spec=spec(fallback={"afterFailures": 1, "replicas": 1}),
@@ -372,10 +390,14 @@ def test_property_never_shrinks_on_what_it_cannot_see(
     if made.scale_to is not None and made.scale_to < current:
         assert made.sample is not None and made.sample.complete
         assert look is not None and look.clients is not None
-        busy_pods = {c.client_name for c in look.clients if c.unacked > 0}
-        assert made.scale_to >= len(busy_pods & {p.name for p in PODS})
+        names = {p.name for p in PODS}
+        busy_pods = {c.client_name for c in look.clients if c.unacked > 0} & names
+        assert made.scale_to >= len(busy_pods)
         if any(c.client_name == "stranger" and c.unacked > 0 for c in look.clients):
-            assert made.scale_to >= current  # a busy client on no pod holds them all
+            # a busy client on no pod holds them all but the idle pods matched (marked to
+            # go first): it may be any other, or a replica not listed
+            idle_pods = {c.client_name for c in look.clients} & names - busy_pods
+            assert made.scale_to >= current - len(idle_pods)
     if made.status is not None:
         for value in (made.status.get("rates") or {}).values():
             assert math.isfinite(value) and value >= 0

@@ -582,21 +582,28 @@ def _protected(
         return decide(spec, sample, current, state, seen.now, current, why), None, False
     queues = spec.source.queues
     report = match_workers(look.pods, look.clients, queues, look.others)
-    keep, note = report.protected, None
+    # Work on no pod may be on any unmatched pod, or on a replica the pod listing does not
+    # show (created since, or a listing behind the scale): a property test found 5
+    # replicas, 4 pods listed and one busy client on none taken to 4.
+    unseen = report.unmatched + max(0, current - report.pods)
+    keep, note = report.busy + (unseen if report.unattributed else 0), None
     held = sum(c.unacked for c in look.clients if serves(c, queues, look.others))
-    if not report.placed:
+    if report.unattributed > unseen:
         keep = current
         note = (
             f"busy workers unknown: {report.unattributed} busy clients matched no pod,"
-            f" more than the {report.unmatched} unmatched pods"
+            f" more than the {unseen} unmatched pods"
         )
-    elif sample is not None and sample.unacked > held and report.unmatched:
+    elif report.unattributed:
+        note = (f"{report.busy} workers busy, and {report.unattributed} busy clients on no"
+                f" pod: keeping the {unseen} pods they may be on")
+    elif sample is not None and sample.unacked > held and unseen:
         # The queue has work in flight that no client shows (a worker that connected
         # before the broker's first channel statistics): it could be any unmatched pod.
-        keep = report.busy + report.unmatched
+        keep = report.busy + unseen
         note = (
             f"{sample.unacked - held} messages in flight on no listed client:"
-            f" keeping the {report.unmatched} unmatched pods"
+            f" keeping the {unseen} unmatched pods"
         )
     if spec.scale_target_ref.kind == "StatefulSet":
         floor = ordinal_floor(report)
