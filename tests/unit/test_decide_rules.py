@@ -911,6 +911,48 @@ def test_a_rate_answer_of_zero_insures_nothing() -> None:
     assert quiet.replicas == unknown.replicas == 1, (quiet.message, unknown.message)
 
 
+def test_an_idle_queue_is_judged_from_the_size_its_drop_started_at() -> None:
+    # A flood's end (worker models, issue 12): 6 -> 2, held there by the probe's answer of
+    # 2 of 15 s before; 2 -> 0 judged again as a drop of its own waited 90 s on an empty
+    # queue where the 6 had waited 30 s. From the size the drop started at, it is one drop.
+    settings = {**DOWN_300, "target.messagesPerReplica": 100}
+    state = ScalerState(recommendations=history((30, 2), (15, 0)))
+    idle = sample(consumers=2, publish=0.0, ack=0.0)
+    left = Tick(idle, 2, settings, state).decide()
+    assert (left.replicas, left.reason) == (2, Reason.STABILIZATION), left.message
+    started = Tick(idle, 2, settings, replace(state, shrinking_from=6)).decide()
+    assert (started.replicas, started.reason) == (0, Reason.IDLE), started.message
+
+
+def test_a_noisy_answer_is_judged_again_at_each_size() -> None:
+    # Judged from the first size, the rate floor's and the backlog's drops flapped: more
+    # scale events and longer p95 waits on 6 of the worker-model rows.
+    settings = {**DOWN_300, "target.messagesPerReplica": 100}
+    state = ScalerState(recommendations=history((30, 2), (15, 0)), shrinking_from=6)
+    waiting = Tick(sample(ready=40, consumers=2), 2, settings, state).decide()
+    assert (waiting.replicas, waiting.reason) == (2, Reason.STABILIZATION), waiting.message
+
+
+def test_a_drop_held_part_way_remembers_the_size_it_started_at() -> None:
+    spec = make_spec({**LOOSE, **DOWN_300})
+    idle = sample(consumers=6, publish=0.0, ack=0.0)
+
+    def after(state: ScalerState, current: int, replicas: int, recommendation: int,
+              reason: Reason, scaled: bool) -> int | None:
+        decision = Decision(replicas, reason, "", recommendation, reason is not Reason.IDLE)
+        return next_state(spec, state, idle, current, decision, NOW, scaled).shrinking_from
+
+    plain = ScalerState()
+    assert after(plain, 6, 2, 0, Reason.STABILIZATION, True) == 6
+    assert after(replace(plain, shrinking_from=9), 6, 2, 0, Reason.STABILIZATION, True) == 9
+    assert after(replace(plain, shrinking_from=6), 2, 2, 0, Reason.STABILIZATION, False) == 6
+    assert after(replace(plain, shrinking_from=6), 2, 0, 0, Reason.IDLE, True) is None
+    assert after(replace(plain, shrinking_from=6), 2, 4, 4, Reason.BACKLOG, True) is None
+    assert after(replace(plain, shrinking_from=6), 2, 2, 2, Reason.BACKLOG, False) is None
+    busy = after(plain, 6, 4, 0, Reason.BUSY_WORKERS, True)
+    assert busy is None, "only the window's hold is a drop judged at the first size"
+
+
 def test_the_window_never_shrinks_below_two_statistics_intervals() -> None:
     # polls a second apart read one 5 s snapshot of unacked several times: two polls are
     # not two observations (review): the floor is 10 s, not 2

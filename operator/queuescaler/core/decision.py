@@ -304,6 +304,10 @@ class ScalerState:
     burst: Burst | None = None
     """What called the last scale-up this run made, until the pool shrinks or its queues
     change (`_burst_over`); None after a restart, which never arms it. Kept in memory only."""
+    shrinking_from: int | None = None
+    """The pool size a scale-down that the window held part way was decided at, until the
+    recommendation comes back to the pool or it grows (`_shrinking_from`). A queue gone idle
+    is judged from there to zero (`_stabilization`). Kept in memory only."""
     burst_ended_at: float | None = None
     """When a scale-down last went at once because a burst was over: the next may not within
     scaleDown.stabilizationSeconds (bursts that come back within the window are a load the
@@ -438,6 +442,7 @@ def next_state(
             watching_since=state.watching_since,  # a failed tick has watched nothing
             burst=state.burst,
             burst_ended_at=state.burst_ended_at,
+            shrinking_from=state.shrinking_from,
         )
     history = (*state.recommendations, Recommendation(now, decision.recommendation))
     readings = _readings(spec, state)
@@ -493,7 +498,23 @@ def next_state(
         burst=_burst_after(spec, state, sample, flow, grew=grew, scaled=scaled and not held,
                            doubled=decision.replicas >= max(2, 2 * current_replicas)),
         burst_ended_at=now if ended else state.burst_ended_at,
+        shrinking_from=_shrinking_from(state, decision, current_replicas, scaled),
     )
+
+
+def _shrinking_from(
+    state: ScalerState, decision: Decision, current: int, scaled: bool
+) -> int | None:
+    """`ScalerState.shrinking_from` after this tick: set by a scale-down the window held
+    above its recommendation (kept at the first size while it goes on), dropped by any other
+    resize, or once the recommendation asks for the pool it has."""
+    if decision.recommendation >= current:
+        return None
+    if not scaled:
+        return state.shrinking_from
+    if decision.reason is Reason.STABILIZATION and decision.replicas > decision.recommendation:
+        return max(current, state.shrinking_from or 0)
+    return None
 
 
 def _measured(state: ScalerState, saturated: bool) -> bool:
@@ -850,7 +871,9 @@ def _decide_with_sample(
                                  rate_noise=rate_noise,
                                  full_window=sample.scaling_pauses,
                                  watching_since=_watching_since(state, now),
-                                 burst_over=burst_over, outbid_rate=outbid),
+                                 burst_over=burst_over, outbid_rate=outbid,
+                                 idle_from=(state.shrinking_from or 0
+                                            if raw_reason is Reason.IDLE else 0)),
         lambda n: _cooldown(spec, n, current, state, now, burst_over),
     ]
     stages += [
@@ -1193,6 +1216,7 @@ def _stabilization(
     watching_since: float | None = None,
     burst_over: bool = False,
     outbid_rate: tuple[int, float] | None = None,
+    idle_from: int = 0,
 ) -> _Change | None:
     """The HPA's stabilization: shrink no lower than the highest recommendation of the
     scale-down window, grow no higher than the lowest of the scale-up window; this
@@ -1232,6 +1256,15 @@ def _stabilization(
     floor, with a shorter window). A burst's end then goes at once only if the drop is sure
     for that answer too.
 
+    `idle_from` (an idle queue's drop to zero after the window held an earlier tick's
+    scale-down part way: `ScalerState.shrinking_from`): the drop is judged from the pool of
+    that size, not from what is left of it. An idle queue is an exact count, not a noisy
+    one, and the rest of one drop is no new, smaller drop: judged again as one, the last 2
+    replicas of a flood's 6 waited 90 s on an empty queue where the 6 had waited 30 s
+    (issue 12's worker models, two flood rows met). A noisy answer is judged again at each
+    size, as the HPA does: judged from the first size, flapping cost scale events and p95
+    waits on 6 rows.
+
     The window, divided or skipped, is never shorter than
     `scaleDown.minStabilizationSeconds`, and a new QueueScaler (or a restarted operator)
     watches that long before its first scale-down. Nothing tells a producer's pause from a
@@ -1244,7 +1277,8 @@ def _stabilization(
     up_window = behavior.scale_up.stabilization_seconds
     up_cutoff = now - up_window
     window = behavior.scale_down.stabilization_seconds
-    down_window = window if full_window else _down_window(spec, current, recommendation,
+    judged = max(current, idle_from)
+    down_window = window if full_window else _down_window(spec, judged, recommendation,
                                                           rate_noise)
     floors_window = ""
     if outbid_rate is not None:
