@@ -52,15 +52,17 @@ RATE_SMOOTHING: Final = 0.3
 """EWMA weight of the newest per-replica throughput observation: a lasting change is 83%
 absorbed after five observations, while one odd one moves the estimate by less than a
 third. A lower bound read where work waited at the previous poll raises the estimate to
-itself at once instead (`per_replica_rate`), within `RATE_OUTLIER_FACTOR`."""
+itself at once instead (`per_replica_rate`), as far as the ack counter confirms it."""
 
 RATE_OUTLIER_FACTOR: Final = 2.0
 """One observation may move the throughput estimate as if it were at most this many times
 the estimate (or this fraction of it): a lasting change still arrives in a few ticks, one
 glitch (RabbitMQ has reported absurd ack rates after a counter reset) cannot cut the rate
-floor to a fraction for minutes. A bound taken at once (`per_replica_rate`) is also held
-to what the ack counter confirms over the last 15 s or more, so a lifted rate field is
-smoothed as before."""
+floor to a fraction for minutes. A bound taken at once (`per_replica_rate`) is held to
+what the ack counter confirms over the last 15 s or more instead: a lifted rate field is
+smoothed as before, and a bound the counter confirms is no glitch (capped, a flood's first
+reading of 12 msg/s a replica, read while pods started, held the next at 24 against a
+counted 30 and a speed of 40: the rate floor asked for 7 replicas where 4 carried it)."""
 
 STATS_WINDOW: Final = 5.0
 """Seconds RabbitMQ's rate fields average over (its default statistics interval)."""
@@ -265,6 +267,7 @@ def per_replica_rate(
         return estimate
     if estimate is None:
         return observed
+    bound = observed
     observed = min(max(observed, estimate / RATE_OUTLIER_FACTOR), estimate * RATE_OUTLIER_FACTOR)
     # with pods still starting, acks / replicas is only a lower bound: it may raise the
     # estimate, never lower it
@@ -278,11 +281,12 @@ def per_replica_rate(
         # crept 6 -> 8 -> 10 -> 13 -> 15 msg/s over a minute against a speed of 40, and
         # the rate floor held 9 replicas where 5 carried the load. A measured speed is
         # raised only by the EWMA, beyond chance (`_most_held`). As far as the ack counter
-        # confirms it: a rate field lifted by a glitch (a reset, early acks) is not.
+        # confirms it, not `RATE_OUTLIER_FACTOR`: a rate field lifted by a glitch (a reset,
+        # early acks) is not confirmed, and a counted bound is no glitch.
         confirmed = _acked_since_kept(readings, sample, current_replicas)
         if confirmed is not None:
             smoothed = estimate + RATE_SMOOTHING * (observed - estimate)
-            return max(smoothed, min(observed, confirmed))
+            return max(smoothed, min(bound, confirmed))
     return estimate + RATE_SMOOTHING * (observed - estimate)
 
 
