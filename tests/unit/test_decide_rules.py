@@ -951,6 +951,15 @@ def test_a_drop_held_part_way_remembers_the_size_it_started_at() -> None:
     assert after(replace(plain, shrinking_from=6), 2, 2, 2, Reason.BACKLOG, False) is None
     busy = after(plain, 6, 4, 0, Reason.BUSY_WORKERS, True)
     assert busy is None, "only the window's hold is a drop judged at the first size"
+    # review 41: a tick that holds on work ends it (busy workers held 2 long tasks for 20
+    # minutes, and the next idle poll was judged from the old drop)
+    assert after(replace(plain, shrinking_from=6), 2, 2, 1, Reason.BUSY_WORKERS, False) is None
+    assert after(replace(plain, shrinking_from=6), 2, 2, 1, Reason.STABILIZATION, False) is None
+    # and an edit of the queues
+    other = replace(plain, shrinking_from=6, readings_of=make_spec(
+        {**LOOSE, "source": {"rabbitmq": {"queue": "other",
+                                          "connectionSecretRef": {"name": "s"}}}}).source)
+    assert after(other, 2, 2, 0, Reason.STABILIZATION, False) is None
 
 
 def test_the_window_never_shrinks_below_two_statistics_intervals() -> None:

@@ -172,6 +172,32 @@ def test_work_on_no_pod_holds_the_replicas_the_listing_does_not_show() -> None:
     assert made.decision is not None and made.decision.replicas == 0, "no work: all may go"
 
 
+def test_clients_on_no_pod_beyond_the_unmatched_pods_hold_all_whatever_is_not_listed() -> None:
+    """Review 41: 4 pods listed, all matched and idle, and a busy client on none: a matched
+    pod holds work no client shows, so all stay. Counted against a fifth replica not
+    listed as if it could be there, 5 went to 1."""
+    idle = tuple(BrokerClient("/", p.name, None, 1, 0) for p in PODS)
+    look = WorkerLook(PODS, (*idle, BrokerClient("/", None, "192.168.9.9", 1, 3)))
+    for current in (4, 5, 6):
+        made = tick({Q1: sample(unacked=3), Q2: sample()}, current=current, workers=look,
+                    memory=Memory(current_replicas=current))
+        assert made.decision is not None and made.decision.replicas == current, current
+        assert "more than the 0 unmatched pods" in made.decision.message
+
+
+@pytest.mark.parametrize("listed", [4, 5], ids=["w-4-not-listed", "w-4-listed-no-client"])
+def test_a_statefulset_keeps_all_while_work_is_on_no_listed_client(listed: int) -> None:
+    """Review 41: a StatefulSet removes its highest ordinals whatever the count kept says:
+    with work in flight on no client, w-4 (not listed, or listed with no client) was the
+    only place it could be, and 5 went to 1."""
+    sts = spec(scaleTargetRef={"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "w"})
+    pods = tuple(Pod(f"w-{i}") for i in range(listed))
+    clients = tuple(BrokerClient("/", f"w-{i}", None, 1, 0) for i in range(4))
+    made = tick({Q1: sample(unacked=5), Q2: sample()}, current=5, the_spec=sts,
+                workers=WorkerLook(pods, clients), memory=Memory(current_replicas=5))
+    assert made.decision is not None and made.decision.replicas == 5, made.decision.message
+
+
 def test_defect_3_no_broker_no_scale_down_when_protected() -> None:
     made = tick(None, current=4, broker=Failure("SecretNotFound", "gone"),
                 the_spec=spec(fallback={"afterFailures": 1, "replicas": 1}),
@@ -398,6 +424,8 @@ def test_property_never_shrinks_on_what_it_cannot_see(
             # go first): it may be any other, or a replica not listed
             idle_pods = {c.client_name for c in look.clients} & names - busy_pods
             assert made.scale_to >= current - len(idle_pods)
+            if not names - busy_pods - idle_pods:  # no unmatched pod it could be
+                assert made.scale_to >= current
     if made.status is not None:
         for value in (made.status.get("rates") or {}).values():
             assert math.isfinite(value) and value >= 0

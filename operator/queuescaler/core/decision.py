@@ -305,9 +305,10 @@ class ScalerState:
     """What called the last scale-up this run made, until the pool shrinks or its queues
     change (`_burst_over`); None after a restart, which never arms it. Kept in memory only."""
     shrinking_from: int | None = None
-    """The pool size a scale-down that the window held part way was decided at, until the
-    recommendation comes back to the pool or it grows (`_shrinking_from`). A queue gone idle
-    is judged from there to zero (`_stabilization`). Kept in memory only."""
+    """The pool size a scale-down that the window held part way was decided at, while the
+    drop goes on: dropped by the next tick that does not go on with it to zero, another
+    resize, or an edit of the queues (`_shrinking_from`). A queue gone idle is judged from
+    there to zero (`_stabilization`). Kept in memory only."""
     burst_ended_at: float | None = None
     """When a scale-down last went at once because a burst was over: the next may not within
     scaleDown.stabilizationSeconds (bursts that come back within the window are a load the
@@ -498,7 +499,8 @@ def next_state(
         burst=_burst_after(spec, state, sample, flow, grew=grew, scaled=scaled and not held,
                            doubled=decision.replicas >= max(2, 2 * current_replicas)),
         burst_ended_at=now if ended else state.burst_ended_at,
-        shrinking_from=_shrinking_from(state, decision, current_replicas, scaled),
+        shrinking_from=(_shrinking_from(state, decision, current_replicas, scaled)
+                        if _same_source(spec, state) else None),
     )
 
 
@@ -507,11 +509,13 @@ def _shrinking_from(
 ) -> int | None:
     """`ScalerState.shrinking_from` after this tick: set by a scale-down the window held
     above its recommendation (kept at the first size while it goes on), dropped by any other
-    resize, or once the recommendation asks for the pool it has."""
+    resize this run makes, and by any tick that holds on work (review 41: kept while busy
+    workers held 2 long tasks for 20 minutes, the next idle poll was judged from that old
+    drop; a producer a batch a minute or two then took the pool to zero and back)."""
     if decision.recommendation >= current:
         return None
     if not scaled:
-        return state.shrinking_from
+        return state.shrinking_from if decision.recommendation == 0 else None
     if decision.reason is Reason.STABILIZATION and decision.replicas > decision.recommendation:
         return max(current, state.shrinking_from or 0)
     return None

@@ -583,32 +583,43 @@ def _protected(
     queues = spec.source.queues
     report = match_workers(look.pods, look.clients, queues, look.others)
     # Work on no pod may be on any unmatched pod, or on a replica the pod listing does not
-    # show (created since, or a listing behind the scale): a property test found 5
-    # replicas, 4 pods listed and one busy client on none taken to 4.
-    unseen = report.unmatched + max(0, current - report.pods)
-    keep, note = report.busy + (unseen if report.unattributed else 0), None
+    # show (created since, refused by a quota, or a listing behind the scale): a property
+    # test found 5 replicas, 4 pods listed and one busy client on none taken to 4. Whether
+    # such clients can be placed at all is judged on the pods listed: more of them than
+    # unmatched pods means a matched pod holds work we cannot see (review 41: counted
+    # against the replicas not listed too, one more replica took 5 to 1).
+    unlisted = max(0, current - report.pods)
+    unseen = report.unmatched + unlisted
+    places = f"the {report.unmatched} unmatched pods" + (
+        f" and {unlisted} replicas not listed" if unlisted else "")
+    keep, note = report.busy, None
     held = sum(c.unacked for c in look.clients if serves(c, queues, look.others))
-    if report.unattributed > unseen:
+    unplaced_work = 0 if sample is None or not unseen else max(0, sample.unacked - held)
+    if not report.placed:
         keep = current
         note = (
             f"busy workers unknown: {report.unattributed} busy clients matched no pod,"
-            f" more than the {unseen} unmatched pods"
+            f" more than the {report.unmatched} unmatched pods"
         )
     elif report.unattributed:
+        keep = report.busy + unseen
         note = (f"{report.busy} workers busy, and {report.unattributed} busy clients on no"
-                f" pod: keeping the {unseen} pods they may be on")
-    elif sample is not None and sample.unacked > held and unseen:
+                f" pod: keeping {places}")
+    elif unplaced_work:
         # The queue has work in flight that no client shows (a worker that connected
         # before the broker's first channel statistics): it could be any unmatched pod.
         keep = report.busy + unseen
         note = (
-            f"{sample.unacked - held} messages in flight on no listed client:"
-            f" keeping the {unseen} unmatched pods"
+            f"{unplaced_work} messages in flight on no listed client:"
+            f" keeping {places}"
         )
     if spec.scale_target_ref.kind == "StatefulSet":
+        # It removes its highest ordinals whatever is kept: work on no listed pod may be
+        # on any of them (review 41: 5 to 1 with the only pod that could hold it, w-4,
+        # not listed).
         floor = ordinal_floor(report)
-        if floor is None:
-            keep, note = current, "busy workers unknown: a busy client matched no pod"
+        if floor is None or unplaced_work:
+            keep, note = current, "busy workers unknown: work on no listed pod (StatefulSet)"
         elif floor > keep:
             keep = floor
             note = f"{report.busy} workers busy, the highest at ordinal {floor - 1} (StatefulSet)"
