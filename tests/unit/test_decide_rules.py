@@ -960,6 +960,11 @@ def test_a_drop_held_part_way_remembers_the_size_it_started_at() -> None:
         {**LOOSE, "source": {"rabbitmq": {"queue": "other",
                                           "connectionSecretRef": {"name": "s"}}}}).source)
     assert after(other, 2, 2, 0, Reason.STABILIZATION, False) is None
+    # review 42: a failed tick that resized (a fallback) ends it; one that held keeps it
+    failed = Decision(3, Reason.FALLBACK, "", 3, False)
+    held = replace(plain, shrinking_from=6)
+    assert next_state(spec, held, None, 4, failed, NOW, True).shrinking_from is None
+    assert next_state(spec, held, None, 4, failed, NOW, False).shrinking_from == 6
 
 
 def test_the_window_never_shrinks_below_two_statistics_intervals() -> None:

@@ -198,6 +198,60 @@ def test_a_statefulset_keeps_all_while_work_is_on_no_listed_client(listed: int) 
     assert made.decision is not None and made.decision.replicas == 5, made.decision.message
 
 
+@pytest.mark.parametrize("kind", ["Deployment", "StatefulSet"])
+def test_work_on_no_client_with_every_pod_matched_holds_nothing(kind: str) -> None:
+    """Every replica a matched pod, and the queue counting 2 messages no client shows:
+    most often no worker's (Celery's ETA tasks sit in kombu's unacked hash and no inspect
+    answer lists them; queue and channel statistics refresh apart). Holding the whole pool
+    on it (review 42) froze scale-downs for as long as a retry was pending (review 43); a
+    worker whose channel statistics are not out yet, on a pod matched by another channel,
+    is the case left open."""
+    the_spec = spec(scaleTargetRef={"apiVersion": "apps/v1", "kind": kind, "name": "w"})
+    pods = tuple(Pod(f"w-{i}") for i in range(5))
+    idle = tuple(BrokerClient("/", p.name, None, 1, 0) for p in pods)
+    made = tick({Q1: sample(unacked=2), Q2: sample()}, current=5, the_spec=the_spec,
+                workers=WorkerLook(pods, idle), memory=Memory(current_replicas=5))
+    assert made.decision is not None and made.decision.replicas < 5, made.decision.message
+
+
+def test_no_sample_holds_a_protected_pool_below_a_fallback() -> None:
+    """Review 43: the queues unreadable, the clients listed, fallback 1: 5 went to 1, and a
+    StatefulSet's w-4, not listed, first. Without a sample, work in flight is unknown."""
+    for kind in ("Deployment", "StatefulSet"):
+        the_spec = spec(scaleTargetRef={"apiVersion": "apps/v1", "kind": kind, "name": "w"},
+                        fallback={"afterFailures": 1, "replicas": 1})
+        pods = tuple(Pod(f"w-{i}") for i in range(4))
+        idle = tuple(BrokerClient("/", p.name, None, 1, 0) for p in pods)
+        made = tick(SourceError(ErrorKind.UNREACHABLE, "down"), current=5, the_spec=the_spec,
+                    workers=WorkerLook(pods, idle), memory=Memory(current_replicas=5))
+        assert made.decision is not None and made.decision.replicas == 5, made.decision.message
+
+
+@pytest.mark.parametrize(("kind", "kept"), [("Deployment", 2), ("StatefulSet", 5)])
+def test_a_replica_not_listed_stays_while_work_is_in_flight(kind: str, kept: int) -> None:
+    """Review 42: w-0 reads queue a and a retry queue, and holds 5 retry messages; the 5 of
+    queue a are on w-4, not listed. The counts matched, so nothing looked unplaced, and a
+    StatefulSet went 5 to 1 (w-4 first). A replica not listed now stays while work is in
+    flight; a StatefulSet, whose not listed replicas are its highest, keeps all."""
+    the_spec = spec(scaleTargetRef={"apiVersion": "apps/v1", "kind": kind, "name": "w"})
+    pods = tuple(Pod(f"w-{i}") for i in range(4))
+    clients = (BrokerClient("/", "w-0", None, 1, 5, frozenset({Q1, QueueRef("/", "retry")})),
+               *(BrokerClient("/", f"w-{i}", None, 1, 0) for i in range(1, 4)))
+    made = tick({Q1: sample(unacked=5), Q2: sample()}, current=5, the_spec=the_spec,
+                workers=WorkerLook(pods, clients), memory=Memory(current_replicas=5))
+    assert made.decision is not None and made.decision.replicas == kept, made.decision.message
+
+
+def test_a_statefulset_names_a_busy_pod_without_an_ordinal() -> None:
+    sts = spec(scaleTargetRef={"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "w"})
+    pods = (*(Pod(f"w-{i}") for i in range(3)), Pod("w-canary"))
+    made = tick({Q1: sample(unacked=1), Q2: sample()}, current=4, the_spec=sts,
+                workers=WorkerLook(pods, (BrokerClient("/", "w-canary", None, 1, 1),)),
+                memory=Memory(current_replicas=4))
+    assert made.decision is not None and made.decision.replicas == 4
+    assert "without an ordinal" in made.decision.message
+
+
 def test_defect_3_no_broker_no_scale_down_when_protected() -> None:
     made = tick(None, current=4, broker=Failure("SecretNotFound", "gone"),
                 the_spec=spec(fallback={"afterFailures": 1, "replicas": 1}),

@@ -305,10 +305,11 @@ class ScalerState:
     """What called the last scale-up this run made, until the pool shrinks or its queues
     change (`_burst_over`); None after a restart, which never arms it. Kept in memory only."""
     shrinking_from: int | None = None
-    """The pool size a scale-down that the window held part way was decided at, while the
-    drop goes on: dropped by the next tick that does not go on with it to zero, another
-    resize, or an edit of the queues (`_shrinking_from`). A queue gone idle is judged from
-    there to zero (`_stabilization`). Kept in memory only."""
+    """The pool size a scale-down that the window held part way was decided at, kept
+    through further scale-downs the window holds part way and through ticks that hold the
+    pool while the answer is zero, and through failed ticks that hold; dropped by any other
+    tick, or an edit of the queues (`_shrinking_from`). A queue gone idle is judged from there to
+    zero (`_stabilization`). Kept in memory only."""
     burst_ended_at: float | None = None
     """When a scale-down last went at once because a burst was over: the next may not within
     scaleDown.stabilizationSeconds (bursts that come back within the window are a load the
@@ -443,7 +444,7 @@ def next_state(
             watching_since=state.watching_since,  # a failed tick has watched nothing
             burst=state.burst,
             burst_ended_at=state.burst_ended_at,
-            shrinking_from=state.shrinking_from,
+            shrinking_from=None if scaled else state.shrinking_from,
         )
     history = (*state.recommendations, Recommendation(now, decision.recommendation))
     readings = _readings(spec, state)
@@ -508,10 +509,10 @@ def _shrinking_from(
     state: ScalerState, decision: Decision, current: int, scaled: bool
 ) -> int | None:
     """`ScalerState.shrinking_from` after this tick: set by a scale-down the window held
-    above its recommendation (kept at the first size while it goes on), dropped by any other
-    resize this run makes, and by any tick that holds on work (review 41: kept while busy
-    workers held 2 long tasks for 20 minutes, the next idle poll was judged from that old
-    drop; a producer a batch a minute or two then took the pool to zero and back)."""
+    above its recommendation (at the first size while such scale-downs go on), kept by a
+    tick that holds the pool on an answer of zero, dropped by any other (review 41: kept
+    while busy workers held 2 long tasks for 20 minutes, the next idle poll was judged from
+    that old drop; a producer a batch a minute or two then took the pool to zero and back)."""
     if decision.recommendation >= current:
         return None
     if not scaled:

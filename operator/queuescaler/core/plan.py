@@ -565,8 +565,11 @@ def _protected(
 
     Protection fails closed: when the workers cannot be looked at, or a busy client of its
     queues (or of queues unknown) cannot be placed on a pod, the pool keeps them all; another
-    pool's busy clients in the vhost do not count. A StatefulSet removes its highest ordinals
-    whatever the deletion costs say, so it keeps every pod up to its highest busy one.
+    pool's busy clients in the vhost do not count, and without a sample nothing tells the
+    busy apart (a fallback below the pool waits). Work on no pod keeps every pod and
+    replica it may be on. A StatefulSet removes its highest ordinals whatever the deletion
+    costs say, so it keeps every pod up to its highest busy one, and all of them while work
+    may be on a pod not listed or not matched.
     """
     look = seen.workers
     why: str | None = None
@@ -578,6 +581,10 @@ def _protected(
         return decide(spec, sample, current, state, seen.now), None, True
     elif look.clients is None:
         why = f"busy workers unknown: {look.problem or 'nothing listed'}"
+    if why is None and sample is None:
+        # review 43: a fallback with the queues unreadable and the clients listed went 5 to
+        # 1, a StatefulSet's w-4 not listed first; work in flight is unknown
+        why = "busy workers unknown: no sample of the queues"
     if why is not None or look is None or look.clients is None:
         return decide(spec, sample, current, state, seen.now, current, why), None, False
     queues = spec.source.queues
@@ -587,14 +594,17 @@ def _protected(
     # test found 5 replicas, 4 pods listed and one busy client on none taken to 4. Whether
     # such clients can be placed at all is judged on the pods listed: more of them than
     # unmatched pods means a matched pod holds work we cannot see (review 41: counted
-    # against the replicas not listed too, one more replica took 5 to 1).
+    # against the replicas not listed too, one more replica took 5 to 1). Work in flight
+    # that no client shows while every replica is a matched pod holds nothing: it is most
+    # often no worker's (Celery's ETA tasks sit in kombu's unacked hash, queue and channel
+    # statistics refresh apart), and holding the pool on it froze scale-downs (review 43).
     unlisted = max(0, current - report.pods)
     unseen = report.unmatched + unlisted
     places = f"the {report.unmatched} unmatched pods" + (
         f" and {unlisted} replicas not listed" if unlisted else "")
     keep, note = report.busy, None
     held = sum(c.unacked for c in look.clients if serves(c, queues, look.others))
-    unplaced_work = 0 if sample is None or not unseen else max(0, sample.unacked - held)
+    unplaced_work = 0 if sample is None else max(0, sample.unacked - held)
     if not report.placed:
         keep = current
         note = (
@@ -605,7 +615,7 @@ def _protected(
         keep = report.busy + unseen
         note = (f"{report.busy} workers busy, and {report.unattributed} busy clients on no"
                 f" pod: keeping {places}")
-    elif unplaced_work:
+    elif unplaced_work and unseen:
         # The queue has work in flight that no client shows (a worker that connected
         # before the broker's first channel statistics): it could be any unmatched pod.
         keep = report.busy + unseen
@@ -613,13 +623,24 @@ def _protected(
             f"{unplaced_work} messages in flight on no listed client:"
             f" keeping {places}"
         )
+    elif unlisted and sample is not None and sample.unacked:
+        # Work in flight, all of it shown: still, a client's count may be another queue's
+        # (a retry queue it also reads), and a replica not listed has no mark to go last.
+        keep = report.busy + unlisted
+        note = f"{report.busy} workers busy, and {unlisted} replicas not listed"
     if spec.scale_target_ref.kind == "StatefulSet":
         # It removes its highest ordinals whatever is kept: work on no listed pod may be
         # on any of them (review 41: 5 to 1 with the only pod that could hold it, w-4,
-        # not listed).
+        # not listed), and a replica not listed is one of the highest.
         floor = ordinal_floor(report)
-        if floor is None or unplaced_work:
-            keep, note = current, "busy workers unknown: work on no listed pod (StatefulSet)"
+        if floor is None:
+            keep = current
+            note = ("busy workers unknown: a busy client on no pod, or a busy pod without an"
+                    " ordinal (StatefulSet)")
+        elif (unplaced_work and unseen) or (unlisted and sample is not None and sample.unacked):
+            keep = current
+            note = ("busy workers unknown: work in flight may be on a pod not listed or on no"
+                    " listed client (StatefulSet)")
         elif floor > keep:
             keep = floor
             note = f"{report.busy} workers busy, the highest at ordinal {floor - 1} (StatefulSet)"
