@@ -306,10 +306,10 @@ class ScalerState:
     change (`_burst_over`); None after a restart, which never arms it. Kept in memory only."""
     shrinking_from: int | None = None
     """The pool size a scale-down that the window held part way was decided at, kept
-    through further scale-downs the window holds part way and through ticks that hold the
-    pool while the answer is zero, and through failed ticks that hold; dropped by any other
-    tick, or an edit of the queues (`_shrinking_from`). A queue gone idle is judged from there to
-    zero (`_stabilization`). Kept in memory only."""
+    through further such scale-downs, ticks that hold the pool on an answer of zero, and
+    failed ticks that hold; dropped by any other tick, or an edit of the queues
+    (`_shrinking_from`). A queue gone idle is judged from there to zero (`_stabilization`).
+    Kept in memory only."""
     burst_ended_at: float | None = None
     """When a scale-down last went at once because a burst was over: the next may not within
     scaleDown.stabilizationSeconds (bursts that come back within the window are a load the
@@ -877,7 +877,7 @@ def _decide_with_sample(
                                  full_window=sample.scaling_pauses,
                                  watching_since=_watching_since(state, now),
                                  burst_over=burst_over, outbid_rate=outbid,
-                                 idle_from=(state.shrinking_from or 0
+                                 idle_from=((state.shrinking_from or 0)
                                             if raw_reason is Reason.IDLE else 0)),
         lambda n: _cooldown(spec, n, current, state, now, burst_over),
     ]

@@ -604,7 +604,8 @@ def _protected(
         f" and {unlisted} replicas not listed" if unlisted else "")
     keep, note = report.busy, None
     held = sum(c.unacked for c in look.clients if serves(c, queues, look.others))
-    unplaced_work = 0 if sample is None else max(0, sample.unacked - held)
+    in_flight = 0 if sample is None else sample.unacked  # no sample returned above
+    unplaced_work = max(0, in_flight - held)
     if not report.placed:
         keep = current
         note = (
@@ -612,7 +613,7 @@ def _protected(
             f" more than the {report.unmatched} unmatched pods"
         )
     elif report.unattributed:
-        keep = report.busy + unseen
+        keep = report.protected + unlisted
         note = (f"{report.busy} workers busy, and {report.unattributed} busy clients on no"
                 f" pod: keeping {places}")
     elif unplaced_work and unseen:
@@ -623,7 +624,7 @@ def _protected(
             f"{unplaced_work} messages in flight on no listed client:"
             f" keeping {places}"
         )
-    elif unlisted and sample is not None and sample.unacked:
+    elif unlisted and in_flight:
         # Work in flight, all of it shown: still, a client's count may be another queue's
         # (a retry queue it also reads), and a replica not listed has no mark to go last.
         keep = report.busy + unlisted
@@ -637,7 +638,7 @@ def _protected(
             keep = current
             note = ("busy workers unknown: a busy client on no pod, or a busy pod without an"
                     " ordinal (StatefulSet)")
-        elif (unplaced_work and unseen) or (unlisted and sample is not None and sample.unacked):
+        elif (unplaced_work and unseen) or (unlisted and in_flight):
             keep = current
             note = ("busy workers unknown: work in flight may be on a pod not listed or on no"
                     " listed client (StatefulSet)")
