@@ -234,6 +234,25 @@ def test_connections_match_pods(
     assert report.busy == sum(1 for count in held.values() if count)
 
 
+def test_a_terminating_pods_connections_count_nowhere() -> None:
+    """The pod left the replicas already: counted as on no pod, its tasks finishing in a
+    long grace period held the whole pool after every scale-down."""
+    pods = [Pod("worker-a", "10.0.0.7"), Pod("worker-b", "10.0.0.8", deleting=True)]
+    clients = [_client("worker-b", 3), _client(None, 2, peer="10.0.0.8"), _client("worker-a", 0)]
+    report = match_workers(pods, clients, {QueueRef(VHOST, "jobs")})
+    assert (report.pods, report.consuming, report.unattributed) == (1, 1, 0)
+    assert dict(report.held) == {"worker-a": 0}
+    assert report.placed and report.protected == 0
+
+
+def test_an_address_a_leaving_pod_shares_matches_nobody() -> None:
+    """A new pod may take the address of one still on its way out: which one a connection
+    comes from is unknown, so it is busy on no pod (protection fails closed)."""
+    pods = [Pod("worker-b", "10.0.0.8", deleting=True), Pod("worker-c", "10.0.0.8")]
+    report = match_workers(pods, [_client(None, 2, peer="10.0.0.8")], {QueueRef(VHOST, "jobs")})
+    assert (report.pods, report.matched, report.unattributed, report.protected) == (1, 0, 1, 1)
+
+
 REPORT = WorkerReport(pods=3, consuming=2, held={"worker-a": 3, "worker-b": 0}, by_name=2)
 
 

@@ -129,35 +129,42 @@ def match_workers(
     A connection that matches a pod counts whatever it consumes: the pod holds what it
     holds. One that matches no pod counts unless it is positively another pool's (`serves`):
     another pool's busy connection in the same vhost is then neither busy nor unplaced for
-    this one. An IP that
-    several pods share (host networking) matches none of them: it cannot say which pod a
+    this one. An IP that several pods share (host networking, or a pod on its way out and
+    the one that took its address) matches none of them: it cannot say which pod a
     connection comes from.
+
+    A connection of a pod being deleted counts nowhere: the pod already left the replicas,
+    so no scale-down can stop it again, and its tasks finish in its grace period. Counted
+    as on no pod, it held the whole pool for that long after every scale-down.
     """
     queues = frozenset(queues)
     scopes = {ref.scope for ref in queues}
-    live = [pod for pod in pods if not pod.deleting]
-    by_name = {pod.name: pod.name for pod in live}
-    shared = Counter(pod.ip for pod in live if pod.ip)
-    by_ip = {pod.ip: pod.name for pod in live if pod.ip and shared[pod.ip] == 1}
+    pods = list(pods)
+    leaving = {pod.name for pod in pods if pod.deleting}
+    by_name = {pod.name: pod.name for pod in pods}
+    shared = Counter(pod.ip for pod in pods if pod.ip)
+    by_ip = {pod.ip: pod.name for pod in pods if pod.ip and shared[pod.ip] == 1}
     held: dict[str, int] = {}
     named = addressed = consuming = unattributed = 0
     for client in clients:
         if client.scope not in scopes or (client.consumers <= 0 and client.unacked <= 0):
             continue
-        pod = by_name.get(client.client_name) if client.client_name else None
+        named_pod = by_name.get(client.client_name or "")
+        addressed_pod = None if named_pod else by_ip.get(client.peer_host or "")
+        pod = named_pod or addressed_pod
+        if pod in leaving:
+            continue
         if pod is not None:
-            named += 1
-        elif client.peer_host and client.peer_host in by_ip:
-            pod = by_ip[client.peer_host]
-            addressed += 1
-        if pod is not None:
+            named += named_pod is not None
+            addressed += addressed_pod is not None
             held[pod] = held.get(pod, 0) + max(client.unacked, 0)
         elif not serves(client, queues, others):
             continue
         elif client.unacked > 0:
             unattributed += 1
         consuming += 1
-    return WorkerReport(len(live), consuming, held, named, addressed, unattributed)
+    live = len(pods) - len(leaving)
+    return WorkerReport(live, consuming, held, named, addressed, unattributed)
 
 
 def ordinal(pod: str) -> int | None:
