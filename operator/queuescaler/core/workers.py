@@ -129,21 +129,25 @@ def match_workers(
     A connection that matches a pod counts whatever it consumes: the pod holds what it
     holds. One that matches no pod counts unless it is positively another pool's (`serves`):
     another pool's busy connection in the same vhost is then neither busy nor unplaced for
-    this one. An IP that several pods share (host networking, or a pod on its way out and
-    the one that took its address) matches none of them: it cannot say which pod a
-    connection comes from.
+    this one. An IP that several pods share (host networking) matches none of them: it
+    cannot say which pod a connection comes from.
 
     A connection of a pod being deleted counts nowhere: the pod already left the replicas,
     so no scale-down can stop it again, and its tasks finish in its grace period. Counted
-    as on no pod, it held the whole pool for that long after every scale-down.
+    as on no pod, it held the whole pool for that long after every scale-down. Unless a
+    live pod has its address: then it counts as that pod's (a name may be wrong, and an
+    address may already be the new pod's; review 44), which keeps a busy pod.
     """
     queues = frozenset(queues)
     scopes = {ref.scope for ref in queues}
     pods = list(pods)
-    leaving = {pod.name for pod in pods if pod.deleting}
-    by_name = {pod.name: pod.name for pod in pods}
-    shared = Counter(pod.ip for pod in pods if pod.ip)
-    by_ip = {pod.ip: pod.name for pod in pods if pod.ip and shared[pod.ip] == 1}
+    live = [pod for pod in pods if not pod.deleting]
+    leaving = [pod for pod in pods if pod.deleting]
+    by_name = {pod.name: pod.name for pod in live}
+    shared = Counter(pod.ip for pod in live if pod.ip)
+    by_ip = {pod.ip: pod.name for pod in live if pod.ip and shared[pod.ip] == 1}
+    leaving_names = {pod.name for pod in leaving}
+    leaving_ips = {pod.ip for pod in leaving if pod.ip} - shared.keys()
     held: dict[str, int] = {}
     named = addressed = consuming = unattributed = 0
     for client in clients:
@@ -152,7 +156,8 @@ def match_workers(
         named_pod = by_name.get(client.client_name or "")
         addressed_pod = None if named_pod else by_ip.get(client.peer_host or "")
         pod = named_pod or addressed_pod
-        if pod in leaving:
+        if pod is None and (client.client_name in leaving_names
+                            or client.peer_host in leaving_ips):
             continue
         if pod is not None:
             named += named_pod is not None
@@ -163,8 +168,7 @@ def match_workers(
         elif client.unacked > 0:
             unattributed += 1
         consuming += 1
-    live = len(pods) - len(leaving)
-    return WorkerReport(live, consuming, held, named, addressed, unattributed)
+    return WorkerReport(len(live), consuming, held, named, addressed, unattributed)
 
 
 def ordinal(pod: str) -> int | None:
