@@ -1301,22 +1301,6 @@ def test_a_pool_short_while_pods_start_pauses_the_probe_but_counts_no_failure() 
     assert after.probe_failed_at == NOW and after.probe_failures == 0
 
 
-def test_a_pool_that_carries_its_publish_rate_while_pods_start_keeps_probing() -> None:
-    # A backlog left from before the pods came (a wake-up from zero) keeps work ready while
-    # the last pod starts; the pool carries the publish rate at the speed read, so it is
-    # not short. Paused for it, keda-rate's pool of 2 (2.5 msg/s, 1.6/s a replica read on a
-    # pod of 4 processes: 4/s) held its second replica 600 s more on 3 seeds of 10.
-    grown = ScalerState(per_replica_rate=10.0, last_scale_time=ago(15),
-                        last_scale_up_time=ago(15),
-                        readings=(Reading(NOW - 15, 40, 6, 6, 46, None, None),))
-    starting = sample(ready=20, unacked=6, consumers=6, ack=60.0, publish=60.0)
-    assert fold(grown, starting, current=10).probe_failed_at is None, "10 x 10/s carry 60/s"
-    short = replace(starting, publish_rate=150.0)
-    assert fold(grown, short, current=10).probe_failed_at == NOW, "10 x 10/s fall short"
-    unknown = replace(starting, publish_rate=None)
-    assert fold(grown, unknown, current=10).probe_failed_at == NOW, "no publish rate: pause"
-
-
 def test_no_probe_while_pods_start() -> None:
     # review 29: pods starting in 60-120 s; a pool of 32 with 20 consuming read its acks
     # over all 32 (0.25 msg/s a replica against 2), probed to 18, cancelling the pods it

@@ -273,8 +273,7 @@ class ScalerState:
     """Probes that failed (`_probe_failed`: shrank, then work waited) one after another, one
     per pause, up to `PROBE_FAILURES_COUNTED`; each doubles the next pause (`_probe_pause`).
     Back to 0 once the speed counts as measured. A pool short while pods start pauses the
-    probe too (unless it carries its publish rate at the speed read), but counts no failure:
-    a pool that only ever grows has probed nothing.
+    probe too, but counts no failure: a pool that only ever grows has probed nothing.
     Kept in status as probeFailures."""
     watching_since: float | None = None
     """When a brand-new QueueScaler (no history, not restored) first ticked; kept in memory
@@ -455,16 +454,8 @@ def next_state(
     measured = _measured(state, saturated)
     probe_failed = _probe_failed(state, readings, sample, current_replicas,
                                  _shrunk_on(spec, state))
-    rate = per_replica_rate(state.per_replica_rate, readings, sample, current_replicas, flow,
-                            poll, _measured(state, False))
-    # A pool short while pods start is as good as a failed probe (no probe for a while),
-    # unless it carries the publish rate at the speed read, a lower bound then: the work
-    # waiting is a backlog from before the pods came, which the backlog policy answers.
-    # Paused for that, keda-rate's wake-up held a second replica 600 s longer (3 seeds).
-    carried = (flow.publish is not None and rate is not None
-               and flow.publish <= current_replicas * rate)
-    paused = probe_failed or (
-        short_while_starting(readings, sample, current_replicas, flow) and not carried)
+    # a pool short while pods start is as good as a failed probe: no probe for a while
+    paused = probe_failed or short_while_starting(readings, sample, current_replicas, flow)
     # A skipped window leaves minStabilizationSeconds alone to hold a drop: a shrink it held
     # part way is no burst's end, and the burst stays armed (review 33: the rest of the
     # drain waited out the cooldown, 240 s x 27 replicas). Only the skip says so: a drop
@@ -487,7 +478,10 @@ def next_state(
         last_scale_up_time=last_scale_up_time,
         recommendations=_compact(spec, history, now),
         consecutive_failures=0,
-        per_replica_rate=rate,
+        per_replica_rate=per_replica_rate(
+            state.per_replica_rate, readings, sample, current_replicas, flow, poll,
+            _measured(state, False),
+        ),
         rate_measured=measured,
         saturated_polls=min(MEASURED_AFTER, state.saturated_polls + saturated),
         readings=(kept := remember(readings, sample, current_replicas)),

@@ -21,13 +21,12 @@ consumer grew beyond chance (`outrun`). Then acks / replicas is what a replica d
 the estimate follows it either way. With pods still starting (fewer consumers than
 replicas, `short_while_starting`) acks / replicas is only a lower bound, which raises the
 estimate and never lowers it, and no measure; but the pool is short now, so such a poll
-pauses the probe (`decision.PROBE_PAUSE_SECONDS`) unless the pool carries the publish
-rate at the speed read (a backlog from before the pods came is then all that waits). A
-pool short of replicas is saturated just when the backlog policy grows it: ignoring those
-polls left a prefetch-20 pool's speed unknown for good (its piles overflow only then), its
-probe and backlog taking turns at 2 and 3 replicas. Dividing by the consumers instead
-would read high wherever fewer consumers are counted than pods ack (pods sharing one Redis
-consumer name, pods polling with basic.get, counters spanning a crash loop: review 21). At
+pauses the probe (`decision.PROBE_PAUSE_SECONDS`). A pool short of replicas is saturated
+just when the backlog policy grows it: ignoring those polls left a prefetch-20 pool's speed
+unknown for good (its piles overflow only then), its probe and backlog taking turns at 2
+and 3 replicas. Dividing by the consumers instead would read high wherever fewer consumers
+are counted than pods ack (pods sharing one Redis consumer name, pods polling with
+basic.get, counters spanning a crash loop: review 21). At
 any other time only *lower bounds* are known, which may set an unknown estimate or raise
 one, never lower it: acks per consumer (none does more than a
 replica can), and acks per replica holding a message over a minute of polls where nothing
