@@ -115,20 +115,6 @@ def test_a_flood_that_stopped_is_not_averaged_into_the_quiet() -> None:
     assert flow_since(flood, sample(publish=0.0, published=10_000)).publish == 0.0
 
 
-def test_a_thin_field_is_counted_where_older_ticks_carried_the_same_load() -> None:
-    # keda-rate: 2.5 msg/s is 37 or 38 a tick, and the 5 s field reads 2 or 3. Each older
-    # tick counted MIN_COUNTED on its own and was taken for another load, so the field was
-    # used: the rate floor flipped between 1 and 2 replicas at 2.89/s a replica.
-    steady = history(*(sample(at=NOW - 15 * k, published=10_000 - round(37.5 * k))
-                       for k in range(6, 0, -1)))
-    flow = flow_since(steady, sample(publish=3.0, published=10_000))
-    assert flow.publish == pytest.approx(2.5, abs=0.02) and flow.publish_firm
-    # beyond what the field says by MIN_COUNTED a tick, it is another load still
-    halved = history(*(sample(at=NOW - 15 * k, published=10_000 - 58 * k)
-                       for k in range(6, 0, -1)))
-    assert flow_since(halved, sample(publish=1.5, published=10_000)).publish == 1.5
-
-
 def test_spans_shorter_than_a_minute_are_not_counted() -> None:
     # review: at 1 s polls the counters move once per statistics refresh
     readings = history(*(sample(at=NOW - k, published=1000 - 2 * k) for k in range(30, 0, -1)))

@@ -174,11 +174,8 @@ def flow_since(
 ) -> Flow:
     """The rates a decision uses: each rate field when it rests on `MIN_COUNTED` messages,
     else the counters over the shortest span of kept readings (at least `MIN_SPAN`) that
-    counts as many, or the longest there is. A tick inside the span busier than the field
-    says, by `MIN_COUNTED` messages, would be another load, not more of this one: when a
-    flood stops, the rate drops at once. One that carried the same load is counted (at 2.5
-    msg/s, 37 a tick, the field read 2 or 3, and a rate floor at 2.9 msg/s a replica flipped
-    between 1 and 2 replicas: issue 12's keda-rate, unlimited prefetch). Nor does it
+    counts as many, or the longest there is. A busy tick inside the span would be another
+    load, not more of this one: when a flood stops, the rate drops at once. Nor does it
     reach across a gap between readings far longer than the polls (`_gap_limit`): a clock
     that stepped forward, or an outage, is no span to divide by."""
     publish, ack = _sane(sample.publish_rate), _sane(sample.ack_rate)
@@ -551,7 +548,7 @@ def _counted(
         span = after - before
         if span > MAX_RATE * seconds:
             break  # a glitch, and beyond what a float division may take
-        if field is not None and counted >= 0 and span - counted - field * gap >= MIN_COUNTED:
+        if field is not None and counted >= 0 and span - counted >= MIN_COUNTED:
             break  # a thin field, and an older tick busy on its own: another load
         counted = span
         if seconds >= MIN_SPAN:
