@@ -37,7 +37,7 @@ from queuescaler.core.sample import (
 from queuescaler.core.spec import QueueScalerSpec, ScaleTargetRef
 from queuescaler.core.status import build_status, state_from_status
 from queuescaler.core.throughput import Reading, per_replica_rate
-from queuescaler.core.workers import Pod
+from queuescaler.core.workers import DELETION_COST, Pod
 from queuescaler.sources.registry import parse_spec
 
 pytestmark = pytest.mark.unit
@@ -522,3 +522,55 @@ def test_rates_a_broker_gives_no_field_for_are_shown_from_its_counters() -> None
     assert made.sample is not None
     assert made.sample.publish_rate == pytest.approx(3.0)
     assert made.status is not None and made.status["rates"]["publish"] == pytest.approx(3.0)
+
+
+ADDRESSES = tuple(f"10.0.1.{i}" for i in range(6))
+
+
+@st.composite
+def pools_with_pods_leaving(draw: st.DrawFn) -> tuple[str, int, WorkerLook, set[str], int]:
+    """Live pods (an IP listed or not yet), pods being deleted on addresses that may be a
+    live pod's (reused, or a node's under SNAT), and each connection from its true pod,
+    named after it or not."""
+    kind = draw(st.sampled_from(["Deployment", "StatefulSet"]))
+    count = draw(st.integers(1, 4))
+    addresses = draw(st.permutations(ADDRESSES))
+    live = [(f"w-{i}", addresses[i]) for i in range(count)]
+    leaving = [(f"w-{count + j}", draw(st.sampled_from(ADDRESSES)))
+               for j in range(draw(st.integers(0, 2)))]
+    pods = [Pod(name, ip if draw(st.booleans()) else None) for name, ip in live]
+    pods += [Pod(name, ip, deleting=True) for name, ip in leaving]
+    clients, busy = [], set()
+    for name, ip in live + leaving:
+        named = draw(st.booleans())  # a pod names all its connections, or none
+        for _ in range(draw(st.integers(0, 2))):
+            held = draw(st.integers(0, 3))
+            clients.append(BrokerClient("/", name if named else None, ip, 1, held))
+            if held and (name, ip) in live:
+                busy.add(name)
+    in_flight = sum(c.unacked for c in clients) + draw(st.integers(0, 2))
+    return kind, count, WorkerLook(tuple(pods), tuple(clients)), busy, in_flight
+
+
+@settings(max_examples=400, deadline=None)
+@given(pools_with_pods_leaving())
+def test_property_pods_on_their_way_out_never_expose_a_busy_pod(
+    world: tuple[str, int, WorkerLook, set[str], int],
+) -> None:
+    """Review 46: connections of pods being deleted count nowhere only by their name; by
+    an address they took a busy pod's protection away (an IP not listed yet, SNAT)."""
+    kind, current, look, busy, in_flight = world
+    target = {"apiVersion": "apps/v1", "kind": kind, "name": "worker"}
+    made = tick({Q1: sample(unacked=in_flight), Q2: sample()}, current,
+                spec(scaleTargetRef=target), workers=look)
+    if made.scale_to is None or made.scale_to >= current:
+        return
+    assert made.scale_to >= len(busy)
+    if kind == "StatefulSet":
+        assert made.scale_to > max((int(name[2:]) for name in busy), default=-1)
+        return
+    costs = {pod.name: int((made.marks.get(pod.name) or {}).get(DELETION_COST) or 0)
+             for pod in look.pods if not pod.deleting}
+    gone = current - made.scale_to
+    for name in busy:  # the ReplicaSet removes the cheapest first
+        assert sum(cost < costs[name] for cost in costs.values()) >= gone, (costs, busy)

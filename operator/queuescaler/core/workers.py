@@ -132,22 +132,22 @@ def match_workers(
     this one. An IP that several pods share (host networking) matches none of them: it
     cannot say which pod a connection comes from.
 
-    A connection of a pod being deleted counts nowhere: the pod already left the replicas,
-    so no scale-down can stop it again, and its tasks finish in its grace period. Counted
-    as on no pod, it held the whole pool for that long after every scale-down. Unless a
-    live pod has its address: then it counts as that pod's (a name may be wrong, and an
-    address may already be the new pod's; review 44), which keeps a busy pod.
+    A connection named after a pod being deleted counts nowhere: the pod already left the
+    replicas, so no scale-down can stop it again, and its tasks finish in its grace period.
+    Counted as on no pod, it held the whole pool for that long after every scale-down.
+    Unless a live pod has its address: then it counts as that pod's (a name may be wrong;
+    review 44). An unnamed one is on no pod, as before: an address a leaving pod shows may
+    be a live pod's already, one listed without its IP yet, or a node's that SNAT gives
+    every pod on it (review 46: a busy pod marked idle and removed).
     """
     queues = frozenset(queues)
     scopes = {ref.scope for ref in queues}
     pods = list(pods)
     live = [pod for pod in pods if not pod.deleting]
-    leaving = [pod for pod in pods if pod.deleting]
+    leaving = {pod.name for pod in pods if pod.deleting}
     by_name = {pod.name: pod.name for pod in live}
     shared = Counter(pod.ip for pod in live if pod.ip)
     by_ip = {pod.ip: pod.name for pod in live if pod.ip and shared[pod.ip] == 1}
-    leaving_names = {pod.name for pod in leaving}
-    leaving_ips = {pod.ip for pod in leaving if pod.ip} - shared.keys()
     held: dict[str, int] = {}
     named = addressed = consuming = unattributed = 0
     for client in clients:
@@ -156,8 +156,7 @@ def match_workers(
         named_pod = by_name.get(client.client_name or "")
         addressed_pod = None if named_pod else by_ip.get(client.peer_host or "")
         pod = named_pod or addressed_pod
-        if pod is None and (client.client_name in leaving_names
-                            or client.peer_host in leaving_ips):
+        if pod is None and client.client_name in leaving:
             continue
         if pod is not None:
             named += named_pod is not None
