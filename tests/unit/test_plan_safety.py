@@ -525,13 +525,16 @@ def test_rates_a_broker_gives_no_field_for_are_shown_from_its_counters() -> None
 
 
 ADDRESSES = tuple(f"10.0.1.{i}" for i in range(6))
+NAT = "192.0.2.1"
 
 
 @st.composite
 def pools_with_pods_leaving(draw: st.DrawFn) -> tuple[str, int, WorkerLook, set[str], int]:
     """Live pods (an IP listed or not yet), pods being deleted on addresses that may be a
-    live pod's (reused, or a node's under SNAT), and each connection from its true pod,
-    named after it or not."""
+    live pod's (reused), and each connection from its true pod: named after it, unnamed,
+    or misnamed after a leaving pod (one name hard-coded for every worker), seen from its
+    address or through NAT. Not drawn: a connection misnamed after a leaving pod that also
+    comes from that pod's address, reused by a pod whose IP is not listed yet."""
     kind = draw(st.sampled_from(["Deployment", "StatefulSet"]))
     count = draw(st.integers(1, 4))
     addresses = draw(st.permutations(ADDRESSES))
@@ -542,10 +545,13 @@ def pools_with_pods_leaving(draw: st.DrawFn) -> tuple[str, int, WorkerLook, set[
     pods += [Pod(name, ip, deleting=True) for name, ip in leaving]
     clients, busy = [], set()
     for name, ip in live + leaving:
-        named = draw(st.booleans())  # a pod names all its connections, or none
+        wrong = [other for other, at in leaving if other != name and at != ip]
+        # a pod names all its connections alike
+        as_name = draw(st.sampled_from([name, None, *wrong]))
+        seen_from = draw(st.sampled_from([ip, NAT]))
         for _ in range(draw(st.integers(0, 2))):
             held = draw(st.integers(0, 3))
-            clients.append(BrokerClient("/", name if named else None, ip, 1, held))
+            clients.append(BrokerClient("/", as_name, seen_from, 1, held))
             if held and (name, ip) in live:
                 busy.add(name)
     in_flight = sum(c.unacked for c in clients) + draw(st.integers(0, 2))
@@ -557,8 +563,9 @@ def pools_with_pods_leaving(draw: st.DrawFn) -> tuple[str, int, WorkerLook, set[
 def test_property_pods_on_their_way_out_never_expose_a_busy_pod(
     world: tuple[str, int, WorkerLook, set[str], int],
 ) -> None:
-    """Review 46: connections of pods being deleted count nowhere only by their name; by
-    an address they took a busy pod's protection away (an IP not listed yet, SNAT)."""
+    """Reviews 46 and 47: connections of pods being deleted count nowhere only where name
+    and address agree; by an address alone (an IP not listed yet, SNAT) or a name alone (a
+    name hard-coded for every worker) they took a busy pod's protection away."""
     kind, current, look, busy, in_flight = world
     target = {"apiVersion": "apps/v1", "kind": kind, "name": "worker"}
     made = tick({Q1: sample(unacked=in_flight), Q2: sample()}, current,

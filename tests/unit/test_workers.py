@@ -250,18 +250,22 @@ def test_a_terminating_pods_named_connections_count_nowhere() -> None:
     assert unnamed.unattributed == 1 and not unnamed.placed
 
 
-def test_a_live_pods_address_wins_over_a_leaving_pods_name() -> None:
-    """Review 44: a name may be wrong, and a leaving pod's address may already be a new
-    pod's. Skipped, such a connection left a busy live pod unprotected: it counts as the
-    live pod's, as before pods on their way out were told apart."""
+def test_a_leaving_pods_name_alone_or_shared_address_is_no_leaving_pod() -> None:
+    """Review 44: a name may be wrong. Skipped, a connection named after a leaving pod
+    from a live pod's address left that busy pod unprotected: it counts as the live
+    pod's. Review 47: an address a leaving pod shares with a new one says neither: on no
+    pod, the live pod it may be is kept (taken for the live pod's, an idle connection of
+    the leaving pod marked a busy pod idle)."""
     queues = {QueueRef(VHOST, "jobs")}
     pods = [Pod("w-0", "10.0.0.3"), Pod("w-2", "10.0.0.2", deleting=True), Pod("w-5", "10.0.0.5")]
     report = match_workers(pods, [_client("w-0", 0, peer="10.0.0.3"),
                                   _client("w-2", 2, peer="10.0.0.5")], queues)
     assert dict(report.held) == {"w-0": 0, "w-5": 2} and report.protected == 1
     reused = [Pod("w-a", "10.0.0.1", deleting=True), Pod("w-b", "10.0.0.1")]
-    report = match_workers(reused, [_client(None, 3, peer="10.0.0.1")], queues)
-    assert dict(report.held) == {"w-b": 3} and report.placed, "not the whole pool held"
+    for name in (None, "w-a"):
+        report = match_workers(reused, [_client(name, 3, peer="10.0.0.1")], queues)
+        assert not report.held and report.unattributed == 1
+        assert report.placed and report.protected == 1, "w-b kept, not the whole pool"
 
 
 REPORT = WorkerReport(pods=3, consuming=2, held={"worker-a": 3, "worker-b": 0}, by_name=2)

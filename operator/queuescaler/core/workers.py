@@ -129,35 +129,39 @@ def match_workers(
     A connection that matches a pod counts whatever it consumes: the pod holds what it
     holds. One that matches no pod counts unless it is positively another pool's (`serves`):
     another pool's busy connection in the same vhost is then neither busy nor unplaced for
-    this one. An IP that several pods share (host networking) matches none of them: it
-    cannot say which pod a connection comes from.
+    this one. An IP that several pods share (host networking, or a pod on its way out and
+    the one that took its address) matches none of them: it cannot say which pod a
+    connection comes from (review 47: taken for the live pod's, an idle connection of the
+    leaving pod marked a busy pod idle).
 
-    A connection named after a pod being deleted counts nowhere: the pod already left the
-    replicas, so no scale-down can stop it again, and its tasks finish in its grace period.
-    Counted as on no pod, it held the whole pool for that long after every scale-down.
-    Unless a live pod has its address: then it counts as that pod's (a name may be wrong;
-    review 44). An unnamed one is on no pod, as before: an address a leaving pod shows may
-    be a live pod's already, one listed without its IP yet, or a node's that SNAT gives
-    every pod on it (review 46: a busy pod marked idle and removed).
+    A connection of a pod being deleted counts nowhere: the pod already left the replicas,
+    so no scale-down can stop it again, and its tasks finish in its grace period. Counted
+    as on no pod, it held the whole pool for that long after every scale-down. Only where
+    its name and its address both say so, and no other pod has that address: a name may be
+    wrong (one hard-coded for every worker; reviews 44 and 47), and an address a leaving
+    pod shows may be a live pod's already, one listed without its IP yet, or a node's that
+    SNAT gives every pod on it (review 46: a busy pod marked idle and removed).
     """
     queues = frozenset(queues)
     scopes = {ref.scope for ref in queues}
     pods = list(pods)
     live = [pod for pod in pods if not pod.deleting]
-    leaving = {pod.name for pod in pods if pod.deleting}
+    leaving = {pod.name: pod.ip for pod in pods if pod.deleting and pod.ip}
     by_name = {pod.name: pod.name for pod in live}
-    shared = Counter(pod.ip for pod in live if pod.ip)
+    shared = Counter(pod.ip for pod in pods if pod.ip)
     by_ip = {pod.ip: pod.name for pod in live if pod.ip and shared[pod.ip] == 1}
     held: dict[str, int] = {}
     named = addressed = consuming = unattributed = 0
     for client in clients:
         if client.scope not in scopes or (client.consumers <= 0 and client.unacked <= 0):
             continue
+        address = client.peer_host or ""
         named_pod = by_name.get(client.client_name or "")
-        addressed_pod = None if named_pod else by_ip.get(client.peer_host or "")
+        leaving_at = None if named_pod else leaving.get(client.client_name or "")
+        if leaving_at == address and shared[address] == 1:
+            continue  # a pod on its way out, by its name and its address
+        addressed_pod = None if named_pod else by_ip.get(address)
         pod = named_pod or addressed_pod
-        if pod is None and client.client_name in leaving:
-            continue
         if pod is not None:
             named += named_pod is not None
             addressed += addressed_pod is not None
