@@ -253,9 +253,9 @@ def test_a_terminating_pods_named_connections_count_nowhere() -> None:
 def test_a_leaving_pods_name_alone_or_shared_address_is_no_leaving_pod() -> None:
     """Review 44: a name may be wrong. Skipped, a connection named after a leaving pod
     from a live pod's address left that busy pod unprotected: it counts as the live
-    pod's. Review 47: an address a leaving pod shares with a new one says neither: on no
-    pod, the live pod it may be is kept (taken for the live pod's, an idle connection of
-    the leaving pod marked a busy pod idle)."""
+    pod's. Reviews 47 and 48: an address a leaving pod shares with a new one keeps the new
+    pod when busy and says nothing when idle (an idle connection of the leaving pod marked
+    a busy pod idle; a busy one placed on no pod left the busy pod marked idle)."""
     queues = {QueueRef(VHOST, "jobs")}
     pods = [Pod("w-0", "10.0.0.3"), Pod("w-2", "10.0.0.2", deleting=True), Pod("w-5", "10.0.0.5")]
     report = match_workers(pods, [_client("w-0", 0, peer="10.0.0.3"),
@@ -263,9 +263,14 @@ def test_a_leaving_pods_name_alone_or_shared_address_is_no_leaving_pod() -> None
     assert dict(report.held) == {"w-0": 0, "w-5": 2} and report.protected == 1
     reused = [Pod("w-a", "10.0.0.1", deleting=True), Pod("w-b", "10.0.0.1")]
     for name in (None, "w-a"):
-        report = match_workers(reused, [_client(name, 3, peer="10.0.0.1")], queues)
-        assert not report.held and report.unattributed == 1
-        assert report.placed and report.protected == 1, "w-b kept, not the whole pool"
+        busy = match_workers(reused, [_client(name, 3, peer="10.0.0.1")], queues)
+        assert dict(busy.held) == {"w-b": 3} and busy.protected == 1, "w-b kept"
+        idle = match_workers(reused, [_client(name, 0, peer="10.0.0.1")], queues)
+        assert not idle.held and idle.unmatched == 1, "w-b not taken for idle"
+    mixed = [Pod("w-b", "10.0.0.1"), Pod("w-a", "10.0.0.1", deleting=True), Pod("w-u", "10.0.0.3")]
+    report = match_workers(mixed, [_client("w-b", 0, peer="10.0.0.1"),
+                                   _client(None, 3, peer="10.0.0.1")], queues)
+    assert dict(report.held) == {"w-b": 3} and report.unattributed == 0
 
 
 REPORT = WorkerReport(pods=3, consuming=2, held={"worker-a": 3, "worker-b": 0}, by_name=2)

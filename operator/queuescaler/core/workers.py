@@ -129,10 +129,11 @@ def match_workers(
     A connection that matches a pod counts whatever it consumes: the pod holds what it
     holds. One that matches no pod counts unless it is positively another pool's (`serves`):
     another pool's busy connection in the same vhost is then neither busy nor unplaced for
-    this one. An IP that several pods share (host networking, or a pod on its way out and
-    the one that took its address) matches none of them: it cannot say which pod a
-    connection comes from (review 47: taken for the live pod's, an idle connection of the
-    leaving pod marked a busy pod idle).
+    this one. An IP that several live pods share (host networking) matches none of them: it
+    cannot say which pod a connection comes from. One that a live pod shares only with pods
+    on their way out is the live pod's when busy (it keeps that pod), and nobody's when idle
+    (review 47: an idle connection of the leaving pod marked a busy pod idle; review 48:
+    matched to nobody, a busy one was placed on another pod, and the busy pod marked idle).
 
     A connection of a pod being deleted counts nowhere: the pod already left the replicas,
     so no scale-down can stop it again, and its tasks finish in its grace period. Counted
@@ -149,7 +150,8 @@ def match_workers(
     leaving = {pod.name: pod.ip for pod in pods if pod.deleting and pod.ip}
     by_name = {pod.name: pod.name for pod in live}
     shared = Counter(pod.ip for pod in pods if pod.ip)
-    by_ip = {pod.ip: pod.name for pod in live if pod.ip and shared[pod.ip] == 1}
+    live_at = Counter(pod.ip for pod in live if pod.ip)
+    by_ip = {pod.ip: pod.name for pod in live if pod.ip and live_at[pod.ip] == 1}
     held: dict[str, int] = {}
     named = addressed = consuming = unattributed = 0
     for client in clients:
@@ -161,6 +163,8 @@ def match_workers(
         if leaving_at == address and shared[address] == 1:
             continue  # a pod on its way out, by its name and its address
         addressed_pod = None if named_pod else by_ip.get(address)
+        if addressed_pod and shared[address] > 1 and client.unacked <= 0:
+            continue  # idle, and maybe the leaving pod's: it says nothing of the live one
         pod = named_pod or addressed_pod
         if pod is not None:
             named += named_pod is not None
