@@ -80,7 +80,8 @@ STS_PODS = tuple(Pod(f"w-{i}", f"10.0.1.{i}") for i in range(6))
     [
         pytest.param(
             WorkerLook(STS_PODS, (
-                *(BrokerClient("/", f"w-{i}", None, 1, 0) for i in range(4)),  # idle, matched
+                # idle, matched, each from its own IP (so not the busy one behind NAT)
+                *(BrokerClient("/", f"w-{i}", f"10.0.1.{i}", 1, 0) for i in range(4)),
                 BrokerClient("/", None, "192.168.9.9", 1, 3),  # busy, from no pod's address
             )),
             id="busy-client-matched-no-pod",

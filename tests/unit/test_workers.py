@@ -273,6 +273,29 @@ def test_a_leaving_pods_name_alone_or_shared_address_is_no_leaving_pod() -> None
     assert dict(report.held) == {"w-b": 3} and report.unattributed == 0
 
 
+def test_a_pod_not_seen_at_its_own_ip_may_own_a_busy_connection_on_no_pod() -> None:
+    """A worker names its own connection after its pod while a library's second one goes
+    unnamed; with the pod's IP not listed yet (or NAT), the busy unnamed one matched no pod
+    and was placed on an unmatched pod, and the busy pod was marked idle: removed first."""
+    queues = {QueueRef(VHOST, "jobs")}
+    pods = [Pod("w-0"), Pod("w-1", "10.0.0.1"), Pod("w-2", "10.0.0.2")]
+    clients = [_client("w-0", 0, peer="10.0.0.9"), _client(None, 3, peer="10.0.0.9"),
+               _client("w-2", 1, peer="10.0.0.2")]
+    report = match_workers(pods, clients, queues)
+    assert report.doubtful == {"w-0"} and report.unattributed == 1
+    assert report.protected == 3, "w-2 busy, and w-0 or w-1 holds the unnamed connection"
+    assert deletion_cost(report, "w-0") == deletion_cost(report, "w-1") == 0
+    # seen at its own IP, a pod's other connections would come from there too: not it
+    seen = [Pod("w-0", "10.0.0.9"), *pods[1:]]
+    clients[1] = _client(None, 3, peer="192.0.2.1")
+    report = match_workers(seen, clients, queues)
+    assert not report.doubtful and deletion_cost(report, "w-0") == IDLE_COST
+    assert report.protected == 2
+    # and with no busy connection unplaced, nobody is in doubt
+    report = match_workers(pods, [clients[0], clients[2]], queues)
+    assert not report.doubtful and deletion_cost(report, "w-0") == IDLE_COST
+
+
 REPORT = WorkerReport(pods=3, consuming=2, held={"worker-a": 3, "worker-b": 0}, by_name=2)
 
 

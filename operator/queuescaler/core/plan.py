@@ -601,6 +601,8 @@ def _protected(
     unlisted = max(0, current - report.pods)
     unseen = report.unmatched + unlisted
     places = f"the {report.unmatched} unmatched pods" + (
+        f", {len(report.doubtful)} matched pods not seen at their own IP"
+        if report.unattributed and report.doubtful else "") + (
         f" and {unlisted} replicas not listed" if unlisted else "")
     keep, note = report.busy, None
     held = sum(c.unacked for c in look.clients if serves(c, queues, look.others))
@@ -610,7 +612,7 @@ def _protected(
         keep = current
         note = (
             f"busy workers unknown: {report.unattributed} busy clients matched no pod,"
-            f" more than the {report.unmatched} unmatched pods"
+            f" more than the {report.unsure} pods they could be on"
         )
     elif report.unattributed:
         keep = report.protected + unlisted

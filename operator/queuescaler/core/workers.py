@@ -68,6 +68,10 @@ class WorkerReport:
     """Connections matched by their peer address."""
     unattributed: int = 0
     """Connections holding messages that matched no pod: each is some pod, busy."""
+    doubtful: frozenset[str] = frozenset()
+    """Matched pods holding nothing that may still own one of the `unattributed`: none of
+    their connections came from their own IP (not listed, shared, or behind NAT), so an
+    unnamed connection of theirs could not be told from another pod's."""
 
     @property
     def matched(self) -> int:
@@ -83,17 +87,22 @@ class WorkerReport:
         return max(0, self.pods - self.matched)
 
     @property
+    def unsure(self) -> int:
+        """Pods a busy connection that matched no pod may be on: the unmatched and the
+        doubtful."""
+        return self.unmatched + len(self.doubtful)
+
+    @property
     def placed(self) -> bool:
-        """Whether every busy connection that matched no pod can be an unmatched pod: more
-        of them than unmatched pods means a matched pod holds work we cannot see."""
-        return self.unattributed <= self.unmatched
+        """Whether every busy connection that matched no pod can be a pod we are unsure of:
+        more of them than such pods means a pod we call idle holds work we cannot see."""
+        return self.unattributed <= self.unsure
 
     @property
     def protected(self) -> int:
         """Pods a scale-down must keep: the busy ones and, while any busy connection could
-        not be placed on a pod, every unmatched pod (it could be any of them: protection
-        fails closed)."""
-        return self.busy + (self.unmatched if self.unattributed else 0)
+        not be placed on a pod, every pod it could be on (protection fails closed)."""
+        return self.busy + (self.unsure if self.unattributed else 0)
 
 
 def serves(
@@ -142,6 +151,11 @@ def match_workers(
     wrong (one hard-coded for every worker; reviews 44 and 47), and an address a leaving
     pod shows may be a live pod's already, one listed without its IP yet, or a node's that
     SNAT gives every pod on it (review 46: a busy pod marked idle and removed).
+
+    A busy connection that matched no pod may be on a matched pod that looks idle, when none
+    of that pod's connections came from its own IP: one connection named after the pod, a
+    library's second one unnamed, and the pod's IP not listed yet or hidden by NAT. Such a
+    pod is `doubtful` while any busy connection is unplaced: kept and never marked idle.
     """
     queues = frozenset(queues)
     scopes = {ref.scope for ref in queues}
@@ -152,7 +166,9 @@ def match_workers(
     shared = Counter(pod.ip for pod in pods if pod.ip)
     live_at = Counter(pod.ip for pod in live if pod.ip)
     by_ip = {pod.ip: pod.name for pod in live if pod.ip and live_at[pod.ip] == 1}
+    ip_of = {pod.name: pod.ip for pod in live}
     held: dict[str, int] = {}
+    direct: set[str] = set()  # pods seen on their own unique address
     named = addressed = consuming = unattributed = 0
     for client in clients:
         if client.scope not in scopes or (client.consumers <= 0 and client.unacked <= 0):
@@ -170,12 +186,17 @@ def match_workers(
             named += named_pod is not None
             addressed += addressed_pod is not None
             held[pod] = held.get(pod, 0) + max(client.unacked, 0)
+            if address and address == ip_of[pod] and shared[address] == 1:
+                direct.add(pod)
         elif not serves(client, queues, others):
             continue
         elif client.unacked > 0:
             unattributed += 1
         consuming += 1
-    return WorkerReport(len(live), consuming, held, named, addressed, unattributed)
+    doubtful = frozenset(
+        pod for pod, count in held.items() if unattributed and count <= 0 and pod not in direct
+    )
+    return WorkerReport(len(live), consuming, held, named, addressed, unattributed, doubtful)
 
 
 def ordinal(pod: str) -> int | None:
@@ -199,7 +220,7 @@ def ordinal_floor(report: WorkerReport) -> int | None:
 def deletion_cost(report: WorkerReport, pod: str) -> int:
     """The cost a pod should carry: what it holds if busy, else idle or unknown."""
     held = report.held.get(pod)
-    if held is None:
+    if held is None or pod in report.doubtful:
         return UNKNOWN_COST
     return min(held, MAX_COST) if held > 0 else IDLE_COST
 
