@@ -400,3 +400,25 @@ async def test_the_hpas_of_a_namespace_name_what_they_scale(
     ]
     assert [s.path for s in transport.sent] == [
         "/apis/autoscaling/v2/namespaces/jobs/horizontalpodautoscalers"]
+
+
+async def test_pods_no_controller_counts_are_not_listed_and_every_address_is() -> None:
+    """Review 49: an evicted pod stays listed, Failed, with a podIP the network may have
+    given to a live worker since: listed as live, it took that worker's busy connection.
+    A dual-stack pod's second address is one its connections may come from."""
+    both = [{"ip": "10.0.0.1"}, {"ip": "fd00::1"}]
+    items = [
+        {"metadata": {"name": "w-0"},
+         "status": {"phase": "Running", "podIP": "10.0.0.1", "podIPs": both}},
+        {"metadata": {"name": "w-old"},
+         "status": {"phase": "Failed", "podIP": "10.0.0.2"}},
+        {"metadata": {"name": "w-done"}, "status": {"phase": "Succeeded"}},
+        {"metadata": {"name": "w-new"}, "status": {"phase": "Pending"}},
+    ]
+    api = api_client(Transport(lambda method, url: respond({"items": items})))
+    try:
+        pods = await KubeClient(api).list_pods(NS, "app=workers")
+    finally:
+        api.close()
+    assert [(p.name, p.addresses) for p in pods] == [
+        ("w-0", frozenset({"10.0.0.1", "fd00::1"})), ("w-new", frozenset())]

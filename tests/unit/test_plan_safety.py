@@ -185,6 +185,19 @@ def test_clients_on_no_pod_beyond_the_unmatched_pods_hold_all_whatever_is_not_li
         assert "4 matched pods not seen at their own IP" in made.decision.message
 
 
+def test_more_busy_clients_on_no_pod_than_pods_they_could_be_on_hold_all() -> None:
+    """Review 49: review 41's world with the idle pods seen at their own IPs, so none is in
+    doubt: the busy client on no pod can be none of them, and a matched pod holds work no
+    client shows. All stay, whatever is not listed."""
+    seen = tuple(BrokerClient("/", p.name, p.ip, 1, 0) for p in PODS)
+    look = WorkerLook(PODS, (*seen, BrokerClient("/", None, "192.168.9.9", 1, 3)))
+    for current in (4, 5, 6):
+        made = tick({Q1: sample(unacked=3), Q2: sample()}, current=current, workers=look,
+                    memory=Memory(current_replicas=current))
+        assert made.decision is not None and made.decision.replicas == current, current
+        assert "more than the 0 pods they could be on" in made.decision.message
+
+
 @pytest.mark.parametrize("listed", [4, 5], ids=["w-4-not-listed", "w-4-listed-no-client"])
 def test_a_statefulset_keeps_all_while_work_is_on_no_listed_client(listed: int) -> None:
     """Review 41: a StatefulSet removes its highest ordinals whatever the count kept says:
@@ -533,11 +546,16 @@ def pools_with_pods_leaving(draw: st.DrawFn) -> tuple[str, int, WorkerLook, set[
     """Live pods (an IP listed or not yet), pods being deleted on addresses that may be a
     live pod's (reused), and each connection from its true pod: named after it, unnamed,
     or misnamed after a leaving pod (one name hard-coded for every worker), seen from its
-    address or through NAT. Not drawn: a connection misnamed after a leaving pod that also
-    comes from that pod's address, reused by a pod whose IP is not listed yet."""
+    address or through NAT; live pods may share an address (host networking). Not drawn:
+    a connection misnamed after a leaving pod that also comes from that pod's address,
+    reused by a pod whose IP is not listed yet."""
     kind = draw(st.sampled_from(["Deployment", "StatefulSet"]))
     count = draw(st.integers(1, 4))
-    addresses = draw(st.permutations(ADDRESSES))
+    addresses = draw(st.one_of(
+        st.permutations(ADDRESSES),
+        # host networking, or a node's SNAT: pods that share an address (review 49)
+        st.lists(st.sampled_from(ADDRESSES[:2]), min_size=count, max_size=count),
+    ))
     live = [(f"w-{i}", addresses[i]) for i in range(count)]
     leaving = [(f"w-{count + j}", draw(st.sampled_from(ADDRESSES)))
                for j in range(draw(st.integers(0, 2)))]

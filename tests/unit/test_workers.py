@@ -296,6 +296,58 @@ def test_a_pod_not_seen_at_its_own_ip_may_own_a_busy_connection_on_no_pod() -> N
     assert not report.doubtful and deletion_cost(report, "w-0") == IDLE_COST
 
 
+@pytest.mark.parametrize(
+    "first",
+    [
+        pytest.param(Pod("w-0", "192.168.0.1"), id="a-hostNetwork-pod-on-its-node"),
+        pytest.param(Pod("w-0", "192.168.0.1", deleting=True), id="a-pod-leaving-that-address"),
+    ],
+)
+def test_an_address_a_pods_named_connection_comes_from_is_that_pods_too(first: Pod) -> None:
+    """Review 49: w-1 names its connection, a library's second one goes unnamed, both from
+    192.168.0.1, which w-1's IP is (not listed yet) and another pod's listed IP shows too.
+    Matched there by address, the busy connection kept the other pod and left w-1 idle."""
+    queues = {QueueRef(VHOST, "jobs")}
+    pods = [first, Pod("w-1"), Pod("w-2", "192.168.0.2")]
+    report = match_workers(pods, [_client("w-1", 0, peer="192.168.0.1"),
+                                  _client(None, 3, peer="192.168.0.1"),
+                                  _client("w-2", 0, peer="192.168.0.2")], queues)
+    assert report.unattributed == 1 and "w-1" in report.doubtful, report
+    assert "w-2" not in report.doubtful, "seen at its own IP: not the busy one"
+    # a connection named after the leaving pod, from the address the new one took, counts
+    if first.deleting:
+        report = match_workers(pods, [_client("w-1", 0, peer="192.168.0.1"),
+                                      _client("w-0", 2, peer="192.168.0.1")], queues)
+        assert report.unattributed == 1 and report.doubtful == {"w-1"}
+
+
+def test_behind_snat_only_pods_seen_from_the_busy_connections_node_are_in_doubt() -> None:
+    """Review 49: every pod seen through its node's address; a busy unnamed connection from
+    node B is a pod on node B (or one not matched), never one seen from node A."""
+    queues = {QueueRef(VHOST, "jobs")}
+    pods = [Pod(f"w-{i}", f"10.1.{i}.5") for i in range(4)]
+    clients = [_client("w-0", 0, peer="192.168.0.1"), _client("w-1", 0, peer="192.168.0.1"),
+               _client("w-2", 0, peer="192.168.0.2"), _client("w-3", 0, peer="192.168.0.2"),
+               _client(None, 3, peer="192.168.0.2")]
+    report = match_workers(pods, clients, queues)
+    assert report.doubtful == {"w-2", "w-3"} and report.protected == 2
+    assert deletion_cost(report, "w-0") == IDLE_COST and deletion_cost(report, "w-2") == 0
+    # an address the broker does not give places nobody
+    clients[-1] = _client(None, 3, peer=None)
+    assert match_workers(pods, clients, queues).doubtful == {f"w-{i}" for i in range(4)}
+
+
+def test_a_dual_stack_pods_connection_from_its_other_address_is_its_own() -> None:
+    """Review 49: only status.podIP was kept; a library's connection over the pod's other
+    family matched no pod, was placed on a pod not connected yet, and the busy pod went
+    first."""
+    queues = {QueueRef(VHOST, "jobs")}
+    pods = [Pod("w-0", "10.0.0.1", other_ips=("fd00::1",)), Pod("w-1", "10.0.0.2")]
+    report = match_workers(pods, [_client("w-0", 0, peer="10.0.0.1"),
+                                  _client(None, 3, peer="fd00::1")], queues)
+    assert dict(report.held) == {"w-0": 3} and not report.unattributed
+
+
 REPORT = WorkerReport(pods=3, consuming=2, held={"worker-a": 3, "worker-b": 0}, by_name=2)
 
 

@@ -589,11 +589,11 @@ def _protected(
         return decide(spec, sample, current, state, seen.now, current, why), None, False
     queues = spec.source.queues
     report = match_workers(look.pods, look.clients, queues, look.others)
-    # Work on no pod may be on any unmatched pod, or on a replica the pod listing does not
-    # show (created since, refused by a quota, or a listing behind the scale): a property
-    # test found 5 replicas, 4 pods listed and one busy client on none taken to 4. Whether
-    # such clients can be placed at all is judged on the pods listed: more of them than
-    # unmatched pods means a matched pod holds work we cannot see (review 41: counted
+    # Work on no pod may be on any unmatched or doubtful pod, or on a replica the pod listing
+    # does not show (created since, refused by a quota, or a listing behind the scale): a
+    # property test found 5 replicas, 4 pods listed and one busy client on none taken to 4.
+    # Whether such clients can be placed at all is judged on the pods listed: more of them
+    # than those pods means a pod called idle holds work we cannot see (review 41: counted
     # against the replicas not listed too, one more replica took 5 to 1). Work in flight
     # that no client shows while every replica is a matched pod holds nothing: it is most
     # often no worker's (Celery's ETA tasks sit in kombu's unacked hash, queue and channel

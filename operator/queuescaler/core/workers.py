@@ -8,8 +8,9 @@ one of its queues (or the broker could not say what it consumes: `serves`): anot
 busy connection in the same vhost is not. From that, `match_workers` counts matched and busy
 pods, and `deletion_marks` says which pods need a new
 `controller.kubernetes.io/pod-deletion-cost`, which the ReplicaSet controller reads to
-choose the pods it removes: known idle pods first, then pods it could not match, busy pods
-last and the busiest of them after the others.
+choose the pods it removes: known idle pods first, then pods it could not match (or could
+not tell from a busy connection on no pod), busy pods last and the busiest of them after
+the others.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ MARKED_BY: Final = "queuescaler.io/marked-by"
 IDLE_COST: Final = -1
 """A pod matched to its consumers and holding nothing."""
 UNKNOWN_COST: Final = 0
-"""A pod no connection matched (the cost every unannotated pod has): after the idle ones."""
+"""A pod no connection matched, or a doubtful one (`WorkerReport.doubtful`): the cost every
+unannotated pod has, after the idle ones."""
 MAX_COST: Final = 2**31 - 1
 """The annotation is an int32."""
 CONDITION: Final = "WorkersMatched"
@@ -50,6 +52,13 @@ class Pod:
     """Its pod-deletion-cost annotation as found."""
     marked_by: str | None = None
     """Its queuescaler.io/marked-by annotation as found."""
+    other_ips: tuple[str, ...] = ()
+    """Its further addresses (`status.podIPs` after the first: a dual-stack pod's other
+    family): a connection may come from any of them."""
+
+    @property
+    def addresses(self) -> frozenset[str]:
+        return frozenset(ip for ip in (self.ip, *self.other_ips) if ip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +76,13 @@ class WorkerReport:
     by_address: int = 0
     """Connections matched by their peer address."""
     unattributed: int = 0
-    """Connections holding messages that matched no pod: each is some pod, busy."""
+    """Connections holding messages that matched no pod: each is some pod, busy. Also the
+    addresses of those matched by address alone while a pod no connection matched has no
+    IP listed: it may have that address too."""
     doubtful: frozenset[str] = frozenset()
-    """Matched pods holding nothing that may still own one of the `unattributed`: none of
-    their connections came from their own IP (not listed, shared, or behind NAT), so an
-    unnamed connection of theirs could not be told from another pod's."""
+    """Matched pods holding nothing that may still own one of the `unattributed`: one came
+    from an address theirs came from (their IP not listed, or NAT), or an address is
+    unknown (`match_workers`)."""
 
     @property
     def matched(self) -> int:
@@ -152,31 +163,45 @@ def match_workers(
     pod shows may be a live pod's already, one listed without its IP yet, or a node's that
     SNAT gives every pod on it (review 46: a busy pod marked idle and removed).
 
-    A busy connection that matched no pod may be on a matched pod that looks idle, when none
-    of that pod's connections came from its own IP: one connection named after the pod, a
-    library's second one unnamed, and the pod's IP not listed yet or hidden by NAT. Such a
-    pod is `doubtful` while any busy connection is unplaced: kept and never marked idle.
+    A pod may have connections its worker names and others a library leaves unnamed, from
+    one address. Where its named one comes from an address not its own (its IP not listed
+    yet, a node's under SNAT), that address is the pod's too: no other pod is matched by it
+    (review 49: a busy unnamed connection went to a hostNetwork pod listed at that address,
+    or to an evicted pod whose IP was given to the worker, and the worker was marked idle).
+    A matched pod holding nothing is `doubtful`, kept and never marked idle, while a busy
+    connection that matched no pod comes from an address one of its own came from, or
+    either address is unknown; a pod seen from another node's address is not in doubt.
     """
     queues = frozenset(queues)
     scopes = {ref.scope for ref in queues}
     pods = list(pods)
+    clients = [c for c in clients
+               if c.scope in scopes and (c.consumers > 0 or c.unacked > 0)]
     live = [pod for pod in pods if not pod.deleting]
-    leaving = {pod.name: pod.ip for pod in pods if pod.deleting and pod.ip}
-    by_name = {pod.name: pod.name for pod in live}
-    shared = Counter(pod.ip for pod in pods if pod.ip)
-    live_at = Counter(pod.ip for pod in live if pod.ip)
-    by_ip = {pod.ip: pod.name for pod in live if pod.ip and live_at[pod.ip] == 1}
-    ip_of = {pod.name: pod.ip for pod in live}
+    leaving = {pod.name: pod.addresses for pod in pods if pod.deleting}
+    own = {pod.name: pod.addresses for pod in live}
+    shared = Counter(address for pod in pods for address in pod.addresses)
+    live_at = Counter(address for pod in live for address in pod.addresses)
+    claims = {
+        (client.peer_host, client.client_name) for client in clients
+        if client.client_name in own and client.peer_host
+        and client.peer_host not in own[client.client_name]
+    }
+    for address, _ in claims:  # a named connection's address that is not its pod's own
+        shared[address] += 1
+        live_at[address] += 1
+    by_ip = {address: pod.name for pod in live for address in pod.addresses
+             if live_at[address] == 1}
     held: dict[str, int] = {}
-    direct: set[str] = set()  # pods seen on their own unique address
+    seen_at: dict[str, set[str]] = {}
+    unplaced_at: set[str] = set()
     named = addressed = consuming = unattributed = 0
+    busy_at: set[str] = set()  # addresses of busy connections matched by address alone
     for client in clients:
-        if client.scope not in scopes or (client.consumers <= 0 and client.unacked <= 0):
-            continue
         address = client.peer_host or ""
-        named_pod = by_name.get(client.client_name or "")
-        leaving_at = None if named_pod else leaving.get(client.client_name or "")
-        if leaving_at == address and shared[address] == 1:
+        named_pod = client.client_name if client.client_name in own else None
+        leaving_at = frozenset() if named_pod else leaving.get(client.client_name or "")
+        if leaving_at and address in leaving_at and shared[address] == 1:
             continue  # a pod on its way out, by its name and its address
         addressed_pod = None if named_pod else by_ip.get(address)
         if addressed_pod and shared[address] > 1 and client.unacked <= 0:
@@ -186,15 +211,24 @@ def match_workers(
             named += named_pod is not None
             addressed += addressed_pod is not None
             held[pod] = held.get(pod, 0) + max(client.unacked, 0)
-            if address and address == ip_of[pod] and shared[address] == 1:
-                direct.add(pod)
+            seen_at.setdefault(pod, set()).add(address)
+            if addressed_pod and client.unacked > 0:
+                busy_at.add(address)
         elif not serves(client, queues, others):
             continue
         elif client.unacked > 0:
             unattributed += 1
+            unplaced_at.add(address)
         consuming += 1
+    if busy_at and any(not pod.addresses and pod.name not in held for pod in live):
+        # a pod whose IP is not listed yet may have that address too (host networking, an
+        # IP the network gave again): it may be the busy one
+        unattributed += len(busy_at)
+        unplaced_at |= busy_at
     doubtful = frozenset(
-        pod for pod, count in held.items() if unattributed and count <= 0 and pod not in direct
+        pod for pod, count in held.items()
+        if unattributed and count <= 0
+        and ("" in unplaced_at or "" in seen_at[pod] or seen_at[pod] & unplaced_at)
     )
     return WorkerReport(len(live), consuming, held, named, addressed, unattributed, doubtful)
 

@@ -46,6 +46,9 @@ _APPS_SCALE = {
     "StatefulSet": ("read_namespaced_stateful_set_scale", "patch_namespaced_stateful_set_scale"),
     "ReplicaSet": ("read_namespaced_replica_set_scale", "patch_namespaced_replica_set_scale"),
 }
+_FINISHED = frozenset({"Succeeded", "Failed"})
+"""Pod phases no controller counts as a replica: an evicted pod stays listed, Failed, with
+its podIP, which the network may have given to a live pod since (kubernetes#109414)."""
 
 log = logging.getLogger(__name__)
 
@@ -282,13 +285,20 @@ class KubeClient:
         def pods(listing: Any) -> list[Pod]:
             found: list[Pod] = []
             for pod in listing.items or ():
+                status = pod.status
+                if status is not None and status.phase in _FINISHED:
+                    continue  # no replica any more, and its podIP may be a live pod's now
                 annotations = pod.metadata.annotations or {}
+                ips = [] if status is None else [
+                    entry.ip for entry in status.pod_ips or () if entry and entry.ip]
+                ip = (status.pod_ip or None) if status is not None else None
                 found.append(Pod(
                     name=pod.metadata.name,
-                    ip=(pod.status.pod_ip or None) if pod.status is not None else None,
+                    ip=ip,
                     deleting=pod.metadata.deletion_timestamp is not None,
                     deletion_cost=annotations.get(DELETION_COST),
                     marked_by=annotations.get(MARKED_BY),
+                    other_ips=tuple(other for other in ips if other != ip),
                 ))
             return found
 
