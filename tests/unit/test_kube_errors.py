@@ -405,7 +405,8 @@ async def test_the_hpas_of_a_namespace_name_what_they_scale(
 async def test_pods_no_controller_counts_are_not_listed_and_every_address_is() -> None:
     """Review 49: an evicted pod stays listed, Failed, with a podIP the network may have
     given to a live worker since: listed as live, it took that worker's busy connection.
-    A dual-stack pod's second address is one its connections may come from."""
+    A dual-stack pod's second address is one its connections may come from, and a pod on
+    its node's network has its node's before the kubelet reports a podIP."""
     both = [{"ip": "10.0.0.1"}, {"ip": "fd00::1"}]
     items = [
         {"metadata": {"name": "w-0"},
@@ -414,6 +415,8 @@ async def test_pods_no_controller_counts_are_not_listed_and_every_address_is() -
          "status": {"phase": "Failed", "podIP": "10.0.0.2"}},
         {"metadata": {"name": "w-done"}, "status": {"phase": "Succeeded"}},
         {"metadata": {"name": "w-new"}, "status": {"phase": "Pending"}},
+        {"metadata": {"name": "w-host"}, "spec": {"hostNetwork": True, "containers": []},
+         "status": {"phase": "Pending", "hostIP": "192.168.0.1"}},
     ]
     api = api_client(Transport(lambda method, url: respond({"items": items})))
     try:
@@ -421,4 +424,5 @@ async def test_pods_no_controller_counts_are_not_listed_and_every_address_is() -
     finally:
         api.close()
     assert [(p.name, p.addresses) for p in pods] == [
-        ("w-0", frozenset({"10.0.0.1", "fd00::1"})), ("w-new", frozenset())]
+        ("w-0", frozenset({"10.0.0.1", "fd00::1"})), ("w-new", frozenset()),
+        ("w-host", frozenset({"192.168.0.1"}))]

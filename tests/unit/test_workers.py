@@ -199,8 +199,16 @@ PODS = [Pod("worker-a", "10.0.0.7"), Pod("worker-b", "10.0.0.8"), Pod("worker-c"
             id="by-peer-address",
         ),
         pytest.param(
-            PODS, [_client("worker-c", 1, peer="10.0.0.7")], {"worker-c": 1}, 1, 0,
-            id="name-wins-over-address",
+            PODS, [_client("worker-c", 1, peer="10.0.0.1")], {"worker-c": 1}, 1, 0,
+            id="name-wins-over-an-address-of-no-pod",
+        ),
+        pytest.param(  # a name hard-coded for every worker, or a stale listing (review 50)
+            PODS, [_client("worker-c", 1, peer="10.0.0.7")], {"worker-a": 1, "worker-c": 1},
+            1, 0, id="name-and-another-pods-own-address-both-keep-a-busy-one",
+        ),
+        pytest.param(
+            PODS, [_client("worker-c", 0, peer="10.0.0.7")], {}, 0, 0,
+            id="name-and-another-pods-own-address-idle-say-nothing",
         ),
         pytest.param(
             PODS, [_client("worker-a", 1), _client("worker-a", 2)], {"worker-a": 3}, 2, 0,
@@ -296,29 +304,43 @@ def test_a_pod_not_seen_at_its_own_ip_may_own_a_busy_connection_on_no_pod() -> N
     assert not report.doubtful and deletion_cost(report, "w-0") == IDLE_COST
 
 
-@pytest.mark.parametrize(
-    "first",
-    [
-        pytest.param(Pod("w-0", "192.168.0.1"), id="a-hostNetwork-pod-on-its-node"),
-        pytest.param(Pod("w-0", "192.168.0.1", deleting=True), id="a-pod-leaving-that-address"),
-    ],
-)
-def test_an_address_a_pods_named_connection_comes_from_is_that_pods_too(first: Pod) -> None:
+def test_an_address_a_pods_named_connection_comes_from_is_that_pods_too() -> None:
     """Review 49: w-1 names its connection, a library's second one goes unnamed, both from
-    192.168.0.1, which w-1's IP is (not listed yet) and another pod's listed IP shows too.
-    Matched there by address, the busy connection kept the other pod and left w-1 idle."""
+    192.168.0.1: w-1's IP, not listed yet, which a pod on its way out still shows. The busy
+    one may be w-1's: it is in doubt, and kept."""
     queues = {QueueRef(VHOST, "jobs")}
-    pods = [first, Pod("w-1"), Pod("w-2", "192.168.0.2")]
+    pods = [Pod("w-0", "192.168.0.1", deleting=True), Pod("w-1"), Pod("w-2", "192.168.0.2")]
     report = match_workers(pods, [_client("w-1", 0, peer="192.168.0.1"),
                                   _client(None, 3, peer="192.168.0.1"),
                                   _client("w-2", 0, peer="192.168.0.2")], queues)
-    assert report.unattributed == 1 and "w-1" in report.doubtful, report
-    assert "w-2" not in report.doubtful, "seen at its own IP: not the busy one"
+    assert report.unattributed == 1 and report.doubtful == {"w-1"}, report
     # a connection named after the leaving pod, from the address the new one took, counts
-    if first.deleting:
-        report = match_workers(pods, [_client("w-1", 0, peer="192.168.0.1"),
-                                      _client("w-0", 2, peer="192.168.0.1")], queues)
-        assert report.unattributed == 1 and report.doubtful == {"w-1"}
+    report = match_workers(pods, [_client("w-1", 0, peer="192.168.0.1"),
+                                  _client("w-0", 2, peer="192.168.0.1")], queues)
+    assert report.unattributed == 1 and report.doubtful == {"w-1"}
+
+
+def test_pods_on_their_nodes_network_share_its_address() -> None:
+    """Review 49: two pods with hostNetwork on one node, both at its IP. A busy unnamed
+    connection from there is either's: neither is marked idle."""
+    queues = {QueueRef(VHOST, "jobs")}
+    pods = [Pod("w-0", "192.168.0.1"), Pod("w-1", "192.168.0.1"), Pod("w-2", "192.168.0.2")]
+    report = match_workers(pods, [_client("w-0", 0, peer="192.168.0.1"),
+                                  _client("w-1", 0, peer="192.168.0.1"),
+                                  _client(None, 3, peer="192.168.0.1"),
+                                  _client("w-2", 0, peer="192.168.0.2")], queues)
+    assert report.doubtful == {"w-0", "w-1"} and report.placed and report.protected == 2
+
+
+def test_a_name_from_another_live_pods_own_address_is_not_believed_alone() -> None:
+    """Review 50: every worker names its connection "w-0" (hard-coded). Believed, busy w-3's
+    connection made w-0 busy and left w-3 unmatched, removable. Where name and address
+    disagree, a busy connection keeps both pods (the listing may be the stale one)."""
+    queues = {QueueRef(VHOST, "jobs")}
+    pods = [Pod(f"w-{i}", f"10.0.0.{i}") for i in range(4)]
+    clients = [_client("w-0", 3 if i == 3 else 0, peer=f"10.0.0.{i}") for i in range(4)]
+    report = match_workers(pods, clients, queues)
+    assert dict(report.held) == {"w-0": 3, "w-3": 3} and report.protected == 2
 
 
 def test_behind_snat_only_pods_seen_from_the_busy_connections_node_are_in_doubt() -> None:

@@ -601,7 +601,7 @@ def _protected(
     unlisted = max(0, current - report.pods)
     unseen = report.unmatched + unlisted
     places = f"the {report.unmatched} unmatched pods" + (
-        f", {len(report.doubtful)} matched pods not seen at their own IP"
+        f", {len(report.doubtful)} matched pods that may hold them"
         if report.unattributed and report.doubtful else "") + (
         f" and {unlisted} replicas not listed" if unlisted else "")
     keep, note = report.busy, None

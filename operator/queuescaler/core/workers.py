@@ -76,13 +76,14 @@ class WorkerReport:
     by_address: int = 0
     """Connections matched by their peer address."""
     unattributed: int = 0
-    """Connections holding messages that matched no pod: each is some pod, busy. Also the
-    addresses of those matched by address alone while a pod no connection matched has no
-    IP listed: it may have that address too."""
+    """Connections holding messages that matched no pod: each is some pod, busy."""
     doubtful: frozenset[str] = frozenset()
     """Matched pods holding nothing that may still own one of the `unattributed`: one came
     from an address theirs came from (their IP not listed, or NAT), or an address is
     unknown (`match_workers`)."""
+    stray: int = 0
+    """Of the `unattributed`, those from an address no doubtful pod was seen at: only an
+    unmatched pod can be theirs."""
 
     @property
     def matched(self) -> int:
@@ -106,8 +107,9 @@ class WorkerReport:
     @property
     def placed(self) -> bool:
         """Whether every busy connection that matched no pod can be a pod we are unsure of:
-        more of them than such pods means a pod we call idle holds work we cannot see."""
-        return self.unattributed <= self.unsure
+        more of them than such pods (or, from addresses no doubtful pod was seen at, than
+        the unmatched pods) means a pod we call idle holds work we cannot see."""
+        return self.unattributed <= self.unsure and self.stray <= self.unmatched
 
     @property
     def protected(self) -> int:
@@ -166,11 +168,14 @@ def match_workers(
     A pod may have connections its worker names and others a library leaves unnamed, from
     one address. Where its named one comes from an address not its own (its IP not listed
     yet, a node's under SNAT), that address is the pod's too: no other pod is matched by it
-    (review 49: a busy unnamed connection went to a hostNetwork pod listed at that address,
-    or to an evicted pod whose IP was given to the worker, and the worker was marked idle).
-    A matched pod holding nothing is `doubtful`, kept and never marked idle, while a busy
-    connection that matched no pod comes from an address one of its own came from, or
-    either address is unknown; a pod seen from another node's address is not in doubt.
+    (review 49: a busy unnamed connection went to the pod listed at that address, and the
+    worker was marked idle). A matched pod holding nothing is `doubtful`, kept and never
+    marked idle, while a busy connection that matched no pod comes from an address one of
+    its own came from, or either address is unknown; a pod seen from another node's
+    address is not in doubt. A name that is one live pod's on a connection from other live
+    pods' own address (review 50: one name hard-coded for every worker, or a listing that
+    still shows an old address) is believed for neither: busy, it keeps both; idle, it
+    says nothing.
     """
     queues = frozenset(queues)
     scopes = {ref.scope for ref in queues}
@@ -180,11 +185,23 @@ def match_workers(
     live = [pod for pod in pods if not pod.deleting]
     leaving = {pod.name: pod.addresses for pod in pods if pod.deleting}
     own = {pod.name: pod.addresses for pod in live}
+    listed: dict[str, set[str]] = {}  # address -> the live pods that list it
+    for each in live:
+        for address in each.addresses:
+            listed.setdefault(address, set()).add(each.name)
+
+    def disputed(client: BrokerClient) -> bool:
+        """Whether the connection's name is a live pod's and its address other live pods'
+        own: a name hard-coded for every worker (review 50), or a listing that still shows
+        a pod's old address. Either may be the truth."""
+        name, address = client.client_name, client.peer_host or ""
+        return name in own and name not in listed.get(address, {name})
+
     shared = Counter(address for pod in pods for address in pod.addresses)
     live_at = Counter(address for pod in live for address in pod.addresses)
     claims = {
         (client.peer_host, client.client_name) for client in clients
-        if client.client_name in own and client.peer_host
+        if client.client_name in own and not disputed(client) and client.peer_host
         and client.peer_host not in own[client.client_name]
     }
     for address, _ in claims:  # a named connection's address that is not its pod's own
@@ -194,11 +211,23 @@ def match_workers(
              if live_at[address] == 1}
     held: dict[str, int] = {}
     seen_at: dict[str, set[str]] = {}
-    unplaced_at: set[str] = set()
-    named = addressed = consuming = unattributed = 0
-    busy_at: set[str] = set()  # addresses of busy connections matched by address alone
+    unplaced: list[str] = []  # the addresses of busy connections on no pod
+    named = addressed = consuming = 0
     for client in clients:
         address = client.peer_host or ""
+        if disputed(client):
+            if client.unacked <= 0:
+                continue  # idle: it says nothing of either pod
+            # busy: both pods keep it, or the name's and whichever shares the address
+            mentioned = [client.client_name or "", by_ip.get(address)]
+            for owner in filter(None, mentioned):
+                held[owner] = held.get(owner, 0) + client.unacked
+                seen_at.setdefault(owner, set()).add(address)
+            if mentioned[1] is None:
+                unplaced.append(address)
+            named += 1
+            consuming += 1
+            continue
         named_pod = client.client_name if client.client_name in own else None
         leaving_at = frozenset() if named_pod else leaving.get(client.client_name or "")
         if leaving_at and address in leaving_at and shared[address] == 1:
@@ -212,25 +241,20 @@ def match_workers(
             addressed += addressed_pod is not None
             held[pod] = held.get(pod, 0) + max(client.unacked, 0)
             seen_at.setdefault(pod, set()).add(address)
-            if addressed_pod and client.unacked > 0:
-                busy_at.add(address)
         elif not serves(client, queues, others):
             continue
         elif client.unacked > 0:
-            unattributed += 1
-            unplaced_at.add(address)
+            unplaced.append(address)
         consuming += 1
-    if busy_at and any(not pod.addresses and pod.name not in held for pod in live):
-        # a pod whose IP is not listed yet may have that address too (host networking, an
-        # IP the network gave again): it may be the busy one
-        unattributed += len(busy_at)
-        unplaced_at |= busy_at
     doubtful = frozenset(
         pod for pod, count in held.items()
-        if unattributed and count <= 0
-        and ("" in unplaced_at or "" in seen_at[pod] or seen_at[pod] & unplaced_at)
+        if unplaced and count <= 0
+        and ("" in unplaced or "" in seen_at[pod] or seen_at[pod] & set(unplaced))
     )
-    return WorkerReport(len(live), consuming, held, named, addressed, unattributed, doubtful)
+    doubted_at = set().union(*(seen_at[pod] for pod in doubtful))
+    stray = 0 if "" in doubted_at else sum(1 for at in unplaced if at not in doubted_at)
+    return WorkerReport(
+        len(live), consuming, held, named, addressed, len(unplaced), doubtful, stray)
 
 
 def ordinal(pod: str) -> int | None:

@@ -292,6 +292,9 @@ class KubeClient:
                 ips = [] if status is None else [
                     entry.ip for entry in status.pod_ips or () if entry and entry.ip]
                 ip = (status.pod_ip or None) if status is not None else None
+                if ip is None and status is not None and pod.spec is not None and (
+                        pod.spec.host_network):
+                    ip = status.host_ip or None  # its node's, known once it is scheduled
                 found.append(Pod(
                     name=pod.metadata.name,
                     ip=ip,
