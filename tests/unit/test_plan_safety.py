@@ -198,6 +198,40 @@ def test_more_busy_clients_on_no_pod_than_pods_they_could_be_on_hold_all() -> No
         assert "more than the 0 pods they could be on" in made.decision.message
 
 
+def test_a_busy_client_from_where_no_doubtful_pod_was_seen_fits_only_unmatched_pods() -> None:
+    """Review 50: d-1 and d-2 named from node X (IPs not listed), p-1 and p-2 from their own
+    IPs; a busy unnamed client from X may be d-1's or d-2's, one from Y no pod of them: with
+    no unmatched pod, one called idle holds it. Counted against the doubtful at X, p-1 and
+    p-2 went first."""
+    pods = (Pod("d-1"), Pod("d-2"), Pod("p-1", "10.0.0.1"), Pod("p-2", "10.0.0.2"))
+    clients = (BrokerClient("/", "d-1", "192.168.0.1", 1, 0),
+               BrokerClient("/", "d-2", "192.168.0.1", 1, 0),
+               BrokerClient("/", "p-1", "10.0.0.1", 1, 0),
+               BrokerClient("/", "p-2", "10.0.0.2", 1, 0),
+               BrokerClient("/", None, "192.168.0.1", 1, 2),
+               BrokerClient("/", None, "203.0.113.7", 1, 2))
+    made = tick({Q1: sample(unacked=4), Q2: sample()}, current=4,
+                workers=WorkerLook(pods, clients), memory=Memory(current_replicas=4))
+    assert made.decision is not None and made.decision.replicas == 4, made.decision
+    made = tick({Q1: sample(unacked=2), Q2: sample()}, current=4,
+                workers=WorkerLook(pods, clients[:-1]), memory=Memory(current_replicas=4))
+    assert made.scale_to == 2 and made.marks["p-1"][DELETION_COST] == "-1", made.decision
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "StatefulSet"])
+def test_a_pod_pending_without_an_ip_does_not_hold_an_unnamed_pool(kind: str) -> None:
+    """Review 50: an unschedulable pod has no IP and no connection. Taken for one that may
+    share a busy pod's address, it held every scale-down while it pended."""
+    pods = (*(Pod(f"w-{i}", f"10.0.0.{i}") for i in range(4)), Pod("w-4"))
+    clients = tuple(BrokerClient("/", None, f"10.0.0.{i}", 1, 2 if i == 0 else 0)
+                    for i in range(4))
+    target = {"apiVersion": "apps/v1", "kind": kind, "name": "w"}
+    made = tick({Q1: sample(unacked=2), Q2: sample()}, current=5,
+                the_spec=spec(scaleTargetRef=target), workers=WorkerLook(pods, clients),
+                memory=Memory(current_replicas=5))
+    assert made.scale_to == 1, made.decision
+
+
 @pytest.mark.parametrize("listed", [4, 5], ids=["w-4-not-listed", "w-4-listed-no-client"])
 def test_a_statefulset_keeps_all_while_work_is_on_no_listed_client(listed: int) -> None:
     """Review 41: a StatefulSet removes its highest ordinals whatever the count kept says:
