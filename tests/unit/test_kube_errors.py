@@ -410,7 +410,8 @@ async def test_pods_no_controller_counts_are_not_listed_and_every_address_is() -
     both = [{"ip": "10.0.0.1"}, {"ip": "fd00::1"}]
     items = [
         {"metadata": {"name": "w-0"},
-         "status": {"phase": "Running", "podIP": "10.0.0.1", "podIPs": both}},
+         "status": {"phase": "Running", "podIP": "10.0.0.1", "podIPs": both,
+                    "hostIP": "192.168.0.2"}},
         {"metadata": {"name": "w-old"},
          "status": {"phase": "Failed", "podIP": "10.0.0.2"}},
         {"metadata": {"name": "w-done"}, "status": {"phase": "Succeeded"}},
@@ -426,3 +427,4 @@ async def test_pods_no_controller_counts_are_not_listed_and_every_address_is() -
     assert [(p.name, p.addresses) for p in pods] == [
         ("w-0", frozenset({"10.0.0.1", "fd00::1"})), ("w-new", frozenset()),
         ("w-host", frozenset({"192.168.0.1"}))]
+    assert [p.node_ip for p in pods] == ["192.168.0.2", None, "192.168.0.1"]

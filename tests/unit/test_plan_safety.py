@@ -203,7 +203,9 @@ def test_a_busy_client_from_where_no_doubtful_pod_was_seen_fits_only_unmatched_p
     IPs; a busy unnamed client from X may be d-1's or d-2's, one from Y no pod of them: with
     no unmatched pod, one called idle holds it. Counted against the doubtful at X, p-1 and
     p-2 went first."""
-    pods = (Pod("d-1"), Pod("d-2"), Pod("p-1", "10.0.0.1"), Pod("p-2", "10.0.0.2"))
+    on_x = "192.168.0.1"  # their node's, under its SNAT
+    pods = (Pod("d-1", node_ip=on_x), Pod("d-2", node_ip=on_x), Pod("p-1", "10.0.0.1"),
+            Pod("p-2", "10.0.0.2"))
     clients = (BrokerClient("/", "d-1", "192.168.0.1", 1, 0),
                BrokerClient("/", "d-2", "192.168.0.1", 1, 0),
                BrokerClient("/", "p-1", "10.0.0.1", 1, 0),
@@ -213,6 +215,8 @@ def test_a_busy_client_from_where_no_doubtful_pod_was_seen_fits_only_unmatched_p
     made = tick({Q1: sample(unacked=4), Q2: sample()}, current=4,
                 workers=WorkerLook(pods, clients), memory=Memory(current_replicas=4))
     assert made.decision is not None and made.decision.replicas == 4, made.decision
+    assert ("1 busy clients matched no pod from addresses no matched pod was seen at, more"
+            " than the 0 unmatched pods") in made.decision.message  # not "2, more than 2"
     made = tick({Q1: sample(unacked=2), Q2: sample()}, current=4,
                 workers=WorkerLook(pods, clients[:-1]), memory=Memory(current_replicas=4))
     assert made.scale_to == 2 and made.marks["p-1"][DELETION_COST] == "-1", made.decision
@@ -573,6 +577,7 @@ def test_rates_a_broker_gives_no_field_for_are_shown_from_its_counters() -> None
 
 ADDRESSES = tuple(f"10.0.1.{i}" for i in range(6))
 NAT = "192.0.2.1"
+GATEWAY = ("192.0.2.7", "192.0.2.8")
 
 
 @st.composite
@@ -580,11 +585,13 @@ def pools_with_pods_leaving(draw: st.DrawFn) -> tuple[str, int, WorkerLook, set[
     """Live pods (an IP listed or not yet), pods being deleted on addresses that may be a
     live pod's (reused), and each connection from its true pod: named after it, unnamed,
     misnamed after a leaving pod, or after a live pod on another address (one name
-    hard-coded for every worker), seen from its address or through NAT. Live pods may share
-    an address (host networking: listed at once, their node's). Not drawn, as no address
+    hard-coded for every worker), seen from its address, through its node's SNAT or a
+    gateway with one address or several. Live pods may share an address (host
+    networking: listed at once, their node's). Not drawn, as no address
     can tell: a connection misnamed after a leaving pod that also comes from that pod's
     address, reused by a pod whose IP is not listed yet; one misnamed after a live pod
-    that does not come from its own listed address."""
+    that does not come from its own listed address; a node whose SNAT uses its hostIP for
+    some connections and another address for others."""
     kind = draw(st.sampled_from(["Deployment", "StatefulSet"]))
     count = draw(st.integers(1, 4))
     host_network = draw(st.booleans())
@@ -595,13 +602,15 @@ def pools_with_pods_leaving(draw: st.DrawFn) -> tuple[str, int, WorkerLook, set[
     leaving = [(f"w-{count + j}", draw(st.sampled_from(ADDRESSES)))
                for j in range(draw(st.integers(0, 2)))]
     listed = {name for name, _ in live if host_network or draw(st.booleans())}
-    pods = [Pod(name, ip if name in listed else None) for name, ip in live]
+    node = NAT if draw(st.booleans()) else None  # NAT is their node's SNAT, or a gateway's
+    pods = [Pod(name, ip if name in listed else None, node_ip=node) for name, ip in live]
     pods += [Pod(name, ip, deleting=True) for name, ip in leaving]
     clients, busy = [], set()
     for name, ip in live + leaving:
-        seen_from = draw(st.sampled_from([ip, NAT]))
+        route = draw(st.sampled_from(["own", "nat", "gateway"]))
+        seen_from = {"own": ip, "nat": NAT, "gateway": GATEWAY[0]}[route]
         wrong = [other for other, at in leaving if other != name and at != ip]
-        if name in listed and seen_from == ip:
+        if name in listed and route == "own":
             wrong += [other for other, at in live if at != ip]
         # a pod names all its connections alike, or only some of them (a library's own
         # connection left unnamed beside the one the worker names)
@@ -610,6 +619,8 @@ def pools_with_pods_leaving(draw: st.DrawFn) -> tuple[str, int, WorkerLook, set[
         for _ in range(draw(st.integers(0, 2))):
             if mixed:
                 as_name = draw(st.sampled_from([name, None]))
+            if route == "gateway":  # one with several addresses (review 51)
+                seen_from = draw(st.sampled_from(GATEWAY))
             held = draw(st.integers(0, 3))
             clients.append(BrokerClient("/", as_name, seen_from, 1, held))
             if held and (name, ip) in live:

@@ -204,7 +204,7 @@ PODS = [Pod("worker-a", "10.0.0.7"), Pod("worker-b", "10.0.0.8"), Pod("worker-c"
         ),
         pytest.param(  # a name hard-coded for every worker, or a stale listing (review 50)
             PODS, [_client("worker-c", 1, peer="10.0.0.7")], {"worker-a": 1, "worker-c": 1},
-            1, 0, id="name-and-another-pods-own-address-both-keep-a-busy-one",
+            1, 1, id="name-and-another-pods-own-address-both-keep-a-busy-one",
         ),
         pytest.param(
             PODS, [_client("worker-c", 0, peer="10.0.0.7")], {}, 0, 0,
@@ -347,7 +347,7 @@ def test_behind_snat_only_pods_seen_from_the_busy_connections_node_are_in_doubt(
     """Review 49: every pod seen through its node's address; a busy unnamed connection from
     node B is a pod on node B (or one not matched), never one seen from node A."""
     queues = {QueueRef(VHOST, "jobs")}
-    pods = [Pod(f"w-{i}", f"10.1.{i}.5") for i in range(4)]
+    pods = [Pod(f"w-{i}", f"10.1.{i}.5", node_ip=f"192.168.0.{1 + i // 2}") for i in range(4)]
     clients = [_client("w-0", 0, peer="192.168.0.1"), _client("w-1", 0, peer="192.168.0.1"),
                _client("w-2", 0, peer="192.168.0.2"), _client("w-3", 0, peer="192.168.0.2"),
                _client(None, 3, peer="192.168.0.2")]
@@ -357,6 +357,19 @@ def test_behind_snat_only_pods_seen_from_the_busy_connections_node_are_in_doubt(
     # an address the broker does not give places nobody
     clients[-1] = _client(None, 3, peer=None)
     assert match_workers(pods, clients, queues).doubtful == {f"w-{i}" for i in range(4)}
+
+
+def test_a_pod_seen_through_a_gateway_may_show_its_next_connection_anywhere() -> None:
+    """Review 51: two egress gateway addresses (or a NAT with several). w-0's named
+    connection left by G1, its library's busy one by G2; taken for one address a pod, w-0
+    was not in doubt for G2's, and went first."""
+    queues = {QueueRef(VHOST, "jobs")}
+    pods = [Pod(f"w-{i}", f"10.1.{i}.5", node_ip="192.168.0.1") for i in range(3)]
+    clients = [_client("w-0", 0, peer="192.0.2.1"), _client(None, 3, peer="192.0.2.2"),
+               _client("w-1", 0, peer="192.0.2.1"), _client("w-2", 0, peer="192.0.2.2")]
+    report = match_workers(pods, clients, queues)
+    assert report.doubtful == {"w-0", "w-1", "w-2"} and report.stray == 0
+    assert deletion_cost(report, "w-0") == 0 and report.protected == 3
 
 
 def test_a_dual_stack_pods_connection_from_its_other_address_is_its_own() -> None:

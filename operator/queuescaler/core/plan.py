@@ -613,6 +613,9 @@ def _protected(
         note = (
             f"busy workers unknown: {report.unattributed} busy clients matched no pod,"
             f" more than the {report.unsure} pods they could be on"
+            if report.unattributed > report.unsure else
+            f"busy workers unknown: {report.stray} busy clients matched no pod from addresses"
+            f" no matched pod was seen at, more than the {report.unmatched} unmatched pods"
         )
     elif report.unattributed:
         keep = report.protected + unlisted

@@ -55,6 +55,8 @@ class Pod:
     other_ips: tuple[str, ...] = ()
     """Its further addresses (`status.podIPs` after the first: a dual-stack pod's other
     family): a connection may come from any of them."""
+    node_ip: str | None = None
+    """Its node's address (`status.hostIP`), where a per-node SNAT shows its connections."""
 
     @property
     def addresses(self) -> frozenset[str]:
@@ -82,8 +84,8 @@ class WorkerReport:
     from an address theirs came from (their IP not listed, or NAT), or an address is
     unknown (`match_workers`)."""
     stray: int = 0
-    """Of the `unattributed`, those from an address no doubtful pod was seen at: only an
-    unmatched pod can be theirs."""
+    """Of the `unattributed`, those from an address no doubtful pod was seen at (none when a
+    doubtful pod may show connections anywhere): only an unmatched pod can be theirs."""
 
     @property
     def matched(self) -> int:
@@ -165,17 +167,18 @@ def match_workers(
     pod shows may be a live pod's already, one listed without its IP yet, or a node's that
     SNAT gives every pod on it (review 46: a busy pod marked idle and removed).
 
-    A pod may have connections its worker names and others a library leaves unnamed, from
-    one address. Where its named one comes from an address not its own (its IP not listed
-    yet, a node's under SNAT), that address is the pod's too: no other pod is matched by it
-    (review 49: a busy unnamed connection went to the pod listed at that address, and the
-    worker was marked idle). A matched pod holding nothing is `doubtful`, kept and never
-    marked idle, while a busy connection that matched no pod comes from an address one of
-    its own came from, or either address is unknown; a pod seen from another node's
-    address is not in doubt. A name that is one live pod's on a connection from other live
-    pods' own address (review 50: one name hard-coded for every worker, or a listing that
-    still shows an old address) is believed for neither: busy, it keeps both; idle, it
-    says nothing.
+    A pod may have connections its worker names and others a library leaves unnamed. A
+    matched pod holding nothing is `doubtful`, kept and never marked idle, while a busy
+    connection matched no pod and may be its own: from an address one of its own came
+    from, from an unknown address, or from anywhere if the pod was seen at an address
+    that is neither its own nor its node's (its IP not listed yet, a gateway: review 51).
+    Under per-node SNAT, a pod seen at another node's address is not in doubt. Where a
+    named connection comes from an address not its pod's own, a connection named after a
+    leaving pod from there is not taken for that pod's alone. A name that is one live
+    pod's on a connection from other live pods' own address (review 50: one name
+    hard-coded for every worker, or a listing that still shows an old address) is
+    believed for neither: busy, it keeps both (each counted as matched, one by its name,
+    one by its address); idle, it says nothing.
     """
     queues = frozenset(queues)
     scopes = {ref.scope for ref in queues}
@@ -205,8 +208,7 @@ def match_workers(
         and client.peer_host not in own[client.client_name]
     }
     for address, _ in claims:  # a named connection's address that is not its pod's own
-        shared[address] += 1
-        live_at[address] += 1
+        shared[address] += 1  # so not taken for a leaving pod's alone
     by_ip = {address: pod.name for pod in live for address in pod.addresses
              if live_at[address] == 1}
     held: dict[str, int] = {}
@@ -226,6 +228,7 @@ def match_workers(
             if mentioned[1] is None:
                 unplaced.append(address)
             named += 1
+            addressed += mentioned[1] is not None
             consuming += 1
             continue
         named_pod = client.client_name if client.client_name in own else None
@@ -246,13 +249,18 @@ def match_workers(
         elif client.unacked > 0:
             unplaced.append(address)
         consuming += 1
+    # a pod seen only at its own addresses or its node's shows every connection there; one
+    # seen elsewhere (a gateway with several addresses, an IP not listed) may show the next
+    # one anywhere (review 51: a busy pod's second connection left by another gateway IP)
+    home = {pod.name: pod.addresses | {pod.node_ip} - {None} for pod in live}
+    roaming = {pod for pod in held if not seen_at[pod] <= home[pod]}
     doubtful = frozenset(
         pod for pod, count in held.items()
         if unplaced and count <= 0
-        and ("" in unplaced or "" in seen_at[pod] or seen_at[pod] & set(unplaced))
+        and (pod in roaming or "" in unplaced or seen_at[pod] & set(unplaced))
     )
     doubted_at = set().union(*(seen_at[pod] for pod in doubtful))
-    stray = 0 if "" in doubted_at else sum(1 for at in unplaced if at not in doubted_at)
+    stray = 0 if doubtful & roaming else sum(1 for at in unplaced if at not in doubted_at)
     return WorkerReport(
         len(live), consuming, held, named, addressed, len(unplaced), doubtful, stray)
 

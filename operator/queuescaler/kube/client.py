@@ -302,6 +302,7 @@ class KubeClient:
                     deletion_cost=annotations.get(DELETION_COST),
                     marked_by=annotations.get(MARKED_BY),
                     other_ips=tuple(other for other in ips if other != ip),
+                    node_ip=(status.host_ip or None) if status is not None else None,
                 ))
             return found
 
