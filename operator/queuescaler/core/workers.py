@@ -81,8 +81,9 @@ class WorkerReport:
     """Connections holding messages that matched no pod: each is some pod, busy."""
     doubtful: frozenset[str] = frozenset()
     """Matched pods holding nothing that may still own one of the `unattributed`: one came
-    from an address theirs came from (their IP not listed, or NAT), or an address is
-    unknown (`match_workers`)."""
+    from an address theirs came from (their IP not listed, or NAT), an address is unknown,
+    or they were seen at an address neither their own nor their node's, so from anywhere
+    (`match_workers`)."""
     stray: int = 0
     """Of the `unattributed`, those from an address no doubtful pod was seen at (none when a
     doubtful pod may show connections anywhere): only an unmatched pod can be theirs."""
