@@ -261,7 +261,8 @@ def match_workers(
         and (pod in roaming or "" in unplaced or seen_at[pod] & set(unplaced))
     )
     doubted_at = set().union(*(seen_at[pod] for pod in doubtful))
-    stray = 0 if doubtful & roaming else sum(1 for at in unplaced if at not in doubted_at)
+    stray = 0 if doubtful & roaming else sum(
+        1 for at in unplaced if at and at not in doubted_at)  # unknown: any pod's
     return WorkerReport(
         len(live), consuming, held, named, addressed, len(unplaced), doubtful, stray)
 
