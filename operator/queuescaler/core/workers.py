@@ -202,7 +202,6 @@ def match_workers(
         return name in own and name not in listed.get(address, {name})
 
     shared = Counter(address for pod in pods for address in pod.addresses)
-    live_at = Counter(address for pod in live for address in pod.addresses)
     claims = {
         (client.peer_host, client.client_name) for client in clients
         if client.client_name in own and not disputed(client) and client.peer_host
@@ -210,8 +209,7 @@ def match_workers(
     }
     for address, _ in claims:  # a named connection's address that is not its pod's own
         shared[address] += 1  # so not taken for a leaving pod's alone
-    by_ip = {address: pod.name for pod in live for address in pod.addresses
-             if live_at[address] == 1}
+    by_ip = {address: next(iter(names)) for address, names in listed.items() if len(names) == 1}
     held: dict[str, int] = {}
     seen_at: dict[str, set[str]] = {}
     unplaced: list[str] = []  # the addresses of busy connections on no pod
@@ -253,7 +251,7 @@ def match_workers(
     # a pod seen only at its own addresses or its node's shows every connection there; one
     # seen elsewhere (a gateway with several addresses, an IP not listed) may show the next
     # one anywhere (review 51: a busy pod's second connection left by another gateway IP)
-    home = {pod.name: pod.addresses | {pod.node_ip} - {None} for pod in live}
+    home = {pod.name: pod.addresses | {pod.node_ip or ""} - {""} for pod in live}
     roaming = {pod for pod in held if not seen_at[pod] <= home[pod]}
     doubtful = frozenset(
         pod for pod, count in held.items()
