@@ -289,12 +289,13 @@ class KubeClient:
                 if status is not None and status.phase in _FINISHED:
                     continue  # no replica any more, and its podIP may be a live pod's now
                 annotations = pod.metadata.annotations or {}
-                ips = [] if status is None else [
-                    entry.ip for entry in status.pod_ips or () if entry and entry.ip]
-                ip = (status.pod_ip or None) if status is not None else None
-                if ip is None and status is not None and pod.spec is not None and (
-                        pod.spec.host_network):
-                    ip = status.host_ip or None  # its node's, known once it is scheduled
+                ip = node_ip = None
+                ips: list[str] = []
+                if status is not None:
+                    ip, node_ip = status.pod_ip or None, status.host_ip or None
+                    ips = [entry.ip for entry in status.pod_ips or () if entry and entry.ip]
+                if ip is None and pod.spec is not None and pod.spec.host_network:
+                    ip = node_ip  # its node's, known once it is scheduled
                 found.append(Pod(
                     name=pod.metadata.name,
                     ip=ip,
@@ -302,7 +303,7 @@ class KubeClient:
                     deletion_cost=annotations.get(DELETION_COST),
                     marked_by=annotations.get(MARKED_BY),
                     other_ips=tuple(other for other in ips if other != ip),
-                    node_ip=(status.host_ip or None) if status is not None else None,
+                    node_ip=node_ip,
                 ))
             return found
 
