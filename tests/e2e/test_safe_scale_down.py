@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +33,14 @@ from queuescaler_testkit.podrunner import (
     pika_worker_command,
     pika_worker_env,
 )
-from queuescaler_testkit.pool import Pool
-from queuescaler_testkit.publisher import FirstSeen, publish_messages, read_processed, read_records
+from queuescaler_testkit.pool import Pool, deep_merge, worker_deployment
+from queuescaler_testkit.publisher import (
+    FirstSeen,
+    missing,
+    publish_messages,
+    read_processed,
+    read_records,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -128,12 +135,8 @@ class PodMarks(_Watched):
             self.cost_when_deleted.setdefault(name, cost)
 
 
-class WorkersSeen(_Watched):
-    """Every `status.workers` the QueueScaler carried, in order (repeats collapsed)."""
-
-    def __init__(self, pool: Pool) -> None:
-        super().__init__(pool)
-        self.seen: list[dict[str, Any]] = []
+class _ScalerWatched(_Watched):
+    """Every version of the pool's QueueScaler."""
 
     def _stream(self, since: str | None) -> Iterator[dict[str, Any]]:
         custom = client.CustomObjectsApi(self._api)
@@ -143,10 +146,31 @@ class WorkersSeen(_Watched):
             timeout_seconds=2,
         )
 
+
+class WorkersSeen(_ScalerWatched):
+    """Every `status.workers` the QueueScaler carried, in order (repeats collapsed)."""
+
+    def __init__(self, pool: Pool) -> None:
+        super().__init__(pool)
+        self.seen: list[dict[str, Any]] = []
+
     def _see(self, scaler: Any) -> None:
         workers = (scaler.get("status") or {}).get("workers")
         if workers and (not self.seen or self.seen[-1] != workers):
             self.seen.append(workers)
+
+
+class DecisionsSeen(_ScalerWatched):
+    """Every `status.lastDecision` message the QueueScaler carried, in order."""
+
+    def __init__(self, pool: Pool) -> None:
+        super().__init__(pool)
+        self.messages: list[str] = []
+
+    def _see(self, scaler: Any) -> None:
+        message = ((scaler.get("status") or {}).get("lastDecision") or {}).get("message")
+        if message and (not self.messages or self.messages[-1] != message):
+            self.messages.append(message)
 
 
 @dataclass
@@ -182,6 +206,22 @@ def queue_consumers(testenv: TestEnv, queue: str) -> int:
     return int(body.get("consumers") or 0)
 
 
+def busy_terminated(runner: PodRunner, started_log: Path, processed: FirstSeen) -> list[str]:
+    """Pods told to stop while a message they had started was not done."""
+    found = []
+    for pod, record in runner.records().items():
+        held = [r for r in read_records(started_log) if r[1] == pod]
+        if record.sigterm_at is not None and any(
+                processed.at.get(r, float("inf")) > record.sigterm_at for r in held):
+            found.append(pod)
+    return found
+
+
+def terminated(runner: PodRunner) -> list[str]:
+    """Pods told to stop."""
+    return [pod for pod, record in runner.records().items() if record.sigterm_at is not None]
+
+
 def scale_down_with_busy_workers(
     pool: Pool, runner: PodRunner, processed_log: Path, started_log: Path, *, protect: bool
 ) -> Outcome:
@@ -214,17 +254,8 @@ def scale_down_with_busy_workers(
             )
 
         wait_until(settled, timeout=120, what="the pool at 1 worker with every message done")
-        records = runner.records()
-        started = read_records(started_log)
-        for pod, record in records.items():
-            if record.sigterm_at is None:
-                continue
-            outcome.terminated.append(pod)
-            held = [(i, p) for i, p in started if p == pod]
-            done_at = processed.at
-            unfinished = [r for r in held if done_at.get(r, float("inf")) > record.sigterm_at]
-            if unfinished:
-                outcome.busy_terminated.append(pod)
+        outcome.terminated = terminated(runner)
+        outcome.busy_terminated = busy_terminated(runner, started_log, processed)
     outcome.workers_seen = workers_seen.seen
     outcome.watch_error = workers_seen.error
     outcome.costs = marks.costs
@@ -321,3 +352,65 @@ def test_unprotected_scale_down_terminates_busy_workers(
     assert not any(outcome.costs.values()), "no marks without the protection"
     condition = pool.condition("WorkersMatched")
     assert condition is not None and condition["reason"] == "ProtectionDisabled", condition
+
+
+ROLLOUT_WORK_SECONDS = 40.0
+"""Long enough for the old pods to finish while the new ones are still busy."""
+ROLLOUT_GRACE_SECONDS = 60
+OLD_PODS, NEW_PODS = 5, 3
+
+
+def test_a_rollout_never_takes_a_busy_pod_from_a_replicaset_without_idle_ones(
+    pool: Pool, pod_runner_factory: PodRunnerFactory, processed_log: Path, started_log: Path
+) -> None:
+    """Mid-rollout a Deployment's pods belong to two ReplicaSets. The Deployment shares a
+    scale-down between them by their sizes, and each ranks only its own pods by cost. Five
+    old pods idle and three new ones busy: scaled 5 -> 3 on the busy count alone, the new
+    ReplicaSet must give up one of its three, all busy. The operator holds until every
+    ReplicaSet has as many idle pods as the scale-down removes, then shrinks."""
+    # New pods surge by 3 and never count as available: the rollout stays half done.
+    stalled = {"spec": {"minReadySeconds": 3600, "progressDeadlineSeconds": 7200, "strategy": {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": NEW_PODS, "maxUnavailable": 0}}}}
+    pool.apply(deep_merge(worker_deployment(pool.name, ROLLOUT_GRACE_SECONDS), stalled))
+    env = pika_worker_env(pool.testenv.amqp_url, pool.queue, processed_log,
+                          started_log=started_log, prefetch=1,
+                          work_seconds=ROLLOUT_WORK_SECONDS)
+    runner = pod_runner_factory(pool.namespace, f"app={pool.name}", pika_worker_command, env)
+    target = {"messagesPerReplica": 100}
+    pool.apply_scaler(minReplicas=OLD_PODS, maxReplicas=OLD_PODS, target=target)
+    wait_until(lambda: len(runner.serving()) == OLD_PODS
+               and queue_consumers(pool.testenv, pool.queue) == OLD_PODS,
+               timeout=60, what="5 old pods consuming")
+    old = set(runner.serving())
+    ids = publish_messages(pool.testenv.amqp_url, pool.queue, OLD_PODS)
+    wait_until(lambda: len(read_records(started_log)) == OLD_PODS, timeout=30,
+               what="a message in each old pod's hands")
+    old_started = time.monotonic()
+
+    rollout = {"spec": {"template": {"metadata": {"annotations": {"e2e/rollout": "2"}}}}}
+    pool.testenv.kubectl("patch", "deployment", pool.name, "-n", pool.namespace,
+                         "--type", "merge", "-p", json.dumps(rollout))
+    everyone = OLD_PODS + NEW_PODS
+    wait_until(lambda: len(runner.serving()) == everyone
+               and queue_consumers(pool.testenv, pool.queue) == everyone,
+               timeout=60, what="3 new pods consuming beside the old ones")
+    new = set(runner.serving()) - old
+    # the new pods' work ends 20 s after the old pods': they are busy while the old are idle
+    time.sleep(max(0.0, old_started + ROLLOUT_WORK_SECONDS / 2 - time.monotonic()))
+    ids += publish_messages(pool.testenv.amqp_url, pool.queue, NEW_PODS)
+    wait_until(lambda: len(read_records(started_log)) == everyone, timeout=30,
+               what="a message in each new pod's hands")
+    assert {pod for _, pod in read_records(started_log)[OLD_PODS:]} == new
+
+    with DecisionsSeen(pool) as decisions, FirstSeen(processed_log) as processed:
+        pool.apply_scaler(minReplicas=1, maxReplicas=OLD_PODS, target=target)
+        # the old pods finish first; the new ones are busy for 20 s more
+        wait_until(lambda: not missing(ids, processed_log), timeout=120,
+                   what="every message done")
+        wait_until(lambda: pool.replicas() < OLD_PODS, timeout=60,
+                   what="the pool shrunk once nothing is busy")
+        stopped = busy_terminated(runner, started_log, processed)
+    report("rollout", Outcome(stopped, terminated(runner), 0))
+    assert stopped == [], (stopped, decisions.messages)
+    assert any("(a rollout)" in message for message in decisions.messages), decisions.messages
+    assert all(count == 1 for count in read_processed(processed_log).values())

@@ -428,3 +428,24 @@ async def test_pods_no_controller_counts_are_not_listed_and_every_address_is() -
         ("w-0", frozenset({"10.0.0.1", "fd00::1"})), ("w-new", frozenset()),
         ("w-host", frozenset({"192.168.0.1"}))]
     assert [p.node_ip for p in pods] == ["192.168.0.2", None, "192.168.0.1"]
+
+
+async def test_a_pods_owner_is_its_controlling_reference() -> None:
+    """Mid-rollout a Deployment's pods have two ReplicaSets: each pod's controller is the
+    ownerReference marked as such, by uid; a reference that does not control it is none."""
+    rs = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "w-5d4f", "uid": "u-1",
+          "controller": True}
+    other = {"apiVersion": "v1", "kind": "ConfigMap", "name": "keep", "uid": "u-2"}
+    items = [
+        {"metadata": {"name": "w-0", "ownerReferences": [other, rs]},
+         "status": {"phase": "Running"}},
+        {"metadata": {"name": "w-1", "ownerReferences": [other]},
+         "status": {"phase": "Running"}},
+        {"metadata": {"name": "w-2"}, "status": {"phase": "Running"}},
+    ]
+    api = api_client(Transport(lambda method, url: respond({"items": items})))
+    try:
+        pods = await KubeClient(api).list_pods(NS, "app=workers")
+    finally:
+        api.close()
+    assert [p.owner for p in pods] == ["u-1", None, None]

@@ -320,6 +320,29 @@ def test_defect_5_a_statefulset_keeps_its_highest_busy_ordinal() -> None:
     assert made.decision is not None and made.decision.replicas == 5
 
 
+def test_a_rollout_shrinks_by_no_more_than_each_replicaset_has_idle() -> None:
+    """Each ReplicaSet reads its own pods' costs only, and a Deployment mid-rollout shares a
+    scale-down among them by their sizes: the new one's two idle pods do not spare the old
+    one's busy pod when the old one has a single idle pod."""
+    old = (Pod("w-old-0", owner="rs-old"), Pod("w-old-1", owner="rs-old"))
+    new = tuple(Pod(f"w-new-{i}", owner="rs-new") for i in range(3))
+    clients = (BrokerClient("/", "w-old-0", None, 1, 2),
+               *(BrokerClient("/", pod.name, None, 1, 0) for pod in (old[1], *new)))
+    made = tick({Q1: sample(unacked=2), Q2: sample()}, current=5,
+                workers=WorkerLook(old + new, clients), memory=Memory(current_replicas=5))
+    assert made.decision is not None and made.decision.replicas == 4
+    assert "pods of 2 controllers (a rollout)" in made.decision.message
+    assert "one has 1 idle" in made.decision.message
+
+
+def test_a_rollout_with_nothing_busy_shrinks_as_far_as_asked() -> None:
+    pods = (Pod("w-old-0", owner="rs-old"), *(Pod(f"w-new-{i}", owner="rs-new") for i in range(3)))
+    clients = tuple(BrokerClient("/", pod.name, None, 1, 0) for pod in pods)
+    made = tick({Q1: sample(), Q2: sample()}, current=4,
+                workers=WorkerLook(pods, clients), memory=Memory(current_replicas=4))
+    assert made.decision is not None and made.decision.replicas == 0
+
+
 # --- defect 8: two owners of one target ---
 
 
@@ -584,7 +607,8 @@ def pools_with_pods_leaving(draw: st.DrawFn) -> tuple[str, int, WorkerLook, set[
     live pod's (reused), and each connection from its true pod: named after it, unnamed,
     misnamed after a leaving pod, or after a live pod on another address (one name
     hard-coded for every worker), seen from its address, through its node's SNAT or a
-    gateway with one address or several. Live pods may share an address (host
+    gateway with one address or several. A Deployment's pods may belong to two ReplicaSets
+    (a rollout). Live pods may share an address (host
     networking: listed at once, their node's). Not drawn, as no address
     can tell: a connection misnamed after a leaving pod that also comes from that pod's
     address, reused by a pod whose IP is not listed yet; one misnamed after a live pod
@@ -601,7 +625,11 @@ def pools_with_pods_leaving(draw: st.DrawFn) -> tuple[str, int, WorkerLook, set[
                for j in range(draw(st.integers(0, 2)))]
     listed = {name for name, _ in live if host_network or draw(st.booleans())}
     node = NAT if draw(st.booleans()) else None  # NAT is their node's SNAT, or a gateway's
-    pods = [Pod(name, ip if name in listed else None, node_ip=node) for name, ip in live]
+    # mid-rollout, a Deployment's pods belong to two ReplicaSets (or one has no owner yet)
+    owners = ["rs-a"] if kind == "StatefulSet" else draw(
+        st.sampled_from([["rs-a"], ["rs-a", "rs-b"], ["rs-a", None]]))
+    pods = [Pod(name, ip if name in listed else None, node_ip=node,
+                owner=draw(st.sampled_from(owners))) for name, ip in live]
     pods += [Pod(name, ip, deleting=True) for name, ip in leaving]
     clients, busy = [], set()
     for name, ip in live + leaving:
@@ -645,8 +673,10 @@ def test_property_pods_on_their_way_out_never_expose_a_busy_pod(
     if kind == "StatefulSet":
         assert made.scale_to > max((int(name[2:]) for name in busy), default=-1)
         return
-    costs = {pod.name: int((made.marks.get(pod.name) or {}).get(DELETION_COST) or 0)
-             for pod in look.pods if not pod.deleting}
+    live = {pod.name: pod.owner for pod in look.pods if not pod.deleting}
+    costs = {name: int((made.marks.get(name) or {}).get(DELETION_COST) or 0) for name in live}
     gone = current - made.scale_to
-    for name in busy:  # the ReplicaSet removes the cheapest first
-        assert sum(cost < costs[name] for cost in costs.values()) >= gone, (costs, busy)
+    for name in busy:  # its ReplicaSet removes its cheapest first, and may take all `gone`
+        cheaper = [other for other, owner in live.items()
+                   if owner == live[name] and costs[other] < costs[name]]
+        assert len(cheaper) >= gone, (costs, live, busy)

@@ -35,6 +35,7 @@ from queuescaler.core.workers import (
     cleared_marks,
     deletion_cost,
     deletion_marks,
+    idle_by_owner,
     match_workers,
     workers_condition,
 )
@@ -385,6 +386,25 @@ def test_a_dual_stack_pods_connection_from_its_other_address_is_its_own() -> Non
 
 
 REPORT = WorkerReport(pods=3, consuming=2, held={"worker-a": 3, "worker-b": 0}, by_name=2)
+
+
+def test_pods_of_one_controller_need_no_count_per_controller() -> None:
+    pods = [Pod("worker-a", owner="rs-1"), Pod("worker-b", owner="rs-1"),
+            Pod("worker-c", owner="rs-2", deleting=True)]
+    assert idle_by_owner(pods, REPORT) is None
+
+
+def test_idle_pods_are_counted_per_controller() -> None:
+    """A rollout: the old ReplicaSet's idle pod does not spare the new one's busy pod. A pod
+    no controller owns is a controller of its own (a ReplicaSet may adopt it); a pod not
+    matched, doubtful or leaving is no idle pod."""
+    report = WorkerReport(pods=5, consuming=4, held={"old-a": 0, "old-b": 0, "new-a": 2,
+                                                     "new-b": 0, "bare": 0},
+                          doubtful=frozenset({"new-b"}))
+    pods = [Pod("old-a", owner="rs-old"), Pod("old-b", owner="rs-old"),
+            Pod("old-c", owner="rs-old", deleting=True), Pod("new-a", owner="rs-new"),
+            Pod("new-b", owner="rs-new"), Pod("new-c", owner="rs-new"), Pod("bare")]
+    assert idle_by_owner(pods, report) == {"rs-old": 2, "rs-new": 0, None: 1}
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,7 @@ from queuescaler.core.workers import (
     WorkerReport,
     cleared_marks,
     deletion_marks,
+    idle_by_owner,
     match_workers,
     ordinal_floor,
     serves,
@@ -569,7 +570,9 @@ def _protected(
     busy apart (a fallback below the pool waits). Work on no pod keeps every pod and
     replica it may be on. A StatefulSet removes its highest ordinals whatever the deletion
     costs say, so it keeps every pod up to its highest busy one, and all of them while work
-    may be on a pod not listed or not matched.
+    may be on a pod not listed or not matched. Pods of several controllers (a Deployment
+    mid-rollout) shrink by no more than the idle pods of the one with fewest: the scale-down
+    may fall on any of them (`idle_by_owner`).
     """
     look = seen.workers
     why: str | None = None
@@ -650,6 +653,15 @@ def _protected(
         elif floor > keep:
             keep = floor
             note = f"{report.busy} workers busy, the highest at ordinal {floor - 1} (StatefulSet)"
+    elif keep > 0 and (idle := idle_by_owner(look.pods, report)) is not None:
+        # A rollout: each ReplicaSet reads only its own pods' costs, and the Deployment
+        # shares the scale-down among them as their sizes say, so all of it may fall on one.
+        fewest = min(idle.values())
+        if current - fewest > keep:
+            keep = current - fewest
+            note = (f"{report.busy} workers busy on pods of {len(idle)} controllers (a"
+                    f" rollout): each removes its own pods first by cost, and one has"
+                    f" {fewest} idle")
     return decide(spec, sample, current, state, seen.now, keep, note), report, False
 
 

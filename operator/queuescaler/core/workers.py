@@ -57,6 +57,9 @@ class Pod:
     family): a connection may come from any of them."""
     node_ip: str | None = None
     """Its node's address (`status.hostIP`), where a per-node SNAT shows its connections."""
+    owner: str | None = None
+    """The controller that owns it (its controlling ownerReference: a Deployment's
+    ReplicaSet), None for a pod no controller owns."""
 
     @property
     def addresses(self) -> frozenset[str]:
@@ -281,6 +284,26 @@ def ordinal_floor(report: WorkerReport) -> int | None:
     if any(number is None for number in busy):
         return None
     return max((number + 1 for number in busy if number is not None), default=0)
+
+
+def idle_by_owner(pods: Iterable[Pod], report: WorkerReport) -> dict[str | None, int] | None:
+    """Per controller, its live pods known idle (`IDLE_COST`), where the live pods have
+    several controllers (a Deployment mid-rollout: its old and new ReplicaSets); else None.
+
+    The Deployment controller shares a scale-down among its ReplicaSets in proportions set
+    by their sizes and its surge, and each ReplicaSet reads the deletion costs of its own
+    pods only: an idle pod of one does not spare a busy pod of the other. A scale-down of k
+    spares every busy pod, whatever the share, only while each controller has k idle pods.
+    """
+    live = [pod for pod in pods if not pod.deleting]
+    owners = {pod.owner for pod in live}
+    if len(owners) < 2:
+        return None
+    idle = dict.fromkeys(owners, 0)
+    for pod in live:
+        if deletion_cost(report, pod.name) == IDLE_COST:
+            idle[pod.owner] += 1
+    return idle
 
 
 def deletion_cost(report: WorkerReport, pod: str) -> int:

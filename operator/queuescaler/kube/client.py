@@ -128,6 +128,15 @@ class _Resource:
     scalable: bool
 
 
+def _controller(references: Any) -> str | None:
+    """The uid of the controller among a pod's ownerReferences (a ReplicaSet, a
+    StatefulSet), None when none controls it."""
+    for reference in references or ():
+        if reference is not None and reference.controller:
+            return str(reference.uid or f"{reference.kind}/{reference.name}")
+    return None
+
+
 def _discarding_answer(call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     """Make a write whose answer is not needed, without turning it into Python objects.
 
@@ -304,6 +313,7 @@ class KubeClient:
                     marked_by=annotations.get(MARKED_BY),
                     other_ips=tuple(other for other in ips if other != ip),
                     node_ip=node_ip,
+                    owner=_controller(pod.metadata.owner_references),
                 ))
             return found
 
