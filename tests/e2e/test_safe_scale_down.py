@@ -360,14 +360,14 @@ ROLLOUT_GRACE_SECONDS = 60
 OLD_PODS, NEW_PODS = 5, 3
 
 
-def test_a_rollout_never_takes_a_busy_pod_from_a_replicaset_without_idle_ones(
+def test_a_rollout_never_takes_a_busy_pod_from_a_replicaset_with_too_few_idle_ones(
     pool: Pool, pod_runner_factory: PodRunnerFactory, processed_log: Path, started_log: Path
 ) -> None:
     """Mid-rollout a Deployment's pods belong to two ReplicaSets. The Deployment shares a
     scale-down between them by their sizes, and each ranks only its own pods by cost. Five
     old pods idle and three new ones busy: scaled 5 -> 3 on the busy count alone, the new
-    ReplicaSet must give up one of its three, all busy. The operator holds until every
-    ReplicaSet has as many idle pods as the scale-down removes, then shrinks."""
+    ReplicaSet must give up one of its three, all busy. The operator holds until no busy
+    pod's ReplicaSet could lose it, then shrinks."""
     # New pods surge by 3 and never count as available: the rollout stays half done.
     stalled = {"spec": {"minReadySeconds": 3600, "progressDeadlineSeconds": 7200, "strategy": {
         "type": "RollingUpdate", "rollingUpdate": {"maxSurge": NEW_PODS, "maxUnavailable": 0}}}}
@@ -412,5 +412,6 @@ def test_a_rollout_never_takes_a_busy_pod_from_a_replicaset_without_idle_ones(
         stopped = busy_terminated(runner, started_log, processed)
     report("rollout", Outcome(stopped, terminated(runner), 0))
     assert stopped == [], (stopped, decisions.messages)
-    assert any("(a rollout)" in message for message in decisions.messages), decisions.messages
+    assert any("controllers, a rollout" in message for message in decisions.messages), (
+        decisions.messages)
     assert all(count == 1 for count in read_processed(processed_log).values())

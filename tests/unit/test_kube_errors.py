@@ -430,22 +430,28 @@ async def test_pods_no_controller_counts_are_not_listed_and_every_address_is() -
     assert [p.node_ip for p in pods] == ["192.168.0.2", None, "192.168.0.1"]
 
 
-async def test_a_pods_owner_is_its_controlling_reference() -> None:
+async def test_a_pods_owner_and_rank_for_removal_are_read() -> None:
     """Mid-rollout a Deployment's pods have two ReplicaSets: each pod's controller is the
-    ownerReference marked as such, by uid; a reference that does not control it is none."""
+    ownerReference marked as such, by kind and name; a reference that does not control it is none.
+    Its node, phase and Ready condition rank it for removal before its cost does."""
     rs = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "w-5d4f", "uid": "u-1",
           "controller": True}
     other = {"apiVersion": "v1", "kind": "ConfigMap", "name": "keep", "uid": "u-2"}
+    ready = [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}]
     items = [
         {"metadata": {"name": "w-0", "ownerReferences": [other, rs]},
-         "status": {"phase": "Running"}},
+         "spec": {"nodeName": "n-1", "containers": []},
+         "status": {"phase": "Running", "conditions": ready}},
         {"metadata": {"name": "w-1", "ownerReferences": [other]},
-         "status": {"phase": "Running"}},
-        {"metadata": {"name": "w-2"}, "status": {"phase": "Running"}},
+         "spec": {"nodeName": "n-1", "containers": []},
+         "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}]}},
+        {"metadata": {"name": "w-2"}, "status": {"phase": "Pending"}},
     ]
     api = api_client(Transport(lambda method, url: respond({"items": items})))
     try:
         pods = await KubeClient(api).list_pods(NS, "app=workers")
     finally:
         api.close()
-    assert [p.owner for p in pods] == ["u-1", None, None]
+    assert [p.owner for p in pods] == ["ReplicaSet/w-5d4f", None, None]
+    assert [(p.scheduled, p.phase, p.ready) for p in pods] == [
+        (True, "Running", True), (True, "Running", False), (False, "Pending", False)]

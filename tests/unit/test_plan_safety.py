@@ -320,23 +320,42 @@ def test_defect_5_a_statefulset_keeps_its_highest_busy_ordinal() -> None:
     assert made.decision is not None and made.decision.replicas == 5
 
 
-def test_a_rollout_shrinks_by_no_more_than_each_replicaset_has_idle() -> None:
+OLD_RS, NEW_RS = "ReplicaSet/worker-5d4f8", "ReplicaSet/worker-7c9b6"
+"""A Deployment's ReplicaSets: `<deployment>-<pod template hash>`."""
+
+
+def test_a_rollout_shrinks_by_no_more_than_a_busy_pods_replicaset_ranks_before_it() -> None:
     """Each ReplicaSet reads its own pods' costs only, and a Deployment mid-rollout shares a
     scale-down among them by their sizes: the new one's two idle pods do not spare the old
     one's busy pod when the old one has a single idle pod."""
-    old = (Pod("w-old-0", owner="rs-old"), Pod("w-old-1", owner="rs-old"))
-    new = tuple(Pod(f"w-new-{i}", owner="rs-new") for i in range(3))
+    old = (Pod("w-old-0", owner=OLD_RS), Pod("w-old-1", owner=OLD_RS))
+    new = tuple(Pod(f"w-new-{i}", owner=NEW_RS) for i in range(3))
     clients = (BrokerClient("/", "w-old-0", None, 1, 2),
                *(BrokerClient("/", pod.name, None, 1, 0) for pod in (old[1], *new)))
     made = tick({Q1: sample(unacked=2), Q2: sample()}, current=5,
                 workers=WorkerLook(old + new, clients), memory=Memory(current_replicas=5))
     assert made.decision is not None and made.decision.replicas == 4
-    assert "pods of 2 controllers (a rollout)" in made.decision.message
-    assert "one has 1 idle" in made.decision.message
+    assert ("w-old-0 goes after only 1 pods of its controller (pods of 2 controllers, a"
+            " rollout" in made.decision.message)
+
+
+def test_a_busy_pod_not_ready_keeps_the_pods_ranked_after_it() -> None:
+    """The ReplicaSet removes pods not ready before it reads any cost: a busy worker whose
+    readiness probe times out while it works would go first, marked dear or not."""
+    pods = (Pod("w-0", ready=False, owner=OLD_RS),
+            *(Pod(f"w-{i}", owner=OLD_RS) for i in range(1, 4)),
+            Pod("w-4", phase="Pending", ready=False, owner=OLD_RS))
+    clients = (BrokerClient("/", "w-0", None, 1, 1),
+               *(BrokerClient("/", f"w-{i}", None, 1, 0) for i in range(1, 4)))
+    made = tick({Q1: sample(unacked=1), Q2: sample()}, current=5,
+                workers=WorkerLook(pods, clients), memory=Memory(current_replicas=5))
+    assert made.decision is not None and made.decision.replicas == 4
+    assert ("w-0 goes after only 1 pods of its controller (not ready: it goes before ready"
+            " pods whatever its cost)" in made.decision.message)
 
 
 def test_a_rollout_with_nothing_busy_shrinks_as_far_as_asked() -> None:
-    pods = (Pod("w-old-0", owner="rs-old"), *(Pod(f"w-new-{i}", owner="rs-new") for i in range(3)))
+    pods = (Pod("w-old-0", owner=OLD_RS), *(Pod(f"w-new-{i}", owner=NEW_RS) for i in range(3)))
     clients = tuple(BrokerClient("/", pod.name, None, 1, 0) for pod in pods)
     made = tick({Q1: sample(), Q2: sample()}, current=4,
                 workers=WorkerLook(pods, clients), memory=Memory(current_replicas=4))
@@ -597,6 +616,8 @@ def test_rates_a_broker_gives_no_field_for_are_shown_from_its_counters() -> None
 
 
 ADDRESSES = tuple(f"10.0.1.{i}" for i in range(6))
+OTHER_RS = "ReplicaSet/beat-6a2d1"
+"""Another workload's ReplicaSet whose pods the selector also matches."""
 NAT = "192.0.2.1"
 GATEWAY = ("192.0.2.7", "192.0.2.8")
 
@@ -608,7 +629,8 @@ def pools_with_pods_leaving(draw: st.DrawFn) -> tuple[str, int, WorkerLook, set[
     misnamed after a leaving pod, or after a live pod on another address (one name
     hard-coded for every worker), seen from its address, through its node's SNAT or a
     gateway with one address or several. A Deployment's pods may belong to two ReplicaSets
-    (a rollout). Live pods may share an address (host
+    (a rollout), the selector may match pods of no controller or of another workload, and a
+    pod may be not ready or not running yet. Live pods may share an address (host
     networking: listed at once, their node's). Not drawn, as no address
     can tell: a connection misnamed after a leaving pod that also comes from that pod's
     address, reused by a pod whose IP is not listed yet; one misnamed after a live pod
@@ -626,10 +648,17 @@ def pools_with_pods_leaving(draw: st.DrawFn) -> tuple[str, int, WorkerLook, set[
     listed = {name for name, _ in live if host_network or draw(st.booleans())}
     node = NAT if draw(st.booleans()) else None  # NAT is their node's SNAT, or a gateway's
     # mid-rollout, a Deployment's pods belong to two ReplicaSets (or one has no owner yet)
-    owners = ["rs-a"] if kind == "StatefulSet" else draw(
-        st.sampled_from([["rs-a"], ["rs-a", "rs-b"], ["rs-a", None]]))
+    owners = [OLD_RS] if kind == "StatefulSet" else draw(
+        st.sampled_from([[OLD_RS], [OLD_RS, NEW_RS], [OLD_RS, None], [OLD_RS, OTHER_RS]]))
+    # a pod may be not ready (a probe that times out while it works), or not running yet
+    states = [(True, "Running", True)] * 3 + [
+        (True, "Running", False), (True, "Unknown", False), (True, "Pending", False),
+        (False, "Pending", False)]
     pods = [Pod(name, ip if name in listed else None, node_ip=node,
-                owner=draw(st.sampled_from(owners))) for name, ip in live]
+                owner=draw(st.sampled_from(owners)),
+                **dict(zip(("scheduled", "phase", "ready"), draw(st.sampled_from(states)),
+                           strict=True)))
+            for name, ip in live]
     pods += [Pod(name, ip, deleting=True) for name, ip in leaving]
     clients, busy = [], set()
     for name, ip in live + leaving:
@@ -652,7 +681,9 @@ def pools_with_pods_leaving(draw: st.DrawFn) -> tuple[str, int, WorkerLook, set[
             if held and (name, ip) in live:
                 busy.add(name)
     in_flight = sum(c.unacked for c in clients) + draw(st.integers(0, 2))
-    return kind, count, WorkerLook(tuple(pods), tuple(clients)), busy, in_flight
+    # mid-rollout the pods may be more than the replicas (the surge)
+    replicas = count if kind == "StatefulSet" else draw(st.integers(max(1, count - 2), count))
+    return kind, replicas, WorkerLook(tuple(pods), tuple(clients)), busy, in_flight
 
 
 @settings(max_examples=400, deadline=None)
@@ -673,10 +704,16 @@ def test_property_pods_on_their_way_out_never_expose_a_busy_pod(
     if kind == "StatefulSet":
         assert made.scale_to > max((int(name[2:]) for name in busy), default=-1)
         return
-    live = {pod.name: pod.owner for pod in look.pods if not pod.deleting}
-    costs = {name: int((made.marks.get(name) or {}).get(DELETION_COST) or 0) for name in live}
-    gone = current - made.scale_to
-    for name in busy:  # its ReplicaSet removes its cheapest first, and may take all `gone`
-        cheaper = [other for other, owner in live.items()
-                   if owner == live[name] and costs[other] < costs[name]]
-        assert len(cheaper) >= gone, (costs, live, busy)
+    live = {pod.name: pod for pod in look.pods if not pod.deleting}
+    phases = {"Pending": 0, "Unknown": 1, "Running": 2}
+
+    def rank(pod: Pod) -> tuple[int, ...]:  # the ReplicaSet controller's order of removal
+        cost = int((made.marks.get(pod.name) or {}).get(DELETION_COST) or 0)
+        return (pod.scheduled, phases[pod.phase or "Pending"], pod.ready, cost)
+
+    ours = {name: pod for name, pod in live.items() if pod.owner in (OLD_RS, NEW_RS)}
+    gone = max(current, len(ours)) - made.scale_to
+    for name in busy & set(ours):  # its ReplicaSet removes its first ranked, all `gone` maybe
+        before = [other for other in ours.values()
+                  if other.owner == ours[name].owner and rank(other) < rank(ours[name])]
+        assert len(before) >= gone, (made.marks, live, busy)

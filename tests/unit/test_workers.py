@@ -35,8 +35,8 @@ from queuescaler.core.workers import (
     cleared_marks,
     deletion_cost,
     deletion_marks,
-    idle_by_owner,
     match_workers,
+    removal_floor,
     workers_condition,
 )
 from queuescaler.engine import Engine, EngineSettings
@@ -388,23 +388,77 @@ def test_a_dual_stack_pods_connection_from_its_other_address_is_its_own() -> Non
 REPORT = WorkerReport(pods=3, consuming=2, held={"worker-a": 3, "worker-b": 0}, by_name=2)
 
 
-def test_pods_of_one_controller_need_no_count_per_controller() -> None:
-    pods = [Pod("worker-a", owner="rs-1"), Pod("worker-b", owner="rs-1"),
-            Pod("worker-c", owner="rs-2", deleting=True)]
-    assert idle_by_owner(pods, REPORT) is None
+def _floor(pods: list[Pod], report: WorkerReport, current: int, unmatched_stay: bool = False,
+           **kw: Any) -> tuple[int, str, int] | None:
+    found = removal_floor(pods, report, current, unmatched_stay, **kw)
+    return None if found is None else (found.replicas, found.pod.name, found.before)
 
 
-def test_idle_pods_are_counted_per_controller() -> None:
-    """A rollout: the old ReplicaSet's idle pod does not spare the new one's busy pod. A pod
-    no controller owns is a controller of its own (a ReplicaSet may adopt it); a pod not
-    matched, doubtful or leaving is no idle pod."""
-    report = WorkerReport(pods=5, consuming=4, held={"old-a": 0, "old-b": 0, "new-a": 2,
-                                                     "new-b": 0, "bare": 0},
-                          doubtful=frozenset({"new-b"}))
-    pods = [Pod("old-a", owner="rs-old"), Pod("old-b", owner="rs-old"),
-            Pod("old-c", owner="rs-old", deleting=True), Pod("new-a", owner="rs-new"),
-            Pod("new-b", owner="rs-new"), Pod("new-c", owner="rs-new"), Pod("bare")]
-    assert idle_by_owner(pods, report) == {"rs-old": 2, "rs-new": 0, None: 1}
+def test_with_nothing_that_must_stay_any_scale_down_is_safe() -> None:
+    report = WorkerReport(pods=2, consuming=1, held={"w-0": 0})
+    assert _floor([Pod("w-0", ready=False), Pod("w-1", owner="ReplicaSet/w-2")], report, 2) is None
+
+
+def test_ready_pods_of_one_controller_go_by_cost() -> None:
+    """The least busy pod sets the floor: every idle or unmatched pod goes before it."""
+    report = WorkerReport(pods=5, consuming=4, held={"a": 3, "b": 1, "c": 0, "d": 0})
+    pods = [Pod(name) for name in "abcde"]
+    assert _floor(pods, report, 5) == (2, "b", 3)
+    assert _floor(pods, report, 5, unmatched_stay=True) == (3, "e", 2)
+
+
+def test_a_busy_pod_not_ready_goes_before_idle_ready_ones() -> None:
+    """The ReplicaSet ranks readiness (and scheduling, and phase) before the cost: a busy
+    pod whose readiness probe times out while it works goes first, whatever it is marked."""
+    report = WorkerReport(pods=4, consuming=4, held={"a": 2, "b": 0, "c": 0, "d": 0})
+    assert _floor([Pod("a", ready=False), Pod("b"), Pod("c"), Pod("d")], report, 4) == (
+        4, "a", 0)
+    # an idle pod less far along than it still goes first
+    pending = Pod("d", phase="Pending", ready=False, scheduled=False)
+    assert _floor([Pod("a", ready=False), Pod("b"), Pod("c"), pending], report, 4) == (
+        3, "a", 1)
+    unknown = [Pod("a", phase="Unknown", ready=False), Pod("b", phase="Running", ready=False)]
+    assert _floor([*unknown, Pod("c"), Pod("d")], report, 4) == (4, "a", 0)
+
+
+def test_mid_rollout_only_a_pods_own_controller_ranks_before_it() -> None:
+    """Each ReplicaSet ranks its own pods and may take the whole removal; the surge pods
+    beyond the replicas count in it. A ReplicaSet with nothing that must stay constrains
+    nothing (review 53: a new ReplicaSet's pod that never connects froze the pool)."""
+    report = WorkerReport(pods=6, consuming=6,
+                          held={"old-a": 0, "old-b": 0, "old-c": 0, "new-a": 1, "new-b": 0})
+    old, new = "ReplicaSet/w-1", "ReplicaSet/w-2"
+    pods = [Pod("old-a", owner=old), Pod("old-b", owner=old), Pod("old-c", owner=old),
+            Pod("old-d", owner=old, deleting=True), Pod("new-a", owner=new),
+            Pod("new-b", owner=new), Pod("new-c", owner=new, phase="Pending", ready=False)]
+    assert _floor(pods, report, 5) == (4, "new-a", 2)
+    assert _floor(pods, report, 8) == (6, "new-a", 2)
+
+
+def test_percent_surge_shrinking_with_the_count_is_counted_in_the_removal() -> None:
+    """Review 53: replicas 9, maxSurge 25%: the old ReplicaSet's 9 pods (one idle), the new
+    one's 3. Scaled 9 -> 8, the Deployment takes 2 from the old one (its share and the
+    leftover of a surge that fell from 3 to 2): the 12 pods listed say so."""
+    old, new = "ReplicaSet/w-1", "ReplicaSet/w-2"
+    held = {f"old-{i}": int(i > 0) for i in range(9)} | {f"new-{i}": 0 for i in range(3)}
+    pods = [Pod(name, owner=old if name.startswith("old") else new) for name in held]
+    report = WorkerReport(pods=12, consuming=12, held=held)
+    assert _floor(pods, report, 9) == (11, "old-1", 1)
+
+
+def test_pods_the_scale_cannot_remove_are_left_out() -> None:
+    """Review 53: a bare pod, or another workload's, matching the selector held the pool
+    for nothing: no scale of the target removes it."""
+    report = WorkerReport(pods=3, consuming=3, held={"w-0": 0, "debug": 2, "beat-0": 1})
+    pods = [Pod("w-0", owner="ReplicaSet/w-1"), Pod("debug"),
+            Pod("beat-0", owner="ReplicaSet/beat-1")]
+    assert _floor(pods, report, 1, removable=lambda pod: pod.owner == "ReplicaSet/w-1") is None
+
+
+def test_with_no_pod_matched_every_pod_stays_if_any_must() -> None:
+    report = WorkerReport(pods=3, consuming=1, unattributed=1)
+    pods = [Pod("a", deletion_cost="-5"), Pod("b", phase="Pending", ready=False), Pod("c")]
+    assert _floor(pods, report, 3, unmatched_stay=True) == (3, "b", 0)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -52,12 +52,13 @@ from queuescaler.core.workers import (
 from queuescaler.core.workers import (
     Marks,
     Pod,
+    RemovalFloor,
     WorkerReport,
     cleared_marks,
     deletion_marks,
-    idle_by_owner,
     match_workers,
     ordinal_floor,
+    removal_floor,
     serves,
     workers_condition,
 )
@@ -570,9 +571,10 @@ def _protected(
     busy apart (a fallback below the pool waits). Work on no pod keeps every pod and
     replica it may be on. A StatefulSet removes its highest ordinals whatever the deletion
     costs say, so it keeps every pod up to its highest busy one, and all of them while work
-    may be on a pod not listed or not matched. Pods of several controllers (a Deployment
-    mid-rollout) shrink by no more than the idle pods of the one with fewest: the scale-down
-    may fall on any of them (`idle_by_owner`).
+    may be on a pod not listed or not matched. Elsewhere a scale-down removes no more pods
+    than the controllers rank before each pod that must stay (`removal_floor`): pods not
+    ready go first whatever their cost, and mid-rollout the scale-down may fall on any one
+    ReplicaSet.
     """
     look = seen.workers
     why: str | None = None
@@ -653,16 +655,41 @@ def _protected(
         elif floor > keep:
             keep = floor
             note = f"{report.busy} workers busy, the highest at ordinal {floor - 1} (StatefulSet)"
-    elif keep > 0 and (idle := idle_by_owner(look.pods, report)) is not None:
-        # A rollout: each ReplicaSet reads only its own pods' costs, and the Deployment
-        # shares the scale-down among them as their sizes say, so all of it may fall on one.
-        fewest = min(idle.values())
-        if current - fewest > keep:
-            keep = current - fewest
-            note = (f"{report.busy} workers busy on pods of {len(idle)} controllers (a"
-                    f" rollout): each removes its own pods first by cost, and one has"
-                    f" {fewest} idle")
+    else:
+        # The ReplicaSet ranks not-ready pods before costs, and mid-rollout each ReplicaSet
+        # ranks only its own pods while the Deployment shares the scale-down among them.
+        unmatched_stay = bool(report.unattributed or (unplaced_work and unseen))
+        ranked = removal_floor(look.pods, report, current, unmatched_stay,
+                               _scaled_by(spec.scale_target_ref))
+        if ranked is not None and ranked.replicas > keep:
+            keep, note = ranked.replicas, _removal_note(report, ranked)
     return decide(spec, sample, current, state, seen.now, keep, note), report, False
+
+
+def _scaled_by(target: ScaleTargetRef) -> Callable[[Pod], bool]:
+    """Whether a pod is one a scale of `target` may remove: a Deployment's pods are owned
+    by its ReplicaSets (`<deployment>-<template hash>`), a ReplicaSet's by itself. A pod of
+    no controller, or of another workload the selector also matches, is not (it would hold
+    the pool for nothing). Any controller counts for other kinds, whose controllers are not
+    known here."""
+    if target.kind == "Deployment":
+        return lambda pod: (pod.owner or "").startswith(f"ReplicaSet/{target.name}-")
+    if target.kind == "ReplicaSet":
+        return lambda pod: pod.owner == f"ReplicaSet/{target.name}"
+    return lambda pod: pod.owner is not None
+
+
+def _removal_note(report: WorkerReport, floor: RemovalFloor) -> str:
+    """Why a pod that must stay sets how many replicas remain."""
+    pod = floor.pod
+    why = []
+    if not (pod.scheduled and pod.phase == "Running" and pod.ready):
+        why.append("not ready: it goes before ready pods whatever its cost")
+    if floor.controllers > 1:
+        why.append(f"pods of {floor.controllers} controllers, a rollout: the scale-down may"
+                   " fall on one alone")
+    return (f"{report.busy} workers busy; {pod.name} goes after only {floor.before} pods of"
+            f" its controller ({'; '.join(why) or 'by cost'})")
 
 
 TargetKey = tuple[str, str, str, str]

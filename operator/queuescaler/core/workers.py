@@ -15,8 +15,9 @@ the others.
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -58,8 +59,13 @@ class Pod:
     node_ip: str | None = None
     """Its node's address (`status.hostIP`), where a per-node SNAT shows its connections."""
     owner: str | None = None
-    """The controller that owns it (its controlling ownerReference: a Deployment's
-    ReplicaSet), None for a pod no controller owns."""
+    """The controller that owns it, as `kind/name` (its controlling ownerReference: a
+    Deployment's ReplicaSet, `ReplicaSet/worker-5d4f8`), None for a pod no controller owns."""
+    scheduled: bool = True
+    """It has a node (`spec.nodeName`)."""
+    phase: str | None = "Running"
+    ready: bool = True
+    """Its Ready condition is True."""
 
     @property
     def addresses(self) -> frozenset[str]:
@@ -286,24 +292,72 @@ def ordinal_floor(report: WorkerReport) -> int | None:
     return max((number + 1 for number in busy if number is not None), default=0)
 
 
-def idle_by_owner(pods: Iterable[Pod], report: WorkerReport) -> dict[str | None, int] | None:
-    """Per controller, its live pods known idle (`IDLE_COST`), where the live pods have
-    several controllers (a Deployment mid-rollout: its old and new ReplicaSets); else None.
+_PHASE_ORDER: Final = {"Pending": 0, "Unknown": 1, "Running": 2}
+"""The ReplicaSet controller removes Pending pods first, then Unknown, then Running."""
 
-    The Deployment controller shares a scale-down among its ReplicaSets in proportions set
-    by their sizes and its surge, and each ReplicaSet reads the deletion costs of its own
-    pods only: an idle pod of one does not spare a busy pod of the other. A scale-down of k
-    spares every busy pod, whatever the share, only while each controller has k idle pods.
+
+def removal_rank(pod: Pod, cost: int) -> tuple[int, int, int, int]:
+    """Where the ReplicaSet controller puts a pod when it picks the ones to remove, lowest
+    first: not scheduled, then by phase, not ready, and only then by deletion cost. What it
+    looks at after the cost (pods doubled up on a node, time ready, restarts, age) is not
+    known here: pods equal this far may go in either order."""
+    return (int(pod.scheduled), _PHASE_ORDER.get(pod.phase or "", 0), int(pod.ready), cost)
+
+
+@dataclass(frozen=True, slots=True)
+class RemovalFloor:
+    """The fewest replicas that spare every pod that must stay, and the pod that sets it."""
+
+    replicas: int
+    pod: Pod
+    before: int
+    """The pods its controller removes before it, whatever the order of equals."""
+    controllers: int
+    """The controllers of the live pods: more than one mid-rollout."""
+
+
+def removal_floor(
+    pods: Iterable[Pod],
+    report: WorkerReport,
+    current: int,
+    unmatched_stay: bool,
+    removable: Callable[[Pod], bool] = lambda pod: True,
+) -> RemovalFloor | None:
+    """The fewest replicas a scale-down may leave so that no pod that must stay is removed,
+    whatever the controllers choose; None when no pod must stay. Must stay: busy pods,
+    doubtful ones and, with `unmatched_stay`, those no connection matched. Only pods the
+    target's scale-down can remove (`removable`: owned by one of its ReplicaSets) count;
+    a pod of no controller, or of another workload matching the selector, stays anyway.
+
+    A ReplicaSet removes its pods in `removal_rank` order, so a busy pod that is not ready
+    (a readiness probe that times out while it works, a node gone NotReady) goes before
+    idle ready pods, whatever its cost. Mid-rollout a Deployment's pods belong to several
+    ReplicaSets; each ranks only its own, and the Deployment shares the removal among them
+    by their sizes: any one may lose all of it. The removal is taken as the live pods
+    beyond the replicas left, the surge pods too (a percentage surge shrinks with the
+    count). So a scale-down removes no more than each such pod's controller ranks strictly
+    before it.
     """
-    live = [pod for pod in pods if not pod.deleting]
-    owners = {pod.owner for pod in live}
-    if len(owners) < 2:
-        return None
-    idle = dict.fromkeys(owners, 0)
+    live = [pod for pod in pods if not pod.deleting and removable(pod)]
+    # (with no pod matched no marks are set, but then only unmatched pods can stay, all)
+    ranks = {pod.name: removal_rank(pod, deletion_cost(report, pod.name)) for pod in live}
+    by_owner: dict[str | None, list[tuple[int, int, int, int]]] = {}
     for pod in live:
-        if deletion_cost(report, pod.name) == IDLE_COST:
-            idle[pod.owner] += 1
-    return idle
+        by_owner.setdefault(pod.owner, []).append(ranks[pod.name])
+    for group in by_owner.values():
+        group.sort()
+    most = max(current, len(live))
+    floor: RemovalFloor | None = None
+    for pod in live:
+        held = report.held.get(pod.name)
+        stays = ((held or 0) > 0 or pod.name in report.doubtful
+                 or (held is None and unmatched_stay))
+        if not stays:
+            continue
+        before = bisect.bisect_left(by_owner[pod.owner], ranks[pod.name])
+        if floor is None or most - before > floor.replicas:
+            floor = RemovalFloor(most - before, pod, before, len(by_owner))
+    return floor
 
 
 def deletion_cost(report: WorkerReport, pod: str) -> int:

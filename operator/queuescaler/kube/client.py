@@ -129,12 +129,18 @@ class _Resource:
 
 
 def _controller(references: Any) -> str | None:
-    """The uid of the controller among a pod's ownerReferences (a ReplicaSet, a
-    StatefulSet), None when none controls it."""
+    """The controller among a pod's ownerReferences (a ReplicaSet, a StatefulSet) as
+    `kind/name`, None when none controls it."""
     for reference in references or ():
         if reference is not None and reference.controller:
-            return str(reference.uid or f"{reference.kind}/{reference.name}")
+            return f"{reference.kind}/{reference.name}"
     return None
+
+
+def _ready(status: Any) -> bool:
+    """Whether a pod's Ready condition is True."""
+    conditions = () if status is None else status.conditions or ()
+    return any(c is not None and c.type == "Ready" and c.status == "True" for c in conditions)
 
 
 def _discarding_answer(call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
@@ -314,6 +320,9 @@ class KubeClient:
                     other_ips=tuple(other for other in ips if other != ip),
                     node_ip=node_ip,
                     owner=_controller(pod.metadata.owner_references),
+                    scheduled=bool(pod.spec is not None and pod.spec.node_name),
+                    phase=None if status is None else status.phase,
+                    ready=_ready(status),
                 ))
             return found
 
