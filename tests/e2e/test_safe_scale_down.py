@@ -415,3 +415,47 @@ def test_a_rollout_never_takes_a_busy_pod_from_a_replicaset_with_too_few_idle_on
     assert any("controllers, a rollout" in message for message in decisions.messages), (
         decisions.messages)
     assert all(count == 1 for count in read_processed(processed_log).values())
+
+
+NOT_READY_WORK_SECONDS = 30.0
+
+
+def test_a_busy_pod_that_is_not_ready_keeps_the_pool(
+    pool: Pool, pod_runner_factory: PodRunnerFactory, processed_log: Path, started_log: Path
+) -> None:
+    """The ReplicaSet removes pods that are not ready before it reads any deletion cost. A
+    busy worker whose readiness probe fails while it works (here its Ready condition set
+    False) would go first on a scale to the busy count, marked dear or not: the pool holds
+    until its task is done."""
+    pool.apply(worker_deployment(pool.name, ROLLOUT_GRACE_SECONDS))
+    env = pika_worker_env(pool.testenv.amqp_url, pool.queue, processed_log,
+                          started_log=started_log, prefetch=1,
+                          work_seconds=NOT_READY_WORK_SECONDS)
+    runner = pod_runner_factory(pool.namespace, f"app={pool.name}", pika_worker_command, env)
+    target = {"messagesPerReplica": 100}
+    pool.apply_scaler(minReplicas=OLD_PODS, maxReplicas=OLD_PODS, target=target)
+    wait_until(lambda: len(runner.serving()) == OLD_PODS
+               and queue_consumers(pool.testenv, pool.queue) == OLD_PODS,
+               timeout=60, what="5 pods consuming")
+    ids = publish_messages(pool.testenv.amqp_url, pool.queue, 1)
+    wait_until(lambda: len(read_records(started_log)) == 1, timeout=30,
+               what="the message in a worker's hands")
+    [(_, busy)] = read_records(started_log)
+    wait_until(lambda: busy_pods_seen_by_broker(pool.testenv, set(runner.serving())) == {busy},
+               timeout=30, what="the busy worker in the broker's channel statistics")
+    not_ready = {"status": {"conditions": [{"type": "Ready", "status": "False",
+                                            "reason": "ProbeTimeout"}]}}
+    pool.testenv.kubectl("patch", "pod", busy, "-n", pool.namespace, "--subresource=status",
+                         "--type", "strategic", "-p", json.dumps(not_ready))
+
+    with DecisionsSeen(pool) as decisions, FirstSeen(processed_log) as processed:
+        pool.apply_scaler(minReplicas=1, maxReplicas=OLD_PODS, target=target)
+        wait_until(lambda: not missing(ids, processed_log), timeout=90,
+                   what="the message done")
+        wait_until(lambda: pool.replicas() == 1, timeout=60,
+                   what="the pool at 1 once nothing is busy")
+        stopped = busy_terminated(runner, started_log, processed)
+    report("busy pod not ready", Outcome(stopped, terminated(runner), 0))
+    assert stopped == [], (stopped, decisions.messages)
+    assert any(f"{busy} goes after only 0 pods of its controller (not ready" in message
+               for message in decisions.messages), decisions.messages
