@@ -412,7 +412,7 @@ def test_a_rollout_never_takes_a_busy_pod_from_a_replicaset_with_too_few_idle_on
         stopped = busy_terminated(runner, started_log, processed)
     report("rollout", Outcome(stopped, terminated(runner), 0))
     assert stopped == [], (stopped, decisions.messages)
-    assert any("controllers, a rollout" in message for message in decisions.messages), (
+    assert any("ReplicaSets (a rollout)" in message for message in decisions.messages), (
         decisions.messages)
     assert all(count == 1 for count in read_processed(processed_log).values())
 
@@ -457,5 +457,5 @@ def test_a_busy_pod_that_is_not_ready_keeps_the_pool(
         stopped = busy_terminated(runner, started_log, processed)
     report("busy pod not ready", Outcome(stopped, terminated(runner), 0))
     assert stopped == [], (stopped, decisions.messages)
-    assert any(f"{busy} goes after only 0 pods of its controller (not ready" in message
+    assert any(f"{busy} (busy) goes after only 0 pods of its ReplicaSet (not ready" in message
                for message in decisions.messages), decisions.messages

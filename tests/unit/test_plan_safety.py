@@ -335,8 +335,8 @@ def test_a_rollout_shrinks_by_no_more_than_a_busy_pods_replicaset_ranks_before_i
     made = tick({Q1: sample(unacked=2), Q2: sample()}, current=5,
                 workers=WorkerLook(old + new, clients), memory=Memory(current_replicas=5))
     assert made.decision is not None and made.decision.replicas == 4
-    assert ("w-old-0 goes after only 1 pods of its controller (pods of 2 controllers, a"
-            " rollout" in made.decision.message)
+    assert ("w-old-0 (busy) goes after only 1 pods of its ReplicaSet (its pods have 2"
+            " ReplicaSets (a rollout)" in made.decision.message)
 
 
 def test_a_busy_pod_not_ready_keeps_the_pods_ranked_after_it() -> None:
@@ -350,8 +350,31 @@ def test_a_busy_pod_not_ready_keeps_the_pods_ranked_after_it() -> None:
     made = tick({Q1: sample(unacked=1), Q2: sample()}, current=5,
                 workers=WorkerLook(pods, clients), memory=Memory(current_replicas=5))
     assert made.decision is not None and made.decision.replicas == 4
-    assert ("w-0 goes after only 1 pods of its controller (not ready: it goes before ready"
-            " pods whatever its cost)" in made.decision.message)
+    assert ("w-0 (busy) goes after only 1 pods of its ReplicaSet (not ready: it goes before"
+            " ready pods whatever its cost)" in made.decision.message)
+
+
+def test_a_pod_not_started_holds_nothing_while_work_is_on_no_client() -> None:
+    """Review 54: with work in flight on no listed client (Celery's ETA tasks), an
+    unschedulable replica, ranked first, held all 11: it runs no worker to hold any."""
+    pods = (*(Pod(f"w-{i}", owner=OLD_RS) for i in range(10)),
+            Pod("w-pending", owner=OLD_RS, scheduled=False, phase="Pending", ready=False))
+    clients = tuple(BrokerClient("/", f"w-{i}", None, 1, int(i == 0)) for i in range(10))
+    made = tick({Q1: sample(unacked=3), Q2: sample()}, current=11,
+                workers=WorkerLook(pods, clients), memory=Memory(current_replicas=11))
+    assert made.decision is not None and made.decision.replicas == 2
+
+
+def test_another_workloads_pods_named_alike_do_not_hold_the_pool() -> None:
+    """Review 54: Deployment `worker-priority`'s pods also match `worker`'s selector; its
+    busy pod is no pod a scale of `worker` removes, and held it at 10."""
+    pods = (*(Pod(f"worker-5d4f8-{i}", owner=OLD_RS) for i in range(10)),
+            Pod("worker-priority-6a2d1-x", owner="ReplicaSet/worker-priority-6a2d1"))
+    clients = tuple(BrokerClient("/", pod.name, None, 1, int(i in (0, 10)))
+                    for i, pod in enumerate(pods))
+    made = tick({Q1: sample(unacked=2), Q2: sample()}, current=10,
+                workers=WorkerLook(pods, clients), memory=Memory(current_replicas=10))
+    assert made.decision is not None and made.decision.replicas == 2
 
 
 def test_a_rollout_with_nothing_busy_shrinks_as_far_as_asked() -> None:
@@ -616,8 +639,8 @@ def test_rates_a_broker_gives_no_field_for_are_shown_from_its_counters() -> None
 
 
 ADDRESSES = tuple(f"10.0.1.{i}" for i in range(6))
-OTHER_RS = "ReplicaSet/beat-6a2d1"
-"""Another workload's ReplicaSet whose pods the selector also matches."""
+OTHER_RS = "ReplicaSet/worker-priority-6a2d1"
+"""Another workload's ReplicaSet whose pods the selector also matches, named alike."""
 NAT = "192.0.2.1"
 GATEWAY = ("192.0.2.7", "192.0.2.8")
 

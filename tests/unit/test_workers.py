@@ -455,10 +455,10 @@ def test_pods_the_scale_cannot_remove_are_left_out() -> None:
     assert _floor(pods, report, 1, removable=lambda pod: pod.owner == "ReplicaSet/w-1") is None
 
 
-def test_with_no_pod_matched_every_pod_stays_if_any_must() -> None:
+def test_with_no_pod_matched_every_started_pod_stays_if_any_must() -> None:
     report = WorkerReport(pods=3, consuming=1, unattributed=1)
     pods = [Pod("a", deletion_cost="-5"), Pod("b", phase="Pending", ready=False), Pod("c")]
-    assert _floor(pods, report, 3, unmatched_stay=True) == (3, "b", 0)
+    assert _floor(pods, report, 3, unmatched_stay=True) == (2, "a", 1)
 
 
 @pytest.mark.parametrize(

@@ -670,10 +670,15 @@ def _scaled_by(target: ScaleTargetRef) -> Callable[[Pod], bool]:
     """Whether a pod is one a scale of `target` may remove: a Deployment's pods are owned
     by its ReplicaSets (`<deployment>-<template hash>`), a ReplicaSet's by itself. A pod of
     no controller, or of another workload the selector also matches, is not (it would hold
-    the pool for nothing). Any controller counts for other kinds, whose controllers are not
-    known here."""
+    the pool for nothing; review 54: `worker-priority`'s busy pod froze `worker`). Any
+    controller counts for other kinds, whose controllers are not known here. Left out too:
+    a ReplicaSet a Deployment adopted under another name (its pods stay protected by the
+    busy count and the marks, not by their rank)."""
     if target.kind == "Deployment":
-        return lambda pod: (pod.owner or "").startswith(f"ReplicaSet/{target.name}-")
+        prefix = f"ReplicaSet/{target.name}-"
+        # the template hash has no dash: `worker-priority-6a2d1` is another Deployment's
+        return lambda pod: (pod.owner or "").startswith(prefix) and (
+            "-" not in (pod.owner or "")[len(prefix):])
     if target.kind == "ReplicaSet":
         return lambda pod: pod.owner == f"ReplicaSet/{target.name}"
     return lambda pod: pod.owner is not None
@@ -682,14 +687,16 @@ def _scaled_by(target: ScaleTargetRef) -> Callable[[Pod], bool]:
 def _removal_note(report: WorkerReport, floor: RemovalFloor) -> str:
     """Why a pod that must stay sets how many replicas remain."""
     pod = floor.pod
+    held = report.held.get(pod.name, 0)
+    what = "busy" if held > 0 else "may hold work"
     why = []
     if not (pod.scheduled and pod.phase == "Running" and pod.ready):
         why.append("not ready: it goes before ready pods whatever its cost")
     if floor.controllers > 1:
-        why.append(f"pods of {floor.controllers} controllers, a rollout: the scale-down may"
-                   " fall on one alone")
-    return (f"{report.busy} workers busy; {pod.name} goes after only {floor.before} pods of"
-            f" its controller ({'; '.join(why) or 'by cost'})")
+        why.append(f"its pods have {floor.controllers} ReplicaSets (a rollout): the"
+                   " scale-down may fall on its own alone")
+    return (f"{report.busy} workers busy; {pod.name} ({what}) goes after only {floor.before}"
+            f" pods of its ReplicaSet ({'; '.join(why) or 'by cost'})")
 
 
 TargetKey = tuple[str, str, str, str]

@@ -325,7 +325,8 @@ def removal_floor(
 ) -> RemovalFloor | None:
     """The fewest replicas a scale-down may leave so that no pod that must stay is removed,
     whatever the controllers choose; None when no pod must stay. Must stay: busy pods,
-    doubtful ones and, with `unmatched_stay`, those no connection matched. Only pods the
+    doubtful ones and, with `unmatched_stay`, those no connection matched that have
+    started (a Pending pod runs no worker yet). Only pods the
     target's scale-down can remove (`removable`: owned by one of its ReplicaSets) count;
     a pod of no controller, or of another workload matching the selector, stays anyway.
 
@@ -351,7 +352,8 @@ def removal_floor(
     for pod in live:
         held = report.held.get(pod.name)
         stays = ((held or 0) > 0 or pod.name in report.doubtful
-                 or (held is None and unmatched_stay))
+                 or (held is None and unmatched_stay and pod.scheduled
+                     and pod.phase != "Pending"))  # review 54: not started, it holds nothing
         if not stays:
             continue
         before = bisect.bisect_left(by_owner[pod.owner], ranks[pod.name])
