@@ -354,7 +354,19 @@ def test_a_busy_pod_not_ready_keeps_the_pods_ranked_after_it() -> None:
             " ready pods whatever its cost)" in made.decision.message)
 
 
-def test_a_pod_not_started_holds_nothing_while_work_is_on_no_client() -> None:
+def test_a_pending_pod_behind_nat_keeps_the_pool_while_a_busy_client_is_on_no_pod() -> None:
+    """Review 55: a sidecar still pulling its image keeps a pod Pending while its worker
+    consumes; its busy connection, through NAT, matched no pod. Pending pods go first."""
+    pods = (*(Pod(f"w-{i}", f"10.0.0.{i}", owner=OLD_RS) for i in range(3)),
+            Pod("w-3", "10.0.0.3", owner=OLD_RS, phase="Pending", ready=False))
+    clients = (*(BrokerClient("/", f"w-{i}", f"10.0.0.{i}", 1, 0) for i in range(3)),
+               BrokerClient("/", None, "192.0.2.1", 1, 2))
+    made = tick({Q1: sample(unacked=2), Q2: sample()}, current=4,
+                workers=WorkerLook(pods, clients), memory=Memory(current_replicas=4))
+    assert made.decision is not None and made.decision.replicas == 4
+
+
+def test_a_pod_on_no_node_holds_nothing_while_work_is_on_no_client() -> None:
     """Review 54: with work in flight on no listed client (Celery's ETA tasks), an
     unschedulable replica, ranked first, held all 11: it runs no worker to hold any."""
     pods = (*(Pod(f"w-{i}", owner=OLD_RS) for i in range(10)),

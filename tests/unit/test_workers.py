@@ -455,10 +455,13 @@ def test_pods_the_scale_cannot_remove_are_left_out() -> None:
     assert _floor(pods, report, 1, removable=lambda pod: pod.owner == "ReplicaSet/w-1") is None
 
 
-def test_with_no_pod_matched_every_started_pod_stays_if_any_must() -> None:
-    report = WorkerReport(pods=3, consuming=1, unattributed=1)
-    pods = [Pod("a", deletion_cost="-5"), Pod("b", phase="Pending", ready=False), Pod("c")]
-    assert _floor(pods, report, 3, unmatched_stay=True) == (2, "a", 1)
+def test_with_no_pod_matched_every_pod_on_a_node_stays_if_any_must() -> None:
+    """Review 55: a Pending pod may run its worker already (a sidecar still pulling its
+    image keeps the pod Pending); a pod on no node runs nothing."""
+    report = WorkerReport(pods=4, consuming=1, unattributed=1)
+    pods = [Pod("a", deletion_cost="-5"), Pod("b", phase="Pending", ready=False), Pod("c"),
+            Pod("d", scheduled=False, phase="Pending", ready=False)]
+    assert _floor(pods, report, 4, unmatched_stay=True) == (3, "b", 1)
 
 
 @pytest.mark.parametrize(

@@ -325,8 +325,8 @@ def removal_floor(
 ) -> RemovalFloor | None:
     """The fewest replicas a scale-down may leave so that no pod that must stay is removed,
     whatever the controllers choose; None when no pod must stay. Must stay: busy pods,
-    doubtful ones and, with `unmatched_stay`, those no connection matched that have
-    started (a Pending pod runs no worker yet). Only pods the
+    doubtful ones and, with `unmatched_stay`, those no connection matched that are on a
+    node (a pod on none runs nothing yet). Only pods the
     target's scale-down can remove (`removable`: owned by one of its ReplicaSets) count;
     a pod of no controller, or of another workload matching the selector, stays anyway.
 
@@ -351,9 +351,10 @@ def removal_floor(
     floor: RemovalFloor | None = None
     for pod in live:
         held = report.held.get(pod.name)
+        # review 54: a pod on no node runs nothing; review 55: a Pending one may (a
+        # sidecar still pulling its image keeps the pod Pending while the worker consumes)
         stays = ((held or 0) > 0 or pod.name in report.doubtful
-                 or (held is None and unmatched_stay and pod.scheduled
-                     and pod.phase != "Pending"))  # review 54: not started, it holds nothing
+                 or (held is None and unmatched_stay and pod.scheduled))
         if not stays:
             continue
         before = bisect.bisect_left(by_owner[pod.owner], ranks[pod.name])
