@@ -360,6 +360,23 @@ ROLLOUT_GRACE_SECONDS = 60
 OLD_PODS, NEW_PODS = 5, 3
 
 
+TARGET = {"messagesPerReplica": 100}
+
+
+def five_consuming(pool: Pool, pod_runner_factory: PodRunnerFactory, processed_log: Path,
+                   started_log: Path, work_seconds: float) -> PodRunner:
+    """The pool held at 5 pika workers (prefetch 1, `work_seconds` a message), all
+    consuming."""
+    env = pika_worker_env(pool.testenv.amqp_url, pool.queue, processed_log,
+                          started_log=started_log, prefetch=1, work_seconds=work_seconds)
+    runner = pod_runner_factory(pool.namespace, f"app={pool.name}", pika_worker_command, env)
+    pool.apply_scaler(minReplicas=OLD_PODS, maxReplicas=OLD_PODS, target=TARGET)
+    wait_until(lambda: len(runner.serving()) == OLD_PODS
+               and queue_consumers(pool.testenv, pool.queue) == OLD_PODS,
+               timeout=60, what="5 pods consuming")
+    return runner
+
+
 def test_a_rollout_never_takes_a_busy_pod_from_a_replicaset_with_too_few_idle_ones(
     pool: Pool, pod_runner_factory: PodRunnerFactory, processed_log: Path, started_log: Path
 ) -> None:
@@ -372,15 +389,8 @@ def test_a_rollout_never_takes_a_busy_pod_from_a_replicaset_with_too_few_idle_on
     stalled = {"spec": {"minReadySeconds": 3600, "progressDeadlineSeconds": 7200, "strategy": {
         "type": "RollingUpdate", "rollingUpdate": {"maxSurge": NEW_PODS, "maxUnavailable": 0}}}}
     pool.apply(deep_merge(worker_deployment(pool.name, ROLLOUT_GRACE_SECONDS), stalled))
-    env = pika_worker_env(pool.testenv.amqp_url, pool.queue, processed_log,
-                          started_log=started_log, prefetch=1,
-                          work_seconds=ROLLOUT_WORK_SECONDS)
-    runner = pod_runner_factory(pool.namespace, f"app={pool.name}", pika_worker_command, env)
-    target = {"messagesPerReplica": 100}
-    pool.apply_scaler(minReplicas=OLD_PODS, maxReplicas=OLD_PODS, target=target)
-    wait_until(lambda: len(runner.serving()) == OLD_PODS
-               and queue_consumers(pool.testenv, pool.queue) == OLD_PODS,
-               timeout=60, what="5 old pods consuming")
+    runner = five_consuming(pool, pod_runner_factory, processed_log, started_log,
+                            ROLLOUT_WORK_SECONDS)
     old = set(runner.serving())
     ids = publish_messages(pool.testenv.amqp_url, pool.queue, OLD_PODS)
     wait_until(lambda: len(read_records(started_log)) == OLD_PODS, timeout=30,
@@ -403,7 +413,7 @@ def test_a_rollout_never_takes_a_busy_pod_from_a_replicaset_with_too_few_idle_on
     assert {pod for _, pod in read_records(started_log)[OLD_PODS:]} == new
 
     with DecisionsSeen(pool) as decisions, FirstSeen(processed_log) as processed:
-        pool.apply_scaler(minReplicas=1, maxReplicas=OLD_PODS, target=target)
+        pool.apply_scaler(minReplicas=1, maxReplicas=OLD_PODS, target=TARGET)
         # the old pods finish first; the new ones are busy for 20 s more
         wait_until(lambda: not missing(ids, processed_log), timeout=120,
                    what="every message done")
@@ -428,15 +438,8 @@ def test_a_busy_pod_that_is_not_ready_keeps_the_pool(
     False) would go first on a scale to the busy count, marked dear or not: the pool holds
     until its task is done."""
     pool.apply(worker_deployment(pool.name, ROLLOUT_GRACE_SECONDS))
-    env = pika_worker_env(pool.testenv.amqp_url, pool.queue, processed_log,
-                          started_log=started_log, prefetch=1,
-                          work_seconds=NOT_READY_WORK_SECONDS)
-    runner = pod_runner_factory(pool.namespace, f"app={pool.name}", pika_worker_command, env)
-    target = {"messagesPerReplica": 100}
-    pool.apply_scaler(minReplicas=OLD_PODS, maxReplicas=OLD_PODS, target=target)
-    wait_until(lambda: len(runner.serving()) == OLD_PODS
-               and queue_consumers(pool.testenv, pool.queue) == OLD_PODS,
-               timeout=60, what="5 pods consuming")
+    runner = five_consuming(pool, pod_runner_factory, processed_log, started_log,
+                            NOT_READY_WORK_SECONDS)
     ids = publish_messages(pool.testenv.amqp_url, pool.queue, 1)
     wait_until(lambda: len(read_records(started_log)) == 1, timeout=30,
                what="the message in a worker's hands")
@@ -449,7 +452,7 @@ def test_a_busy_pod_that_is_not_ready_keeps_the_pool(
                          "--type", "strategic", "-p", json.dumps(not_ready))
 
     with DecisionsSeen(pool) as decisions, FirstSeen(processed_log) as processed:
-        pool.apply_scaler(minReplicas=1, maxReplicas=OLD_PODS, target=target)
+        pool.apply_scaler(minReplicas=1, maxReplicas=OLD_PODS, target=TARGET)
         wait_until(lambda: not missing(ids, processed_log), timeout=90,
                    what="the message done")
         wait_until(lambda: pool.replicas() == 1, timeout=60,
