@@ -313,7 +313,7 @@ class RemovalFloor:
     before: int
     """The pods its controller removes before it, whatever the order of equals."""
     controllers: int
-    """The controllers of the live pods: more than one mid-rollout."""
+    """The controllers of the pods the scale may remove: more than one mid-rollout."""
 
 
 def removal_floor(
@@ -326,9 +326,9 @@ def removal_floor(
     """The fewest replicas a scale-down may leave so that no pod that must stay is removed,
     whatever the controllers choose; None when no pod must stay. Must stay: busy pods,
     doubtful ones and, with `unmatched_stay`, those no connection matched that are on a
-    node (a pod on none runs nothing yet). Only pods the
-    target's scale-down can remove (`removable`: owned by one of its ReplicaSets) count;
-    a pod of no controller, or of another workload matching the selector, stays anyway.
+    node (a pod on none runs nothing yet). Only pods the target's scale-down can remove
+    (`removable`: owned by one of its ReplicaSets) count; a pod of no controller, or of
+    another workload matching the selector, stays anyway.
 
     A ReplicaSet removes its pods in `removal_rank` order, so a busy pod that is not ready
     (a readiness probe that times out while it works, a node gone NotReady) goes before
