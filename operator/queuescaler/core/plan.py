@@ -676,9 +676,13 @@ def _scaled_by(target: ScaleTargetRef) -> Callable[[Pod], bool]:
     busy count and the marks, not by their rank)."""
     if target.kind == "Deployment":
         prefix = f"ReplicaSet/{target.name}-"
-        # the template hash has no dash: `worker-priority-6a2d1` is another Deployment's
-        return lambda pod: (pod.owner or "").startswith(prefix) and (
-            "-" not in (pod.owner or "")[len(prefix):])
+
+        def owned(pod: Pod) -> bool:
+            # the template hash has no dash: `worker-priority-6a2d1` is another Deployment's
+            owner, _, template_hash = (pod.owner or "").partition(prefix)
+            return not owner and bool(template_hash) and "-" not in template_hash
+
+        return owned
     if target.kind == "ReplicaSet":
         return lambda pod: pod.owner == f"ReplicaSet/{target.name}"
     return lambda pod: pod.owner is not None
